@@ -1,0 +1,108 @@
+//! Errors for bad user input. Every message names the bad value and, for a typo, the closest
+//! valid one; the CLI prints it on one line and exits 2 before anything is written.
+
+use jiff::civil::Date;
+use thiserror::Error;
+
+/// Input that can never succeed: a typo, an impossible date, a range outside the archive.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum InputError {
+    /// A product name that is not one of the archive's products.
+    #[error("unknown product `{value}`{}", suggestion(.closest))]
+    UnknownProduct {
+        /// What the user typed.
+        value: String,
+        /// The closest valid product, when one is close enough to be a typo.
+        closest: Option<String>,
+    },
+    /// A variable short name that none of the requested products has.
+    #[error("unknown variable `{value}` for {products}{}", suggestion(.closest))]
+    UnknownVariable {
+        /// What the user typed.
+        value: String,
+        /// The requested products, comma separated.
+        products: String,
+        /// The closest valid variable of those products.
+        closest: Option<String>,
+    },
+    /// A DATE argument that is malformed, impossible or outside the archive.
+    #[error("invalid {flag} `{value}`: {reason}")]
+    BadDate {
+        /// `--start` or `--end`.
+        flag: &'static str,
+        /// What the user typed.
+        value: String,
+        /// Why it is not accepted.
+        reason: String,
+    },
+    /// `--end` earlier than `--start`.
+    #[error("--end {end} is before --start {start}")]
+    EndBeforeStart {
+        /// The parsed start.
+        start: Date,
+        /// The parsed end.
+        end: Date,
+    },
+    /// An empty list where at least one item is needed.
+    #[error("{flag} needs at least one value")]
+    Empty {
+        /// The flag that was empty.
+        flag: &'static str,
+    },
+    /// A size such as `--part-size 8MiB` that does not parse or is out of range.
+    #[error("invalid {flag} `{value}`: {reason}")]
+    BadValue {
+        /// The flag.
+        flag: &'static str,
+        /// What the user typed.
+        value: String,
+        /// Why it is not accepted.
+        reason: String,
+    },
+}
+
+fn suggestion(closest: &Option<String>) -> String {
+    match closest {
+        Some(name) => format!("; did you mean `{name}`?"),
+        None => String::new(),
+    }
+}
+
+/// The candidate closest to `value`, if it is close enough to be a typo of it.
+pub fn closest_match<'a>(
+    value: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let value_lower = value.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(&value_lower, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_pick_the_nearest_name_and_skip_far_ones() {
+        let names = ["2t", "2d", "10u", "msl", "sstk"];
+        assert_eq!(closest_match("2tt", names).as_deref(), Some("2t"));
+        assert_eq!(closest_match("MSL", names).as_deref(), Some("msl"));
+        assert_eq!(closest_match("zzzzzz", names), None);
+    }
+
+    #[test]
+    fn messages_name_the_value_and_the_suggestion() {
+        let err = InputError::UnknownProduct {
+            value: "e5.oper.an.sf".into(),
+            closest: Some("e5.oper.an.sfc".into()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "unknown product `e5.oper.an.sf`; did you mean `e5.oper.an.sfc`?"
+        );
+    }
+}

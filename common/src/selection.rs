@@ -1,0 +1,349 @@
+//! What a user asked for (products, variables, days) and the exact rule that decides whether an
+//! object belongs to it. Scripts depend on this rule:
+//!
+//! - an object is selected when its product was requested, its short name is among the
+//!   requested variables (or none were requested), and its window `[first hour, last hour]`
+//!   overlaps the requested days `[start 00:00, end 23:00]`;
+//! - invariant objects are selected whenever their product is requested;
+//! - with several products, a variable is valid when at least one requested product has it.
+
+use jiff::civil::Date;
+
+use crate::catalog::{Cadence, ObjectKey, Product};
+use crate::dates::{DayRange, RangeEnd, YearMonth, parse_date_arg};
+use crate::error::{InputError, closest_match};
+
+/// A validated request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// Requested products, without duplicates, in catalog order.
+    pub products: Vec<Product>,
+    /// Requested variable short names; empty means all.
+    pub variables: Vec<String>,
+    /// Requested days.
+    pub range: DayRange,
+}
+
+impl Selection {
+    /// Validates raw flag values. `today` bounds the archive's end.
+    pub fn parse(
+        products: &[String],
+        variables: &[String],
+        start: &str,
+        end: &str,
+        today: Date,
+    ) -> Result<Self, InputError> {
+        let mut parsed_products = Vec::new();
+        for name in products.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            let product: Product = name.parse()?;
+            if !parsed_products.contains(&product) {
+                parsed_products.push(product);
+            }
+        }
+        if parsed_products.is_empty() {
+            return Err(InputError::Empty { flag: "--product" });
+        }
+        parsed_products.sort();
+
+        let mut parsed_variables: Vec<String> = Vec::new();
+        for short in variables.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            if !parsed_products.iter().any(|p| p.variable(short).is_some()) {
+                let known = parsed_products
+                    .iter()
+                    .flat_map(|p| p.variables())
+                    .map(|v| v.short);
+                return Err(InputError::UnknownVariable {
+                    value: short.to_string(),
+                    products: parsed_products
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    closest: closest_match(short, known),
+                });
+            }
+            if !parsed_variables.iter().any(|v| v == short) {
+                parsed_variables.push(short.to_string());
+            }
+        }
+
+        let start = parse_date_arg(start.trim(), RangeEnd::Start, today)?;
+        let end = parse_date_arg(end.trim(), RangeEnd::End, today)?;
+        Ok(Self {
+            products: parsed_products,
+            variables: parsed_variables,
+            range: DayRange::new(start, end)?,
+        })
+    }
+
+    /// Whether the object named by `key` belongs to this selection.
+    pub fn selects(&self, key: &ObjectKey) -> bool {
+        if !self.products.contains(&key.product) {
+            return false;
+        }
+        if !self.variables.is_empty() && !self.variables.iter().any(|v| *v == key.short) {
+            return false;
+        }
+        key.product.cadence() == Cadence::Invariant || self.range.overlaps(key.first, key.last)
+    }
+
+    /// The month folders to list, `{product}/{YYYYMM}/`, and nothing more: listing is the slow
+    /// part of planning a long range. A half-month product also needs the previous month when
+    /// the range starts on the 1st, because that month's second half ends on the 1st at 06:00.
+    pub fn list_prefixes(&self) -> Vec<String> {
+        let mut prefixes = Vec::new();
+        for product in &self.products {
+            for month in months_to_list(*product, &self.range) {
+                prefixes.push(format!("{}/{}/", product.name(), month.compact()));
+            }
+        }
+        prefixes
+    }
+}
+
+fn months_to_list(product: Product, range: &DayRange) -> Vec<YearMonth> {
+    let first = YearMonth::of(range.start);
+    let last = YearMonth::of(range.end);
+    match product.cadence() {
+        Cadence::Invariant => vec![Product::invariant_month()],
+        Cadence::Daily | Cadence::Monthly => first.through(last).collect(),
+        Cadence::HalfMonth if range.start.day() == 1 => first.previous().through(last).collect(),
+        Cadence::HalfMonth => first.through(last).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::VARIABLES;
+    use crate::dates::HourStamp;
+    use jiff::civil::date;
+    use proptest::prelude::*;
+
+    const TODAY: Date = date(2026, 11, 24);
+
+    fn selection(products: &[&str], variables: &[&str], start: &str, end: &str) -> Selection {
+        let owned = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Selection::parse(&owned(products), &owned(variables), start, end, TODAY).unwrap()
+    }
+
+    fn key(text: &str) -> ObjectKey {
+        ObjectKey::parse(text).unwrap()
+    }
+
+    #[test]
+    fn december_second_half_is_selected_by_a_january_request() {
+        let sel = selection(
+            &["e5.oper.fc.sfc.accumu"],
+            &["cp"],
+            "2022-01-01",
+            "2022-01-01",
+        );
+        assert!(sel.selects(&key(
+            "e5.oper.fc.sfc.accumu/202112/e5.oper.fc.sfc.accumu.128_143_cp.ll025sc.2021121606_2022010106.nc"
+        )));
+        assert!(!sel.selects(&key(
+            "e5.oper.fc.sfc.accumu/202112/e5.oper.fc.sfc.accumu.128_143_cp.ll025sc.2021120106_2021121606.nc"
+        )));
+        assert_eq!(
+            sel.list_prefixes(),
+            [
+                "e5.oper.fc.sfc.accumu/202112/",
+                "e5.oper.fc.sfc.accumu/202201/"
+            ]
+        );
+        // From the 2nd on, December's second half (ending 1 January 06:00) no longer overlaps.
+        let later = selection(&["e5.oper.fc.sfc.accumu"], &[], "2022-01-02", "2022-01-31");
+        assert_eq!(later.list_prefixes(), ["e5.oper.fc.sfc.accumu/202201/"]);
+    }
+
+    #[test]
+    fn the_window_edges_are_inclusive() {
+        let sel = selection(&["e5.oper.fc.sfc.accumu"], &[], "2022-01-16", "2022-01-16");
+        // [0106, 1606] ends at 06:00 on the 16th: overlaps.
+        assert!(sel.selects(&key(
+            "e5.oper.fc.sfc.accumu/202201/e5.oper.fc.sfc.accumu.128_143_cp.ll025sc.2022010106_2022011606.nc"
+        )));
+        let sel = selection(&["e5.oper.an.pl"], &[], "2022-01-02", "2022-01-02");
+        assert!(!sel.selects(&key(
+            "e5.oper.an.pl/202201/e5.oper.an.pl.128_130_t.ll025sc.2022010100_2022010123.nc"
+        )));
+        assert!(sel.selects(&key(
+            "e5.oper.an.pl/202201/e5.oper.an.pl.128_130_t.ll025sc.2022010200_2022010223.nc"
+        )));
+    }
+
+    #[test]
+    fn invariant_objects_are_selected_whenever_their_product_is() {
+        let sel = selection(
+            &["e5.oper.invariant", "e5.oper.an.sfc"],
+            &["lsm", "2t"],
+            "2022-01",
+            "2022-01",
+        );
+        assert!(sel.selects(&key(
+            "e5.oper.invariant/197901/e5.oper.invariant.128_172_lsm.ll025sc.1979010100_1979010100.nc"
+        )));
+        assert_eq!(
+            sel.list_prefixes(),
+            ["e5.oper.an.sfc/202201/", "e5.oper.invariant/197901/"]
+        );
+    }
+
+    #[test]
+    fn a_variable_is_valid_when_one_requested_product_has_it() {
+        let sel = selection(
+            &["e5.oper.an.sfc", "e5.oper.an.pl"],
+            &["2t", "u"],
+            "2022-01",
+            "2022-01",
+        );
+        assert_eq!(sel.variables, ["2t", "u"]);
+        let err = Selection::parse(
+            &["e5.oper.an.sfc".into()],
+            &["u".into()],
+            "2022-01",
+            "2022-01",
+            TODAY,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown variable `u` for e5.oper.an.sfc"),
+            "{err}"
+        );
+        let err = Selection::parse(
+            &["e5.oper.an.sfc".into()],
+            &["2tt".into()],
+            "2022-01",
+            "2022-01",
+            TODAY,
+        )
+        .unwrap_err();
+        assert!(err.to_string().ends_with("did you mean `2t`?"), "{err}");
+    }
+
+    #[test]
+    fn leap_february_month_request_covers_the_29th() {
+        let sel = selection(&["e5.oper.an.pl"], &["t"], "2024-02", "2024-02");
+        assert_eq!(sel.range.end, date(2024, 2, 29));
+        assert!(sel.selects(&key(
+            "e5.oper.an.pl/202402/e5.oper.an.pl.128_130_t.ll025sc.2024022900_2024022923.nc"
+        )));
+        assert!(!sel.selects(&key(
+            "e5.oper.an.pl/202403/e5.oper.an.pl.128_130_t.ll025sc.2024030100_2024030123.nc"
+        )));
+    }
+
+    /// Every key the catalog generates for the months around a range, to compare the rule and
+    /// the listing plan against brute force.
+    fn keys_around(sel: &Selection) -> Vec<ObjectKey> {
+        let first = YearMonth::of(sel.range.start).previous();
+        let last = YearMonth::of(sel.range.end).next();
+        let mut keys = Vec::new();
+        for v in VARIABLES
+            .iter()
+            .filter(|v| sel.products.contains(&v.product))
+        {
+            let months: Vec<YearMonth> = if v.product.cadence() == Cadence::Invariant {
+                vec![Product::invariant_month()]
+            } else {
+                first.through(last).collect()
+            };
+            for month in months {
+                for (a, b) in v.product.windows_in_month(month) {
+                    keys.push(ObjectKey::parse(&v.key(a, b)).unwrap());
+                }
+            }
+        }
+        keys
+    }
+
+    fn arb_range() -> impl Strategy<Value = (Date, Date)> {
+        (0i32..(365 * 80), 0i32..70).prop_map(|(offset, len)| {
+            let start = date(1941, 1, 1)
+                .checked_add(jiff::Span::new().days(offset))
+                .unwrap();
+            let end = start.checked_add(jiff::Span::new().days(len)).unwrap();
+            (start, end.min(TODAY))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The selection rule equals the overlap computed from scratch, and every selected object
+        /// lives under a listed prefix (listing never misses an object).
+        #[test]
+        fn selection_matches_brute_force_and_prefixes_cover_it(
+            (start, end) in arb_range(),
+            product_index in 0usize..Product::ALL.len(),
+        ) {
+            let product = Product::ALL[product_index];
+            let sel = Selection { products: vec![product], variables: vec![], range: DayRange::new(start, end).unwrap() };
+            let prefixes = sel.list_prefixes();
+            for key in keys_around(&sel) {
+                let first_ok = key.first <= HourStamp::new(end, 23);
+                let last_ok = key.last >= HourStamp::new(start, 0);
+                let expected = product.cadence() == Cadence::Invariant || (first_ok && last_ok);
+                prop_assert_eq!(sel.selects(&key), expected, "{}", key);
+                if expected {
+                    let text = key.to_string();
+                    prop_assert!(prefixes.iter().any(|p| text.starts_with(p.as_str())), "{} not under {:?}", text, prefixes);
+                }
+            }
+        }
+
+        /// Windows of consecutive months tile time: each starts where the previous ended (half
+        /// months share their boundary hour) or the hour after, with no gap.
+        #[test]
+        fn windows_tile_time_without_gaps(month_offset in 0u32..(12 * 80), product_index in 0usize..7) {
+            let product = Product::ALL[product_index];
+            let mut month = YearMonth { year: 1941, month: 1 };
+            for _ in 0..month_offset { month = month.next(); }
+            let windows: Vec<_> = [month, month.next()].iter().flat_map(|m| product.windows_in_month(*m)).collect();
+            for pair in windows.windows(2) {
+                let (prev_last, next_first) = (pair[0].1, pair[1].0);
+                let shared = prev_last == next_first;
+                let adjacent = prev_last.hour == 23 && next_first.hour == 0
+                    && prev_last.date.tomorrow().unwrap() == next_first.date;
+                prop_assert!(shared || adjacent, "{:?} then {:?}", pair[0], pair[1]);
+            }
+        }
+
+        /// Splitting a range covers it exactly, in order, without overlap, and never crosses a
+        /// month boundary.
+        #[test]
+        fn split_covers_the_range_exactly((start, end) in arb_range(), max_days in 1u32..40) {
+            let range = DayRange::new(start, end).unwrap();
+            let pieces = range.split(max_days);
+            prop_assert_eq!(pieces.first().unwrap().start, start);
+            prop_assert_eq!(pieces.last().unwrap().end, end);
+            for pair in pieces.windows(2) {
+                prop_assert_eq!(pair[0].end.tomorrow().unwrap(), pair[1].start);
+            }
+            for piece in &pieces {
+                prop_assert!(piece.start <= piece.end);
+                prop_assert!(piece.days() <= i64::from(max_days));
+                prop_assert_eq!(YearMonth::of(piece.start), YearMonth::of(piece.end));
+            }
+            let total: i64 = pieces.iter().map(DayRange::days).sum();
+            prop_assert_eq!(total, range.days());
+        }
+
+        /// Every generated key parses back to itself.
+        #[test]
+        fn generated_keys_round_trip(month_offset in 0u32..(12 * 80), var_index in 0usize..VARIABLES.len()) {
+            let v = &VARIABLES[var_index];
+            let mut month = YearMonth { year: 1941, month: 1 };
+            for _ in 0..month_offset { month = month.next(); }
+            let month = if v.product.cadence() == Cadence::Invariant { Product::invariant_month() } else { month };
+            for (a, b) in v.product.windows_in_month(month) {
+                let text = v.key(a, b);
+                let parsed = ObjectKey::parse(&text);
+                prop_assert!(parsed.is_some(), "{}", text);
+                prop_assert_eq!(parsed.unwrap().to_string(), text);
+            }
+        }
+    }
+}
