@@ -1,0 +1,537 @@
+//! The cluster worker: takes leases from the coordinator and runs them through the same
+//! mirror engine as `era5 sync`, into a destination shared with other workers.
+//!
+//! - **Leases.** Up to `max_leases` at once. Each is renewed every third of its TTL; the local
+//!   deadline is measured on the monotonic clock from the moment each renewal was sent, and
+//!   when it passes without a successful renewal the worker stops that lease's work itself
+//!   (self-fencing), because the coordinator may already have granted it to someone else.
+//! - **Completion** only after every object of the lease is verified and promoted. Temporary
+//!   names carry the lease id and final paths are the keys, so a duplicate grant only costs
+//!   bandwidth.
+//! - **Failures** are reported with the first failing object's reason; 403/404 and repeated
+//!   verification failures are permanent.
+//! - **Drain.** SIGTERM (the `shutdown` token) stops taking leases, stops the work and releases
+//!   every lease held (no attempt counted), then returns. A drain command from the
+//!   coordinator stops taking leases and lets the held ones finish.
+//! - **The session stream** carries progress (about every second, latest value wins, never
+//!   waited on by the downloads) and metrics up, commands down. It reconnects with jittered
+//!   backoff; nothing depends on it being up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::source::retry::RetryReason;
+use common::source::{
+    BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
+};
+use proto::v1 as pb;
+use proto::v1::worker_client::WorkerClient;
+use rand::Rng;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::engine::{EngineConfig, FetchScope};
+use crate::mirror::Mirror;
+use crate::progress::Progress;
+use crate::sync::{Mirrorer, Outcome};
+use crate::telemetry::Telemetry;
+
+/// Settings of a worker.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Coordinator gRPC URL (`http://host:port`).
+    pub coordinator: String,
+    /// The shared destination.
+    pub dest: PathBuf,
+    /// This worker's name (unique in the cluster).
+    pub name: String,
+    /// Process-wide cap on S3 connections.
+    pub connections: usize,
+    /// Leases held at once.
+    pub max_leases: usize,
+    /// Engine settings.
+    pub engine: EngineConfig,
+}
+
+/// The worker could not start.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// Bad coordinator URL.
+    #[error("invalid --coordinator `{0}`: {1}")]
+    Coordinator(String, String),
+    /// DEST unusable.
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::MirrorError),
+    /// Writing the manifest failed.
+    #[error("cannot open the manifest: {0}")]
+    Manifest(#[from] std::io::Error),
+}
+
+/// One held lease, as the reporter sees it.
+struct Held {
+    lease: pb::LeaseRef,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+}
+
+/// What the worker shares between its tasks.
+struct Agent {
+    config: AgentConfig,
+    client: WorkerClient<Channel>,
+    http: BoundedHttpClient,
+    mirror_dest: PathBuf,
+    /// One mirrorer per (bucket, endpoint); they share the HTTP pool (one process-wide cap).
+    mirrorers: tokio::sync::Mutex<HashMap<(String, String), Arc<Mirrorer>>>,
+    /// Engine-wide counters across every mirrorer.
+    progress: Arc<Progress>,
+    held: Mutex<HashMap<String, Held>>,
+    draining: AtomicBool,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Runs the worker until `shutdown` fires (SIGTERM), then releases what it holds. With `http`,
+/// serves metrics and probes there.
+pub async fn run(
+    config: AgentConfig,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| AgentError::Coordinator(config.coordinator.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let client = WorkerClient::new(endpoint.connect_lazy());
+    // Checks DEST and the lock now, so a bad destination fails at start-up.
+    drop(Mirror::open_shared(&config.dest, &config.name)?);
+    let pool = BoundedHttpClient::new(PoolConfig::new(config.connections));
+    let progress = Arc::new(Progress::default());
+    let telemetry = Telemetry::new(progress.clone(), pool.stats());
+    let http_addr = http
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or("-".to_string(), |a| a.to_string());
+    if let Some(listener) = http {
+        tokio::spawn(telemetry.clone().serve(listener, shutdown.clone()));
+    }
+    let agent = Arc::new(Agent {
+        http: pool,
+        mirror_dest: config.dest.clone(),
+        config,
+        client,
+        mirrorers: tokio::sync::Mutex::new(HashMap::new()),
+        progress,
+        held: Mutex::new(HashMap::new()),
+        draining: AtomicBool::new(false),
+        telemetry,
+    });
+    let session_stop = CancellationToken::new();
+    tokio::spawn(agent.clone().session(session_stop.clone()));
+    let mut leases = JoinSet::new();
+    let mut backoff = Backoff::new();
+    tracing::info!(worker = %agent.config.name, http = %http_addr, "worker started");
+    while !shutdown.is_cancelled() {
+        let held = agent.held().len();
+        let free = agent.config.max_leases.saturating_sub(held);
+        let mut wait = Duration::from_millis(500);
+        if free > 0 && !agent.draining.load(Ordering::SeqCst) {
+            let request = pb::AcquireRequest {
+                worker: agent.config.name.clone(),
+                max: free as u32,
+            };
+            match agent.client.clone().acquire(request).await {
+                Ok(response) => {
+                    backoff.reset();
+                    agent.telemetry.contact();
+                    let response = response.into_inner();
+                    if response.draining && !agent.draining.swap(true, Ordering::SeqCst) {
+                        tracing::info!("drain requested: finishing held leases, taking no more");
+                    }
+                    for lease in response.leases {
+                        leases.spawn(agent.clone().run_lease(lease, shutdown.clone()));
+                    }
+                }
+                Err(status) => {
+                    wait = backoff.next();
+                    tracing::warn!(code = ?status.code(), message = status.message(), ?wait, "coordinator unreachable; retrying");
+                }
+            }
+        }
+        let jitter = rand::rng().random_range(0.8..1.2);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(_) = leases.join_next(), if !leases.is_empty() => {}
+            _ = tokio::time::sleep(wait.mul_f64(jitter)) => {}
+        }
+    }
+    tracing::info!(held = agent.held().len(), "draining: releasing held leases");
+    for held in agent.held().values() {
+        held.cancel.cancel();
+    }
+    while leases.join_next().await.is_some() {}
+    session_stop.cancel();
+    for mirrorer in agent.mirrorers.lock().await.values() {
+        mirrorer.flush()?;
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn mirrorer(&self, source: &pb::Source) -> std::io::Result<Arc<Mirrorer>> {
+        let key = (source.bucket.clone(), source.endpoint.clone());
+        let mut mirrorers = self.mirrorers.lock().await;
+        if let Some(existing) = mirrorers.get(&key) {
+            return Ok(existing.clone());
+        }
+        let config = SourceConfig {
+            bucket: source.bucket.clone(),
+            endpoint: (!source.endpoint.is_empty()).then(|| source.endpoint.clone()),
+            ..SourceConfig::era5(self.config.connections)
+        };
+        let source = Source::connect_with(&config, self.http.clone()).await;
+        let mirror = Mirror::open_shared(&self.mirror_dest, &self.config.name)
+            .map_err(std::io::Error::other)?;
+        let mirrorer = Mirrorer::new(
+            source,
+            mirror,
+            self.config.engine.clone(),
+            self.progress.clone(),
+        )?;
+        mirrorers.insert(key, mirrorer.clone());
+        Ok(mirrorer)
+    }
+
+    /// Works one lease to its end: complete, fail, release (on shutdown) or abandon (lost).
+    async fn run_lease(self: Arc<Self>, lease: pb::Lease, shutdown: CancellationToken) {
+        let Some(lease_ref) = lease.lease.clone() else {
+            return;
+        };
+        let ttl = Duration::from_millis(lease.ttl_ms.max(1_000));
+        let cancel = shutdown.child_token();
+        let progress = Arc::new(Progress::default());
+        self.held().insert(
+            lease_ref.lease_id.clone(),
+            Held {
+                lease: lease_ref.clone(),
+                progress: progress.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        tracing::info!(job = %lease_ref.job_id, item = %lease_ref.item_id, epoch = lease_ref.epoch, objects = lease.objects.len(), "lease granted");
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(self.clone().keep_alive(
+            lease_ref.clone(),
+            ttl,
+            cancel.clone(),
+            lost.clone(),
+        ));
+        let objects: Vec<RemoteObject> = lease
+            .objects
+            .iter()
+            .map(|o| RemoteObject {
+                key: o.key.clone(),
+                size: o.size,
+                etag: (!o.etag.is_empty()).then(|| o.etag.clone()),
+                last_modified: (!o.last_modified.is_empty()).then(|| o.last_modified.clone()),
+            })
+            .collect();
+        let scope = FetchScope {
+            cancel: cancel.clone(),
+            temp_tag: lease_ref.lease_id.clone(),
+            batch: Some(progress),
+        };
+        let outcomes = match self
+            .mirrorer(&lease.source.clone().unwrap_or_default())
+            .await
+        {
+            Ok(mirrorer) => mirrorer.mirror_objects(&objects, &scope).await,
+            Err(error) => Err(error),
+        };
+        keeper.abort();
+        self.held().remove(&lease_ref.lease_id);
+        if lost.load(Ordering::SeqCst) {
+            tracing::warn!(item = %lease_ref.item_id, epoch = lease_ref.epoch, "lease lost; its work was stopped");
+            return;
+        }
+        if shutdown.is_cancelled() {
+            self.finish(&lease_ref, Finish::Release).await;
+            return;
+        }
+        let finish = match outcomes {
+            Err(error) => Finish::Fail(format!("local i/o error: {error}"), false),
+            Ok(outcomes) if outcomes.iter().all(Outcome::is_verified) => Finish::Complete,
+            Ok(outcomes) => match outcomes.into_iter().find_map(|o| match o {
+                Outcome::Failed { reason, permanent } => Some((reason, permanent)),
+                _ => None,
+            }) {
+                Some((reason, permanent)) => Finish::Fail(reason, permanent),
+                // Stopped by a cancel command: the job is gone, nothing to report.
+                None => return,
+            },
+        };
+        self.finish(&lease_ref, finish).await;
+    }
+
+    /// Renews every third of the TTL until cancelled; fences itself when the lease is lost or
+    /// its local deadline passes.
+    async fn keep_alive(
+        self: Arc<Self>,
+        lease: pb::LeaseRef,
+        ttl: Duration,
+        cancel: CancellationToken,
+        lost: Arc<AtomicBool>,
+    ) {
+        let mut deadline = Instant::now() + ttl;
+        loop {
+            let next = tokio::time::sleep(ttl / 3);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    tracing::warn!(item = %lease.item_id, "no renewal within the lease time: stopping the work (self-fencing)");
+                    lost.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                _ = next => {}
+            }
+            let sent = Instant::now();
+            let request = pb::RenewRequest {
+                lease: Some(lease.clone()),
+                worker: self.config.name.clone(),
+            };
+            let renewed = tokio::time::timeout(ttl / 3, self.client.clone().renew(request)).await;
+            if let Ok(Ok(_)) = &renewed {
+                self.telemetry
+                    .renew_seconds
+                    .observe(sent.elapsed().as_secs_f64());
+                self.telemetry.contact();
+            }
+            match renewed {
+                Ok(Ok(response)) if response.get_ref().status == pb::LeaseStatus::Ok as i32 => {
+                    deadline = sent + ttl
+                }
+                Ok(Ok(_)) => {
+                    lost.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                // The coordinator or Redis is unreachable: keep working until the deadline.
+                _ => {}
+            }
+        }
+    }
+
+    /// Reports the end of a lease, retrying while the coordinator is unreachable (the calls are
+    /// idempotent for a grant). Gives up after about a minute: the lease then expires and is
+    /// granted again.
+    async fn finish(&self, lease: &pb::LeaseRef, finish: Finish) {
+        let mut backoff = Backoff::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut client = self.client.clone();
+            let worker = self.config.name.clone();
+            let result = match &finish {
+                Finish::Complete => client
+                    .complete(pb::CompleteRequest {
+                        lease: Some(lease.clone()),
+                        worker,
+                        bytes: 0,
+                    })
+                    .await
+                    .map(|r| r.into_inner().status),
+                Finish::Fail(reason, permanent) => client
+                    .fail(pb::FailRequest {
+                        lease: Some(lease.clone()),
+                        worker,
+                        reason: reason.clone(),
+                        permanent: *permanent,
+                    })
+                    .await
+                    .map(|r| r.into_inner().status),
+                Finish::Release => client
+                    .release(pb::ReleaseRequest {
+                        lease: Some(lease.clone()),
+                        worker,
+                    })
+                    .await
+                    .map(|r| r.into_inner().status),
+            };
+            match result {
+                Ok(status) => {
+                    let status =
+                        pb::LeaseStatus::try_from(status).unwrap_or(pb::LeaseStatus::LeaseLost);
+                    tracing::info!(item = %lease.item_id, epoch = lease.epoch, action = finish.name(), ?status, "lease finished");
+                    return;
+                }
+                Err(error) if Instant::now() < deadline => {
+                    tracing::warn!(item = %lease.item_id, code = ?error.code(), "could not report the lease; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(error) => {
+                    tracing::error!(item = %lease.item_id, code = ?error.code(), "giving up reporting the lease; it will expire");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps a session stream open: a report about every second, commands applied as they
+    /// come. Reconnects with jittered backoff.
+    async fn session(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let connections = self.http.stats();
+        while !stop.is_cancelled() {
+            let (reports, outbound) = mpsc::channel(4);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(outbound);
+            let reporter = tokio::spawn(self.clone().report_loop(reports, connections.clone()));
+            match self.client.clone().worker_session(stream).await {
+                Ok(response) => {
+                    backoff.reset();
+                    let mut commands = response.into_inner();
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            command = commands.message() => match command {
+                                Ok(Some(command)) => self.apply(command),
+                                _ => break,
+                            },
+                        }
+                    }
+                }
+                Err(status) => tracing::debug!(code = ?status.code(), "session stream unavailable"),
+            }
+            reporter.abort();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next()) => {}
+            }
+        }
+    }
+
+    fn apply(&self, command: pb::WorkerCommand) {
+        match command.kind {
+            Some(pb::worker_command::Kind::Drain(true)) => {
+                if !self.draining.swap(true, Ordering::SeqCst) {
+                    tracing::info!("drain requested: finishing held leases, taking no more");
+                }
+            }
+            Some(pb::worker_command::Kind::CancelLease(lease)) => {
+                if let Some(held) = self.held().get(&lease.lease_id) {
+                    tracing::info!(item = %lease.item_id, "job cancelled: stopping its lease");
+                    held.cancel.cancel();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a report about every second. `try_send`: when the stream is slow, a report is
+    /// skipped rather than queued (the next one carries newer values anyway).
+    async fn report_loop(
+        self: Arc<Self>,
+        reports: mpsc::Sender<pb::WorkerReport>,
+        connections: Arc<ConnectionStats>,
+    ) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            every.tick().await;
+            let snapshot = self.progress.snapshot();
+            let now = Instant::now();
+            let rate = (snapshot.bytes_downloaded.saturating_sub(last.1)) as f64
+                / now.duration_since(last.0).as_secs_f64().max(0.001);
+            last = (now, snapshot.bytes_downloaded);
+            let pool = connections.snapshot();
+            let retries = RetryReason::ALL
+                .iter()
+                .filter(|r| snapshot.retries_for(**r) > 0)
+                .map(|r| (r.label().to_string(), snapshot.retries_for(*r)))
+                .collect();
+            let (progress, held) = {
+                let held = self.held();
+                let progress = held
+                    .values()
+                    .map(|h| {
+                        let p = h.progress.snapshot();
+                        pb::LeaseProgress {
+                            lease: Some(h.lease.clone()),
+                            bytes_done: p.bytes_downloaded,
+                            objects_done: p.objects_done as u32,
+                        }
+                    })
+                    .collect();
+                (progress, held.len() as u32)
+            };
+            let report = pb::WorkerReport {
+                worker: self.config.name.clone(),
+                progress,
+                leases_held: held,
+                metrics: Some(pb::ConnectionMetrics {
+                    open: pool.open as u32,
+                    in_use: pool.in_use as u32,
+                    idle: pool.idle as u32,
+                    connects: pool.connects,
+                    resets: snapshot.retries_for(RetryReason::Reset),
+                    retries,
+                    stall_timeouts: snapshot.retries_for(RetryReason::Stall),
+                    bytes_per_sec: rate,
+                    bytes_downloaded: snapshot.bytes_downloaded,
+                    objects_completed: snapshot.objects_done,
+                    verify_failures: snapshot.verify_failures,
+                }),
+            };
+            if let Err(mpsc::error::TrySendError::Closed(_)) = reports.try_send(report) {
+                return;
+            }
+        }
+    }
+}
+
+/// How a lease ends.
+enum Finish {
+    Complete,
+    Fail(String, bool),
+    Release,
+}
+
+impl Finish {
+    fn name(&self) -> &'static str {
+        match self {
+            Finish::Complete => "complete",
+            Finish::Fail(..) => "fail",
+            Finish::Release => "release",
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter, for reconnecting.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    fn next(&mut self) -> Duration {
+        self.attempt = (self.attempt + 1).min(6);
+        let ceiling = Duration::from_millis(100 << self.attempt).min(Duration::from_secs(5));
+        Duration::from_millis(
+            rand::rng().random_range(ceiling.as_millis() as u64 / 4..=ceiling.as_millis() as u64),
+        )
+    }
+}

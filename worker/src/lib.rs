@@ -1,0 +1,40 @@
+//! The era5-mirror fetch engine and the local mirror it writes.
+//!
+//! - [`engine`]: ranged, retrying, stall-aware downloads of one object under the process-wide
+//!   connection cap, with in-stream digests.
+//! - [`scheduler`]: admission of requests by priority with an AIMD window (SlowDown).
+//! - [`fast_md5`]: MD5 through OpenSSL's assembly when available.
+//! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
+//! - [`ordered_md5`]: the whole-object MD5 hashed in order while parts still download.
+//! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.
+//! - [`manifest`]: the crash-safe, batched journal of verified objects.
+//! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
+//! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
+//! - [`telemetry`]: the worker's /metrics, /healthz and /readyz.
+//! - [`progress`]: lock-free live counters for whoever reports.
+//!
+//! - [`agent`]: the cluster worker: leases from the coordinator through the same mirrorer.
+//!
+//! `era5 sync` drives [`sync::run`]; the cluster worker ([`agent::run`]) drives the same
+//! [`sync::Mirrorer`] one lease at a time.
+
+pub mod agent;
+pub mod engine;
+pub mod fast_md5;
+pub mod manifest;
+pub mod mirror;
+pub mod ordered_md5;
+pub mod progress;
+pub mod scheduler;
+pub mod sync;
+pub mod telemetry;
+pub mod verify;
+pub mod writer;
+
+pub use engine::{
+    DEFAULT_PART_SIZE, DEFAULT_STALL_TIMEOUT, Engine, EngineConfig, FetchError, FetchScope,
+};
+pub use mirror::Mirror;
+pub use progress::{Progress, ProgressSnapshot};
+pub use sync::{Outcome, SyncReport};
+pub use verify::VerifyMode;

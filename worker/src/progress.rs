@@ -1,0 +1,111 @@
+//! Live counters of a sync, updated lock-free by the engine and read by whoever reports
+//! (progress bar, log lines, the cluster's progress stream). Latest value wins: the download
+//! loop never waits for a reader.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::source::retry::RetryReason;
+
+/// Counters of one sync.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Objects selected.
+    pub objects_total: AtomicU64,
+    /// Objects present and verified (already there, verified locally, or downloaded).
+    pub objects_done: AtomicU64,
+    /// Objects that failed.
+    pub objects_failed: AtomicU64,
+    /// Bytes that need downloading.
+    pub bytes_total: AtomicU64,
+    /// Bytes received so far (including bytes of attempts that were later retried).
+    pub bytes_downloaded: AtomicU64,
+    /// Verification failures (each one triggers a new download).
+    pub verify_failures: AtomicU64,
+    /// Objects restarted because they changed upstream mid-download (412).
+    pub restarts: AtomicU64,
+    retries: [AtomicU64; RetryReason::ALL.len()],
+}
+
+/// A copy of the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    /// Objects selected.
+    pub objects_total: u64,
+    /// Objects present and verified.
+    pub objects_done: u64,
+    /// Objects failed.
+    pub objects_failed: u64,
+    /// Bytes that need downloading.
+    pub bytes_total: u64,
+    /// Bytes received.
+    pub bytes_downloaded: u64,
+    /// Verification failures.
+    pub verify_failures: u64,
+    /// Restarts after an upstream change.
+    pub restarts: u64,
+    /// Retries by [`RetryReason::index`].
+    pub retries: [u64; RetryReason::ALL.len()],
+}
+
+impl ProgressSnapshot {
+    /// All retries.
+    pub fn retries_total(&self) -> u64 {
+        self.retries.iter().sum()
+    }
+
+    /// Retries for one reason.
+    pub fn retries_for(&self, reason: RetryReason) -> u64 {
+        self.retries[reason.index()]
+    }
+
+    /// `slowdown 2, reset 1`, or `none`.
+    pub fn retries_breakdown(&self) -> String {
+        let parts: Vec<String> = RetryReason::ALL
+            .iter()
+            .filter(|r| self.retries_for(**r) > 0)
+            .map(|r| format!("{} {}", r.label(), self.retries_for(*r)))
+            .collect();
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+impl Progress {
+    /// Counts one retry.
+    pub fn retry(&self, reason: RetryReason) {
+        self.retries[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes bytes from the amount still to download (resumed parts, files verified
+    /// locally instead).
+    pub fn discount(&self, bytes: u64) {
+        let _ = self
+            .bytes_total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                Some(total.saturating_sub(bytes))
+            });
+    }
+
+    /// Adds received bytes.
+    pub fn add_downloaded(&self, bytes: u64) {
+        self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ProgressSnapshot {
+            objects_total: load(&self.objects_total),
+            objects_done: load(&self.objects_done),
+            objects_failed: load(&self.objects_failed),
+            bytes_total: load(&self.bytes_total),
+            bytes_downloaded: load(&self.bytes_downloaded),
+            verify_failures: load(&self.verify_failures),
+            restarts: load(&self.restarts),
+            retries: std::array::from_fn(|i| load(&self.retries[i])),
+        }
+    }
+}

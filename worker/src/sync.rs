@@ -1,0 +1,414 @@
+//! One sync of a selection into a mirror: decide per object whether it is already there,
+//! only needs its local bytes verified, or must be downloaded; then fetch what is missing and
+//! record every verified object in the manifest.
+//!
+//! An object is skipped (no GET) when the manifest has it with the listed size and ETag and
+//! the file is present with that size. When the listing carries no ETag, Last-Modified stands
+//! in for it, and failing that a HEAD. A file present without a record (a lost manifest, or a
+//! crash between promotion and the manifest write) is verified from its bytes, not downloaded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::source::{RemoteObject, Source};
+use futures_util::{StreamExt, stream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineConfig, FetchError, FetchScope};
+use crate::manifest::{Manifest, ManifestEntry, now_rfc3339};
+use crate::mirror::Mirror;
+use crate::progress::Progress;
+use crate::verify::{Expected, VerifyMode, verify_file};
+
+/// What happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already in the mirror and recorded as verified: nothing fetched.
+    Present,
+    /// The file was there; its bytes were verified locally.
+    VerifiedLocally,
+    /// Downloaded, verified and promoted.
+    Downloaded,
+    /// Failed, with the reason; `permanent` when retrying cannot help (403/404, repeated
+    /// verification failures, an unsafe key).
+    Failed {
+        /// What went wrong.
+        reason: String,
+        /// Whether another attempt is pointless.
+        permanent: bool,
+    },
+    /// Not finished because the sync was stopped.
+    Cancelled,
+}
+
+impl Outcome {
+    fn failed(error: &FetchError) -> Self {
+        Outcome::Failed {
+            reason: error.to_string(),
+            permanent: error.is_permanent(),
+        }
+    }
+
+    /// Whether the object is present and verified.
+    pub fn is_verified(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Present | Outcome::VerifiedLocally | Outcome::Downloaded
+        )
+    }
+}
+
+/// The result of a sync.
+#[derive(Debug)]
+pub struct SyncReport {
+    /// Every selected object and its outcome, in key order.
+    pub results: Vec<(RemoteObject, Outcome)>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Whether the sync was stopped before the end.
+    pub cancelled: bool,
+}
+
+impl SyncReport {
+    /// Objects with a given outcome.
+    pub fn count(&self, wanted: impl Fn(&Outcome) -> bool) -> usize {
+        self.results
+            .iter()
+            .filter(|(_, outcome)| wanted(outcome))
+            .count()
+    }
+
+    /// The failures, key and reason.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.results
+            .iter()
+            .filter_map(|(object, outcome)| match outcome {
+                Outcome::Failed { reason, .. } => Some((object.key.as_str(), reason.as_str())),
+                _ => None,
+            })
+    }
+
+    /// Whether every selected object is present and verified.
+    pub fn all_verified(&self) -> bool {
+        !self.cancelled && self.results.iter().all(|(_, o)| o.is_verified())
+    }
+}
+
+/// What to do with an object, decided before any download.
+enum Plan {
+    Present,
+    VerifyLocal { head_first: bool },
+    Fetch,
+}
+
+/// Mirrors batches of objects into one destination. `era5 sync` hands it every object of its
+/// plan at once; a cluster worker hands it one lease at a time, several concurrently. Objects
+/// of earlier batches go first (a sequence number orders all requests).
+pub struct Mirrorer {
+    engine: Arc<Engine>,
+    mirror: Arc<Mirror>,
+    manifest: Mutex<Manifest>,
+    progress: Arc<Progress>,
+    next_seq: AtomicU64,
+}
+
+impl Mirrorer {
+    /// A mirrorer writing into `mirror` (its manifest journal is opened here).
+    pub fn new(
+        source: Source,
+        mirror: Mirror,
+        config: EngineConfig,
+        progress: Arc<Progress>,
+    ) -> std::io::Result<Arc<Self>> {
+        let manifest = Manifest::open(mirror.state_dir(), mirror.writer())?;
+        let mirror = Arc::new(mirror);
+        let engine = Engine::new(source, mirror.clone(), progress.clone(), config);
+        Ok(Arc::new(Self {
+            engine,
+            mirror,
+            manifest: Mutex::new(manifest),
+            progress,
+            next_seq: AtomicU64::new(0),
+        }))
+    }
+
+    /// The engine (its scheduler shows the request window).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The live counters.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    fn manifest(&self) -> std::sync::MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every object present and verified, or says why not; outcomes are in the order of
+    /// `objects`. Counters grow by this batch.
+    pub async fn mirror_objects(
+        &self,
+        objects: &[RemoteObject],
+        scope: &FetchScope,
+    ) -> std::io::Result<Vec<Outcome>> {
+        let mode = self.engine.config().verify;
+        let plans: Vec<Plan> = {
+            let manifest = self.manifest();
+            objects
+                .iter()
+                .map(|object| triage(&self.mirror, &manifest, object, mode))
+                .collect()
+        };
+        let to_download: u64 = objects
+            .iter()
+            .zip(&plans)
+            .filter(|(_, plan)| !matches!(plan, Plan::Present))
+            .map(|(object, _)| object.size)
+            .sum();
+        self.progress
+            .objects_total
+            .fetch_add(objects.len() as u64, Ordering::Relaxed);
+        self.progress
+            .bytes_total
+            .fetch_add(to_download, Ordering::Relaxed);
+
+        let mut results: Vec<Option<Outcome>> = vec![None; objects.len()];
+        let mut to_fetch = Vec::new();
+        let mut to_check = Vec::new();
+        for (index, plan) in plans.into_iter().enumerate() {
+            match plan {
+                Plan::Present => {
+                    results[index] =
+                        Some(self.settle(scope, &objects[index], Ok(None), Outcome::Present)?)
+                }
+                Plan::VerifyLocal { head_first } => to_check.push((index, head_first)),
+                Plan::Fetch => to_fetch.push(index),
+            }
+        }
+
+        // Local verification is disk and CPU bound: as many at once as there are cores.
+        let hashing = Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ));
+        let checked: Vec<(usize, Result<Option<ManifestEntry>, FetchError>)> =
+            stream::iter(to_check)
+                .map(|(index, head_first)| {
+                    let hashing = hashing.clone();
+                    async move {
+                        (
+                            index,
+                            verify_local(
+                                &self.engine,
+                                &self.mirror,
+                                &hashing,
+                                &objects[index],
+                                head_first,
+                                &scope.cancel,
+                            )
+                            .await,
+                        )
+                    }
+                })
+                .buffer_unordered(self.engine.scheduler().max())
+                .collect()
+                .await;
+        for (index, result) in checked {
+            match result {
+                Ok(None) => to_fetch.push(index),
+                Ok(Some(entry)) => {
+                    // A crash may have left this object's temporary files behind after its
+                    // promotion; the verified file makes them useless.
+                    self.mirror
+                        .temp_paths(&objects[index].key, &scope.temp_tag)
+                        .remove();
+                    self.progress.discount(objects[index].size);
+                    results[index] = Some(self.settle(
+                        scope,
+                        &objects[index],
+                        Ok(Some(entry)),
+                        Outcome::VerifiedLocally,
+                    )?);
+                }
+                Err(error) => {
+                    results[index] = Some(self.settle(
+                        scope,
+                        &objects[index],
+                        Err(error),
+                        Outcome::VerifiedLocally,
+                    )?)
+                }
+            }
+        }
+
+        // Objects in flight: enough to keep every connection busy with single-part objects,
+        // plus a little slack so verification and promotion overlap the next downloads.
+        to_fetch.sort_unstable();
+        let first_seq = self
+            .next_seq
+            .fetch_add(to_fetch.len() as u64, Ordering::Relaxed);
+        let mut fetched = stream::iter(to_fetch.into_iter().enumerate())
+            .map(|(offset, index)| async move {
+                let fetched = self
+                    .engine
+                    .fetch(&objects[index], first_seq + offset as u64, scope)
+                    .await;
+                (index, fetched.map(|done| Some(done.entry)))
+            })
+            .buffer_unordered(self.engine.scheduler().max() + 2);
+        while let Some((index, result)) = fetched.next().await {
+            results[index] =
+                Some(self.settle(scope, &objects[index], result, Outcome::Downloaded)?);
+        }
+        drop(fetched);
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Outcome::Cancelled))
+            .collect())
+    }
+
+    /// Records how an object ended: its manifest entry (if newly verified) and the counters.
+    fn settle(
+        &self,
+        scope: &FetchScope,
+        object: &RemoteObject,
+        result: Result<Option<ManifestEntry>, FetchError>,
+        success: Outcome,
+    ) -> std::io::Result<Outcome> {
+        Ok(match result {
+            Ok(entry) => {
+                if let Some(entry) = entry {
+                    self.manifest().record(entry)?;
+                }
+                for progress in std::iter::once(&self.progress).chain(scope.batch.as_ref()) {
+                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                }
+                success
+            }
+            Err(FetchError::Cancelled) => Outcome::Cancelled,
+            Err(error) => {
+                self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %object.key, %error, "object failed");
+                Outcome::failed(&error)
+            }
+        })
+    }
+
+    /// Makes every buffered manifest record durable.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.manifest().flush()
+    }
+}
+
+/// Runs a sync of `objects` into `mirror` as one batch and reports every outcome.
+pub async fn run(
+    source: Source,
+    objects: Vec<RemoteObject>,
+    mirror: Mirror,
+    config: EngineConfig,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> std::io::Result<SyncReport> {
+    let started = Instant::now();
+    let mirrorer = Mirrorer::new(source, mirror, config, progress)?;
+    let scope = FetchScope {
+        cancel: cancel.clone(),
+        ..FetchScope::default()
+    };
+    let outcomes = mirrorer.mirror_objects(&objects, &scope).await?;
+    mirrorer.flush()?;
+    Ok(SyncReport {
+        results: objects.into_iter().zip(outcomes).collect(),
+        elapsed: started.elapsed(),
+        cancelled: cancel.is_cancelled(),
+    })
+}
+
+/// Decides from the manifest and the filesystem alone (no request) what an object needs.
+fn triage(mirror: &Mirror, manifest: &Manifest, object: &RemoteObject, mode: VerifyMode) -> Plan {
+    let Ok(path) = mirror.final_path(&object.key) else {
+        // The engine reports the unsafe key as this object's failure.
+        return Plan::Fetch;
+    };
+    let on_disk = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    if on_disk != Some(object.size) {
+        return Plan::Fetch;
+    }
+    let Some(entry) = manifest.get(&object.key) else {
+        return Plan::VerifyLocal {
+            head_first: object.etag.is_none() || mode == VerifyMode::Full,
+        };
+    };
+    if entry.size != object.size {
+        return Plan::Fetch;
+    }
+    let same_version = match (&object.etag, &object.last_modified) {
+        (Some(etag), _) => Some(entry.etag.as_ref() == Some(etag)),
+        (None, Some(modified)) if entry.last_modified.as_ref() == Some(modified) => Some(true),
+        // A terse listing: a HEAD decides.
+        (None, _) => None,
+    };
+    match same_version {
+        Some(false) => Plan::Fetch,
+        Some(true) if entry.verified >= mode => Plan::Present,
+        Some(true) => Plan::VerifyLocal {
+            head_first: mode == VerifyMode::Full,
+        },
+        None => Plan::VerifyLocal { head_first: true },
+    }
+}
+
+/// Verifies a file already at its final path. `Ok(None)` means it must be downloaded.
+async fn verify_local(
+    engine: &Arc<Engine>,
+    mirror: &Arc<Mirror>,
+    hashing: &Arc<Semaphore>,
+    object: &RemoteObject,
+    head_first: bool,
+    cancel: &CancellationToken,
+) -> Result<Option<ManifestEntry>, FetchError> {
+    let mode = engine.config().verify;
+    let (etag, last_modified, checksum) = if head_first {
+        let head = engine.head(&object.key, 0, cancel).await?;
+        if head.size != object.size {
+            return Ok(None);
+        }
+        (head.etag, head.last_modified, head.checksum)
+    } else {
+        (object.etag.clone(), object.last_modified.clone(), None)
+    };
+    let path = mirror.final_path(&object.key)?;
+    let expected = Expected {
+        size: object.size,
+        etag: etag.clone(),
+        checksum,
+    };
+    let _permit = hashing
+        .acquire()
+        .await
+        .map_err(|e| FetchError::Io(e.to_string()))?;
+    let checked = tokio::task::spawn_blocking(move || verify_file(&path, &expected, mode))
+        .await
+        .map_err(|e| FetchError::Io(e.to_string()))?;
+    match checked {
+        Ok(verified) => Ok(Some(ManifestEntry {
+            key: object.key.clone(),
+            size: object.size,
+            etag,
+            last_modified,
+            checksum: verified.checksum,
+            verified: verified.level,
+            verified_at: now_rfc3339(),
+        })),
+        Err(error) => {
+            tracing::info!(key = %object.key, %error, "local file does not match upstream; downloading it");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The worker's HTTP side: Prometheus `/metrics`, `/healthz` (the process is alive, whatever
+//! the coordinator does) and `/readyz` (the coordinator answered recently).
+//!
+//! Metrics are read from the engine's own counters and the pool's gauge at scrape time:
+//! `era5_bytes_downloaded_total`, `era5_objects_completed_total`, `era5_s3_connections_open`,
+//! `era5_s3_connections_in_use`, `era5_s3_retries_total{reason}`,
+//! `era5_s3_stall_timeouts_total`, `era5_verify_failures_total`, and the histogram
+//! `era5_lease_renew_seconds` of renewal round trips. The only label is the retry reason, a
+//! fixed set.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use common::source::ConnectionStats;
+use common::source::retry::RetryReason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::Progress;
+
+/// A worker is ready while the coordinator has answered within this long.
+pub const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Buckets of renewal round trips, in seconds.
+const RENEW_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// The worker's metrics and readiness.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    /// Renewal round trips.
+    pub renew_seconds: Histogram,
+    started: Instant,
+    /// Milliseconds since `started` of the last successful coordinator call (-1: never).
+    last_contact: AtomicI64,
+}
+
+#[derive(Debug)]
+struct EngineCollector {
+    progress: Arc<Progress>,
+    connections: Arc<ConnectionStats>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: usize,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value as i64).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Gauge,
+    )?)
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let progress = self.progress.snapshot();
+        let pool = self.connections.snapshot();
+        counter(
+            &mut encoder,
+            "era5_bytes_downloaded",
+            "Bytes received from S3",
+            progress.bytes_downloaded,
+        )?;
+        counter(
+            &mut encoder,
+            "era5_objects_completed",
+            "Objects present and verified",
+            progress.objects_done,
+        )?;
+        gauge(
+            &mut encoder,
+            "era5_s3_connections_open",
+            "Open S3 connections",
+            pool.open,
+        )?;
+        gauge(
+            &mut encoder,
+            "era5_s3_connections_in_use",
+            "S3 connections carrying a request",
+            pool.in_use,
+        )?;
+        let mut retries = encoder.encode_descriptor(
+            "era5_s3_retries",
+            "Retried S3 requests by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in RetryReason::ALL {
+            let labels = [("reason", reason.label())];
+            ConstCounter::new(progress.retries_for(reason))
+                .encode(retries.encode_family(&labels)?)?;
+        }
+        counter(
+            &mut encoder,
+            "era5_s3_stall_timeouts",
+            "Reads abandoned after the stall timeout",
+            progress.retries_for(RetryReason::Stall),
+        )?;
+        counter(
+            &mut encoder,
+            "era5_verify_failures",
+            "Downloads that failed verification",
+            progress.verify_failures,
+        )?;
+        Ok(())
+    }
+}
+
+impl Telemetry {
+    /// Metrics over the engine's counters and the pool's gauge.
+    pub fn new(progress: Arc<Progress>, connections: Arc<ConnectionStats>) -> Arc<Self> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(EngineCollector {
+            progress,
+            connections,
+        }));
+        let renew_seconds = Histogram::new(RENEW_BUCKETS);
+        registry.register(
+            "era5_lease_renew_seconds",
+            "Round trip of a lease renewal",
+            renew_seconds.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            renew_seconds,
+            started: Instant::now(),
+            last_contact: AtomicI64::new(-1),
+        })
+    }
+
+    /// The coordinator just answered.
+    pub fn contact(&self) {
+        self.last_contact
+            .store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// Whether the coordinator answered within [`READY_WITHIN`].
+    pub fn ready(&self) -> bool {
+        let last = self.last_contact.load(Ordering::Relaxed);
+        last >= 0
+            && (self.started.elapsed().as_millis() as i64 - last) < READY_WITHIN.as_millis() as i64
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self);
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "http server failed");
+        }
+    }
+}
+
+async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> (StatusCode, &'static str) {
+    if telemetry.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "coordinator not reached recently\n",
+        )
+    }
+}
+
+async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        telemetry.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_the_documented_names() {
+        let progress = Arc::new(Progress::default());
+        progress.add_downloaded(1234);
+        progress.retry(RetryReason::SlowDown);
+        progress.retry(RetryReason::Stall);
+        let telemetry = Telemetry::new(progress, Arc::new(ConnectionStats::default()));
+        telemetry.renew_seconds.observe(0.003);
+        let text = telemetry.render();
+        for line in [
+            "era5_bytes_downloaded_total 1234",
+            "era5_objects_completed_total 0",
+            "era5_s3_connections_open 0",
+            "era5_s3_connections_in_use 0",
+            "era5_s3_retries_total{reason=\"slowdown\"} 1",
+            "era5_s3_stall_timeouts_total 1",
+            "era5_verify_failures_total 0",
+            "era5_lease_renew_seconds_count 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+        assert!(!telemetry.ready());
+        telemetry.contact();
+        assert!(telemetry.ready());
+    }
+}

@@ -1,0 +1,163 @@
+//! One writer thread per temporary file, which also keeps its resume state.
+//!
+//! Parts arrive on many connections at once, but a filesystem serialises buffered writes to one
+//! file (ext4 holds the inode lock for each `pwrite`), so parallel writers only spin on that
+//! lock and burn the CPU the downloads need. Parts therefore hand their bytes to the file's
+//! single writer through a small bounded channel (back-pressure, not buffering).
+//!
+//! When a part has handed over its last byte it sends `PartDone`. The writer handles commands
+//! in order, so by then every byte of the part is written: only then does it record the part in
+//! the resume state (saved at most every [`SAVE_EVERY`] and when the download ends, never from
+//! an async task) and tell the in-order MD5 follower. It also starts writeback early
+//! (`sync_file_range`), so the fsync before promotion has little left to do.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::mirror::ResumeState;
+use crate::ordered_md5::PartDone;
+use crate::verify::PartDigest;
+
+/// Chunks queued per file; each is one network read (up to 512 KiB).
+const QUEUE_DEPTH: usize = 8;
+/// Start writeback after this many bytes.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+/// Longest time a finished part waits to be saved in the resume state.
+pub const SAVE_EVERY: Duration = Duration::from_millis(500);
+
+enum Command {
+    Write { offset: u64, data: Bytes },
+    PartDone { index: u64, digest: PartDigest },
+}
+
+/// How the writer ended.
+pub struct WriterOutcome {
+    /// The resume state with every part recorded as done.
+    pub state: ResumeState,
+    /// The first write error, if any (then the object failed).
+    pub failure: Option<String>,
+}
+
+/// A handle for sending bytes to a file's writer. Cloned into every part of the object.
+#[derive(Clone)]
+pub struct FileWriter {
+    tx: mpsc::Sender<Command>,
+}
+
+impl FileWriter {
+    /// Starts the writer of `file` on a blocking thread, with the resume state to extend and
+    /// where to save it. It ends, saving the state, when every handle is dropped.
+    pub fn start(
+        file: Arc<File>,
+        state: ResumeState,
+        state_path: PathBuf,
+        follower: Option<PartDone>,
+    ) -> (Self, tokio::task::JoinHandle<WriterOutcome>) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut writer = Writer {
+                file,
+                state,
+                state_path,
+                follower,
+                failure: None,
+                since_writeback: 0,
+                unsaved: false,
+                last_save: Instant::now(),
+            };
+            writer.run(rx);
+            WriterOutcome {
+                state: writer.state,
+                failure: writer.failure,
+            }
+        });
+        (Self { tx }, task)
+    }
+
+    /// Queues `data` for `offset`. Fails only if the writer has stopped.
+    pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), String> {
+        self.send(Command::Write { offset, data }).await
+    }
+
+    /// Declares part `index` complete, once all its bytes were queued.
+    pub async fn part_done(&self, index: u64, digest: PartDigest) -> Result<(), String> {
+        self.send(Command::PartDone { index, digest }).await
+    }
+
+    async fn send(&self, command: Command) -> Result<(), String> {
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| "the file writer stopped".to_string())
+    }
+}
+
+struct Writer {
+    file: Arc<File>,
+    state: ResumeState,
+    state_path: PathBuf,
+    follower: Option<PartDone>,
+    failure: Option<String>,
+    since_writeback: u64,
+    unsaved: bool,
+    last_save: Instant,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(command) = rx.blocking_recv() {
+            if self.failure.is_some() {
+                continue;
+            }
+            match command {
+                Command::Write { offset, data } => self.write(offset, &data),
+                Command::PartDone { index, digest } => {
+                    self.state.parts.insert(index, digest);
+                    self.unsaved = true;
+                    if let Some(follower) = &self.follower {
+                        follower.send(index);
+                    }
+                    if self.last_save.elapsed() >= SAVE_EVERY {
+                        self.save();
+                    }
+                }
+            }
+        }
+        // The download finished, failed or was cancelled: keep what is done for a resume.
+        if self.unsaved && self.failure.is_none() {
+            self.save();
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Err(error) = self.file.write_all_at(data, offset) {
+            self.failure = Some(format!("writing the temporary file failed: {error}"));
+            return;
+        }
+        self.since_writeback += data.len() as u64;
+        if self.since_writeback >= WRITEBACK_EVERY {
+            self.since_writeback = 0;
+            // SAFETY: a plain syscall on a descriptor we own; offset 0 and length 0 mean the
+            // whole file. It only starts writeback; it does not wait.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
+
+    fn save(&mut self) {
+        self.last_save = Instant::now();
+        self.unsaved = false;
+        if let Err(error) = self.state.save(&self.state_path) {
+            // Only resumability suffers: the parts are downloaded again after a crash.
+            tracing::warn!(path = %self.state_path.display(), %error, "could not save the resume state");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The engine and the bounded pool in-process, against the real test S3 server: the live
+//! connection gauge, idle expiry, and the AIMD reaction to SlowDown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::source::{PoolConfig, RemoteObject, Source, SourceConfig};
+use tests::faults::{Fault, FaultRule};
+use tests::s3_server::{PutOptions, TestS3};
+use worker::{Engine, EngineConfig, Mirror, Progress};
+
+const KEY: &str =
+    "e5.oper.an.sfc/202401/e5.oper.an.sfc.128_167_2t.ll025sc.2024010100_2024013123.nc";
+
+async fn source(s3: &TestS3, connections: usize, idle_timeout: Duration) -> Source {
+    Source::connect(&SourceConfig {
+        bucket: s3.bucket().to_string(),
+        endpoint: Some(s3.endpoint()),
+        region: "us-east-1".into(),
+        sign: false,
+        pool: PoolConfig {
+            idle_timeout,
+            ..PoolConfig::new(connections)
+        },
+    })
+    .await
+}
+
+fn listed(s3: &TestS3) -> RemoteObject {
+    let object = s3.object(KEY).unwrap();
+    RemoteObject {
+        key: KEY.into(),
+        size: object.data.len() as u64,
+        etag: Some(object.etag.trim_matches('"').to_string()),
+        last_modified: None,
+    }
+}
+
+async fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gauge_counts_open_and_in_use_connections_and_idle_ones_expire() {
+    let s3 = TestS3::start("bucket");
+    s3.put_object(KEY, tests::fixtures::object_bytes(KEY, 3 << 20));
+    s3.add_fault(FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: None,
+        ranged_only: false,
+        skip: 0,
+        times: None,
+        fault: Fault::SlowBody {
+            bytes_per_sec: 1 << 20,
+        },
+    });
+    let source = source(&s3, 3, Duration::from_millis(400)).await;
+    let stats = source.connection_stats();
+
+    // Three slow GETs in flight: three connections open and in use, and no more.
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let response = source
+            .client
+            .get_object()
+            .bucket("bucket")
+            .key(KEY)
+            .send()
+            .await
+            .unwrap();
+        bodies.push(response.body);
+    }
+    assert_eq!(stats.snapshot().in_use, 3);
+    assert_eq!(stats.snapshot().open, 3);
+    // A fourth request waits for a permit instead of opening a fourth connection.
+    let fourth = tokio::time::timeout(
+        Duration::from_millis(200),
+        source.client.head_object().bucket("bucket").key(KEY).send(),
+    )
+    .await;
+    assert!(fourth.is_err(), "a fourth request was sent with a cap of 3");
+
+    // Dropping an unread body frees its permit and closes its connection (it cannot be reused).
+    drop(bodies.pop());
+    wait_for(
+        Duration::from_secs(2),
+        "the dropped body's connection to close",
+        || stats.snapshot().open == 2,
+    )
+    .await;
+    assert_eq!(stats.snapshot().in_use, 2);
+
+    // Reading the others to the end returns their connections to the pool...
+    for mut body in bodies {
+        while body.next().await.transpose().unwrap().is_some() {}
+    }
+    assert_eq!(stats.snapshot().in_use, 0);
+    assert_eq!(stats.snapshot().open, 2);
+    // ...where they expire after the idle timeout.
+    wait_for(Duration::from_secs(5), "idle connections to expire", || {
+        stats.snapshot().open == 0
+    })
+    .await;
+    assert!(stats.snapshot().peak_open <= 3);
+}
+
+#[test]
+fn the_default_idle_timeout_is_shorter_than_s3s() {
+    assert!(common::source::pool::DEFAULT_IDLE_TIMEOUT <= Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowdown_lowers_the_request_window_of_the_whole_process() {
+    let s3 = TestS3::start("bucket");
+    let data = tests::fixtures::object_bytes(KEY, 4 << 20);
+    s3.put_object_with(KEY, data.clone(), PutOptions::default());
+    s3.add_fault(FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: None,
+        ranged_only: true,
+        skip: 0,
+        times: Some(12),
+        fault: Fault::SlowDown,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Arc::new(Mirror::open(dir.path()).unwrap());
+    let progress = Arc::new(Progress::default());
+    let config = EngineConfig {
+        part_size: Some(64 << 10),
+        verify: worker::VerifyMode::Etag,
+        retry: common::source::retry::RetryPolicy {
+            base: Duration::from_millis(5),
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        source(&s3, 16, Duration::from_secs(5)).await,
+        mirror,
+        progress.clone(),
+        config,
+    );
+    assert_eq!(engine.scheduler().window(), 16);
+    let fetched = engine
+        .fetch(&listed(&s3), 0, &worker::FetchScope::default())
+        .await
+        .unwrap();
+    assert_eq!(fetched.entry.size, data.len() as u64);
+    assert_eq!(std::fs::read(dir.path().join(KEY)).unwrap(), data.as_ref());
+    let snapshot = progress.snapshot();
+    assert_eq!(
+        snapshot.retries_for(common::source::retry::RetryReason::SlowDown),
+        12
+    );
+    // 64 parts succeeded after the throttling: additive increase has not yet brought the
+    // window back to the cap.
+    let window = engine.scheduler().window();
+    assert!(window < 16, "the window did not drop: {window}");
+    assert!(window >= 2, "the window did not recover at all: {window}");
+}
