@@ -1,0 +1,535 @@
+//! The gRPC services over a lease store: `Operator` for people and scripts, `Worker` for the
+//! download nodes. The coordinator keeps no state of its own, so any number of replicas can
+//! serve the same store. Store errors map to gRPC codes in one place ([`status_of`]).
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::selection::Selection;
+use common::source::retry::RetryPolicy;
+use common::source::{DEFAULT_BUCKET, DEFAULT_REGION, PoolConfig, Source, SourceConfig, discover};
+use futures_util::Stream;
+use proto::v1 as pb;
+use proto::v1::operator_server::Operator;
+use proto::v1::worker_server::Worker;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::{
+    Ack, Grant, ItemStatus, JobState, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
+    WorkerMetrics, WorkerStatus, now_ms, random_id,
+};
+use crate::planner::{ItemLimits, plan_job};
+use crate::store::{LeaseStore, StoreError};
+
+/// Connections used to list a submitted job's objects.
+const LISTING_CONNECTIONS: usize = 8;
+/// How often a worker session checks for commands to send.
+const SESSION_TICK: Duration = Duration::from_secs(1);
+
+/// What both services share.
+pub struct Coordinator {
+    /// The lease store.
+    pub store: Arc<dyn LeaseStore>,
+    /// Item bounds for new jobs.
+    pub limits: ItemLimits,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::CoordinatorMetrics>,
+}
+
+/// The one mapping of store errors to gRPC codes.
+pub fn status_of(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(message) => {
+            Status::unavailable(format!("lease store unavailable: {message}"))
+        }
+        StoreError::UnknownJob(job) => Status::not_found(format!("no job `{job}`")),
+        StoreError::Corrupt(message) => Status::internal(message),
+    }
+}
+
+fn lease_status(ack: Ack) -> i32 {
+    match ack {
+        Ack::Ok => pb::LeaseStatus::Ok as i32,
+        Ack::AlreadyDone => pb::LeaseStatus::AlreadyDone as i32,
+        Ack::LeaseLost => pb::LeaseStatus::LeaseLost as i32,
+    }
+}
+
+fn lease_ref(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, Status> {
+    let lease = lease.ok_or_else(|| Status::invalid_argument("missing lease"))?;
+    Ok(LeaseRef {
+        job_id: lease.job_id,
+        item_id: lease.item_id,
+        lease_id: lease.lease_id,
+        epoch: lease.epoch,
+    })
+}
+
+/// Wire form of a lease reference.
+pub fn lease_to_pb(lease: &LeaseRef) -> pb::LeaseRef {
+    pb::LeaseRef {
+        job_id: lease.job_id.clone(),
+        item_id: lease.item_id.clone(),
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+    }
+}
+
+fn selection_to_pb(selection: &SelectionSpec) -> pb::Selection {
+    pb::Selection {
+        products: selection.products.clone(),
+        variables: selection.variables.clone(),
+        start: selection.start.clone(),
+        end: selection.end.clone(),
+    }
+}
+
+fn source_to_pb(source: &SourceSpec) -> pb::Source {
+    pb::Source {
+        bucket: source.bucket.clone(),
+        endpoint: source.endpoint.clone(),
+    }
+}
+
+/// Rate and ETA of a job from its start (or finish) time.
+fn summary(job: &JobStatus) -> pb::JobSummary {
+    let end_ms = if job.state.is_final() && job.finished_ms > 0 {
+        job.finished_ms
+    } else {
+        now_ms()
+    };
+    let seconds = ((end_ms - job.started_ms) as f64 / 1000.0).max(0.001);
+    let rate = if job.started_ms > 0 {
+        job.bytes_done as f64 / seconds
+    } else {
+        0.0
+    };
+    let remaining = job.bytes_total.saturating_sub(job.bytes_done) as f64;
+    let eta = match job.state {
+        JobState::Complete => 0.0,
+        _ if rate > 0.0 && !job.state.is_final() => remaining / rate,
+        _ => -1.0,
+    };
+    pb::JobSummary {
+        job_id: job.job_id.clone(),
+        state: job.state.name().to_string(),
+        leases: Some(pb::LeaseCounts {
+            pending: job.counts.pending,
+            leased: job.counts.leased,
+            done: job.counts.done,
+            dead: job.counts.dead,
+        }),
+        objects_total: job.objects_total,
+        bytes_total: job.bytes_total,
+        bytes_done: job.bytes_done,
+        bytes_per_sec: rate,
+        eta_seconds: eta,
+        created_unix_ms: job.created_ms,
+        selection: Some(selection_to_pb(&job.selection)),
+        source: Some(source_to_pb(&job.source)),
+    }
+}
+
+fn item_to_pb(item: ItemStatus) -> pb::LeaseView {
+    pb::LeaseView {
+        item_id: item.item_id,
+        product: item.product,
+        start: item.start,
+        end: item.end,
+        objects: item.objects,
+        bytes: item.bytes,
+        state: item.state.name().to_string(),
+        epoch: item.epoch,
+        holder: item.holder,
+        attempts: item.attempts,
+        expiries: item.expiries,
+        last_error: item.last_error,
+        bytes_done: item.bytes_done,
+    }
+}
+
+/// Wire form of a worker's metrics.
+pub fn metrics_to_pb(metrics: &WorkerMetrics) -> pb::ConnectionMetrics {
+    pb::ConnectionMetrics {
+        open: metrics.open,
+        in_use: metrics.in_use,
+        idle: metrics.idle,
+        connects: metrics.connects,
+        resets: metrics.resets,
+        retries: metrics.retries.clone().into_iter().collect(),
+        stall_timeouts: metrics.stall_timeouts,
+        bytes_per_sec: metrics.bytes_per_sec,
+        bytes_downloaded: metrics.bytes_downloaded,
+        objects_completed: metrics.objects_completed,
+        verify_failures: metrics.verify_failures,
+    }
+}
+
+fn metrics_from_pb(metrics: pb::ConnectionMetrics) -> WorkerMetrics {
+    WorkerMetrics {
+        open: metrics.open,
+        in_use: metrics.in_use,
+        idle: metrics.idle,
+        connects: metrics.connects,
+        resets: metrics.resets,
+        retries: metrics.retries.into_iter().collect(),
+        stall_timeouts: metrics.stall_timeouts,
+        bytes_per_sec: metrics.bytes_per_sec,
+        bytes_downloaded: metrics.bytes_downloaded,
+        objects_completed: metrics.objects_completed,
+        verify_failures: metrics.verify_failures,
+    }
+}
+
+fn worker_to_pb(worker: WorkerStatus) -> pb::WorkerView {
+    pb::WorkerView {
+        metrics: Some(metrics_to_pb(&worker.metrics)),
+        name: worker.name,
+        leases_held: worker.leases_held,
+        last_heartbeat_unix_ms: worker.last_heartbeat_ms,
+        draining: worker.draining,
+    }
+}
+
+fn grant_to_pb(grant: Grant) -> pb::Lease {
+    pb::Lease {
+        lease: Some(lease_to_pb(&grant.lease)),
+        source: Some(source_to_pb(&grant.source)),
+        product: grant.item.product,
+        start: grant.item.start,
+        end: grant.item.end,
+        objects: grant
+            .item
+            .objects
+            .into_iter()
+            .map(|o| pb::ObjectRef {
+                key: o.key,
+                size: o.size,
+                etag: o.etag,
+                last_modified: o.last_modified,
+            })
+            .collect(),
+        ttl_ms: grant.ttl.as_millis() as u64,
+    }
+}
+
+impl Coordinator {
+    /// Validates, lists and plans a job, then stores it.
+    async fn submit(&self, request: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, Status> {
+        let selection = request.selection.unwrap_or_default();
+        let validated = Selection::parse(
+            &selection.products,
+            &selection.variables,
+            &selection.start,
+            &selection.end,
+            common::dates::today_utc(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let source = request.source.unwrap_or_default();
+        let bucket = if source.bucket.is_empty() {
+            DEFAULT_BUCKET.to_string()
+        } else {
+            source.bucket.clone()
+        };
+        let config = SourceConfig {
+            bucket: bucket.clone(),
+            endpoint: (!source.endpoint.is_empty()).then(|| source.endpoint.clone()),
+            region: DEFAULT_REGION.to_string(),
+            sign: false,
+            pool: PoolConfig::new(LISTING_CONNECTIONS),
+        };
+        let objects = discover(
+            &Source::connect(&config).await,
+            &validated,
+            &RetryPolicy::default(),
+        )
+        .await
+        .map_err(|e| match e {
+            common::source::listing::ListError::Refused { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
+            common::source::listing::ListError::Exhausted { .. } => {
+                Status::unavailable(e.to_string())
+            }
+        })?;
+        let job = plan_job(
+            random_id(),
+            SelectionSpec::from(&validated),
+            SourceSpec {
+                bucket,
+                endpoint: source.endpoint,
+            },
+            objects,
+            self.limits,
+        );
+        self.store.create_job(&job).await.map_err(status_of)?;
+        tracing::info!(job = %job.job_id, items = job.items.len(), "job submitted");
+        Ok(pb::SubmitJobResponse {
+            leases: job.items.len() as u32,
+            objects: job.items.iter().map(|i| i.objects.len() as u64).sum(),
+            bytes: job.items.iter().map(|i| i.bytes()).sum(),
+            job_id: job.job_id,
+        })
+    }
+}
+
+/// The operator service.
+pub struct OperatorService(pub Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        Ok(Response::new(self.0.submit(request.into_inner()).await?))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.0.store.jobs().await.map_err(status_of)?;
+        let workers = self.0.store.workers().await.map_err(status_of)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(summary).collect(),
+            workers: workers.into_iter().map(worker_to_pb).collect(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        let store = &self.0.store;
+        let job = store.job(&job_id).await.map_err(status_of)?;
+        let items = store.items(&job_id).await.map_err(status_of)?;
+        let workers = store.workers().await.map_err(status_of)?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(summary(&job)),
+            leases: items.into_iter().map(item_to_pb).collect(),
+            workers: workers.into_iter().map(worker_to_pb).collect(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        self.0
+            .store
+            .cancel_job(&request.into_inner().job_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::CancelJobResponse {}))
+    }
+
+    async fn retry_dead(
+        &self,
+        request: Request<pb::RetryDeadRequest>,
+    ) -> Result<Response<pb::RetryDeadResponse>, Status> {
+        let retried = self
+            .0
+            .store
+            .retry_dead(&request.into_inner().job_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RetryDeadResponse { retried }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        let worker = request.into_inner().worker;
+        if worker.is_empty() {
+            return Err(Status::invalid_argument("missing worker name"));
+        }
+        self.0.store.drain(&worker).await.map_err(status_of)?;
+        Ok(Response::new(pb::DrainWorkerResponse {}))
+    }
+}
+
+/// The worker service.
+pub struct WorkerService(pub Arc<Coordinator>);
+
+type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::WorkerCommand, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let request = request.into_inner();
+        let store = &self.0.store;
+        if store
+            .is_draining(&request.worker)
+            .await
+            .map_err(status_of)?
+        {
+            return Ok(Response::new(pb::AcquireResponse {
+                leases: Vec::new(),
+                draining: true,
+            }));
+        }
+        let grants = store
+            .acquire(&request.worker, request.max as usize)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::AcquireResponse {
+            leases: grants.into_iter().map(grant_to_pb).collect(),
+            draining: false,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let lease = lease_ref(request.into_inner().lease)?;
+        let started = std::time::Instant::now();
+        let renewed = self.0.store.renew(&lease).await;
+        self.0
+            .metrics
+            .renew_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let ack = renewed.map_err(status_of)?;
+        Ok(Response::new(pb::RenewResponse {
+            status: lease_status(ack),
+            ttl_ms: self.0.store.policy().ttl.as_millis() as u64,
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let lease = lease_ref(request.into_inner().lease)?;
+        let ack = self.0.store.complete(&lease).await.map_err(status_of)?;
+        Ok(Response::new(pb::CompleteResponse {
+            status: lease_status(ack),
+        }))
+    }
+
+    async fn fail(
+        &self,
+        request: Request<pb::FailRequest>,
+    ) -> Result<Response<pb::FailResponse>, Status> {
+        let request = request.into_inner();
+        let lease = lease_ref(request.lease)?;
+        let outcome = self
+            .0
+            .store
+            .fail(&lease, &request.reason, request.permanent)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::FailResponse {
+            status: lease_status(outcome.ack),
+            dead: outcome.dead,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let lease = lease_ref(request.into_inner().lease)?;
+        let ack = self.0.store.release(&lease).await.map_err(status_of)?;
+        Ok(Response::new(pb::ReleaseResponse {
+            status: lease_status(ack),
+        }))
+    }
+
+    type WorkerSessionStream = CommandStream;
+
+    async fn worker_session(
+        &self,
+        request: Request<Streaming<pb::WorkerReport>>,
+    ) -> Result<Response<CommandStream>, Status> {
+        let mut reports = request.into_inner();
+        let (commands, outbound) = mpsc::channel(16);
+        let store = self.0.store.clone();
+        let connected = SessionGauge::enter(self.0.metrics.clone());
+        tokio::spawn(async move {
+            let _connected = connected;
+            let mut worker: Option<String> = None;
+            let mut drain_sent = false;
+            let mut cancels_sent: HashSet<LeaseRef> = HashSet::new();
+            let mut tick = tokio::time::interval(SESSION_TICK);
+            loop {
+                tokio::select! {
+                    report = reports.message() => {
+                        let Ok(Some(report)) = report else { break };
+                        worker = Some(report.worker.clone());
+                        for lease in record_report(&*store, report).await {
+                            if cancels_sent.insert(lease.clone()) {
+                                let command = pb::WorkerCommand { kind: Some(pb::worker_command::Kind::CancelLease(lease_to_pb(&lease))) };
+                                if commands.send(Ok(command)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let Some(name) = &worker else { continue };
+                        if !drain_sent && store.is_draining(name).await.unwrap_or(false) {
+                            drain_sent = true;
+                            let command = pb::WorkerCommand { kind: Some(pb::worker_command::Kind::Drain(true)) };
+                            if commands.send(Ok(command)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}
+
+/// Counts an open worker session for as long as it lives.
+struct SessionGauge(Arc<crate::metrics::CoordinatorMetrics>);
+
+impl SessionGauge {
+    fn enter(metrics: Arc<crate::metrics::CoordinatorMetrics>) -> Self {
+        metrics.workers_connected.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.workers_connected.dec();
+    }
+}
+
+/// Stores a worker's report. Returns the leases it reported whose job was cancelled, which the
+/// worker should stop. Store errors only cost this report (the next one replaces it).
+async fn record_report(store: &dyn LeaseStore, report: pb::WorkerReport) -> Vec<LeaseRef> {
+    let metrics = report.metrics.map(metrics_from_pb).unwrap_or_default();
+    if let Err(error) = store
+        .heartbeat(&report.worker, report.leases_held, &metrics)
+        .await
+    {
+        tracing::debug!(%error, "could not record a heartbeat");
+    }
+    let mut cancelled = Vec::new();
+    for progress in report.progress {
+        let Ok(lease) = lease_ref(progress.lease) else {
+            continue;
+        };
+        let _ = store.progress(&lease, progress.bytes_done).await;
+        if let Ok(job) = store.job(&lease.job_id).await
+            && job.state == JobState::Cancelled
+        {
+            cancelled.push(lease);
+        }
+    }
+    cancelled
+}

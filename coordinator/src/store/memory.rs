@@ -1,0 +1,516 @@
+//! The embedded store: the lease state machine in one process, behind a mutex. `era5 sync`
+//! runs on it; the conformance tests hold it to the same behaviour as the Redis store.
+//!
+//! Time is monotonic (an `Instant` at creation plus elapsed time), so a wall-clock jump never
+//! expires or revives a lease.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{FailOutcome, LeaseStore, StoreError};
+use crate::model::{
+    Ack, Counts, Grant, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
+    SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, WorkerMetrics, WorkerStatus, now_ms, random_id,
+};
+
+/// The embedded store.
+pub struct MemoryStore {
+    policy: LeasePolicy,
+    origin: Instant,
+    origin_ms: i64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: Vec<JobEntry>,
+    workers: BTreeMap<String, WorkerStatus>,
+    draining: HashSet<String>,
+    history: BTreeMap<String, VecDeque<Sample>>,
+}
+
+struct JobEntry {
+    spec: JobSpec,
+    items: Vec<ItemEntry>,
+    index: HashMap<String, usize>,
+    created_ms: i64,
+    started_ms: i64,
+    finished_ms: i64,
+    cancelled: bool,
+}
+
+#[derive(Clone, Debug)]
+struct ItemEntry {
+    state: ItemState,
+    lease_id: String,
+    epoch: u64,
+    holder: String,
+    expires_ms: i64,
+    ready_ms: i64,
+    attempts: u32,
+    expiries: u32,
+    last_error: String,
+    done_by: Option<(String, u64)>,
+    bytes_done: u64,
+}
+
+impl ItemEntry {
+    fn new() -> Self {
+        Self {
+            state: ItemState::Pending,
+            lease_id: String::new(),
+            epoch: 0,
+            holder: String::new(),
+            expires_ms: 0,
+            ready_ms: 0,
+            attempts: 0,
+            expiries: 0,
+            last_error: String::new(),
+            done_by: None,
+            bytes_done: 0,
+        }
+    }
+
+    /// Whether `lease` is this item's current, unexpired grant.
+    fn live_grant(&self, lease: &LeaseRef, now: i64) -> bool {
+        self.state == ItemState::Leased
+            && self.lease_id == lease.lease_id
+            && self.epoch == lease.epoch
+            && self.expires_ms > now
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with these rules.
+    pub fn new(policy: LeasePolicy) -> Self {
+        Self {
+            policy,
+            origin: Instant::now(),
+            origin_ms: now_ms(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.origin_ms + self.origin.elapsed().as_millis() as i64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reap_job(&self, job: &mut JobEntry, now: i64) -> u32 {
+        let mut reaped = 0;
+        for item in job
+            .items
+            .iter_mut()
+            .filter(|i| i.state == ItemState::Leased && i.expires_ms <= now)
+        {
+            reaped += 1;
+            item.expiries += 1;
+            item.holder.clear();
+            if item.expiries > self.policy.max_expiries {
+                item.state = ItemState::Dead;
+                item.last_error = format!("lease expired {} times (poison item)", item.expiries);
+            } else {
+                item.state = ItemState::Pending;
+                item.ready_ms = now;
+            }
+        }
+        reaped
+    }
+
+    /// Runs `f` on the item a lease names, if its job exists and is not cancelled.
+    fn with_item<T>(
+        &self,
+        lease: &LeaseRef,
+        lost: T,
+        f: impl FnOnce(&mut JobEntry, usize, i64) -> T,
+    ) -> T {
+        let now = self.now();
+        let mut inner = self.lock();
+        let Some(job) = inner
+            .jobs
+            .iter_mut()
+            .find(|j| j.spec.job_id == lease.job_id)
+        else {
+            return lost;
+        };
+        if job.cancelled {
+            return lost;
+        }
+        let Some(&index) = job.index.get(&lease.item_id) else {
+            return lost;
+        };
+        f(job, index, now)
+    }
+
+    fn status(job: &JobEntry) -> JobStatus {
+        let mut counts = Counts::default();
+        let mut bytes_done = 0;
+        for (spec, item) in job.spec.items.iter().zip(&job.items) {
+            match item.state {
+                ItemState::Pending => counts.pending += 1,
+                ItemState::Leased => {
+                    counts.leased += 1;
+                    bytes_done += item.bytes_done.min(spec.bytes());
+                }
+                ItemState::Done => {
+                    counts.done += 1;
+                    bytes_done += spec.bytes();
+                }
+                ItemState::Dead => counts.dead += 1,
+            }
+        }
+        JobStatus {
+            job_id: job.spec.job_id.clone(),
+            state: counts.job_state(job.cancelled, job.started_ms > 0),
+            counts,
+            objects_total: job.spec.items.iter().map(|i| i.objects.len() as u64).sum(),
+            bytes_total: job.spec.items.iter().map(|i| i.bytes()).sum(),
+            bytes_done,
+            created_ms: job.created_ms,
+            started_ms: job.started_ms,
+            finished_ms: job.finished_ms,
+            selection: job.spec.selection.clone(),
+            source: job.spec.source.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    fn policy(&self) -> &LeasePolicy {
+        &self.policy
+    }
+
+    async fn create_job(&self, job: &JobSpec) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.jobs.iter().any(|j| j.spec.job_id == job.job_id) {
+            return Ok(());
+        }
+        inner.jobs.push(JobEntry {
+            items: vec![ItemEntry::new(); job.items.len()],
+            index: job
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (item.item_id.clone(), i))
+                .collect(),
+            spec: job.clone(),
+            created_ms: now_ms(),
+            started_ms: 0,
+            finished_ms: 0,
+            cancelled: false,
+        });
+        Ok(())
+    }
+
+    async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.draining.contains(worker) {
+            return Ok(Vec::new());
+        }
+        let mut grants = Vec::new();
+        for index in 0..inner.jobs.len() {
+            if grants.len() >= max {
+                break;
+            }
+            let job = &mut inner.jobs[index];
+            if job.cancelled {
+                continue;
+            }
+            self.reap_job(job, now);
+            let mut ready: Vec<usize> = (0..job.items.len())
+                .filter(|&i| {
+                    job.items[i].state == ItemState::Pending && job.items[i].ready_ms <= now
+                })
+                .collect();
+            ready.sort_by_key(|&i| (job.items[i].ready_ms, i));
+            for i in ready.into_iter().take(max - grants.len()) {
+                let item = &mut job.items[i];
+                item.state = ItemState::Leased;
+                item.epoch += 1;
+                item.lease_id = random_id();
+                item.holder = worker.to_string();
+                item.expires_ms = now + self.policy.ttl.as_millis() as i64;
+                item.bytes_done = 0;
+                if job.started_ms == 0 {
+                    job.started_ms = now_ms();
+                }
+                grants.push(Grant {
+                    lease: LeaseRef {
+                        job_id: job.spec.job_id.clone(),
+                        item_id: job.spec.items[i].item_id.clone(),
+                        lease_id: item.lease_id.clone(),
+                        epoch: item.epoch,
+                    },
+                    item: job.spec.items[i].clone(),
+                    source: job.spec.source.clone(),
+                    ttl: self.policy.ttl,
+                });
+            }
+        }
+        Ok(grants)
+    }
+
+    async fn renew(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+        let ttl = self.policy.ttl.as_millis() as i64;
+        Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
+            let item = &mut job.items[i];
+            if item.live_grant(lease, now) {
+                item.expires_ms = now + ttl;
+                Ack::Ok
+            } else if item.state == ItemState::Done {
+                Ack::AlreadyDone
+            } else {
+                Ack::LeaseLost
+            }
+        }))
+    }
+
+    async fn complete(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+        Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
+            let item = &mut job.items[i];
+            if item.state == ItemState::Done {
+                return if item.done_by.as_ref() == Some(&(lease.lease_id.clone(), lease.epoch)) {
+                    Ack::Ok
+                } else {
+                    Ack::AlreadyDone
+                };
+            }
+            if !item.live_grant(lease, now) {
+                return Ack::LeaseLost;
+            }
+            item.state = ItemState::Done;
+            item.done_by = Some((lease.lease_id.clone(), lease.epoch));
+            job.finished_ms = now_ms();
+            Ack::Ok
+        }))
+    }
+
+    async fn fail(
+        &self,
+        lease: &LeaseRef,
+        reason: &str,
+        permanent: bool,
+    ) -> Result<FailOutcome, StoreError> {
+        let lost = FailOutcome {
+            ack: Ack::LeaseLost,
+            dead: false,
+        };
+        Ok(self.with_item(lease, lost, |job, i, now| {
+            let item = &mut job.items[i];
+            if !item.live_grant(lease, now) {
+                return FailOutcome {
+                    ack: if item.state == ItemState::Done {
+                        Ack::AlreadyDone
+                    } else {
+                        Ack::LeaseLost
+                    },
+                    dead: false,
+                };
+            }
+            item.attempts += 1;
+            item.last_error = reason.to_string();
+            item.holder.clear();
+            let dead = permanent || item.attempts >= self.policy.max_attempts;
+            if dead {
+                item.state = ItemState::Dead;
+            } else {
+                item.state = ItemState::Pending;
+                item.ready_ms = now + self.policy.backoff(item.attempts).as_millis() as i64;
+            }
+            FailOutcome { ack: Ack::Ok, dead }
+        }))
+    }
+
+    async fn release(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+        Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
+            let item = &mut job.items[i];
+            if !item.live_grant(lease, now) {
+                return if item.state == ItemState::Done {
+                    Ack::AlreadyDone
+                } else {
+                    Ack::LeaseLost
+                };
+            }
+            item.state = ItemState::Pending;
+            item.ready_ms = now;
+            item.holder.clear();
+            Ack::Ok
+        }))
+    }
+
+    async fn reap(&self) -> Result<u32, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let mut total = 0;
+        for job in inner.jobs.iter_mut().filter(|j| !j.cancelled) {
+            total += self.reap_job(job, now);
+        }
+        Ok(total)
+    }
+
+    async fn progress(&self, lease: &LeaseRef, bytes_done: u64) -> Result<(), StoreError> {
+        self.with_item(lease, (), |job, i, now| {
+            let item = &mut job.items[i];
+            if item.live_grant(lease, now) {
+                item.bytes_done = bytes_done;
+            }
+        });
+        Ok(())
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let job = inner
+            .jobs
+            .iter_mut()
+            .find(|j| j.spec.job_id == job_id)
+            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))?;
+        job.cancelled = true;
+        Ok(())
+    }
+
+    async fn retry_dead(&self, job_id: &str) -> Result<u32, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let job = inner
+            .jobs
+            .iter_mut()
+            .find(|j| j.spec.job_id == job_id)
+            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))?;
+        let mut retried = 0;
+        for item in job.items.iter_mut().filter(|i| i.state == ItemState::Dead) {
+            item.state = ItemState::Pending;
+            item.ready_ms = now;
+            item.attempts = 0;
+            item.expiries = 0;
+            retried += 1;
+        }
+        Ok(retried)
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
+        Ok(self.lock().jobs.iter().map(Self::status).collect())
+    }
+
+    async fn job(&self, job_id: &str) -> Result<JobStatus, StoreError> {
+        self.lock()
+            .jobs
+            .iter()
+            .find(|j| j.spec.job_id == job_id)
+            .map(Self::status)
+            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))
+    }
+
+    async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, StoreError> {
+        let inner = self.lock();
+        let job = inner
+            .jobs
+            .iter()
+            .find(|j| j.spec.job_id == job_id)
+            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))?;
+        Ok(job
+            .spec
+            .items
+            .iter()
+            .zip(&job.items)
+            .map(|(spec, item)| ItemStatus {
+                item_id: spec.item_id.clone(),
+                product: spec.product.clone(),
+                start: spec.start.clone(),
+                end: spec.end.clone(),
+                objects: spec.objects.len() as u32,
+                bytes: spec.bytes(),
+                state: item.state,
+                epoch: item.epoch,
+                holder: item.holder.clone(),
+                attempts: item.attempts,
+                expiries: item.expiries,
+                last_error: item.last_error.clone(),
+                bytes_done: match item.state {
+                    ItemState::Done => spec.bytes(),
+                    ItemState::Leased => item.bytes_done,
+                    _ => 0,
+                },
+            })
+            .collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        leases_held: u32,
+        metrics: &WorkerMetrics,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let draining = inner.draining.contains(worker);
+        let now = now_ms();
+        let history = inner.history.entry(worker.to_string()).or_default();
+        if history
+            .back()
+            .is_none_or(|last| now - last.at_ms >= SAMPLE_EVERY_MS)
+        {
+            history.push_back(Sample {
+                at_ms: now,
+                bytes_per_sec: metrics.bytes_per_sec,
+                open: metrics.open,
+            });
+            if history.len() > SAMPLES_KEPT {
+                history.pop_front();
+            }
+        }
+        inner.workers.insert(
+            worker.to_string(),
+            WorkerStatus {
+                name: worker.to_string(),
+                leases_held,
+                metrics: metrics.clone(),
+                last_heartbeat_ms: now_ms(),
+                draining,
+            },
+        );
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .workers
+            .values()
+            .cloned()
+            .map(|mut w| {
+                w.draining = inner.draining.contains(&w.name);
+                w
+            })
+            .collect())
+    }
+
+    async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, StoreError> {
+        Ok(self
+            .lock()
+            .history
+            .iter()
+            .map(|(worker, samples)| (worker.clone(), samples.iter().copied().collect()))
+            .collect())
+    }
+
+    async fn drain(&self, worker: &str) -> Result<(), StoreError> {
+        self.lock().draining.insert(worker.to_string());
+        Ok(())
+    }
+
+    async fn is_draining(&self, worker: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().draining.contains(worker))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

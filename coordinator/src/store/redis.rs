@@ -1,0 +1,735 @@
+//! The cluster's lease store: the state machine in Redis, one Lua script per transition.
+//!
+//! ```text
+//! era5:jobs                 ZSET  job id -> creation time (ms), every job
+//! era5:active               ZSET  the same, for jobs that may still have work to grant
+//! era5:{JOB}:meta           HASH  spec, created, started, finished, cancelled, done, dead,
+//!                                 done_bytes, objects_total, bytes_total, items
+//! era5:{JOB}:items          HASH  item id -> item spec (JSON: product, days, objects)
+//! era5:{JOB}:st             HASH  "<item>|state|lease|epoch|holder|exp|attempts|expiries|
+//!                                 error|done_lease|done_epoch|bytes|bytes_done" -> value
+//! era5:{JOB}:pending        ZSET  item id -> ready time (ms; later after a failure backoff)
+//! era5:{JOB}:leased         ZSET  item id -> expiry (ms)
+//! era5:workers              HASH  worker -> last report (JSON)
+//! era5:drain                SET   workers asked to drain
+//! era5:history:<worker>     LIST  the last hour of rate and connections (newest first);
+//!                                 a `:gate` key (SET NX PX) admits one point per period
+//! ```
+//!
+//! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
+//! All of a job's keys share the hash tag `{JOB}`, so each script touches one slot (Redis
+//! Cluster). Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{FailOutcome, LeaseStore, StoreError};
+use crate::model::{
+    Ack, Counts, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
+    SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, SelectionSpec, SourceSpec, WorkerMetrics, WorkerStatus,
+    now_ms, random_id,
+};
+
+const JOBS: &str = "era5:jobs";
+/// Jobs that may still have work to grant; acquire walks only these.
+const ACTIVE: &str = "era5:active";
+const WORKERS: &str = "era5:workers";
+/// Per worker: a list of samples (newest first) and a gate key that lets one in per period.
+fn history_key(worker: &str) -> String {
+    format!("era5:history:{worker}")
+}
+const DRAIN: &str = "era5:drain";
+/// Items written per pipeline when a job is created (a million-object job has ~30 000).
+const CREATE_CHUNK: usize = 2_000;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!(
+        "{}\n{}",
+        include_str!("scripts/prelude.lua"),
+        body
+    ))
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    complete: Script,
+    fail: Script,
+    release: Script,
+    reap: Script,
+    progress: Script,
+    retry_dead: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Self {
+            acquire: script(include_str!("scripts/acquire.lua")),
+            renew: script(include_str!("scripts/renew.lua")),
+            complete: script(include_str!("scripts/complete.lua")),
+            fail: script(include_str!("scripts/fail.lua")),
+            release: script(include_str!("scripts/release.lua")),
+            reap: script(include_str!("scripts/reap.lua")),
+            progress: script(include_str!("scripts/progress.lua")),
+            retry_dead: script(include_str!("scripts/retry_dead.lua")),
+        }
+    }
+}
+
+/// The keys of one job.
+struct JobKeys {
+    meta: String,
+    state: String,
+    pending: String,
+    leased: String,
+    items: String,
+}
+
+impl JobKeys {
+    fn new(job_id: &str) -> Self {
+        let tag = format!("era5:{{{job_id}}}");
+        Self {
+            meta: format!("{tag}:meta"),
+            state: format!("{tag}:st"),
+            pending: format!("{tag}:pending"),
+            leased: format!("{tag}:leased"),
+            items: format!("{tag}:items"),
+        }
+    }
+
+    /// Prepares `script` with the five keys every transition declares.
+    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.meta);
+        invocation
+            .key(&self.state)
+            .key(&self.pending)
+            .key(&self.leased)
+            .key(&self.items);
+        invocation
+    }
+}
+
+/// The Redis store.
+pub struct RedisStore {
+    /// Set once the first connection succeeded; the manager then reconnects by itself.
+    connection: Arc<tokio::sync::OnceCell<ConnectionManager>>,
+    policy: LeasePolicy,
+    scripts: Scripts,
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn ack(status: &str) -> Ack {
+    match status {
+        "ok" => Ack::Ok,
+        "done" => Ack::AlreadyDone,
+        _ => Ack::LeaseLost,
+    }
+}
+
+impl RedisStore {
+    /// A store for `url` that connects in the background: until Redis answers, every call
+    /// fails with `Unavailable` (the coordinator reports not ready) instead of blocking or
+    /// failing start-up. Once connected, the connection manager reconnects by itself.
+    pub fn connect_lazily(url: &str, policy: LeasePolicy) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let connection = Arc::new(tokio::sync::OnceCell::new());
+        let cell = connection.clone();
+        tokio::spawn(async move {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(5)))
+                .set_number_of_retries(2);
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                    Ok(manager) => {
+                        let _ = cell.set(manager);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "redis is not reachable yet; retrying");
+                        tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>())).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            connection,
+            policy,
+            scripts: Scripts::load(),
+        })
+    }
+
+    /// Connects and waits until Redis answers (at most 10 s).
+    pub async fn connect(url: &str, policy: LeasePolicy) -> Result<Self, StoreError> {
+        let store = Self::connect_lazily(url, policy)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.connection.get().is_none() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "no answer from {}",
+                    common::source::redact_url(url)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(store)
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.connection
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable("not connected to redis yet".into()))
+    }
+
+    async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.conn()?.zrange(JOBS, 0, -1).await.map_err(unavailable)
+    }
+
+    async fn status_of(&self, job_id: &str) -> Result<JobStatus, StoreError> {
+        let keys = JobKeys::new(job_id);
+        let mut conn = self.conn()?;
+        let meta: HashMap<String, String> = conn.hgetall(&keys.meta).await.map_err(unavailable)?;
+        if meta.is_empty() {
+            return Err(StoreError::UnknownJob(job_id.to_string()));
+        }
+        let (pending, leased_items): (u32, Vec<String>) = redis::pipe()
+            .zcard(&keys.pending)
+            .zrange(&keys.leased, 0, -1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let leased_progress: u64 = if leased_items.is_empty() {
+            0
+        } else {
+            let fields: Vec<String> = leased_items
+                .iter()
+                .map(|i| format!("{i}|bytes_done"))
+                .collect();
+            let values: Vec<Option<u64>> = redis::cmd("HMGET")
+                .arg(&keys.state)
+                .arg(fields)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            values.into_iter().flatten().sum()
+        };
+        let number = |name: &str| {
+            meta.get(name)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let spec: (SelectionSpec, SourceSpec) = meta
+            .get("spec")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no readable spec")))?;
+        let counts = Counts {
+            pending,
+            leased: leased_items.len() as u32,
+            done: number("done") as u32,
+            dead: number("dead") as u32,
+        };
+        let started = number("started");
+        Ok(JobStatus {
+            job_id: job_id.to_string(),
+            state: counts.job_state(number("cancelled") == 1, started > 0),
+            counts,
+            objects_total: number("objects_total") as u64,
+            bytes_total: number("bytes_total") as u64,
+            bytes_done: number("done_bytes") as u64 + leased_progress,
+            created_ms: number("created"),
+            started_ms: started,
+            finished_ms: number("finished"),
+            selection: spec.0,
+            source: spec.1,
+        })
+    }
+
+    /// Drops a job from the active set once nothing of it is pending or leased (done, dead or
+    /// cancelled), so acquire stays fast however many jobs ran before.
+    async fn retire_if_final(&self, job_id: &str) -> Result<(), StoreError> {
+        let keys = JobKeys::new(job_id);
+        let mut conn = self.conn()?;
+        let (pending, leased, cancelled): (u64, u64, Option<String>) = redis::pipe()
+            .zcard(&keys.pending)
+            .zcard(&keys.leased)
+            .hget(&keys.meta, "cancelled")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if (pending == 0 && leased == 0) || cancelled.as_deref() == Some("1") {
+            conn.zrem::<_, _, ()>(ACTIVE, job_id)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn transition(
+        &self,
+        script: &Script,
+        lease: &LeaseRef,
+        extra: &[String],
+    ) -> Result<redis::Value, StoreError> {
+        let keys = JobKeys::new(&lease.job_id);
+        let mut invocation = keys.invocation(script);
+        invocation
+            .arg(&lease.item_id)
+            .arg(&lease.lease_id)
+            .arg(lease.epoch);
+        for value in extra {
+            invocation.arg(value);
+        }
+        invocation
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn transition_ack(
+        &self,
+        script: &Script,
+        lease: &LeaseRef,
+        extra: &[String],
+    ) -> Result<Ack, StoreError> {
+        let value = self.transition(script, lease, extra).await?;
+        let status: String =
+            redis::from_redis_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(ack(&status))
+    }
+}
+
+#[async_trait]
+impl LeaseStore for RedisStore {
+    fn policy(&self) -> &LeasePolicy {
+        &self.policy
+    }
+
+    async fn create_job(&self, job: &JobSpec) -> Result<(), StoreError> {
+        let keys = JobKeys::new(&job.job_id);
+        let mut conn = self.conn()?;
+        let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
+        if exists {
+            return Ok(());
+        }
+        // Items and their states first; the job becomes visible (meta, index) last, so a
+        // coordinator dying mid-way leaves nothing half-created that could be granted.
+        for chunk in job.items.chunks(CREATE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for item in chunk {
+                let spec =
+                    serde_json::to_string(item).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                pipe.hset(&keys.items, &item.item_id, spec).ignore();
+                pipe.hset_multiple(
+                    &keys.state,
+                    &[
+                        (format!("{}|state", item.item_id), "pending".to_string()),
+                        (format!("{}|epoch", item.item_id), "0".to_string()),
+                        (format!("{}|bytes", item.item_id), item.bytes().to_string()),
+                    ],
+                )
+                .ignore();
+                pipe.zadd(&keys.pending, &item.item_id, 0).ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        let spec = serde_json::to_string(&(&job.selection, &job.source))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let created = now_ms();
+        redis::pipe()
+            .hset_multiple(
+                &keys.meta,
+                &[
+                    ("spec", spec),
+                    ("created", created.to_string()),
+                    ("cancelled", "0".to_string()),
+                    ("done", "0".to_string()),
+                    ("dead", "0".to_string()),
+                    ("done_bytes", "0".to_string()),
+                    ("items", job.items.len().to_string()),
+                    (
+                        "objects_total",
+                        job.items
+                            .iter()
+                            .map(|i| i.objects.len())
+                            .sum::<usize>()
+                            .to_string(),
+                    ),
+                    (
+                        "bytes_total",
+                        job.items
+                            .iter()
+                            .map(ItemSpec::bytes)
+                            .sum::<u64>()
+                            .to_string(),
+                    ),
+                ],
+            )
+            .ignore()
+            .zadd(JOBS, &job.job_id, created)
+            .ignore()
+            .zadd(ACTIVE, &job.job_id, created)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, StoreError> {
+        if max == 0 || self.is_draining(worker).await? {
+            return Ok(Vec::new());
+        }
+        let mut grants = Vec::new();
+        let active: Vec<String> = self
+            .conn()?
+            .zrange(ACTIVE, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        for job_id in active {
+            if grants.len() >= max {
+                break;
+            }
+            let want = max - grants.len();
+            let keys = JobKeys::new(&job_id);
+            let mut invocation = keys.invocation(&self.scripts.acquire);
+            invocation
+                .arg(want)
+                .arg(self.policy.ttl.as_millis() as u64)
+                .arg(self.policy.max_expiries)
+                .arg(worker);
+            for _ in 0..want {
+                invocation.arg(random_id());
+            }
+            let granted: Vec<redis::Value> = invocation
+                .invoke_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            if granted.is_empty() {
+                self.retire_if_final(&job_id).await?;
+                continue;
+            }
+            let mut conn = self.conn()?;
+            let meta_spec: Option<String> =
+                conn.hget(&keys.meta, "spec").await.map_err(unavailable)?;
+            let (_, source): (SelectionSpec, SourceSpec) = meta_spec
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no readable spec")))?;
+            for triple in granted.chunks(3) {
+                let item_id: String = redis::from_redis_value(triple[0].clone())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let lease_id: String = redis::from_redis_value(triple[1].clone())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let epoch: u64 = redis::from_redis_value(triple[2].clone())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let spec: String = conn
+                    .hget(&keys.items, &item_id)
+                    .await
+                    .map_err(unavailable)?;
+                let item: ItemSpec =
+                    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                grants.push(Grant {
+                    lease: LeaseRef {
+                        job_id: job_id.clone(),
+                        item_id,
+                        lease_id,
+                        epoch,
+                    },
+                    item,
+                    source: source.clone(),
+                    ttl: self.policy.ttl,
+                });
+            }
+        }
+        Ok(grants)
+    }
+
+    async fn renew(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+        let ttl = (self.policy.ttl.as_millis() as u64).to_string();
+        self.transition_ack(&self.scripts.renew, lease, &[ttl])
+            .await
+    }
+
+    async fn complete(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+        self.transition_ack(&self.scripts.complete, lease, &[])
+            .await
+    }
+
+    async fn fail(
+        &self,
+        lease: &LeaseRef,
+        reason: &str,
+        permanent: bool,
+    ) -> Result<FailOutcome, StoreError> {
+        let jitter: f64 = rand::random();
+        let extra = [
+            reason.to_string(),
+            if permanent { "1" } else { "0" }.to_string(),
+            self.policy.max_attempts.to_string(),
+            format!("{jitter:.6}"),
+            (self.policy.backoff_base.as_millis() as u64).to_string(),
+            (self.policy.backoff_cap.as_millis() as u64).to_string(),
+        ];
+        let value = self.transition(&self.scripts.fail, lease, &extra).await?;
+        let (status, dead): (String, i64) =
+            redis::from_redis_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(FailOutcome {
+            ack: ack(&status),
+            dead: dead == 1,
+        })
+    }
+
+    async fn release(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+        self.transition_ack(&self.scripts.release, lease, &[]).await
+    }
+
+    async fn reap(&self) -> Result<u32, StoreError> {
+        let mut total = 0;
+        let active: Vec<String> = self
+            .conn()?
+            .zrange(ACTIVE, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        for job_id in active {
+            let keys = JobKeys::new(&job_id);
+            let mut invocation = keys.invocation(&self.scripts.reap);
+            invocation.arg(self.policy.max_expiries);
+            let reaped: u32 = invocation
+                .invoke_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            total += reaped;
+        }
+        Ok(total)
+    }
+
+    async fn progress(&self, lease: &LeaseRef, bytes_done: u64) -> Result<(), StoreError> {
+        self.transition(&self.scripts.progress, lease, &[bytes_done.to_string()])
+            .await
+            .map(|_| ())
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<(), StoreError> {
+        let keys = JobKeys::new(job_id);
+        let mut conn = self.conn()?;
+        let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
+        if !exists {
+            return Err(StoreError::UnknownJob(job_id.to_string()));
+        }
+        redis::pipe()
+            .hset(&keys.meta, "cancelled", "1")
+            .ignore()
+            .zrem(ACTIVE, job_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn retry_dead(&self, job_id: &str) -> Result<u32, StoreError> {
+        let keys = JobKeys::new(job_id);
+        let exists: bool = self.conn()?.exists(&keys.meta).await.map_err(unavailable)?;
+        if !exists {
+            return Err(StoreError::UnknownJob(job_id.to_string()));
+        }
+        let retried: u32 = keys
+            .invocation(&self.scripts.retry_dead)
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        let created: Option<i64> = self
+            .conn()?
+            .zscore(JOBS, job_id)
+            .await
+            .map_err(unavailable)?;
+        if retried > 0 {
+            self.conn()?
+                .zadd::<_, _, _, ()>(ACTIVE, job_id, created.unwrap_or(0))
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(retried)
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
+        let mut jobs = Vec::new();
+        for job_id in self.job_ids().await? {
+            jobs.push(self.status_of(&job_id).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn job(&self, job_id: &str) -> Result<JobStatus, StoreError> {
+        self.status_of(job_id).await
+    }
+
+    async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, StoreError> {
+        let keys = JobKeys::new(job_id);
+        let mut conn = self.conn()?;
+        let specs: HashMap<String, String> =
+            conn.hgetall(&keys.items).await.map_err(unavailable)?;
+        if specs.is_empty() {
+            self.status_of(job_id).await?;
+        }
+        let state: HashMap<String, String> =
+            conn.hgetall(&keys.state).await.map_err(unavailable)?;
+        let field = |item: &str, name: &str| {
+            state
+                .get(&format!("{item}|{name}"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let number = |item: &str, name: &str| field(item, name).parse::<u64>().unwrap_or(0);
+        let mut items: Vec<ItemStatus> = Vec::with_capacity(specs.len());
+        for (item_id, spec) in specs {
+            let spec: ItemSpec =
+                serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let item_state =
+                ItemState::parse(&field(&item_id, "state")).unwrap_or(ItemState::Pending);
+            items.push(ItemStatus {
+                product: spec.product.clone(),
+                start: spec.start.clone(),
+                end: spec.end.clone(),
+                objects: spec.objects.len() as u32,
+                bytes: spec.bytes(),
+                state: item_state,
+                epoch: number(&item_id, "epoch"),
+                holder: field(&item_id, "holder"),
+                attempts: number(&item_id, "attempts") as u32,
+                expiries: number(&item_id, "expiries") as u32,
+                last_error: field(&item_id, "error"),
+                bytes_done: match item_state {
+                    ItemState::Done => spec.bytes(),
+                    ItemState::Leased => number(&item_id, "bytes_done"),
+                    _ => 0,
+                },
+                item_id,
+            });
+        }
+        items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+        Ok(items)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        leases_held: u32,
+        metrics: &WorkerMetrics,
+    ) -> Result<(), StoreError> {
+        let status = WorkerStatus {
+            name: worker.to_string(),
+            leases_held,
+            metrics: metrics.clone(),
+            last_heartbeat_ms: now_ms(),
+            draining: false,
+        };
+        let json =
+            serde_json::to_string(&status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn()?;
+        conn.hset::<_, _, _, ()>(WORKERS, worker, json)
+            .await
+            .map_err(unavailable)?;
+        let key = history_key(worker);
+        let admitted: Option<String> = redis::cmd("SET")
+            .arg(format!("{key}:gate"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(SAMPLE_EVERY_MS)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if admitted.is_some() {
+            let sample = Sample {
+                at_ms: status.last_heartbeat_ms,
+                bytes_per_sec: metrics.bytes_per_sec,
+                open: metrics.open,
+            };
+            let json =
+                serde_json::to_string(&sample).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            redis::pipe()
+                .lpush(&key, json)
+                .ignore()
+                .ltrim(&key, 0, SAMPLES_KEPT as isize - 1)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
+        let mut conn = self.conn()?;
+        let (all, draining): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .hgetall(WORKERS)
+            .smembers(DRAIN)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut workers: Vec<WorkerStatus> = all
+            .values()
+            .filter_map(|json| serde_json::from_str::<WorkerStatus>(json).ok())
+            .map(|mut w| {
+                w.draining = draining.contains(&w.name);
+                w
+            })
+            .collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(workers)
+    }
+
+    async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, StoreError> {
+        let mut conn = self.conn()?;
+        let names: Vec<String> = conn.hkeys(WORKERS).await.map_err(unavailable)?;
+        let mut history = Vec::new();
+        for name in names {
+            let points: Vec<String> = conn
+                .lrange(history_key(&name), 0, -1)
+                .await
+                .map_err(unavailable)?;
+            let mut samples: Vec<Sample> = points
+                .iter()
+                .filter_map(|p| serde_json::from_str(p).ok())
+                .collect();
+            samples.reverse();
+            history.push((name, samples));
+        }
+        history.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(history)
+    }
+
+    async fn drain(&self, worker: &str) -> Result<(), StoreError> {
+        self.conn()?
+            .sadd::<_, _, ()>(DRAIN, worker)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn is_draining(&self, worker: &str) -> Result<bool, StoreError> {
+        self.conn()?
+            .sismember(DRAIN, worker)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn()?)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}

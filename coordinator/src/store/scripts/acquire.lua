@@ -1,0 +1,23 @@
+-- ARGV: max, ttl_ms, max_expiries, worker, lease ids (max of them).
+-- Returns a flat list: item, lease id, epoch, ... for each grant.
+if cancelled() then return {} end
+local now = now_ms()
+reap(now, tonumber(ARGV[3]))
+local max = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local ready = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, max)
+local out = {}
+for i, item in ipairs(ready) do
+  local epoch = redis.call('HINCRBY', KEYS[2], field(item, 'epoch'), 1)
+  local expires = now + ttl
+  set(item, 'state', 'leased', 'lease', ARGV[4 + i], 'holder', ARGV[4], 'exp', expires, 'bytes_done', 0)
+  redis.call('ZREM', KEYS[3], item)
+  redis.call('ZADD', KEYS[4], expires, item)
+  out[#out + 1] = item
+  out[#out + 1] = ARGV[4 + i]
+  out[#out + 1] = epoch
+end
+if #ready > 0 and redis.call('HEXISTS', KEYS[1], 'started') == 0 then
+  redis.call('HSET', KEYS[1], 'started', now)
+end
+return out

@@ -1,0 +1,45 @@
+-- Shared by every transition script. KEYS: 1 meta, 2 state, 3 pending, 4 leased, 5 items.
+-- Item fields live in the state hash as "<item>|<field>", so every key a script touches is
+-- declared and shares the job's hash tag (Redis Cluster safe).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function field(item, name) return item .. '|' .. name end
+local function get(item, name) return redis.call('HGET', KEYS[2], field(item, name)) end
+local function set(item, ...)
+  local args = {...}
+  local flat = {}
+  for i = 1, #args, 2 do
+    flat[#flat + 1] = field(item, args[i])
+    flat[#flat + 1] = args[i + 1]
+  end
+  redis.call('HSET', KEYS[2], unpack(flat))
+end
+local function cancelled() return redis.call('HGET', KEYS[1], 'cancelled') == '1' end
+-- The grant (lease id, epoch) is the item's current one and has not expired.
+local function live(item, lease_id, epoch, now)
+  return get(item, 'state') == 'leased' and get(item, 'lease') == lease_id
+    and tonumber(get(item, 'epoch')) == epoch and tonumber(get(item, 'exp')) > now
+end
+-- Expired grants go back to pending, or to dead past max_expiries (a poison item).
+local function reap(now, max_expiries)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+  for _, item in ipairs(expired) do
+    redis.call('ZREM', KEYS[4], item)
+    local expiries = redis.call('HINCRBY', KEYS[2], field(item, 'expiries'), 1)
+    set(item, 'holder', '')
+    if expiries > max_expiries then
+      set(item, 'state', 'dead', 'error', 'lease expired ' .. expiries .. ' times (poison item)')
+      redis.call('HINCRBY', KEYS[1], 'dead', 1)
+    else
+      set(item, 'state', 'pending')
+      redis.call('ZADD', KEYS[3], now, item)
+    end
+  end
+  return #expired
+end
+local function refusal(item)
+  if get(item, 'state') == 'done' then return 'done' end
+  return 'lost'
+end

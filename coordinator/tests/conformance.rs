@@ -1,0 +1,352 @@
+//! One state machine, two stores: every scenario here runs against the embedded store and
+//! against the Redis store on a real redis-server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::model::{
+    Ack, ItemSpec, ItemState, JobSpec, JobState, LeasePolicy, ObjectSpec, SelectionSpec,
+    SourceSpec, WorkerMetrics,
+};
+use coordinator::{LeaseStore, MemoryStore, RedisStore};
+use tests::redis_server::RedisServer;
+
+fn policy(ttl_ms: u64) -> LeasePolicy {
+    LeasePolicy {
+        ttl: Duration::from_millis(ttl_ms),
+        max_attempts: 3,
+        max_expiries: 2,
+        backoff_base: Duration::from_millis(1),
+        backoff_cap: Duration::from_millis(2),
+    }
+}
+
+fn job(id: &str, items: usize) -> JobSpec {
+    JobSpec {
+        job_id: id.to_string(),
+        selection: SelectionSpec {
+            products: vec!["e5.oper.an.sfc".into()],
+            variables: vec![],
+            start: "2024-01".into(),
+            end: "2024-01".into(),
+        },
+        source: SourceSpec {
+            bucket: "b".into(),
+            endpoint: "http://x".into(),
+        },
+        items: (0..items)
+            .map(|i| ItemSpec {
+                item_id: format!("{i:06}"),
+                product: "e5.oper.an.sfc".into(),
+                start: "2024-01-01".into(),
+                end: "2024-01-31".into(),
+                objects: vec![ObjectSpec {
+                    key: format!("k{i}"),
+                    size: 100,
+                    etag: "e".into(),
+                    last_modified: String::new(),
+                }],
+            })
+            .collect(),
+    }
+}
+
+/// Runs the scenario `$name` against both stores, with lease TTL `$ttl` milliseconds.
+macro_rules! conformance {
+    ($name:ident, $ttl:expr) => {
+        mod $name {
+            #[test]
+            fn memory() {
+                super::run_memory($ttl, super::$name);
+            }
+
+            #[test]
+            fn redis() {
+                super::run_redis($ttl, super::$name);
+            }
+        }
+    };
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn run_memory<F: std::future::Future<Output = ()>>(
+    ttl: u64,
+    scenario: fn(Arc<dyn LeaseStore>) -> F,
+) {
+    runtime().block_on(scenario(Arc::new(MemoryStore::new(policy(ttl)))));
+}
+
+fn run_redis<F: std::future::Future<Output = ()>>(
+    ttl: u64,
+    scenario: fn(Arc<dyn LeaseStore>) -> F,
+) {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), policy(ttl))
+            .await
+            .unwrap();
+        scenario(Arc::new(store)).await
+    });
+}
+
+async fn counts_sum(store: &dyn LeaseStore, job_id: &str, total: u32) {
+    let status = store.job(job_id).await.unwrap();
+    assert_eq!(status.counts.total(), total, "{:?}", status.counts);
+}
+
+conformance!(grants_in_plan_order_then_completes_idempotently, 10_000);
+async fn grants_in_plan_order_then_completes_idempotently(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j1", 3)).await.unwrap();
+    assert_eq!(store.job("j1").await.unwrap().state, JobState::Pending);
+    let grants = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(
+        grants
+            .iter()
+            .map(|g| g.item.item_id.as_str())
+            .collect::<Vec<_>>(),
+        ["000000", "000001"]
+    );
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.lease.epoch == 1 && g.source.bucket == "b")
+    );
+    assert_eq!(store.job("j1").await.unwrap().state, JobState::Running);
+    counts_sum(&*store, "j1", 3).await;
+
+    let lease = &grants[0].lease;
+    assert_eq!(store.renew(lease).await.unwrap(), Ack::Ok);
+    assert_eq!(store.complete(lease).await.unwrap(), Ack::Ok);
+    assert_eq!(
+        store.complete(lease).await.unwrap(),
+        Ack::Ok,
+        "a retried complete of the same grant"
+    );
+    let mut other = lease.clone();
+    other.lease_id = "someone-else".into();
+    assert_eq!(store.complete(&other).await.unwrap(), Ack::AlreadyDone);
+    assert_eq!(store.renew(lease).await.unwrap(), Ack::AlreadyDone);
+
+    let rest = store.acquire("w2", 5).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].item.item_id, "000002");
+    for grant in [&grants[1], &rest[0]] {
+        assert_eq!(store.complete(&grant.lease).await.unwrap(), Ack::Ok);
+    }
+    let status = store.job("j1").await.unwrap();
+    assert_eq!(status.state, JobState::Complete);
+    assert_eq!(status.counts.done, 3);
+    assert_eq!(status.bytes_done, 300);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+}
+
+conformance!(an_expired_grant_is_never_brought_back, 150);
+async fn an_expired_grant_is_never_brought_back(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j2", 1)).await.unwrap();
+    let first = store.acquire("w1", 1).await.unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Not reaped yet, but expired by the store's clock: refused.
+    assert_eq!(store.renew(&first.lease).await.unwrap(), Ack::LeaseLost);
+    assert_eq!(store.complete(&first.lease).await.unwrap(), Ack::LeaseLost);
+    let second = store.acquire("w2", 1).await.unwrap().remove(0);
+    assert_eq!(second.item.item_id, first.item.item_id);
+    assert!(
+        second.lease.epoch > first.lease.epoch,
+        "epochs only increase"
+    );
+    assert_ne!(second.lease.lease_id, first.lease.lease_id);
+    assert_eq!(
+        store.complete(&first.lease).await.unwrap(),
+        Ack::LeaseLost,
+        "a stale complete is rejected"
+    );
+    assert_eq!(store.complete(&second.lease).await.unwrap(), Ack::Ok);
+    let items = store.items("j2").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Done);
+    assert_eq!(items[0].expiries, 1);
+}
+
+conformance!(failures_back_off_then_die_with_their_reason, 10_000);
+async fn failures_back_off_then_die_with_their_reason(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j3", 2)).await.unwrap();
+    let mut epoch = 0;
+    for attempt in 1..=3 {
+        // Item 0 backs off after each failure, so item 1 may come first: hand it back.
+        let grant = loop {
+            let granted = store.acquire("w1", 2).await.unwrap();
+            let (wanted, others): (Vec<_>, Vec<_>) = granted
+                .into_iter()
+                .partition(|g| g.item.item_id == "000000");
+            for other in others {
+                assert_eq!(store.release(&other.lease).await.unwrap(), Ack::Ok);
+            }
+            if let Some(grant) = wanted.into_iter().next() {
+                break grant;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await; // the backoff (at most 2 ms)
+        };
+        assert_eq!(grant.item.item_id, "000000");
+        assert!(grant.lease.epoch > epoch);
+        epoch = grant.lease.epoch;
+        let outcome = store
+            .fail(&grant.lease, &format!("boom {attempt}"), false)
+            .await
+            .unwrap();
+        assert_eq!(outcome.ack, Ack::Ok);
+        assert_eq!(outcome.dead, attempt == 3);
+        assert_eq!(
+            store.fail(&grant.lease, "again", false).await.unwrap().ack,
+            Ack::LeaseLost,
+            "fail is per grant"
+        );
+        counts_sum(&*store, "j3", 2).await;
+    }
+    let items = store.items("j3").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Dead);
+    assert_eq!(items[0].attempts, 3);
+    assert_eq!(items[0].last_error, "boom 3");
+
+    // A permanent failure dies at once.
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    let outcome = store
+        .fail(&grant.lease, "404 NoSuchKey", true)
+        .await
+        .unwrap();
+    assert!(outcome.dead);
+    let status = store.job("j3").await.unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert_eq!(status.counts.dead, 2);
+
+    // Retry-dead brings both back with fresh counts.
+    assert_eq!(store.retry_dead("j3").await.unwrap(), 2);
+    let status = store.job("j3").await.unwrap();
+    assert_eq!((status.counts.pending, status.counts.dead), (2, 0));
+    assert!(
+        store
+            .items("j3")
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.attempts == 0)
+    );
+}
+
+conformance!(release_returns_work_without_an_attempt, 10_000);
+async fn release_returns_work_without_an_attempt(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j4", 1)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    assert_eq!(store.release(&grant.lease).await.unwrap(), Ack::Ok);
+    assert_eq!(store.release(&grant.lease).await.unwrap(), Ack::LeaseLost);
+    let items = store.items("j4").await.unwrap();
+    assert_eq!((items[0].state, items[0].attempts), (ItemState::Pending, 0));
+    let again = store.acquire("w2", 1).await.unwrap().remove(0);
+    assert_eq!(again.lease.epoch, grant.lease.epoch + 1);
+}
+
+conformance!(a_poison_item_dies_after_too_many_expiries, 60);
+async fn a_poison_item_dies_after_too_many_expiries(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j5", 1)).await.unwrap();
+    for _ in 0..3 {
+        let granted = store.acquire("w1", 1).await.unwrap();
+        assert_eq!(granted.len(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        store.reap().await.unwrap();
+    }
+    let items = store.items("j5").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Dead);
+    assert!(
+        items[0].last_error.contains("poison"),
+        "{}",
+        items[0].last_error
+    );
+    assert!(store.acquire("w1", 1).await.unwrap().is_empty());
+}
+
+conformance!(cancel_stops_grants_and_loses_live_leases, 10_000);
+async fn cancel_stops_grants_and_loses_live_leases(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j6", 2)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    store.cancel_job("j6").await.unwrap();
+    assert_eq!(store.job("j6").await.unwrap().state, JobState::Cancelled);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+    assert_eq!(store.renew(&grant.lease).await.unwrap(), Ack::LeaseLost);
+    assert!(store.cancel_job("nope").await.is_err());
+}
+
+conformance!(jobs_are_served_oldest_first_and_workers_can_drain, 10_000);
+async fn jobs_are_served_oldest_first_and_workers_can_drain(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("older", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.create_job(&job("newer", 1)).await.unwrap();
+    let grants = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(
+        grants
+            .iter()
+            .map(|g| g.lease.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["older", "newer"]
+    );
+    assert_eq!(
+        store
+            .jobs()
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["older", "newer"]
+    );
+
+    store.drain("w9").await.unwrap();
+    assert!(store.is_draining("w9").await.unwrap());
+    store.retry_dead("older").await.unwrap();
+    store.create_job(&job("third", 1)).await.unwrap();
+    assert!(
+        store.acquire("w9", 1).await.unwrap().is_empty(),
+        "a draining worker gets nothing"
+    );
+    assert_eq!(store.acquire("w1", 1).await.unwrap().len(), 1);
+
+    let metrics = WorkerMetrics {
+        open: 3,
+        bytes_per_sec: 12.5,
+        ..Default::default()
+    };
+    store.heartbeat("w1", 2, &metrics).await.unwrap();
+    store
+        .heartbeat("w9", 0, &WorkerMetrics::default())
+        .await
+        .unwrap();
+    let workers = store.workers().await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert_eq!(
+        (
+            workers[0].name.as_str(),
+            workers[0].leases_held,
+            workers[0].metrics.open
+        ),
+        ("w1", 2, 3)
+    );
+    assert!(workers[1].draining);
+}
+
+conformance!(progress_counts_for_live_grants_only, 10_000);
+async fn progress_counts_for_live_grants_only(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j8", 2)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    store.progress(&grant.lease, 40).await.unwrap();
+    assert_eq!(store.job("j8").await.unwrap().bytes_done, 40);
+    let mut stale = grant.lease.clone();
+    stale.epoch += 7;
+    store.progress(&stale, 90).await.unwrap();
+    assert_eq!(store.items("j8").await.unwrap()[0].bytes_done, 40);
+    store.complete(&grant.lease).await.unwrap();
+    assert_eq!(store.job("j8").await.unwrap().bytes_done, 100);
+}
