@@ -1,0 +1,265 @@
+//! The command line, exactly as scripts use it. Every flag can also come from an `ERA5_*`
+//! environment variable. These structs only carry what was typed; `config` turns them into
+//! validated runtime settings.
+
+use std::path::PathBuf;
+
+use clap::builder::FalseyValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use common::source::{DEFAULT_BUCKET, DEFAULT_ENDPOINT, DEFAULT_REGION};
+
+/// Mirror the ERA5 reanalysis from S3 onto a filesystem, verified byte for byte.
+#[derive(Debug, Parser)]
+#[command(name = "era5", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: text for people, json for log collectors in a cluster.
+    #[arg(long, global = true, env = "ERA5_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
+    pub log_format: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a selection contains: objects and bytes per product and variable.
+    Plan(PlanArgs),
+    /// Download a selection into a local mirror, verified, resumable and skipping what is done.
+    Sync(SyncArgs),
+    /// Run the cluster coordinator (leases in Redis, gRPC for workers and operators).
+    Coordinator(CoordinatorArgs),
+    /// Run a cluster worker: take leases and mirror them into a shared directory.
+    Worker(WorkerArgs),
+    /// Submit a job to the cluster; prints the job id alone on its last line.
+    Submit(SubmitArgs),
+    /// Show jobs, leases and workers.
+    Status(StatusArgs),
+    /// List jobs.
+    Jobs(CoordinatorUrl),
+    /// Cancel a job.
+    Cancel(JobArgs),
+    /// Return a job's dead leases to pending.
+    Retry(JobArgs),
+    /// Ask a worker to stop taking leases (it finishes those it holds).
+    Drain(DrainArgs),
+}
+
+/// Which objects: products, variables and days.
+#[derive(Debug, Args)]
+pub struct SelectionArgs {
+    /// Products, comma separated (e.g. e5.oper.an.sfc,e5.oper.an.pl).
+    #[arg(
+        long,
+        env = "ERA5_PRODUCT",
+        value_delimiter = ',',
+        required = true,
+        value_name = "P[,P..]"
+    )]
+    pub product: Vec<String>,
+    /// Variable short names, comma separated (e.g. 2t,msl); all variables when omitted.
+    #[arg(long, env = "ERA5_VAR", value_delimiter = ',', value_name = "V[,V..]")]
+    pub var: Vec<String>,
+    /// First day, YYYY-MM-DD, or YYYY-MM for the first day of that month.
+    #[arg(long, env = "ERA5_START", value_name = "DATE")]
+    pub start: String,
+    /// Last day (inclusive), YYYY-MM-DD, or YYYY-MM for the last day of that month.
+    #[arg(long, env = "ERA5_END", value_name = "DATE")]
+    pub end: String,
+}
+
+/// Where objects come from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Bucket to read.
+    #[arg(long, env = "ERA5_BUCKET", default_value = DEFAULT_BUCKET)]
+    pub bucket: String,
+    /// S3 endpoint; any other than the default is an S3-compatible server reached path-style.
+    #[arg(long, env = "ERA5_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
+    pub endpoint: String,
+    /// Region for signing.
+    #[arg(long, env = "ERA5_REGION", default_value = DEFAULT_REGION, hide = true)]
+    pub region: String,
+    /// Sign requests with the standard AWS credential chain even if none is configured in the
+    /// environment (requests are unsigned by default unless credentials are configured).
+    #[arg(long, env = "ERA5_SIGN", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub sign: bool,
+}
+
+/// `era5 plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Which objects.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Where from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print {"objects":[{"key","size","etag"}...],"total_bytes":N} instead of the table.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
+}
+
+/// `era5 sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Which objects.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Where from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The local mirror; objects land at DIR/<key>.
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// Hard cap on concurrent S3 connections.
+    #[arg(long, env = "ERA5_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N")]
+    pub connections: u32,
+    /// Size of the ranged GETs (e.g. 8MiB, 16M); by default 16MiB, or the object's own upload
+    /// part size when its multipart ETag is verified (so each part's MD5 is computed in-stream).
+    #[arg(long, env = "ERA5_PART_SIZE", value_name = "SIZE")]
+    pub part_size: Option<String>,
+    /// A read that delivers no byte for this many seconds is dropped and retried.
+    #[arg(long, env = "ERA5_STALL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECS")]
+    pub stall_timeout: u64,
+    /// Verification: size, etag (size + MD5/multipart ETag) or full (etag + S3 checksums).
+    #[arg(long, env = "ERA5_VERIFY", default_value = "full", value_parser = ["size", "etag", "full"], value_name = "MODE")]
+    pub verify: String,
+    /// No progress bar; print periodic log lines instead.
+    #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub no_progress: bool,
+    /// Attempts per request before an object fails.
+    #[arg(long, env = "ERA5_RETRIES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100), hide = true)]
+    pub retries: u32,
+    /// First retry backoff ceiling, milliseconds (doubles per attempt, full jitter).
+    #[arg(long, env = "ERA5_RETRY_BASE_MS", default_value_t = 200, hide = true)]
+    pub retry_base_ms: u64,
+    /// Seconds an idle pooled connection is kept (at most 15, S3 drops idle ones soon after).
+    #[arg(long, env = "ERA5_IDLE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=15), hide = true)]
+    pub idle_timeout: u64,
+    /// Seconds between progress log lines when there is no progress bar.
+    #[arg(long, env = "ERA5_PROGRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub progress_interval: u64,
+}
+
+/// `era5 coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// gRPC address to listen on (e.g. 0.0.0.0:50051).
+    #[arg(long, env = "ERA5_LISTEN", value_name = "ADDR")]
+    pub listen: String,
+    /// Redis URL holding all job and lease state (redis://[:password@]host:port/).
+    #[arg(long, env = "ERA5_REDIS", value_name = "URL")]
+    pub redis: String,
+    /// Seconds a lease lives without renewal; workers renew every third of it.
+    #[arg(long, env = "ERA5_LEASE_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECS")]
+    pub lease_ttl: u64,
+    /// HTTP address for /metrics, /healthz, /readyz and the status page.
+    #[arg(long, env = "ERA5_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Most objects in one lease.
+    #[arg(long, env = "ERA5_LEASE_OBJECTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000), hide = true)]
+    pub lease_objects: u32,
+    /// Largest lease (e.g. 8GiB).
+    #[arg(long, env = "ERA5_LEASE_BYTES", default_value = "8GiB", hide = true)]
+    pub lease_bytes: String,
+    /// Failed attempts before a lease is dead.
+    #[arg(long, env = "ERA5_LEASE_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100), hide = true)]
+    pub lease_attempts: u32,
+}
+
+/// `era5 worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Coordinator gRPC URL (http://host:port).
+    #[arg(long, env = "ERA5_COORDINATOR", value_name = "URL")]
+    pub coordinator: String,
+    /// The shared mirror directory.
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// Worker name, unique in the cluster (default: the host name).
+    #[arg(long, env = "ERA5_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Hard cap on concurrent S3 connections of this process.
+    #[arg(long, env = "ERA5_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N")]
+    pub connections: u32,
+    /// Leases held at once.
+    #[arg(long, env = "ERA5_MAX_LEASES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
+    pub max_leases: u32,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "ERA5_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// A read that delivers no byte for this many seconds is dropped and retried.
+    #[arg(long, env = "ERA5_STALL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub stall_timeout: u64,
+    /// Verification: size, etag or full.
+    #[arg(long, env = "ERA5_VERIFY", default_value = "full", value_parser = ["size", "etag", "full"], hide = true)]
+    pub verify: String,
+    /// First retry backoff ceiling, milliseconds.
+    #[arg(long, env = "ERA5_RETRY_BASE_MS", default_value_t = 200, hide = true)]
+    pub retry_base_ms: u64,
+}
+
+/// `--coordinator URL`, shared by the operator commands.
+#[derive(Debug, Args)]
+pub struct CoordinatorUrl {
+    /// Coordinator gRPC URL (http://host:port).
+    #[arg(long, env = "ERA5_COORDINATOR", value_name = "URL")]
+    pub coordinator: String,
+}
+
+/// `era5 submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The coordinator.
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
+    /// Which objects.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Where from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Follow the job; exit 0 when it completes, 1 when anything ends dead.
+    #[arg(long, env = "ERA5_WAIT", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub wait: bool,
+}
+
+/// `era5 status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator.
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
+    /// One job in detail (its leases); all jobs when omitted.
+    #[arg(value_name = "JOB")]
+    pub job: Option<String>,
+    /// Refresh every two seconds until interrupted.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub watch: bool,
+    /// Print the same data as JSON.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
+}
+
+/// `era5 cancel`, `era5 retry`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The coordinator.
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
+    /// Job id.
+    #[arg(value_name = "JOB")]
+    pub job: String,
+}
+
+/// `era5 drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The coordinator.
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
+    /// Worker name.
+    #[arg(value_name = "WORKER")]
+    pub worker: String,
+}

@@ -1,0 +1,160 @@
+//! Validated runtime settings, built from the command line. Every check that can fail on input
+//! happens here, before any request is sent or any file is written.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::error::InputError;
+use common::selection::Selection;
+use common::source::retry::RetryPolicy;
+use common::source::{PoolConfig, SourceConfig};
+use common::units::parse_size;
+use worker::{EngineConfig, VerifyMode};
+
+use crate::args::{PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
+
+/// Smallest and largest accepted `--part-size`.
+const PART_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(5 << 30);
+
+/// `era5 plan`, validated.
+#[derive(Debug)]
+pub struct PlanConfig {
+    /// What to list.
+    pub selection: Selection,
+    /// Where.
+    pub source: SourceConfig,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// How `sync` shows progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressStyle {
+    /// A live bar (stderr is a terminal).
+    Bar,
+    /// A log line every interval.
+    Lines(Duration),
+}
+
+/// `era5 sync`, validated.
+#[derive(Debug)]
+pub struct SyncConfig {
+    /// What to mirror.
+    pub selection: Selection,
+    /// Where from.
+    pub source: SourceConfig,
+    /// The mirror directory.
+    pub dest: PathBuf,
+    /// Engine tunables.
+    pub engine: EngineConfig,
+    /// Progress display.
+    pub progress: ProgressStyle,
+}
+
+fn selection(args: &SelectionArgs) -> Result<Selection, InputError> {
+    Selection::parse(
+        &args.product,
+        &args.var,
+        &args.start,
+        &args.end,
+        common::dates::today_utc(),
+    )
+}
+
+fn source(args: &SourceArgs, connections: usize, idle_timeout: Duration) -> SourceConfig {
+    SourceConfig {
+        bucket: args.bucket.clone(),
+        endpoint: Some(args.endpoint.clone()),
+        region: args.region.clone(),
+        sign: args.sign,
+        pool: PoolConfig {
+            idle_timeout,
+            ..PoolConfig::new(connections)
+        },
+    }
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
+    let bad = |reason: &str| InputError::BadValue {
+        flag: "--endpoint",
+        value: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: http::Uri = endpoint.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err(bad("expected http://host[:port] or https://host[:port]")),
+    }
+}
+
+impl TryFrom<&PlanArgs> for PlanConfig {
+    type Error = InputError;
+
+    fn try_from(args: &PlanArgs) -> Result<Self, InputError> {
+        check_endpoint(&args.source.endpoint)?;
+        Ok(Self {
+            selection: selection(&args.selection)?,
+            source: source(&args.source, 8, common::source::pool::DEFAULT_IDLE_TIMEOUT),
+            json: args.json,
+        })
+    }
+}
+
+impl TryFrom<&SyncArgs> for SyncConfig {
+    type Error = InputError;
+
+    fn try_from(args: &SyncArgs) -> Result<Self, InputError> {
+        check_endpoint(&args.source.endpoint)?;
+        let selection = selection(&args.selection)?;
+        let part_size = match &args.part_size {
+            None => None,
+            Some(text) => Some(
+                parse_size(text)
+                    .filter(|size| PART_SIZE_RANGE.contains(size))
+                    .ok_or_else(|| InputError::BadValue {
+                        flag: "--part-size",
+                        value: text.clone(),
+                        reason: "expected a size from 64KiB to 5GiB, e.g. 8MiB or 16M".into(),
+                    })?,
+            ),
+        };
+        if args.dest.exists() && !args.dest.is_dir() {
+            return Err(InputError::BadValue {
+                flag: "--dest",
+                value: args.dest.display().to_string(),
+                reason: "exists and is not a directory".into(),
+            });
+        }
+        let verify: VerifyMode = args.verify.parse().map_err(|reason| InputError::BadValue {
+            flag: "--verify",
+            value: args.verify.clone(),
+            reason,
+        })?;
+        let progress = if !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        {
+            ProgressStyle::Bar
+        } else {
+            ProgressStyle::Lines(Duration::from_secs(args.progress_interval))
+        };
+        Ok(Self {
+            selection,
+            source: source(
+                &args.source,
+                args.connections as usize,
+                Duration::from_secs(args.idle_timeout),
+            ),
+            dest: args.dest.clone(),
+            engine: EngineConfig {
+                part_size,
+                stall_timeout: Duration::from_secs(args.stall_timeout),
+                verify,
+                retry: RetryPolicy {
+                    max_attempts: args.retries,
+                    base: Duration::from_millis(args.retry_base_ms),
+                    ..RetryPolicy::default()
+                },
+            },
+            progress,
+        })
+    }
+}

@@ -1,0 +1,429 @@
+//! The cluster end to end, with real processes: redis-server, `era5 coordinator`s and
+//! `era5 worker`s from the built binary, and the test S3 server with its fault layer. Every
+//! scenario checks the job's final state and a byte-identical mirror.
+//!
+//! Scenarios run one at a time (they are process-heavy, and lease timing must not depend on
+//! how loaded the two cores are).
+
+mod support;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use support::cluster::Cluster;
+use support::*;
+use tests::faults::{Fault, FaultRule};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+const LIMIT: Duration = Duration::from_secs(90);
+const PRODUCTS: &str = "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu";
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every object of the standard selection (Dec 2023 to Apr 2024 of three products), by the
+/// catalog's own rule.
+fn selected(seeded: &[SeededObject]) -> Vec<&SeededObject> {
+    let products: Vec<String> = PRODUCTS.split(',').map(str::to_string).collect();
+    let selection = common::Selection::parse(
+        &products,
+        &[],
+        "2023-12",
+        "2024-04",
+        jiff::civil::date(2026, 1, 1),
+    )
+    .unwrap();
+    seeded
+        .iter()
+        .filter(|o| common::ObjectKey::parse(&o.key).is_some_and(|k| selection.selects(&k)))
+        .collect()
+}
+
+/// Slows every body so that leases last long enough to be interfered with.
+fn slow_bodies(s3: &TestS3, bytes_per_sec: u64) {
+    s3.add_fault(FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("e5.oper".into()),
+        ranged_only: true,
+        skip: 0,
+        times: None,
+        fault: Fault::SlowBody { bytes_per_sec },
+    });
+}
+
+fn leases(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["leases"].as_array().cloned().unwrap_or_default()
+}
+
+fn state(status: &serde_json::Value) -> String {
+    status["jobs"][0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn three_workers_complete_a_job() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    // Slow enough that a worker holding its two leases leaves work for the others.
+    slow_bodies(&s3, 4 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    for name in ["w1", "w2", "w3"] {
+        cluster.add_worker(name, 0, &[]);
+    }
+    wait_until(Duration::from_secs(20), "three workers heard from", || {
+        cluster.status(0, None)["workers"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 3
+    });
+    let (code, job) = cluster.submit_and_wait(PRODUCTS, "2023-12", "2024-04", LIMIT);
+    assert_eq!(
+        code,
+        Some(0),
+        "submit --wait exits 0 when the job completes"
+    );
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete", "{status:#}");
+    assert_mirrored(&cluster.dest(), &selected(&seeded));
+    assert!(leases(&status).len() >= 3);
+    let holders: std::collections::HashSet<String> = leases(&status)
+        .iter()
+        .map(|l| l["holder"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(holders.len() >= 2, "one worker did everything: {holders:?}");
+    // Workers report metrics through their session streams.
+    let workers = status["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+}
+
+#[test]
+fn a_killed_workers_lease_is_granted_again_after_expiry() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 2 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 2);
+    cluster.add_worker("victim", 0, &[]);
+    let job = cluster.submit("e5.oper.an.sfc", "", "2023-12", "2024-04");
+    cluster.wait_for(&job, LIMIT, "the victim to hold a lease", |s| {
+        leases(s)
+            .iter()
+            .any(|l| l["state"] == "leased" && l["holder"] == "victim")
+    });
+    cluster.worker("victim").kill9();
+    cluster.add_worker("rescuer", 0, &[]);
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete", "{status:#}");
+    assert!(
+        leases(&status)
+            .iter()
+            .any(|l| l["epoch"].as_u64() >= Some(2) && l["expiries"].as_u64() >= Some(1)),
+        "no lease was re-granted after expiring: {status:#}"
+    );
+    assert_mirrored(&cluster.dest(), &under(&seeded, &["e5.oper.an.sfc/"]));
+}
+
+#[test]
+fn a_stopped_worker_cannot_complete_its_stale_lease() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 1 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 2);
+    cluster.add_worker("sleeper", 0, &[]);
+    // One lease only (a single object).
+    let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
+    cluster.wait_for(&job, LIMIT, "the sleeper to hold the lease", |s| {
+        leases(s).iter().any(|l| l["holder"] == "sleeper")
+    });
+    cluster.worker("sleeper").stop();
+    std::thread::sleep(Duration::from_secs(3)); // past the 2 s lease: it must expire
+    cluster.add_worker("awake", 0, &[]);
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete");
+    let lease = &leases(&status)[0];
+    assert_eq!(lease["holder"], "awake", "{status:#}");
+    assert!(lease["epoch"].as_u64() >= Some(2));
+
+    // Woken up, the sleeper's grant is stale: its renewal or completion is refused and it
+    // stops that work; the one final file is the right one.
+    cluster.worker("sleeper").cont();
+    let sleeper_log = cluster
+        .workers
+        .iter()
+        .find(|(n, _)| n == "sleeper")
+        .unwrap()
+        .1
+        .log
+        .clone();
+    wait_until(
+        Duration::from_secs(20),
+        "the sleeper to notice its lease is lost",
+        || {
+            let log = std::fs::read_to_string(&sleeper_log).unwrap_or_default();
+            log.contains("lease lost") || log.contains("LeaseLost") || log.contains("self-fencing")
+        },
+    );
+    let object = under(&seeded, &["e5.oper.an.sfc/202401/"])
+        .into_iter()
+        .find(|o| o.key.contains("_2t."))
+        .unwrap();
+    assert_mirrored(&cluster.dest(), &[object]);
+    assert_eq!(mirrored_keys(&cluster.dest()), vec![object.key.clone()]);
+    let status = cluster.status(0, Some(&job));
+    assert_eq!(state(&status), "complete");
+    assert_eq!(leases(&status)[0]["holder"], "awake");
+}
+
+#[test]
+fn a_coordinator_killed_and_restarted_mid_job_does_not_stop_the_workers() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 4 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 5);
+    cluster.add_worker("w1", 0, &[]);
+    cluster.add_worker("w2", 0, &[]);
+    let job = cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+    cluster.wait_for(&job, LIMIT, "work under way", |s| {
+        s["jobs"][0]["leases"]["leased"].as_u64() > Some(0)
+    });
+    cluster.restart_coordinator(0);
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete", "{status:#}");
+    assert_mirrored(&cluster.dest(), &selected(&seeded));
+}
+
+#[test]
+fn redis_killed_and_restarted_from_its_aof_mid_job() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 4 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 5);
+    cluster.add_worker("w1", 0, &[]);
+    cluster.add_worker("w2", 0, &[]);
+    let job = cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+    cluster.wait_for(&job, LIMIT, "some lease done", |s| {
+        s["jobs"][0]["leases"]["done"].as_u64() > Some(0)
+    });
+    cluster.redis.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.redis.restart();
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete", "{status:#}");
+    assert_mirrored(&cluster.dest(), &selected(&seeded));
+}
+
+#[test]
+fn a_missing_object_kills_its_lease_with_the_reason_and_the_rest_completes() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    let missing = under(&seeded, &["e5.oper.an.pl/"])[0].key.clone();
+    s3.add_fault(FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some(missing.clone()),
+        ranged_only: false,
+        skip: 0,
+        times: None,
+        fault: Fault::Status {
+            status: 404,
+            code: "NoSuchKey".into(),
+        },
+    });
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    cluster.add_worker("w1", 0, &[]);
+    cluster.add_worker("w2", 0, &[]);
+    let (code, job) = cluster.submit_and_wait(PRODUCTS, "2023-12", "2024-04", LIMIT);
+    assert_eq!(
+        code,
+        Some(1),
+        "submit --wait exits 1 when a lease ends dead"
+    );
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "failed", "{status:#}");
+    let dead: Vec<serde_json::Value> = leases(&status)
+        .into_iter()
+        .filter(|l| l["state"] == "dead")
+        .collect();
+    assert_eq!(dead.len(), 1, "{status:#}");
+    let reason = dead[0]["last_error"].as_str().unwrap();
+    assert!(reason.contains("404"), "{reason}");
+    // Everything outside the dead lease is mirrored, byte for byte.
+    let mirrored = mirrored_keys(&cluster.dest());
+    let expected = selected(&seeded).len() - dead[0]["objects"].as_u64().unwrap() as usize;
+    assert!(
+        mirrored.len() >= expected,
+        "{} mirrored, {expected} expected",
+        mirrored.len()
+    );
+    let present: Vec<&SeededObject> = seeded
+        .iter()
+        .filter(|o| mirrored.contains(&o.key))
+        .collect();
+    assert_eq!(
+        present.len(),
+        mirrored.len(),
+        "unexpected files: {mirrored:?}"
+    );
+    assert_mirrored(&cluster.dest(), &present);
+    assert!(!cluster.dest().join(&missing).exists());
+    // The text status shows the reason too.
+    let text = era5(&cluster.scratch.home())
+        .args(["status", "--coordinator", &cluster.coordinator_url(0), &job])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("404"));
+}
+
+#[test]
+fn sigterm_drains_a_worker_and_releases_without_counting_attempts() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 1 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    cluster.add_worker("leaving", 0, &[]);
+    let job = cluster.submit("e5.oper.an.sfc", "", "2023-12", "2024-04");
+    cluster.wait_for(&job, LIMIT, "the worker to hold leases", |s| {
+        leases(s).iter().any(|l| l["holder"] == "leaving")
+    });
+    let code = cluster.worker("leaving").terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "a drained worker exits 0");
+    let status = cluster.status(0, Some(&job));
+    assert_eq!(
+        status["jobs"][0]["leases"]["leased"], 0,
+        "leases were not released: {status:#}"
+    );
+    assert!(
+        leases(&status).iter().all(|l| l["attempts"] == 0),
+        "a release counted as an attempt: {status:#}"
+    );
+    cluster.add_worker("staying", 0, &[]);
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete");
+    assert_mirrored(&cluster.dest(), &under(&seeded, &["e5.oper.an.sfc/"]));
+}
+
+#[test]
+fn two_coordinators_on_one_redis_never_grant_an_item_twice_at_once() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 8 << 20);
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    cluster.add_coordinator(None);
+    cluster.add_worker("a", 0, &[]);
+    cluster.add_worker("b", 1, &[]);
+    cluster.add_worker("c", 1, &[]);
+    let job = cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+    // Both coordinators serve the same state while the job runs.
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let (first, second) = (cluster.status(0, Some(&job)), cluster.status(1, Some(&job)));
+        let live = |s: &serde_json::Value| {
+            leases(s)
+                .iter()
+                .filter(|l| l["state"] == "leased")
+                .map(|l| (l["lease"].to_string(), l["epoch"].to_string()))
+                .collect::<Vec<_>>()
+        };
+        // Sampled one after the other, so only grants that exist in both views are compared.
+        for (item, epoch) in live(&first) {
+            if let Some((_, other)) = live(&second).into_iter().find(|(i, _)| *i == item) {
+                assert!(other >= epoch, "epochs went back between coordinators");
+            }
+        }
+        if state(&second) == "complete" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not complete: {second:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every grant (item, epoch) went to exactly one worker.
+    let mut grants = std::collections::HashMap::new();
+    for (name, process) in &cluster.workers {
+        for line in process
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("lease granted"))
+        {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                    .map(str::to_string)
+            };
+            let key = (field("item"), field("epoch"));
+            assert!(
+                grants.insert(key.clone(), name.clone()).is_none(),
+                "grant {key:?} given twice"
+            );
+        }
+    }
+    assert!(!grants.is_empty());
+    assert_mirrored(&cluster.dest(), &selected(&seeded));
+}
+
+#[test]
+fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    // A second coordinator with an HTTP port for the probes.
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = cluster.scratch.dir.path().join("probe-coordinator.log");
+    let mut command = era5(&cluster.scratch.home());
+    command
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &cluster.redis.url(),
+        ])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log.with_extension("err")).unwrap());
+    let mut coordinator = command.spawn().unwrap();
+    wait_until(Duration::from_secs(20), "readyz to answer 200", || {
+        Cluster::http_status(http_port, "/readyz") == Some(200)
+    });
+
+    cluster.redis.kill();
+    wait_until(Duration::from_secs(20), "readyz to answer 503", || {
+        Cluster::http_status(http_port, "/readyz") == Some(503)
+    });
+    assert_eq!(
+        Cluster::http_status(http_port, "/healthz"),
+        Some(200),
+        "liveness does not depend on Redis"
+    );
+    let status = era5(&cluster.scratch.home())
+        .args(["status", "--coordinator", &cluster.coordinator_url(0)])
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        stderr.contains("unavailable")
+            || stderr.contains("Unavailable")
+            || stderr.contains("redis"),
+        "{stderr}"
+    );
+
+    cluster.redis.restart();
+    wait_until(Duration::from_secs(30), "readyz to recover", || {
+        Cluster::http_status(http_port, "/readyz") == Some(200)
+    });
+    assert!(
+        coordinator.try_wait().unwrap().is_none(),
+        "the coordinator died"
+    );
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+}

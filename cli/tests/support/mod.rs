@@ -1,0 +1,225 @@
+//! Helpers shared by the `era5` integration tests: run the real binary as a child process
+//! against a real test S3 server, in a clean environment.
+
+#![allow(dead_code)]
+
+pub mod cluster;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tests::fixtures::{SeededObject, SizeRange, seed_standard};
+pub use tests::s3_server::TestS3;
+
+/// The bucket name used by every test server.
+pub const BUCKET: &str = "nsf-ncar-era5";
+
+/// A test server holding the standard fixture.
+pub fn seeded_server() -> (TestS3, Vec<SeededObject>) {
+    let s3 = TestS3::start(BUCKET);
+    let seeded = seed_standard(&s3, SizeRange::SMALL);
+    (s3, seeded)
+}
+
+/// `era5` with an environment that cannot leak the developer's settings into the test: no
+/// `ERA5_*` or `AWS_*` variables and an empty HOME (no credential files).
+pub fn era5(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_era5"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().to_string();
+        if name.starts_with("ERA5_") || name.starts_with("AWS_") || name == "RUST_LOG" {
+            command.env_remove(&name);
+        }
+    }
+    command.env("HOME", home).stdin(Stdio::null());
+    command
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (None if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(output: Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A scratch directory with a mirror destination and a HOME inside.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("home")).expect("home dir");
+        Self { dir }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn dest(&self) -> PathBuf {
+        self.dir.path().join("mirror")
+    }
+}
+
+/// The arguments of a sync of `products`/`vars` over `start..end` from `s3` into `dest`,
+/// with fast retries so fault tests stay quick.
+pub fn sync_args(
+    s3_endpoint: &str,
+    dest: &Path,
+    products: &str,
+    vars: &str,
+    start: &str,
+    end: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "sync".into(),
+        "--product".into(),
+        products.into(),
+        "--start".into(),
+        start.into(),
+        "--end".into(),
+        end.into(),
+        "--dest".into(),
+        dest.display().to_string(),
+        "--endpoint".into(),
+        s3_endpoint.into(),
+        "--no-progress".into(),
+        "--retry-base-ms".into(),
+        "20".into(),
+    ];
+    if !vars.is_empty() {
+        args.push("--var".into());
+        args.push(vars.into());
+    }
+    args
+}
+
+/// Runs `era5 args..` to completion, failing the test if it takes longer than `limit`.
+pub fn run_era5(scratch: &Scratch, args: &[String], limit: Duration) -> Run {
+    let child = era5(&scratch.home())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn era5");
+    wait_with_limit(child, limit)
+}
+
+/// Waits for a child, killing it (and failing) past `limit`.
+pub fn wait_with_limit(mut child: Child, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => return Run::from_output(child.wait_with_output().expect("output")),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let run = Run::from_output(child.wait_with_output().expect("output"));
+                panic!(
+                    "era5 did not finish within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    run.stdout, run.stderr
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing after `limit` with `what`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Objects of `seeded` whose key starts with any of `prefixes`.
+pub fn under<'a>(seeded: &'a [SeededObject], prefixes: &[&str]) -> Vec<&'a SeededObject> {
+    seeded
+        .iter()
+        .filter(|o| prefixes.iter().any(|p| o.key.starts_with(p)))
+        .collect()
+}
+
+/// Asserts every object is at `dest/<key>` with exactly its bytes.
+pub fn assert_mirrored(dest: &Path, objects: &[&SeededObject]) {
+    for object in objects {
+        let path = dest.join(&object.key);
+        let data =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{} missing: {e}", path.display()));
+        assert!(
+            data == object.data.as_ref(),
+            "{} differs from the bucket",
+            object.key
+        );
+    }
+}
+
+/// Every regular file under `dest` outside `.era5`, as keys.
+pub fn mirrored_keys(dest: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == ".era5") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    walk(dest, dest, &mut keys);
+    keys.sort();
+    keys
+}
+
+/// Files in `dest/.era5/tmp`.
+pub fn temp_files(dest: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dest.join(".era5/tmp"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// The manifest's records, by key.
+pub fn manifest(dest: &Path) -> std::collections::HashMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(dest.join(".era5/manifest.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|v| (v["key"].as_str().unwrap_or_default().to_string(), v))
+        .collect()
+}

@@ -1,0 +1,320 @@
+//! `era5 sync` end to end against a real S3 server: byte-identical mirrors, skipping what is
+//! verified, refetching what changed upstream, terse listings and a lost manifest.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(120);
+const SURFACE: &str = "e5.oper.an.sfc";
+
+fn gets(s3: &TestS3) -> usize {
+    s3.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.key.is_some())
+        .count()
+}
+
+#[test]
+fn a_sync_mirrors_the_selection_byte_for_byte_and_a_rerun_downloads_nothing() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.an.sfc,e5.oper.fc.sfc.accumu,e5.oper.invariant",
+        "",
+        "2023-12-01",
+        "2024-02-29",
+    );
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert!(run.stdout.contains("sync complete"), "{}", run.stdout);
+
+    let expected: Vec<&SeededObject> = seeded
+        .iter()
+        .filter(|o| {
+            (o.key.starts_with("e5.oper.an.sfc/") && !o.key.starts_with("e5.oper.an.sfc/202404/"))
+                || o.key.starts_with("e5.oper.invariant/")
+                || (o.key.starts_with("e5.oper.fc.sfc.accumu/") && !o.key.contains("2023110106"))
+        })
+        .collect();
+    assert!(expected.iter().any(|o| o.multipart) && expected.iter().any(|o| !o.multipart));
+    assert_mirrored(&dest, &expected);
+    let mut expected_keys: Vec<String> = expected.iter().map(|o| o.key.clone()).collect();
+    expected_keys.sort();
+    assert_eq!(
+        mirrored_keys(&dest),
+        expected_keys,
+        "extra or missing files"
+    );
+    assert!(
+        temp_files(&dest).is_empty(),
+        "temporary files left: {:?}",
+        temp_files(&dest)
+    );
+    let records = manifest(&dest);
+    assert_eq!(records.len(), expected.len());
+    for object in &expected {
+        let record = &records[&object.key];
+        assert_eq!(record["size"], object.data.len());
+        assert_eq!(record["verified"], "full");
+    }
+
+    // Second run: everything is verified already; not one GET.
+    s3.clear_requests();
+    let rerun = run_era5(&scratch, &args, LIMIT);
+    rerun.expect_code(0);
+    assert_eq!(
+        gets(&s3),
+        0,
+        "a rerun downloaded again: {:?}",
+        s3.requests()
+    );
+    assert!(
+        rerun
+            .stdout
+            .contains(&format!("{} already present", expected.len())),
+        "{}",
+        rerun.stdout
+    );
+}
+
+#[test]
+fn an_object_replaced_upstream_is_fetched_again_and_only_that_one() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        SURFACE,
+        "2t,msl",
+        "2024-01",
+        "2024-02",
+    );
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+
+    // ERA5T replaced by final ERA5: same key, same size, new bytes and ETag.
+    let changed = under(&seeded, &["e5.oper.an.sfc/202401/"])
+        .into_iter()
+        .find(|o| o.key.contains("_2t."))
+        .unwrap()
+        .clone();
+    let mut new_bytes = changed.data.to_vec();
+    new_bytes[100] ^= 0xff;
+    s3.put_object(&changed.key, Bytes::from(new_bytes.clone()));
+    s3.clear_requests();
+
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    let fetched: Vec<String> = s3
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.key.clone())
+        .collect();
+    assert!(
+        !fetched.is_empty() && fetched.iter().all(|k| *k == changed.key),
+        "fetched {fetched:?}"
+    );
+    assert_eq!(std::fs::read(dest.join(&changed.key)).unwrap(), new_bytes);
+    let stored_etag = s3.object(&changed.key).unwrap().etag;
+    assert_eq!(
+        manifest(&dest)[&changed.key]["etag"],
+        stored_etag.trim_matches('"')
+    );
+}
+
+#[test]
+fn listings_without_etags_do_not_cause_downloads_of_verified_files() {
+    let (s3, _) = seeded_server();
+    s3.set_list_omits_etag(true);
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.fc.sfc.accumu",
+        "",
+        "2024-01",
+        "2024-01",
+    );
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    s3.clear_requests();
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert_eq!(
+        gets(&s3),
+        0,
+        "terse listing caused downloads: {:?}",
+        s3.requests()
+    );
+}
+
+#[test]
+fn a_lost_manifest_is_rebuilt_by_verifying_the_files_present() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(&s3.endpoint(), &dest, SURFACE, "", "2024-01", "2024-02");
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    let before = manifest(&dest);
+    std::fs::remove_file(dest.join(".era5/manifest.jsonl")).unwrap();
+
+    // One file was damaged while the manifest was gone: it alone must be downloaded again.
+    let damaged = under(&seeded, &["e5.oper.an.sfc/202402/"])[0];
+    let path = dest.join(&damaged.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+
+    s3.clear_requests();
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    let fetched: Vec<String> = s3
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.key.clone())
+        .collect();
+    assert!(
+        fetched.iter().all(|k| *k == damaged.key) && !fetched.is_empty(),
+        "fetched {fetched:?}"
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("{} verified locally", before.len() - 1)),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(manifest(&dest).len(), before.len());
+    assert_mirrored(
+        &dest,
+        &under(
+            &seeded,
+            &["e5.oper.an.sfc/202401/", "e5.oper.an.sfc/202402/"],
+        ),
+    );
+}
+
+#[test]
+fn size_only_records_are_upgraded_by_a_local_check_not_a_download() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.invariant",
+        "",
+        "2024-01",
+        "2024-01",
+    );
+    let mut size_args = args.clone();
+    size_args.extend(["--verify".into(), "size".into()]);
+    run_era5(&scratch, &size_args, LIMIT).expect_code(0);
+    assert!(manifest(&dest).values().all(|r| r["verified"] == "size"));
+    s3.clear_requests();
+    args.extend(["--verify".into(), "etag".into()]);
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert_eq!(gets(&s3), 0);
+    assert!(manifest(&dest).values().all(|r| r["verified"] == "etag"));
+}
+
+#[test]
+fn sync_output_without_a_terminal_is_log_lines_and_a_summary() {
+    let (s3, _) = seeded_server();
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("e5.oper.an.pl/".into()),
+        ranged_only: true,
+        skip: 0,
+        times: None,
+        fault: tests::faults::Fault::SlowBody {
+            bytes_per_sec: 1 << 20,
+        },
+    });
+    let scratch = Scratch::new();
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.pl",
+        "",
+        "2024-02-27",
+        "2024-03-02",
+    );
+    args.extend(["--progress-interval".into(), "1".into()]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    let progress_lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(
+        !progress_lines.is_empty(),
+        "no progress lines: {}",
+        run.stderr
+    );
+    assert!(
+        progress_lines[0].contains("files ") && progress_lines[0].contains("connections "),
+        "{}",
+        progress_lines[0]
+    );
+    assert!(
+        run.stdout
+            .starts_with("sync complete: 10 of 10 objects present and verified (full)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn single_part_etags_are_verified_when_the_object_comes_in_many_parts() {
+    let (s3, seeded) = seeded_server();
+    let single: Vec<&SeededObject> = under(&seeded, &["e5.oper.an.pl/"])
+        .into_iter()
+        .filter(|o| !o.multipart)
+        .collect();
+    assert!(
+        single.iter().any(|o| o.data.len() > 512 << 10),
+        "the fixture needs a large single-part object"
+    );
+    // One corrupted byte in the middle of one of them: the in-order MD5 must catch it.
+    let victim = single.iter().max_by_key(|o| o.data.len()).unwrap();
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some(victim.key.clone()),
+        ranged_only: true,
+        skip: 1,
+        times: Some(1),
+        fault: tests::faults::Fault::CorruptBody { at: 1000 },
+    });
+    let scratch = Scratch::new();
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.pl",
+        "",
+        "2024-02-27",
+        "2024-03-02",
+    );
+    args.extend(["--part-size".into(), "128KiB".into()]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("verification failures: 1"),
+        "{}",
+        run.stdout
+    );
+    assert_mirrored(&scratch.dest(), &single);
+    assert!(
+        manifest(&scratch.dest())
+            .values()
+            .all(|r| r["verified"] == "full")
+    );
+}
