@@ -1,0 +1,335 @@
+//! Fault injection in front of the S3 service, at the HTTP layer: throttling and error
+//! statuses, bodies that reset, truncate, stall, crawl or carry a flipped byte, delayed
+//! responses, and an object replaced right after a response ("replaced mid-download").
+//!
+//! A [`FaultRule`] counts the requests it matches and fires on matches `skip+1 ..= skip+times`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+
+/// What to do to a matching request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// 503 with `<Code>SlowDown</Code>`.
+    SlowDown,
+    /// Any status with an S3 error code (500 InternalError, 400 RequestTimeout, 404 NoSuchKey...).
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// S3 error code.
+        code: String,
+    },
+    /// Headers and `after_bytes` of the body, then a TCP reset (SO_LINGER 0).
+    ResetMidBody {
+        /// Body bytes sent first.
+        after_bytes: u64,
+    },
+    /// Headers (full Content-Length) and `after_bytes`, then a clean close.
+    TruncateBody {
+        /// Body bytes sent first.
+        after_bytes: u64,
+    },
+    /// `after_bytes`, then nothing more.
+    StallBody {
+        /// Body bytes sent first.
+        after_bytes: u64,
+    },
+    /// The whole body throttled to this rate.
+    SlowBody {
+        /// Rate.
+        bytes_per_sec: u64,
+    },
+    /// One byte flipped at this body offset.
+    CorruptBody {
+        /// Offset in the body.
+        at: u64,
+    },
+    /// Serve normally, then replace the object with `data`.
+    ReplaceAfterResponse {
+        /// The new version.
+        data: Bytes,
+    },
+    /// Wait before answering.
+    DelayResponse {
+        /// Delay.
+        millis: u64,
+    },
+}
+
+impl Fault {
+    /// Short name for request records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::SlowDown => "slowdown",
+            Fault::Status { .. } => "status",
+            Fault::ResetMidBody { .. } => "reset",
+            Fault::TruncateBody { .. } => "truncate",
+            Fault::StallBody { .. } => "stall",
+            Fault::SlowBody { .. } => "slow",
+            Fault::CorruptBody { .. } => "corrupt",
+            Fault::ReplaceAfterResponse { .. } => "replace",
+            Fault::DelayResponse { .. } => "delay",
+        }
+    }
+}
+
+/// When a fault applies.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    /// Only this method (None: any).
+    pub method: Option<Method>,
+    /// Only keys containing this (None: any request, listings included).
+    pub key_contains: Option<String>,
+    /// Only requests with a Range header.
+    pub ranged_only: bool,
+    /// Matching requests let through first.
+    pub skip: usize,
+    /// Then fire this many times (None: forever).
+    pub times: Option<usize>,
+    /// The fault.
+    pub fault: Fault,
+}
+
+/// A rule with its match counter.
+#[derive(Debug)]
+pub(crate) struct ArmedRule {
+    rule: FaultRule,
+    matched: AtomicUsize,
+}
+
+impl ArmedRule {
+    pub(crate) fn new(rule: FaultRule) -> Self {
+        Self {
+            rule,
+            matched: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this request triggers the fault (and counts the match).
+    pub(crate) fn fires(&self, method: &Method, key: Option<&str>, ranged: bool) -> Option<Fault> {
+        let rule = &self.rule;
+        if rule.method.as_ref().is_some_and(|m| m != method) {
+            return None;
+        }
+        if let Some(needle) = &rule.key_contains
+            && !key.is_some_and(|k| k.contains(needle.as_str()))
+        {
+            return None;
+        }
+        if rule.ranged_only && !ranged {
+            return None;
+        }
+        let number = self.matched.fetch_add(1, Ordering::SeqCst);
+        let fires =
+            number >= rule.skip && rule.times.is_none_or(|times| number < rule.skip + times);
+        fires.then(|| rule.fault.clone())
+    }
+}
+
+/// The S3 XML error document.
+pub(crate) fn error_body(code: &str) -> Bytes {
+    Bytes::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected fault</Message></Error>"
+    ))
+}
+
+/// Figures the body wrapper keeps up to date.
+#[derive(Debug, Default)]
+pub(crate) struct BodyStats {
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) gets_in_progress: AtomicUsize,
+    pub(crate) max_gets_in_progress: AtomicUsize,
+}
+
+/// How the wrapper alters a body.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum BodyFault {
+    #[default]
+    None,
+    Reset(u64),
+    Truncate(u64),
+    Stall(u64),
+    Slow(u64),
+    Corrupt(u64),
+}
+
+/// A response body passed through a fault, counting what it sends.
+pub(crate) struct FaultBody<B> {
+    inner: Pin<Box<B>>,
+    fault: BodyFault,
+    sent: u64,
+    /// Bytes held back by a cut or a throttle, sent before reading more.
+    held: Option<Bytes>,
+    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    stats: Arc<BodyStats>,
+    counts_as_get: bool,
+    /// Wakes the connection task to reset the socket.
+    reset: Option<Arc<Notify>>,
+    flushed_before_cut: bool,
+    done: bool,
+}
+
+impl<B> FaultBody<B> {
+    pub(crate) fn new(
+        inner: B,
+        fault: BodyFault,
+        stats: Arc<BodyStats>,
+        counts_as_get: bool,
+        reset: Option<Arc<Notify>>,
+    ) -> Self {
+        if counts_as_get {
+            let now = stats.gets_in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+            stats.max_gets_in_progress.fetch_max(now, Ordering::SeqCst);
+        }
+        Self {
+            inner: Box::pin(inner),
+            fault,
+            sent: 0,
+            held: None,
+            delay: None,
+            stats,
+            counts_as_get,
+            reset,
+            flushed_before_cut: false,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            if self.counts_as_get {
+                self.stats.gets_in_progress.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Limit after which the body is cut, if any.
+    fn cut_at(&self) -> Option<u64> {
+        match self.fault {
+            BodyFault::Reset(n) | BodyFault::Truncate(n) | BodyFault::Stall(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl<B> Drop for FaultBody<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B> Body for FaultBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(delay) = &mut this.delay {
+            if delay.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.delay = None;
+        }
+        if let Some(limit) = this.cut_at()
+            && this.sent >= limit
+        {
+            if !this.flushed_before_cut {
+                // Yield once with a short pause so hyper flushes what was sent: the client must
+                // see the headers and the first bytes before the cut.
+                this.flushed_before_cut = true;
+                let mut pause = Box::pin(tokio::time::sleep(Duration::from_millis(20)));
+                if pause.as_mut().poll(cx).is_pending() {
+                    this.delay = Some(pause);
+                    return Poll::Pending;
+                }
+            }
+            return match this.fault.clone() {
+                BodyFault::Stall(_) => Poll::Pending,
+                BodyFault::Reset(_) => {
+                    if let Some(reset) = &this.reset {
+                        reset.notify_one();
+                    }
+                    Poll::Pending
+                }
+                _ => {
+                    this.finish();
+                    Poll::Ready(Some(Err("injected truncation".into())))
+                }
+            };
+        }
+        let mut chunk = match this.held.take() {
+            Some(chunk) => chunk,
+            None => match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    this.finish();
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+            },
+        };
+        if let Some(limit) = this.cut_at()
+            && this.sent + chunk.len() as u64 > limit
+        {
+            let keep = (limit - this.sent) as usize;
+            chunk = chunk.slice(..keep);
+        }
+        if let BodyFault::Slow(rate) = this.fault {
+            // Send a tenth of a second's worth, then wait that long.
+            let slice = ((rate / 10).max(1) as usize).min(chunk.len());
+            if slice < chunk.len() {
+                this.held = Some(chunk.slice(slice..));
+                chunk = chunk.slice(..slice);
+            }
+            let pause = Duration::from_secs_f64(slice as f64 / rate.max(1) as f64);
+            this.delay = Some(Box::pin(tokio::time::sleep(pause)));
+        }
+        if let BodyFault::Corrupt(at) = this.fault
+            && at >= this.sent
+            && at < this.sent + chunk.len() as u64
+        {
+            let mut copy = BytesMut::from(chunk.as_ref());
+            copy[(at - this.sent) as usize] ^= 0xff;
+            chunk = copy.freeze();
+        }
+        this.sent += chunk.len() as u64;
+        this.stats
+            .bytes_sent
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.held.is_none() && self.cut_at().is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

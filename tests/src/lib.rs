@@ -1,0 +1,16 @@
+//! Test support for era5-mirror, made of real parts:
+//!
+//! - [`s3_server::TestS3`]: a real S3-protocol server (s3s over hyper) on an ephemeral port,
+//!   holding an in-memory bucket;
+//! - [`faults`]: the fault layer in front of it (SlowDown, error statuses, reset, truncated,
+//!   stalled, slow and corrupted bodies, objects replaced mid-download);
+//! - [`proxy::CountingProxy`]: counts a client's TCP connections from outside the client;
+//! - [`redis_server::RedisServer`]: a real redis-server per test on an ephemeral port;
+//! - [`fixtures`]: a synthetic bucket laid out exactly like `nsf-ncar-era5`.
+
+pub mod faults;
+pub mod fixtures;
+pub mod proxy;
+pub mod redis_server;
+pub mod s3_server;
+mod store;

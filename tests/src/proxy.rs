@@ -1,0 +1,233 @@
+//! `CountingProxy`: a TCP proxy that counts the client's connections from outside the client.
+//! A connection counts as open from accept until the proxy reads EOF or an error from the
+//! client side; then both sides are torn down. An upstream reset is passed on as a reset.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+#[derive(Default)]
+struct Counters {
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    accepted: AtomicUsize,
+    /// Descriptors of the client sockets whose relay is running.
+    live: std::sync::Mutex<std::collections::HashMap<u64, RawFd>>,
+}
+
+/// Linux `TCP_ESTABLISHED`: neither FIN nor RST has arrived from the client.
+const TCP_ESTABLISHED: u8 = 1;
+
+fn tcp_state(fd: RawFd) -> Option<u8> {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len > 0).then_some(info[0])
+}
+
+impl Counters {
+    /// Client connections the kernel still sees as established (the client has sent neither
+    /// FIN nor RST), whether or not the relay task has noticed yet.
+    fn established(&self) -> usize {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let fds: std::collections::HashSet<RawFd> = live.values().copied().collect();
+        fds.into_iter()
+            .filter(|fd| tcp_state(*fd) == Some(TCP_ESTABLISHED))
+            .count()
+    }
+}
+
+/// The running proxy.
+pub struct CountingProxy {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CountingProxy {
+    /// Proxies 127.0.0.1:0 to `upstream`.
+    pub fn start(upstream: SocketAddr) -> CountingProxy {
+        let counters = Arc::new(Counters::default());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread_counters = counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("counting-proxy".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("proxy runtime");
+                runtime.block_on(run(upstream, thread_counters, addr_tx, stop_rx));
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
+            .expect("spawn the proxy thread");
+        let addr = addr_rx.recv().expect("the proxy bound a port");
+        CountingProxy {
+            addr,
+            counters,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Client connections whose relay is still running.
+    pub fn open(&self) -> usize {
+        self.counters.open.load(Ordering::SeqCst)
+    }
+
+    /// Peak of `open` since start or the last reset.
+    pub fn max_open(&self) -> usize {
+        self.counters.max_open.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since start.
+    pub fn total_accepted(&self) -> usize {
+        self.counters.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Restarts the peak from the current value.
+    pub fn reset_max(&self) {
+        self.counters.max_open.store(self.open(), Ordering::SeqCst);
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn run(
+    upstream: SocketAddr,
+    counters: Arc<Counters>,
+    addr_tx: std::sync::mpsc::Sender<SocketAddr>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let _ = addr_tx.send(listener.local_addr().expect("local addr"));
+    loop {
+        let client = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(_) => continue,
+            },
+        };
+        // Register first: nothing may happen on this connection before it is counted.
+        let id = counters.accepted.fetch_add(1, Ordering::SeqCst) as u64;
+        counters
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, client.as_raw_fd());
+        counters.open.fetch_add(1, Ordering::SeqCst);
+        // The peak is the kernel's view at accept: client sockets that have sent neither FIN
+        // nor RST, this one included. Waiting before looking would miss connections that
+        // close quickly; a client that closed a connection before dialling the next one has
+        // already had its FIN processed by the time the new handshake completes.
+        let open = counters.established();
+        counters.max_open.fetch_max(open, Ordering::SeqCst);
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            relay(client, upstream).await;
+            counters
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            counters.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Copies both ways until the client goes away (or upstream fails, which is passed on).
+async fn relay(client: TcpStream, upstream: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let client_fd = client.as_raw_fd();
+    let reset_client = || {
+        // SAFETY: called while the client socket halves are still alive in this function.
+        let socket = unsafe { BorrowedFd::borrow_raw(client_fd) };
+        let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+    };
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        reset_client();
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let to_server = async move {
+        let mut buffer = vec![0u8; 64 << 10];
+        loop {
+            match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let to_client = async move {
+        let mut buffer = vec![0u8; 64 << 10];
+        loop {
+            match server_read.read(&mut buffer).await {
+                Ok(0) => {
+                    // Upstream closed cleanly: pass the close on.
+                    let _ = client_write.shutdown().await;
+                    return (false, client_write);
+                }
+                Err(_) => return (true, client_write),
+                Ok(n) => {
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        return (false, client_write);
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(to_server, to_client);
+    tokio::select! {
+        // The client closed: the connection is over from the client's point of view.
+        _ = &mut to_server => {}
+        (upstream_failed, client_write) = &mut to_client => {
+            if upstream_failed {
+                reset_client();
+                drop(client_write);
+                return;
+            }
+            // Wait for the client to close its side.
+            to_server.await;
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! `TestS3`: a real S3-protocol server (s3s over hyper) on an ephemeral port, holding an
+//! in-memory bucket, with the fault layer in front. It runs on its own thread and runtime, so
+//! plain `#[test]` functions can drive child processes while it serves; dropping it stops it.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+
+use crate::faults::{ArmedRule, BodyFault, BodyStats, Fault, FaultBody, FaultRule, error_body};
+pub use crate::store::{ChecksumAlgo, PutOptions, StoredObject};
+use crate::store::{MemoryS3, Store};
+
+/// Access key the server accepts for signed requests (unsigned ones are accepted too).
+pub const ACCESS_KEY: &str = "era5test";
+/// Secret key the server accepts for signed requests.
+pub const SECRET_KEY: &str = "era5testsecret";
+
+/// One request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// Object key, for object requests (None for bucket requests such as listings).
+    pub key: Option<String>,
+    /// The Range header.
+    pub range: Option<String>,
+    /// The If-Match header.
+    pub if_match: Option<String>,
+    /// Response status.
+    pub status: u16,
+    /// The fault injected, if any.
+    pub fault: Option<String>,
+}
+
+/// State shared by the server tasks and the handle.
+#[derive(Default)]
+struct Shared {
+    store: Arc<Store>,
+    rules: Mutex<Vec<Arc<ArmedRule>>>,
+    requests: Mutex<Vec<RequestRecord>>,
+    listed_prefixes: Mutex<Vec<String>>,
+    stats: Arc<BodyStats>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running server.
+pub struct TestS3 {
+    addr: SocketAddr,
+    bucket: String,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestS3 {
+    /// Starts a server holding an empty bucket named `bucket`, on an ephemeral port.
+    pub fn start(bucket: &str) -> TestS3 {
+        Self::start_on(bucket, SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0")
+    }
+
+    /// Starts a server on `addr` (the standalone binary uses a fixed port).
+    pub fn start_on(bucket: &str, addr: SocketAddr) -> std::io::Result<TestS3> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            store: Arc::new(Store {
+                bucket: bucket.to_string(),
+                ..Store::default()
+            }),
+            ..Shared::default()
+        });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("test-s3".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("test server runtime");
+                runtime.block_on(serve(thread_shared, listener, addr_tx, stop_rx));
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
+            .expect("spawn the test server thread");
+        let addr = addr_rx.recv().expect("the test server started");
+        Ok(TestS3 {
+            addr,
+            bucket: bucket.to_string(),
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Stores `data` as a single-part upload.
+    pub fn put_object(&self, key: &str, data: Bytes) {
+        self.put_object_with(key, data, PutOptions::default());
+    }
+
+    /// Stores `data` as `options` say (multipart ETag, checksum...).
+    pub fn put_object_with(&self, key: &str, data: Bytes, options: PutOptions) {
+        let object = StoredObject::new(data, &options);
+        lock(&self.shared.store.objects).insert(key.to_string(), object);
+    }
+
+    /// Removes an object.
+    pub fn delete_object(&self, key: &str) {
+        lock(&self.shared.store.objects).remove(key);
+    }
+
+    /// The stored object.
+    pub fn object(&self, key: &str) -> Option<StoredObject> {
+        lock(&self.shared.store.objects).get(key).cloned()
+    }
+
+    /// Replaces the fault rules.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        *lock(&self.shared.rules) = rules
+            .into_iter()
+            .map(|r| Arc::new(ArmedRule::new(r)))
+            .collect();
+    }
+
+    /// Adds a fault rule.
+    pub fn add_fault(&self, rule: FaultRule) {
+        lock(&self.shared.rules).push(Arc::new(ArmedRule::new(rule)));
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        lock(&self.shared.rules).clear();
+    }
+
+    /// Caps the keys per ListObjectsV2 page.
+    pub fn set_list_max_keys(&self, max: Option<usize>) {
+        lock(&self.shared.store.quirks).max_keys = max;
+    }
+
+    /// Leaves ETags out of listings.
+    pub fn set_list_omits_etag(&self, omit: bool) {
+        lock(&self.shared.store.quirks).omit_etag = omit;
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Forgets the recorded requests and listed prefixes.
+    pub fn clear_requests(&self) {
+        lock(&self.shared.requests).clear();
+        lock(&self.shared.listed_prefixes).clear();
+    }
+
+    /// GETs of `key`.
+    pub fn get_count(&self, key: &str) -> usize {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
+            .count()
+    }
+
+    /// Body bytes sent by GETs since start.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.shared.stats.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// The `prefix` of every listing.
+    pub fn listed_prefixes(&self) -> Vec<String> {
+        lock(&self.shared.listed_prefixes).clone()
+    }
+
+    /// Peak number of GET bodies in progress at once.
+    pub fn max_concurrent_gets(&self) -> usize {
+        self.shared
+            .stats
+            .max_gets_in_progress
+            .load(Ordering::SeqCst)
+    }
+
+    /// Restarts the peak count from the current value.
+    pub fn reset_max_concurrent_gets(&self) {
+        let now = self.shared.stats.gets_in_progress.load(Ordering::SeqCst);
+        self.shared
+            .stats
+            .max_gets_in_progress
+            .store(now, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TestS3 {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn s3_service(store: Arc<Store>) -> S3Service {
+    let mut builder = S3ServiceBuilder::new(MemoryS3::new(store));
+    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    builder.set_access(AllowAnonymous);
+    builder.build()
+}
+
+/// Signed and unsigned requests are both welcome: the archive is public.
+struct AllowAnonymous;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for AllowAnonymous {
+    async fn check(&self, _cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        Ok(())
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    addr_tx: std::sync::mpsc::Sender<SocketAddr>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    // The listener is bound before the thread starts, so a port conflict is the caller's error.
+    let listener = TcpListener::from_std(listener).expect("adopt the listener");
+    let _ = addr_tx.send(listener.local_addr().expect("local addr"));
+    let service = s3_service(shared.store.clone());
+    loop {
+        let socket = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(_) => continue,
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let shared = shared.clone();
+        let service = service.clone();
+        tokio::spawn(serve_connection(socket, shared, service));
+    }
+}
+
+/// Serves one connection; a `ResetMidBody` fault aborts it with an RST.
+async fn serve_connection(socket: tokio::net::TcpStream, shared: Arc<Shared>, service: S3Service) {
+    let fd: RawFd = socket.as_raw_fd();
+    let reset = Arc::new(Notify::new());
+    let handler_reset = reset.clone();
+    let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        let service = service.clone();
+        let reset = handler_reset.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, &shared, &service, reset).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(socket), handler);
+    // Pinned here, not moved into the select: select! drops the losing branch's future (and
+    // with it the socket) before running the winning arm, and the arm needs the socket open.
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        _ = reset.notified() => {
+            // SAFETY: the pinned connection future, which owns the socket, is still alive here
+            // (it is dropped at the end of this function), so the descriptor is open.
+            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+            let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+type ResponseBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn object_key(bucket: &str, path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix('/')?
+        .strip_prefix(bucket)?
+        .strip_prefix('/')?;
+    (!rest.is_empty()).then(|| percent_decode(rest))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(value) = u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            )
+        {
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    shared: &Shared,
+    service: &S3Service,
+    reset: Arc<Notify>,
+) -> Response<ResponseBody> {
+    let method = request.method().clone();
+    let key = object_key(&shared.store.bucket, request.uri().path());
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let range = header("range");
+    let if_match = header("if-match");
+    if key.is_none() && query_param(request.uri().query(), "list-type").as_deref() == Some("2") {
+        let prefix = query_param(request.uri().query(), "prefix").unwrap_or_default();
+        lock(&shared.listed_prefixes).push(prefix);
+    }
+    let rules: Vec<Arc<ArmedRule>> = lock(&shared.rules).clone();
+    let fault = rules
+        .iter()
+        .find_map(|rule| rule.fires(&method, key.as_deref(), range.is_some()));
+
+    let mut body_fault = BodyFault::None;
+    let mut replace_with = None;
+    let response = match &fault {
+        Some(Fault::SlowDown) => Some(error_response(503, "SlowDown", &method)),
+        Some(Fault::Status { status, code }) => Some(error_response(*status, code, &method)),
+        Some(Fault::DelayResponse { millis }) => {
+            tokio::time::sleep(Duration::from_millis(*millis)).await;
+            None
+        }
+        Some(Fault::ResetMidBody { after_bytes }) => {
+            body_fault = BodyFault::Reset(*after_bytes);
+            None
+        }
+        Some(Fault::TruncateBody { after_bytes }) => {
+            body_fault = BodyFault::Truncate(*after_bytes);
+            None
+        }
+        Some(Fault::StallBody { after_bytes }) => {
+            body_fault = BodyFault::Stall(*after_bytes);
+            None
+        }
+        Some(Fault::SlowBody { bytes_per_sec }) => {
+            body_fault = BodyFault::Slow(*bytes_per_sec);
+            None
+        }
+        Some(Fault::CorruptBody { at }) => {
+            body_fault = BodyFault::Corrupt(*at);
+            None
+        }
+        Some(Fault::ReplaceAfterResponse { data }) => {
+            replace_with = Some(data.clone());
+            None
+        }
+        None => None,
+    };
+    let response = match response {
+        Some(response) => response,
+        None => {
+            let response = match service.call(request.map(s3s::Body::from)).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::warn!(?error, "s3s failed");
+                    Response::builder()
+                        .status(StatusCode::INTERNAL_SERVER_ERROR)
+                        .body(s3s::Body::from(Bytes::from_static(b"")))
+                        .unwrap_or_default()
+                }
+            };
+            let is_get =
+                method == http::Method::GET && key.is_some() && response.status().is_success();
+            let (parts, body) = response.into_parts();
+            let body = FaultBody::new(body, body_fault, shared.stats.clone(), is_get, Some(reset));
+            Response::from_parts(parts, body.boxed())
+        }
+    };
+    if let (Some(data), Some(key)) = (replace_with, &key) {
+        let object = StoredObject::new(data, &PutOptions::default());
+        lock(&shared.store.objects).insert(key.clone(), object);
+    }
+    lock(&shared.requests).push(RequestRecord {
+        method: method.to_string(),
+        key,
+        range,
+        if_match,
+        status: response.status().as_u16(),
+        fault: fault.map(|f| f.name().to_string()),
+    });
+    response
+}
+
+fn error_response(status: u16, code: &str, method: &http::Method) -> Response<ResponseBody> {
+    let body = if *method == http::Method::HEAD {
+        Bytes::new()
+    } else {
+        error_body(code)
+    };
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/xml")
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
+        .unwrap_or_default()
+}
