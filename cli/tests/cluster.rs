@@ -129,7 +129,17 @@ fn a_killed_workers_lease_is_granted_again_after_expiry() {
 fn a_stopped_worker_cannot_complete_its_stale_lease() {
     let _serial = serial();
     let (s3, seeded) = seeded_server();
-    slow_bodies(&s3, 1 << 20);
+    // The sleeper's first body stalls (far short of its 30 s stall timeout), so it is surely
+    // mid-download when stopped; the next GET, the awake worker's, is served normally. A fast
+    // sleeper could otherwise finish and promote before the stop, and the test would not test.
+    s3.add_fault(FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("_2t.".into()),
+        ranged_only: false,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::StallBody { after_bytes: 1024 },
+    });
     let mut cluster = Cluster::start(&s3.endpoint(), 2);
     cluster.add_worker("sleeper", 0, &[]);
     // One lease only (a single object).
@@ -162,7 +172,12 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
         "the sleeper to notice its lease is lost",
         || {
             let log = std::fs::read_to_string(&sleeper_log).unwrap_or_default();
-            log.contains("lease lost") || log.contains("LeaseLost") || log.contains("self-fencing")
+            // Self-fenced or refused on renewal ("lease lost"), or a refused completion:
+            // LeaseLost, or AlreadyDone when the awake worker's grant finished first.
+            log.contains("lease lost")
+                || log.contains("LeaseLost")
+                || log.contains("AlreadyDone")
+                || log.contains("self-fencing")
         },
     );
     let object = under(&seeded, &["e5.oper.an.sfc/202401/"])
