@@ -112,6 +112,9 @@ fn a_killed_workers_lease_is_granted_again_after_expiry() {
             .iter()
             .any(|l| l["state"] == "leased" && l["holder"] == "victim")
     });
+    wait_until(LIMIT, "the victim to start writing", || {
+        !temp_files(&cluster.dest()).is_empty()
+    });
     cluster.worker("victim").kill9();
     cluster.add_worker("rescuer", 0, &[]);
     let status = cluster.wait_final(&job, LIMIT);
@@ -122,7 +125,40 @@ fn a_killed_workers_lease_is_granted_again_after_expiry() {
             .any(|l| l["epoch"].as_u64() >= Some(2) && l["expiries"].as_u64() >= Some(1)),
         "no lease was re-granted after expiring: {status:#}"
     );
-    assert_mirrored(&cluster.dest(), &under(&seeded, &["e5.oper.an.sfc/"]));
+    let surface = under(&seeded, &["e5.oper.an.sfc/"]);
+    assert_mirrored(&cluster.dest(), &surface);
+
+    // Hand-over: with the workers gone, `era5 sync` of the same selection takes the DEST. It
+    // trusts the workers' verified files (no body is fetched again) and sweeps the victim's
+    // abandoned lease temporaries, which no later grant could ever resume.
+    assert_eq!(cluster.worker("rescuer").terminate(LIMIT), Some(0));
+    let abandoned = temp_files(&cluster.dest());
+    assert!(
+        !abandoned.is_empty()
+            && abandoned
+                .iter()
+                .all(|p| p.parent().unwrap().ends_with("leases")),
+        "the victim's partial files should be left, under tmp/leases: {abandoned:?}"
+    );
+    let gets = |s3: &tests::s3_server::TestS3| -> Vec<usize> {
+        surface.iter().map(|o| s3.get_count(&o.key)).collect()
+    };
+    let gets_before = gets(&s3);
+    let args = sync_args(
+        &s3.endpoint(),
+        &cluster.dest(),
+        "e5.oper.an.sfc",
+        "",
+        "2023-12",
+        "2024-04",
+    );
+    run_era5(&cluster.scratch, &args, LIMIT).expect_code(0);
+    assert_eq!(gets(&s3), gets_before, "the sync fetched objects again");
+    assert_eq!(
+        temp_files(&cluster.dest()),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_mirrored(&cluster.dest(), &surface);
 }
 
 #[test]

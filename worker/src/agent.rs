@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::engine::{EngineConfig, FetchScope};
-use crate::mirror::Mirror;
+use crate::mirror::{ABANDONED_AFTER, Mirror};
 use crate::progress::Progress;
 use crate::sync::{Mirrorer, Outcome};
 use crate::telemetry::Telemetry;
@@ -132,6 +132,11 @@ pub async fn run(
     });
     let session_stop = CancellationToken::new();
     tokio::spawn(agent.clone().session(session_stop.clone()));
+    tokio::spawn(sweep_abandoned_temps(
+        agent.config.dest.clone(),
+        agent.config.name.clone(),
+        session_stop.clone(),
+    ));
     let mut leases = JoinSet::new();
     let mut backoff = Backoff::new();
     tracing::info!(worker = %agent.config.name, http = %http_addr, "worker started");
@@ -533,5 +538,26 @@ impl Backoff {
         Duration::from_millis(
             rand::rng().random_range(ceiling.as_millis() as u64 / 4..=ceiling.as_millis() as u64),
         )
+    }
+}
+
+/// How often a worker looks for abandoned lease temporaries in the shared DEST.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes temporaries of grants whose workers died (see `Mirror::sweep_abandoned`): at start,
+/// then every `SWEEP_EVERY`, until `stop`. Each worker sweeps; removing a file twice is harmless.
+async fn sweep_abandoned_temps(dest: PathBuf, name: String, stop: CancellationToken) {
+    loop {
+        let (dest, name) = (dest.clone(), name.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mirror) = Mirror::open_shared(&dest, &name) {
+                mirror.sweep_abandoned(ABANDONED_AFTER);
+            }
+        })
+        .await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
     }
 }

@@ -5,19 +5,26 @@
 //! DEST/.era5/lock                     flock: exclusive for `era5 sync`, shared by cluster workers
 //! DEST/.era5/manifest.jsonl           the manifest of `era5 sync` (see `manifest`)
 //! DEST/.era5/manifest.<worker>.jsonl  each cluster worker's own manifest journal
-//! DEST/.era5/tmp/<name>.<hash>[.<lease>].part   an object being downloaded, written in place
-//! DEST/.era5/tmp/<name>.<hash>[.<lease>].state  which parts of it are done, with digests
+//! DEST/.era5/tmp/<name>.<hash>.part  an object being downloaded by `era5 sync`, written in place
+//! DEST/.era5/tmp/<name>.<hash>.state which parts of it are done, with digests
+//! DEST/.era5/tmp/leases/<name>.<hash>.<lease>.{part,state}   the same, for one cluster grant
 //! ```
 //!
 //! **A file appears at its final path only after it is verified:** it is written under
 //! `.era5/tmp/` (same filesystem, so the rename is atomic), fsynced, then renamed into place and
 //! the directory fsynced. A crash leaves at most a temporary file, which the next run resumes.
+//!
+//! Cluster temporaries are named after the grant's lease id, which is never granted again, so a
+//! killed worker's are never resumed: they are garbage. **Abandoned lease temporaries are swept**
+//! (`Mirror::sweep_abandoned`): by a worker once they are untouched for `ABANDONED_AFTER`, and
+//! all of them by `era5 sync`, whose exclusive lock proves no worker is writing.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use common::paths::{UnsafeKey, final_path};
 use serde::{Deserialize, Serialize};
@@ -41,12 +48,28 @@ pub enum MirrorError {
     Locked(PathBuf),
 }
 
+/// How long a lease's temporary file may sit untouched before a worker deems it abandoned.
+/// A live download writes to it at least every stall timeout (30 s by default) or retries; an
+/// hour leaves a wide margin. Sweeping a live one by mistake costs that grant a failed attempt
+/// (its promotion finds no file), never a wrong file.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// What a sweep removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// An opened destination.
 #[derive(Debug)]
 pub struct Mirror {
     dest: PathBuf,
     state_dir: PathBuf,
     tmp_dir: PathBuf,
+    lease_tmp_dir: PathBuf,
     /// Who writes: `None` for `era5 sync`, the worker's name in the cluster.
     writer: Option<String>,
     /// Held for the life of the mirror; the flock goes with the descriptor.
@@ -73,7 +96,8 @@ impl Mirror {
         };
         let state_dir = dest.join(".era5");
         let tmp_dir = state_dir.join("tmp");
-        std::fs::create_dir_all(&tmp_dir).map_err(dest_error)?;
+        let lease_tmp_dir = tmp_dir.join("leases");
+        std::fs::create_dir_all(&lease_tmp_dir).map_err(dest_error)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -90,13 +114,47 @@ impl Mirror {
         if !locked {
             return Err(MirrorError::Locked(dest.to_path_buf()));
         }
-        Ok(Self {
+        let mirror = Self {
             dest: dest.to_path_buf(),
             state_dir,
             tmp_dir,
+            lease_tmp_dir,
             writer,
             _lock: lock,
-        })
+        };
+        if mirror.writer.is_none() {
+            // The exclusive lock proves no worker is writing: every lease temporary is garbage.
+            mirror.sweep_abandoned(Duration::ZERO);
+        }
+        Ok(mirror)
+    }
+
+    /// Removes lease temporaries untouched for `older_than` (see the module doc), logging what
+    /// it freed. `era5 sync`'s own temporaries are never touched: they are its resume state.
+    pub fn sweep_abandoned(&self, older_than: Duration) -> Swept {
+        let mut swept = Swept::default();
+        let Ok(entries) = std::fs::read_dir(&self.lease_tmp_dir) else {
+            return swept;
+        };
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let untouched = meta.modified().map_or(true, |modified| modified <= cutoff);
+            if meta.is_file() && untouched && std::fs::remove_file(entry.path()).is_ok() {
+                swept.files += 1;
+                swept.bytes += meta.len();
+            }
+        }
+        if swept.files > 0 {
+            tracing::info!(
+                files = swept.files,
+                bytes = swept.bytes,
+                "removed temporary files of abandoned leases"
+            );
+        }
+        swept
     }
 
     /// The worker writing, if this is a cluster mirror.
@@ -127,13 +185,16 @@ impl Mirror {
         let digest = <md5::Md5 as md5::Digest>::digest(key.as_bytes());
         let name = key.rsplit('/').next().unwrap_or("object");
         let mut stem = format!("{name}.{}", hex::encode(&digest[..8]));
-        if !tag.is_empty() {
+        let dir = if tag.is_empty() {
+            &self.tmp_dir
+        } else {
             stem.push('.');
             stem.extend(tag.chars().filter(char::is_ascii_alphanumeric));
-        }
+            &self.lease_tmp_dir
+        };
         TempPaths {
-            data: self.tmp_dir.join(format!("{stem}.part")),
-            state: self.tmp_dir.join(format!("{stem}.state")),
+            data: dir.join(format!("{stem}.part")),
+            state: dir.join(format!("{stem}.state")),
         }
     }
 
@@ -242,6 +303,56 @@ mod tests {
         assert_ne!(
             mirror.temp_paths("p/202201/x.nc", "lease2").data,
             mirror.temp_paths("p/202201/x.nc", "lease1").data
+        );
+    }
+
+    /// Writes a lease temporary last modified `age` ago.
+    fn lease_temp(mirror: &Mirror, key: &str, lease: &str, age: Duration) -> TempPaths {
+        let temp = mirror.temp_paths(key, lease);
+        std::fs::write(&temp.data, b"partial").unwrap();
+        let file = File::options().write(true).open(&temp.data).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        temp
+    }
+
+    #[test]
+    fn a_worker_sweeps_only_lease_temporaries_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open_shared(dir.path(), "w1").unwrap();
+        let abandoned = lease_temp(&mirror, "p/1/a.nc", "dead", Duration::from_secs(7200));
+        let live = lease_temp(&mirror, "p/1/b.nc", "live", Duration::from_secs(5));
+        let resumable = mirror.temp_paths("p/1/c.nc", "");
+        std::fs::write(&resumable.data, b"sync's own").unwrap();
+        File::options()
+            .write(true)
+            .open(&resumable.data)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+
+        let swept = mirror.sweep_abandoned(ABANDONED_AFTER);
+        assert_eq!(swept, Swept { files: 1, bytes: 7 });
+        assert!(!abandoned.data.exists());
+        assert!(live.data.exists(), "a live grant's file must stay");
+        assert!(
+            resumable.data.exists(),
+            "sync's resume state is not the worker's to sweep"
+        );
+    }
+
+    #[test]
+    fn a_sync_removes_every_lease_temporary_left_by_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Mirror::open_shared(dir.path(), "w1").unwrap();
+        let left = lease_temp(&worker, "p/1/a.nc", "l1", Duration::from_secs(1));
+        assert!(Mirror::open(dir.path()).is_err(), "a worker still holds it");
+        drop(worker);
+        let sync = Mirror::open(dir.path()).unwrap();
+        assert!(!left.data.exists());
+        assert!(
+            sync.temp_paths("p/1/a.nc", "")
+                .data
+                .starts_with(&sync.tmp_dir)
         );
     }
 

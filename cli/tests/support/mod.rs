@@ -208,11 +208,20 @@ pub fn mirrored_keys(dest: &Path) -> Vec<String> {
     keys
 }
 
-/// Files in `dest/.era5/tmp`.
+/// Files under `dest/.era5/tmp`, at any depth.
 pub fn temp_files(dest: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dest.join(".era5/tmp"))
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+    fn files_under(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                files_under(&entry.path(), found);
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files_under(&dest.join(".era5/tmp"), &mut found);
+    found
 }
 
 /// The manifest's records, by key.
