@@ -40,18 +40,6 @@ fn selected(seeded: &[SeededObject]) -> Vec<&SeededObject> {
         .collect()
 }
 
-/// Slows every body so that leases last long enough to be interfered with.
-fn slow_bodies(s3: &TestS3, bytes_per_sec: u64) {
-    s3.add_fault(FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper".into()),
-        ranged_only: true,
-        skip: 0,
-        times: None,
-        fault: Fault::SlowBody { bytes_per_sec },
-    });
-}
-
 fn leases(status: &serde_json::Value) -> Vec<serde_json::Value> {
     status["leases"].as_array().cloned().unwrap_or_default()
 }

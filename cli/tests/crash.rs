@@ -8,23 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
-use tests::faults::{Fault, FaultRule};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const PRODUCTS: &str = "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu";
-
-fn slow_everything(s3: &TestS3) {
-    s3.add_fault(FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper".into()),
-        ranged_only: true,
-        skip: 0,
-        times: None,
-        fault: Fault::SlowBody {
-            bytes_per_sec: 256 << 10,
-        },
-    });
-}
 
 /// Every file at a final path is byte-identical to its object.
 fn assert_no_corrupt_final_file(dest: &std::path::Path, seeded: &[SeededObject]) -> usize {
@@ -44,7 +30,7 @@ fn assert_no_corrupt_final_file(dest: &std::path::Path, seeded: &[SeededObject])
 
 fn interrupted_then_resumed(signal: libc::c_int) {
     let (s3, seeded) = seeded_server();
-    slow_everything(&s3);
+    slow_bodies(&s3, 256 << 10);
     let scratch = Scratch::new();
     let dest = scratch.dest();
     let args = sync_args(

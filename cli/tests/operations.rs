@@ -53,17 +53,6 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn slow_bodies(s3: &TestS3, bytes_per_sec: u64) {
-    s3.add_fault(FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper".into()),
-        ranged_only: true,
-        skip: 0,
-        times: None,
-        fault: Fault::SlowBody { bytes_per_sec },
-    });
-}
-
 #[test]
 fn metrics_and_probes_carry_the_documented_names() {
     let _serial = serial();

@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 pub use tests::fixtures::{SeededObject, SizeRange, seed_standard};
 pub use tests::s3_server::TestS3;
 
+/// Throttles every ranged GET body of an ERA5 object to `bytes_per_sec`, so that syncs and
+/// leases last long enough to be interrupted or interfered with.
+pub fn slow_bodies(s3: &TestS3, bytes_per_sec: u64) {
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("e5.oper".into()),
+        ranged_only: true,
+        skip: 0,
+        times: None,
+        fault: tests::faults::Fault::SlowBody { bytes_per_sec },
+    });
+}
+
 /// The bucket name used by every test server.
 pub const BUCKET: &str = "nsf-ncar-era5";
 
