@@ -294,6 +294,33 @@ pub struct JobStatus {
     pub source: SourceSpec,
 }
 
+impl JobStatus {
+    /// Bytes per second since the first grant (to the last completion once final), and the
+    /// seconds left at that rate: 0 when complete, -1 when unknown or never. `status` and the
+    /// status page both show these, so they are computed here once.
+    pub fn rate_and_eta(&self) -> (f64, f64) {
+        let end_ms = if self.state.is_final() && self.finished_ms > 0 {
+            self.finished_ms
+        } else {
+            now_ms()
+        };
+        let seconds = ((end_ms - self.started_ms) as f64 / 1000.0).max(0.001);
+        let rate = if self.started_ms > 0 {
+            self.bytes_done as f64 / seconds
+        } else {
+            0.0
+        };
+        let eta = match self.state {
+            JobState::Complete => 0.0,
+            _ if rate > 0.0 && !self.state.is_final() => {
+                self.bytes_total.saturating_sub(self.bytes_done) as f64 / rate
+            }
+            _ => -1.0,
+        };
+        (rate, eta)
+    }
+}
+
 /// One item as `status JOB` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemStatus {

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{
     Ack, Grant, ItemStatus, JobState, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
-    WorkerMetrics, WorkerStatus, now_ms, random_id,
+    WorkerMetrics, WorkerStatus, random_id,
 };
 use crate::planner::{ItemLimits, plan_job};
 use crate::store::{LeaseStore, StoreError};
@@ -95,25 +95,9 @@ fn source_to_pb(source: &SourceSpec) -> pb::Source {
     }
 }
 
-/// Rate and ETA of a job from its start (or finish) time.
+/// A job's figures as the operator API reports them.
 fn summary(job: &JobStatus) -> pb::JobSummary {
-    let end_ms = if job.state.is_final() && job.finished_ms > 0 {
-        job.finished_ms
-    } else {
-        now_ms()
-    };
-    let seconds = ((end_ms - job.started_ms) as f64 / 1000.0).max(0.001);
-    let rate = if job.started_ms > 0 {
-        job.bytes_done as f64 / seconds
-    } else {
-        0.0
-    };
-    let remaining = job.bytes_total.saturating_sub(job.bytes_done) as f64;
-    let eta = match job.state {
-        JobState::Complete => 0.0,
-        _ if rate > 0.0 && !job.state.is_final() => remaining / rate,
-        _ => -1.0,
-    };
+    let (rate, eta) = job.rate_and_eta();
     pb::JobSummary {
         job_id: job.job_id.clone(),
         state: job.state.name().to_string(),

@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{ItemStatus, JobState, JobStatus, Sample, WorkerStatus, now_ms};
+use crate::model::{ItemStatus, JobStatus, Sample, WorkerStatus, now_ms};
 
 /// Seconds between automatic refreshes.
 const REFRESH_SECONDS: u32 = 5;
@@ -28,28 +28,6 @@ pub fn escape(text: &str) -> String {
 
 fn human(bytes: f64) -> String {
     common::units::human_bytes(bytes.max(0.0) as u64)
-}
-
-fn rate_and_eta(job: &JobStatus) -> (f64, f64) {
-    let end = if job.state.is_final() && job.finished_ms > 0 {
-        job.finished_ms
-    } else {
-        now_ms()
-    };
-    let seconds = ((end - job.started_ms) as f64 / 1000.0).max(0.001);
-    let rate = if job.started_ms > 0 {
-        job.bytes_done as f64 / seconds
-    } else {
-        0.0
-    };
-    let eta = match job.state {
-        JobState::Complete => 0.0,
-        _ if rate > 0.0 && !job.state.is_final() => {
-            job.bytes_total.saturating_sub(job.bytes_done) as f64 / rate
-        }
-        _ => -1.0,
-    };
-    (rate, eta)
 }
 
 fn page(title: &str, body: &str) -> String {
@@ -140,7 +118,7 @@ fn jobs_table(jobs: &[JobStatus]) -> String {
 <th>objects</th><th>done</th><th>total</th><th>rate</th><th>ETA</th></tr>",
     );
     for job in jobs {
-        let (rate, eta) = rate_and_eta(job);
+        let (rate, eta) = job.rate_and_eta();
         let eta_text = if eta < 0.0 {
             "-".to_string()
         } else {
@@ -264,7 +242,7 @@ fn chart(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Counts, SelectionSpec, SourceSpec, WorkerMetrics};
+    use crate::model::{Counts, JobState, SelectionSpec, SourceSpec, WorkerMetrics};
 
     #[test]
     fn the_page_escapes_names_and_carries_exact_figures() {
