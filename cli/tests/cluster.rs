@@ -10,6 +10,8 @@ mod support;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use proto::v1 as pb;
+use proto::v1::worker_client::WorkerClient;
 use support::cluster::Cluster;
 use support::*;
 use tests::faults::{Fault, FaultRule};
@@ -171,6 +173,12 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
     cluster.wait_for(&job, LIMIT, "the sleeper to hold the lease", |s| {
         leases(s).iter().any(|l| l["holder"] == "sleeper")
     });
+    let object = under(&seeded, &["e5.oper.an.sfc/202401/"])
+        .into_iter()
+        .find(|o| o.key.contains("_2t."))
+        .unwrap();
+    // Its GET is the one that stalls; stopping it before then would stall the awake one.
+    wait_until(LIMIT, "the sleeper's GET", || s3.get_count(&object.key) > 0);
     cluster.worker("sleeper").stop();
     std::thread::sleep(Duration::from_secs(3)); // past the 2 s lease: it must expire
     cluster.add_worker("awake", 0, &[]);
@@ -204,15 +212,65 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
                 || log.contains("self-fencing")
         },
     );
-    let object = under(&seeded, &["e5.oper.an.sfc/202401/"])
-        .into_iter()
-        .find(|o| o.key.contains("_2t."))
-        .unwrap();
+    // Whatever the sleeper does, the coordinator refuses its grant: a Complete or Renew sent
+    // now with the sleeper's lease id and epoch is not OK.
+    let grant = stale_grant(&std::fs::read_to_string(&sleeper_log).unwrap());
+    let url = cluster.coordinator_url(0);
+    let (completed, renewed) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = WorkerClient::connect(url).await.unwrap();
+        let completed = client
+            .complete(pb::CompleteRequest {
+                lease: Some(grant.clone()),
+                worker: "sleeper".into(),
+                bytes: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        let renewed = client
+            .renew(pb::RenewRequest {
+                lease: Some(grant),
+                worker: "sleeper".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        (completed, renewed)
+    });
+    assert_eq!(completed, pb::LeaseStatus::AlreadyDone as i32);
+    assert_ne!(
+        renewed,
+        pb::LeaseStatus::Ok as i32,
+        "a stale grant was renewed"
+    );
+
     assert_mirrored(&cluster.dest(), &[object]);
     assert_eq!(mirrored_keys(&cluster.dest()), vec![object.key.clone()]);
     let status = cluster.status(0, Some(&job));
     assert_eq!(state(&status), "complete");
     assert_eq!(leases(&status)[0]["holder"], "awake");
+}
+
+/// The grant a worker logged as "lease granted" (job, item, lease id and epoch fields).
+fn stale_grant(log: &str) -> pb::LeaseRef {
+    let line = log
+        .lines()
+        .find(|l| l.contains("lease granted"))
+        .expect("no grant in the log");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .to_string()
+    };
+    pb::LeaseRef {
+        job_id: field("job"),
+        item_id: field("item"),
+        lease_id: field("lease"),
+        epoch: field("epoch").parse().unwrap(),
+    }
 }
 
 #[test]

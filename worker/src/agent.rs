@@ -231,7 +231,7 @@ impl Agent {
                 cancel: cancel.clone(),
             },
         );
-        tracing::info!(job = %lease_ref.job_id, item = %lease_ref.item_id, epoch = lease_ref.epoch, objects = lease.objects.len(), "lease granted");
+        tracing::info!(job = %lease_ref.job_id, item = %lease_ref.item_id, lease = %lease_ref.lease_id, epoch = lease_ref.epoch, objects = lease.objects.len(), "lease granted");
         let lost = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(self.clone().keep_alive(
             lease_ref.clone(),
