@@ -10,12 +10,17 @@
 //! the resume state (saved at most every [`SAVE_EVERY`] and when the download ends, never from
 //! an async task) and tell the in-order MD5 follower. It also starts writeback early
 //! (`sync_file_range`), so the fsync before promotion has little left to do.
+//!
+//! Saving happens on a second thread (`StateSaver`), newest snapshot wins: the rename of a
+//! state file waits for a journal commit, which on ext4 waits for the data being written back,
+//! and measured up to 0.9 s while a 2 GiB object streamed in. On the writer thread that stalled
+//! every connection of the object and cost a third of the wall time.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -65,7 +70,7 @@ impl FileWriter {
             let mut writer = Writer {
                 file,
                 state,
-                state_path,
+                saver: StateSaver::start(state_path),
                 follower,
                 failure: None,
                 since_writeback: 0,
@@ -102,7 +107,7 @@ impl FileWriter {
 struct Writer {
     file: Arc<File>,
     state: ResumeState,
-    state_path: PathBuf,
+    saver: StateSaver,
     follower: Option<PartDone>,
     failure: Option<String>,
     since_writeback: u64,
@@ -134,6 +139,9 @@ impl Writer {
         if self.unsaved && self.failure.is_none() {
             self.save();
         }
+        // Every save is on disk before the outcome is known: the engine may remove the state
+        // next, and a late save must not bring it back.
+        self.saver.finish();
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -155,9 +163,66 @@ impl Writer {
     fn save(&mut self) {
         self.last_save = Instant::now();
         self.unsaved = false;
-        if let Err(error) = self.state.save(&self.state_path) {
-            // Only resumability suffers: the parts are downloaded again after a crash.
-            tracing::warn!(path = %self.state_path.display(), %error, "could not save the resume state");
+        self.saver.offer(self.state.clone());
+    }
+}
+
+/// A thread that writes resume states for one file, newest first: an offered state replaces
+/// one not yet written, so saves never queue up behind a slow filesystem.
+struct StateSaver {
+    slot: Arc<(Mutex<SaverSlot>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct SaverSlot {
+    pending: Option<ResumeState>,
+    finished: bool,
+}
+
+impl StateSaver {
+    fn start(path: PathBuf) -> Self {
+        let slot = Arc::new((Mutex::new(SaverSlot::default()), Condvar::new()));
+        let shared = slot.clone();
+        let thread = std::thread::Builder::new()
+            .name("era5-state".into())
+            .spawn(move || {
+                let (lock, wake) = &*shared;
+                loop {
+                    let next = {
+                        let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        while slot.pending.is_none() && !slot.finished {
+                            slot = wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                        }
+                        match slot.pending.take() {
+                            Some(state) => state,
+                            None => return,
+                        }
+                    };
+                    if let Err(error) = next.save(&path) {
+                        // Only resumability suffers: the parts are downloaded again after a crash.
+                        tracing::warn!(path = %path.display(), %error, "could not save the resume state");
+                    }
+                }
+            })
+            .ok();
+        Self { slot, thread }
+    }
+
+    /// Queues `state` to be written, replacing one still waiting.
+    fn offer(&self, state: ResumeState) {
+        let (lock, wake) = &*self.slot;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).pending = Some(state);
+        wake.notify_one();
+    }
+
+    /// Writes what is pending and waits for the thread to end.
+    fn finish(&mut self) {
+        let (lock, wake) = &*self.slot;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
