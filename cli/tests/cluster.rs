@@ -273,15 +273,22 @@ fn stale_grant(log: &str) -> pb::LeaseRef {
     }
 }
 
-#[test]
-fn a_coordinator_killed_and_restarted_mid_job_does_not_stop_the_workers() {
-    let _serial = serial();
+/// Two workers on a job over several products, bodies slowed so that it lasts long enough to
+/// break something under it. The server is returned so that it lives as long as the test.
+fn two_workers_on_a_slow_job() -> (TestS3, Vec<SeededObject>, Cluster, String) {
     let (s3, seeded) = seeded_server();
     slow_bodies(&s3, 4 << 20);
     let mut cluster = Cluster::start(&s3.endpoint(), 5);
     cluster.add_worker("w1", 0, &[]);
     cluster.add_worker("w2", 0, &[]);
     let job = cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+    (s3, seeded, cluster, job)
+}
+
+#[test]
+fn a_coordinator_killed_and_restarted_mid_job_does_not_stop_the_workers() {
+    let _serial = serial();
+    let (_s3, seeded, mut cluster, job) = two_workers_on_a_slow_job();
     cluster.wait_for(&job, LIMIT, "work under way", |s| {
         s["jobs"][0]["leases"]["leased"].as_u64() > Some(0)
     });
@@ -294,12 +301,7 @@ fn a_coordinator_killed_and_restarted_mid_job_does_not_stop_the_workers() {
 #[test]
 fn redis_killed_and_restarted_from_its_aof_mid_job() {
     let _serial = serial();
-    let (s3, seeded) = seeded_server();
-    slow_bodies(&s3, 4 << 20);
-    let mut cluster = Cluster::start(&s3.endpoint(), 5);
-    cluster.add_worker("w1", 0, &[]);
-    cluster.add_worker("w2", 0, &[]);
-    let job = cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+    let (_s3, seeded, mut cluster, job) = two_workers_on_a_slow_job();
     cluster.wait_for(&job, LIMIT, "some lease done", |s| {
         s["jobs"][0]["leases"]["done"].as_u64() > Some(0)
     });
