@@ -250,3 +250,46 @@ impl<T: Send + 'static> Coalescing<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc as std_mpsc;
+
+    #[test]
+    fn coalescing_runs_the_newest_offer_and_everything_pending_at_finish() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel::<()>();
+        let record = seen.clone();
+        let mut helper = Coalescing::start("test", move |item: u32| {
+            if item == 1 {
+                // Hold the thread inside the first item while more offers arrive.
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            }
+            record.lock().unwrap().push(item);
+        });
+        helper.offer(1);
+        entered.recv().unwrap();
+        for item in 2..=4 {
+            helper.offer(item);
+        }
+        release.send(()).unwrap();
+        helper.finish();
+        // 2 and 3 were replaced before the thread was free; 4 ran before finish returned.
+        assert_eq!(*seen.lock().unwrap(), vec![1, 4]);
+    }
+
+    #[test]
+    fn coalescing_finish_without_offers_runs_nothing_and_ends_the_thread() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = runs.clone();
+        let mut helper = Coalescing::start("test", move |()| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        helper.finish();
+        assert!(helper.thread.is_none());
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+}
