@@ -296,6 +296,8 @@ def main():
         name, _, path = spec.partition("=")
         if not name or not os.access(path, os.X_OK):
             raise SystemExit(f"bench: --era5 wants NAME=PATH to an executable, got {spec!r}")
+        if name in ("era5-size", "era5-full", "s5cmd", "rclone", "aws") or name in EXTRA_ERA5:
+            raise SystemExit(f"bench: --era5 name {name!r} is already taken; choose another")
         EXTRA_ERA5[name] = os.path.abspath(path)
     global PART_MIB
     PART_MIB = args.part_mib
