@@ -7,6 +7,7 @@
 mod args;
 mod cluster_cmd;
 mod config;
+mod heap;
 mod plan_cmd;
 mod sync_cmd;
 
@@ -40,6 +41,7 @@ pub enum Failure {
 }
 
 fn main() {
+    heap::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error)
