@@ -22,8 +22,9 @@ const MMAP_THRESHOLD: libc::c_int = 4 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = 256 << 20;
 
-/// Sets glibc's allocator thresholds; call once, first thing in `main`, before any thread
-/// starts. Elsewhere (musl, other systems) it does nothing.
+/// Sets glibc's allocator thresholds; call once from `main`, before any thread starts, for
+/// the commands that download (`sync`, `worker`). Elsewhere (musl, other systems) it does
+/// nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads

@@ -41,7 +41,6 @@ pub enum Failure {
 }
 
 fn main() {
-    heap::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error)
@@ -57,6 +56,11 @@ fn main() {
             std::process::exit(ExitCode::BadInput as i32);
         }
     };
+    // Only the commands that download churn body buffers; the coordinator's memory follows
+    // its jobs' size, so it keeps glibc's defaults and gives memory back after a big plan.
+    if matches!(cli.command, Command::Sync(_) | Command::Worker(_)) {
+        heap::keep_freed_memory();
+    }
     let long_running = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
     init_logging(
         if long_running { "info" } else { "warn" },
