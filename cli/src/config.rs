@@ -153,6 +153,7 @@ impl TryFrom<&SyncArgs> for SyncConfig {
                     base: Duration::from_millis(args.retry_base_ms),
                     ..RetryPolicy::default()
                 },
+                ..EngineConfig::default()
             },
             progress,
         })

@@ -28,6 +28,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::direct_io::{self, ALIGN, IoPool};
 use crate::manifest::{ManifestEntry, now_rfc3339};
 use crate::mirror::{Mirror, ResumeState, TempPaths};
 use crate::ordered_md5;
@@ -37,7 +38,7 @@ use crate::verify::{
     EtagForm, Expected, ExpectedChecksum, PartDigest, PartHasher, StreamPlan, Streamed,
     VerifyError, VerifyMode, candidate_part_sizes,
 };
-use crate::writer::FileWriter;
+use crate::writer::{DirectSink, FileWriter};
 
 /// Default part size of ranged GETs. 16 MiB measured faster than 8 MiB (fewer requests, the
 /// same parallelism); an object whose multipart ETag must be verified uses its own upload part
@@ -61,6 +62,8 @@ pub struct EngineConfig {
     pub verify: VerifyMode,
     /// Per-request retry policy.
     pub retry: RetryPolicy,
+    /// Write temporary files with direct I/O where the filesystem suits it (see `direct_io`).
+    pub direct_io: bool,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             verify: VerifyMode::Full,
             retry: RetryPolicy::default(),
+            direct_io: true,
         }
     }
 }
@@ -150,6 +154,7 @@ pub struct Engine {
     scheduler: Arc<RequestScheduler>,
     progress: Arc<Progress>,
     config: EngineConfig,
+    io_pool: Arc<IoPool>,
 }
 
 /// What a fetch belongs to: the token that stops it and the tag that keeps its temporary
@@ -185,6 +190,7 @@ impl Engine {
             scheduler,
             progress,
             config,
+            io_pool: IoPool::start(),
         })
     }
 
@@ -432,6 +438,21 @@ impl Engine {
             .open(&temp.data)
             .map_err(fatal)?;
         file.set_len(expected.size).map_err(fatal)?;
+        let plan = StreamPlan::new(expected, self.config.verify, part_size);
+        // Direct writes leave nothing in the page cache, so only downloads that are never
+        // read back take them: a whole-object MD5 rereads every part while the rest streams.
+        let direct = if self.config.direct_io
+            && self.io_pool.enabled()
+            && !plan.whole_md5
+            && part_size.is_multiple_of(ALIGN as u64)
+        {
+            direct_io::open_direct(&temp.data, &file)
+        } else {
+            None
+        };
+        if direct.is_some() {
+            direct_io::preallocate(&file, expected.size);
+        }
         let file = Arc::new(file);
 
         let part_count = expected.size.div_ceil(part_size);
@@ -443,13 +464,18 @@ impl Engine {
         let missing: Vec<u64> = (0..part_count)
             .filter(|i| !state.parts.contains_key(i))
             .collect();
-        let plan = StreamPlan::new(expected, self.config.verify, part_size);
         let follower = plan.whole_md5.then(|| {
             let done: Vec<u64> = state.parts.keys().copied().collect();
             ordered_md5::follow(file.clone(), part_size, expected.size, done)
         });
+        let direct = direct.map(|direct| DirectSink {
+            direct,
+            pool: self.io_pool.clone(),
+            part_size,
+        });
         let (writer, writer_task) = FileWriter::start(
             file.clone(),
+            direct,
             state,
             temp.state.clone(),
             follower.as_ref().map(|(done, _)| done.clone()),

@@ -10,6 +10,7 @@
 //! - [`manifest`]: the crash-safe, batched journal of verified objects.
 //! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
 //! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
+//! - [`direct_io`]: aligned stages and the process-wide threads writing them with `O_DIRECT`.
 //! - [`telemetry`]: the worker's /metrics, /healthz and /readyz.
 //! - [`progress`]: lock-free live counters for whoever reports.
 //!
@@ -19,6 +20,7 @@
 //! [`sync::Mirrorer`] one lease at a time.
 
 pub mod agent;
+pub mod direct_io;
 pub mod engine;
 pub mod fast_md5;
 pub mod manifest;

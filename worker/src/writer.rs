@@ -5,39 +5,47 @@
 //! lock and burn the CPU the downloads need. Parts therefore hand their bytes to the file's
 //! single writer through a small bounded channel (back-pressure, not buffering).
 //!
-//! When a part has handed over its last byte it sends `PartDone`. The writer handles commands
-//! in order, so by then every byte of the part is written: only then does it record the part
-//! in the resume state (saved at most every [`SAVE_EVERY`] and when the download ends, never
-//! from an async task) and tell the in-order MD5 follower. It also starts writeback early
-//! (`sync_file_range`), so the fsync before promotion has little left to do.
+//! Two ways to the disk:
+//! - **Direct** (see [`crate::direct_io`]), where the filesystem supports it: the writer only
+//!   copies bytes into aligned stages; the process-wide I/O threads write full stages.
+//! - **Buffered** elsewhere: the writer copies into the page cache and starts writeback early
+//!   (`sync_file_range`), so the fsync before promotion has little left to do.
 //!
-//! The writer thread only copies bytes into the page cache; with one file it is the busiest
-//! thread of the process, so everything that can block or burn CPU beside it runs on two
-//! helper threads per file ([`Coalescing`]: the newest request wins, none queue up):
+//! When a part has handed over its last byte it sends `PartDone`. **A part is recorded as done
+//! (in the resume state and to the in-order MD5 follower) only after every byte of it is
+//! written**: at once when buffered, when its last direct write ends otherwise. The resume
+//! state is saved at most every [`SAVE_EVERY`] and when the download ends, never from an async
+//! task.
+//!
+//! What can block or burn CPU beside the writer thread runs on two helper threads per file
+//! ([`Coalescing`]: the newest request wins, none queue up):
 //! - saving the resume state: renaming a state file waits for a journal commit, which on ext4
 //!   waits for data being written back, measured up to 0.9 s while a 2 GiB object streamed in;
 //!   on the writer thread that stalled every connection of the object;
-//! - starting writeback: `sync_file_range` allocates blocks and builds the I/O, about a sixth
-//!   of the writer thread's time in a profile; moved off it, one 2 GiB object went from 1.36x
-//!   to 1.21x s5cmd's wall time (medians of 15 alternating rounds of `bench/run.py`).
+//! - starting writeback (buffered only): `sync_file_range` allocates blocks and builds the
+//!   I/O, about a sixth of the writer thread's time in a profile; moved off it, one 2 GiB
+//!   object went from 1.36x to 1.21x s5cmd's wall time (medians of 15 alternating rounds of
+//!   `bench/run.py`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::direct_io::{ALIGN, DirectFile, IoPool, STAGE, Stage, WriteDone};
 use crate::mirror::ResumeState;
 use crate::ordered_md5::PartDone;
 use crate::verify::PartDigest;
 
 /// Chunks queued per file; each is one network read (up to 512 KiB).
 const QUEUE_DEPTH: usize = 8;
-/// Start writeback after this many bytes.
+/// Start writeback after this many buffered bytes.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 /// Longest time a finished part waits to be saved in the resume state.
 pub const SAVE_EVERY: Duration = Duration::from_millis(500);
@@ -55,6 +63,16 @@ pub struct WriterOutcome {
     pub failure: Option<String>,
 }
 
+/// What direct writes of one file need.
+pub struct DirectSink {
+    /// The file opened with `O_DIRECT`.
+    pub direct: File,
+    /// The threads that write stages.
+    pub pool: Arc<IoPool>,
+    /// The download's part size, a multiple of [`ALIGN`]; parts start at its multiples.
+    pub part_size: u64,
+}
+
 /// A handle for sending bytes to a file's writer. Cloned into every part of the object.
 #[derive(Clone)]
 pub struct FileWriter {
@@ -63,25 +81,50 @@ pub struct FileWriter {
 
 impl FileWriter {
     /// Starts the writer of `file` on a blocking thread, with the resume state to extend and
-    /// where to save it. It ends, saving the state, when every handle is dropped.
+    /// where to save it; with `direct`, aligned bytes go through direct I/O. It ends, saving
+    /// the state, when every handle is dropped.
     pub fn start(
         file: Arc<File>,
+        direct: Option<DirectSink>,
         state: ResumeState,
         state_path: PathBuf,
         follower: Option<PartDone>,
     ) -> (Self, tokio::task::JoinHandle<WriterOutcome>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::task::spawn_blocking(move || {
-            let writeback_file = file.clone();
-            let mut writer = Writer {
-                file,
-                state,
+            let shared = Arc::new(Shared {
+                record: Mutex::new(Record {
+                    state,
+                    waiting: HashMap::new(),
+                    in_flight: 0,
+                    failure: None,
+                    unsaved: false,
+                    last_save: Instant::now(),
+                }),
+                drained: Condvar::new(),
                 saver: Coalescing::start("era5-state", move |state: ResumeState| {
                     if let Err(error) = state.save(&state_path) {
                         // Only resumability suffers: the parts are downloaded again after a crash.
                         tracing::warn!(path = %state_path.display(), %error, "could not save the resume state");
                     }
                 }),
+                follower,
+            });
+            let writeback_file = file.clone();
+            let direct = direct.map(|sink| Direct {
+                file: Arc::new(DirectFile {
+                    direct: sink.direct,
+                    buffered: file.clone(),
+                    done: shared.clone(),
+                }),
+                pool: sink.pool,
+                part_size: sink.part_size,
+                stages: HashMap::new(),
+            });
+            let mut writer = Writer {
+                file,
+                shared,
+                direct,
                 writeback: Coalescing::start("era5-writeback", move |()| {
                     // SAFETY: a plain syscall on a descriptor kept open by the Arc; offset 0
                     // and length 0 mean the whole file. It starts writeback and does not wait
@@ -95,17 +138,9 @@ impl FileWriter {
                         );
                     }
                 }),
-                follower,
-                failure: None,
                 since_writeback: 0,
-                unsaved: false,
-                last_save: Instant::now(),
             };
-            writer.run(rx);
-            WriterOutcome {
-                state: writer.state,
-                failure: writer.failure,
-            }
+            writer.run(rx)
         });
         (Self { tx }, task)
     }
@@ -128,51 +163,219 @@ impl FileWriter {
     }
 }
 
-struct Writer {
-    file: Arc<File>,
-    state: ResumeState,
+/// What the writer thread and the I/O threads finishing its direct writes share.
+struct Shared {
+    record: Mutex<Record>,
+    /// Signalled when no direct write of the file is in flight any more.
+    drained: Condvar,
     saver: Coalescing<ResumeState>,
-    writeback: Coalescing<()>,
     follower: Option<PartDone>,
+}
+
+struct Record {
+    state: ResumeState,
+    /// Parts with direct writes in flight, or whose writes ended before their `PartDone`.
+    waiting: HashMap<u64, Waiting>,
+    in_flight: usize,
     failure: Option<String>,
-    since_writeback: u64,
     unsaved: bool,
     last_save: Instant,
 }
 
+#[derive(Default)]
+struct Waiting {
+    writes: usize,
+    /// Set by `PartDone`: every byte is handed over.
+    digest: Option<PartDigest>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, message: String) {
+        self.lock().failure.get_or_insert(message);
+    }
+
+    /// Part `index` is fully written.
+    fn record_part(&self, record: &mut Record, index: u64, digest: PartDigest) {
+        if record.failure.is_some() {
+            return;
+        }
+        record.state.parts.insert(index, digest);
+        record.unsaved = true;
+        if let Some(follower) = &self.follower {
+            follower.send(index);
+        }
+        if record.last_save.elapsed() >= SAVE_EVERY {
+            self.save(record);
+        }
+    }
+
+    fn save(&self, record: &mut Record) {
+        record.last_save = Instant::now();
+        record.unsaved = false;
+        self.saver.offer(record.state.clone());
+    }
+}
+
+impl WriteDone for Shared {
+    fn write_done(&self, part: u64, result: std::io::Result<()>) {
+        let mut record = self.lock();
+        if let Err(error) = result {
+            record
+                .failure
+                .get_or_insert(format!("writing the temporary file failed: {error}"));
+        }
+        record.in_flight -= 1;
+        if let Some(waiting) = record.waiting.get_mut(&part) {
+            waiting.writes -= 1;
+            if waiting.writes == 0 && waiting.digest.is_some() {
+                let digest = record.waiting.remove(&part).and_then(|w| w.digest);
+                if let Some(digest) = digest {
+                    self.record_part(&mut record, part, digest);
+                }
+            }
+        }
+        if record.in_flight == 0 {
+            self.drained.notify_all();
+        }
+    }
+}
+
+/// The direct path of one file.
+struct Direct {
+    file: Arc<DirectFile>,
+    pool: Arc<IoPool>,
+    part_size: u64,
+    /// The stage being filled, per part.
+    stages: HashMap<u64, Stage>,
+}
+
+struct Writer {
+    file: Arc<File>,
+    shared: Arc<Shared>,
+    direct: Option<Direct>,
+    writeback: Coalescing<()>,
+    since_writeback: u64,
+}
+
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>) -> WriterOutcome {
         while let Some(command) = rx.blocking_recv() {
-            if self.failure.is_some() {
+            if self.shared.lock().failure.is_some() {
                 continue;
             }
             match command {
                 Command::Write { offset, data } => self.write(offset, &data),
-                Command::PartDone { index, digest } => {
-                    self.state.parts.insert(index, digest);
-                    self.unsaved = true;
-                    if let Some(follower) = &self.follower {
-                        follower.send(index);
-                    }
-                    if self.last_save.elapsed() >= SAVE_EVERY {
-                        self.save();
-                    }
-                }
+                Command::PartDone { index, digest } => self.part_done(index, digest),
             }
         }
-        // The download finished, failed or was cancelled: keep what is done for a resume.
-        if self.unsaved && self.failure.is_none() {
-            self.save();
+        // The download finished, failed or was cancelled. Stages still filling belong to
+        // unfinished parts, which a resume downloads again.
+        if let Some(direct) = &mut self.direct {
+            for (_, stage) in direct.stages.drain() {
+                direct.pool.recycle(stage.buf);
+            }
         }
+        let mut record = self.shared.lock();
+        while record.in_flight > 0 {
+            record = self
+                .shared
+                .drained
+                .wait(record)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        // Keep what is done for a resume.
+        if record.unsaved && record.failure.is_none() {
+            self.shared.save(&mut record);
+        }
+        let outcome = WriterOutcome {
+            state: record.state.clone(),
+            failure: record.failure.clone(),
+        };
+        drop(record);
         // Every save is on disk before the outcome is known: the engine may remove the state
         // next, and a late save must not bring it back.
-        self.saver.finish();
+        self.shared.saver.finish();
         self.writeback.finish();
+        outcome
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(direct) = &mut self.direct else {
+            return self.write_buffered(offset, data);
+        };
+        let part = offset / direct.part_size;
+        let mut stage = match direct.stages.remove(&part) {
+            Some(stage) if stage.next_offset() == offset => Some(stage),
+            stale => {
+                // A part's bytes always continue where they stopped; anything else is a new
+                // stream, and what was staged before it is written as it is.
+                if let Some(stale) = stale {
+                    self.flush(stale);
+                }
+                None
+            }
+        };
+        let Some(direct) = &mut self.direct else {
+            return;
+        };
+        if stage.is_none() && !offset.is_multiple_of(ALIGN as u64) {
+            return self.write_buffered(offset, data);
+        }
+        let (mut rest, mut next) = (data, offset);
+        while !rest.is_empty() {
+            let mut filling = match stage.take() {
+                Some(stage) => stage,
+                None => match direct.pool.try_buffer() {
+                    Some(buf) => Stage {
+                        part,
+                        start: next,
+                        len: 0,
+                        buf,
+                    },
+                    // Every stage is taken: these bytes go buffered.
+                    None => return self.write_buffered(next, rest),
+                },
+            };
+            let taken = filling.fill(rest);
+            rest = &rest[taken..];
+            next = filling.next_offset();
+            if filling.is_full() {
+                submit(&self.shared, direct, filling, STAGE);
+            } else {
+                stage = Some(filling);
+            }
+        }
+        if let Some(stage) = stage {
+            direct.stages.insert(part, stage);
+        }
+    }
+
+    /// Writes what `stage` holds: its aligned bytes direct, the rest (only at the end of the
+    /// object) buffered.
+    fn flush(&mut self, stage: Stage) {
+        let aligned = stage.len / ALIGN * ALIGN;
+        if aligned < stage.len {
+            let tail = stage.buf.as_slice()[aligned..stage.len].to_vec();
+            self.write_buffered(stage.start + aligned as u64, &tail);
+        }
+        let Some(direct) = &self.direct else {
+            return;
+        };
+        if aligned > 0 {
+            submit(&self.shared, direct, stage, aligned);
+        } else {
+            direct.pool.recycle(stage.buf);
+        }
+    }
+
+    fn write_buffered(&mut self, offset: u64, data: &[u8]) {
         if let Err(error) = self.file.write_all_at(data, offset) {
-            self.failure = Some(format!("writing the temporary file failed: {error}"));
+            self.shared
+                .fail(format!("writing the temporary file failed: {error}"));
             return;
         }
         self.since_writeback += data.len() as u64;
@@ -182,18 +385,41 @@ impl Writer {
         }
     }
 
-    fn save(&mut self) {
-        self.last_save = Instant::now();
-        self.unsaved = false;
-        self.saver.offer(self.state.clone());
+    fn part_done(&mut self, index: u64, digest: PartDigest) {
+        let stage = self
+            .direct
+            .as_mut()
+            .and_then(|direct| direct.stages.remove(&index));
+        if let Some(stage) = stage {
+            self.flush(stage);
+        }
+        let mut record = self.shared.lock();
+        match record.waiting.get_mut(&index) {
+            Some(waiting) if waiting.writes > 0 => waiting.digest = Some(digest),
+            _ => {
+                record.waiting.remove(&index);
+                self.shared.record_part(&mut record, index, digest);
+            }
+        }
     }
+}
+
+/// Hands `len` bytes of `stage` to the I/O threads, counting the write against its part first
+/// so its end can never be seen before its start.
+fn submit(shared: &Shared, direct: &Direct, stage: Stage, len: usize) {
+    {
+        let mut record = shared.lock();
+        record.in_flight += 1;
+        record.waiting.entry(stage.part).or_default().writes += 1;
+    }
+    direct.pool.submit(&direct.file, stage, len);
 }
 
 /// A helper thread that runs `work` on what it is offered, newest first: an offer replaces
 /// one not yet taken, so requests never queue up behind a slow filesystem.
 struct Coalescing<T> {
     slot: Arc<(Mutex<Slot<T>>, Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Slot<T> {
@@ -230,7 +456,10 @@ impl<T: Send + 'static> Coalescing<T> {
                 }
             })
             .ok();
-        Self { slot, thread }
+        Self {
+            slot,
+            thread: Mutex::new(thread),
+        }
     }
 
     /// Queues `item`, replacing one still waiting.
@@ -241,11 +470,12 @@ impl<T: Send + 'static> Coalescing<T> {
     }
 
     /// Runs what is pending and waits for the thread to end.
-    fn finish(&mut self) {
+    fn finish(&self) {
         let (lock, wake) = &*self.slot;
         lock.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
         wake.notify_one();
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -254,7 +484,117 @@ impl<T: Send + 'static> Coalescing<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::direct_io::{open_direct, suits_direct_io};
     use std::sync::mpsc as std_mpsc;
+
+    /// Sends `bytes` of part `index` (starting at `start`) in chunks of odd sizes, then
+    /// declares it done unless `finish` is false.
+    async fn send_part(writer: FileWriter, index: u64, start: u64, bytes: Vec<u8>, finish: bool) {
+        let mut offset = 0;
+        for (n, size) in [100_003usize, 524_288, 7, 300_000]
+            .iter()
+            .cycle()
+            .enumerate()
+        {
+            if offset == bytes.len() {
+                break;
+            }
+            let end = (offset + size).min(bytes.len());
+            let chunk = Bytes::copy_from_slice(&bytes[offset..end]);
+            writer.write(start + offset as u64, chunk).await.unwrap();
+            offset = end;
+            if n % 3 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        if finish {
+            let digest = PartDigest {
+                len: bytes.len() as u64,
+                ..PartDigest::default()
+            };
+            writer.part_done(index, digest).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_paths_put_every_byte_in_place_and_record_only_finished_parts() {
+        for use_direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("data");
+            // Three stages and two pages per part; the last part is short and unaligned.
+            let part_size = 3 * STAGE as u64 + 8192;
+            let size = 3 * part_size + 5_000;
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            file.set_len(size).unwrap();
+            let sink = if use_direct {
+                let direct = open_direct(&path, &file);
+                // Where the filesystem suits direct I/O, it must really be used.
+                assert_eq!(direct.is_some(), suits_direct_io(&file));
+                direct.map(|direct| DirectSink {
+                    direct,
+                    pool: IoPool::start(),
+                    part_size,
+                })
+            } else {
+                None
+            };
+            let state = ResumeState {
+                key: "k".into(),
+                etag: None,
+                size,
+                part_size,
+                parts: Default::default(),
+            };
+            let (writer, task) =
+                FileWriter::start(Arc::new(file), sink, state, dir.path().join("state"), None);
+            let part = |i: u64| {
+                let (start, end) = (i * part_size, ((i + 1) * part_size).min(size));
+                (start, data[start as usize..end as usize].to_vec())
+            };
+            // Parts 3, 0 and 2 finish, interleaved; part 1 stops halfway (a failed part).
+            let mut sends = Vec::new();
+            for (index, finish) in [(3, true), (0, true), (1, false), (2, true)] {
+                let (start, mut bytes) = part(index);
+                if !finish {
+                    bytes.truncate(bytes.len() / 2 + 1);
+                }
+                sends.push(tokio::spawn(send_part(
+                    writer.clone(),
+                    index,
+                    start,
+                    bytes,
+                    finish,
+                )));
+            }
+            for send in sends {
+                send.await.unwrap();
+            }
+            drop(writer);
+            let outcome = task.await.unwrap();
+            assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+            let recorded: Vec<u64> = outcome.state.parts.keys().copied().collect();
+            assert_eq!(recorded, [0, 2, 3], "direct: {use_direct}");
+            let saved = ResumeState::load(&dir.path().join("state")).unwrap();
+            assert_eq!(saved.parts.keys().copied().collect::<Vec<_>>(), [0, 2, 3]);
+            let written = std::fs::read(&path).unwrap();
+            assert_eq!(written.len() as u64, size);
+            for index in [0, 2, 3] {
+                let (start, bytes) = part(index);
+                let range = start as usize..start as usize + bytes.len();
+                assert!(
+                    written[range] == bytes[..],
+                    "part {index} differs (direct: {use_direct})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn coalescing_runs_the_newest_offer_and_everything_pending_at_finish() {
@@ -262,7 +602,7 @@ mod tests {
         let (entered_tx, entered) = std_mpsc::channel();
         let (release, release_rx) = std_mpsc::channel::<()>();
         let record = seen.clone();
-        let mut helper = Coalescing::start("test", move |item: u32| {
+        let helper = Coalescing::start("test", move |item: u32| {
             if item == 1 {
                 // Hold the thread inside the first item while more offers arrive.
                 entered_tx.send(()).unwrap();
@@ -285,11 +625,11 @@ mod tests {
     fn coalescing_finish_without_offers_runs_nothing_and_ends_the_thread() {
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = runs.clone();
-        let mut helper = Coalescing::start("test", move |()| {
+        let helper = Coalescing::start("test", move |()| {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         helper.finish();
-        assert!(helper.thread.is_none());
+        assert!(helper.thread.lock().unwrap().is_none());
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

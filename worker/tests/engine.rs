@@ -162,3 +162,80 @@ async fn slowdown_lowers_the_request_window_of_the_whole_process() {
     assert!(window < 16, "the window did not drop: {window}");
     assert!(window >= 2, "the window did not recover at all: {window}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_bytes() {
+    let s3 = TestS3::start("bucket");
+    // Not a whole number of pages: the last bytes take the buffered path even when direct.
+    // Every request, retries included, is longer than a fault's offset, so each fault fires.
+    let data = tests::fixtures::object_bytes(KEY, (5 << 20) + 900_000);
+    // Uploaded in 1 MiB parts: each part's MD5 is checked as it streams, nothing is read back,
+    // so the direct engine writes direct.
+    s3.put_object_with(
+        KEY,
+        data.clone(),
+        PutOptions {
+            part_size: Some(1 << 20),
+            ..PutOptions::default()
+        },
+    );
+    for direct_io in [true, false] {
+        // Bodies broken off inside a stage; each part continues where it stopped.
+        for (skip, fault) in [
+            (
+                1,
+                Fault::ResetMidBody {
+                    after_bytes: 100_001,
+                },
+            ),
+            (
+                3,
+                Fault::TruncateBody {
+                    after_bytes: 200_003,
+                },
+            ),
+        ] {
+            s3.add_fault(FaultRule {
+                method: Some(http::Method::GET),
+                key_contains: None,
+                ranged_only: true,
+                skip,
+                times: Some(2),
+                fault,
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Arc::new(Mirror::open(dir.path()).unwrap());
+        let progress = Arc::new(Progress::default());
+        let config = EngineConfig {
+            part_size: Some(1 << 20),
+            verify: worker::VerifyMode::Full,
+            retry: common::source::retry::RetryPolicy {
+                base: Duration::from_millis(5),
+                ..Default::default()
+            },
+            direct_io,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(
+            source(&s3, 4, Duration::from_secs(5)).await,
+            mirror,
+            progress.clone(),
+            config,
+        );
+        let fetched = engine
+            .fetch(&listed(&s3), 0, &worker::FetchScope::default())
+            .await
+            .unwrap();
+        assert_eq!(fetched.entry.size, data.len() as u64);
+        assert!(
+            std::fs::read(dir.path().join(KEY)).unwrap() == data.as_ref(),
+            "the promoted file differs (direct: {direct_io})"
+        );
+        assert_eq!(
+            progress.snapshot().retries_total(),
+            4,
+            "direct: {direct_io}"
+        );
+    }
+}
