@@ -11,7 +11,7 @@
 //! How:
 //! - The file's writer copies each part's bytes into [`Stage`]s: [`STAGE`]-sized buffers in
 //!   transparent huge pages, so each is one disk request. A full stage is handed to the
-//!   process-wide [`IoPool`], whose threads keep up to [`IO_THREADS`] writes in flight.
+//!   engine's [`IoPool`] (one per source), whose threads keep up to [`IO_THREADS`] writes in flight.
 //! - At most [`MAX_STAGES`] stages exist. When all are taken the bytes go buffered: memory
 //!   stays bounded and nothing waits for a stage held by a part that waits to retry.
 //! - Only aligned bytes go direct. The unaligned end of an object goes through the ordinary
@@ -43,7 +43,7 @@ pub const IO_THREADS: usize = 4;
 /// Stages waiting for a free thread; the writer blocks beyond that (back-pressure).
 const QUEUE: usize = 2;
 /// Stages that exist at most: one filling per part being downloaded (16 connections) plus
-/// those queued or being written. **This bounds the memory of direct I/O at 48 MiB**: when
+/// those queued or being written. **This bounds an engine's direct I/O memory at 48 MiB**: when
 /// every stage is taken, the writer writes buffered instead of waiting.
 pub const MAX_STAGES: usize = 24;
 
@@ -190,7 +190,7 @@ struct Job {
     buf: AlignedBuf,
 }
 
-/// The process-wide threads doing direct writes, and the stages they return.
+/// An engine's threads doing direct writes, and the stages they return.
 pub struct IoPool {
     jobs: Mutex<Option<SyncSender<Job>>>,
     stages: Arc<Mutex<Stages>>,

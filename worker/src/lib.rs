@@ -10,7 +10,7 @@
 //! - [`manifest`]: the crash-safe, batched journal of verified objects.
 //! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
 //! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
-//! - [`direct_io`]: aligned stages and the process-wide threads writing them with `O_DIRECT`.
+//! - [`direct_io`]: huge-page stages and the engine's threads writing them with `O_DIRECT`.
 //! - [`telemetry`]: the worker's /metrics, /healthz and /readyz.
 //! - [`progress`]: lock-free live counters for whoever reports.
 //!

@@ -7,7 +7,7 @@
 //!
 //! Two ways to the disk:
 //! - **Direct** (see [`crate::direct_io`]), where the filesystem supports it: the writer only
-//!   copies bytes into aligned stages; the process-wide I/O threads write full stages.
+//!   copies bytes into aligned stages; the engine's I/O threads write full stages.
 //! - **Buffered** elsewhere: the writer copies into the page cache and starts writeback early
 //!   (`sync_file_range`), so the fsync before promotion has little left to do.
 //!
