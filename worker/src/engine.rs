@@ -154,7 +154,9 @@ pub struct Engine {
     scheduler: Arc<RequestScheduler>,
     progress: Arc<Progress>,
     config: EngineConfig,
-    io_pool: Arc<IoPool>,
+    /// Started by the first download that can write direct, so engines that never do (tmpfs,
+    /// whole-MD5 downloads) run no idle I/O threads.
+    io_pool: std::sync::OnceLock<Arc<IoPool>>,
 }
 
 /// What a fetch belongs to: the token that stops it and the tag that keeps its temporary
@@ -190,13 +192,17 @@ impl Engine {
             scheduler,
             progress,
             config,
-            io_pool: IoPool::start(),
+            io_pool: std::sync::OnceLock::new(),
         })
     }
 
     /// The request scheduler (its window shows the AIMD state).
     pub fn scheduler(&self) -> &Arc<RequestScheduler> {
         &self.scheduler
+    }
+
+    fn io_pool(&self) -> &Arc<IoPool> {
+        self.io_pool.get_or_init(IoPool::start)
     }
 
     /// The configuration.
@@ -442,9 +448,9 @@ impl Engine {
         // Direct writes leave nothing in the page cache, so only downloads that are never
         // read back take them: a whole-object MD5 rereads every part while the rest streams.
         let direct = if self.config.direct_io
-            && self.io_pool.enabled()
             && !plan.whole_md5
             && part_size.is_multiple_of(ALIGN as u64)
+            && self.io_pool().enabled()
         {
             direct_io::open_direct(&temp.data, &file)
         } else {
@@ -470,7 +476,7 @@ impl Engine {
         });
         let direct = direct.map(|direct| DirectSink {
             direct,
-            pool: self.io_pool.clone(),
+            pool: self.io_pool().clone(),
             part_size,
         });
         let (writer, writer_task) = FileWriter::start(
