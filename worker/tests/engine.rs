@@ -36,6 +36,14 @@ fn listed(s3: &TestS3) -> RemoteObject {
     }
 }
 
+/// Retries after 5 ms instead of the default backoff, so fault tests stay fast.
+fn quick_retries() -> common::source::retry::RetryPolicy {
+    common::source::retry::RetryPolicy {
+        base: Duration::from_millis(5),
+        ..Default::default()
+    }
+}
+
 async fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
@@ -132,10 +140,7 @@ async fn slowdown_lowers_the_request_window_of_the_whole_process() {
     let config = EngineConfig {
         part_size: Some(64 << 10),
         verify: worker::VerifyMode::Etag,
-        retry: common::source::retry::RetryPolicy {
-            base: Duration::from_millis(5),
-            ..Default::default()
-        },
+        retry: quick_retries(),
         ..EngineConfig::default()
     };
     let engine = Engine::new(
@@ -210,10 +215,7 @@ async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_byt
         let config = EngineConfig {
             part_size: Some(1 << 20),
             verify: worker::VerifyMode::Full,
-            retry: common::source::retry::RetryPolicy {
-                base: Duration::from_millis(5),
-                ..Default::default()
-            },
+            retry: quick_retries(),
             direct_io,
             ..EngineConfig::default()
         };
