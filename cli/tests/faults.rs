@@ -374,7 +374,7 @@ fn a_wrong_additional_checksum_fails_full_verification_only() {
 }
 
 #[test]
-fn a_correct_additional_checksum_is_recorded() {
+fn correct_additional_checksums_full_object_and_composite_are_recorded() {
     let (s3, seeded) = seeded_server();
     let scratch = Scratch::new();
     let args = sync_args(
@@ -387,23 +387,83 @@ fn a_correct_additional_checksum_is_recorded() {
     );
     run_era5(&scratch, &args, LIMIT).expect_code(0);
     let records = manifest(&scratch.dest());
-    let with_checksum: Vec<&SeededObject> = under(&seeded, &["e5.oper.an.sfc/"])
-        .into_iter()
-        .filter(|o| s3.object(&o.key).unwrap().checksum.is_some())
-        .collect();
-    assert!(
-        !with_checksum.is_empty(),
-        "the fixture has no checksummed surface object"
-    );
-    for object in with_checksum {
+    let mut composite = 0;
+    let mut full_object = 0;
+    for object in under(&seeded, &["e5.oper.an.sfc/"]) {
+        let Some((algo, value)) = s3.object(&object.key).unwrap().checksum else {
+            continue;
+        };
         let recorded = records[&object.key]["checksum"]
             .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            recorded.starts_with("crc64nvme:"),
-            "{}: {recorded}",
+            .unwrap_or_default();
+        assert_eq!(
+            recorded,
+            format!("{}:{value}", algo.name()),
+            "{}",
             object.key
         );
+        if value.contains('-') {
+            composite += 1;
+        } else {
+            full_object += 1;
+        }
     }
+    assert!(
+        composite > 0 && full_object > 0,
+        "the fixture lacks a kind of checksummed surface object: {composite} composite, \
+         {full_object} full-object"
+    );
+}
+
+#[test]
+fn a_wrong_composite_checksum_fails_with_the_streamed_and_the_read_layout() {
+    let s3 = TestS3::start(BUCKET);
+    let key =
+        "e5.oper.invariant/197901/e5.oper.invariant.128_172_lsm.ll025sc.1979010100_1979010100.nc";
+    let upload_part = tests::fixtures::FIXTURE_UPLOAD_PART;
+    let data = tests::fixtures::object_bytes(key, 3 * upload_part + 1000);
+    let options = |checksum_override: Option<String>| tests::s3_server::PutOptions {
+        part_size: Some(upload_part),
+        checksum: Some(tests::s3_server::ChecksumAlgo::Crc32c),
+        composite: true,
+        checksum_override,
+        ..Default::default()
+    };
+    s3.put_object_with(key, data.clone(), options(Some("AAAAAA==-4".into())));
+    let scratch = Scratch::new();
+    let args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.invariant",
+        "lsm",
+        "2024-01",
+        "2024-01",
+    );
+    // Download parts equal to the upload parts (streamed CRCs), then larger ones (a re-read).
+    for part_size in ["1MiB", "8MiB"] {
+        let mut with_parts = args.clone();
+        with_parts.extend(["--part-size".into(), part_size.into()]);
+        let run = run_era5(&scratch, &with_parts, LIMIT);
+        run.expect_code(1);
+        assert!(
+            run.stdout.contains("crc32c checksum mismatch"),
+            "{part_size}: {}",
+            run.stdout
+        );
+        assert!(!scratch.dest().join(key).exists(), "{part_size}");
+    }
+
+    s3.put_object_with(key, data.clone(), options(None));
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert_eq!(
+        std::fs::read(scratch.dest().join(key)).unwrap(),
+        data.as_ref()
+    );
+    let recorded = manifest(&scratch.dest())[key]["checksum"].clone();
+    assert!(
+        recorded
+            .as_str()
+            .is_some_and(|c| c.starts_with("crc32c:") && c.ends_with("-4")),
+        "{recorded}"
+    );
 }

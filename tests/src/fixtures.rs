@@ -1,7 +1,8 @@
 //! A synthetic bucket laid out exactly like `nsf-ncar-era5`, generated from the catalog:
 //! monthly, daily, half-month and invariant products; a leap February, 30- and 31-day months,
 //! December's second half-month file ending in January; objects stored as multipart uploads
-//! (multipart ETags) and as single PUTs; some with an additional CRC64NVME checksum; and junk
+//! (multipart ETags) and as single PUTs; some with an additional checksum (CRC64NVME over the
+//! whole object, or a composite CRC32C of the parts of a multipart upload); and junk
 //! keys (`index.html`, folder markers, stray files) that discovery must ignore.
 //!
 //! Contents are deterministic per key (an HDF5 signature, then pseudo-random bytes), so a test
@@ -140,7 +141,9 @@ pub const JUNK_KEYS: [&str; 6] = [
 ];
 
 /// Puts the standard fixture into `s3`: every key of [`standard_keys`] (multipart for about
-/// half of them, a CRC64NVME checksum on some), plus [`JUNK_KEYS`].
+/// half of them; an additional checksum on a third: a composite CRC32C of the parts when
+/// multipart, as S3 stores for a multipart upload with CRC32C, otherwise a CRC64NVME), plus
+/// [`JUNK_KEYS`].
 pub fn seed_standard(s3: &TestS3, sizes: SizeRange) -> Vec<SeededObject> {
     let mut seeded = Vec::new();
     for key in standard_keys() {
@@ -150,7 +153,12 @@ pub fn seed_standard(s3: &TestS3, sizes: SizeRange) -> Vec<SeededObject> {
         let multipart = hash % 2 == 0 && size > FIXTURE_UPLOAD_PART;
         let options = PutOptions {
             part_size: multipart.then_some(FIXTURE_UPLOAD_PART),
-            checksum: (hash % 3 == 0).then_some(ChecksumAlgo::Crc64nvme),
+            checksum: (hash % 3 == 0).then_some(if multipart {
+                ChecksumAlgo::Crc32c
+            } else {
+                ChecksumAlgo::Crc64nvme
+            }),
+            composite: multipart,
             ..PutOptions::default()
         };
         s3.put_object_with(&key, data.clone(), options);

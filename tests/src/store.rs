@@ -34,21 +34,43 @@ pub enum ChecksumAlgo {
 }
 
 impl ChecksumAlgo {
+    /// Lowercase name as in the header `x-amz-checksum-<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgo::Crc32 => "crc32",
+            ChecksumAlgo::Crc32c => "crc32c",
+            ChecksumAlgo::Crc64nvme => "crc64nvme",
+            ChecksumAlgo::Sha1 => "sha1",
+            ChecksumAlgo::Sha256 => "sha256",
+        }
+    }
+
     /// The base64 checksum of `data`, as S3 reports it.
     pub fn compute(self, data: &[u8]) -> String {
+        BASE64.encode(self.raw(data))
+    }
+
+    /// S3's composite checksum of a multipart upload of `data` in `part`-byte parts: the
+    /// checksum of the concatenated part checksums, then `-N`.
+    pub fn composite(self, data: &[u8], part: usize) -> String {
+        let sums: Vec<u8> = data.chunks(part).flat_map(|p| self.raw(p)).collect();
+        format!("{}-{}", self.compute(&sums), data.len().div_ceil(part))
+    }
+
+    fn raw(self, data: &[u8]) -> Vec<u8> {
         use crc_fast::{CrcAlgorithm, checksum};
         match self {
-            ChecksumAlgo::Crc32 => {
-                BASE64.encode((checksum(CrcAlgorithm::Crc32IsoHdlc, data) as u32).to_be_bytes())
-            }
-            ChecksumAlgo::Crc32c => {
-                BASE64.encode((checksum(CrcAlgorithm::Crc32Iscsi, data) as u32).to_be_bytes())
-            }
-            ChecksumAlgo::Crc64nvme => {
-                BASE64.encode(checksum(CrcAlgorithm::Crc64Nvme, data).to_be_bytes())
-            }
-            ChecksumAlgo::Sha1 => BASE64.encode(sha1::Sha1::digest(data)),
-            ChecksumAlgo::Sha256 => BASE64.encode(sha2::Sha256::digest(data)),
+            ChecksumAlgo::Crc32 => (checksum(CrcAlgorithm::Crc32IsoHdlc, data) as u32)
+                .to_be_bytes()
+                .to_vec(),
+            ChecksumAlgo::Crc32c => (checksum(CrcAlgorithm::Crc32Iscsi, data) as u32)
+                .to_be_bytes()
+                .to_vec(),
+            ChecksumAlgo::Crc64nvme => checksum(CrcAlgorithm::Crc64Nvme, data)
+                .to_be_bytes()
+                .to_vec(),
+            ChecksumAlgo::Sha1 => sha1::Sha1::digest(data).to_vec(),
+            ChecksumAlgo::Sha256 => sha2::Sha256::digest(data).to_vec(),
         }
     }
 }
@@ -73,6 +95,9 @@ pub struct PutOptions {
     pub part_size: Option<usize>,
     /// Keep an additional checksum of this algorithm.
     pub checksum: Option<ChecksumAlgo>,
+    /// For a multipart upload, keep the checksum as S3's COMPOSITE type (`value-N`, the
+    /// checksum of the part checksums) instead of over the whole object.
+    pub composite: bool,
     /// Store this checksum value instead of the real one (to test a wrong checksum).
     pub checksum_override: Option<String>,
     /// Last-Modified to report (now by default).
@@ -94,10 +119,16 @@ impl StoredObject {
             _ => format!("\"{}\"", hex::encode(Md5::digest(&data))),
         };
         let checksum = options.checksum.map(|algo| {
-            let value = options
-                .checksum_override
-                .clone()
-                .unwrap_or_else(|| algo.compute(&data));
+            let value =
+                options
+                    .checksum_override
+                    .clone()
+                    .unwrap_or_else(|| match options.part_size {
+                        Some(part) if options.composite && part > 0 && data.len() > part => {
+                            algo.composite(&data, part)
+                        }
+                        _ => algo.compute(&data),
+                    });
             (algo, value)
         });
         Self {

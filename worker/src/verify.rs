@@ -5,7 +5,9 @@
 //! - a multipart ETag (`md5(concat(part md5s))-N`) is recomputed with the upload part size
 //!   inferred from the size and `N`, trying the usual part sizes;
 //! - in `full` mode, an S3 additional checksum (CRC32, CRC32C, CRC64NVME, SHA1, SHA256) that
-//!   the server sent for the whole object is checked too.
+//!   the server sent is checked too: a full-object one over all the bytes, a composite one
+//!   (`value-N`, the checksum of the N upload parts' checksums) with the upload part size
+//!   inferred as for a multipart ETag.
 //!
 //! Digests are computed while parts stream in whenever the download layout allows it (a part
 //! per upload part for multipart ETags; CRCs always, combined afterwards), so verifying usually
@@ -166,7 +168,8 @@ impl ChecksumAlgo {
         }
     }
 
-    /// The CRC flavour, when this is a CRC (those can be computed per part and combined).
+    /// The CRC flavour and its width in bytes, when this is a CRC (those can be computed per
+    /// part and combined).
     fn crc(self) -> Option<(CrcAlgorithm, usize)> {
         match self {
             ChecksumAlgo::Crc32 => Some((CrcAlgorithm::Crc32IsoHdlc, 4)),
@@ -175,6 +178,44 @@ impl ChecksumAlgo {
             ChecksumAlgo::Sha1 | ChecksumAlgo::Sha256 => None,
         }
     }
+}
+
+/// A running checksum of one [`ChecksumAlgo`], giving the raw bytes S3 encodes in base64.
+enum ChecksumHasher {
+    Crc(crc_fast::Digest, usize),
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl ChecksumHasher {
+    fn new(algo: ChecksumAlgo) -> Self {
+        match algo.crc() {
+            Some((crc, width)) => Self::Crc(crc_fast::Digest::new(crc), width),
+            None if algo == ChecksumAlgo::Sha1 => Self::Sha1(sha1::Digest::new()),
+            None => Self::Sha256(sha2::Digest::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Crc(digest, _) => digest.update(bytes),
+            Self::Sha1(hasher) => sha1::Digest::update(hasher, bytes),
+            Self::Sha256(hasher) => sha2::Digest::update(hasher, bytes),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Crc(digest, width) => crc_bytes(digest.finalize(), width),
+            Self::Sha1(hasher) => sha1::Digest::finalize(hasher).to_vec(),
+            Self::Sha256(hasher) => sha2::Digest::finalize(hasher).to_vec(),
+        }
+    }
+}
+
+/// A CRC value as the big-endian bytes of its width.
+fn crc_bytes(crc: u64, width: usize) -> Vec<u8> {
+    crc.to_be_bytes()[8 - width..].to_vec()
 }
 
 /// A whole-object checksum announced by the server (base64, as S3 sends it).
@@ -187,9 +228,8 @@ pub struct ExpectedChecksum {
 }
 
 impl ExpectedChecksum {
-    /// Picks the checksum from a HEAD or GET response's fields. Composite checksums
-    /// (`value-N`, the checksum of part checksums) are not used: the ETag already covers those
-    /// objects' bytes.
+    /// Picks the checksum from a HEAD or GET response's fields, full-object (`value`) or
+    /// composite (`value-N`). A value with a malformed part count is ignored.
     pub fn from_response(
         crc32: Option<&str>,
         crc32c: Option<&str>,
@@ -207,11 +247,22 @@ impl ExpectedChecksum {
         .into_iter()
         .find_map(|(algo, value)| {
             let value = value?.trim();
-            (!value.is_empty() && !value.contains('-')).then(|| ExpectedChecksum {
+            let well_formed = match value.split_once('-') {
+                None => !value.is_empty(),
+                Some((sum, count)) => !sum.is_empty() && count.parse::<u64>().is_ok_and(|n| n >= 1),
+            };
+            well_formed.then(|| ExpectedChecksum {
                 algo,
                 value: value.to_string(),
             })
         })
+    }
+
+    /// The number of upload parts of a composite checksum (`value-N`); `None` for a
+    /// full-object checksum. Base64 has no `-`, so the suffix is unambiguous.
+    pub fn composite_parts(&self) -> Option<u64> {
+        let (_, count) = self.value.split_once('-')?;
+        count.parse().ok()
     }
 
     /// `algo:value`, as recorded in the manifest.
@@ -395,7 +446,6 @@ pub fn verify(
     mode: VerifyMode,
     streamed: &Streamed<'_>,
 ) -> Result<Verified, VerifyError> {
-    let parts = streamed.parts;
     let actual = file
         .metadata()
         .map_err(|e| VerifyError::Io(e.to_string()))?
@@ -427,7 +477,7 @@ pub fn verify(
     let mut checksum = None;
     if mode == VerifyMode::Full {
         if let Some(expected_checksum) = &expected.checksum {
-            verify_checksum(file, expected_checksum, parts)?;
+            verify_checksum(file, expected_checksum, expected.size, streamed)?;
             checksum = Some(expected_checksum.label());
             level = VerifyMode::Full;
         }
@@ -493,38 +543,12 @@ fn verify_etag(
 fn verify_checksum(
     file: &File,
     expected: &ExpectedChecksum,
-    parts: &[PartDigest],
+    size: u64,
+    streamed: &Streamed<'_>,
 ) -> Result<(), VerifyError> {
-    let actual = match expected.algo.crc() {
-        Some((algo, width)) => {
-            let combined = match parts
-                .iter()
-                .map(|p| p.crc.map(|c| (c, p.len)))
-                .collect::<Option<Vec<_>>>()
-            {
-                Some(crcs) if !crcs.is_empty() => crcs
-                    .into_iter()
-                    .reduce(|(a, _), (b, len)| (crc_fast::checksum_combine(algo, a, b, len), len))
-                    .map(|(crc, _)| crc)
-                    .unwrap_or_default(),
-                _ => {
-                    let mut digest = crc_fast::Digest::new(algo);
-                    read_all(file, |bytes| digest.update(bytes))?;
-                    digest.finalize()
-                }
-            };
-            BASE64.encode(&combined.to_be_bytes()[8 - width..])
-        }
-        None if expected.algo == ChecksumAlgo::Sha256 => {
-            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-            read_all(file, |bytes| sha2::Digest::update(&mut hasher, bytes))?;
-            BASE64.encode(sha2::Digest::finalize(hasher))
-        }
-        None => {
-            let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
-            read_all(file, |bytes| sha1::Digest::update(&mut hasher, bytes))?;
-            BASE64.encode(sha1::Digest::finalize(hasher))
-        }
+    let actual = match expected.composite_parts() {
+        None => BASE64.encode(whole_checksum(file, expected.algo, streamed.parts)?),
+        Some(count) => composite_checksum(file, expected, size, count, streamed)?,
     };
     if actual != expected.value {
         return Err(VerifyError::Checksum {
@@ -534,6 +558,104 @@ fn verify_checksum(
         });
     }
     Ok(())
+}
+
+/// The raw checksum of the whole file: CRCs combined from the streamed parts when every part
+/// has one, otherwise one read of the file.
+fn whole_checksum(
+    file: &File,
+    algo: ChecksumAlgo,
+    parts: &[PartDigest],
+) -> Result<Vec<u8>, VerifyError> {
+    if let (Some((_, width)), Some(combined)) = (algo.crc(), combine_part_crcs(algo, parts)) {
+        return Ok(crc_bytes(combined, width));
+    }
+    let mut hasher = ChecksumHasher::new(algo);
+    read_all(file, |bytes| hasher.update(bytes))?;
+    Ok(hasher.finish())
+}
+
+/// The CRC of consecutive parts, combined from theirs; `None` if a part has none (or there
+/// are no parts, or `algo` is not a CRC).
+fn combine_part_crcs(algo: ChecksumAlgo, parts: &[PartDigest]) -> Option<u64> {
+    let (crc, _) = algo.crc()?;
+    parts
+        .iter()
+        .map(|p| p.crc.map(|c| (c, p.len)))
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .reduce(|(a, _), (b, len)| (crc_fast::checksum_combine(crc, a, b, len), len))
+        .map(|(combined, _)| combined)
+}
+
+/// S3's composite checksum of a multipart upload, `base64(algo(concat(part checksums)))-N`,
+/// for the first candidate upload part size that reproduces `expected`; otherwise a
+/// description of what the most likely part size gave, for the error.
+///
+/// The part checksums come from the streamed CRCs when each upload part is a whole number of
+/// download parts, and from one read of the file per candidate otherwise.
+fn composite_checksum(
+    file: &File,
+    expected: &ExpectedChecksum,
+    size: u64,
+    count: u64,
+    streamed: &Streamed<'_>,
+) -> Result<String, VerifyError> {
+    let mut first_miss = None;
+    for candidate in candidate_part_sizes(size, count) {
+        let part_sums = match streamed_upload_part_crcs(expected.algo, candidate, streamed) {
+            Some(sums) => sums,
+            None => checksums_of_ranges(file, expected.algo, size, candidate)?,
+        };
+        let mut outer = ChecksumHasher::new(expected.algo);
+        for sum in &part_sums {
+            outer.update(sum);
+        }
+        let got = format!("{}-{}", BASE64.encode(outer.finish()), part_sums.len());
+        if got == expected.value {
+            return Ok(got);
+        }
+        first_miss.get_or_insert_with(|| format!("{got} with {candidate}-byte parts"));
+    }
+    Ok(first_miss
+        .unwrap_or_else(|| format!("no upload part size gives {count} parts for {size} bytes")))
+}
+
+/// The raw CRC of each `upload_part`-byte range, combined from the streamed download parts
+/// when those tile the upload parts exactly.
+fn streamed_upload_part_crcs(
+    algo: ChecksumAlgo,
+    upload_part: u64,
+    streamed: &Streamed<'_>,
+) -> Option<Vec<Vec<u8>>> {
+    let (_, width) = algo.crc()?;
+    let download_part = streamed.part_size;
+    if streamed.parts.is_empty() || download_part == 0 || upload_part % download_part != 0 {
+        return None;
+    }
+    streamed
+        .parts
+        .chunks((upload_part / download_part) as usize)
+        .map(|group| combine_part_crcs(algo, group).map(|crc| crc_bytes(crc, width)))
+        .collect()
+}
+
+/// The raw checksum of each consecutive `chunk`-byte range of the file's first `size` bytes.
+fn checksums_of_ranges(
+    file: &File,
+    algo: ChecksumAlgo,
+    size: u64,
+    chunk: u64,
+) -> Result<Vec<Vec<u8>>, VerifyError> {
+    let mut sums = Vec::new();
+    let mut current = ChecksumHasher::new(algo);
+    read_ranges(file, size, chunk, |piece| match piece {
+        RangePiece::Bytes(bytes) => current.update(bytes),
+        RangePiece::End => {
+            sums.push(std::mem::replace(&mut current, ChecksumHasher::new(algo)).finish())
+        }
+    })?;
+    Ok(sums)
 }
 
 fn hex16(text: &str) -> Option<[u8; 16]> {
@@ -573,10 +695,19 @@ fn read_all(file: &File, mut consume: impl FnMut(&[u8])) -> Result<(), VerifyErr
     }
 }
 
-/// MD5 of each consecutive `chunk`-byte range of the file's first `size` bytes.
-fn md5_of_ranges(file: &File, size: u64, chunk: u64) -> Result<Vec<[u8; 16]>, VerifyError> {
-    let mut digests = Vec::new();
-    let mut current = Md5::new();
+/// What [`read_ranges`] hands over: the next bytes of the current range, or its end.
+enum RangePiece<'a> {
+    Bytes(&'a [u8]),
+    End,
+}
+
+/// Reads the file's first `size` bytes in order, split into consecutive `chunk`-byte ranges.
+fn read_ranges(
+    file: &File,
+    size: u64,
+    chunk: u64,
+    mut visit: impl FnMut(RangePiece<'_>),
+) -> Result<(), VerifyError> {
     let mut in_current = 0u64;
     let mut offset = 0u64;
     let mut buffer = vec![0u8; READ_BLOCK];
@@ -592,14 +723,25 @@ fn md5_of_ranges(file: &File, size: u64, chunk: u64) -> Result<Vec<[u8; 16]>, Ve
                 "file ended at {offset} of {size} bytes"
             )));
         }
-        current.update(&buffer[..read]);
+        visit(RangePiece::Bytes(&buffer[..read]));
         in_current += read as u64;
         offset += read as u64;
         if in_current == chunk || offset == size {
-            digests.push(std::mem::replace(&mut current, Md5::new()).finish());
+            visit(RangePiece::End);
             in_current = 0;
         }
     }
+    Ok(())
+}
+
+/// MD5 of each consecutive `chunk`-byte range of the file's first `size` bytes.
+fn md5_of_ranges(file: &File, size: u64, chunk: u64) -> Result<Vec<[u8; 16]>, VerifyError> {
+    let mut digests = Vec::new();
+    let mut current = Md5::new();
+    read_ranges(file, size, chunk, |piece| match piece {
+        RangePiece::Bytes(bytes) => current.update(bytes),
+        RangePiece::End => digests.push(std::mem::replace(&mut current, Md5::new()).finish()),
+    })?;
     Ok(digests)
 }
 
@@ -903,5 +1045,105 @@ mod tests {
             .level,
             VerifyMode::Full
         );
+    }
+
+    /// S3's composite checksum, computed independently of the code under test.
+    fn composite(algo: ChecksumAlgo, data: &[u8], upload_part: usize) -> String {
+        let raw = |bytes: &[u8]| -> Vec<u8> {
+            match algo {
+                ChecksumAlgo::Crc32c => (crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, bytes)
+                    as u32)
+                    .to_be_bytes()
+                    .to_vec(),
+                ChecksumAlgo::Sha256 => {
+                    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(bytes))
+                        .to_vec()
+                }
+                other => unreachable!("not used here: {other:?}"),
+            }
+        };
+        let sums: Vec<u8> = data.chunks(upload_part).flat_map(raw).collect();
+        format!(
+            "{}-{}",
+            BASE64.encode(raw(&sums)),
+            data.len().div_ceil(upload_part)
+        )
+    }
+
+    #[test]
+    fn composite_checksums_are_parsed_and_malformed_ones_ignored() {
+        let pick =
+            |value: &str| ExpectedChecksum::from_response(None, Some(value), None, None, None);
+        assert_eq!(pick("AAAAAA==-3").unwrap().composite_parts(), Some(3));
+        assert_eq!(pick("AAAAAA==").unwrap().composite_parts(), None);
+        for malformed in ["AAAAAA==-", "AAAAAA==-x", "AAAAAA==-0", "-3", ""] {
+            assert_eq!(pick(malformed), None, "{malformed:?}");
+        }
+    }
+
+    #[test]
+    fn composite_checksums_verify_with_the_inferred_upload_part_size() {
+        let mib = 1 << 20;
+        // 3 parts of 10 MiB: 8 MiB parts would also make 3, so the first candidate is wrong
+        // and the next one must be tried.
+        let upload_part = 10 * mib;
+        let data = pattern(2 * upload_part + 5);
+        let file = temp_with(&data);
+        let expected_for = |algo, value: String| Expected {
+            size: data.len() as u64,
+            etag: None,
+            checksum: Some(ExpectedChecksum { algo, value }),
+        };
+        let read_only = Streamed {
+            part_size: 8 * mib as u64,
+            parts: &[],
+            whole_md5: None,
+        };
+        for algo in [ChecksumAlgo::Crc32c, ChecksumAlgo::Sha256] {
+            let expected = expected_for(algo, composite(algo, &data, upload_part));
+            let verified = verify(&file, &expected, VerifyMode::Full, &read_only).unwrap();
+            assert_eq!(verified.level, VerifyMode::Full, "{algo:?}");
+            assert!(verified.checksum.unwrap().ends_with("-3"), "{algo:?}");
+        }
+
+        // Download parts that tile the upload parts: the streamed CRCs are combined per upload
+        // part, with no read. Shown by verifying them against a file of other bytes.
+        let download_part = 5 * mib;
+        let expected = expected_for(
+            ChecksumAlgo::Crc32c,
+            composite(ChecksumAlgo::Crc32c, &data, upload_part),
+        );
+        let plan = StreamPlan::new(&expected, VerifyMode::Full, download_part as u64);
+        let digests: Vec<PartDigest> = data
+            .chunks(download_part)
+            .map(|chunk| {
+                let mut hasher = PartHasher::new(plan);
+                hasher.update(chunk);
+                hasher.finish()
+            })
+            .collect();
+        let other_bytes = temp_with(&vec![0u8; data.len()]);
+        let streamed = Streamed {
+            part_size: download_part as u64,
+            parts: &digests,
+            whole_md5: None,
+        };
+        assert!(verify(&other_bytes, &expected, VerifyMode::Full, &streamed).is_ok());
+        assert!(verify(&other_bytes, &expected, VerifyMode::Full, &read_only).is_err());
+
+        // A wrong composite value fails and says what the bytes give.
+        let wrong = expected_for(ChecksumAlgo::Crc32c, "AAAAAA==-3".into());
+        match verify(&file, &wrong, VerifyMode::Full, &read_only) {
+            Err(VerifyError::Checksum { actual, .. }) => {
+                assert!(actual.ends_with("-3 with 8388608-byte parts"), "{actual}")
+            }
+            other => panic!("expected a checksum mismatch, got {other:?}"),
+        }
+        // So does a part count that no part size can give.
+        let impossible = expected_for(ChecksumAlgo::Crc32c, "AAAAAA==-99999999".into());
+        assert!(matches!(
+            verify(&file, &impossible, VerifyMode::Full, &read_only),
+            Err(VerifyError::Checksum { .. })
+        ));
     }
 }
