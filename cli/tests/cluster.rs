@@ -487,7 +487,7 @@ fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log.with_extension("err")).unwrap());
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
     let mut coordinator = command.spawn().unwrap();
     wait_until(Duration::from_secs(20), "readyz to answer 200", || {
         Cluster::http_status(http_port, "/readyz") == Some(200)

@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use support::*;
 use tests::faults::{Fault, FaultRule};
 
@@ -261,10 +260,7 @@ fn not_found_and_forbidden_are_permanent_and_reported_without_retry() {
 fn an_object_replaced_mid_download_restarts_with_the_new_version() {
     let (s3, seeded) = seeded_server();
     let target = multipart_target(&seeded);
-    let new_data = Bytes::from(tests::fixtures::object_bytes(
-        "a different version",
-        target.data.len() + 12345,
-    ));
+    let new_data = tests::fixtures::object_bytes("a different version", target.data.len() + 12345);
     s3.add_fault(FaultRule {
         ranged_only: true,
         ..rule(

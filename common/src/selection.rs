@@ -81,7 +81,7 @@ impl Selection {
         if !self.products.contains(&key.product) {
             return false;
         }
-        if !self.variables.is_empty() && !self.variables.iter().any(|v| *v == key.short) {
+        if !self.variables.is_empty() && !self.variables.contains(&key.short) {
             return false;
         }
         key.product.cadence() == Cadence::Invariant || self.range.overlaps(key.first, key.last)

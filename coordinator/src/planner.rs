@@ -31,6 +31,9 @@ impl Default for ItemLimits {
     }
 }
 
+/// A product's objects grouped by the time window in their names (first and last hour).
+type ObjectsByWindow = BTreeMap<(HourStamp, HourStamp), Vec<(ObjectKey, RemoteObject)>>;
+
 /// Plans a job from a selection's listing (objects that do not parse as ERA5 keys are left
 /// out; discovery never returns any).
 pub fn plan_job(
@@ -40,11 +43,7 @@ pub fn plan_job(
     objects: Vec<RemoteObject>,
     limits: ItemLimits,
 ) -> JobSpec {
-    // product -> window start -> objects of that window
-    let mut windows: BTreeMap<
-        String,
-        BTreeMap<(HourStamp, HourStamp), Vec<(ObjectKey, RemoteObject)>>,
-    > = BTreeMap::new();
+    let mut windows: BTreeMap<String, ObjectsByWindow> = BTreeMap::new();
     for object in objects {
         let Some(key) = ObjectKey::parse(&object.key) else {
             continue;

@@ -150,10 +150,10 @@ pub fn seed_standard(s3: &TestS3, sizes: SizeRange) -> Vec<SeededObject> {
         let size = object_size(&key, sizes);
         let data = object_bytes(&key, size);
         let hash = key_hash(&key);
-        let multipart = hash % 2 == 0 && size > FIXTURE_UPLOAD_PART;
+        let multipart = hash.is_multiple_of(2) && size > FIXTURE_UPLOAD_PART;
         let options = PutOptions {
             part_size: multipart.then_some(FIXTURE_UPLOAD_PART),
-            checksum: (hash % 3 == 0).then_some(if multipart {
+            checksum: hash.is_multiple_of(3).then_some(if multipart {
                 ChecksumAlgo::Crc32c
             } else {
                 ChecksumAlgo::Crc64nvme

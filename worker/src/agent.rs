@@ -425,7 +425,8 @@ impl Agent {
     fn apply(&self, command: pb::WorkerCommand) {
         match command.kind {
             Some(pb::worker_command::Kind::Drain(true)) => {
-                if !self.draining.swap(true, Ordering::SeqCst) {
+                let already_draining = self.draining.swap(true, Ordering::SeqCst);
+                if !already_draining {
                     tracing::info!("drain requested: finishing held leases, taking no more");
                 }
             }

@@ -475,12 +475,12 @@ pub fn verify(
         }
     }
     let mut checksum = None;
-    if mode == VerifyMode::Full {
-        if let Some(expected_checksum) = &expected.checksum {
-            verify_checksum(file, expected_checksum, expected.size, streamed)?;
-            checksum = Some(expected_checksum.label());
-            level = VerifyMode::Full;
-        }
+    if mode == VerifyMode::Full
+        && let Some(expected_checksum) = &expected.checksum
+    {
+        verify_checksum(file, expected_checksum, expected.size, streamed)?;
+        checksum = Some(expected_checksum.label());
+        level = VerifyMode::Full;
     }
     Ok(Verified { level, checksum })
 }
@@ -630,7 +630,8 @@ fn streamed_upload_part_crcs(
 ) -> Option<Vec<Vec<u8>>> {
     let (_, width) = algo.crc()?;
     let download_part = streamed.part_size;
-    if streamed.parts.is_empty() || download_part == 0 || upload_part % download_part != 0 {
+    if streamed.parts.is_empty() || download_part == 0 || !upload_part.is_multiple_of(download_part)
+    {
         return None;
     }
     streamed
@@ -740,7 +741,7 @@ fn md5_of_ranges(file: &File, size: u64, chunk: u64) -> Result<Vec<[u8; 16]>, Ve
     let mut current = Md5::new();
     read_ranges(file, size, chunk, |piece| match piece {
         RangePiece::Bytes(bytes) => current.update(bytes),
-        RangePiece::End => digests.push(std::mem::replace(&mut current, Md5::new()).finish()),
+        RangePiece::End => digests.push(std::mem::take(&mut current).finish()),
     })?;
     Ok(digests)
 }
