@@ -34,17 +34,6 @@ pub enum ChecksumAlgo {
 }
 
 impl ChecksumAlgo {
-    /// Lowercase name as in the header `x-amz-checksum-<name>`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ChecksumAlgo::Crc32 => "crc32",
-            ChecksumAlgo::Crc32c => "crc32c",
-            ChecksumAlgo::Crc64nvme => "crc64nvme",
-            ChecksumAlgo::Sha1 => "sha1",
-            ChecksumAlgo::Sha256 => "sha256",
-        }
-    }
-
     /// The base64 checksum of `data`, as S3 reports it.
     pub fn compute(self, data: &[u8]) -> String {
         BASE64.encode(self.raw(data))
