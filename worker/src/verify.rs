@@ -776,6 +776,17 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// The digests `plan` computes for `data` downloaded in `part`-byte parts.
+    fn streamed_digests(data: &[u8], part: usize, plan: StreamPlan) -> Vec<PartDigest> {
+        data.chunks(part)
+            .map(|chunk| {
+                let mut hasher = PartHasher::new(plan);
+                hasher.update(chunk);
+                hasher.finish()
+            })
+            .collect()
+    }
+
     #[test]
     fn etag_forms_parse() {
         assert!(matches!(
@@ -932,14 +943,7 @@ mod tests {
         let plan = StreamPlan::new(&expected, VerifyMode::Full, part as u64);
         assert!(plan.md5);
         assert_eq!(plan.crc, Some(ChecksumAlgo::Crc64nvme));
-        let digests: Vec<PartDigest> = data
-            .chunks(part)
-            .map(|chunk| {
-                let mut hasher = PartHasher::new(plan);
-                hasher.update(chunk);
-                hasher.finish()
-            })
-            .collect();
+        let digests: Vec<PartDigest> = streamed_digests(&data, part, plan);
         let verified = verify(
             &file,
             &expected,
@@ -1115,14 +1119,7 @@ mod tests {
             composite(ChecksumAlgo::Crc32c, &data, upload_part),
         );
         let plan = StreamPlan::new(&expected, VerifyMode::Full, download_part as u64);
-        let digests: Vec<PartDigest> = data
-            .chunks(download_part)
-            .map(|chunk| {
-                let mut hasher = PartHasher::new(plan);
-                hasher.update(chunk);
-                hasher.finish()
-            })
-            .collect();
+        let digests: Vec<PartDigest> = streamed_digests(&data, download_part, plan);
         let other_bytes = temp_with(&vec![0u8; data.len()]);
         let streamed = Streamed {
             part_size: download_part as u64,
