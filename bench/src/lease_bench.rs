@@ -193,10 +193,11 @@ fn synthetic_listing(count: usize) -> Vec<RemoteObject> {
     while objects.len() < count {
         let short: &'static str = Box::leak(format!("syn{extra}").into_boxed_str());
         let variable = Variable {
-            product: Product::AnPl,
-            code: "999_999",
             short,
-            grid: "ll025sc",
+            code: "999_999",
+            ..*Product::AnPl
+                .variable("t")
+                .expect("t is a pressure-level variable")
         };
         push(&variable, &mut objects);
         extra += 1;
