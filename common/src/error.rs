@@ -15,8 +15,9 @@ pub enum InputError {
         /// The closest valid product, when one is close enough to be a typo.
         closest: Option<String>,
     },
-    /// A variable short name that none of the requested products has.
-    #[error("unknown variable `{value}` for {products}{}", suggestion(.closest))]
+    /// A variable (short name, alias, long name or parameter id) that none of the requested
+    /// products has.
+    #[error("unknown variable `{value}` for {products}{}", variable_hint(.closest, .elsewhere))]
     UnknownVariable {
         /// What the user typed.
         value: String,
@@ -24,6 +25,18 @@ pub enum InputError {
         products: String,
         /// The closest valid variable of those products.
         closest: Option<String>,
+        /// Products that do have it, when the user asked the wrong one.
+        elsewhere: Vec<String>,
+    },
+    /// A grid token no requested product's variables come on.
+    #[error("unknown grid `{value}` for {products}; known: {known}")]
+    UnknownGrid {
+        /// What the user typed.
+        value: String,
+        /// The requested products, comma separated.
+        products: String,
+        /// The grids of those products.
+        known: String,
     },
     /// A DATE argument that is malformed, impossible or outside the archive.
     #[error("invalid {flag} `{value}`: {reason}")]
@@ -65,6 +78,14 @@ fn suggestion(closest: &Option<String>) -> String {
     match closest {
         Some(name) => format!("; did you mean `{name}`?"),
         None => String::new(),
+    }
+}
+
+fn variable_hint(closest: &Option<String>, elsewhere: &[String]) -> String {
+    if elsewhere.is_empty() {
+        suggestion(closest)
+    } else {
+        format!("; it is a variable of {}", elsewhere.join(", "))
     }
 }
 

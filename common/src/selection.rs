@@ -2,14 +2,19 @@
 //! object belongs to it. Scripts depend on this rule:
 //!
 //! - an object is selected when its product was requested, its short name is among the
-//!   requested variables (or none were requested), and its window `[first hour, last hour]`
-//!   overlaps the requested days `[start 00:00, end 23:00]`;
+//!   requested variables (or none were requested), its grid is among the requested grids (or
+//!   none were requested), and its window `[first hour, last hour]` overlaps the requested days
+//!   `[start 00:00, end 23:00]`;
 //! - invariant objects are selected whenever their product is requested;
-//! - with several products, a variable is valid when at least one requested product has it.
+//! - with several products, a variable is valid when at least one requested product has it;
+//!   it may be named by any form [`crate::catalog::resolve`] accepts, and is kept by its
+//!   canonical short name;
+//! - keys of the layout that the catalog does not know are selected like any other when no
+//!   variable is requested.
 
 use jiff::civil::Date;
 
-use crate::catalog::{Cadence, ObjectKey, Product};
+use crate::catalog::{self, Cadence, ObjectKey, Product};
 use crate::dates::{DayRange, RangeEnd, YearMonth, parse_date_arg};
 use crate::error::{InputError, closest_match};
 
@@ -18,10 +23,15 @@ use crate::error::{InputError, closest_match};
 pub struct Selection {
     /// Requested products, without duplicates, in catalog order.
     pub products: Vec<Product>,
-    /// Requested variable short names; empty means all.
+    /// Requested variables by canonical short name; empty means all.
     pub variables: Vec<String>,
+    /// Requested grid tokens; empty means all.
+    pub grids: Vec<String>,
     /// Requested days.
     pub range: DayRange,
+    /// `(as typed, canonical)` for each variable requested by another name than its short
+    /// name, so messages can use the user's words.
+    pub typed_as: Vec<(String, String)>,
 }
 
 impl Selection {
@@ -29,6 +39,7 @@ impl Selection {
     pub fn parse(
         products: &[String],
         variables: &[String],
+        grids: &[String],
         start: &str,
         end: &str,
         today: Date,
@@ -44,26 +55,48 @@ impl Selection {
             return Err(InputError::Empty { flag: "--product" });
         }
         parsed_products.sort();
+        let product_list = || {
+            parsed_products
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
 
         let mut parsed_variables: Vec<String> = Vec::new();
-        for short in variables.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            if !parsed_products.iter().any(|p| p.variable(short).is_some()) {
-                let known = parsed_products
-                    .iter()
-                    .flat_map(|p| p.variables())
-                    .map(|v| v.short);
+        let mut typed_as = Vec::new();
+        for typed in variables.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            let matches = catalog::resolve(typed, &parsed_products);
+            let Some(first) = matches.first() else {
+                let elsewhere = catalog::products_having(typed, &parsed_products);
                 return Err(InputError::UnknownVariable {
-                    value: short.to_string(),
-                    products: parsed_products
-                        .iter()
-                        .map(|p| p.name())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    closest: closest_match(short, known),
+                    value: typed.to_string(),
+                    products: product_list(),
+                    closest: closest_match(typed, catalog::variable_names(&parsed_products)),
+                    elsewhere: elsewhere.iter().map(|p| p.name().to_string()).collect(),
+                });
+            };
+            let canonical = first.short.to_string();
+            if canonical != typed {
+                typed_as.push((typed.to_string(), canonical.clone()));
+            }
+            if !parsed_variables.contains(&canonical) {
+                parsed_variables.push(canonical);
+            }
+        }
+
+        let known_grids = catalog::grids_of(&parsed_products);
+        let mut parsed_grids: Vec<String> = Vec::new();
+        for grid in grids.iter().map(|g| g.trim()).filter(|g| !g.is_empty()) {
+            if !known_grids.contains(&grid) {
+                return Err(InputError::UnknownGrid {
+                    value: grid.to_string(),
+                    products: product_list(),
+                    known: known_grids.join(", "),
                 });
             }
-            if !parsed_variables.iter().any(|v| v == short) {
-                parsed_variables.push(short.to_string());
+            if !parsed_grids.iter().any(|g| g == grid) {
+                parsed_grids.push(grid.to_string());
             }
         }
 
@@ -72,8 +105,51 @@ impl Selection {
         Ok(Self {
             products: parsed_products,
             variables: parsed_variables,
+            grids: parsed_grids,
             range: DayRange::new(start, end)?,
+            typed_as,
         })
+    }
+
+    /// How to name a requested variable in messages: `mtpr`, or
+    /// `mean_total_precipitation_rate (mtpr)` when the user typed the long name.
+    pub fn label(&self, canonical: &str) -> String {
+        let typed: Vec<&str> = self
+            .typed_as
+            .iter()
+            .filter(|(_, c)| c == canonical)
+            .map(|(typed, _)| typed.as_str())
+            .collect();
+        if typed.is_empty() {
+            canonical.to_string()
+        } else {
+            format!("{} ({canonical})", typed.join(", "))
+        }
+    }
+
+    /// The requested variables and grids that no key in `keys` has, to warn about; each
+    /// requested name matching nothing is a request the user would otherwise think satisfied.
+    pub fn unmatched<'a>(&self, keys: impl IntoIterator<Item = &'a ObjectKey>) -> Unmatched {
+        let keys: Vec<&ObjectKey> = keys.into_iter().collect();
+        Unmatched {
+            variables: self
+                .variables
+                .iter()
+                .filter(|v| !keys.iter().any(|k| &k.short == *v))
+                .cloned()
+                .collect(),
+            grids: self
+                .grids
+                .iter()
+                .filter(|g| !keys.iter().any(|k| &k.grid == *g))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The selection's days, for messages: `2024-01-01..2024-01-31`.
+    pub fn describe_range(&self) -> String {
+        format!("{}..{}", self.range.start, self.range.end)
     }
 
     /// Whether the object named by `key` belongs to this selection.
@@ -82,6 +158,9 @@ impl Selection {
             return false;
         }
         if !self.variables.is_empty() && !self.variables.contains(&key.short) {
+            return false;
+        }
+        if !self.grids.is_empty() && !self.grids.contains(&key.grid) {
             return false;
         }
         key.product.cadence() == Cadence::Invariant || self.range.overlaps(key.first, key.last)
@@ -99,6 +178,15 @@ impl Selection {
         }
         prefixes
     }
+}
+
+/// Requested names that matched no object ([`Selection::unmatched`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unmatched {
+    /// Canonical short names.
+    pub variables: Vec<String>,
+    /// Grid tokens.
+    pub grids: Vec<String>,
 }
 
 fn months_to_list(product: Product, range: &DayRange) -> Vec<YearMonth> {
@@ -124,7 +212,7 @@ mod tests {
 
     fn selection(products: &[&str], variables: &[&str], start: &str, end: &str) -> Selection {
         let owned = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Selection::parse(&owned(products), &owned(variables), start, end, TODAY).unwrap()
+        Selection::parse(&owned(products), &owned(variables), &[], start, end, TODAY).unwrap()
     }
 
     fn key(text: &str) -> ObjectKey {
@@ -202,6 +290,7 @@ mod tests {
         let err = Selection::parse(
             &["e5.oper.an.sfc".into()],
             &["u".into()],
+            &[],
             "2022-01",
             "2022-01",
             TODAY,
@@ -215,12 +304,97 @@ mod tests {
         let err = Selection::parse(
             &["e5.oper.an.sfc".into()],
             &["2tt".into()],
+            &[],
             "2022-01",
             "2022-01",
             TODAY,
         )
         .unwrap_err();
         assert!(err.to_string().ends_with("did you mean `2t`?"), "{err}");
+    }
+
+    #[test]
+    fn aliases_resolve_to_canonical_names_and_messages_keep_the_users_words() {
+        let sel = selection(
+            &["e5.oper.fc.sfc.meanflux", "e5.oper.an.sfc"],
+            &["mean_total_precipitation_rate", "t2m", "2t", "235058"],
+            "2022-01",
+            "2022-01",
+        );
+        assert_eq!(sel.variables, ["mtpr", "2t", "msdrswrf"]);
+        assert_eq!(sel.label("mtpr"), "mean_total_precipitation_rate (mtpr)");
+        assert_eq!(sel.label("2t"), "t2m (2t)");
+        assert_eq!(sel.label("msdrswrf"), "235058 (msdrswrf)");
+        let err = Selection::parse(
+            &["e5.oper.an.pl".into()],
+            &["2t".into()],
+            &[],
+            "2022-01",
+            "2022-01",
+            TODAY,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown variable `2t` for e5.oper.an.pl; it is a variable of e5.oper.an.sfc"
+        );
+        let err = Selection::parse(
+            &["e5.oper.fc.sfc.meanflux".into()],
+            &["mgws".into()],
+            &[],
+            "2022-01",
+            "2022-01",
+            TODAY,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("it is a variable of e5.oper.fc.sfc.accumu"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn grids_filter_objects_and_unknown_grids_are_refused() {
+        let owned = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let sel = Selection::parse(
+            &owned(&["e5.oper.an.pl"]),
+            &[],
+            &owned(&["ll025uv"]),
+            "2022-01-01",
+            "2022-01-01",
+            TODAY,
+        )
+        .unwrap();
+        assert!(sel.selects(&key(
+            "e5.oper.an.pl/202201/e5.oper.an.pl.128_131_u.ll025uv.2022010100_2022010123.nc"
+        )));
+        assert!(!sel.selects(&key(
+            "e5.oper.an.pl/202201/e5.oper.an.pl.128_130_t.ll025sc.2022010100_2022010123.nc"
+        )));
+        let err = Selection::parse(
+            &owned(&["e5.oper.an.sfc"]),
+            &[],
+            &owned(&["ll025uv"]),
+            "2022-01",
+            "2022-01",
+            TODAY,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown grid `ll025uv` for e5.oper.an.sfc; known: ll025sc"
+        );
+    }
+
+    #[test]
+    fn unmatched_names_the_requests_no_key_satisfies() {
+        let sel = selection(&["e5.oper.an.sfc"], &["2t", "sp"], "2022-01", "2022-01");
+        let keys = [key(
+            "e5.oper.an.sfc/202201/e5.oper.an.sfc.128_167_2t.ll025sc.2022010100_2022013123.nc",
+        )];
+        assert_eq!(sel.unmatched(&keys).variables, ["sp"]);
+        assert_eq!(sel.unmatched(&[]).variables, ["2t", "sp"]);
     }
 
     #[test]
@@ -280,7 +454,7 @@ mod tests {
             product_index in 0usize..Product::ALL.len(),
         ) {
             let product = Product::ALL[product_index];
-            let sel = Selection { products: vec![product], variables: vec![], range: DayRange::new(start, end).unwrap() };
+            let sel = Selection { products: vec![product], variables: vec![], grids: vec![], range: DayRange::new(start, end).unwrap(), typed_as: vec![] };
             let prefixes = sel.list_prefixes();
             for key in keys_around(&sel) {
                 let first_ok = key.first <= HourStamp::new(end, 23);
