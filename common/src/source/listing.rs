@@ -1,12 +1,17 @@
 //! Discovery: list exactly the month folders a selection needs (ListObjectsV2, every page), keep
-//! the keys of the ERA5 layout that the selection rule accepts, and never guess a key.
+//! the keys of the ERA5 layout that the selection rule accepts, and never guess a key. What the
+//! listing saw besides the selected objects (keys the catalog does not know, objects of the
+//! products and days that other variables or grids ruled out) is kept for `plan`'s report and
+//! for saying why a selection matched nothing.
 
 use aws_smithy_types::date_time::Format;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::catalog::ObjectKey;
+use std::collections::BTreeMap;
+
+use crate::catalog::{self, ObjectKey, Product};
 use crate::selection::Selection;
 use crate::source::Source;
 use crate::source::retry::{Failure, RetryPolicy, classify};
@@ -55,26 +60,94 @@ pub enum ListError {
     },
 }
 
+/// Keys kept as examples in reports.
+pub const SAMPLE_KEYS: usize = 5;
+
+/// A count of keys and the first few of them, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KeySample {
+    /// How many keys.
+    pub count: u64,
+    /// The first [`SAMPLE_KEYS`] of them, in key order.
+    pub sample: Vec<String>,
+}
+
+impl KeySample {
+    fn add(&mut self, key: &str) {
+        self.count += 1;
+        self.sample.push(key.to_string());
+        self.sample.sort();
+        self.sample.truncate(SAMPLE_KEYS);
+    }
+}
+
+/// What listing a selection found.
+#[derive(Clone, Debug, Default)]
+pub struct Discovery {
+    /// Every selected object, sorted by key, without duplicates.
+    pub objects: Vec<RemoteObject>,
+    /// Keys of the ERA5 layout, of a requested product and overlapping the requested days, that
+    /// the catalog does not know (an unknown variable, another code shape, another grid).
+    /// They are among `objects` when no variable is requested.
+    pub unknown: KeySample,
+    /// Per requested product, the keys of the layout overlapping the requested days, whatever
+    /// their variable or grid: zero means the bucket has nothing of that product there.
+    pub in_range: BTreeMap<Product, u64>,
+}
+
+impl Discovery {
+    /// The parsed keys of the selected objects.
+    pub fn selected_keys(&self) -> impl Iterator<Item = ObjectKey> + '_ {
+        self.objects.iter().filter_map(|o| ObjectKey::parse(&o.key))
+    }
+}
+
 /// Every object of the selection, sorted by key.
 pub async fn discover(
     source: &Source,
     selection: &Selection,
     retry: &RetryPolicy,
 ) -> Result<Vec<RemoteObject>, ListError> {
+    Ok(discover_detailed(source, selection, retry).await?.objects)
+}
+
+/// Every object of the selection, and what else the listing saw.
+pub async fn discover_detailed(
+    source: &Source,
+    selection: &Selection,
+    retry: &RetryPolicy,
+) -> Result<Discovery, ListError> {
     let prefixes = selection.list_prefixes();
     let pages: Vec<Vec<RemoteObject>> = stream::iter(prefixes)
         .map(|prefix| list_prefix(source, prefix, retry))
         .buffer_unordered(LIST_CONCURRENCY)
         .try_collect()
         .await?;
-    let mut objects: Vec<RemoteObject> = pages
-        .into_iter()
-        .flatten()
-        .filter(|object| ObjectKey::parse(&object.key).is_some_and(|key| selection.selects(&key)))
-        .collect();
-    objects.sort_by(|a, b| a.key.cmp(&b.key));
-    objects.dedup_by(|a, b| a.key == b.key);
-    Ok(objects)
+    let mut discovery = Discovery {
+        in_range: selection.products.iter().map(|p| (*p, 0)).collect(),
+        ..Discovery::default()
+    };
+    for object in pages.into_iter().flatten() {
+        let Some(key) = ObjectKey::parse(&object.key) else {
+            continue;
+        };
+        let in_range = selection.products.contains(&key.product)
+            && (key.product.cadence() == catalog::Cadence::Invariant
+                || selection.range.overlaps(key.first, key.last));
+        if !in_range {
+            continue;
+        }
+        *discovery.in_range.entry(key.product).or_default() += 1;
+        if catalog::lookup(&key).is_none() {
+            discovery.unknown.add(&object.key);
+        }
+        if selection.selects(&key) {
+            discovery.objects.push(object);
+        }
+    }
+    discovery.objects.sort_by(|a, b| a.key.cmp(&b.key));
+    discovery.objects.dedup_by(|a, b| a.key == b.key);
+    Ok(discovery)
 }
 
 /// Every object under one prefix, following continuation tokens.

@@ -5,6 +5,7 @@
 //! never retried by the SDK, so the fetch engine retries every request itself, per part, with
 //! one policy ([`retry::RetryPolicy`]) and one classification ([`retry::classify`]).
 
+pub mod coverage;
 pub mod listing;
 pub mod pool;
 pub mod retry;
@@ -20,7 +21,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 pub use crate::redact::redact_url;
-pub use listing::{RemoteObject, discover};
+pub use listing::{Discovery, KeySample, RemoteObject, discover, discover_detailed};
 pub use pool::{BoundedHttpClient, ConnectionSnapshot, ConnectionStats, PoolConfig};
 
 /// The public ERA5 archive.
