@@ -4,27 +4,29 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::source::{ConnectionStats, RemoteObject, Source};
+use common::source::{RemoteObject, Source};
 use common::units::human_bytes;
 use coordinator::model::{Grant, LeasePolicy, ObjectSpec, SelectionSpec, SourceSpec, random_id};
 use coordinator::planner::{ItemLimits, plan_job};
 use coordinator::{LeaseStore, MemoryStore};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle as BarStyle};
 use tokio_util::sync::CancellationToken;
 use worker::sync::{Outcome, SyncReport};
 use worker::{Mirror, Progress, ProgressSnapshot};
 
-use crate::config::{ProgressStyle, SyncConfig};
+use crate::config::SyncConfig;
+use crate::progress_display::Reporter;
 use crate::{ExitCode, Failure};
 
 /// Runs the whole command.
 pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
-    let listed = common::source::discover(&source, &config.selection, &config.engine.retry)
+    let found = common::source::discover_detailed(&source, &config.selection, &config.engine.retry)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    crate::discovery::check(&source, &config.selection, &found, &config.engine.retry).await?;
+    let listed = found.objects;
     let mirror = Mirror::open(&config.dest).map_err(|e| Failure::Runtime(e.to_string()))?;
 
     // The same planner and lease state machine as the cluster, on the embedded store: one
@@ -191,105 +193,4 @@ fn print_summary(
         writeln!(out, "FAILED {key}: {reason}")?;
     }
     Ok(())
-}
-
-/// Shows progress until stopped.
-struct Reporter {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Reporter {
-    fn start(
-        style: ProgressStyle,
-        progress: Arc<Progress>,
-        connections: Arc<ConnectionStats>,
-    ) -> Self {
-        let stop = CancellationToken::new();
-        let task = match style {
-            ProgressStyle::Bar => tokio::spawn(show_bar(progress, connections, stop.clone())),
-            ProgressStyle::Lines(interval) => {
-                tokio::spawn(show_lines(progress, connections, interval, stop.clone()))
-            }
-        };
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
-fn status_message(snapshot: &ProgressSnapshot, connections: &ConnectionStats) -> String {
-    let conns = connections.snapshot();
-    format!(
-        "files {}/{} | connections {} open, {} in use | retries {}",
-        snapshot.objects_done,
-        snapshot.objects_total,
-        conns.open,
-        conns.in_use,
-        snapshot.retries_total()
-    )
-}
-
-async fn show_bar(
-    progress: Arc<Progress>,
-    connections: Arc<ConnectionStats>,
-    stop: CancellationToken,
-) {
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    bar.set_style(
-        BarStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} | {msg}",
-        )
-        .unwrap_or_else(|_| BarStyle::default_bar()),
-    );
-    loop {
-        let snapshot = progress.snapshot();
-        bar.set_length(snapshot.bytes_total.max(snapshot.bytes_downloaded));
-        bar.set_position(snapshot.bytes_downloaded);
-        bar.set_message(status_message(&snapshot, &connections));
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-    bar.finish_and_clear();
-}
-
-async fn show_lines(
-    progress: Arc<Progress>,
-    connections: Arc<ConnectionStats>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let started = Instant::now();
-    let mut last_bytes = 0;
-    let mut last_time = started;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        let snapshot = progress.snapshot();
-        let now = Instant::now();
-        let rate = (snapshot.bytes_downloaded - last_bytes.min(snapshot.bytes_downloaded)) as f64
-            / now.duration_since(last_time).as_secs_f64().max(0.001);
-        let percent = if snapshot.bytes_total == 0 {
-            100.0
-        } else {
-            100.0 * snapshot.bytes_downloaded as f64 / snapshot.bytes_total as f64
-        };
-        eprintln!(
-            "progress: {:.0}% {} of {} at {}/s | {}",
-            percent.min(100.0),
-            human_bytes(snapshot.bytes_downloaded),
-            human_bytes(snapshot.bytes_total),
-            human_bytes(rate as u64),
-            status_message(&snapshot, &connections)
-        );
-        last_bytes = snapshot.bytes_downloaded;
-        last_time = now;
-    }
 }
