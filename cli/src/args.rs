@@ -23,7 +23,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what a selection contains: objects and bytes per product and variable.
+    /// Show the catalog: products (cadence, first and latest month) and their variables.
+    Catalog(CatalogArgs),
+    /// Show what a selection contains: objects and bytes per product, variable and grid.
     Plan(PlanArgs),
     /// Download a selection into a local mirror, verified, resumable and skipping what is done.
     Sync(SyncArgs),
@@ -57,9 +59,13 @@ pub struct SelectionArgs {
         value_name = "P[,P..]"
     )]
     pub product: Vec<String>,
-    /// Variable short names, comma separated (e.g. 2t,msl); all variables when omitted.
+    /// Variables, comma separated: short names (2t), ECMWF/CF names (t2m), CDS long names
+    /// (2m_temperature) or parameter ids (167, 128.167, 235055); all variables when omitted.
     #[arg(long, env = "ERA5_VAR", value_delimiter = ',', value_name = "V[,V..]")]
     pub var: Vec<String>,
+    /// Grids, comma separated (e.g. ll025sc, ll025uv); all grids when omitted.
+    #[arg(long, env = "ERA5_GRID", value_delimiter = ',', value_name = "G[,G..]")]
+    pub grid: Vec<String>,
     /// First day, YYYY-MM-DD, or YYYY-MM for the first day of that month.
     #[arg(long, env = "ERA5_START", value_name = "DATE")]
     pub start: String,
@@ -84,6 +90,28 @@ pub struct SourceArgs {
     /// environment (requests are unsigned by default unless credentials are configured).
     #[arg(long, env = "ERA5_SIGN", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub sign: bool,
+}
+
+/// `era5 catalog`.
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Only these products, comma separated; all when omitted.
+    #[arg(
+        long,
+        env = "ERA5_PRODUCT",
+        value_delimiter = ',',
+        value_name = "P[,P..]"
+    )]
+    pub product: Vec<String>,
+    /// Where to look up each product's latest month.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Do not ask the bucket for latest months (print the table only).
+    #[arg(long, env = "ERA5_OFFLINE", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub offline: bool,
+    /// Print {"products":[{"name","cadence","first_month","latest_month","variables":[...]}]}.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
 }
 
 /// `era5 plan`.

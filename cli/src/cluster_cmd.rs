@@ -230,6 +230,7 @@ pub fn check_submit(args: &SubmitArgs) -> Result<(), Failure> {
     Selection::parse(
         &args.selection.product,
         &args.selection.var,
+        &args.selection.grid,
         &args.selection.start,
         &args.selection.end,
         common::dates::today_utc(),
@@ -253,6 +254,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, Failure> {
                 variables: args.selection.var.clone(),
                 start: args.selection.start.clone(),
                 end: args.selection.end.clone(),
+                grids: args.selection.grid.clone(),
             }),
             source: Some(pb::Source {
                 bucket: args.source.bucket.clone(),
@@ -262,6 +264,9 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, Failure> {
         .await
         .map_err(rpc_failure)?
         .into_inner();
+    for warning in &response.warnings {
+        eprintln!("era5: warning: {warning}");
+    }
     eprintln!(
         "submitted: {} leases, {} objects, {}",
         response.leases,

@@ -51,17 +51,22 @@ pub struct SyncConfig {
     pub progress: ProgressStyle,
 }
 
-fn selection(args: &SelectionArgs) -> Result<Selection, InputError> {
+pub(crate) fn selection(args: &SelectionArgs) -> Result<Selection, InputError> {
     Selection::parse(
         &args.product,
         &args.var,
+        &args.grid,
         &args.start,
         &args.end,
         common::dates::today_utc(),
     )
 }
 
-fn source(args: &SourceArgs, connections: usize, idle_timeout: Duration) -> SourceConfig {
+pub(crate) fn source(
+    args: &SourceArgs,
+    connections: usize,
+    idle_timeout: Duration,
+) -> SourceConfig {
     SourceConfig {
         bucket: args.bucket.clone(),
         endpoint: Some(args.endpoint.clone()),
@@ -74,7 +79,7 @@ fn source(args: &SourceArgs, connections: usize, idle_timeout: Duration) -> Sour
     }
 }
 
-fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
+pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
     let bad = |reason: &str| InputError::BadValue {
         flag: "--endpoint",
         value: endpoint.to_string(),

@@ -5,10 +5,13 @@
 //! a one-line error naming the bad value, before anything is written; 130 when interrupted.
 
 mod args;
+mod catalog_cmd;
 mod cluster_cmd;
 mod config;
+mod discovery;
 mod heap;
 mod plan_cmd;
+mod progress_display;
 mod sync_cmd;
 
 use clap::Parser;
@@ -82,6 +85,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
+        Command::Catalog(args) => {
+            let config = catalog_cmd::CatalogConfig::try_from(&args)
+                .map_err(|e| Failure::Input(e.to_string()))?;
+            runtime()?.block_on(catalog_cmd::run(config))
+        }
         Command::Plan(args) => {
             let config = PlanConfig::try_from(&args).map_err(|e| Failure::Input(e.to_string()))?;
             runtime()?.block_on(plan(config))
@@ -119,14 +127,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 async fn plan(config: PlanConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
-    let objects = common::source::discover(&source, &config.selection, &Default::default())
+    let retry = Default::default();
+    let found = common::source::discover_detailed(&source, &config.selection, &retry)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    discovery::check(&source, &config.selection, &found, &retry).await?;
     let mut stdout = std::io::stdout().lock();
     let written = if config.json {
-        plan_cmd::write_json(&mut stdout, &objects)
+        plan_cmd::write_json(&mut stdout, &found)
     } else {
-        plan_cmd::write_table(&mut stdout, &objects)
+        plan_cmd::write_table(&mut stdout, &found)
     };
     written.map_err(|e| Failure::Runtime(format!("writing the plan failed: {e}")))?;
     Ok(ExitCode::Success)

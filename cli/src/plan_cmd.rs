@@ -1,61 +1,84 @@
-//! `era5 plan`: list the selection and print objects and bytes per product and variable, or
-//! the object list as JSON.
+//! `era5 plan`: list the selection and print objects and bytes per product, variable and grid,
+//! or the object list as JSON; either way, say how many keys of the layout the catalog does not
+//! know.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use common::ObjectKey;
-use common::source::RemoteObject;
+use common::source::{Discovery, KeySample, RemoteObject};
 use common::units::human_bytes;
+use common::{ObjectKey, catalog};
 use serde::Serialize;
 
-/// Writes the per product and variable table.
-pub fn write_table(out: &mut impl Write, objects: &[RemoteObject]) -> std::io::Result<()> {
-    let mut groups: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+/// Writes the per product, variable and grid table, then the catalog's unknown keys. A variable
+/// the catalog does not know is marked `*`.
+pub fn write_table(out: &mut impl Write, discovery: &Discovery) -> std::io::Result<()> {
+    let objects = &discovery.objects;
+    let mut groups: BTreeMap<(String, String, String), (u64, u64, bool)> = BTreeMap::new();
     for object in objects {
-        let (product, variable) = match ObjectKey::parse(&object.key) {
-            Some(key) => (key.product.name().to_string(), key.short),
-            None => continue,
+        let Some(key) = ObjectKey::parse(&object.key) else {
+            continue;
         };
-        let group = groups.entry((product, variable)).or_default();
+        let known = catalog::lookup(&key).is_some();
+        let group = groups
+            .entry((key.product.name().to_string(), key.short, key.grid))
+            .or_insert((0, 0, known));
         group.0 += 1;
         group.1 += object.size;
     }
     writeln!(
         out,
-        "{:<26} {:<10} {:>8} {:>16}",
-        "PRODUCT", "VARIABLE", "OBJECTS", "BYTES"
+        "{:<26} {:<10} {:<10} {:>8} {:>16}",
+        "PRODUCT", "VARIABLE", "GRID", "OBJECTS", "BYTES"
     )?;
-    for ((product, variable), (count, bytes)) in &groups {
+    for ((product, variable, grid), (count, bytes, known)) in &groups {
+        let variable = if *known {
+            variable.clone()
+        } else {
+            format!("{variable}*")
+        };
         writeln!(
             out,
-            "{product:<26} {variable:<10} {count:>8} {bytes:>16}  ({})",
+            "{product:<26} {variable:<10} {grid:<10} {count:>8} {bytes:>16}  ({})",
             human_bytes(*bytes)
         )?;
     }
     let total: u64 = objects.iter().map(|o| o.size).sum();
     writeln!(
         out,
-        "{:<26} {:<10} {:>8} {:>16}  ({})",
+        "{:<26} {:<10} {:<10} {:>8} {:>16}  ({})",
         "TOTAL",
+        "",
         "",
         objects.len(),
         total,
         human_bytes(total)
-    )
+    )?;
+    if discovery.unknown.count > 0 {
+        writeln!(
+            out,
+            "* {} keys in the range are not in the catalog (mirrored only when no --var is given), e.g. {}",
+            discovery.unknown.count,
+            discovery.unknown.sample.join(", ")
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
 struct PlanJson<'a> {
     objects: &'a [RemoteObject],
     total_bytes: u64,
+    unknown_keys: &'a KeySample,
 }
 
-/// Writes `{"objects":[{"key":…,"size":…,"etag":…}, …], "total_bytes":…}`.
-pub fn write_json(out: &mut impl Write, objects: &[RemoteObject]) -> std::io::Result<()> {
+/// Writes `{"objects":[{"key":…,"size":…,"etag":…}, …], "total_bytes":…,
+/// "unknown_keys":{"count":…,"sample":[…]}}`.
+pub fn write_json(out: &mut impl Write, discovery: &Discovery) -> std::io::Result<()> {
     let plan = PlanJson {
-        objects,
-        total_bytes: objects.iter().map(|o| o.size).sum(),
+        objects: &discovery.objects,
+        total_bytes: discovery.objects.iter().map(|o| o.size).sum(),
+        unknown_keys: &discovery.unknown,
     };
     serde_json::to_writer(&mut *out, &plan)?;
     writeln!(out)
@@ -74,9 +97,16 @@ mod tests {
         }
     }
 
+    fn discovery(objects: Vec<RemoteObject>) -> Discovery {
+        Discovery {
+            objects,
+            ..Discovery::default()
+        }
+    }
+
     #[test]
-    fn table_groups_by_product_and_variable_and_totals() {
-        let objects = [
+    fn table_groups_by_product_variable_and_grid_and_totals() {
+        let objects = vec![
             object(
                 "e5.oper.an.sfc/202201/e5.oper.an.sfc.128_167_2t.ll025sc.2022010100_2022013123.nc",
                 100,
@@ -89,15 +119,24 @@ mod tests {
                 "e5.oper.an.sfc/202201/e5.oper.an.sfc.128_151_msl.ll025sc.2022010100_2022013123.nc",
                 7,
             ),
+            object(
+                "e5.oper.an.sfc/202201/e5.oper.an.sfc.0_5_0_0_0_t.regn320sc.2022010100_2022013123.nc",
+                3,
+            ),
         ];
+        let mut plan = discovery(objects);
+        plan.unknown.count = 1;
+        plan.unknown.sample = vec![plan.objects[3].key.clone()];
         let mut out = Vec::new();
-        write_table(&mut out, &objects).unwrap();
+        write_table(&mut out, &plan).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
+        assert!(lines[0].contains(" GRID "), "{text}");
         assert!(
             lines[1].starts_with("e5.oper.an.sfc")
                 && lines[1].contains(" 2t ")
+                && lines[1].contains(" ll025sc ")
                 && lines[1].contains(" 150 "),
             "{text}"
         );
@@ -106,7 +145,16 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[3].starts_with("TOTAL") && lines[3].contains(" 3 ") && lines[3].contains(" 157 "),
+            lines[3].contains(" t* ") && lines[3].contains(" regn320sc "),
+            "{text}"
+        );
+        assert!(
+            lines[4].starts_with("TOTAL") && lines[4].contains(" 4 ") && lines[4].contains(" 160 "),
+            "{text}"
+        );
+        assert!(
+            lines[5].starts_with("* 1 keys in the range are not in the catalog")
+                && lines[5].contains("0_5_0_0_0_t"),
             "{text}"
         );
     }
@@ -114,11 +162,15 @@ mod tests {
     #[test]
     fn json_has_the_documented_shape() {
         let mut out = Vec::new();
-        write_json(&mut out, &[object("k", 5)]).unwrap();
+        write_json(&mut out, &discovery(vec![object("k", 5)])).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             value,
-            serde_json::json!({"objects":[{"key":"k","size":5,"etag":"abc"}],"total_bytes":5})
+            serde_json::json!({
+                "objects":[{"key":"k","size":5,"etag":"abc"}],
+                "total_bytes":5,
+                "unknown_keys":{"count":0,"sample":[]}
+            })
         );
     }
 }

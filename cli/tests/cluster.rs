@@ -31,6 +31,7 @@ fn selected(seeded: &[SeededObject]) -> Vec<&SeededObject> {
     let selection = common::Selection::parse(
         &products,
         &[],
+        &[],
         "2023-12",
         "2024-04",
         jiff::civil::date(2026, 1, 1),
@@ -525,4 +526,44 @@ fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
     );
     let _ = coordinator.kill();
     let _ = coordinator.wait();
+}
+
+/// Submitting is never silent either: an unmatched variable warns, and a selection that matches
+/// nothing is refused with the reason read from the listing (exit 1), creating no job.
+#[test]
+fn submit_warns_about_unmatched_variables_and_refuses_an_empty_selection() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let cluster = Cluster::start(&s3.endpoint(), 30);
+    let submit = |vars: &str, month: &str| {
+        era5(&cluster.scratch.home())
+            .args(["submit", "--coordinator", &cluster.coordinator_url(0)])
+            .args(["--product", "e5.oper.an.sfc", "--var", vars])
+            .args(["--start", month, "--end", month])
+            .args(["--endpoint", &s3.endpoint(), "--bucket", BUCKET])
+            .output()
+            .expect("run era5 submit")
+    };
+    let partial = submit("2t,sp", "2024-01");
+    let stderr = String::from_utf8_lossy(&partial.stderr);
+    assert!(partial.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "era5: warning: variable sp matches no object of e5.oper.an.sfc in 2024-01-01..2024-01-31"
+        ),
+        "{stderr}"
+    );
+    let empty = submit("2t", "2026-01");
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert_eq!(empty.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lies after the latest month the bucket holds, 2024-04"),
+        "{stderr}"
+    );
+    let status = cluster.status(0, None);
+    assert_eq!(
+        status["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "{status:#}"
+    );
 }

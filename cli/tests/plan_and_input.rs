@@ -207,8 +207,9 @@ fn table_plan_shows_counts_and_bytes_per_product_and_variable() {
             .unwrap()
     };
     let fields: Vec<&str> = row("2t").split_whitespace().collect();
-    assert_eq!(fields[2], "4", "{}", run.stdout);
-    assert_eq!(fields[3], bytes("2t").to_string());
+    assert_eq!(fields[2], "ll025sc", "{}", run.stdout);
+    assert_eq!(fields[3], "4", "{}", run.stdout);
+    assert_eq!(fields[4], bytes("2t").to_string());
     let total: Vec<&str> = lines.last().unwrap().split_whitespace().collect();
     assert_eq!(total[0], "TOTAL");
     assert_eq!(total[1], "8");
@@ -357,6 +358,32 @@ fn bad_input_is_rejected_before_anything_happens() {
             vec!["--product", "e5.oper.an.sfc", "--start", "2024-01"],
             "--end",
         ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--grid",
+                "ll025uv",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+            ],
+            "unknown grid `ll025uv` for e5.oper.an.sfc",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.fc.sfc.meanflux",
+                "--var",
+                "mgws",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+            ],
+            "unknown variable `mgws`",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args: Vec<String> =
@@ -403,4 +430,465 @@ fn env_variables_set_flags() {
     );
     let value: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(value["objects"].as_array().unwrap().len(), 2);
+}
+
+fn plan_args(s3: &TestS3, products: &str, start: &str, end: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "plan",
+        "--product",
+        products,
+        "--start",
+        start,
+        "--end",
+        end,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--endpoint".into(), s3.endpoint()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn every_alias_form_plans_the_same_objects_under_the_canonical_name() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let canonical = plan(
+        &s3,
+        &scratch,
+        "e5.oper.an.sfc",
+        "2t",
+        "2024-01",
+        "2024-02",
+        true,
+    );
+    canonical.expect_code(0);
+    let expected = planned_keys(&canonical);
+    assert_eq!(expected.len(), 2, "{}", canonical.stdout);
+    for alias in [
+        "t2m",
+        "2m_temperature",
+        "167",
+        "128.167",
+        "167.128",
+        "128_167",
+    ] {
+        let run = plan(
+            &s3,
+            &scratch,
+            "e5.oper.an.sfc",
+            alias,
+            "2024-01",
+            "2024-02",
+            true,
+        );
+        run.expect_code(0);
+        assert_eq!(planned_keys(&run), expected, "--var {alias}");
+        assert!(run.stderr.is_empty(), "--var {alias}: {}", run.stderr);
+    }
+    let table = plan(
+        &s3,
+        &scratch,
+        "e5.oper.an.sfc",
+        "2m_temperature",
+        "2024-01",
+        "2024-02",
+        false,
+    );
+    table.expect_code(0);
+    let row = table.stdout.lines().nth(1).unwrap();
+    assert_eq!(
+        row.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["e5.oper.an.sfc", "2t", "ll025sc", "2"],
+        "{}",
+        table.stdout
+    );
+}
+
+#[test]
+fn a_requested_variable_without_objects_warns_and_the_rest_is_planned() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let run = plan(
+        &s3,
+        &scratch,
+        "e5.oper.an.sfc",
+        "2t,surface_pressure",
+        "2024-01",
+        "2024-01",
+        true,
+    );
+    run.expect_code(0);
+    assert_eq!(planned_keys(&run).len(), 1, "{}", run.stdout);
+    assert_eq!(
+        run.stderr.trim_end(),
+        "era5: warning: variable surface_pressure (sp) matches no object of e5.oper.an.sfc in 2024-01-01..2024-01-31"
+    );
+}
+
+/// A selection that matches nothing is never silent: plan and sync exit 1 and say why, read
+/// from the listing; sync writes nothing.
+#[test]
+fn a_selection_that_matches_nothing_exits_1_and_says_why() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let cases: [(&str, &str, &str, &str); 4] = [
+        (
+            "e5.oper.an.sfc",
+            "2t",
+            "2026-01",
+            "e5.oper.an.sfc: the range 2026-01-01..2026-01-31 lies after the latest month the bucket holds, 2024-04",
+        ),
+        (
+            "e5.oper.an.sfc",
+            "",
+            "2024-03",
+            "e5.oper.an.sfc: the bucket has no object in 2024-03-01..2024-03-31, a gap in the archive; the nearest months it holds are 2024-02 and 2024-04",
+        ),
+        (
+            "e5.oper.an.sfc",
+            "sp",
+            "2024-01",
+            "e5.oper.an.sfc: the bucket has 2 objects in 2024-01-01..2024-01-31 but none of the requested variables (sp)",
+        ),
+        (
+            "e5.oper.fc.sfc.meanflux",
+            "mtpr",
+            "2024-01",
+            "e5.oper.fc.sfc.meanflux: the bucket holds no e5.oper.fc.sfc.meanflux folder at all (check --bucket and --endpoint)",
+        ),
+    ];
+    for (product, var, month, reason) in cases {
+        let mut extra = vec![];
+        if !var.is_empty() {
+            extra.extend(["--var", var]);
+        }
+        let run = run_era5(
+            &scratch,
+            &plan_args(&s3, product, month, month, &extra),
+            LIMIT,
+        );
+        run.expect_code(1);
+        let last = run.stderr.lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            format!("era5: error: the selection matches no object: {reason}"),
+            "{product} {var} {month}"
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    let dest = scratch.dest();
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.an.sfc",
+        "2t",
+        "2026-01",
+        "2026-02",
+    );
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("lies after the latest month the bucket holds, 2024-04"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dest.exists(), "an empty sync created {}", dest.display());
+}
+
+#[test]
+fn keys_the_catalog_does_not_know_are_counted_and_mirrored_without_var() {
+    let (s3, _) = seeded_server();
+    let unknown = [
+        "e5.oper.an.sfc/202401/e5.oper.an.sfc.0_5_0_0_0_t.regn320sc.2024010100_2024013123.nc",
+        "e5.oper.an.sfc/202401/e5.oper.an.sfc.128_999_newvar.ll025sc.2024010100_2024013123.nc",
+    ];
+    for key in unknown {
+        s3.put_object(key, tests::fixtures::object_bytes(key, 70_000));
+    }
+    let scratch = Scratch::new();
+    let all = plan(
+        &s3,
+        &scratch,
+        "e5.oper.an.sfc",
+        "",
+        "2024-01",
+        "2024-01",
+        true,
+    );
+    all.expect_code(0);
+    let keys = planned_keys(&all);
+    assert!(
+        unknown.iter().all(|k| keys.contains(&k.to_string())),
+        "{keys:?}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&all.stdout).unwrap();
+    assert_eq!(value["unknown_keys"]["count"], 2);
+    assert_eq!(value["unknown_keys"]["sample"], serde_json::json!(unknown));
+    let table = plan(
+        &s3,
+        &scratch,
+        "e5.oper.an.sfc",
+        "",
+        "2024-01",
+        "2024-01",
+        false,
+    );
+    table.expect_code(0);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.contains(" t* ") && l.contains(" regn320sc ")),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table
+            .stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("* 2 keys in the range are not in the catalog"),
+        "{}",
+        table.stdout
+    );
+    // With --var they are not selected, and still reported.
+    let some = plan(
+        &s3,
+        &scratch,
+        "e5.oper.an.sfc",
+        "2t",
+        "2024-01",
+        "2024-01",
+        true,
+    );
+    some.expect_code(0);
+    assert_eq!(planned_keys(&some).len(), 1);
+    let value: serde_json::Value = serde_json::from_str(&some.stdout).unwrap();
+    assert_eq!(value["unknown_keys"]["count"], 2);
+    // A sync without --var mirrors them like any other object.
+    let dest = scratch.dest();
+    let run = run_era5(
+        &scratch,
+        &sync_args(
+            &s3.endpoint(),
+            &dest,
+            "e5.oper.an.sfc",
+            "",
+            "2024-01",
+            "2024-01",
+        ),
+        LIMIT,
+    );
+    run.expect_code(0);
+    for key in unknown {
+        assert_eq!(
+            std::fs::read(dest.join(key)).unwrap(),
+            tests::fixtures::object_bytes(key, 70_000).to_vec()
+        );
+    }
+}
+
+#[test]
+fn grid_selects_by_grid() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let run = run_era5(
+        &scratch,
+        &plan_args(
+            &s3,
+            "e5.oper.an.pl",
+            "2024-02-28",
+            "2024-02-28",
+            &["--grid", "ll025uv", "--json"],
+        ),
+        LIMIT,
+    );
+    run.expect_code(0);
+    assert_eq!(
+        planned_keys(&run),
+        ["e5.oper.an.pl/202402/e5.oper.an.pl.128_131_u.ll025uv.2024022800_2024022823.nc"]
+    );
+}
+
+#[test]
+fn catalog_lists_products_variables_and_the_buckets_latest_months() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let run = run_era5(
+        &scratch,
+        &[
+            "catalog".into(),
+            "--json".into(),
+            "--endpoint".into(),
+            s3.endpoint(),
+        ],
+        LIMIT,
+    );
+    run.expect_code(0);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let products = value["products"].as_array().unwrap();
+    assert_eq!(products.len(), 8);
+    let product = |name: &str| products.iter().find(|p| p["name"] == name).unwrap();
+    assert_eq!(product("e5.oper.an.sfc")["latest_month"], "2024-04");
+    assert_eq!(product("e5.oper.an.pl")["latest_month"], "2024-03");
+    assert_eq!(product("e5.oper.an.pl")["cadence"], "daily");
+    assert_eq!(product("e5.oper.an.pl")["first_month"], "1940-01");
+    assert_eq!(product("e5.oper.invariant")["first_month"], "1979-01");
+    assert!(product("e5.oper.fc.sfc.meanflux")["latest_month"].is_null());
+    let meanflux = product("e5.oper.fc.sfc.meanflux")["variables"]
+        .as_array()
+        .unwrap();
+    assert_eq!(meanflux.len(), 39);
+    let msdrswrf = meanflux.iter().find(|v| v["short"] == "msdrswrf").unwrap();
+    assert_eq!(
+        msdrswrf,
+        &serde_json::json!({
+            "code": "235_058", "param_id": 235058, "short": "msdrswrf",
+            "long_name": "mean_surface_direct_short_wave_radiation_flux", "units": "W m-2",
+            "grid": "ll025sc", "aliases": [], "confirmed": true
+        })
+    );
+
+    let text = run_era5(
+        &scratch,
+        &[
+            "catalog".into(),
+            "--product".into(),
+            "e5.oper.an.sfc".into(),
+            "--offline".into(),
+        ],
+        LIMIT,
+    );
+    text.expect_code(0);
+    assert!(
+        text.stdout.starts_with(
+            "e5.oper.an.sfc: one object per month\n  first month 1940-01, latest month unknown\n"
+        ),
+        "{}",
+        text.stdout
+    );
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.contains(" 2m_temperature"))
+        .unwrap();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        [
+            "128_167",
+            "2t",
+            "ll025sc",
+            "K",
+            "2m_temperature",
+            "(also",
+            "t2m)"
+        ]
+    );
+    let requests_before = s3.requests().len();
+    let offline = run_era5(
+        &scratch,
+        &["catalog".into(), "--offline".into(), "--json".into()],
+        LIMIT,
+    );
+    offline.expect_code(0);
+    assert_eq!(s3.requests().len(), requests_before);
+
+    let bad = run_era5(
+        &scratch,
+        &["catalog".into(), "--product".into(), "e5.oper.an.sf".into()],
+        LIMIT,
+    );
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("did you mean `e5.oper.an.sfc`"),
+        "{}",
+        bad.stderr
+    );
+}
+
+/// Opt-in (`ERA5_LIVE=1`): one month of each product in the real bucket, diffed against the
+/// catalog. Every real key must be in the table, and every entry the table marks as seen must
+/// be in the bucket; unconfirmed entries found in the bucket are reported.
+#[test]
+fn live_bucket_matches_the_catalog() {
+    if std::env::var("ERA5_LIVE").as_deref() != Ok("1") {
+        eprintln!("skipped: set ERA5_LIVE=1 to check the catalog against the real bucket");
+        return;
+    }
+    let scratch = Scratch::new();
+    let catalog = run_era5(&scratch, &["catalog".into(), "--json".into()], LIMIT);
+    catalog.expect_code(0);
+    let catalog: serde_json::Value = serde_json::from_str(&catalog.stdout).unwrap();
+    let mut problems = Vec::new();
+    for product in catalog["products"].as_array().unwrap() {
+        let name = product["name"].as_str().unwrap();
+        let month = product["latest_month"]
+            .as_str()
+            .unwrap_or("2024-01")
+            .to_string();
+        let args: Vec<String> = [
+            "plan",
+            "--json",
+            "--product",
+            name,
+            "--start",
+            &month,
+            "--end",
+            &month,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let run = run_era5(&scratch, &args, Duration::from_secs(300));
+        run.expect_code(0);
+        let listed: std::collections::BTreeSet<(String, String, String)> = planned_keys(&run)
+            .iter()
+            .filter_map(|k| common::ObjectKey::parse(k))
+            .map(|k| (k.code, k.short, k.grid))
+            .collect();
+        let table: Vec<(String, String, String, bool)> = product["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["code"].as_str().unwrap().to_string(),
+                    v["short"].as_str().unwrap().to_string(),
+                    v["grid"].as_str().unwrap().to_string(),
+                    v["confirmed"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        for (code, short, grid) in &listed {
+            if !table
+                .iter()
+                .any(|(c, s, g, _)| c == code && s == short && g == grid)
+            {
+                problems.push(format!(
+                    "{name} {month}: {code}_{short}.{grid} is not in the table"
+                ));
+            }
+        }
+        for (code, short, grid, confirmed) in &table {
+            let present = listed.contains(&(code.clone(), short.clone(), grid.clone()));
+            match (present, confirmed) {
+                (false, true) => problems.push(format!(
+                    "{name} {month}: {code}_{short}.{grid} is not in the bucket"
+                )),
+                (true, false) => {
+                    eprintln!("{name}: unconfirmed {code}_{short}.{grid} is in the bucket")
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "catalog differs from the bucket:\n{}",
+        problems.join("\n")
+    );
 }

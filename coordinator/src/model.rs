@@ -78,6 +78,9 @@ pub struct SelectionSpec {
     pub products: Vec<String>,
     /// Variables (empty: all).
     pub variables: Vec<String>,
+    /// Grids (empty: all).
+    #[serde(default)]
+    pub grids: Vec<String>,
     /// Start DATE as given.
     pub start: String,
     /// End DATE as given.
@@ -93,6 +96,7 @@ impl From<&common::selection::Selection> for SelectionSpec {
                 .map(|p| p.name().to_string())
                 .collect(),
             variables: selection.variables.clone(),
+            grids: selection.grids.clone(),
             start: selection.range.start.to_string(),
             end: selection.range.end.to_string(),
         }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::selection::Selection;
 use common::source::retry::RetryPolicy;
-use common::source::{DEFAULT_BUCKET, DEFAULT_REGION, PoolConfig, Source, SourceConfig, discover};
+use common::source::{
+    DEFAULT_BUCKET, DEFAULT_REGION, PoolConfig, Source, SourceConfig, coverage, discover_detailed,
+};
 use futures_util::Stream;
 use proto::v1 as pb;
 use proto::v1::operator_server::Operator;
@@ -85,6 +87,7 @@ fn selection_to_pb(selection: &SelectionSpec) -> pb::Selection {
         variables: selection.variables.clone(),
         start: selection.start.clone(),
         end: selection.end.clone(),
+        grids: selection.grids.clone(),
     }
 }
 
@@ -208,6 +211,7 @@ impl Coordinator {
         let validated = Selection::parse(
             &selection.products,
             &selection.variables,
+            &selection.grids,
             &selection.start,
             &selection.end,
             common::dates::today_utc(),
@@ -226,20 +230,29 @@ impl Coordinator {
             sign: false,
             pool: PoolConfig::new(LISTING_CONNECTIONS),
         };
-        let objects = discover(
-            &Source::connect(&config).await,
-            &validated,
-            &RetryPolicy::default(),
-        )
-        .await
-        .map_err(|e| match e {
-            common::source::listing::ListError::Refused { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
-            common::source::listing::ListError::Exhausted { .. } => {
-                Status::unavailable(e.to_string())
-            }
-        })?;
+        let listing_source = Source::connect(&config).await;
+        let found = discover_detailed(&listing_source, &validated, &RetryPolicy::default())
+            .await
+            .map_err(|e| match e {
+                common::source::listing::ListError::Refused { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                common::source::listing::ListError::Exhausted { .. } => {
+                    Status::unavailable(e.to_string())
+                }
+            })?;
+        let warnings = coverage::warnings(&validated, &found);
+        if found.objects.is_empty() {
+            let why = coverage::explain_empty(
+                &listing_source,
+                &validated,
+                &found,
+                &RetryPolicy::default(),
+            )
+            .await;
+            return Err(Status::failed_precondition(why));
+        }
+        let objects = found.objects;
         let job = plan_job(
             random_id(),
             SelectionSpec::from(&validated),
@@ -257,6 +270,7 @@ impl Coordinator {
             objects: job.items.iter().map(|i| i.objects.len() as u64).sum(),
             bytes: job.items.iter().map(|i| i.bytes()).sum(),
             job_id: job.job_id,
+            warnings,
         })
     }
 }

@@ -27,6 +27,7 @@ fn job(id: &str, items: usize) -> JobSpec {
         selection: SelectionSpec {
             products: vec!["e5.oper.an.sfc".into()],
             variables: vec![],
+            grids: vec![],
             start: "2024-01".into(),
             end: "2024-01".into(),
         },
