@@ -29,6 +29,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Download a selection into a local mirror, verified, resumable and skipping what is done.
     Sync(SyncArgs),
+    /// Check that a mirror holds every object the bucket has for a selection (listing only).
+    Audit(AuditArgs),
+    /// Re-read every mirrored file and check it against its manifest record.
+    Verify(VerifyArgs),
     /// Run the cluster coordinator (leases in Redis, gRPC for workers and operators).
     Coordinator(CoordinatorArgs),
     /// Run a cluster worker: take leases and mirror them into a shared directory.
@@ -168,6 +172,60 @@ pub struct SyncArgs {
     /// Seconds between progress log lines when there is no progress bar.
     #[arg(long, env = "ERA5_PROGRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub progress_interval: u64,
+}
+
+/// `era5 audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Which objects should be in the mirror.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Where they come from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The local mirror to audit (read only: nothing is written or locked).
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// Print the whole report as one JSON document.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
+}
+
+/// `era5 verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The local mirror to verify.
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// Only these products, comma separated (default: every record of the manifest).
+    #[arg(
+        long,
+        env = "ERA5_PRODUCT",
+        value_delimiter = ',',
+        value_name = "P[,P..]"
+    )]
+    pub product: Vec<String>,
+    /// Only these variables, in any form `sync` accepts.
+    #[arg(long, env = "ERA5_VAR", value_delimiter = ',', value_name = "V[,V..]")]
+    pub var: Vec<String>,
+    /// Only these grids.
+    #[arg(long, env = "ERA5_GRID", value_delimiter = ',', value_name = "G[,G..]")]
+    pub grid: Vec<String>,
+    /// Only objects from this day (YYYY-MM-DD or YYYY-MM) on.
+    #[arg(long, env = "ERA5_START", value_name = "DATE")]
+    pub start: Option<String>,
+    /// Only objects up to this day (inclusive).
+    #[arg(long, env = "ERA5_END", value_name = "DATE")]
+    pub end: Option<String>,
+    /// Files checked at once (default: one per core).
+    #[arg(long, env = "ERA5_JOBS", value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
+    pub jobs: Option<u32>,
+    /// Print {"checked","ok","bytes","seconds","findings":[{"key","path","problem",..}]}.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
+    /// No progress bar; print periodic log lines instead.
+    #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub no_progress: bool,
 }
 
 /// `era5 coordinator`.

@@ -5,6 +5,7 @@
 //! a one-line error naming the bad value, before anything is written; 130 when interrupted.
 
 mod args;
+mod audit_cmd;
 mod catalog_cmd;
 mod cluster_cmd;
 mod config;
@@ -13,6 +14,7 @@ mod heap;
 mod plan_cmd;
 mod progress_display;
 mod sync_cmd;
+mod verify_cmd;
 
 use clap::Parser;
 use clap::error::ErrorKind;
@@ -97,6 +99,16 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Sync(args) => {
             let config = SyncConfig::try_from(&args).map_err(|e| Failure::Input(e.to_string()))?;
             runtime()?.block_on(sync_cmd::run(config))
+        }
+        Command::Audit(args) => {
+            let config = audit_cmd::AuditConfig::try_from(&args)
+                .map_err(|e| Failure::Input(e.to_string()))?;
+            runtime()?.block_on(audit_cmd::run(config))
+        }
+        Command::Verify(args) => {
+            let config = verify_cmd::VerifyConfig::try_from(&args)
+                .map_err(|e| Failure::Input(e.to_string()))?;
+            runtime()?.block_on(verify_cmd::run(config))
         }
         Command::Coordinator(args) => {
             cluster_cmd::check_coordinator(&args)?;

@@ -24,11 +24,12 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts showing `progress` in the given style.
+    /// Starts showing `progress` in the given style, with the pool's connections when there
+    /// is one (`era5 verify` reads local files only).
     pub fn start(
         style: ProgressStyle,
         progress: Arc<Progress>,
-        connections: Arc<ConnectionStats>,
+        connections: Option<Arc<ConnectionStats>>,
     ) -> Self {
         let stop = CancellationToken::new();
         let task = match style {
@@ -93,24 +94,27 @@ fn bar_style(layout: Layout) -> BarStyle {
 
 fn status_message(
     snapshot: &ProgressSnapshot,
-    conns: ConnectionSnapshot,
+    conns: Option<ConnectionSnapshot>,
     detail: Detail,
 ) -> String {
     let (done, total) = (snapshot.objects_done, snapshot.objects_total);
-    match detail {
-        Detail::Full => format!(
+    match (detail, conns) {
+        (Detail::Full, Some(conns)) => format!(
             "files {done}/{total} | connections {} open, {} in use | retries {}",
             conns.open,
             conns.in_use,
             snapshot.retries_total()
         ),
-        Detail::Short => format!(
+        (Detail::Short, Some(conns)) => format!(
             "{done}/{total} files, {} conns, {} retries",
             conns.open,
             snapshot.retries_total()
         ),
-        Detail::Files => format!("{done}/{total} files"),
-        Detail::Count => format!("{done}/{total}"),
+        (Detail::Full | Detail::Short, None) => {
+            format!("files {done}/{total}, {} failed", snapshot.objects_failed)
+        }
+        (Detail::Files, _) => format!("{done}/{total} files"),
+        (Detail::Count, _) => format!("{done}/{total}"),
     }
 }
 
@@ -123,7 +127,7 @@ fn terminal_width() -> u16 {
 
 async fn show_bar(
     progress: Arc<Progress>,
-    connections: Arc<ConnectionStats>,
+    connections: Option<Arc<ConnectionStats>>,
     stop: CancellationToken,
 ) {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
@@ -139,7 +143,7 @@ async fn show_bar(
         bar.set_position(snapshot.bytes_downloaded);
         bar.set_message(status_message(
             &snapshot,
-            connections.snapshot(),
+            connections.as_ref().map(|c| c.snapshot()),
             wanted.detail,
         ));
         tokio::select! {
@@ -152,7 +156,7 @@ async fn show_bar(
 
 async fn show_lines(
     progress: Arc<Progress>,
-    connections: Arc<ConnectionStats>,
+    connections: Option<Arc<ConnectionStats>>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -179,7 +183,11 @@ async fn show_lines(
             human_bytes(snapshot.bytes_downloaded),
             human_bytes(snapshot.bytes_total),
             human_bytes(rate as u64),
-            status_message(&snapshot, connections.snapshot(), Detail::Full)
+            status_message(
+                &snapshot,
+                connections.as_ref().map(|c| c.snapshot()),
+                Detail::Full
+            )
         );
         last_bytes = snapshot.bytes_downloaded;
         last_time = now;
@@ -213,7 +221,7 @@ mod tests {
             in_use: 1024,
             ..ConnectionSnapshot::default()
         };
-        bar.set_message(status_message(&snapshot, connections, layout.detail));
+        bar.set_message(status_message(&snapshot, Some(connections), layout.detail));
         bar.tick();
         term.contents()
             .lines()

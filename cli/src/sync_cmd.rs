@@ -61,7 +61,7 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     spawn_signal_handler(cancel.clone());
     let progress = Arc::new(Progress::default());
     let connections = source.connection_stats();
-    let reporter = Reporter::start(config.progress, progress.clone(), connections.clone());
+    let reporter = Reporter::start(config.progress, progress.clone(), Some(connections.clone()));
 
     let report = worker::sync::run(
         source,

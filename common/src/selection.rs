@@ -166,6 +166,44 @@ impl Selection {
         key.product.cadence() == Cadence::Invariant || self.range.overlaps(key.first, key.last)
     }
 
+    /// Every key the catalog says should exist for this selection: for each requested product,
+    /// its requested variables (all it is known to have when none are requested; an
+    /// unconfirmed variable only when requested by name), on the requested grids, over every
+    /// window of its cadence that overlaps the range. Months after `latest(product)` (the
+    /// bucket's latest month, when known) are not expected yet; nor are months before the
+    /// product's first.
+    pub fn expected_keys(&self, latest: impl Fn(Product) -> Option<YearMonth>) -> Vec<String> {
+        let mut keys = Vec::new();
+        for product in &self.products {
+            let months: Vec<YearMonth> = months_to_list(*product, &self.range)
+                .into_iter()
+                .filter(|m| *m >= product.first_month())
+                .filter(|m| latest(*product).is_none_or(|latest| *m <= latest))
+                .collect();
+            let variables = product.variables().filter(|v| {
+                let requested = if self.variables.is_empty() {
+                    v.evidence == catalog::Evidence::Seen
+                } else {
+                    self.variables.iter().any(|r| r == v.short)
+                };
+                requested && (self.grids.is_empty() || self.grids.iter().any(|g| g == v.grid))
+            });
+            for variable in variables {
+                for month in &months {
+                    for (first, last) in product.windows_in_month(*month) {
+                        if product.cadence() == Cadence::Invariant
+                            || self.range.overlaps(first, last)
+                        {
+                            keys.push(variable.key(first, last));
+                        }
+                    }
+                }
+            }
+        }
+        keys.sort();
+        keys
+    }
+
     /// The month folders to list, `{product}/{YYYYMM}/`, and nothing more: listing is the slow
     /// part of planning a long range. A half-month product also needs the previous month when
     /// the range starts on the 1st, because that month's second half ends on the 1st at 06:00.
@@ -395,6 +433,34 @@ mod tests {
         )];
         assert_eq!(sel.unmatched(&keys).variables, ["sp"]);
         assert_eq!(sel.unmatched(&[]).variables, ["2t", "sp"]);
+    }
+
+    #[test]
+    fn expected_keys_follow_the_cadence_and_stop_at_the_latest_month() {
+        let sel = selection(
+            &["e5.oper.an.sfc", "e5.oper.fc.sfc.accumu"],
+            &["2t", "cp"],
+            "2024-01",
+            "2024-03",
+        );
+        let latest = |p: Product| {
+            (p == Product::AnSfc).then_some(YearMonth {
+                year: 2024,
+                month: 2,
+            })
+        };
+        let keys = sel.expected_keys(latest);
+        let sfc: Vec<_> = keys.iter().filter(|k| k.contains("an.sfc")).collect();
+        assert_eq!(sfc.len(), 2, "March is after the latest month: {sfc:?}");
+        // Half months: December's second half reaches 1 January 06:00, then six of 2024.
+        let cp: Vec<_> = keys.iter().filter(|k| k.contains("_cp.")).collect();
+        assert_eq!(cp.len(), 7, "{cp:?}");
+        assert!(cp[0].ends_with("2023121606_2024010106.nc"));
+        // Without --var: every variable the bucket is known to hold, none unconfirmed.
+        let all = selection(&["e5.oper.fc.sfc.instan"], &[], "2024-01-02", "2024-01-02");
+        let keys = all.expected_keys(|_| None);
+        assert_eq!(keys.len(), Product::FcSfcInstan.variables().count() - 4);
+        assert!(!keys.iter().any(|k| k.contains("_deg0l.")));
     }
 
     #[test]

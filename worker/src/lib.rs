@@ -9,6 +9,8 @@
 //! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.
 //! - [`manifest`]: the crash-safe, batched journal of verified objects.
 //! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
+//! - [`recheck`]: re-reading a mirrored file against its manifest record.
+//! - [`audit`]: what a mirror holds against what the catalog expects and the bucket lists.
 //! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
 //! - [`direct_io`]: huge-page stages and the engine's threads writing them with `O_DIRECT`.
 //! - [`telemetry`]: the worker's /metrics, /healthz and /readyz.
@@ -20,6 +22,7 @@
 //! [`sync::Mirrorer`] one lease at a time.
 
 pub mod agent;
+pub mod audit;
 pub mod direct_io;
 pub mod engine;
 pub mod fast_md5;
@@ -27,6 +30,7 @@ pub mod manifest;
 pub mod mirror;
 pub mod ordered_md5;
 pub mod progress;
+pub mod recheck;
 pub mod scheduler;
 pub mod sync;
 pub mod telemetry;

@@ -221,6 +221,29 @@ fn rewrite<'a>(
     Ok(())
 }
 
+/// Every record of every journal in `state_dir` (newest per key), read without writing or
+/// creating anything: for commands that inspect a mirror (`era5 audit`, `era5 verify`) while a
+/// sync or workers may be writing it. A missing `state_dir` is an empty manifest.
+pub fn read_records(state_dir: &Path) -> std::io::Result<HashMap<String, ManifestEntry>> {
+    let mut entries: HashMap<String, ManifestEntry> = HashMap::new();
+    let paths = match journals(state_dir) {
+        Ok(paths) => paths,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
+        Err(error) => return Err(error),
+    };
+    for path in paths {
+        for (key, entry) in load(&path)?.0 {
+            match entries.get(&key) {
+                Some(known) if known.verified_at >= entry.verified_at => {}
+                _ => {
+                    entries.insert(key, entry);
+                }
+            }
+        }
+    }
+    Ok(entries)
+}
+
 /// Now, RFC 3339 UTC, for `verified_at`.
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()

@@ -269,6 +269,24 @@ impl ExpectedChecksum {
     pub fn label(&self) -> String {
         format!("{}:{}", self.algo.name(), self.value)
     }
+
+    /// Reads back a [`label`](Self::label); `None` for anything else.
+    pub fn parse_label(label: &str) -> Option<Self> {
+        let (name, value) = label.split_once(':')?;
+        let algo = [
+            ChecksumAlgo::Crc32,
+            ChecksumAlgo::Crc32c,
+            ChecksumAlgo::Crc64nvme,
+            ChecksumAlgo::Sha1,
+            ChecksumAlgo::Sha256,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)?;
+        (!value.is_empty()).then(|| Self {
+            algo,
+            value: value.to_string(),
+        })
+    }
 }
 
 /// Everything known about what the bytes must be.
@@ -785,6 +803,20 @@ mod tests {
                 hasher.finish()
             })
             .collect()
+    }
+
+    #[test]
+    fn checksum_labels_read_back() {
+        let checksum = ExpectedChecksum {
+            algo: ChecksumAlgo::Crc32c,
+            value: "AAAAAA==-3".into(),
+        };
+        assert_eq!(
+            ExpectedChecksum::parse_label(&checksum.label()),
+            Some(checksum)
+        );
+        assert_eq!(ExpectedChecksum::parse_label("md4:abc"), None);
+        assert_eq!(ExpectedChecksum::parse_label("crc32:"), None);
     }
 
     #[test]

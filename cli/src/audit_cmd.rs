@@ -1,0 +1,223 @@
+//! `era5 audit`: is the mirror complete? Lists the selection (no GET), reads the manifest and
+//! file sizes (no write, no lock) and reports, against the catalog's cadence and the bucket:
+//! gaps in the bucket itself, objects DEST lacks, files not yet verified, records of objects
+//! replaced upstream, and files the bucket no longer has. Exit 0 when DEST holds, verified,
+//! every object the bucket has for the selection; 1 otherwise.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::error::InputError;
+use common::selection::Selection;
+use common::source::retry::RetryPolicy;
+use common::source::{Source, SourceConfig, coverage, discover_detailed};
+use serde::Serialize;
+use worker::audit::{AuditInput, AuditReport, audit};
+
+use crate::args::AuditArgs;
+use crate::config::{check_endpoint, selection, source};
+use crate::{ExitCode, Failure};
+
+/// Items of each list the text report shows; `--json` has them all.
+const SHOWN: usize = 10;
+
+/// `era5 audit`, validated.
+#[derive(Debug)]
+pub struct AuditConfig {
+    /// What should be in the mirror.
+    pub selection: Selection,
+    /// Where it comes from.
+    pub source: SourceConfig,
+    /// The mirror.
+    pub dest: PathBuf,
+    /// JSON output.
+    pub json: bool,
+}
+
+impl TryFrom<&AuditArgs> for AuditConfig {
+    type Error = InputError;
+
+    fn try_from(args: &AuditArgs) -> Result<Self, InputError> {
+        check_endpoint(&args.source.endpoint)?;
+        let selection = selection(&args.selection)?;
+        if !args.dest.is_dir() {
+            return Err(InputError::BadValue {
+                flag: "--dest",
+                value: args.dest.display().to_string(),
+                reason: "is not a directory".into(),
+            });
+        }
+        Ok(Self {
+            selection,
+            source: source(&args.source, 8, common::source::pool::DEFAULT_IDLE_TIMEOUT),
+            dest: args.dest.clone(),
+            json: args.json,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct AuditJson<'a> {
+    dest: String,
+    bucket: &'a str,
+    products: Vec<&'static str>,
+    start: String,
+    end: String,
+    complete: bool,
+    #[serde(flatten)]
+    report: &'a AuditReport,
+}
+
+/// Runs the command.
+pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
+    let source = Source::connect(&config.source).await;
+    let retry = RetryPolicy::default();
+    let found = discover_detailed(&source, &config.selection, &retry)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mut latest = HashMap::new();
+    for product in &config.selection.products {
+        match coverage::month_folders(&source, *product, &retry, Duration::from_secs(60)).await {
+            Ok(months) => {
+                if let Some(month) = months.last() {
+                    latest.insert(*product, *month);
+                }
+            }
+            Err(error) => {
+                eprintln!("era5: warning: {error}; expecting every month of the range")
+            }
+        }
+    }
+    let records = worker::manifest::read_records(&config.dest.join(".era5")).map_err(|e| {
+        Failure::Runtime(format!(
+            "reading the manifest in {} failed: {e}",
+            config.dest.display()
+        ))
+    })?;
+    let report = audit(AuditInput {
+        selection: &config.selection,
+        expected: config.selection.expected_keys(|p| latest.get(&p).copied()),
+        bucket: &found.objects,
+        records: &records,
+        dest: &config.dest,
+        latest: &latest,
+    });
+    let mut stdout = std::io::stdout().lock();
+    let written = if config.json {
+        let document = AuditJson {
+            dest: config.dest.display().to_string(),
+            bucket: &source.bucket,
+            products: config.selection.products.iter().map(|p| p.name()).collect(),
+            start: config.selection.range.start.to_string(),
+            end: config.selection.range.end.to_string(),
+            complete: report.complete(),
+            report: &report,
+        };
+        serde_json::to_writer(&mut stdout, &document)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(stdout))
+    } else {
+        write_text(&mut stdout, &config, &source.bucket, &report)
+    };
+    written.map_err(|e| Failure::Runtime(format!("writing the report failed: {e}")))?;
+    Ok(if report.complete() {
+        ExitCode::Success
+    } else {
+        ExitCode::Failed
+    })
+}
+
+fn write_text(
+    out: &mut impl Write,
+    config: &AuditConfig,
+    bucket: &str,
+    report: &AuditReport,
+) -> std::io::Result<()> {
+    let products: Vec<&str> = config.selection.products.iter().map(|p| p.name()).collect();
+    writeln!(
+        out,
+        "audit of {} against s3://{bucket} for {}, {}",
+        config.dest.display(),
+        products.join(","),
+        config.selection.describe_range()
+    )?;
+    writeln!(out, "  expected by the catalog: {}", report.expected)?;
+    writeln!(out, "  in the bucket:           {}", report.in_bucket)?;
+    writeln!(out, "  held verified in DEST:   {}", report.held_verified)?;
+    list(
+        out,
+        "missing upstream (gaps in the bucket)",
+        report.missing_upstream.iter().map(String::clone),
+    )?;
+    list(
+        out,
+        "missing in DEST",
+        report
+            .missing_in_dest
+            .iter()
+            .map(|m| format!("{}: {}", m.key, m.reason)),
+    )?;
+    list(
+        out,
+        "in DEST but unrecorded (not verified yet)",
+        report.unrecorded.iter().map(String::clone),
+    )?;
+    list(
+        out,
+        "changed upstream",
+        report.changed_upstream.iter().map(|c| {
+            format!(
+                "{}: recorded {} bytes, etag {}; the bucket lists {} bytes, etag {}",
+                c.key,
+                c.recorded_size,
+                c.recorded_etag.as_deref().unwrap_or("none"),
+                c.bucket_size,
+                c.bucket_etag.as_deref().unwrap_or("none")
+            )
+        }),
+    )?;
+    list(
+        out,
+        "in DEST but no longer in the bucket",
+        report.not_in_bucket.iter().map(String::clone),
+    )?;
+    for product in &report.not_yet_published {
+        writeln!(
+            out,
+            "  note: the bucket's latest month of {} is {}; later months are not expected yet",
+            product.product, product.latest_month
+        )?;
+    }
+    if report.complete() {
+        writeln!(
+            out,
+            "complete: DEST holds, verified, every object the bucket has for the selection"
+        )
+    } else {
+        let to_fix =
+            report.missing_in_dest.len() + report.unrecorded.len() + report.changed_upstream.len();
+        writeln!(
+            out,
+            "incomplete: {to_fix} objects to fetch or verify; `era5 sync` with the same selection does it"
+        )
+    }
+}
+
+/// `  title: N`, then the first [`SHOWN`] items.
+fn list(
+    out: &mut impl Write,
+    title: &str,
+    items: impl ExactSizeIterator<Item = String>,
+) -> std::io::Result<()> {
+    let count = items.len();
+    writeln!(out, "  {title}: {count}")?;
+    for item in items.take(SHOWN) {
+        writeln!(out, "    {item}")?;
+    }
+    if count > SHOWN {
+        writeln!(out, "    ... and {} more (--json lists all)", count - SHOWN)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! Knowing what a mirror holds and keeping it right, against a real S3 server holding an
+//! ERA5-shaped bucket: `era5 audit` (listing only, read only), `era5 verify` (every byte
+//! against the manifest, `--repair`) and `era5 sync --follow` (the mirror stays current).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const SFC: &str = "e5.oper.an.sfc";
+
+/// Every file under `dir` (`.era5` included) with its size and modification time: what a
+/// read-only command must leave exactly as it found.
+fn tree(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, SystemTime)>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let meta = entry.metadata().unwrap();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            if meta.is_dir() {
+                out.insert(format!("{name}/"), (0, meta.modified().unwrap()));
+                walk(root, &path, out);
+            } else {
+                out.insert(name, (meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn audit(s3: &TestS3, scratch: &Scratch, vars: &str, json: bool) -> Run {
+    let mut args: Vec<String> = ["audit", "--product", SFC, "--start", "2023-12", "--end"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["2024-04".into(), "--var".into(), vars.into()]);
+    args.extend(["--dest".into(), scratch.dest().display().to_string()]);
+    args.extend(["--endpoint".into(), s3.endpoint()]);
+    if json {
+        args.push("--json".into());
+    }
+    run_era5(scratch, &args, LIMIT)
+}
+
+fn sync_sfc(s3: &TestS3, scratch: &Scratch, vars: &str) {
+    let args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        SFC,
+        vars,
+        "2023-12",
+        "2024-04",
+    );
+    run_era5(scratch, &args, LIMIT).expect_code(0);
+}
+
+fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+fn keys(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().or(v["key"].as_str()).unwrap().to_string())
+        .collect()
+}
+
+/// The surface fixture has 2023-12, 2024-01, 2024-02 and 2024-04: March is a gap in the bucket.
+fn month_key(month: &str, short: &str, last_day: &str) -> String {
+    let code = if short == "2t" { "128_167" } else { "128_151" };
+    format!("{SFC}/{month}/{SFC}.{code}_{short}.ll025sc.{month}0100_{month}{last_day}23.nc")
+}
+
+#[test]
+fn audit_of_a_fresh_mirror_exits_0_and_reports_the_buckets_gaps_without_a_get_or_a_write() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    sync_sfc(&s3, &scratch, "2t,msl");
+    let before = tree(&scratch.dest());
+    let requests_before = s3.requests().len();
+
+    let run = audit(&s3, &scratch, "2t,msl", true);
+    run.expect_code(0);
+    let report = json(&run);
+    assert_eq!(report["complete"], true);
+    assert_eq!(report["expected"], 10);
+    assert_eq!(report["in_bucket"], 8);
+    assert_eq!(report["held_verified"], 8);
+    assert_eq!(
+        keys(&report["missing_upstream"]),
+        [
+            month_key("202403", "msl", "31"),
+            month_key("202403", "2t", "31")
+        ]
+    );
+    for list in [
+        "missing_in_dest",
+        "unrecorded",
+        "changed_upstream",
+        "not_in_bucket",
+    ] {
+        assert_eq!(report[list], serde_json::json!([]), "{list}");
+    }
+
+    let text = audit(&s3, &scratch, "2t,msl", false);
+    text.expect_code(0);
+    assert!(
+        text.stdout
+            .contains("  missing upstream (gaps in the bucket): 2\n"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.ends_with(
+        "complete: DEST holds, verified, every object the bucket has for the selection\n"
+    ));
+
+    // Listing only: every request was a bucket listing, none named an object.
+    let requests = s3.requests();
+    assert!(
+        requests[requests_before..]
+            .iter()
+            .all(|r| r.method == "GET" && r.key.is_none()),
+        "{:?}",
+        &requests[requests_before..]
+    );
+    assert_eq!(tree(&scratch.dest()), before, "audit changed DEST");
+}
+
+#[test]
+fn audit_reports_a_deleted_file_a_replaced_object_an_unverified_file_and_a_stale_one() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    sync_sfc(&s3, &scratch, "2t");
+    let dest = scratch.dest();
+    let deleted = month_key("202401", "2t", "31");
+    std::fs::remove_file(dest.join(&deleted)).unwrap();
+    let replaced = month_key("202402", "2t", "29");
+    s3.put_object(
+        &replaced,
+        tests::fixtures::object_bytes("another version", 5000),
+    );
+    let unverified = month_key("202401", "msl", "31");
+    let bytes = &seeded.iter().find(|o| o.key == unverified).unwrap().data;
+    std::fs::write(dest.join(&unverified), bytes).unwrap();
+    let withdrawn = month_key("202404", "2t", "30");
+    s3.delete_object(&withdrawn);
+
+    let run = audit(&s3, &scratch, "2t,msl", true);
+    run.expect_code(1);
+    let report = json(&run);
+    assert_eq!(report["complete"], false);
+    let missing: Vec<(String, String)> = report["missing_in_dest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().into(),
+                m["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        missing.contains(&(
+            deleted.clone(),
+            "recorded as verified, but the file is gone".into()
+        )),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .iter()
+            .any(|(k, r)| k.contains("_msl.") && r == "not in DEST")
+    );
+    let changed = &report["changed_upstream"][0];
+    assert_eq!(changed["key"], replaced.as_str());
+    assert_eq!(changed["bucket_size"], 5000);
+    assert_eq!(keys(&report["unrecorded"]), [unverified]);
+    assert_eq!(keys(&report["not_in_bucket"]), std::slice::from_ref(&withdrawn));
+    assert!(keys(&report["missing_upstream"]).contains(&withdrawn));
+
+    let text = audit(&s3, &scratch, "2t,msl", false);
+    text.expect_code(1);
+    assert!(text.stdout.contains(&format!(
+        "    {deleted}: recorded as verified, but the file is gone\n"
+    )));
+    assert!(text.stdout.contains("incomplete: "), "{}", text.stdout);
+
+    // A sync of the same selection fixes what the mirror can fix.
+    sync_sfc(&s3, &scratch, "2t,msl");
+    let after = json(&audit(&s3, &scratch, "2t,msl", true));
+    assert_eq!(after["missing_in_dest"], serde_json::json!([]));
+    assert_eq!(after["changed_upstream"], serde_json::json!([]));
+    assert_eq!(after["unrecorded"], serde_json::json!([]));
+    assert_eq!(after["complete"], true);
+}
+
+#[test]
+fn audit_refuses_bad_input_with_exit_2() {
+    let s3 = TestS3::start(BUCKET);
+    let scratch = Scratch::new();
+    let run = audit(&s3, &scratch, "2t", false);
+    run.expect_code(2);
+    assert!(run.stderr.contains("--dest"), "{}", run.stderr);
+    std::fs::create_dir_all(scratch.dest()).unwrap();
+    let run = audit(&s3, &scratch, "nosuchvar", false);
+    run.expect_code(2);
+    assert!(run.stderr.contains("`nosuchvar`"), "{}", run.stderr);
+    assert!(s3.requests().is_empty());
+}
+
+fn verify(scratch: &Scratch, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec!["verify".into(), "--dest".into()];
+    args.push(scratch.dest().display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_era5(scratch, &args, LIMIT)
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_a_missing_file_and_writes_nothing() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    sync_sfc(&s3, &scratch, "2t,msl");
+    let dest = scratch.dest();
+    let clean = verify(&scratch, &[]);
+    clean.expect_code(0);
+    assert!(
+        clean.stdout.starts_with("verified 8 files, "),
+        "{}",
+        clean.stdout
+    );
+
+    let flipped = month_key("202401", "msl", "31");
+    let path = dest.join(&flipped);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let gone = month_key("202402", "2t", "29");
+    std::fs::remove_file(dest.join(&gone)).unwrap();
+    let before = tree(&dest);
+
+    let run = verify(&scratch, &[]);
+    run.expect_code(1);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(
+        lines[0].starts_with(&format!("MISMATCH {}: mismatch: ", path.display())),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("expected") && lines[0].contains("computed"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "MISSING {}: missing: expected a file of ",
+            dest.join(&gone).display()
+        )),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("6 ok, 2 failed"), "{}", lines[2]);
+
+    let report = json(&verify(&scratch, &["--json", "--jobs", "1"]));
+    assert_eq!(report["checked"], 8);
+    assert_eq!(report["findings"][0]["key"], flipped.as_str());
+    assert_eq!(report["findings"][0]["problem"], "mismatch");
+    assert_eq!(report["findings"][1]["problem"], "missing");
+
+    // A selection narrows the check: only 2t, where one file is missing.
+    let narrowed = json(&verify(&scratch, &["--var", "t2m", "--json"]));
+    assert_eq!(narrowed["checked"], 4);
+    assert_eq!(narrowed["findings"].as_array().unwrap().len(), 1);
+
+    assert_eq!(tree(&dest), before, "verify without --repair changed DEST");
+}
+
+#[test]
+fn verify_of_an_empty_or_absent_mirror_is_never_silent() {
+    let scratch = Scratch::new();
+    verify(&scratch, &[]).expect_code(2);
+    std::fs::create_dir_all(scratch.dest()).unwrap();
+    let run = verify(&scratch, &[]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("nothing to verify"), "{}", run.stderr);
+}
