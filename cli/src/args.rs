@@ -52,7 +52,7 @@ pub enum Command {
 }
 
 /// Which objects: products, variables and days.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct SelectionArgs {
     /// Products, comma separated (e.g. e5.oper.an.sfc,e5.oper.an.pl).
     #[arg(
@@ -73,7 +73,8 @@ pub struct SelectionArgs {
     /// First day, YYYY-MM-DD, or YYYY-MM for the first day of that month.
     #[arg(long, env = "ERA5_START", value_name = "DATE")]
     pub start: String,
-    /// Last day (inclusive), YYYY-MM-DD, or YYYY-MM for the last day of that month.
+    /// Last day (inclusive), YYYY-MM-DD, or YYYY-MM for the last day of that month, or
+    /// `latest` for whatever the bucket has (with --follow, the range grows with the archive).
     #[arg(long, env = "ERA5_END", value_name = "DATE")]
     pub end: String,
 }
@@ -160,6 +161,13 @@ pub struct SyncArgs {
     /// No progress bar; print periodic log lines instead.
     #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
+    /// Keep running after the first pass: list again every --interval and mirror what is new
+    /// or changed; SIGTERM or Ctrl-C ends it after the objects in flight, with exit 0.
+    #[arg(long, env = "ERA5_FOLLOW", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub follow: bool,
+    /// Time between follow passes (e.g. 6h, 30m, 90s; default 6h).
+    #[arg(long, env = "ERA5_INTERVAL", value_name = "DUR")]
+    pub interval: Option<String>,
     /// Attempts per request before an object fails.
     #[arg(long, env = "ERA5_RETRIES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100), hide = true)]
     pub retries: u32,

@@ -49,6 +49,38 @@ pub struct SyncConfig {
     pub engine: EngineConfig,
     /// Progress display.
     pub progress: ProgressStyle,
+    /// `--follow`: keep mirroring what appears, every interval.
+    pub follow: Option<FollowConfig>,
+}
+
+/// How a follow-mode sync repeats.
+#[derive(Debug)]
+pub struct FollowConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// The selection as typed, parsed again at every pass (`--end latest` moves).
+    pub selection: SelectionArgs,
+}
+
+/// Default `--interval`.
+pub const DEFAULT_INTERVAL: &str = "6h";
+
+/// Parses `--interval` (`6h`, `30m`, `90s`, `1h30m`): at least a second, at most 31 days.
+pub fn parse_interval(text: &str) -> Result<Duration, InputError> {
+    let bad = |reason: &str| InputError::BadValue {
+        flag: "--interval",
+        value: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let duration: jiff::SignedDuration = text
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected a duration such as 6h, 30m or 90s"))?;
+    let duration = Duration::try_from(duration).map_err(|_| bad("must be positive"))?;
+    if duration < Duration::from_secs(1) || duration > Duration::from_secs(31 * 24 * 3600) {
+        return Err(bad("must be from 1s to 31 days (744h)"));
+    }
+    Ok(duration)
 }
 
 pub(crate) fn selection(args: &SelectionArgs) -> Result<Selection, InputError> {
@@ -141,7 +173,22 @@ impl TryFrom<&SyncArgs> for SyncConfig {
         } else {
             ProgressStyle::Lines(Duration::from_secs(args.progress_interval))
         };
+        let follow = match (&args.interval, args.follow) {
+            (Some(interval), false) => {
+                return Err(InputError::BadValue {
+                    flag: "--interval",
+                    value: interval.clone(),
+                    reason: "only applies with --follow".into(),
+                });
+            }
+            (interval, true) => Some(FollowConfig {
+                interval: parse_interval(interval.as_deref().unwrap_or(DEFAULT_INTERVAL))?,
+                selection: args.selection.clone(),
+            }),
+            (None, false) => None,
+        };
         Ok(Self {
+            follow,
             selection,
             source: source(
                 &args.source,

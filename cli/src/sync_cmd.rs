@@ -1,39 +1,114 @@
 //! `era5 sync`: list the selection, mirror it with the fetch engine, show progress (a bar on a
 //! terminal, log lines otherwise) and close with a summary. Ctrl-C (or SIGTERM) stops cleanly:
 //! finished objects stay, interrupted ones keep their temporary file and resume state.
+//!
+//! With `--follow` the sync keeps running: every `--interval` it lists again (`--end latest`
+//! grows the range with the archive) and mirrors what is new or changed through the same
+//! mirrorer, logging one line per pass. A signal then ends it after the objects in flight, with
+//! nothing half-written, and exit 0.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::selection::Selection;
 use common::source::{RemoteObject, Source};
 use common::units::human_bytes;
 use coordinator::model::{Grant, LeasePolicy, ObjectSpec, SelectionSpec, SourceSpec, random_id};
 use coordinator::planner::{ItemLimits, plan_job};
 use coordinator::{LeaseStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
-use worker::sync::{Outcome, SyncReport};
-use worker::{Mirror, Progress, ProgressSnapshot};
+use worker::sync::{Mirrorer, Outcome, SyncReport};
+use worker::{FetchScope, Mirror, Progress, ProgressSnapshot};
 
-use crate::config::SyncConfig;
+use crate::config::{FollowConfig, SyncConfig};
 use crate::progress_display::Reporter;
 use crate::{ExitCode, Failure};
+
+/// How a signal stops the sync: `drain` stops starting objects (those in flight finish),
+/// `abort` stops the objects in flight too (their parts stay for a resume).
+#[derive(Clone, Default)]
+struct Stop {
+    drain: CancellationToken,
+    abort: CancellationToken,
+}
 
 /// Runs the whole command.
 pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
-    let found = common::source::discover_detailed(&source, &config.selection, &config.engine.retry)
-        .await
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
-    crate::discovery::check(&source, &config.selection, &found, &config.engine.retry).await?;
-    let listed = found.objects;
+    let listed = list(&source, &config.selection, &config).await?;
     let mirror = Mirror::open(&config.dest).map_err(|e| Failure::Runtime(e.to_string()))?;
 
-    // The same planner and lease state machine as the cluster, on the embedded store: one
-    // process holds every lease, for as long as the sync runs.
+    let stop = Stop::default();
+    spawn_signal_handler(stop.clone(), config.follow.is_some());
+    let progress = Arc::new(Progress::default());
+    let connections = source.connection_stats();
+    let mirrorer = Mirrorer::new(
+        source.clone(),
+        mirror,
+        config.engine.clone(),
+        progress.clone(),
+    )
+    .map_err(|e| Failure::Runtime(format!("opening the manifest failed: {e}")))?;
+    let reporter = Reporter::start(config.progress, progress.clone(), Some(connections.clone()));
+    let before = recorded_versions(&mirrorer, &listed);
+    let report = pass(&mirrorer, &config, &config.selection, listed, &stop).await?;
+    reporter.stop().await;
+
+    let snapshot = progress.snapshot();
+    let mut stdout = std::io::stdout().lock();
+    print_summary(
+        &mut stdout,
+        &report,
+        &snapshot,
+        connections.snapshot().peak_open,
+        &config,
+    )
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    drop(stdout);
+    match &config.follow {
+        None => Ok(if report.cancelled {
+            ExitCode::Interrupted
+        } else if report.all_verified() {
+            ExitCode::Success
+        } else {
+            ExitCode::Failed
+        }),
+        Some(follow) => {
+            log_pass(1, &report, &before, follow.interval);
+            follow_passes(&mirrorer, &source, &config, follow, &stop).await
+        }
+    }
+}
+
+/// Lists `selection`, warning about requests that matched nothing; a selection that matches
+/// nothing at all is a failure that says why.
+async fn list(
+    source: &Source,
+    selection: &Selection,
+    config: &SyncConfig,
+) -> Result<Vec<RemoteObject>, Failure> {
+    let found = common::source::discover_detailed(source, selection, &config.engine.retry)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    crate::discovery::check(source, selection, &found, &config.engine.retry).await?;
+    Ok(found.objects)
+}
+
+/// One pass over `listed`: the same planner and lease state machine as the cluster, on the
+/// embedded store (one process holds every lease for the pass), then the mirrorer.
+async fn pass(
+    mirrorer: &Mirrorer,
+    config: &SyncConfig,
+    selection: &Selection,
+    listed: Vec<RemoteObject>,
+    stop: &Stop,
+) -> Result<SyncReport, Failure> {
+    let started = Instant::now();
     let job = plan_job(
         random_id(),
-        SelectionSpec::from(&config.selection),
+        SelectionSpec::from(selection),
         SourceSpec {
             bucket: config.source.bucket.clone(),
             endpoint: config.source.endpoint.clone().unwrap_or_default(),
@@ -56,45 +131,114 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
         .iter()
         .flat_map(|grant| grant.item.objects.iter().map(ObjectSpec::to_remote))
         .collect();
-
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
-    let progress = Arc::new(Progress::default());
-    let connections = source.connection_stats();
-    let reporter = Reporter::start(config.progress, progress.clone(), Some(connections.clone()));
-
-    let report = worker::sync::run(
-        source,
-        objects,
-        mirror,
-        config.engine.clone(),
-        progress.clone(),
-        cancel.clone(),
-    )
-    .await
-    .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
-    reporter.stop().await;
+    let scope = FetchScope {
+        cancel: stop.abort.clone(),
+        drain: stop.drain.clone(),
+        ..FetchScope::default()
+    };
+    let outcomes = mirrorer
+        .mirror_objects(&objects, &scope)
+        .await
+        .and_then(|outcomes| mirrorer.flush().map(|()| outcomes))
+        .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
+    let report = SyncReport {
+        results: objects.into_iter().zip(outcomes).collect(),
+        elapsed: started.elapsed(),
+        cancelled: stop.abort.is_cancelled() || stop.drain.is_cancelled(),
+    };
     settle_leases(&leases, &grants, &report)
         .await
         .map_err(store_error)?;
+    Ok(report)
+}
 
-    let snapshot = progress.snapshot();
-    let mut stdout = std::io::stdout().lock();
-    print_summary(
-        &mut stdout,
-        &report,
-        &snapshot,
-        connections.snapshot().peak_open,
-        &config,
-    )
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
-    Ok(if report.cancelled {
-        ExitCode::Interrupted
-    } else if report.all_verified() {
-        ExitCode::Success
+/// Whether each listed object's version is already recorded (`Some(true)`), recorded in
+/// another version (`Some(false)`: replaced upstream) or not recorded (`None`), by key.
+fn recorded_versions(mirrorer: &Mirrorer, listed: &[RemoteObject]) -> HashMap<String, bool> {
+    listed
+        .iter()
+        .filter_map(|object| {
+            let record = mirrorer.recorded(&object.key)?;
+            let same =
+                record.size == object.size && (object.etag.is_none() || record.etag == object.etag);
+            Some((object.key.clone(), same))
+        })
+        .collect()
+}
+
+/// Passes after the first, every `interval`, until a signal.
+async fn follow_passes(
+    mirrorer: &Mirrorer,
+    source: &Source,
+    config: &SyncConfig,
+    follow: &FollowConfig,
+    stop: &Stop,
+) -> Result<ExitCode, Failure> {
+    let mut number = 1;
+    loop {
+        tokio::select! {
+            _ = stop.drain.cancelled() => break,
+            _ = tokio::time::sleep(follow.interval) => {}
+        }
+        number += 1;
+        // Re-read every pass: `--end latest` is today, so the range grows with the archive.
+        let listed = match crate::config::selection(&follow.selection) {
+            Ok(selection) => list(source, &selection, config)
+                .await
+                .map(|listed| (selection, listed)),
+            Err(error) => Err(Failure::Input(error.to_string())),
+        };
+        let (selection, listed) = match listed {
+            Ok(found) => found,
+            Err(Failure::Input(message) | Failure::Runtime(message)) => {
+                eprintln!(
+                    "era5: follow: pass {number} failed: {message}; next pass at {}",
+                    next_pass_at(follow.interval)
+                );
+                continue;
+            }
+        };
+        let before = recorded_versions(mirrorer, &listed);
+        let report = pass(mirrorer, config, &selection, listed, stop).await?;
+        log_pass(number, &report, &before, follow.interval);
+    }
+    if stop.abort.is_cancelled() {
+        return Ok(ExitCode::Interrupted);
+    }
+    eprintln!("era5: follow: stopped after {number} passes");
+    Ok(ExitCode::Success)
+}
+
+/// `era5: follow: pass N: A new, B changed, C unchanged, D failed in S s; next pass at T`.
+fn log_pass(number: u64, report: &SyncReport, before: &HashMap<String, bool>, interval: Duration) {
+    let (mut new, mut changed, mut unchanged, mut failed) = (0, 0, 0, 0);
+    for (object, outcome) in &report.results {
+        match outcome {
+            Outcome::Present => unchanged += 1,
+            Outcome::Failed { .. } => failed += 1,
+            Outcome::Cancelled => {}
+            Outcome::Downloaded | Outcome::VerifiedLocally => match before.get(&object.key) {
+                Some(false) => changed += 1,
+                _ => new += 1,
+            },
+        }
+    }
+    let next = if report.cancelled {
+        "stopping".to_string()
     } else {
-        ExitCode::Failed
-    })
+        format!("next pass at {}", next_pass_at(interval))
+    };
+    eprintln!(
+        "era5: follow: pass {number}: {new} new, {changed} changed, {unchanged} unchanged, {failed} failed in {:.1} s; {next}",
+        report.elapsed.as_secs_f64()
+    );
+}
+
+fn next_pass_at(interval: Duration) -> String {
+    let next = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::try_from(interval).unwrap_or_default())
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    next.round(jiff::Unit::Second).unwrap_or(next).to_string()
 }
 
 /// Completes each lease whose objects all verified, releases interrupted ones and fails the
@@ -120,7 +264,10 @@ async fn settle_leases(
     Ok(())
 }
 
-fn spawn_signal_handler(cancel: CancellationToken) {
+/// Non-follow: the first signal aborts (finished files stay, interrupted ones resume next run),
+/// the second quits at once. Follow: the first drains (the objects in flight finish), the
+/// second aborts, the third quits.
+fn spawn_signal_handler(stop: Stop, follow: bool) {
     tokio::spawn(async move {
         let mut terminate =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -130,18 +277,25 @@ fn spawn_signal_handler(cancel: CancellationToken) {
                     return;
                 }
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+        let mut next_signal = async || {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        next_signal().await;
+        if follow {
+            eprintln!(
+                "era5: stopping after the objects in flight (interrupt again to stop them now)"
+            );
+            stop.drain.cancel();
+            next_signal().await;
         }
         eprintln!(
             "era5: stopping: finished files are kept, interrupted ones resume next run (interrupt again to quit at once)"
         );
-        cancel.cancel();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        stop.abort.cancel();
+        next_signal().await;
         std::process::exit(ExitCode::Interrupted as i32);
     });
 }

@@ -184,7 +184,10 @@ fn audit_reports_a_deleted_file_a_replaced_object_an_unverified_file_and_a_stale
     assert_eq!(changed["key"], replaced.as_str());
     assert_eq!(changed["bucket_size"], 5000);
     assert_eq!(keys(&report["unrecorded"]), [unverified]);
-    assert_eq!(keys(&report["not_in_bucket"]), std::slice::from_ref(&withdrawn));
+    assert_eq!(
+        keys(&report["not_in_bucket"]),
+        std::slice::from_ref(&withdrawn)
+    );
     assert!(keys(&report["missing_upstream"]).contains(&withdrawn));
 
     let text = audit(&s3, &scratch, "2t,msl", false);
@@ -294,4 +297,157 @@ fn verify_of_an_empty_or_absent_mirror_is_never_silent() {
     let run = verify(&scratch, &[]);
     run.expect_code(1);
     assert!(run.stderr.contains("nothing to verify"), "{}", run.stderr);
+}
+
+/// `era5 sync --follow` started in the background, its stderr in a file.
+struct Follower {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Follower {
+    fn start(s3: &TestS3, scratch: &Scratch, vars: &str, start: &str, extra: &[&str]) -> Self {
+        let log = scratch.dir.path().join("follow.log");
+        let child = era5(&scratch.home())
+            .args(sync_args(
+                &s3.endpoint(),
+                &scratch.dest(),
+                SFC,
+                vars,
+                start,
+                "latest",
+            ))
+            .args(["--follow"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn era5 sync --follow");
+        Self { child, log }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The follow lines logged so far: (pass number, the line).
+    fn passes(&self) -> Vec<(u64, String)> {
+        self.stderr()
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("era5: follow: pass ")?;
+                let (number, _) = rest.split_once(':')?;
+                Some((number.parse().ok()?, line.to_string()))
+            })
+            .collect()
+    }
+
+    fn terminate(mut self) -> (Option<i32>, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), self.stderr());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit after SIGTERM: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn follow_mirrors_a_new_and_a_replaced_object_within_two_passes_and_stops_with_exit_0() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let follower = Follower::start(&s3, &scratch, "2t", "2024-01", &["--interval", "1s"]);
+    wait_until(LIMIT, "the first pass", || !follower.passes().is_empty());
+    let first = &follower.passes()[0].1;
+    assert!(
+        first.contains(": 3 new, 0 changed, 0 unchanged, 0 failed"),
+        "{first}"
+    );
+
+    let seen = follower.passes().last().unwrap().0;
+    let new_key = month_key("202403", "2t", "31");
+    let new_bytes = tests::fixtures::object_bytes(&new_key, 90_000);
+    s3.put_object(&new_key, new_bytes.clone());
+    let replaced = month_key("202402", "2t", "29");
+    let replacement = tests::fixtures::object_bytes("the final ERA5 version", 80_000);
+    s3.put_object(&replaced, replacement.clone());
+
+    wait_until(LIMIT, "a pass that mirrors both", || {
+        follower
+            .passes()
+            .iter()
+            .any(|(_, line)| line.contains(": 1 new, 1 changed, 2 unchanged, 0 failed"))
+    });
+    let (caught_in, _) = follower
+        .passes()
+        .into_iter()
+        .find(|(_, line)| line.contains(": 1 new, 1 changed"))
+        .unwrap();
+    assert!(
+        caught_in <= seen + 2,
+        "mirrored in pass {caught_in}, injected after pass {seen}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join(&new_key)).unwrap(),
+        new_bytes.to_vec()
+    );
+    assert_eq!(
+        std::fs::read(dest.join(&replaced)).unwrap(),
+        replacement.to_vec()
+    );
+    // Later passes find nothing to do.
+    wait_until(LIMIT, "a quiet pass", || {
+        follower.passes().iter().any(|(n, line)| {
+            *n > caught_in && line.contains(": 0 new, 0 changed, 4 unchanged, 0 failed")
+        })
+    });
+
+    let (code, stderr) = follower.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("era5: follow: stopped after "), "{stderr}");
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
+}
+
+#[test]
+fn sigterm_during_a_follow_pass_ends_it_after_the_objects_in_flight() {
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 512 << 10);
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let follower = Follower::start(&s3, &scratch, "2t,msl", "2023-12", &["--connections", "2"]);
+    wait_until(LIMIT, "a first object in place", || {
+        !mirrored_keys(&dest).is_empty()
+    });
+    let (code, stderr) = follower.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("stopping after the objects in flight"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("; stopping"), "{stderr}");
+    // What started finished and is right; what had not started was never begun.
+    let present = mirrored_keys(&dest);
+    let objects: Vec<&SeededObject> = seeded.iter().filter(|o| present.contains(&o.key)).collect();
+    assert_eq!(objects.len(), present.len(), "{present:?}");
+    assert_mirrored(&dest, &objects);
+    assert!(
+        present.len() < 8,
+        "every object finished: nothing was drained"
+    );
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
 }

@@ -374,6 +374,44 @@ fn bad_input_is_rejected_before_anything_happens() {
         (
             vec![
                 "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--interval",
+                "1h",
+            ],
+            "--interval `1h`: only applies with --follow",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "latest",
+                "--follow",
+                "--interval",
+                "0s",
+            ],
+            "--interval `0s`",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "latest",
+                "--end",
+                "2024-01",
+            ],
+            "--start `latest`",
+        ),
+        (
+            vec![
+                "--product",
                 "e5.oper.fc.sfc.meanflux",
                 "--var",
                 "mgws",

@@ -237,14 +237,21 @@ impl RangeEnd {
     }
 }
 
-/// Parses a DATE argument (`YYYY-MM-DD` or `YYYY-MM`) and checks it lies inside the archive,
-/// which ends `today` (UTC).
+/// The `--end` value that means "whatever the bucket has": today, re-read at every pass of a
+/// follow-mode sync, so the range grows with the archive.
+pub const LATEST: &str = "latest";
+
+/// Parses a DATE argument (`YYYY-MM-DD` or `YYYY-MM`, or [`LATEST`] for `--end`) and checks it
+/// lies inside the archive, which ends `today` (UTC).
 pub fn parse_date_arg(text: &str, which: RangeEnd, today: Date) -> Result<Date, InputError> {
     let bad = |reason: String| InputError::BadDate {
         flag: which.flag(),
         value: text.to_string(),
         reason,
     };
+    if which == RangeEnd::End && text == LATEST {
+        return Ok(today);
+    }
     let fields: Vec<&str> = text.split('-').collect();
     let numeric = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit());
     let well_formed = match fields.as_slice() {
@@ -253,7 +260,10 @@ pub fn parse_date_arg(text: &str, which: RangeEnd, today: Date) -> Result<Date, 
         _ => false,
     };
     if !well_formed {
-        return Err(bad("expected YYYY-MM-DD or YYYY-MM".to_string()));
+        return Err(bad(match which {
+            RangeEnd::Start => "expected YYYY-MM-DD or YYYY-MM".to_string(),
+            RangeEnd::End => "expected YYYY-MM-DD, YYYY-MM or latest".to_string(),
+        }));
     }
     // The fields are all-digit and short, so these parses cannot fail.
     let year: i16 = fields[0].parse().unwrap_or_default();
@@ -312,6 +322,19 @@ mod tests {
     use jiff::civil::date;
 
     const TODAY: Date = date(2026, 11, 24);
+
+    #[test]
+    fn latest_means_today_and_only_for_the_end() {
+        assert_eq!(
+            parse_date_arg("latest", RangeEnd::End, TODAY).unwrap(),
+            TODAY
+        );
+        let err = parse_date_arg("latest", RangeEnd::Start, TODAY).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid --start `latest`: expected YYYY-MM-DD or YYYY-MM"
+        );
+    }
 
     #[test]
     fn month_arguments_mean_first_and_last_day() {

@@ -253,6 +253,7 @@ impl Agent {
             cancel: cancel.clone(),
             temp_tag: lease_ref.lease_id.clone(),
             batch: Some(progress),
+            ..FetchScope::default()
         };
         let outcomes = match self
             .mirrorer(&lease.source.clone().unwrap_or_default())

@@ -165,6 +165,9 @@ pub struct Engine {
 pub struct FetchScope {
     /// Cancelling it stops the fetch; finished parts stay for a resume.
     pub cancel: CancellationToken,
+    /// Cancelling it stops a batch from starting more objects; those started finish (a
+    /// follow-mode sync ends "after the current object" this way).
+    pub drain: CancellationToken,
     /// Added to temporary file names (empty for `era5 sync`).
     pub temp_tag: String,
     /// Counters of this batch alone (a lease's progress), besides the engine's own.

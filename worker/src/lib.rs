@@ -18,8 +18,8 @@
 //!
 //! - [`agent`]: the cluster worker: leases from the coordinator through the same mirrorer.
 //!
-//! `era5 sync` drives [`sync::run`]; the cluster worker ([`agent::run`]) drives the same
-//! [`sync::Mirrorer`] one lease at a time.
+//! `era5 sync` drives a [`sync::Mirrorer`] pass by pass; the cluster worker ([`agent::run`])
+//! drives the same [`sync::Mirrorer`] one lease at a time.
 
 pub mod agent;
 pub mod audit;

@@ -196,6 +196,7 @@ impl Mirrorer {
         ));
         let checked: Vec<(usize, Result<Option<ManifestEntry>, FetchError>)> =
             stream::iter(to_check)
+                .take_until(Box::pin(scope.drain.clone().cancelled_owned()))
                 .map(|(index, head_first)| {
                     let hashing = hashing.clone();
                     async move {
@@ -251,6 +252,7 @@ impl Mirrorer {
             .next_seq
             .fetch_add(to_fetch.len() as u64, Ordering::Relaxed);
         let mut fetched = stream::iter(to_fetch.into_iter().enumerate())
+            .take_until(Box::pin(scope.drain.clone().cancelled_owned()))
             .map(|(offset, index)| async move {
                 let fetched = self
                     .engine
@@ -295,6 +297,11 @@ impl Mirrorer {
                 Outcome::failed(&error)
             }
         })
+    }
+
+    /// The manifest's record of `key`, if any (a copy: the manifest stays locked briefly).
+    pub fn recorded(&self, key: &str) -> Option<ManifestEntry> {
+        self.manifest().get(key).cloned()
     }
 
     /// Makes every buffered manifest record durable.
