@@ -17,7 +17,7 @@ use serde::Serialize;
 use worker::audit::{AuditInput, AuditReport, audit};
 
 use crate::args::AuditArgs;
-use crate::config::{check_endpoint, selection, source};
+use crate::config::{check_endpoint, existing_mirror, selection, source};
 use crate::{ExitCode, Failure};
 
 /// Items of each list the text report shows; `--json` has them all.
@@ -42,17 +42,11 @@ impl TryFrom<&AuditArgs> for AuditConfig {
     fn try_from(args: &AuditArgs) -> Result<Self, InputError> {
         check_endpoint(&args.source.endpoint)?;
         let selection = selection(&args.selection)?;
-        if !args.dest.is_dir() {
-            return Err(InputError::BadValue {
-                flag: "--dest",
-                value: args.dest.display().to_string(),
-                reason: "is not a directory".into(),
-            });
-        }
+        let dest = existing_mirror(&args.dest)?;
         Ok(Self {
             selection,
             source: source(&args.source, 8, common::source::pool::DEFAULT_IDLE_TIMEOUT),
-            dest: args.dest.clone(),
+            dest,
             json: args.json,
         })
     }

@@ -111,6 +111,19 @@ pub(crate) fn source(
     }
 }
 
+/// `--dest` of a command that only inspects a mirror: it must already be a directory.
+pub(crate) fn existing_mirror(dest: &std::path::Path) -> Result<PathBuf, InputError> {
+    if dest.is_dir() {
+        Ok(dest.to_path_buf())
+    } else {
+        Err(InputError::BadValue {
+            flag: "--dest",
+            value: dest.display().to_string(),
+            reason: "is not a directory".into(),
+        })
+    }
+}
+
 pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
     let bad = |reason: &str| InputError::BadValue {
         flag: "--endpoint",

@@ -13,6 +13,7 @@ mod discovery;
 mod heap;
 mod plan_cmd;
 mod progress_display;
+mod signals;
 mod sync_cmd;
 mod verify_cmd;
 

@@ -269,33 +269,22 @@ async fn settle_leases(
 /// second aborts, the third quits.
 fn spawn_signal_handler(stop: Stop, follow: bool) {
     tokio::spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        let mut next_signal = async || {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+        let Some(mut signals) = crate::signals::StopSignals::listen() else {
+            return;
         };
-        next_signal().await;
+        signals.next().await;
         if follow {
             eprintln!(
                 "era5: stopping after the objects in flight (interrupt again to stop them now)"
             );
             stop.drain.cancel();
-            next_signal().await;
+            signals.next().await;
         }
         eprintln!(
             "era5: stopping: finished files are kept, interrupted ones resume next run (interrupt again to quit at once)"
         );
         stop.abort.cancel();
-        next_signal().await;
+        signals.next().await;
         std::process::exit(ExitCode::Interrupted as i32);
     });
 }

@@ -22,7 +22,7 @@ use worker::manifest::ManifestEntry;
 use worker::recheck::{Finding, Problem, recheck};
 
 use crate::args::VerifyArgs;
-use crate::config::ProgressStyle;
+use crate::config::{ProgressStyle, existing_mirror};
 use crate::progress_display::Reporter;
 use crate::{ExitCode, Failure};
 
@@ -45,13 +45,7 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
     type Error = InputError;
 
     fn try_from(args: &VerifyArgs) -> Result<Self, InputError> {
-        if !args.dest.is_dir() {
-            return Err(InputError::BadValue {
-                flag: "--dest",
-                value: args.dest.display().to_string(),
-                reason: "is not a directory".into(),
-            });
-        }
+        let dest = existing_mirror(&args.dest)?;
         let filtered = !(args.product.is_empty()
             && args.var.is_empty()
             && args.grid.is_empty()
@@ -81,7 +75,7 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
             ProgressStyle::Lines(Duration::from_secs(5))
         };
         Ok(Self {
-            dest: args.dest.clone(),
+            dest,
             selection,
             jobs: args.jobs.map_or(cores, |n| n as usize),
             json: args.json,
@@ -233,20 +227,12 @@ fn write_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()
 /// so stopping anywhere is safe.
 fn spawn_interrupt(cancel: CancellationToken) {
     tokio::spawn(async move {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
+        let Some(mut signals) = crate::signals::StopSignals::listen() else {
             return;
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         cancel.cancel();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         std::process::exit(ExitCode::Interrupted as i32);
     });
 }
