@@ -253,11 +253,11 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
     assert_eq!(leases(&status)[0]["holder"], "awake");
 }
 
-/// The grant a worker logged as "lease granted" (job, item, lease id and epoch fields).
+/// The first grant a worker logged (its debug line "lease id": job, item, lease id, epoch).
 fn stale_grant(log: &str) -> pb::LeaseRef {
     let line = log
         .lines()
-        .find(|l| l.contains("lease granted"))
+        .find(|l| l.contains("lease id") && l.contains("DEBUG"))
         .expect("no grant in the log");
     let field = |name: &str| {
         line.split_whitespace()

@@ -1,6 +1,11 @@
 //! A test cluster of real processes: a redis-server, `era5 coordinator`s and `era5 worker`s
 //! spawned from the built binary, each with its own log file, killed on drop. Readiness is
 //! polled with deadlines, and a failed wait shows the tail of every log.
+//!
+//! The coordinators connect to Redis as the `era5` ACL user of the deployment
+//! (`deploy/base/redis-era5-user.acl`), so every cluster test also checks that the ACL allows
+//! what the coordinator does. [`Cluster::start_tls`] runs the whole cluster with mTLS (real
+//! certificates from [`tests::pki`]) and Redis over TLS.
 
 #![allow(dead_code)]
 
@@ -8,9 +13,44 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::redis_server::RedisServer;
+use tests::pki::{CertFiles, TestCa};
+use tests::redis_server::{RedisOptions, RedisServer, RedisTls};
 
 use super::{BUCKET, Scratch, era5};
+
+/// The password of the `era5` Redis user in tests.
+pub const REDIS_PASSWORD: &str = "era5-test-password";
+/// The password of Redis' default (admin) user in tests.
+const REDIS_ADMIN_PASSWORD: &str = "admin-test-password";
+
+/// The deployment's ACL rules of the `era5` user, one line (comments dropped).
+pub fn era5_acl_rules() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/redis-era5-user.acl");
+    let text = std::fs::read_to_string(&path).expect("read the deployment's Redis ACL");
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Options for a Redis with the `era5` ACL user (and the default user behind a password).
+pub fn acl_redis_options() -> RedisOptions {
+    RedisOptions {
+        password: Some(REDIS_ADMIN_PASSWORD.into()),
+        users: vec![format!("era5 on >{REDIS_PASSWORD} {}", era5_acl_rules())],
+        ..RedisOptions::default()
+    }
+}
+
+/// The certificates of a TLS cluster.
+pub struct ClusterPki {
+    /// The cluster's CA.
+    pub ca: TestCa,
+    /// The coordinators' (and Redis') server certificate.
+    pub server: CertFiles,
+    /// An operator's certificate, used by every operator command.
+    pub operator: CertFiles,
+}
 
 /// A child process with its log.
 pub struct Proc {
@@ -112,6 +152,10 @@ pub struct Cluster {
     pub scratch: Scratch,
     /// Redis (with an append-only file, so it can be killed and restarted).
     pub redis: RedisServer,
+    /// The URL coordinators use for Redis.
+    pub redis_url: String,
+    /// Certificates, when the cluster runs with TLS.
+    pub pki: Option<ClusterPki>,
     /// Coordinators, with their gRPC ports.
     pub coordinators: Vec<(Proc, u16)>,
     /// Coordinators' HTTP ports (same order).
@@ -126,16 +170,54 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Redis and one coordinator with lease TTL `ttl` seconds, reading from `s3_endpoint`.
+    /// Redis (as the `era5` ACL user) and one coordinator with lease TTL `ttl` seconds,
+    /// reading from `s3_endpoint`.
     pub fn start(s3_endpoint: &str, ttl: u64) -> Self {
+        Self::start_with_flags(s3_endpoint, ttl, &[])
+    }
+
+    /// Like [`Cluster::start`], every process started with `extra_flags`.
+    pub fn start_with_flags(s3_endpoint: &str, ttl: u64, extra_flags: &[&str]) -> Self {
         let scratch = Scratch::new();
         let aof = scratch.dir.path().join("redis");
         std::fs::create_dir_all(&aof).unwrap();
-        let redis = RedisServer::start_with_aof(&aof);
-        Self::start_with(scratch, redis, s3_endpoint, ttl, &[])
+        let redis = RedisServer::start_with(RedisOptions {
+            aof_dir: Some(aof),
+            ..acl_redis_options()
+        });
+        let url = redis.url_for("era5", REDIS_PASSWORD);
+        Self::assemble(scratch, redis, url, None, s3_endpoint, ttl, extra_flags)
     }
 
-    /// A cluster over a given Redis, every process started with `extra_flags`.
+    /// The whole cluster with TLS: coordinators require client certificates (workers and
+    /// operators get their own, made here), and Redis is reached over `rediss://` as the
+    /// `era5` ACL user.
+    pub fn start_tls(s3_endpoint: &str, ttl: u64) -> Self {
+        let scratch = Scratch::new();
+        let ca = TestCa::new(&scratch.dir.path().join("pki"), "cluster");
+        let server = ca.server("server");
+        let operator = ca.operator("admin");
+        let redis = RedisServer::start_with(RedisOptions {
+            tls: Some(RedisTls {
+                cert: server.cert.clone(),
+                key: server.key.clone(),
+                ca: server.ca.clone(),
+            }),
+            ..acl_redis_options()
+        });
+        let url = redis
+            .tls_url_for("era5", REDIS_PASSWORD)
+            .expect("redis listens with TLS");
+        let pki = ClusterPki {
+            ca,
+            server,
+            operator,
+        };
+        Self::assemble(scratch, redis, url, Some(pki), s3_endpoint, ttl, &[])
+    }
+
+    /// A cluster over a given Redis (its default user), every process started with
+    /// `extra_flags`.
     pub fn start_with(
         scratch: Scratch,
         redis: RedisServer,
@@ -143,8 +225,23 @@ impl Cluster {
         ttl: u64,
         extra_flags: &[&str],
     ) -> Self {
+        let url = redis.url();
+        Self::assemble(scratch, redis, url, None, s3_endpoint, ttl, extra_flags)
+    }
+
+    fn assemble(
+        scratch: Scratch,
+        redis: RedisServer,
+        redis_url: String,
+        pki: Option<ClusterPki>,
+        s3_endpoint: &str,
+        ttl: u64,
+        extra_flags: &[&str],
+    ) -> Self {
         let mut cluster = Self {
             redis,
+            redis_url,
+            pki,
             scratch,
             coordinators: Vec::new(),
             coordinator_http: Vec::new(),
@@ -189,19 +286,38 @@ impl Cluster {
             .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--redis",
-                &self.redis.url(),
+                &self.redis_url,
                 "--lease-ttl",
                 &self.ttl.to_string(),
             ])
             .args(["--lease-objects", "4", "--http", "127.0.0.1:0"])
+            .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET])
             .args(&self.extra_flags)
             .env("RUST_LOG", "info");
+        if let Some(pki) = &self.pki {
+            command
+                .args(pki.server.flags())
+                .arg("--redis-ca")
+                .arg(&pki.server.ca);
+        }
         command
     }
 
-    /// `http://127.0.0.1:PORT` of coordinator `index`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) of coordinator `index`.
     pub fn coordinator_url(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.coordinators[index].1)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.coordinators[index].1)
+    }
+
+    /// An operator command (`status`, `submit`...) against coordinator `index`, with the
+    /// operator's certificate when the cluster runs TLS.
+    pub fn operator(&self, subcommand: &str, index: usize) -> Command {
+        let mut command = era5(&self.scratch.home());
+        command.args([subcommand, "--coordinator", &self.coordinator_url(index)]);
+        if let Some(pki) = &self.pki {
+            command.args(pki.operator.flags());
+        }
+        command
     }
 
     /// Kills coordinator `index` and starts a new one on the same gRPC port.
@@ -234,14 +350,20 @@ impl Cluster {
 
     /// Starts a worker talking to coordinator `coordinator`.
     pub fn add_worker(&mut self, name: &str, coordinator: usize, extra: &[&str]) {
+        let url = self.coordinator_url(coordinator);
+        self.add_worker_via(name, &url, extra);
+    }
+
+    /// Starts a worker talking to the coordinator at `url` (through a proxy, say). With TLS it
+    /// gets a certificate of its own, which names it.
+    pub fn add_worker_via(&mut self, name: &str, url: &str, extra: &[&str]) {
         let log = self.log(&format!("worker-{name}"));
         let mut command = era5(&self.scratch.home());
+        if let Some(pki) = &self.pki {
+            command.args(pki.ca.worker(name).flags());
+        }
         command
-            .args([
-                "worker",
-                "--coordinator",
-                &self.coordinator_url(coordinator),
-            ])
+            .args(["worker", "--coordinator", url])
             .arg("--dest")
             .arg(self.dest())
             .args([
@@ -284,13 +406,11 @@ impl Cluster {
             .1
     }
 
-    /// `era5 submit` of a selection from the test S3 bucket; returns the job id.
+    /// `era5 submit` of a selection from the coordinator's source (the test S3 bucket);
+    /// returns the job id.
     pub fn submit(&self, products: &str, vars: &str, start: &str, end: &str) -> String {
-        let mut command = era5(&self.scratch.home());
-        command
-            .args(["submit", "--coordinator", &self.coordinator_url(0)])
-            .args(["--product", products, "--start", start, "--end", end])
-            .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET]);
+        let mut command = self.operator("submit", 0);
+        command.args(["--product", products, "--start", start, "--end", end]);
         if !vars.is_empty() {
             command.args(["--var", vars]);
         }
@@ -313,15 +433,10 @@ impl Cluster {
         end: &str,
         limit: Duration,
     ) -> (Option<i32>, String) {
-        let child = era5(&self.scratch.home())
-            .args([
-                "submit",
-                "--coordinator",
-                &self.coordinator_url(0),
-                "--wait",
-            ])
+        let child = self
+            .operator("submit", 0)
+            .arg("--wait")
             .args(["--product", products, "--start", start, "--end", end])
-            .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -354,13 +469,8 @@ impl Cluster {
 
     /// `era5 status --json [JOB]` from coordinator `coordinator`.
     pub fn status(&self, coordinator: usize, job: Option<&str>) -> serde_json::Value {
-        let mut command = era5(&self.scratch.home());
-        command.args([
-            "status",
-            "--coordinator",
-            &self.coordinator_url(coordinator),
-            "--json",
-        ]);
+        let mut command = self.operator("status", coordinator);
+        command.arg("--json");
         if let Some(job) = job {
             command.arg(job);
         }
