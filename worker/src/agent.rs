@@ -295,8 +295,11 @@ impl Agent {
         self.finish(&lease_ref, finish).await;
     }
 
-    /// Renews every third of the TTL until cancelled; fences itself when the lease is lost or
-    /// its local deadline passes.
+    /// Renews every third of the TTL until cancelled. A failed attempt (coordinator or Redis
+    /// unreachable, a partition) is retried soon, each attempt bounded to a sixth of the TTL,
+    /// so a partition shorter than the TTL costs no lease. Fences itself when the lease is lost
+    /// (refused, or another worker's) or its local deadline (the last successful renewal's
+    /// sending time plus the TTL) passes.
     async fn keep_alive(
         self: Arc<Self>,
         lease: pb::LeaseRef,
@@ -304,25 +307,37 @@ impl Agent {
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
     ) {
+        let fence = |why: &str| {
+            tracing::warn!(item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
+            lost.store(true, Ordering::SeqCst);
+            cancel.cancel();
+        };
+        let attempt_limit = (ttl / 6).max(Duration::from_millis(200));
+        let retry_after = (ttl / 15).max(Duration::from_millis(200));
         let mut deadline = Instant::now() + ttl;
+        let mut next = Instant::now() + ttl / 3;
         loop {
-            let next = tokio::time::sleep(ttl / 3);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    tracing::warn!(item = %lease.item_id, "no renewal within the lease time: stopping the work (self-fencing)");
-                    lost.store(true, Ordering::SeqCst);
-                    cancel.cancel();
-                    return;
+                    return fence("no renewal within the lease time");
                 }
-                _ = next => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
             }
             let sent = Instant::now();
             let request = pb::RenewRequest {
                 lease: Some(lease.clone()),
                 worker: self.config.name.clone(),
             };
-            let renewed = tokio::time::timeout(ttl / 3, self.client.clone().renew(request)).await;
+            let mut client = self.client.clone();
+            let attempt = tokio::time::timeout(attempt_limit, client.renew(request));
+            let renewed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    return fence("no renewal within the lease time");
+                }
+                renewed = attempt => renewed,
+            };
             if let Ok(Ok(_)) = &renewed {
                 self.telemetry
                     .renew_seconds
@@ -331,15 +346,15 @@ impl Agent {
             }
             match renewed {
                 Ok(Ok(response)) if response.get_ref().status == pb::LeaseStatus::Ok as i32 => {
-                    deadline = sent + ttl
+                    deadline = sent + ttl;
+                    next = sent + ttl / 3;
                 }
-                Ok(Ok(_)) => {
-                    lost.store(true, Ordering::SeqCst);
-                    cancel.cancel();
-                    return;
+                Ok(Ok(_)) => return fence("the lease was lost"),
+                Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                    return fence("the coordinator says the lease is not ours");
                 }
-                // The coordinator or Redis is unreachable: keep working until the deadline.
-                _ => {}
+                // The coordinator or Redis is unreachable: keep working, try again soon.
+                _ => next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0)),
             }
         }
     }
