@@ -526,3 +526,8 @@ fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
     let _ = coordinator.kill();
     let _ = coordinator.wait();
 }
+
+// Security, limits, partitions and start-up/shutdown scenarios, in this binary so they share
+// its build; each file says what it covers.
+#[path = "cluster/security.rs"]
+mod security;

@@ -60,7 +60,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
         command
             .stdout(file.try_clone().expect("log file"))
@@ -76,7 +76,7 @@ impl Proc {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), signal) };
     }
@@ -136,7 +136,7 @@ impl Drop for Proc {
     }
 }
 
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     format!(
@@ -259,7 +259,7 @@ impl Cluster {
         self.scratch.dest()
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub fn log(&self, name: &str) -> PathBuf {
         let logs = self.scratch.dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         // Restarts get a fresh log, numbered.
@@ -277,6 +277,7 @@ impl Cluster {
         self.coordinator_http
             .push(wait_for_address(&log, "coordinator started", "http="));
         self.coordinators.push((process, grpc));
+        wait_for_line(&log, "lease store reachable");
         self.coordinators.len() - 1
     }
 
@@ -359,11 +360,11 @@ impl Cluster {
     pub fn add_worker_via(&mut self, name: &str, url: &str, extra: &[&str]) {
         let log = self.log(&format!("worker-{name}"));
         let mut command = era5(&self.scratch.home());
+        command.args(["worker", "--coordinator", url]);
         if let Some(pki) = &self.pki {
             command.args(pki.ca.worker(name).flags());
         }
         command
-            .args(["worker", "--coordinator", url])
             .arg("--dest")
             .arg(self.dest())
             .args([
@@ -452,6 +453,12 @@ impl Cluster {
         (run.code, job)
     }
 
+    /// Coordinator `index`'s metric `series` (from its plain-HTTP port).
+    pub fn coordinator_metric(&self, index: usize, series: &str) -> Option<f64> {
+        let (_, text) = http_get(self.coordinator_http[index], "/metrics")?;
+        metric(&text, series)
+    }
+
     /// The HTTP status of `path` on coordinator `index`'s --http port.
     pub fn http_status(port: u16, path: &str) -> Option<u16> {
         use std::io::{Read, Write};
@@ -521,6 +528,185 @@ impl Cluster {
                 Some("complete" | "failed" | "cancelled")
             )
         })
+    }
+}
+
+/// A gRPC channel to `url` as the client `identity` presents it (no TLS when `None`). Built
+/// with the same code as the real clients, so https ⇔ TLS holds here too.
+pub async fn grpc_channel(url: &str, identity: Option<&CertFiles>) -> tonic::transport::Channel {
+    let tls = identity.map(|files| {
+        proto::channel::TlsFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+        }
+        .read()
+        .expect("test certificates")
+    });
+    proto::channel::CoordinatorChannel {
+        url: url.to_string(),
+        tls,
+        keepalive: Duration::from_secs(5),
+        rpc_timeout: Some(Duration::from_secs(10)),
+    }
+    .endpoint()
+    .expect("a valid endpoint")
+    .connect_lazy()
+}
+
+/// GET `path` over https on 127.0.0.1:`port`, trusting `ca`: the status code and the body.
+pub fn https_get(port: u16, path: &str, ca: &Path) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)? {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    // A peer that closes without close_notify still sent a whole response.
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).to_string();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Opens a TLS connection to 127.0.0.1:`port` trusting `server_ca`, presenting `client` (or
+/// no certificate), and reads: what the server says, as text. A refused client certificate
+/// shows as the server's TLS alert (`CertificateRequired`, `UnknownCA`, `CertificateExpired`).
+pub fn tls_alert(port: u16, client: Option<&CertFiles>, server_ca: &Path) -> String {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(server_ca).expect("server CA") {
+        roots.add(cert.expect("server CA")).expect("server CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let mut config = match client {
+        Some(files) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+                .expect("client certificate")
+                .map(|c| c.expect("client certificate"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&files.key).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client identity")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from("127.0.0.1").expect("server name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    // The HTTP/2 preface: a server that accepted the client answers with its SETTINGS.
+    if let Err(error) = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+        return error.to_string();
+    }
+    let _ = stream.flush();
+    let mut buffer = [0u8; 64];
+    match stream.read(&mut buffer) {
+        Ok(0) => "closed".into(),
+        Ok(n) => format!("accepted ({n} bytes)"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// A plain-HTTP GET on 127.0.0.1:`port`: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of a Prometheus series (`name{labels}` or `name`) in a text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Resident memory of process `pid`, KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `log` has a line containing `text` (at most 20 s).
+fn wait_for_line(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no `{text}` in the log\n{}",
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
