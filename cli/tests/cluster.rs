@@ -531,3 +531,5 @@ fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
 // its build; each file says what it covers.
 #[path = "cluster/security.rs"]
 mod security;
+#[path = "cluster/limits.rs"]
+mod limits;

@@ -162,6 +162,8 @@ pub struct Cluster {
     pub coordinator_http: Vec<u16>,
     /// Extra flags for every process (e.g. `--log-format json`).
     pub extra_flags: Vec<String>,
+    /// Extra flags for coordinators only (caps, retention, keepalive).
+    pub coordinator_flags: Vec<String>,
     /// Workers by name.
     pub workers: Vec<(String, Proc)>,
     /// Lease TTL in seconds.
@@ -187,6 +189,28 @@ impl Cluster {
         });
         let url = redis.url_for("era5", REDIS_PASSWORD);
         Self::assemble(scratch, redis, url, None, s3_endpoint, ttl, extra_flags)
+    }
+
+    /// Like [`Cluster::start`], its coordinator started with `flags` (caps, retention...).
+    pub fn start_with_coordinator_flags(s3_endpoint: &str, ttl: u64, flags: &[&str]) -> Self {
+        let scratch = Scratch::new();
+        let redis = RedisServer::start_with(acl_redis_options());
+        let url = redis.url_for("era5", REDIS_PASSWORD);
+        let mut cluster = Self {
+            redis,
+            redis_url: url,
+            pki: None,
+            scratch,
+            coordinators: Vec::new(),
+            coordinator_http: Vec::new(),
+            extra_flags: Vec::new(),
+            coordinator_flags: flags.iter().map(|f| f.to_string()).collect(),
+            workers: Vec::new(),
+            ttl,
+            s3_endpoint: s3_endpoint.to_string(),
+        };
+        cluster.add_coordinator(None);
+        cluster
     }
 
     /// The whole cluster with TLS: coordinators require client certificates (workers and
@@ -246,6 +270,7 @@ impl Cluster {
             coordinators: Vec::new(),
             coordinator_http: Vec::new(),
             extra_flags: extra_flags.iter().map(|f| f.to_string()).collect(),
+            coordinator_flags: Vec::new(),
             workers: Vec::new(),
             ttl,
             s3_endpoint: s3_endpoint.to_string(),
@@ -291,10 +316,14 @@ impl Cluster {
                 "--lease-ttl",
                 &self.ttl.to_string(),
             ])
-            .args(["--lease-objects", "4", "--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0"])
             .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET])
             .args(&self.extra_flags)
+            .args(&self.coordinator_flags)
             .env("RUST_LOG", "info");
+        if !self.coordinator_flags.iter().any(|f| f == "--lease-objects") {
+            command.args(["--lease-objects", "4"]);
+        }
         if let Some(pki) = &self.pki {
             command
                 .args(pki.server.flags())
