@@ -533,3 +533,5 @@ fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
 mod security;
 #[path = "cluster/limits.rs"]
 mod limits;
+#[path = "cluster/partitions.rs"]
+mod partitions;

@@ -233,11 +233,11 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
         let mut buffer = vec![0u8; 64 << 10];
         loop {
             match client_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return Some(server_write),
                 Ok(_) if counters.drop_to_upstream.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if server_write.write_all(&buffer[..n]).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
             }
@@ -248,11 +248,14 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
         loop {
             match server_read.read(&mut buffer).await {
                 Ok(0) => {
-                    // Upstream closed cleanly: pass the close on.
-                    let _ = client_write.shutdown().await;
+                    // Upstream closed cleanly: pass the close on, unless a blackhole
+                    // swallows it (a vanished peer sends no FIN).
+                    if !counters.drop_to_client.load(Ordering::SeqCst) {
+                        let _ = client_write.shutdown().await;
+                    }
                     return (false, client_write);
                 }
-                Err(_) => return (true, client_write),
+                Err(_) => return (!counters.drop_to_client.load(Ordering::SeqCst), client_write),
                 Ok(_) if counters.drop_to_client.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if client_write.write_all(&buffer[..n]).await.is_err() {
@@ -264,8 +267,15 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
     };
     tokio::pin!(to_server, to_client);
     tokio::select! {
-        // The client closed: the connection is over from the client's point of view.
-        _ = &mut to_server => {}
+        // The client closed: the connection is over from the client's point of view. Inside
+        // a blackhole its close must not reach upstream either: hold the upstream side open
+        // until the blackhole heals.
+        server_write = &mut to_server => {
+            // Dropping the write half would send the FIN: keep it while the blackhole lasts.
+            while server_write.is_some() && counters.drop_to_upstream.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         (upstream_failed, client_write) = &mut to_client => {
             if upstream_failed {
                 reset_client();

@@ -740,7 +740,7 @@ fn wait_for_line(log: &Path, text: &str) {
 }
 
 /// Reads a port from a start-up log line (`field=127.0.0.1:PORT`, text or JSON logs).
-fn wait_for_address(log: &Path, event: &str, field: &str) -> u16 {
+pub fn wait_for_address(log: &Path, event: &str, field: &str) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(20);
     let json_field = format!("\"{}\":\"127.0.0.1:", field.trim_end_matches('='));
     loop {
