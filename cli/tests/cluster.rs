@@ -535,3 +535,5 @@ mod security;
 mod limits;
 #[path = "cluster/partitions.rs"]
 mod partitions;
+#[path = "cluster/lifecycle.rs"]
+mod lifecycle;
