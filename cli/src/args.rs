@@ -194,7 +194,12 @@ pub struct CoordinatorArgs {
     pub max_active_jobs: u32,
     /// Finished jobs (complete, failed, cancelled) and workers unseen for this long are
     /// forgotten (e.g. 30d, 12h, 90m, 45s).
-    #[arg(long, env = "ERA5_JOB_RETENTION", default_value = "30d", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ERA5_JOB_RETENTION",
+        default_value = "30d",
+        value_name = "DURATION"
+    )]
     pub job_retention: String,
     /// HTTP/2 and TCP keepalive interval, seconds: a peer that vanished without a FIN is
     /// dropped after two of them.

@@ -206,7 +206,11 @@ fn check_endpoint(flag: &str, value: &str) -> Result<(), Failure> {
         .map_err(|_| bad(flag, &redact_url(value), "not a URL"))?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err(bad(flag, &redact_url(value), "expected http(s)://host[:port]")),
+        _ => Err(bad(
+            flag,
+            &redact_url(value),
+            "expected http(s)://host[:port]",
+        )),
     }
 }
 
@@ -301,9 +305,7 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
     )?;
     let name = match &channel.tls {
         Some(tls) => {
-            let identity = tls
-                .identity()
-                .map_err(|e| Failure::Input(e.to_string()))?;
+            let identity = tls.identity().map_err(|e| Failure::Input(e.to_string()))?;
             if identity.role != Role::Worker {
                 return Err(Failure::Input(format!(
                     "--tls-cert `{}` is {identity}, not a worker's certificate (spiffe://<trust-domain>/era5/worker/<name>)",
@@ -327,7 +329,9 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         None => {
             let name = args.name.clone().unwrap_or_else(host_name);
             proto::identity::check_name(&name).map_err(|e| {
-                Failure::Input(format!("invalid --name: {e} (the default is the host name)"))
+                Failure::Input(format!(
+                    "invalid --name: {e} (the default is the host name)"
+                ))
             })?;
             name
         }
@@ -691,7 +695,10 @@ mod tests {
 
     #[test]
     fn durations_read_like_people_write_them() {
-        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
         assert_eq!(parse_duration("12h"), Some(Duration::from_secs(12 * 3600)));
         assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));

@@ -113,7 +113,9 @@ async fn settle_leases(
         } else if let Some(Outcome::Failed { reason, permanent }) =
             mine.iter().find(|o| matches!(o, Outcome::Failed { .. }))
         {
-            leases.fail(&grant.lease, SYNC_HOLDER, reason, *permanent).await?;
+            leases
+                .fail(&grant.lease, SYNC_HOLDER, reason, *permanent)
+                .await?;
         } else {
             leases.release(&grant.lease, SYNC_HOLDER).await?;
         }

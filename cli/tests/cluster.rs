@@ -529,11 +529,11 @@ fn without_redis_the_coordinator_is_not_ready_and_recovers_by_itself() {
 
 // Security, limits, partitions and start-up/shutdown scenarios, in this binary so they share
 // its build; each file says what it covers.
-#[path = "cluster/security.rs"]
-mod security;
+#[path = "cluster/lifecycle.rs"]
+mod lifecycle;
 #[path = "cluster/limits.rs"]
 mod limits;
 #[path = "cluster/partitions.rs"]
 mod partitions;
-#[path = "cluster/lifecycle.rs"]
-mod lifecycle;
+#[path = "cluster/security.rs"]
+mod security;

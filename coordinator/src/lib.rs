@@ -15,8 +15,8 @@ pub mod status_page;
 pub mod store;
 pub mod tls;
 
+pub use error::Error;
 pub use model::{Ack, Grant, ItemSpec, JobSpec, LeasePolicy, LeaseRef};
 pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
-pub use error::Error;
 pub use store::{LeaseStore, Pruned};

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use http::{Request, Response};
+use prost::Message;
 use proto::paths;
 use proto::v1 as pb;
-use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
@@ -260,7 +260,11 @@ pub fn limited_incoming(
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     refused += 1;
                     if refused.is_power_of_two() {
-                        tracing::warn!(max, refused, "connection limit reached: closing new connections");
+                        tracing::warn!(
+                            max,
+                            refused,
+                            "connection limit reached: closing new connections"
+                        );
                     }
                     continue;
                 };
@@ -357,7 +361,10 @@ mod tests {
             progress: vec![pb::LeaseProgress::default(); MAX_REPORT_LEASES + 1],
             ..Default::default()
         };
-        assert!(matches!(check_report(&big), Err(Error::ResourceExhausted(_))));
+        assert!(matches!(
+            check_report(&big),
+            Err(Error::ResourceExhausted(_))
+        ));
         assert!(check_report(&pb::WorkerReport::default()).is_ok());
         assert_eq!(bounded_reason("short"), "short");
         assert!(bounded_reason(&"é".repeat(2000)).len() <= MAX_REASON_LEN + 3);

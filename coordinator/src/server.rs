@@ -310,7 +310,10 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 fn page_error(error: Error) -> (StatusCode, String) {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, format!("{}\n", status_page::escape(&error.to_string())))
+    (
+        status,
+        format!("{}\n", status_page::escape(&error.to_string())),
+    )
 }
 
 async fn overview(State(state): State<HttpState>) -> Result<Html<String>, (StatusCode, String)> {

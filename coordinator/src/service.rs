@@ -410,7 +410,11 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let job_id = request.into_inner().job_id;
         check_id("job id", &job_id)?;
-        self.0.store.cancel_job(&job_id).await.map_err(Status::from)?;
+        self.0
+            .store
+            .cancel_job(&job_id)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(pb::CancelJobResponse {}))
     }
 
@@ -420,7 +424,12 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::RetryDeadResponse>, Status> {
         let job_id = request.into_inner().job_id;
         check_id("job id", &job_id)?;
-        let retried = self.0.store.retry_dead(&job_id).await.map_err(Status::from)?;
+        let retried = self
+            .0
+            .store
+            .retry_dead(&job_id)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(pb::RetryDeadResponse { retried }))
     }
 
@@ -668,10 +677,7 @@ async fn record_report(
     report: pb::WorkerReport,
 ) -> Vec<LeaseRef> {
     let metrics = report.metrics.map(metrics_from_pb).unwrap_or_default();
-    if let Err(error) = store
-        .heartbeat(worker, report.leases_held, &metrics)
-        .await
-    {
+    if let Err(error) = store.heartbeat(worker, report.leases_held, &metrics).await {
         tracing::debug!(%error, "could not record a heartbeat");
     }
     let mut cancelled = Vec::new();

@@ -131,7 +131,10 @@ async fn grants_in_plan_order_then_completes_idempotently(store: Arc<dyn LeaseSt
     );
     let mut other = lease.clone();
     other.lease_id = "someone-else".into();
-    assert_eq!(store.complete(&other, "w1").await.unwrap(), Ack::AlreadyDone);
+    assert_eq!(
+        store.complete(&other, "w1").await.unwrap(),
+        Ack::AlreadyDone
+    );
     assert_eq!(store.renew(lease, "w1").await.unwrap(), Ack::AlreadyDone);
 
     let rest = store.acquire("w2", 5).await.unwrap();
@@ -153,8 +156,14 @@ async fn an_expired_grant_is_never_brought_back(store: Arc<dyn LeaseStore>) {
     let first = store.acquire("w1", 1).await.unwrap().remove(0);
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Not reaped yet, but expired by the store's clock: refused.
-    assert_eq!(store.renew(&first.lease, "w1").await.unwrap(), Ack::LeaseLost);
-    assert_eq!(store.complete(&first.lease, "w1").await.unwrap(), Ack::LeaseLost);
+    assert_eq!(
+        store.renew(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert_eq!(
+        store.complete(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
     let second = store.acquire("w2", 1).await.unwrap().remove(0);
     assert_eq!(second.item.item_id, first.item.item_id);
     assert!(
@@ -202,7 +211,11 @@ async fn failures_back_off_then_die_with_their_reason(store: Arc<dyn LeaseStore>
         assert_eq!(outcome.ack, Ack::Ok);
         assert_eq!(outcome.dead, attempt == 3);
         assert_eq!(
-            store.fail(&grant.lease, "w1", "again", false).await.unwrap().ack,
+            store
+                .fail(&grant.lease, "w1", "again", false)
+                .await
+                .unwrap()
+                .ack,
             Ack::LeaseLost,
             "fail is per grant"
         );
@@ -243,7 +256,10 @@ async fn release_returns_work_without_an_attempt(store: Arc<dyn LeaseStore>) {
     store.create_job(&job("j4", 1)).await.unwrap();
     let grant = store.acquire("w1", 1).await.unwrap().remove(0);
     assert_eq!(store.release(&grant.lease, "w1").await.unwrap(), Ack::Ok);
-    assert_eq!(store.release(&grant.lease, "w1").await.unwrap(), Ack::LeaseLost);
+    assert_eq!(
+        store.release(&grant.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
     let items = store.items("j4").await.unwrap();
     assert_eq!((items[0].state, items[0].attempts), (ItemState::Pending, 0));
     let again = store.acquire("w2", 1).await.unwrap().remove(0);
@@ -276,7 +292,10 @@ async fn cancel_stops_grants_and_loses_live_leases(store: Arc<dyn LeaseStore>) {
     store.cancel_job("j6").await.unwrap();
     assert_eq!(store.job("j6").await.unwrap().state, JobState::Cancelled);
     assert!(store.acquire("w1", 5).await.unwrap().is_empty());
-    assert_eq!(store.renew(&grant.lease, "w1").await.unwrap(), Ack::LeaseLost);
+    assert_eq!(
+        store.renew(&grant.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
     assert!(store.cancel_job("nope").await.is_err());
 }
 
@@ -390,7 +409,11 @@ async fn retention_forgets_finished_jobs_and_silent_workers(store: Arc<dyn Lease
     store.complete(&grants[0].lease, "w1").await.unwrap();
     store.cancel_job("gone-job").await.unwrap();
     store.reap().await.unwrap();
-    assert_eq!(store.active_jobs().await.unwrap(), 1, "only live-job is active");
+    assert_eq!(
+        store.active_jobs().await.unwrap(),
+        1,
+        "only live-job is active"
+    );
     store
         .heartbeat("w1", 0, &WorkerMetrics::default())
         .await

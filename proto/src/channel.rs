@@ -242,7 +242,9 @@ impl CoordinatorChannel {
             .parse()
             .map_err(|_| bad("not a URL; expected http://host:port or https://host:port"))?;
         if uri.host().is_none_or(str::is_empty) {
-            return Err(bad("no host; expected http://host:port or https://host:port"));
+            return Err(bad(
+                "no host; expected http://host:port or https://host:port",
+            ));
         }
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -339,7 +341,11 @@ mod tests {
     fn tls_flags_go_together() {
         let p = Path::new("x.pem");
         assert_eq!(TlsFiles::from_flags(None, None, None).unwrap(), None);
-        assert!(TlsFiles::from_flags(Some(p), Some(p), Some(p)).unwrap().is_some());
+        assert!(
+            TlsFiles::from_flags(Some(p), Some(p), Some(p))
+                .unwrap()
+                .is_some()
+        );
         let error = TlsFiles::from_flags(Some(p), None, None).unwrap_err();
         assert_eq!(
             error.to_string(),

@@ -104,7 +104,9 @@ pub enum IdentityError {
     #[error("not an X.509 certificate: {0}")]
     Unparseable(String),
     /// No `spiffe://<domain>/era5/<role>/<name>` URI SAN.
-    #[error("the certificate has no era5 identity (a URI SAN spiffe://<trust-domain>/era5/worker/<name> or .../era5/operator/<name>)")]
+    #[error(
+        "the certificate has no era5 identity (a URI SAN spiffe://<trust-domain>/era5/worker/<name> or .../era5/operator/<name>)"
+    )]
     Missing,
     /// More than one era5 identity: which one would it be?
     #[error("the certificate has several era5 identities: {0}")]
@@ -233,8 +235,7 @@ mod tests {
         assert_eq!(worker.name, "w-7");
         assert_eq!(worker.trust_domain, "prod.example");
         assert_eq!(worker.to_string(), "spiffe://prod.example/era5/worker/w-7");
-        let operator =
-            identity_of_der(&certificate(&["spiffe://td/era5/operator/alice"])).unwrap();
+        let operator = identity_of_der(&certificate(&["spiffe://td/era5/operator/alice"])).unwrap();
         assert_eq!(operator.role, Role::Operator);
         assert_eq!(
             identity_of_der(&certificate(&["spiffe://td/other/worker/x"])),

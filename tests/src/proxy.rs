@@ -131,7 +131,9 @@ impl CountingProxy {
 
     /// Lets bytes through both ways again.
     pub fn heal(&self) {
-        self.counters.drop_to_upstream.store(false, Ordering::SeqCst);
+        self.counters
+            .drop_to_upstream
+            .store(false, Ordering::SeqCst);
         self.counters.drop_to_client.store(false, Ordering::SeqCst);
     }
 
@@ -255,7 +257,12 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
                     }
                     return (false, client_write);
                 }
-                Err(_) => return (!counters.drop_to_client.load(Ordering::SeqCst), client_write),
+                Err(_) => {
+                    return (
+                        !counters.drop_to_client.load(Ordering::SeqCst),
+                        client_write,
+                    );
+                }
                 Ok(_) if counters.drop_to_client.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if client_write.write_all(&buffer[..n]).await.is_err() {

@@ -354,7 +354,9 @@ impl Agent {
                     return fence("the coordinator says the lease is not ours");
                 }
                 // The coordinator or Redis is unreachable: keep working, try again soon.
-                _ => next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0)),
+                _ => {
+                    next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0))
+                }
             }
         }
     }
@@ -374,30 +376,30 @@ impl Agent {
             let worker = self.config.name.clone();
             let call = async {
                 match &finish {
-                Finish::Complete => client
-                    .complete(pb::CompleteRequest {
-                        lease: Some(lease.clone()),
-                        worker,
-                        bytes: 0,
-                    })
-                    .await
-                    .map(|r| r.into_inner().status),
-                Finish::Fail(reason, permanent) => client
-                    .fail(pb::FailRequest {
-                        lease: Some(lease.clone()),
-                        worker,
-                        reason: reason.clone(),
-                        permanent: *permanent,
-                    })
-                    .await
-                    .map(|r| r.into_inner().status),
-                Finish::Release => client
-                    .release(pb::ReleaseRequest {
-                        lease: Some(lease.clone()),
-                        worker,
-                    })
-                    .await
-                    .map(|r| r.into_inner().status),
+                    Finish::Complete => client
+                        .complete(pb::CompleteRequest {
+                            lease: Some(lease.clone()),
+                            worker,
+                            bytes: 0,
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
+                    Finish::Fail(reason, permanent) => client
+                        .fail(pb::FailRequest {
+                            lease: Some(lease.clone()),
+                            worker,
+                            reason: reason.clone(),
+                            permanent: *permanent,
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
+                    Finish::Release => client
+                        .release(pb::ReleaseRequest {
+                            lease: Some(lease.clone()),
+                            worker,
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -200,7 +200,11 @@ mod tests {
         };
         let table = leases_table(std::slice::from_ref(&lease));
         assert!(!table.contains('\u{1b}') && !table.contains('\u{8}'));
-        assert_eq!(table.lines().count(), 2, "a newline in a reason cannot add a row");
+        assert_eq!(
+            table.lines().count(),
+            2,
+            "a newline in a reason cannot add a row"
+        );
         assert_eq!(lease_json(&lease)["last_error"], "boom[31msecond");
     }
 }

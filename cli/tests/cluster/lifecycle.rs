@@ -52,17 +52,19 @@ fn stop(child: &mut std::process::Child, what: &str) -> Option<i32> {
 
 fn health(url: &str) -> Option<i32> {
     let url = url.to_string();
-    tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let mut client =
-            tonic_health::pb::health_client::HealthClient::new(grpc_channel(&url, None).await);
-        client
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "era5.v1.Worker".into(),
-            })
-            .await
-            .ok()
-            .map(|r| r.into_inner().status)
-    })
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut client =
+                tonic_health::pb::health_client::HealthClient::new(grpc_channel(&url, None).await);
+            client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "era5.v1.Worker".into(),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().status)
+        })
 }
 
 #[test]
@@ -72,7 +74,13 @@ fn redis_down_at_start_means_not_ready_until_it_comes_up_by_itself() {
     let log = scratch.dir.path().join("coordinator.log");
     let mut command = era5(&scratch.home());
     command
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .args([
             "--redis",
             &format!("redis://era5:{REDIS_PASSWORD}@127.0.0.1:{redis_port}/"),
@@ -97,10 +105,16 @@ fn redis_down_at_start_means_not_ready_until_it_comes_up_by_itself() {
         http_get(http, "/readyz").map(|r| r.0) == Some(200)
     });
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    wait_until(Duration::from_secs(10), "gRPC health to say serving", || {
-        health(&url) == Some(serving)
-    });
-    assert!(!coordinator.log_text().contains("panicked"), "{}", tail(&log));
+    wait_until(
+        Duration::from_secs(10),
+        "gRPC health to say serving",
+        || health(&url) == Some(serving),
+    );
+    assert!(
+        !coordinator.log_text().contains("panicked"),
+        "{}",
+        tail(&log)
+    );
 
     // With a worker session open, SIGTERM still stops it within the bound, cleanly.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -237,15 +251,30 @@ fn the_readme_tls_quick_start_works_with_the_dev_certificate_script() {
     let certs = scratch.dir.path().join("certs");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev-certs.sh");
     let made = Command::new(script).arg(&certs).arg("w1").output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let file = |name: &str| certs.join(name).display().to_string();
     let redis = RedisServer::start_with(acl_redis_options());
     let log = scratch.dir.path().join("coordinator.log");
     let mut command = era5(&scratch.home());
     command
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .args(["--redis", &redis.url_for("era5", REDIS_PASSWORD)])
-        .args(["--tls-cert", &file("coordinator.crt"), "--tls-key", &file("coordinator.key")])
+        .args([
+            "--tls-cert",
+            &file("coordinator.crt"),
+            "--tls-key",
+            &file("coordinator.key"),
+        ])
         .args(["--tls-ca", &file("ca.crt")])
         .env("RUST_LOG", "info");
     let mut coordinator = Proc::spawn(command, log.clone());
@@ -258,7 +287,12 @@ fn the_readme_tls_quick_start_works_with_the_dev_certificate_script() {
         .args(["worker", "--coordinator", &url])
         .arg("--dest")
         .arg(scratch.dest())
-        .args(["--tls-cert", &file("worker-w1.crt"), "--tls-key", &file("worker-w1.key")])
+        .args([
+            "--tls-cert",
+            &file("worker-w1.crt"),
+            "--tls-key",
+            &file("worker-w1.key"),
+        ])
         .args(["--tls-ca", &file("ca.crt")])
         .env("RUST_LOG", "info");
     let mut worker = Proc::spawn(command, scratch.dir.path().join("worker.log"));
@@ -290,7 +324,10 @@ fn credentials_in_urls_never_reach_errors() {
     const PASSWORD: &str = "p/a?s#s@w:o%2Frd-密";
     let output = era5(&scratch.home())
         .args(["coordinator", "--listen", "127.0.0.1:0"])
-        .args(["--redis", &format!("redis://era5:{PASSWORD}@127.0.0.1:notaport/")])
+        .args([
+            "--redis",
+            &format!("redis://era5:{PASSWORD}@127.0.0.1:notaport/"),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -300,7 +337,11 @@ fn credentials_in_urls_never_reach_errors() {
         assert!(!stderr.contains(piece), "{piece} leaked: {stderr}");
     }
     let output = era5(&scratch.home())
-        .args(["jobs", "--coordinator", &format!("http://admin:{PASSWORD}@127.0.0.1:1")])
+        .args([
+            "jobs",
+            "--coordinator",
+            &format!("http://admin:{PASSWORD}@127.0.0.1:1"),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -56,12 +56,18 @@ fn acquire_names_and_reports_are_bounded() {
             assert!(leases.len() <= 64, "{} leases in one answer", leases.len());
             let objects: usize = leases.iter().map(|l| l.objects.len()).sum();
             assert!(objects <= 4096, "{objects} objects in one answer");
-            assert!(started.elapsed() < Duration::from_secs(10), "acquire took long");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "acquire took long"
+            );
             full_answers += usize::from(leases.len() == 64);
             granted += leases.len();
         }
         assert!(full_answers >= 1, "no answer reached the cap of 64");
-        assert_eq!(granted, items, "every item was granted, 64 at a time at most");
+        assert_eq!(
+            granted, items,
+            "every item was granted, 64 at a time at most"
+        );
         let growth = rss_kib(pid).saturating_sub(before);
         assert!(
             growth < 64 << 10,
@@ -71,13 +77,7 @@ fn acquire_names_and_reports_are_bounded() {
         // Worker names: at most 63 characters of [a-z0-9._-].
         let named = |worker: String| {
             let mut client = client.clone();
-            async move {
-                code_of(
-                    client
-                        .acquire(pb::AcquireRequest { worker, max: 1 })
-                        .await,
-                )
-            }
+            async move { code_of(client.acquire(pb::AcquireRequest { worker, max: 1 }).await) }
         };
         assert_eq!(named("a".repeat(64)).await, tonic::Code::ResourceExhausted);
         assert_eq!(named("a".repeat(63)).await, tonic::Code::Ok);
@@ -129,7 +129,8 @@ fn acquire_names_and_reports_are_bounded() {
 fn a_thousand_sessions_are_served_or_refused_never_left_hanging() {
     let _serial = serial();
     let (s3, _) = seeded_server();
-    let cluster = Cluster::start_with_coordinator_flags(&s3.endpoint(), 30, &["--max-workers", "300"]);
+    let cluster =
+        Cluster::start_with_coordinator_flags(&s3.endpoint(), 30, &["--max-workers", "300"]);
     let url = cluster.coordinator_url(0);
     let pid = cluster.coordinators[0].0.pid();
     let before = rss_kib(pid);
@@ -203,7 +204,14 @@ fn jobs_are_capped_in_objects_and_number_and_bound_to_the_coordinators_source() 
     );
     let submit = |extra: &[&str], products: &str, vars: &str| {
         let mut command = cluster.operator("submit", 0);
-        command.args(["--product", products, "--start", "2024-01", "--end", "2024-01"]);
+        command.args([
+            "--product",
+            products,
+            "--start",
+            "2024-01",
+            "--end",
+            "2024-01",
+        ]);
         if !vars.is_empty() {
             command.args(["--var", vars]);
         }
@@ -266,11 +274,15 @@ fn finished_jobs_and_silent_workers_are_forgotten_after_the_retention() {
     let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
     assert_eq!(state(&cluster.wait_final(&job, LIMIT)), "complete");
     assert_eq!(cluster.worker("short-lived").terminate(LIMIT), Some(0));
-    wait_until(Duration::from_secs(30), "the job and the worker to be forgotten", || {
-        let status = cluster.status(0, None);
-        status["jobs"].as_array().is_some_and(Vec::is_empty)
-            && status["workers"].as_array().is_some_and(Vec::is_empty)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the job and the worker to be forgotten",
+        || {
+            let status = cluster.status(0, None);
+            status["jobs"].as_array().is_some_and(Vec::is_empty)
+                && status["workers"].as_array().is_some_and(Vec::is_empty)
+        },
+    );
     let output = cluster.operator("status", 0).arg(&job).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "an unknown job is bad input");
 }
@@ -311,13 +323,19 @@ fn status_strips_control_characters_from_what_the_server_says() {
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains("boom[2J]0;owned"), "{stdout}");
     for bad in ['\u{1b}', '\r', '\u{7}', '\u{202e}', '\u{9b}'] {
-        assert!(!stdout.contains(bad), "{bad:?} reached the terminal: {stdout:?}");
+        assert!(
+            !stdout.contains(bad),
+            "{bad:?} reached the terminal: {stdout:?}"
+        );
     }
     assert!(
         !stdout.lines().any(|l| l.starts_with("FAKE-LINE")),
         "a reason forged a line: {stdout}"
     );
     let status = cluster.status(0, Some(&job));
-    let reason = leases(&status)[0]["last_error"].as_str().unwrap().to_string();
+    let reason = leases(&status)[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(reason.chars().all(|c| !c.is_control()), "{reason:?}");
 }

@@ -135,7 +135,10 @@ impl Partitioned {
             self.far_log()
         );
         assert_mirrored(&self.cluster.dest(), &[&object]);
-        assert_eq!(mirrored_keys(&self.cluster.dest()), vec![object.key.clone()]);
+        assert_eq!(
+            mirrored_keys(&self.cluster.dest()),
+            vec![object.key.clone()]
+        );
         let status = self.cluster.status(0, Some(&self.job));
         assert_eq!(status["jobs"][0]["leases"]["done"], 1);
         drop(self.s3);
@@ -152,15 +155,16 @@ fn a_partition_shorter_than_the_ttl_regrants_nothing() {
     assert_eq!(state(&status), "complete", "{status:#}");
     let lease = &leases(&status)[0];
     assert_eq!(
-        (lease["holder"].as_str(), lease["epoch"].as_u64(), lease["expiries"].as_u64()),
+        (
+            lease["holder"].as_str(),
+            lease["epoch"].as_u64(),
+            lease["expiries"].as_u64()
+        ),
         (Some("far"), Some(1), Some(0)),
         "the lease was granted again: {status:#}"
     );
     assert!(!partitioned.far_log().contains("self-fencing"));
-    assert_mirrored(
-        &partitioned.cluster.dest(),
-        &[target(&partitioned.seeded)],
-    );
+    assert_mirrored(&partitioned.cluster.dest(), &[target(&partitioned.seeded)]);
 }
 
 #[test]
@@ -177,23 +181,24 @@ fn a_one_way_partition_fences_the_worker_the_same_way() {
 #[test]
 fn a_blackholed_session_is_closed_by_keepalive_within_a_minute() {
     let (s3, _) = seeded_server();
-    let mut cluster = Cluster::start_with_coordinator_flags(
-        &s3.endpoint(),
-        30,
-        &["--keepalive-interval", "2"],
-    );
+    let mut cluster =
+        Cluster::start_with_coordinator_flags(&s3.endpoint(), 30, &["--keepalive-interval", "2"]);
     let upstream = format!("127.0.0.1:{}", cluster.coordinators[0].1)
         .parse()
         .unwrap();
     let proxy = CountingProxy::start(upstream);
     cluster.add_worker_via("lonely", &proxy.endpoint(), &["--keepalive-interval", "2"]);
     let connected = |n: f64| cluster.coordinator_metric(0, "era5_workers_connected") == Some(n);
-    wait_until(Duration::from_secs(30), "the session to open", || connected(1.0));
+    wait_until(Duration::from_secs(30), "the session to open", || {
+        connected(1.0)
+    });
     proxy.blackhole(Blackhole::Both);
     let cut = Instant::now();
-    wait_until(Duration::from_secs(60), "keepalive to close the session", || {
-        connected(0.0)
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "keepalive to close the session",
+        || connected(0.0),
+    );
     assert!(cut.elapsed() < Duration::from_secs(60));
     proxy.heal();
     wait_until(Duration::from_secs(30), "the worker to come back", || {

@@ -58,7 +58,10 @@ fn a_whole_job_runs_through_mtls_and_redis_over_tls_as_the_acl_user() {
         .iter()
         .map(|l| l["holder"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert!(holders.iter().all(|h| h == "w1" || h == "w2"), "{holders:?}");
+    assert!(
+        holders.iter().all(|h| h == "w1" || h == "w2"),
+        "{holders:?}"
+    );
 
     // The HTTP port speaks https with the same certificate, and nothing in clear.
     let pki = cluster.pki.as_ref().unwrap();
@@ -122,7 +125,10 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
             )
         };
         // The operator may list jobs.
-        assert_eq!(list(Some(operator.clone()), url.clone()).await.0, tonic::Code::Ok);
+        assert_eq!(
+            list(Some(operator.clone()), url.clone()).await.0,
+            tonic::Code::Ok
+        );
 
         // No client certificate: the handshake fails.
         let ca_only = tonic::transport::ClientTlsConfig::new().ca_certificate(
@@ -312,15 +318,18 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("missing --tls-ca"), "{stderr}");
     let mut flags = pki.operator.flags();
-    flags.splice(0..0, ["jobs".into(), "--coordinator".into(), url.replace("https", "http")]);
+    flags.splice(
+        0..0,
+        [
+            "jobs".into(),
+            "--coordinator".into(),
+            url.replace("https", "http"),
+        ],
+    );
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (code, stderr) = run(&flags);
     assert_eq!(code, Some(2), "http with TLS files: {stderr}");
-    let (code, stderr) = run(&[
-        "jobs",
-        "--coordinator",
-        &url.replace("https://", "http://"),
-    ]);
+    let (code, stderr) = run(&["jobs", "--coordinator", &url.replace("https://", "http://")]);
     assert_eq!(code, Some(1), "{stderr}");
     // A worker certificate in an operator command: the coordinator refuses, exit 2.
     let mut flags = worker_b.flags();
@@ -334,7 +343,13 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
     let mut flags = pki.operator.flags();
     flags.splice(
         0..0,
-        ["worker".into(), "--coordinator".into(), url.clone(), "--dest".into(), dest],
+        [
+            "worker".into(),
+            "--coordinator".into(),
+            url.clone(),
+            "--dest".into(),
+            dest,
+        ],
     );
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (code, stderr) = run(&flags);
@@ -361,7 +376,13 @@ fn plaintext_is_served_only_on_loopback_unless_asked_for() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let (code, stderr) = run(&[
-        &["coordinator", "--listen", "127.0.0.1:0", "--tls-cert", "c.pem"][..],
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "c.pem",
+        ][..],
         &redis,
     ]
     .concat());
@@ -374,7 +395,12 @@ fn plaintext_is_served_only_on_loopback_unless_asked_for() {
     let log = scratch.dir.path().join("insecure.log");
     let mut command = era5(&scratch.home());
     command
-        .args(["coordinator", "--listen", "0.0.0.0:0", "--insecure-plaintext"])
+        .args([
+            "coordinator",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-plaintext",
+        ])
         .args(redis)
         .env("RUST_LOG", "info");
     let mut coordinator = super::support::cluster::Proc::spawn(command, log.clone());

@@ -321,7 +321,11 @@ impl Cluster {
             .args(&self.extra_flags)
             .args(&self.coordinator_flags)
             .env("RUST_LOG", "info");
-        if !self.coordinator_flags.iter().any(|f| f == "--lease-objects") {
+        if !self
+            .coordinator_flags
+            .iter()
+            .any(|f| f == "--lease-objects")
+        {
             command.args(["--lease-objects", "4"]);
         }
         if let Some(pki) = &self.pki {

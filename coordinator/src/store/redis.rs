@@ -149,10 +149,7 @@ fn ack(status: &str) -> Ack {
 pub fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> {
     let bad = |e: redis::RedisError| {
         Error::InvalidArgument(common::redact::scrub_url_from(
-            &format!(
-                "invalid --redis `{}`: {e}",
-                common::redact::redact_url(url)
-            ),
+            &format!("invalid --redis `{}`: {e}", common::redact::redact_url(url)),
             url,
         ))
     };
@@ -718,8 +715,7 @@ impl LeaseStore for RedisStore {
             last_heartbeat_ms: now_ms(),
             draining: false,
         };
-        let json =
-            serde_json::to_string(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut conn = self.conn()?;
         conn.hset::<_, _, _, ()>(WORKERS, worker, json)
             .await
@@ -740,8 +736,7 @@ impl LeaseStore for RedisStore {
                 bytes_per_sec: metrics.bytes_per_sec,
                 open: metrics.open,
             };
-            let json =
-                serde_json::to_string(&sample).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let json = serde_json::to_string(&sample).map_err(|e| Error::Corrupt(e.to_string()))?;
             redis::pipe()
                 .lpush(&key, json)
                 .ignore()
