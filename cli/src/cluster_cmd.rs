@@ -25,7 +25,7 @@ use coordinator::planner::ItemLimits;
 use coordinator::server::{Server, Settings};
 use coordinator::tls::ServerTls;
 use coordinator::{LeaseStore, RedisStore};
-use proto::channel::{ChannelError, CoordinatorChannel, TlsFiles, TlsMaterial};
+use proto::channel::{CoordinatorChannel, TlsFiles, TlsMaterial};
 use proto::identity::Role;
 use proto::v1 as pb;
 use proto::v1::operator_client::OperatorClient;
@@ -63,7 +63,7 @@ fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, Failure> {
 }
 
 /// A channel error as one line, with any credentials in `url` hidden.
-fn channel_failure(error: ChannelError, url: &str) -> Failure {
+fn channel_failure(error: proto::Error, url: &str) -> Failure {
     Failure::Input(scrub_url_from(&error.to_string(), url))
 }
 

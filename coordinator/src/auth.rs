@@ -52,9 +52,9 @@ impl Peer {
 pub fn check_worker_name(name: &str) -> Result<(), Error> {
     match check_name(name) {
         Ok(()) => Ok(()),
-        Err(error @ proto::identity::NameError::TooLong(_)) => Err(Error::ResourceExhausted(
-            format!("invalid worker name: {error}"),
-        )),
+        Err(error @ proto::Error::NameTooLong(_)) => Err(Error::ResourceExhausted(format!(
+            "invalid worker name: {error}"
+        ))),
         Err(error) => Err(Error::InvalidArgument(format!(
             "invalid worker name: {error}"
         ))),

@@ -13,10 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use thiserror::Error;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::identity::{IdentityError, identity_of_pem};
+use crate::error::Error;
+use crate::identity::identity_of_pem;
 
 /// Default HTTP/2 keepalive interval (and timeout), on both ends. A session whose peer vanished
 /// without a FIN is closed within two of them (40 s), well inside a minute.
@@ -49,71 +49,6 @@ pub struct TlsMaterial {
     pub files: TlsFiles,
 }
 
-/// The client's or server's connection settings could not be used.
-#[derive(Debug, Error)]
-pub enum ChannelError {
-    /// Not an `http://` or `https://` URL with a host.
-    #[error("invalid --coordinator `{url}`: {reason}")]
-    BadUrl {
-        /// The URL.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// `https://` without the files to speak TLS.
-    #[error(
-        "invalid --coordinator `{0}`: https:// needs --tls-ca, --tls-cert and --tls-key (it never falls back to cleartext)"
-    )]
-    HttpsWithoutTls(String),
-    /// TLS files with an `http://` URL.
-    #[error(
-        "invalid --coordinator `{0}`: TLS files were given, so use https:// (http:// is cleartext)"
-    )]
-    TlsWithoutHttps(String),
-    /// Some of `--tls-cert`, `--tls-key`, `--tls-ca` but not all.
-    #[error("missing {missing}: --tls-cert, --tls-key and --tls-ca go together")]
-    Incomplete {
-        /// The flags not given.
-        missing: String,
-    },
-    /// A file could not be read.
-    #[error("cannot read {flag} `{path}`: {error}")]
-    Read {
-        /// The flag naming the file.
-        flag: &'static str,
-        /// The file.
-        path: String,
-        /// Why.
-        error: String,
-    },
-    /// A file does not hold what its flag needs.
-    #[error("invalid {flag} `{path}`: {reason}")]
-    BadPem {
-        /// The flag naming the file.
-        flag: &'static str,
-        /// The file.
-        path: String,
-        /// What is missing or wrong.
-        reason: String,
-    },
-    /// The client certificate has no usable era5 identity.
-    #[error("invalid --tls-cert `{path}`: {error}")]
-    Identity {
-        /// The file.
-        path: String,
-        /// Why.
-        error: IdentityError,
-    },
-    /// tonic refused the configuration.
-    #[error("cannot set up the connection to `{url}`: {reason}")]
-    Transport {
-        /// The URL.
-        url: String,
-        /// What tonic said.
-        reason: String,
-    },
-}
-
 impl TlsFiles {
     /// The files when all three flags are given, `None` when none is, an error naming the
     /// missing ones otherwise.
@@ -121,7 +56,7 @@ impl TlsFiles {
         cert: Option<&Path>,
         key: Option<&Path>,
         ca: Option<&Path>,
-    ) -> Result<Option<Self>, ChannelError> {
+    ) -> Result<Option<Self>, Error> {
         match (cert, key, ca) {
             (None, None, None) => Ok(None),
             (Some(cert), Some(key), Some(ca)) => Ok(Some(Self {
@@ -139,7 +74,7 @@ impl TlsFiles {
                 .filter(|(_, absent)| *absent)
                 .map(|(flag, _)| flag)
                 .collect();
-                Err(ChannelError::Incomplete {
+                Err(Error::IncompleteTls {
                     missing: missing.join(" and "),
                 })
             }
@@ -147,7 +82,7 @@ impl TlsFiles {
     }
 
     /// Reads the three files and checks that each holds what it should.
-    pub fn read(&self) -> Result<TlsMaterial, ChannelError> {
+    pub fn read(&self) -> Result<TlsMaterial, Error> {
         let cert_pem = read_file("--tls-cert", &self.cert)?;
         let key_pem = read_file("--tls-key", &self.key)?;
         let ca_pem = read_file("--tls-ca", &self.ca)?;
@@ -157,7 +92,7 @@ impl TlsFiles {
             .filter_map(Result::ok)
             .any(|block| block.label.ends_with("PRIVATE KEY"));
         if !has_key {
-            return Err(ChannelError::BadPem {
+            return Err(Error::BadPem {
                 flag: "--tls-key",
                 path: self.key.display().to_string(),
                 reason: "no PEM private key in it".into(),
@@ -172,24 +107,24 @@ impl TlsFiles {
     }
 }
 
-fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, ChannelError> {
-    std::fs::read(path).map_err(|e| ChannelError::Read {
+fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Read {
         flag,
         path: path.display().to_string(),
         error: e.to_string(),
     })
 }
 
-fn expect_certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<(), ChannelError> {
+fn expect_certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<(), Error> {
     let mut count = 0;
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
-        let block = block.map_err(|e| ChannelError::BadPem {
+        let block = block.map_err(|e| Error::BadPem {
             flag,
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
         if block.label == "CERTIFICATE" {
-            block.parse_x509().map_err(|e| ChannelError::BadPem {
+            block.parse_x509().map_err(|e| Error::BadPem {
                 flag,
                 path: path.display().to_string(),
                 reason: format!("unparseable certificate: {e}"),
@@ -198,7 +133,7 @@ fn expect_certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<()
         }
     }
     if count == 0 {
-        return Err(ChannelError::BadPem {
+        return Err(Error::BadPem {
             flag,
             path: path.display().to_string(),
             reason: "no PEM certificate in it".into(),
@@ -209,10 +144,10 @@ fn expect_certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<()
 
 impl TlsMaterial {
     /// The era5 identity in our own certificate.
-    pub fn identity(&self) -> Result<crate::identity::Identity, ChannelError> {
-        identity_of_pem(&self.cert_pem).map_err(|error| ChannelError::Identity {
+    pub fn identity(&self) -> Result<crate::identity::Identity, Error> {
+        identity_of_pem(&self.cert_pem).map_err(|error| Error::CertificateIdentity {
             path: self.files.cert.display().to_string(),
-            error,
+            reason: error.to_string(),
         })
     }
 }
@@ -232,8 +167,8 @@ pub struct CoordinatorChannel {
 
 impl CoordinatorChannel {
     /// Checks the URL against the TLS material (https ⇔ TLS) and builds the endpoint.
-    pub fn endpoint(&self) -> Result<Endpoint, ChannelError> {
-        let bad = |reason: &str| ChannelError::BadUrl {
+    pub fn endpoint(&self) -> Result<Endpoint, Error> {
+        let bad = |reason: &str| Error::BadUrl {
             url: self.url.clone(),
             reason: reason.to_string(),
         };
@@ -252,11 +187,11 @@ impl CoordinatorChannel {
             _ => return Err(bad("expected http://host:port or https://host:port")),
         };
         match (https, &self.tls) {
-            (true, None) => return Err(ChannelError::HttpsWithoutTls(self.url.clone())),
-            (false, Some(_)) => return Err(ChannelError::TlsWithoutHttps(self.url.clone())),
+            (true, None) => return Err(Error::HttpsWithoutTls(self.url.clone())),
+            (false, Some(_)) => return Err(Error::TlsWithoutHttps(self.url.clone())),
             _ => {}
         }
-        let transport = |e: tonic::transport::Error| ChannelError::Transport {
+        let transport = |e: tonic::transport::Error| Error::Transport {
             url: self.url.clone(),
             reason: error_chain(&e),
         };
@@ -314,7 +249,7 @@ mod tests {
     fn https_never_goes_without_tls_and_http_never_with_it() {
         assert!(matches!(
             channel("https://coordinator:50051", None).endpoint(),
-            Err(ChannelError::HttpsWithoutTls(_))
+            Err(Error::HttpsWithoutTls(_))
         ));
         assert!(channel("http://127.0.0.1:50051", None).endpoint().is_ok());
         let material = TlsMaterial {
@@ -329,11 +264,11 @@ mod tests {
         };
         assert!(matches!(
             channel("http://127.0.0.1:50051", Some(material)).endpoint(),
-            Err(ChannelError::TlsWithoutHttps(_))
+            Err(Error::TlsWithoutHttps(_))
         ));
         assert!(matches!(
             channel("ftp://x:1", None).endpoint(),
-            Err(ChannelError::BadUrl { .. })
+            Err(Error::BadUrl { .. })
         ));
     }
 

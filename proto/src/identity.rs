@@ -11,7 +11,7 @@
 //! become Redis keys, label metrics and appear in status output, so they are kept short and
 //! plain.
 
-use thiserror::Error;
+use crate::error::Error;
 
 /// Longest worker or operator name (a DNS label, so a pod name fits).
 pub const MAX_NAME_LEN: usize = 63;
@@ -58,72 +58,29 @@ impl std::fmt::Display for Identity {
     }
 }
 
-/// Why a name is not acceptable.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum NameError {
-    /// Empty.
-    #[error("a name cannot be empty")]
-    Empty,
-    /// Longer than [`MAX_NAME_LEN`].
-    #[error("`{0}` is longer than 63 characters")]
-    TooLong(String),
-    /// A character outside `[a-z0-9._-]`.
-    #[error("`{name}` holds {found:?}; use lowercase letters, digits, '.', '_' and '-'")]
-    BadCharacter {
-        /// The name (control characters escaped by `Debug` where it is printed).
-        name: String,
-        /// The first bad character.
-        found: char,
-    },
-}
-
 /// Checks a worker or operator name: 1 to 63 characters of `[a-z0-9._-]`.
-pub fn check_name(name: &str) -> Result<(), NameError> {
+pub fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
-        return Err(NameError::Empty);
+        return Err(Error::EmptyName);
     }
     if let Some(found) = name
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(*c)))
     {
-        return Err(NameError::BadCharacter {
+        return Err(Error::BadNameCharacter {
             name: name.escape_debug().take(80).collect(),
             found,
         });
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong(name.chars().take(80).collect()));
+        return Err(Error::NameTooLong(name.chars().take(80).collect()));
     }
     Ok(())
 }
 
-/// Why a certificate carries no identity.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum IdentityError {
-    /// Not a parseable X.509 certificate.
-    #[error("not an X.509 certificate: {0}")]
-    Unparseable(String),
-    /// No `spiffe://<domain>/era5/<role>/<name>` URI SAN.
-    #[error(
-        "the certificate has no era5 identity (a URI SAN spiffe://<trust-domain>/era5/worker/<name> or .../era5/operator/<name>)"
-    )]
-    Missing,
-    /// More than one era5 identity: which one would it be?
-    #[error("the certificate has several era5 identities: {0}")]
-    Ambiguous(String),
-    /// An era5 URI SAN whose name breaks the rules.
-    #[error("the certificate's identity `{uri}` has a bad name: {error}")]
-    BadName {
-        /// The SAN.
-        uri: String,
-        /// What is wrong with the name.
-        error: NameError,
-    },
-}
-
 /// Parses one URI SAN. `Ok(None)` for URIs that are not era5 identities (other SANs are
 /// allowed: the same certificate may serve other systems).
-pub fn parse_spiffe(uri: &str) -> Result<Option<Identity>, IdentityError> {
+pub fn parse_spiffe(uri: &str) -> Result<Option<Identity>, Error> {
     let Some(rest) = uri.strip_prefix("spiffe://") else {
         return Ok(None);
     };
@@ -145,9 +102,9 @@ pub fn parse_spiffe(uri: &str) -> Result<Option<Identity>, IdentityError> {
     if domain.is_empty() {
         return Ok(None);
     }
-    check_name(name).map_err(|error| IdentityError::BadName {
+    check_name(name).map_err(|error| Error::BadIdentityName {
         uri: uri.escape_debug().take(200).collect(),
-        error,
+        reason: error.to_string(),
     })?;
     Ok(Some(Identity {
         role,
@@ -157,12 +114,12 @@ pub fn parse_spiffe(uri: &str) -> Result<Option<Identity>, IdentityError> {
 }
 
 /// The identity in a DER certificate (a peer's leaf certificate).
-pub fn identity_of_der(der: &[u8]) -> Result<Identity, IdentityError> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+pub fn identity_of_der(der: &[u8]) -> Result<Identity, Error> {
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| Error::Unparseable(e.to_string()))?;
     let names = certificate
         .subject_alternative_name()
-        .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+        .map_err(|e| Error::Unparseable(e.to_string()))?;
     let mut found: Vec<Identity> = Vec::new();
     for name in names.iter().flat_map(|san| san.value.general_names.iter()) {
         if let x509_parser::extensions::GeneralName::URI(uri) = name
@@ -172,9 +129,9 @@ pub fn identity_of_der(der: &[u8]) -> Result<Identity, IdentityError> {
         }
     }
     match found.len() {
-        0 => Err(IdentityError::Missing),
+        0 => Err(Error::NoIdentity),
         1 => Ok(found.remove(0)),
-        _ => Err(IdentityError::Ambiguous(
+        _ => Err(Error::AmbiguousIdentity(
             found
                 .iter()
                 .map(ToString::to_string)
@@ -185,9 +142,9 @@ pub fn identity_of_der(der: &[u8]) -> Result<Identity, IdentityError> {
 }
 
 /// The identity in the first certificate of a PEM file's contents (one's own certificate).
-pub fn identity_of_pem(pem: &[u8]) -> Result<Identity, IdentityError> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem)
-        .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+pub fn identity_of_pem(pem: &[u8]) -> Result<Identity, Error> {
+    let (_, block) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| Error::Unparseable(e.to_string()))?;
     identity_of_der(&block.contents)
 }
 
@@ -208,19 +165,19 @@ mod tests {
     #[test]
     fn names_follow_the_rules() {
         assert_eq!(check_name("w-1.node_2"), Ok(()));
-        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert_eq!(check_name(""), Err(Error::EmptyName));
         assert!(matches!(
             check_name(&"a".repeat(64)),
-            Err(NameError::TooLong(_))
+            Err(Error::NameTooLong(_))
         ));
         assert_eq!(check_name(&"a".repeat(63)), Ok(()));
         assert!(matches!(
             check_name("Worker"),
-            Err(NameError::BadCharacter { found: 'W', .. })
+            Err(Error::BadNameCharacter { found: 'W', .. })
         ));
         assert!(matches!(
             check_name("w\u{1b}[31m"),
-            Err(NameError::BadCharacter { .. })
+            Err(Error::BadNameCharacter { .. })
         ));
     }
 
@@ -239,26 +196,23 @@ mod tests {
         assert_eq!(operator.role, Role::Operator);
         assert_eq!(
             identity_of_der(&certificate(&["spiffe://td/other/worker/x"])),
-            Err(IdentityError::Missing)
+            Err(Error::NoIdentity)
         );
-        assert_eq!(
-            identity_of_der(&certificate(&[])),
-            Err(IdentityError::Missing)
-        );
+        assert_eq!(identity_of_der(&certificate(&[])), Err(Error::NoIdentity));
         assert!(matches!(
             identity_of_der(&certificate(&[
                 "spiffe://td/era5/worker/a",
                 "spiffe://td/era5/operator/b"
             ])),
-            Err(IdentityError::Ambiguous(_))
+            Err(Error::AmbiguousIdentity(_))
         ));
         assert!(matches!(
             identity_of_der(&certificate(&["spiffe://td/era5/worker/UPPER"])),
-            Err(IdentityError::BadName { .. })
+            Err(Error::BadIdentityName { .. })
         ));
         assert!(matches!(
             identity_of_der(b"not der"),
-            Err(IdentityError::Unparseable(_))
+            Err(Error::Unparseable(_))
         ));
     }
 }

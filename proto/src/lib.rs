@@ -10,7 +10,10 @@
 //!   and HTTP/2 keepalive.
 
 pub mod channel;
+pub mod error;
 pub mod identity;
+
+pub use error::Error;
 
 /// Version 1 of the API.
 pub mod v1 {

@@ -32,7 +32,7 @@ use common::source::retry::{RetryPolicy, RetryReason};
 use common::source::{
     BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
 };
-use proto::channel::{ChannelError, CoordinatorChannel};
+use proto::channel::CoordinatorChannel;
 use proto::v1 as pb;
 use proto::v1::worker_client::WorkerClient;
 use rand::Rng;
@@ -75,7 +75,7 @@ pub struct AgentConfig {
 pub enum AgentError {
     /// Bad coordinator URL or TLS settings.
     #[error(transparent)]
-    Coordinator(#[from] ChannelError),
+    Coordinator(#[from] proto::Error),
     /// DEST unusable.
     #[error(transparent)]
     Mirror(#[from] crate::mirror::MirrorError),
