@@ -305,6 +305,17 @@ impl Coordinator {
             .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))?;
         let source_client = Source::connect(&self.source).await;
         let listing = list_job(&source_client, &validated, self.caps.max_job_objects);
+        // An SDK error may quote the endpoint, credentials and all.
+        let endpoint = self.source.endpoint.clone().unwrap_or_default();
+        let scrub = |error: Error| match error {
+            Error::ListingRefused(m) => {
+                Error::ListingRefused(common::redact::scrub_url_from(&m, &endpoint))
+            }
+            Error::ListingFailed(m) => {
+                Error::ListingFailed(common::redact::scrub_url_from(&m, &endpoint))
+            }
+            other => other,
+        };
         let objects = tokio::time::timeout(self.caps.listing_deadline, listing)
             .await
             .map_err(|_| {
@@ -312,7 +323,8 @@ impl Coordinator {
                     "listing the job's objects took longer than {}s",
                     self.caps.listing_deadline.as_secs()
                 ))
-            })??;
+            })?
+            .map_err(scrub)?;
         let job = plan_job(
             random_id(),
             SelectionSpec::from(&validated),
@@ -537,15 +549,13 @@ impl Worker for WorkerService {
             request.get_ref().lease.clone(),
         )?;
         let request = request.into_inner();
+        // A reason may quote the source's endpoint; it is shown to operators.
+        let endpoint = self.0.source.endpoint.clone().unwrap_or_default();
+        let reason = common::redact::scrub_url_from(&bounded_reason(&request.reason), &endpoint);
         let outcome = self
             .0
             .store
-            .fail(
-                &lease,
-                &worker,
-                &bounded_reason(&request.reason),
-                request.permanent,
-            )
+            .fail(&lease, &worker, &reason, request.permanent)
             .await?;
         Ok(Response::new(pb::FailResponse {
             status: lease_status(outcome.ack)?,
