@@ -7,7 +7,8 @@
 //!   worker names;
 //! - [`channel`]: how clients (workers, operator commands) reach the coordinator: `http://`
 //!   or `https://` with a client certificate (never one falling back to the other), deadlines
-//!   and HTTP/2 keepalive.
+//!   and HTTP/2 keepalive;
+//! - [`Error`]: the crate's one error type.
 
 pub mod channel;
 pub mod error;
