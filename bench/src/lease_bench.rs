@@ -76,7 +76,11 @@ async fn throughput(coordinator: String, redis: String, workers: usize, items: u
     let job = JobSpec {
         job_id: random_id(),
         selection: SelectionSpec::default(),
-        source: SourceSpec::default(),
+        // A coordinator grants only jobs of its own source: the default one here.
+        source: SourceSpec {
+            bucket: common::source::DEFAULT_BUCKET.to_string(),
+            endpoint: String::new(),
+        },
         items: (0..items)
             .map(|i| ItemSpec {
                 item_id: format!("{i:08}"),

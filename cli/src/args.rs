@@ -236,15 +236,75 @@ pub struct VerifyArgs {
     pub no_progress: bool,
 }
 
+/// TLS for the cluster's gRPC: all three files, or none.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain presented to peers (a worker's or operator's must carry the URI
+    /// SAN spiffe://<trust-domain>/era5/worker/<name> or .../era5/operator/<name>).
+    #[arg(long, env = "ERA5_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ERA5_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that peers' certificates must chain to.
+    #[arg(long, env = "ERA5_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
 /// `era5 coordinator`.
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
-    /// gRPC address to listen on (e.g. 0.0.0.0:50051).
+    /// gRPC address to listen on (e.g. 0.0.0.0:50051). Without TLS it must be a loopback
+    /// address, unless --insecure-plaintext.
     #[arg(long, env = "ERA5_LISTEN", value_name = "ADDR")]
     pub listen: String,
-    /// Redis URL holding all job and lease state (redis://[:password@]host:port/).
+    /// Redis URL holding all job and lease state (redis://[user:password@]host:port/, or
+    /// rediss:// for TLS).
     #[arg(long, env = "ERA5_REDIS", value_name = "URL")]
     pub redis: String,
+    /// PEM CA certificate that a rediss:// server's certificate must chain to (default: the
+    /// system's roots).
+    #[arg(long, env = "ERA5_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+    /// TLS: client certificates are then required on the gRPC port, and the HTTP port serves
+    /// https with the same certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Serve plaintext gRPC on a non-loopback address: anyone who reaches the port can then
+    /// take and complete leases, cancel jobs and drain workers.
+    #[arg(long, env = "ERA5_INSECURE_PLAINTEXT", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub insecure_plaintext: bool,
+    /// The one source of this coordinator's jobs; a job naming another is refused.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Concurrent worker sessions; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ERA5_MAX_WORKERS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
+    pub max_workers: u32,
+    /// Objects in one job; a larger job is refused while it is being listed.
+    #[arg(long, env = "ERA5_MAX_JOB_OBJECTS", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000), value_name = "N")]
+    pub max_job_objects: u64,
+    /// Jobs not yet finished; more submissions are refused until one finishes.
+    #[arg(long, env = "ERA5_MAX_ACTIVE_JOBS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
+    pub max_active_jobs: u32,
+    /// Finished jobs (complete, failed, cancelled) and workers unseen for this long are
+    /// forgotten (e.g. 30d, 12h, 90m, 45s).
+    #[arg(
+        long,
+        env = "ERA5_JOB_RETENTION",
+        default_value = "30d",
+        value_name = "DURATION"
+    )]
+    pub job_retention: String,
+    /// HTTP/2 and TCP keepalive interval, seconds: a peer that vanished without a FIN is
+    /// dropped after two of them.
+    #[arg(long, env = "ERA5_KEEPALIVE_INTERVAL", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300), hide = true)]
+    pub keepalive_interval: u64,
+    /// Deadline of each gRPC call but SubmitJob, seconds.
+    #[arg(long, env = "ERA5_CALL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub call_timeout: u64,
+    /// Deadline of a submitted job's listing, seconds.
+    #[arg(long, env = "ERA5_LISTING_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400), hide = true)]
+    pub listing_timeout: u64,
     /// Seconds a lease lives without renewal; workers renew every third of it.
     #[arg(long, env = "ERA5_LEASE_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECS")]
     pub lease_ttl: u64,
@@ -265,13 +325,17 @@ pub struct CoordinatorArgs {
 /// `era5 worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Coordinator gRPC URL (http://host:port).
+    /// Coordinator gRPC URL (http://host:port, or https://host:port with the TLS flags).
     #[arg(long, env = "ERA5_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
+    /// TLS: the worker's certificate names it (spiffe://<trust-domain>/era5/worker/<name>).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The shared mirror directory.
     #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
     pub dest: PathBuf,
-    /// Worker name, unique in the cluster (default: the host name).
+    /// Worker name, unique in the cluster, at most 63 characters of [a-z0-9._-] (default:
+    /// the host name; with TLS, the certificate's name, which this must match if given).
     #[arg(long, env = "ERA5_NAME", value_name = "NAME")]
     pub name: Option<String>,
     /// Hard cap on concurrent S3 connections of this process.
@@ -292,14 +356,37 @@ pub struct WorkerArgs {
     /// First retry backoff ceiling, milliseconds.
     #[arg(long, env = "ERA5_RETRY_BASE_MS", default_value_t = 200, hide = true)]
     pub retry_base_ms: u64,
+    /// HTTP/2 and TCP keepalive interval towards the coordinator, seconds.
+    #[arg(long, env = "ERA5_KEEPALIVE_INTERVAL", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300), hide = true)]
+    pub keepalive_interval: u64,
+    /// Deadline of each call to the coordinator, seconds.
+    #[arg(long, env = "ERA5_RPC_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub rpc_timeout: u64,
 }
 
-/// `--coordinator URL`, shared by the operator commands.
+/// `--coordinator URL` and TLS, shared by the operator commands.
 #[derive(Debug, Args)]
 pub struct CoordinatorUrl {
-    /// Coordinator gRPC URL (http://host:port).
+    /// Coordinator gRPC URL (http://host:port, or https://host:port with the TLS flags).
     #[arg(long, env = "ERA5_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
+    /// TLS: an operator's certificate (spiffe://<trust-domain>/era5/operator/<name>).
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Deadline of each call to the coordinator but `submit`'s, seconds.
+    #[arg(long, env = "ERA5_RPC_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub rpc_timeout: u64,
+}
+
+/// Where a submitted job's objects come from: by default, the coordinator's source.
+#[derive(Debug, Args)]
+pub struct SubmitSourceArgs {
+    /// Bucket; when given it must be the coordinator's (default: the coordinator's).
+    #[arg(long, env = "ERA5_BUCKET")]
+    pub bucket: Option<String>,
+    /// S3 endpoint; when given it must be the coordinator's (default: the coordinator's).
+    #[arg(long, env = "ERA5_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
 }
 
 /// `era5 submit`.
@@ -311,9 +398,9 @@ pub struct SubmitArgs {
     /// Which objects.
     #[command(flatten)]
     pub selection: SelectionArgs,
-    /// Where from.
+    /// Where from (the coordinator's source unless given).
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub source: SubmitSourceArgs,
     /// Follow the job; exit 0 when it completes, 1 when anything ends dead.
     #[arg(long, env = "ERA5_WAIT", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub wait: bool,
@@ -353,7 +440,7 @@ pub struct DrainArgs {
     /// The coordinator.
     #[command(flatten)]
     pub coordinator: CoordinatorUrl,
-    /// Worker name.
+    /// Worker name (with TLS, the name in the worker's certificate).
     #[arg(value_name = "WORKER")]
     pub worker: String,
 }

@@ -1,17 +1,32 @@
 //! The cluster commands: `era5 coordinator` and `era5 worker` (long-running), and the operator
 //! commands `submit`, `status`, `jobs`, `cancel`, `retry` and `drain` (gRPC clients).
+//!
+//! Every command first turns its flags into a checked configuration, before any runtime
+//! starts: bad values, missing or unreadable TLS files, an `https://` URL without them, or a
+//! plaintext coordinator on a non-loopback address are exit 2 with one line saying why.
+//! Answers from the coordinator map to exit statuses through the coordinator crate's one
+//! table (`coordinator::error::exit_status`).
+
+mod output;
+pub mod stop;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::redact::{redact_url, scrub_url_from};
 use common::selection::Selection;
+use common::source::{DEFAULT_ENDPOINT, PoolConfig, SourceConfig};
 use common::units::{human_bytes, parse_size};
+use coordinator::limits::Caps;
 use coordinator::model::LeasePolicy;
 use coordinator::planner::ItemLimits;
-use coordinator::server::Server;
+use coordinator::server::{Server, Settings};
+use coordinator::tls::ServerTls;
 use coordinator::{LeaseStore, RedisStore};
+use proto::channel::{CoordinatorChannel, TlsFiles, TlsMaterial};
+use proto::identity::Role;
 use proto::v1 as pb;
 use proto::v1::operator_client::OperatorClient;
 use serde_json::json;
@@ -20,10 +35,18 @@ use tonic::transport::Channel;
 use worker::agent::AgentConfig;
 use worker::{EngineConfig, VerifyMode};
 
+use self::output::{
+    clean, job_json, jobs_table, lease_json, leases_table, worker_json, workers_table,
+};
 use crate::args::{
-    CoordinatorArgs, CoordinatorUrl, DrainArgs, JobArgs, StatusArgs, SubmitArgs, WorkerArgs,
+    CoordinatorArgs, CoordinatorUrl, DrainArgs, JobArgs, StatusArgs, SubmitArgs, TlsArgs,
+    WorkerArgs,
 };
 use crate::{ExitCode, Failure};
+
+/// Deadline of `submit`'s call: the coordinator lists the bucket within its own listing
+/// deadline (10 minutes by default) and plans within two more.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
 fn bad(flag: &str, value: &str, reason: impl std::fmt::Display) -> Failure {
     Failure::Input(format!("invalid {flag} `{value}`: {reason}"))
@@ -39,99 +62,207 @@ fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, Failure> {
     })
 }
 
-fn check_url(flag: &str, value: &str) -> Result<(), Failure> {
-    let uri: http::Uri = value.parse().map_err(|_| bad(flag, value, "not a URL"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err(bad(flag, value, "expected http://host:port")),
-    }
+/// A channel error as one line, with any credentials in `url` hidden.
+fn channel_failure(error: proto::Error, url: &str) -> Failure {
+    Failure::Input(scrub_url_from(&error.to_string(), url))
 }
 
-/// Stops on SIGTERM or Ctrl-C.
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+/// The TLS files of a command, read and checked (`None` without TLS flags).
+fn tls_material(args: &TlsArgs) -> Result<Option<TlsMaterial>, Failure> {
+    let files = TlsFiles::from_flags(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_ca.as_deref(),
+    )
+    .map_err(|e| Failure::Input(e.to_string()))?;
+    files
+        .map(|files| files.read().map_err(|e| Failure::Input(e.to_string())))
+        .transpose()
+}
+
+/// `30d`, `12h`, `90m`, `45s` or plain seconds.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(seconds).map(Duration::from_secs)
+}
+
+/// Everything `era5 coordinator` needs, checked.
+pub struct CoordinatorConfig {
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+    redis: redis::Client,
+    redis_shown: String,
+    policy: LeasePolicy,
+    settings: Settings,
+}
+
+/// Checks `era5 coordinator`'s flags and reads its files (before the runtime starts).
+pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, Failure> {
+    let listen = socket_addr("--listen", &args.listen)?;
+    let http = args
+        .http
+        .as_deref()
+        .map(|http| socket_addr("--http", http))
+        .transpose()?;
+    let tls = tls_material(&args.tls)?;
+    match (&tls, args.insecure_plaintext) {
+        (Some(_), true) => {
+            return Err(Failure::Input(
+                "--insecure-plaintext contradicts --tls-cert, --tls-key and --tls-ca: choose one"
+                    .into(),
+            ));
         }
-        tracing::info!("stopping");
-        cancel.cancel();
-    });
-    token
-}
-
-/// Validates `era5 coordinator` flags (before the runtime starts).
-pub fn check_coordinator(args: &CoordinatorArgs) -> Result<(), Failure> {
-    socket_addr("--listen", &args.listen)?;
-    if let Some(http) = &args.http {
-        socket_addr("--http", http)?;
+        (None, false) if !listen.ip().is_loopback() => {
+            return Err(Failure::Input(format!(
+                "refusing to serve plaintext gRPC on {listen}, which is not a loopback address: give --tls-cert, --tls-key and --tls-ca, or --insecure-plaintext to let anyone who reaches the port take leases, cancel jobs and drain workers"
+            )));
+        }
+        _ => {}
     }
-    redis::Client::open(args.redis.as_str())
-        .map_err(|e| bad("--redis", &common::redact::redact_url(&args.redis), e))?;
-    parse_size(&args.lease_bytes).ok_or_else(|| {
+    let server_tls = tls
+        .as_ref()
+        .map(ServerTls::new)
+        .transpose()
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    let redis_ca = args
+        .redis_ca
+        .as_deref()
+        .map(|path| {
+            std::fs::read(path).map_err(|e| bad("--redis-ca", &path.display().to_string(), e))
+        })
+        .transpose()?;
+    let redis = coordinator::store::redis::client(&args.redis, redis_ca.as_deref())
+        .map_err(|e| Failure::Input(scrub_url_from(&e.to_string(), &args.redis)))?;
+    let lease_bytes = parse_size(&args.lease_bytes).ok_or_else(|| {
         bad(
             "--lease-bytes",
             &args.lease_bytes,
             "expected a size such as 8GiB",
         )
     })?;
-    Ok(())
+    let job_retention = parse_duration(&args.job_retention)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            bad(
+                "--job-retention",
+                &args.job_retention,
+                "expected a duration such as 30d, 12h, 90m or 45s",
+            )
+        })?;
+    check_endpoint("--endpoint", &args.source.endpoint)?;
+    let source = SourceConfig {
+        bucket: args.source.bucket.clone(),
+        endpoint: Some(args.source.endpoint.clone()),
+        region: args.source.region.clone(),
+        sign: args.source.sign,
+        pool: PoolConfig::new(8),
+    };
+    Ok(CoordinatorConfig {
+        listen,
+        http,
+        redis,
+        redis_shown: redact_url(&args.redis),
+        policy: LeasePolicy {
+            ttl: Duration::from_secs(args.lease_ttl),
+            max_attempts: args.lease_attempts,
+            ..LeasePolicy::default()
+        },
+        settings: Settings {
+            limits: ItemLimits {
+                max_bytes: lease_bytes,
+                max_objects: args.lease_objects as usize,
+            },
+            source,
+            caps: Caps {
+                max_workers: args.max_workers as usize,
+                max_job_objects: args.max_job_objects as usize,
+                max_active_jobs: args.max_active_jobs as usize,
+                job_retention,
+                call_deadline: Duration::from_secs(args.call_timeout),
+                listing_deadline: Duration::from_secs(args.listing_timeout),
+                ..Caps::default()
+            },
+            keepalive: Duration::from_secs(args.keepalive_interval),
+            tls: server_tls,
+        },
+    })
 }
 
-/// `era5 coordinator`.
-pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode, Failure> {
-    let runtime_error = |e: std::io::Error| Failure::Runtime(e.to_string());
-    let grpc = tokio::net::TcpListener::bind(socket_addr("--listen", &args.listen)?)
+fn check_endpoint(flag: &str, value: &str) -> Result<(), Failure> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| bad(flag, &redact_url(value), "not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err(bad(
+            flag,
+            &redact_url(value),
+            "expected http(s)://host[:port]",
+        )),
+    }
+}
+
+/// `era5 coordinator`: serves until `stop` fires.
+pub async fn coordinator(
+    config: CoordinatorConfig,
+    stop: CancellationToken,
+) -> Result<ExitCode, Failure> {
+    let listen_failed = |addr: SocketAddr, e: std::io::Error| {
+        Failure::Runtime(format!("cannot listen on {addr}: {e}"))
+    };
+    let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", args.listen)))?;
-    let http = match &args.http {
+        .map_err(|e| listen_failed(config.listen, e))?;
+    let http = match config.http {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(socket_addr("--http", addr)?)
+            tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| Failure::Runtime(format!("cannot listen on {addr}: {e}")))?,
+                .map_err(|e| listen_failed(addr, e))?,
         ),
         None => None,
     };
-    let policy = LeasePolicy {
-        ttl: Duration::from_secs(args.lease_ttl),
-        max_attempts: args.lease_attempts,
-        ..LeasePolicy::default()
-    };
+    let source = coordinator::service::source_spec(&config.settings.source);
     let store: Arc<dyn LeaseStore> = Arc::new(
-        RedisStore::connect_lazily(&args.redis, policy)
-            .map_err(|e| Failure::Input(e.to_string()))?,
+        RedisStore::with_client(config.redis, config.policy.clone()).pinned_to(source.clone()),
     );
-    let limits = ItemLimits {
-        max_bytes: parse_size(&args.lease_bytes).unwrap_or(8 << 30),
-        max_objects: args.lease_objects as usize,
+    let local = |listener: &tokio::net::TcpListener| {
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
     };
-    let http_addr = match &http {
-        Some(listener) => listener.local_addr().map_err(runtime_error)?.to_string(),
-        None => "-".to_string(),
-    };
+    let http_addr = http.as_ref().map_or("-".to_string(), local);
     tracing::info!(
-        grpc = %grpc.local_addr().map_err(runtime_error)?,
+        grpc = %local(&grpc),
         http = %http_addr,
-        lease_ttl = args.lease_ttl,
-        redis = %common::redact::redact_url(&args.redis),
+        tls = config.settings.tls.is_some(),
+        lease_ttl = config.policy.ttl.as_secs(),
+        redis = %config.redis_shown,
+        bucket = %source.bucket,
+        endpoint = %redact_url(config.settings.source.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT)),
         "coordinator started"
     );
     Server {
         grpc,
         http,
         store,
-        limits,
+        settings: config.settings,
     }
-    .run(shutdown_on_signals())
+    .run(stop)
     .await
-    .map_err(runtime_error)?;
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(ExitCode::Success)
 }
 
@@ -141,14 +272,70 @@ fn host_name() -> String {
     let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
     let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
     match (rc, std::str::from_utf8(&buffer[..end])) {
-        (0, Ok(name)) if !name.is_empty() => name.to_string(),
+        (0, Ok(name)) if !name.is_empty() => name.to_ascii_lowercase(),
         _ => format!("worker-{}", std::process::id()),
     }
 }
 
-/// Validates `era5 worker` flags.
-pub fn check_worker(args: &WorkerArgs) -> Result<(), Failure> {
-    check_url("--coordinator", &args.coordinator)?;
+/// A coordinator channel from `--coordinator` and the TLS flags, checked (https ⇔ TLS).
+fn channel(
+    url: &str,
+    tls: &TlsArgs,
+    keepalive: Duration,
+    rpc_timeout: Option<Duration>,
+) -> Result<CoordinatorChannel, Failure> {
+    let channel = CoordinatorChannel {
+        url: url.to_string(),
+        tls: tls_material(tls)?,
+        keepalive,
+        rpc_timeout,
+    };
+    channel.endpoint().map_err(|e| channel_failure(e, url))?;
+    Ok(channel)
+}
+
+/// Checks `era5 worker`'s flags: the channel, and the worker's name (with TLS, its
+/// certificate's).
+pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
+    let channel = channel(
+        &args.coordinator,
+        &args.tls,
+        Duration::from_secs(args.keepalive_interval),
+        Some(Duration::from_secs(args.rpc_timeout)),
+    )?;
+    let name = match &channel.tls {
+        Some(tls) => {
+            let identity = tls.identity().map_err(|e| Failure::Input(e.to_string()))?;
+            if identity.role != Role::Worker {
+                return Err(Failure::Input(format!(
+                    "--tls-cert `{}` is {identity}, not a worker's certificate (spiffe://<trust-domain>/era5/worker/<name>)",
+                    tls.files.cert.display()
+                )));
+            }
+            if let Some(name) = &args.name
+                && *name != identity.name
+            {
+                return Err(bad(
+                    "--name",
+                    name,
+                    format!(
+                        "with TLS the worker's name is its certificate's, `{}`",
+                        identity.name
+                    ),
+                ));
+            }
+            identity.name
+        }
+        None => {
+            let name = args.name.clone().unwrap_or_else(host_name);
+            proto::identity::check_name(&name).map_err(|e| {
+                Failure::Input(format!(
+                    "invalid --name: {e} (the default is the host name)"
+                ))
+            })?;
+            name
+        }
+    };
     if let Some(http) = &args.http {
         socket_addr("--http", http)?;
     }
@@ -159,24 +346,11 @@ pub fn check_worker(args: &WorkerArgs) -> Result<(), Failure> {
             "exists and is not a directory",
         ));
     }
-    if let Some(name) = &args.name
-        && (name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-    {
-        return Err(bad("--name", name, "use letters, digits, '-', '_' and '.'"));
-    }
-    Ok(())
-}
-
-/// `era5 worker`.
-pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
     let verify: VerifyMode = args.verify.parse().map_err(Failure::Input)?;
-    let config = AgentConfig {
-        coordinator: args.coordinator.clone(),
+    Ok(AgentConfig {
+        channel,
         dest: args.dest.clone(),
-        name: args.name.clone().unwrap_or_else(host_name),
+        name,
         connections: args.connections as usize,
         max_leases: args.max_leases as usize,
         engine: EngineConfig {
@@ -188,8 +362,16 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
             },
             ..EngineConfig::default()
         },
-    };
-    let http = match &args.http {
+    })
+}
+
+/// `era5 worker`: works until `stop` fires, then releases what it holds.
+pub async fn worker(
+    config: AgentConfig,
+    http: Option<String>,
+    stop: CancellationToken,
+) -> Result<ExitCode, Failure> {
+    let http = match &http {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(socket_addr("--http", addr)?)
                 .await
@@ -197,36 +379,72 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
         ),
         None => None,
     };
-    worker::agent::run(config, http, shutdown_on_signals())
+    worker::agent::run(config, http, stop)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(ExitCode::Success)
 }
 
-async fn connect(url: &CoordinatorUrl) -> Result<OperatorClient<Channel>, Failure> {
-    check_url("--coordinator", &url.coordinator)?;
-    OperatorClient::connect(url.coordinator.clone())
-        .await
-        .map_err(|e| {
-            Failure::Runtime(format!(
-                "cannot reach the coordinator at {}: {e}",
-                url.coordinator
-            ))
-        })
+/// An operator command's connection to the coordinator.
+pub struct Operator {
+    client: OperatorClient<Channel>,
+    url: String,
+    rpc_timeout: Duration,
 }
 
-fn rpc_failure(status: tonic::Status) -> Failure {
-    match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
-            Failure::Input(status.message().to_string())
+/// Checks an operator command's `--coordinator` and TLS flags (before the runtime starts).
+pub fn operator_config(args: &CoordinatorUrl) -> Result<CoordinatorChannel, Failure> {
+    channel(
+        &args.coordinator,
+        &args.tls,
+        proto::channel::DEFAULT_KEEPALIVE,
+        None,
+    )
+}
+
+impl Operator {
+    /// Connects (lazily: the first call reports an unreachable coordinator).
+    fn connect(channel: &CoordinatorChannel, rpc_timeout: u64) -> Result<Self, Failure> {
+        let endpoint = channel
+            .endpoint()
+            .map_err(|e| channel_failure(e, &channel.url))?;
+        Ok(Self {
+            client: OperatorClient::new(endpoint.connect_lazy()),
+            url: channel.url.clone(),
+            rpc_timeout: Duration::from_secs(rpc_timeout),
+        })
+    }
+
+    /// `message` as a request with the command's deadline.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.rpc_timeout);
+        request
+    }
+
+    /// A refused or failed call as a failure: the exit status from the code (2 when the
+    /// request was wrong, 1 otherwise), the coordinator's message cleaned for the terminal.
+    fn failure(&self, status: tonic::Status) -> Failure {
+        let mut message = clean(status.message()).into_owned();
+        if let Some(source) = std::error::Error::source(&status) {
+            let chain = proto::channel::error_chain(source);
+            if !message.contains(&chain) {
+                message = format!("{message}: {chain}");
+            }
         }
-        _ => Failure::Runtime(format!("coordinator: {}", status.message())),
+        let message = scrub_url_from(&message, &self.url);
+        match coordinator::error::exit_status(status.code()) {
+            2 => Failure::Input(message),
+            _ => Failure::Runtime(format!(
+                "coordinator at {}: {message}",
+                redact_url(&self.url)
+            )),
+        }
     }
 }
 
 /// Validates `era5 submit`'s selection like `era5 sync` does.
-pub fn check_submit(args: &SubmitArgs) -> Result<(), Failure> {
-    check_url("--coordinator", &args.coordinator.coordinator)?;
+pub fn check_submit(args: &SubmitArgs) -> Result<CoordinatorChannel, Failure> {
     Selection::parse(
         &args.selection.product,
         &args.selection.var,
@@ -236,49 +454,66 @@ pub fn check_submit(args: &SubmitArgs) -> Result<(), Failure> {
         common::dates::today_utc(),
     )
     .map_err(|e| Failure::Input(e.to_string()))?;
-    Ok(())
+    if let Some(endpoint) = &args.source.endpoint {
+        check_endpoint("--endpoint", endpoint)?;
+    }
+    operator_config(&args.coordinator)
+}
+
+/// Writes `text` and a newline to stdout; a closed stdout ends the command quietly (`| head`).
+fn print_line(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
+}
+
+/// Writes a line to stderr, ignoring a closed stderr.
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// `era5 submit`.
-pub async fn submit(args: SubmitArgs) -> Result<ExitCode, Failure> {
-    let mut client = connect(&args.coordinator).await?;
-    let endpoint = if args.source.endpoint == common::source::DEFAULT_ENDPOINT {
-        String::new()
-    } else {
-        args.source.endpoint.clone()
-    };
-    let response = client
-        .submit_job(pb::SubmitJobRequest {
-            selection: Some(pb::Selection {
-                products: args.selection.product.clone(),
-                variables: args.selection.var.clone(),
-                start: args.selection.start.clone(),
-                end: args.selection.end.clone(),
-                grids: args.selection.grid.clone(),
-            }),
-            source: Some(pb::Source {
-                bucket: args.source.bucket.clone(),
-                endpoint,
-            }),
-        })
+pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    let mut operator = Operator::connect(&channel, args.coordinator.rpc_timeout)?;
+    let mut request = tonic::Request::new(pb::SubmitJobRequest {
+        selection: Some(pb::Selection {
+            products: args.selection.product.clone(),
+            variables: args.selection.var.clone(),
+            start: args.selection.start.clone(),
+            end: args.selection.end.clone(),
+            grids: args.selection.grid.clone(),
+        }),
+        // Empty fields: the coordinator's own source.
+        source: Some(pb::Source {
+            bucket: args.source.bucket.clone().unwrap_or_default(),
+            endpoint: args.source.endpoint.clone().unwrap_or_default(),
+        }),
+    });
+    request.set_timeout(SUBMIT_DEADLINE);
+    let response = operator
+        .client
+        .submit_job(request)
         .await
-        .map_err(rpc_failure)?
+        .map_err(|status| operator.failure(status))?
         .into_inner();
+    // Warnings come from the coordinator: printed only once cleaned of control characters.
     for warning in &response.warnings {
-        eprintln!("era5: warning: {warning}");
+        note(&format!("era5: warning: {}", clean(warning)));
     }
-    eprintln!(
+    note(&format!(
         "submitted: {} leases, {} objects, {}",
         response.leases,
         response.objects,
         human_bytes(response.bytes)
-    );
+    ));
+    let job_id = clean(&response.job_id).into_owned();
     if !args.wait {
-        println!("{}", response.job_id);
+        print_line(&job_id)?;
         return Ok(ExitCode::Success);
     }
-    let state = follow(&mut client, &response.job_id).await?;
-    println!("{}", response.job_id);
+    let state = follow(&mut operator, &job_id).await?;
+    print_line(&job_id)?;
     Ok(if state == "complete" {
         ExitCode::Success
     } else {
@@ -287,40 +522,47 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Polls a job until it is final; returns its final state.
-async fn follow(client: &mut OperatorClient<Channel>, job_id: &str) -> Result<String, Failure> {
+async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure> {
     loop {
-        let detail = match client
-            .get_job(pb::GetJobRequest {
-                job_id: job_id.to_string(),
-            })
-            .await
-        {
+        let request = operator.request(pb::GetJobRequest {
+            job_id: job_id.to_string(),
+        });
+        let detail = match operator.client.get_job(request).await {
             Ok(detail) => detail.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(status) => return Err(rpc_failure(status)),
+            Err(status) => return Err(operator.failure(status)),
         };
         let job = detail.job.unwrap_or_default();
         let counts = job.leases.unwrap_or_default();
-        eprintln!(
+        note(&format!(
             "job {}: {} | leases {} pending, {} leased, {} done, {} dead | {} of {}",
-            job.job_id,
-            job.state,
+            clean(&job.job_id),
+            clean(&job.state),
             counts.pending,
             counts.leased,
             counts.done,
             counts.dead,
             human_bytes(job.bytes_done),
             human_bytes(job.bytes_total)
-        );
+        ));
         if matches!(job.state.as_str(), "complete" | "failed" | "cancelled") {
             for lease in detail.leases.iter().filter(|l| l.state == "dead") {
-                eprintln!(
+                note(&format!(
                     "dead lease {} ({} {}..{}): {}",
-                    lease.item_id, lease.product, lease.start, lease.end, lease.last_error
-                );
+                    clean(&lease.item_id),
+                    clean(&lease.product),
+                    clean(&lease.start),
+                    clean(&lease.end),
+                    clean(&lease.last_error)
+                ));
             }
             return Ok(job.state);
         }
@@ -329,17 +571,19 @@ async fn follow(client: &mut OperatorClient<Channel>, job_id: &str) -> Result<St
 }
 
 /// `era5 status`.
-pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
-    let mut client = connect(&args.coordinator).await?;
+pub async fn status(args: StatusArgs, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    let mut operator = Operator::connect(&channel, args.coordinator.rpc_timeout)?;
     loop {
         let text = match &args.job {
             Some(job_id) => {
-                let detail = client
-                    .get_job(pb::GetJobRequest {
-                        job_id: job_id.clone(),
-                    })
+                let request = operator.request(pb::GetJobRequest {
+                    job_id: job_id.clone(),
+                });
+                let detail = operator
+                    .client
+                    .get_job(request)
                     .await
-                    .map_err(rpc_failure)?
+                    .map_err(|status| operator.failure(status))?
                     .into_inner();
                 let job = detail.job.clone().unwrap_or_default();
                 if args.json {
@@ -359,10 +603,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 }
             }
             None => {
-                let listing = client
-                    .list_jobs(pb::ListJobsRequest {})
+                let request = operator.request(pb::ListJobsRequest {});
+                let listing = operator
+                    .client
+                    .list_jobs(request)
                     .await
-                    .map_err(rpc_failure)?
+                    .map_err(|status| operator.failure(status))?
                     .into_inner();
                 let (jobs, workers) = (listing.jobs, listing.workers);
                 if args.json {
@@ -376,9 +622,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 }
             }
         };
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{text}").map_err(|e| Failure::Runtime(e.to_string()))?;
-        drop(stdout);
+        print_line(&text)?;
         if !args.watch {
             return Ok(ExitCode::Success);
         }
@@ -387,211 +631,86 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `era5 jobs`.
-pub async fn jobs(args: CoordinatorUrl) -> Result<ExitCode, Failure> {
-    let mut client = connect(&args).await?;
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest {})
+pub async fn jobs(args: CoordinatorUrl, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    let mut operator = Operator::connect(&channel, args.rpc_timeout)?;
+    let request = operator.request(pb::ListJobsRequest {});
+    let jobs = operator
+        .client
+        .list_jobs(request)
         .await
-        .map_err(rpc_failure)?
+        .map_err(|status| operator.failure(status))?
         .into_inner()
         .jobs;
-    println!("{}", jobs_table(&jobs));
+    print_line(&jobs_table(&jobs))?;
     Ok(ExitCode::Success)
 }
 
 /// `era5 cancel`.
-pub async fn cancel(args: JobArgs) -> Result<ExitCode, Failure> {
-    let mut client = connect(&args.coordinator).await?;
-    client
-        .cancel_job(pb::CancelJobRequest {
-            job_id: args.job.clone(),
-        })
+pub async fn cancel(args: JobArgs, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    let mut operator = Operator::connect(&channel, args.coordinator.rpc_timeout)?;
+    let request = operator.request(pb::CancelJobRequest {
+        job_id: args.job.clone(),
+    });
+    operator
+        .client
+        .cancel_job(request)
         .await
-        .map_err(rpc_failure)?;
-    println!("cancelled {}", args.job);
+        .map_err(|status| operator.failure(status))?;
+    print_line(&format!("cancelled {}", clean(&args.job)))?;
     Ok(ExitCode::Success)
 }
 
 /// `era5 retry`.
-pub async fn retry(args: JobArgs) -> Result<ExitCode, Failure> {
-    let mut client = connect(&args.coordinator).await?;
-    let retried = client
-        .retry_dead(pb::RetryDeadRequest {
-            job_id: args.job.clone(),
-        })
+pub async fn retry(args: JobArgs, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    let mut operator = Operator::connect(&channel, args.coordinator.rpc_timeout)?;
+    let request = operator.request(pb::RetryDeadRequest {
+        job_id: args.job.clone(),
+    });
+    let retried = operator
+        .client
+        .retry_dead(request)
         .await
-        .map_err(rpc_failure)?
+        .map_err(|status| operator.failure(status))?
         .into_inner()
         .retried;
-    println!("{retried} dead leases of {} back to pending", args.job);
+    print_line(&format!(
+        "{retried} dead leases of {} back to pending",
+        clean(&args.job)
+    ))?;
     Ok(ExitCode::Success)
 }
 
 /// `era5 drain`.
-pub async fn drain(args: DrainArgs) -> Result<ExitCode, Failure> {
-    let mut client = connect(&args.coordinator).await?;
-    client
-        .drain_worker(pb::DrainWorkerRequest {
-            worker: args.worker.clone(),
-        })
+pub async fn drain(args: DrainArgs, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    let mut operator = Operator::connect(&channel, args.coordinator.rpc_timeout)?;
+    let request = operator.request(pb::DrainWorkerRequest {
+        worker: args.worker.clone(),
+    });
+    operator
+        .client
+        .drain_worker(request)
         .await
-        .map_err(rpc_failure)?;
-    println!("draining {}", args.worker);
+        .map_err(|status| operator.failure(status))?;
+    print_line(&format!("draining {}", clean(&args.worker)))?;
     Ok(ExitCode::Success)
 }
 
-fn eta(seconds: f64) -> String {
-    if seconds < 0.0 {
-        "-".into()
-    } else if seconds < 120.0 {
-        format!("{seconds:.0}s")
-    } else if seconds < 7200.0 {
-        format!("{:.0}m", seconds / 60.0)
-    } else {
-        format!("{:.1}h", seconds / 3600.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(parse_duration("d"), None);
+        assert_eq!(parse_duration(""), None);
     }
-}
-
-fn jobs_table(jobs: &[pb::JobSummary]) -> String {
-    let mut out = format!(
-        "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}\n",
-        "JOB",
-        "STATE",
-        "PENDING",
-        "LEASED",
-        "DONE",
-        "DEAD",
-        "OBJECTS",
-        "BYTES DONE/TOTAL",
-        "RATE",
-        "ETA"
-    );
-    for job in jobs {
-        let counts = job.leases.unwrap_or_default();
-        out.push_str(&format!(
-            "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}\n",
-            job.job_id,
-            job.state,
-            counts.pending,
-            counts.leased,
-            counts.done,
-            counts.dead,
-            job.objects_total,
-            format!(
-                "{}/{}",
-                human_bytes(job.bytes_done),
-                human_bytes(job.bytes_total)
-            ),
-            format!("{}/s", human_bytes(job.bytes_per_sec as u64)),
-            eta(job.eta_seconds)
-        ));
-    }
-    out
-}
-
-fn leases_table(leases: &[pb::LeaseView]) -> String {
-    let mut out = format!(
-        "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
-        "LEASE",
-        "PRODUCT",
-        "START",
-        "END",
-        "OBJECTS",
-        "BYTES",
-        "STATE",
-        "EPOCH",
-        "HOLDER",
-        "ATTEMPTS",
-        "LAST ERROR"
-    );
-    for lease in leases {
-        out.push_str(&format!(
-            "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
-            lease.item_id,
-            lease.product,
-            lease.start,
-            lease.end,
-            lease.objects,
-            human_bytes(lease.bytes),
-            lease.state,
-            lease.epoch,
-            lease.holder,
-            lease.attempts,
-            lease.last_error
-        ));
-    }
-    out
-}
-
-fn workers_table(workers: &[pb::WorkerView]) -> String {
-    let now = coordinator::model::now_ms();
-    let mut out = format!(
-        "{:<20} {:>6} {:>12} {:>6} {:>7} {:>8} {:>15} {}\n",
-        "WORKER", "LEASES", "THROUGHPUT", "OPEN", "IN USE", "RETRIES", "LAST HEARTBEAT", "DRAINING"
-    );
-    for worker in workers {
-        let metrics = worker.metrics.clone().unwrap_or_default();
-        out.push_str(&format!(
-            "{:<20} {:>6} {:>12} {:>6} {:>7} {:>8} {:>15} {}\n",
-            worker.name,
-            worker.leases_held,
-            format!("{}/s", human_bytes(metrics.bytes_per_sec as u64)),
-            metrics.open,
-            metrics.in_use,
-            metrics.retries.values().sum::<u64>(),
-            format!(
-                "{:.0}s ago",
-                (now - worker.last_heartbeat_unix_ms).max(0) as f64 / 1000.0
-            ),
-            if worker.draining { "yes" } else { "no" }
-        ));
-    }
-    out
-}
-
-fn job_json(job: &pb::JobSummary) -> serde_json::Value {
-    let counts = job.leases.unwrap_or_default();
-    json!({
-        "job_id": job.job_id,
-        "state": job.state,
-        "leases": {"pending": counts.pending, "leased": counts.leased, "done": counts.done, "dead": counts.dead},
-        "objects_total": job.objects_total,
-        "bytes_total": job.bytes_total,
-        "bytes_done": job.bytes_done,
-        "bytes_per_sec": job.bytes_per_sec,
-        "eta_seconds": if job.eta_seconds < 0.0 { serde_json::Value::Null } else { json!(job.eta_seconds) },
-        "created_unix_ms": job.created_unix_ms,
-    })
-}
-
-fn lease_json(lease: &pb::LeaseView) -> serde_json::Value {
-    json!({
-        "lease": lease.item_id,
-        "product": lease.product,
-        "start": lease.start,
-        "end": lease.end,
-        "objects": lease.objects,
-        "bytes": lease.bytes,
-        "state": lease.state,
-        "epoch": lease.epoch,
-        "holder": lease.holder,
-        "attempts": lease.attempts,
-        "expiries": lease.expiries,
-        "last_error": lease.last_error,
-        "bytes_done": lease.bytes_done,
-    })
-}
-
-fn worker_json(worker: &pb::WorkerView) -> serde_json::Value {
-    let metrics = worker.metrics.clone().unwrap_or_default();
-    json!({
-        "name": worker.name,
-        "leases_held": worker.leases_held,
-        "bytes_per_sec": metrics.bytes_per_sec,
-        "open_connections": metrics.open,
-        "in_use_connections": metrics.in_use,
-        "retries": metrics.retries.values().sum::<u64>(),
-        "last_heartbeat_unix_ms": worker.last_heartbeat_unix_ms,
-        "draining": worker.draining,
-    })
 }

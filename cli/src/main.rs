@@ -68,22 +68,49 @@ fn main() {
         heap::keep_freed_memory();
     }
     let long_running = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
-    init_logging(
+    // Long-running commands log through a writer that never blocks them: a full or closed
+    // stderr pipe costs log lines, never a stop on SIGTERM.
+    let log_writer = init_logging(
         if long_running { "info" } else { "warn" },
         cli.log_format == "json",
+        long_running,
     );
+    // TLS to Redis (rediss://) builds its configuration with the process's default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let code = match run(cli) {
         Ok(code) => code,
         Err(Failure::Input(message)) => {
-            eprintln!("era5: error: {message}");
+            report(&message);
             ExitCode::BadInput
         }
         Err(Failure::Runtime(message)) => {
-            eprintln!("era5: error: {message}");
+            report(&message);
             ExitCode::Failed
         }
     };
+    flush_logs(log_writer);
     std::process::exit(code as i32);
+}
+
+/// The one-line error, on stderr if anyone still reads it (`eprintln!` would panic on a
+/// closed pipe).
+fn report(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "era5: error: {message}");
+}
+
+/// Lets the log writer flush what it holds, for at most a second and a half: if its pipe is
+/// full, the lines are lost rather than the exit delayed.
+fn flush_logs(writer: Option<tracing_appender::non_blocking::WorkerGuard>) {
+    let Some(writer) = writer else { return };
+    let (done, flushed) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("era5-log-flush".into())
+        .spawn(move || {
+            drop(writer);
+            let _ = done.send(());
+        });
+    let _ = flushed.recv_timeout(std::time::Duration::from_millis(1500));
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
@@ -112,23 +139,53 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             runtime()?.block_on(verify_cmd::run(config))
         }
         Command::Coordinator(args) => {
-            cluster_cmd::check_coordinator(&args)?;
-            runtime()?.block_on(cluster_cmd::coordinator(args))
+            let config = cluster_cmd::coordinator_config(&args)?;
+            until_stopped(|stop| cluster_cmd::coordinator(config, stop))
         }
         Command::Worker(args) => {
-            cluster_cmd::check_worker(&args)?;
-            runtime()?.block_on(cluster_cmd::worker(args))
+            let config = cluster_cmd::worker_config(&args)?;
+            until_stopped(|stop| cluster_cmd::worker(config, args.http, stop))
         }
         Command::Submit(args) => {
-            cluster_cmd::check_submit(&args)?;
-            runtime()?.block_on(cluster_cmd::submit(args))
+            let channel = cluster_cmd::check_submit(&args)?;
+            runtime()?.block_on(cluster_cmd::submit(args, channel))
         }
-        Command::Status(args) => runtime()?.block_on(cluster_cmd::status(args)),
-        Command::Jobs(args) => runtime()?.block_on(cluster_cmd::jobs(args)),
-        Command::Cancel(args) => runtime()?.block_on(cluster_cmd::cancel(args)),
-        Command::Retry(args) => runtime()?.block_on(cluster_cmd::retry(args)),
-        Command::Drain(args) => runtime()?.block_on(cluster_cmd::drain(args)),
+        Command::Status(args) => {
+            let channel = cluster_cmd::operator_config(&args.coordinator)?;
+            runtime()?.block_on(cluster_cmd::status(args, channel))
+        }
+        Command::Jobs(args) => {
+            let channel = cluster_cmd::operator_config(&args)?;
+            runtime()?.block_on(cluster_cmd::jobs(args, channel))
+        }
+        Command::Cancel(args) => {
+            let channel = cluster_cmd::operator_config(&args.coordinator)?;
+            runtime()?.block_on(cluster_cmd::cancel(args, channel))
+        }
+        Command::Retry(args) => {
+            let channel = cluster_cmd::operator_config(&args.coordinator)?;
+            runtime()?.block_on(cluster_cmd::retry(args, channel))
+        }
+        Command::Drain(args) => {
+            let channel = cluster_cmd::operator_config(&args.coordinator)?;
+            runtime()?.block_on(cluster_cmd::drain(args, channel))
+        }
     }
+}
+
+/// Runs a long-running command until SIGTERM or SIGINT (see `cluster_cmd::stop`), then gives
+/// the runtime's leftover tasks a moment and no more.
+fn until_stopped<F, Fut>(command: F) -> Result<ExitCode, Failure>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, Failure>>,
+{
+    let stop = cluster_cmd::stop::on_signals()?;
+    let runtime = runtime()?;
+    let result = runtime.block_on(command(stop));
+    // Dropping a runtime waits for its blocking tasks; a stuck one must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -166,12 +223,40 @@ fn one_line(rendered: &str) -> String {
         .join(" ")
 }
 
-fn init_logging(default_level: &str, json: bool) {
+/// Log lines a non-blocking writer holds before it drops new ones (about a megabyte).
+const LOG_LINES_BUFFERED: usize = 4096;
+
+/// Logs to stderr. With `non_blocking`, lines go through a writer thread that drops them when
+/// stderr does not keep up, and the returned guard flushes it; either way a failed write is
+/// ignored (tracing's default is to report it with `eprintln!`, which panics on a closed
+/// pipe, killing whatever task was logging).
+fn init_logging(
+    default_level: &str,
+    json: bool,
+    non_blocking: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let (writer, guard) = if non_blocking {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(LOG_LINES_BUFFERED)
+            .thread_name("era5-log-writer")
+            .finish(std::io::stderr());
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+            Some(guard),
+        )
+    } else {
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            None,
+        )
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .log_internal_errors(false)
         .with_target(false);
     if json {
         builder.json().flatten_event(true).init();
@@ -180,6 +265,7 @@ fn init_logging(default_level: &str, json: bool) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    guard
 }
 
 #[cfg(test)]

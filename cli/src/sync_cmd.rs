@@ -33,6 +33,8 @@ struct Stop {
     drain: CancellationToken,
     abort: CancellationToken,
 }
+/// The one holder of every lease of an `era5 sync` (the embedded store checks holders too).
+const SYNC_HOLDER: &str = "era5-sync";
 
 /// Runs the whole command.
 pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
@@ -121,10 +123,10 @@ async fn pass(
         max_attempts: 1,
         ..LeasePolicy::default()
     });
-    let store_error = |e: coordinator::StoreError| Failure::Runtime(e.to_string());
+    let store_error = |e: coordinator::Error| Failure::Runtime(e.to_string());
     leases.create_job(&job).await.map_err(store_error)?;
     let grants = leases
-        .acquire("era5-sync", job.items.len())
+        .acquire(SYNC_HOLDER, job.items.len())
         .await
         .map_err(store_error)?;
     let objects: Vec<RemoteObject> = grants
@@ -247,18 +249,20 @@ async fn settle_leases(
     leases: &MemoryStore,
     grants: &[Grant],
     report: &SyncReport,
-) -> Result<(), coordinator::StoreError> {
+) -> Result<(), coordinator::Error> {
     let mut outcomes = report.results.iter().map(|(_, outcome)| outcome);
     for grant in grants {
         let mine: Vec<&Outcome> = outcomes.by_ref().take(grant.item.objects.len()).collect();
         if mine.iter().all(|o| o.is_verified()) {
-            leases.complete(&grant.lease).await?;
+            leases.complete(&grant.lease, SYNC_HOLDER).await?;
         } else if let Some(Outcome::Failed { reason, permanent }) =
             mine.iter().find(|o| matches!(o, Outcome::Failed { .. }))
         {
-            leases.fail(&grant.lease, reason, *permanent).await?;
+            leases
+                .fail(&grant.lease, SYNC_HOLDER, reason, *permanent)
+                .await?;
         } else {
-            leases.release(&grant.lease).await?;
+            leases.release(&grant.lease, SYNC_HOLDER).await?;
         }
     }
     Ok(())

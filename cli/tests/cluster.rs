@@ -254,11 +254,11 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
     assert_eq!(leases(&status)[0]["holder"], "awake");
 }
 
-/// The grant a worker logged as "lease granted" (job, item, lease id and epoch fields).
+/// The first grant a worker logged (its debug line "lease id": job, item, lease id, epoch).
 fn stale_grant(log: &str) -> pb::LeaseRef {
     let line = log
         .lines()
-        .find(|l| l.contains("lease granted"))
+        .find(|l| l.contains("lease id") && l.contains("DEBUG"))
         .expect("no grant in the log");
     let field = |name: &str| {
         line.split_whitespace()
@@ -567,3 +567,13 @@ fn submit_warns_about_unmatched_variables_and_refuses_an_empty_selection() {
         "{status:#}"
     );
 }
+// Security, limits, partitions and start-up/shutdown scenarios, in this binary so they share
+// its build; each file says what it covers.
+#[path = "cluster/lifecycle.rs"]
+mod lifecycle;
+#[path = "cluster/limits.rs"]
+mod limits;
+#[path = "cluster/partitions.rs"]
+mod partitions;
+#[path = "cluster/security.rs"]
+mod security;

@@ -160,7 +160,12 @@ pub enum Ack {
     AlreadyDone,
     /// Not this grant's any more: expired, re-granted, released, cancelled or unknown.
     LeaseLost,
+    /// The grant is live but was granted to another worker: the caller may not touch it.
+    NotHolder,
 }
+
+/// Most grants one Acquire call may ask for; larger requests are clamped, never allocated.
+pub const MAX_ACQUIRE: usize = 64;
 
 /// State of an item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

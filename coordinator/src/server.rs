@@ -1,9 +1,13 @@
-//! Runs a coordinator: the gRPC services (with gRPC health), the reaper that returns expired
-//! leases, and the HTTP side: `/healthz` (the process is alive, whatever Redis does),
-//! `/readyz` (the store answers), `/metrics` (Prometheus) and the status page (`/`, and
-//! `/jobs/JOB`).
+//! Runs a coordinator: the gRPC services (with gRPC health) behind the limits and
+//! authorization layers, the reaper that returns expired leases and prunes old jobs, and the
+//! HTTP side: `/healthz` (the process is alive, whatever Redis does), `/readyz` (the store
+//! answers), `/metrics` (Prometheus) and the status page (`/`, and `/jobs/JOB`), over https
+//! when TLS is configured.
 //!
 //! Listeners are bound by the caller and handed over, so tests never race for a port.
+//!
+//! Stopping never waits for peers: the worker sessions are ended, in-flight calls get
+//! [`STOP_GRACE`] to finish, then every connection is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,46 +17,82 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use common::source::SourceConfig;
 use proto::v1::operator_server::OperatorServer;
 use proto::v1::worker_server::WorkerServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::auth::AuthorizeLayer;
+use crate::error::Error;
+use crate::limits::{
+    Caps, LimitsLayer, MAX_CALLS_PER_CONNECTION, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION,
+    SPARE_CONNECTIONS, limited_incoming,
+};
 use crate::metrics::CoordinatorMetrics;
 use crate::planner::ItemLimits;
 use crate::service::{Coordinator, OperatorService, WorkerService};
 use crate::status_page;
-use crate::store::{LeaseStore, StoreError};
+use crate::store::LeaseStore;
+use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 
 /// How often readiness (Redis answering) is re-checked.
 const READINESS_EVERY: Duration = Duration::from_secs(1);
+/// Time in-flight calls get to finish once the coordinator is asked to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(4);
+/// Concurrent connections to the HTTP port (probes, scrapes, people).
+const MAX_HTTP_CONNECTIONS: usize = 256;
+/// Largest encoded Acquire response (the grant count is bounded before this matters).
+const MAX_WORKER_RESPONSE_BYTES: usize = 8 << 20;
+
+/// How a coordinator runs, beyond its listeners and store.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Item bounds for new jobs.
+    pub limits: ItemLimits,
+    /// The one source of this coordinator's jobs.
+    pub source: SourceConfig,
+    /// Caps and deadlines.
+    pub caps: Caps,
+    /// HTTP/2 and TCP keepalive interval (and timeout).
+    pub keepalive: Duration,
+    /// TLS for both ports; `None` serves plaintext (the caller checked that it may).
+    pub tls: Option<ServerTls>,
+}
 
 /// The coordinator's listeners and store.
 pub struct Server {
     /// gRPC listener.
     pub grpc: TcpListener,
-    /// HTTP listener for probes (and, later, metrics and the status page).
+    /// HTTP listener for probes, metrics and the status page.
     pub http: Option<TcpListener>,
     /// The lease store.
     pub store: Arc<dyn LeaseStore>,
-    /// Item bounds for new jobs.
-    pub limits: ItemLimits,
+    /// Everything else.
+    pub settings: Settings,
 }
 
 impl Server {
-    /// Serves until `shutdown` fires.
-    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+    /// Serves until `shutdown` fires, then stops within [`STOP_GRACE`] and a little.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let settings = self.settings;
+        let caps = Arc::new(settings.caps.clone());
         let metrics = Arc::new(CoordinatorMetrics::default());
         let coordinator = Arc::new(Coordinator {
             store: self.store.clone(),
-            limits: self.limits,
+            limits: settings.limits,
             metrics: metrics.clone(),
+            source: settings.source.clone(),
+            sessions: Arc::new(Semaphore::new(caps.max_workers)),
+            caps: caps.clone(),
+            planning: Semaphore::new(1),
+            stopping: shutdown.clone(),
         });
         let (health, health_service) = tonic_health::server::health_reporter();
         let tasks = CancellationToken::new();
-        tokio::spawn(reap(self.store.clone(), tasks.clone()));
+        tokio::spawn(reap(self.store.clone(), caps.job_retention, tasks.clone()));
         tokio::spawn(track_readiness(self.store.clone(), health, tasks.clone()));
         tokio::spawn(metrics.clone().refresh(self.store.clone(), tasks.clone()));
         if let Some(listener) = self.http {
@@ -60,32 +100,89 @@ impl Server {
                 store: self.store.clone(),
                 metrics,
             };
-            tokio::spawn(serve_http(listener, state, shutdown.clone()));
+            let tls = settings
+                .tls
+                .as_ref()
+                .map(|tls| tokio_rustls::TlsAcceptor::from(tls.https.clone()));
+            tokio::spawn(serve_http(listener, state, tls, shutdown.clone()));
         }
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(settings.keepalive))
+            .http2_keepalive_timeout(Some(settings.keepalive))
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_max_header_list_size(16 << 10);
+        if let Some(tls) = &settings.tls {
+            builder = builder
+                .tls_config(tls.grpc.clone())
+                .map_err(|e| Error::InvalidArgument(format!("invalid TLS settings: {e}")))?;
+        }
+        let incoming = limited_incoming(
+            self.grpc,
+            caps.max_workers + SPARE_CONNECTIONS,
+            settings.keepalive,
+        );
+        let serve = builder
+            .layer(LimitsLayer::new(caps.clone()))
+            .layer(AuthorizeLayer {
+                tls: settings.tls.is_some(),
+            })
             .add_service(health_service)
-            .add_service(OperatorServer::new(OperatorService(coordinator.clone())))
-            .add_service(WorkerServer::new(WorkerService(coordinator)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), shutdown.cancelled())
-            .await;
+            .add_service(
+                OperatorServer::new(OperatorService(coordinator.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                WorkerServer::new(WorkerService(coordinator))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES)
+                    .max_encoding_message_size(MAX_WORKER_RESPONSE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let result = tokio::select! {
+            result = serve => result.map_err(|e| Error::Unavailable(format!("grpc server failed: {e}"))),
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            } => {
+                tracing::warn!("calls still open after the grace period: closing their connections");
+                Ok(())
+            }
+        };
         tasks.cancel();
-        result.map_err(std::io::Error::other)
+        result
     }
 }
 
-/// Returns expired leases every third of the TTL. Acquire reaps too; this keeps `status`
-/// truthful when no worker is asking.
-async fn reap(store: Arc<dyn LeaseStore>, stop: CancellationToken) {
+/// Returns expired leases every third of the TTL (acquire reaps too; this keeps `status`
+/// truthful when no worker is asking), and forgets what is older than `retention`.
+async fn reap(store: Arc<dyn LeaseStore>, retention: Duration, stop: CancellationToken) {
     let mut every = tokio::time::interval((store.policy().ttl / 3).max(Duration::from_millis(100)));
+    // Pruning is cheap but need not run often; short retentions (tests) prune sooner.
+    let prune_every = (retention / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    let mut prune = tokio::time::interval(prune_every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        match store.reap().await {
-            Ok(0) => {}
-            Ok(reaped) => tracing::info!(reaped, "expired leases returned to pending"),
-            Err(error) => tracing::debug!(%error, "reaper could not reach the store"),
+            _ = every.tick() => {
+                match store.reap().await {
+                    Ok(0) => {}
+                    Ok(reaped) => tracing::info!(reaped, "expired leases returned to pending"),
+                    Err(error) => tracing::debug!(%error, "reaper could not reach the store"),
+                }
+            }
+            _ = prune.tick() => {
+                match store.prune(retention).await {
+                    Ok(pruned) if pruned.jobs + pruned.workers > 0 => tracing::info!(
+                        jobs = pruned.jobs,
+                        workers = pruned.workers,
+                        retention_secs = retention.as_secs(),
+                        "forgot finished jobs and silent workers past the retention"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(%error, "pruning could not reach the store"),
+                }
+            }
         }
     }
 }
@@ -128,7 +225,14 @@ struct HttpState {
     metrics: Arc<CoordinatorMetrics>,
 }
 
-async fn serve_http(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+/// Serves the HTTP port (https with `tls`) until `shutdown`: one task per connection, at most
+/// [`MAX_HTTP_CONNECTIONS`], each with a handshake and header-read timeout.
+async fn serve_http(
+    listener: TcpListener,
+    state: HttpState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
         .route("/", get(overview))
         .route("/jobs/{job}", get(job_page))
@@ -136,11 +240,52 @@ async fn serve_http(listener: TcpListener, state: HttpState, shutdown: Cancellat
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(%error, "http server failed");
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let served = match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let connection =
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! { result = connection => result, _ = stop.cancelled() => Ok(()) }
+                }
+                None => {
+                    let connection =
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! { result = connection => result, _ = stop.cancelled() => Ok(()) }
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "http connection ended with an error");
+            }
+        });
     }
 }
 
@@ -161,14 +306,14 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-fn page_error(error: StoreError) -> (StatusCode, String) {
-    match error {
-        StoreError::UnknownJob(job) => (
-            StatusCode::NOT_FOUND,
-            format!("no job {}\n", status_page::escape(&job)),
-        ),
-        other => (StatusCode::SERVICE_UNAVAILABLE, format!("{other}\n")),
-    }
+/// A page's error: the status from the crate's one table, the message escaped.
+fn page_error(error: Error) -> (StatusCode, String) {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        format!("{}\n", status_page::escape(&error.to_string())),
+    )
 }
 
 async fn overview(State(state): State<HttpState>) -> Result<Html<String>, (StatusCode, String)> {
@@ -182,6 +327,7 @@ async fn job_page(
     State(state): State<HttpState>,
     Path(job): Path<String>,
 ) -> Result<Html<String>, (StatusCode, String)> {
+    crate::limits::check_id("job id", &job).map_err(page_error)?;
     let status = state.store.job(&job).await.map_err(page_error)?;
     let items = state.store.items(&job).await.map_err(page_error)?;
     let workers = state.store.workers().await.map_err(page_error)?;

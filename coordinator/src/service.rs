@@ -1,6 +1,11 @@
 //! The gRPC services over a lease store: `Operator` for people and scripts, `Worker` for the
 //! download nodes. The coordinator keeps no state of its own, so any number of replicas can
-//! serve the same store. Store errors map to gRPC codes in one place ([`status_of`]).
+//! serve the same store.
+//!
+//! Nothing here checks roles: the authorization layer (`auth`) did, and left the caller's
+//! [`Peer`] in the request. Handlers take a worker's name from it, check the sizes and ids a
+//! request carries (`limits`), and answer with the crate's one [`Error`] type, which maps to a
+//! gRPC code in one place.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -8,29 +13,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::selection::Selection;
+use common::source::listing::{ListError, list_prefix};
 use common::source::retry::RetryPolicy;
-use common::source::{
-    DEFAULT_BUCKET, DEFAULT_REGION, PoolConfig, Source, SourceConfig, coverage, discover_detailed,
-};
-use futures_util::Stream;
+use common::source::{DEFAULT_ENDPOINT, Discovery, Source, SourceConfig, coverage};
+use futures_util::{Stream, StreamExt};
 use proto::v1 as pb;
 use proto::v1::operator_server::Operator;
 use proto::v1::worker_server::Worker;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Peer, check_worker_name, peer_of};
+use crate::error::Error;
+use crate::limits::{Caps, bounded_reason, check_id, check_report, grants_per_acquire};
 use crate::model::{
     Ack, Grant, ItemStatus, JobState, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
     WorkerMetrics, WorkerStatus, random_id,
 };
 use crate::planner::{ItemLimits, plan_job};
-use crate::store::{LeaseStore, StoreError};
+use crate::store::LeaseStore;
 
-/// Connections used to list a submitted job's objects.
-const LISTING_CONNECTIONS: usize = 8;
+/// Month folders listed at once for a submitted job (the pool's cap still bounds connections).
+const LISTING_CONCURRENCY: usize = 8;
 /// How often a worker session checks for commands to send.
 const SESSION_TICK: Duration = Duration::from_secs(1);
+/// Cancel commands remembered per session (so each is sent once); older ones are forgotten.
+const CANCELS_REMEMBERED: usize = 1024;
 
 /// What both services share.
 pub struct Coordinator {
@@ -40,29 +50,64 @@ pub struct Coordinator {
     pub limits: ItemLimits,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::CoordinatorMetrics>,
+    /// The one source this coordinator's jobs use (`--bucket`, `--endpoint`).
+    pub source: SourceConfig,
+    /// Caps and deadlines.
+    pub caps: Arc<Caps>,
+    /// One permit per allowed worker session (`--max-workers`).
+    pub sessions: Arc<Semaphore>,
+    /// One job is listed and planned at a time, so planning memory is that of one job.
+    pub planning: Semaphore,
+    /// Ends the worker sessions when the coordinator stops.
+    pub stopping: CancellationToken,
 }
 
-/// The one mapping of store errors to gRPC codes.
-pub fn status_of(error: StoreError) -> Status {
-    match error {
-        StoreError::Unavailable(message) => {
-            Status::unavailable(format!("lease store unavailable: {message}"))
-        }
-        StoreError::UnknownJob(job) => Status::not_found(format!("no job `{job}`")),
-        StoreError::Corrupt(message) => Status::internal(message),
+/// `source` as jobs record it: the endpoint empty when it is the default one.
+pub fn source_spec(source: &SourceConfig) -> SourceSpec {
+    SourceSpec {
+        bucket: source.bucket.clone(),
+        endpoint: normalize_endpoint(source.endpoint.as_deref().unwrap_or_default()),
     }
 }
 
-fn lease_status(ack: Ack) -> i32 {
-    match ack {
+/// An endpoint as sources are compared: no trailing `/`, the default one empty.
+fn normalize_endpoint(endpoint: &str) -> String {
+    let endpoint = endpoint.trim_end_matches('/');
+    if endpoint == DEFAULT_ENDPOINT {
+        String::new()
+    } else {
+        endpoint.to_string()
+    }
+}
+
+/// `s3://bucket at endpoint`, for messages (credentials in the endpoint hidden).
+fn describe_source(source: &SourceSpec) -> String {
+    let endpoint = if source.endpoint.is_empty() {
+        DEFAULT_ENDPOINT.to_string()
+    } else {
+        common::redact::redact_url(&source.endpoint)
+    };
+    format!("s3://{} at {endpoint}", source.bucket)
+}
+
+fn lease_status(ack: Ack) -> Result<i32, Error> {
+    Ok(match ack {
         Ack::Ok => pb::LeaseStatus::Ok as i32,
         Ack::AlreadyDone => pb::LeaseStatus::AlreadyDone as i32,
         Ack::LeaseLost => pb::LeaseStatus::LeaseLost as i32,
-    }
+        Ack::NotHolder => {
+            return Err(Error::PermissionDenied(
+                "this lease was granted to another worker".into(),
+            ));
+        }
+    })
 }
 
-fn lease_ref(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, Status> {
-    let lease = lease.ok_or_else(|| Status::invalid_argument("missing lease"))?;
+fn lease_ref(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, Error> {
+    let lease = lease.ok_or_else(|| Error::InvalidArgument("missing lease".into()))?;
+    check_id("job id", &lease.job_id)?;
+    check_id("lease item", &lease.item_id)?;
+    check_id("lease id", &lease.lease_id)?;
     Ok(LeaseRef {
         job_id: lease.job_id,
         item_id: lease.item_id,
@@ -182,10 +227,11 @@ fn worker_to_pb(worker: WorkerStatus) -> pb::WorkerView {
     }
 }
 
-fn grant_to_pb(grant: Grant) -> pb::Lease {
+/// Wire form of a grant. The source is the coordinator's own, whatever the store holds.
+fn grant_to_pb(grant: Grant, source: &SourceSpec) -> pb::Lease {
     pb::Lease {
         lease: Some(lease_to_pb(&grant.lease)),
-        source: Some(source_to_pb(&grant.source)),
+        source: Some(source_to_pb(source)),
         product: grant.item.product,
         start: grant.item.start,
         end: grant.item.end,
@@ -205,8 +251,35 @@ fn grant_to_pb(grant: Grant) -> pb::Lease {
 }
 
 impl Coordinator {
+    /// The coordinator's source, or PERMISSION_DENIED naming both sources when a request
+    /// names another one. Empty fields mean "the coordinator's".
+    fn check_source(&self, requested: Option<pb::Source>) -> Result<SourceSpec, Error> {
+        let own = source_spec(&self.source);
+        let requested = requested.unwrap_or_default();
+        let asked = SourceSpec {
+            bucket: if requested.bucket.is_empty() {
+                own.bucket.clone()
+            } else {
+                requested.bucket
+            },
+            endpoint: if requested.endpoint.is_empty() {
+                own.endpoint.clone()
+            } else {
+                normalize_endpoint(&requested.endpoint)
+            },
+        };
+        if asked != own {
+            return Err(Error::PermissionDenied(format!(
+                "the job's source {} is not this coordinator's source {}; a coordinator mirrors only its own source (--bucket, --endpoint)",
+                describe_source(&asked),
+                describe_source(&own)
+            )));
+        }
+        Ok(own)
+    }
+
     /// Validates, lists and plans a job, then stores it.
-    async fn submit(&self, request: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, Status> {
+    async fn submit(&self, request: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, Error> {
         let selection = request.selection.unwrap_or_default();
         let validated = Selection::parse(
             &selection.products,
@@ -216,54 +289,67 @@ impl Coordinator {
             &selection.end,
             common::dates::today_utc(),
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let source = request.source.unwrap_or_default();
-        let bucket = if source.bucket.is_empty() {
-            DEFAULT_BUCKET.to_string()
-        } else {
-            source.bucket.clone()
-        };
-        let config = SourceConfig {
-            bucket: bucket.clone(),
-            endpoint: (!source.endpoint.is_empty()).then(|| source.endpoint.clone()),
-            region: DEFAULT_REGION.to_string(),
-            sign: false,
-            pool: PoolConfig::new(LISTING_CONNECTIONS),
-        };
-        let listing_source = Source::connect(&config).await;
-        let found = discover_detailed(&listing_source, &validated, &RetryPolicy::default())
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let source = self.check_source(request.source)?;
+        let active = self.store.active_jobs().await?;
+        if active >= self.caps.max_active_jobs {
+            return Err(Error::ResourceExhausted(format!(
+                "{active} jobs are active, the limit is {} (--max-active-jobs); wait for one to finish or cancel one",
+                self.caps.max_active_jobs
+            )));
+        }
+        // One listing and plan at a time: the memory of a plan is the memory of one job.
+        let _planning = self
+            .planning
+            .acquire()
             .await
-            .map_err(|e| match e {
-                common::source::listing::ListError::Refused { .. } => {
-                    Status::failed_precondition(e.to_string())
-                }
-                common::source::listing::ListError::Exhausted { .. } => {
-                    Status::unavailable(e.to_string())
-                }
-            })?;
+            .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))?;
+        let source_client = Source::connect(&self.source).await;
+        let listing = list_job(&source_client, &validated, self.caps.max_job_objects);
+        // An SDK error may quote the endpoint, credentials and all.
+        let endpoint = self.source.endpoint.clone().unwrap_or_default();
+        let scrub = |error: Error| match error {
+            Error::ListingRefused(m) => {
+                Error::ListingRefused(common::redact::scrub_url_from(&m, &endpoint))
+            }
+            Error::ListingFailed(m) => {
+                Error::ListingFailed(common::redact::scrub_url_from(&m, &endpoint))
+            }
+            other => other,
+        };
+        let found = tokio::time::timeout(self.caps.listing_deadline, listing)
+            .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "listing the job's objects took longer than {}s",
+                    self.caps.listing_deadline.as_secs()
+                ))
+            })?
+            .map_err(scrub)?;
+        // Never silent: requests that matched nothing are warned about, and a job that would
+        // select nothing is refused with the reason read from the listing.
         let warnings = coverage::warnings(&validated, &found);
         if found.objects.is_empty() {
             let why = coverage::explain_empty(
-                &listing_source,
+                &source_client,
                 &validated,
                 &found,
                 &RetryPolicy::default(),
             )
             .await;
-            return Err(Status::failed_precondition(why));
+            return Err(Error::EmptySelection(common::redact::scrub_url_from(
+                &why, &endpoint,
+            )));
         }
         let objects = found.objects;
         let job = plan_job(
             random_id(),
             SelectionSpec::from(&validated),
-            SourceSpec {
-                bucket,
-                endpoint: source.endpoint,
-            },
+            source,
             objects,
             self.limits,
         );
-        self.store.create_job(&job).await.map_err(status_of)?;
+        self.store.create_job(&job).await?;
         tracing::info!(job = %job.job_id, items = job.items.len(), "job submitted");
         Ok(pb::SubmitJobResponse {
             leases: job.items.len() as u32,
@@ -273,6 +359,36 @@ impl Coordinator {
             warnings,
         })
     }
+}
+
+/// Every object of the selection, sorted by key, refused as soon as there are more than
+/// `max_objects`: the months are listed a few at a time and counted as they arrive, so an
+/// oversized job costs at most a few months' listing, not the whole of it.
+async fn list_job(
+    source: &Source,
+    selection: &Selection,
+    max_objects: usize,
+) -> Result<Discovery, Error> {
+    let retry = RetryPolicy::default();
+    let mut months = futures_util::stream::iter(selection.list_prefixes())
+        .map(|prefix| list_prefix(source, prefix, &retry))
+        .buffer_unordered(LISTING_CONCURRENCY);
+    let mut discovery = Discovery::new(selection);
+    while let Some(month) = months.next().await {
+        let month = month.map_err(|e| match e {
+            ListError::Refused { .. } => Error::ListingRefused(e.to_string()),
+            ListError::Exhausted { .. } => Error::ListingFailed(e.to_string()),
+        })?;
+        for object in month {
+            discovery.add(selection, object);
+        }
+        if discovery.objects.len() > max_objects {
+            return Err(Error::ResourceExhausted(format!(
+                "the job selects more than {max_objects} objects (--max-job-objects); split it into smaller jobs"
+            )));
+        }
+    }
+    Ok(discovery.finish())
 }
 
 /// The operator service.
@@ -291,8 +407,8 @@ impl Operator for OperatorService {
         &self,
         _request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.0.store.jobs().await.map_err(status_of)?;
-        let workers = self.0.store.workers().await.map_err(status_of)?;
+        let jobs = self.0.store.jobs().await.map_err(Status::from)?;
+        let workers = self.0.store.workers().await.map_err(Status::from)?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(summary).collect(),
             workers: workers.into_iter().map(worker_to_pb).collect(),
@@ -304,10 +420,11 @@ impl Operator for OperatorService {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let job_id = request.into_inner().job_id;
+        check_id("job id", &job_id)?;
         let store = &self.0.store;
-        let job = store.job(&job_id).await.map_err(status_of)?;
-        let items = store.items(&job_id).await.map_err(status_of)?;
-        let workers = store.workers().await.map_err(status_of)?;
+        let job = store.job(&job_id).await.map_err(Status::from)?;
+        let items = store.items(&job_id).await.map_err(Status::from)?;
+        let workers = store.workers().await.map_err(Status::from)?;
         Ok(Response::new(pb::GetJobResponse {
             job: Some(summary(&job)),
             leases: items.into_iter().map(item_to_pb).collect(),
@@ -319,11 +436,13 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        check_id("job id", &job_id)?;
         self.0
             .store
-            .cancel_job(&request.into_inner().job_id)
+            .cancel_job(&job_id)
             .await
-            .map_err(status_of)?;
+            .map_err(Status::from)?;
         Ok(Response::new(pb::CancelJobResponse {}))
     }
 
@@ -331,12 +450,14 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::RetryDeadRequest>,
     ) -> Result<Response<pb::RetryDeadResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        check_id("job id", &job_id)?;
         let retried = self
             .0
             .store
-            .retry_dead(&request.into_inner().job_id)
+            .retry_dead(&job_id)
             .await
-            .map_err(status_of)?;
+            .map_err(Status::from)?;
         Ok(Response::new(pb::RetryDeadResponse { retried }))
     }
 
@@ -346,9 +467,11 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
         let worker = request.into_inner().worker;
         if worker.is_empty() {
-            return Err(Status::invalid_argument("missing worker name"));
+            return Err(Error::InvalidArgument("missing worker name".into()).into());
         }
-        self.0.store.drain(&worker).await.map_err(status_of)?;
+        // A drain names a worker identity: the name in its certificate (or --name).
+        check_worker_name(&worker)?;
+        self.0.store.drain(&worker).await.map_err(Status::from)?;
         Ok(Response::new(pb::DrainWorkerResponse {}))
     }
 }
@@ -358,30 +481,40 @@ pub struct WorkerService(pub Arc<Coordinator>);
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::WorkerCommand, Status>> + Send>>;
 
+impl WorkerService {
+    /// The worker a call acts for, and the lease it names.
+    fn caller<T>(
+        request: &Request<T>,
+        claimed: &str,
+        lease: Option<pb::LeaseRef>,
+    ) -> Result<(String, LeaseRef), Error> {
+        let worker = peer_of(request)?.worker_name(claimed)?;
+        Ok((worker, lease_ref(lease)?))
+    }
+}
+
 #[tonic::async_trait]
 impl Worker for WorkerService {
     async fn acquire(
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let request = request.into_inner();
+        let worker = peer_of(&request)?.worker_name(&request.get_ref().worker)?;
+        let max = grants_per_acquire(request.get_ref().max, self.0.limits.max_objects);
         let store = &self.0.store;
-        if store
-            .is_draining(&request.worker)
-            .await
-            .map_err(status_of)?
-        {
+        if store.is_draining(&worker).await.map_err(Status::from)? {
             return Ok(Response::new(pb::AcquireResponse {
                 leases: Vec::new(),
                 draining: true,
             }));
         }
-        let grants = store
-            .acquire(&request.worker, request.max as usize)
-            .await
-            .map_err(status_of)?;
+        let grants = store.acquire(&worker, max).await.map_err(Status::from)?;
+        let source = source_spec(&self.0.source);
         Ok(Response::new(pb::AcquireResponse {
-            leases: grants.into_iter().map(grant_to_pb).collect(),
+            leases: grants
+                .into_iter()
+                .map(|grant| grant_to_pb(grant, &source))
+                .collect(),
             draining: false,
         }))
     }
@@ -390,16 +523,19 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let lease = lease_ref(request.into_inner().lease)?;
+        let (worker, lease) = Self::caller(
+            &request,
+            &request.get_ref().worker,
+            request.get_ref().lease.clone(),
+        )?;
         let started = std::time::Instant::now();
-        let renewed = self.0.store.renew(&lease).await;
+        let renewed = self.0.store.renew(&lease, &worker).await;
         self.0
             .metrics
             .renew_seconds
             .observe(started.elapsed().as_secs_f64());
-        let ack = renewed.map_err(status_of)?;
         Ok(Response::new(pb::RenewResponse {
-            status: lease_status(ack),
+            status: lease_status(renewed?)?,
             ttl_ms: self.0.store.policy().ttl.as_millis() as u64,
         }))
     }
@@ -408,10 +544,14 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let lease = lease_ref(request.into_inner().lease)?;
-        let ack = self.0.store.complete(&lease).await.map_err(status_of)?;
+        let (worker, lease) = Self::caller(
+            &request,
+            &request.get_ref().worker,
+            request.get_ref().lease.clone(),
+        )?;
+        let ack = self.0.store.complete(&lease, &worker).await?;
         Ok(Response::new(pb::CompleteResponse {
-            status: lease_status(ack),
+            status: lease_status(ack)?,
         }))
     }
 
@@ -419,16 +559,22 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::FailRequest>,
     ) -> Result<Response<pb::FailResponse>, Status> {
+        let (worker, lease) = Self::caller(
+            &request,
+            &request.get_ref().worker,
+            request.get_ref().lease.clone(),
+        )?;
         let request = request.into_inner();
-        let lease = lease_ref(request.lease)?;
+        // A reason may quote the source's endpoint; it is shown to operators.
+        let endpoint = self.0.source.endpoint.clone().unwrap_or_default();
+        let reason = common::redact::scrub_url_from(&bounded_reason(&request.reason), &endpoint);
         let outcome = self
             .0
             .store
-            .fail(&lease, &request.reason, request.permanent)
-            .await
-            .map_err(status_of)?;
+            .fail(&lease, &worker, &reason, request.permanent)
+            .await?;
         Ok(Response::new(pb::FailResponse {
-            status: lease_status(outcome.ack),
+            status: lease_status(outcome.ack)?,
             dead: outcome.dead,
         }))
     }
@@ -437,10 +583,14 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let lease = lease_ref(request.into_inner().lease)?;
-        let ack = self.0.store.release(&lease).await.map_err(status_of)?;
+        let (worker, lease) = Self::caller(
+            &request,
+            &request.get_ref().worker,
+            request.get_ref().lease.clone(),
+        )?;
+        let ack = self.0.store.release(&lease, &worker).await?;
         Ok(Response::new(pb::ReleaseResponse {
-            status: lease_status(ack),
+            status: lease_status(ack)?,
         }))
     }
 
@@ -450,11 +600,21 @@ impl Worker for WorkerService {
         &self,
         request: Request<Streaming<pb::WorkerReport>>,
     ) -> Result<Response<CommandStream>, Status> {
+        let peer = peer_of(&request)?;
+        let Ok(slot) = self.0.sessions.clone().try_acquire_owned() else {
+            return Err(Error::ResourceExhausted(format!(
+                "the coordinator serves at most {} worker sessions (--max-workers)",
+                self.0.caps.max_workers
+            ))
+            .into());
+        };
         let mut reports = request.into_inner();
         let (commands, outbound) = mpsc::channel(16);
         let store = self.0.store.clone();
+        let stopping = self.0.stopping.clone();
         let connected = SessionGauge::enter(self.0.metrics.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let _connected = connected;
             let mut worker: Option<String> = None;
             let mut drain_sent = false;
@@ -462,10 +622,21 @@ impl Worker for WorkerService {
             let mut tick = tokio::time::interval(SESSION_TICK);
             loop {
                 tokio::select! {
+                    _ = stopping.cancelled() => return,
                     report = reports.message() => {
-                        let Ok(Some(report)) = report else { break };
-                        worker = Some(report.worker.clone());
-                        for lease in record_report(&*store, report).await {
+                        let Ok(Some(report)) = report else { return };
+                        let name = match session_worker(&peer, worker.as_deref(), &report) {
+                            Ok(name) => name,
+                            Err(error) => {
+                                let _ = commands.send(Err(error.into())).await;
+                                return;
+                            }
+                        };
+                        worker = Some(name.clone());
+                        for lease in record_report(&*store, &name, report).await {
+                            if cancels_sent.len() >= CANCELS_REMEMBERED {
+                                cancels_sent.clear();
+                            }
                             if cancels_sent.insert(lease.clone()) {
                                 let command = pb::WorkerCommand { kind: Some(pb::worker_command::Kind::CancelLease(lease_to_pb(&lease))) };
                                 if commands.send(Ok(command)).await.is_err() {
@@ -491,6 +662,23 @@ impl Worker for WorkerService {
     }
 }
 
+/// The worker a session's report speaks for: the certificate's with TLS; otherwise the
+/// first report's name, which later reports must keep. The report's size is checked first.
+fn session_worker(
+    peer: &Peer,
+    known: Option<&str>,
+    report: &pb::WorkerReport,
+) -> Result<String, Error> {
+    check_report(report)?;
+    let name = peer.worker_name(&report.worker)?;
+    match known {
+        Some(known) if known != name => Err(Error::InvalidArgument(format!(
+            "a session speaks for one worker: `{known}`, not `{name}`"
+        ))),
+        _ => Ok(name),
+    }
+}
+
 /// Counts an open worker session for as long as it lives.
 struct SessionGauge(Arc<crate::metrics::CoordinatorMetrics>);
 
@@ -507,14 +695,15 @@ impl Drop for SessionGauge {
     }
 }
 
-/// Stores a worker's report. Returns the leases it reported whose job was cancelled, which the
-/// worker should stop. Store errors only cost this report (the next one replaces it).
-async fn record_report(store: &dyn LeaseStore, report: pb::WorkerReport) -> Vec<LeaseRef> {
+/// Stores `worker`'s report. Returns the leases it reported whose job was cancelled, which
+/// the worker should stop. Store errors only cost this report (the next one replaces it).
+async fn record_report(
+    store: &dyn LeaseStore,
+    worker: &str,
+    report: pb::WorkerReport,
+) -> Vec<LeaseRef> {
     let metrics = report.metrics.map(metrics_from_pb).unwrap_or_default();
-    if let Err(error) = store
-        .heartbeat(&report.worker, report.leases_held, &metrics)
-        .await
-    {
+    if let Err(error) = store.heartbeat(worker, report.leases_held, &metrics).await {
         tracing::debug!(%error, "could not record a heartbeat");
     }
     let mut cancelled = Vec::new();
@@ -522,7 +711,7 @@ async fn record_report(store: &dyn LeaseStore, report: pb::WorkerReport) -> Vec<
         let Ok(lease) = lease_ref(progress.lease) else {
             continue;
         };
-        let _ = store.progress(&lease, progress.bytes_done).await;
+        let _ = store.progress(&lease, worker, progress.bytes_done).await;
         if let Ok(job) = store.job(&lease.job_id).await
             && job.state == JobState::Cancelled
         {

@@ -123,23 +123,26 @@ async fn grants_in_plan_order_then_completes_idempotently(store: Arc<dyn LeaseSt
     counts_sum(&*store, "j1", 3).await;
 
     let lease = &grants[0].lease;
-    assert_eq!(store.renew(lease).await.unwrap(), Ack::Ok);
-    assert_eq!(store.complete(lease).await.unwrap(), Ack::Ok);
+    assert_eq!(store.renew(lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(store.complete(lease, "w1").await.unwrap(), Ack::Ok);
     assert_eq!(
-        store.complete(lease).await.unwrap(),
+        store.complete(lease, "w1").await.unwrap(),
         Ack::Ok,
         "a retried complete of the same grant"
     );
     let mut other = lease.clone();
     other.lease_id = "someone-else".into();
-    assert_eq!(store.complete(&other).await.unwrap(), Ack::AlreadyDone);
-    assert_eq!(store.renew(lease).await.unwrap(), Ack::AlreadyDone);
+    assert_eq!(
+        store.complete(&other, "w1").await.unwrap(),
+        Ack::AlreadyDone
+    );
+    assert_eq!(store.renew(lease, "w1").await.unwrap(), Ack::AlreadyDone);
 
     let rest = store.acquire("w2", 5).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].item.item_id, "000002");
-    for grant in [&grants[1], &rest[0]] {
-        assert_eq!(store.complete(&grant.lease).await.unwrap(), Ack::Ok);
+    for (grant, holder) in [(&grants[1], "w1"), (&rest[0], "w2")] {
+        assert_eq!(store.complete(&grant.lease, holder).await.unwrap(), Ack::Ok);
     }
     let status = store.job("j1").await.unwrap();
     assert_eq!(status.state, JobState::Complete);
@@ -154,8 +157,14 @@ async fn an_expired_grant_is_never_brought_back(store: Arc<dyn LeaseStore>) {
     let first = store.acquire("w1", 1).await.unwrap().remove(0);
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Not reaped yet, but expired by the store's clock: refused.
-    assert_eq!(store.renew(&first.lease).await.unwrap(), Ack::LeaseLost);
-    assert_eq!(store.complete(&first.lease).await.unwrap(), Ack::LeaseLost);
+    assert_eq!(
+        store.renew(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert_eq!(
+        store.complete(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
     let second = store.acquire("w2", 1).await.unwrap().remove(0);
     assert_eq!(second.item.item_id, first.item.item_id);
     assert!(
@@ -164,11 +173,11 @@ async fn an_expired_grant_is_never_brought_back(store: Arc<dyn LeaseStore>) {
     );
     assert_ne!(second.lease.lease_id, first.lease.lease_id);
     assert_eq!(
-        store.complete(&first.lease).await.unwrap(),
+        store.complete(&first.lease, "w1").await.unwrap(),
         Ack::LeaseLost,
         "a stale complete is rejected"
     );
-    assert_eq!(store.complete(&second.lease).await.unwrap(), Ack::Ok);
+    assert_eq!(store.complete(&second.lease, "w2").await.unwrap(), Ack::Ok);
     let items = store.items("j2").await.unwrap();
     assert_eq!(items[0].state, ItemState::Done);
     assert_eq!(items[0].expiries, 1);
@@ -186,7 +195,7 @@ async fn failures_back_off_then_die_with_their_reason(store: Arc<dyn LeaseStore>
                 .into_iter()
                 .partition(|g| g.item.item_id == "000000");
             for other in others {
-                assert_eq!(store.release(&other.lease).await.unwrap(), Ack::Ok);
+                assert_eq!(store.release(&other.lease, "w1").await.unwrap(), Ack::Ok);
             }
             if let Some(grant) = wanted.into_iter().next() {
                 break grant;
@@ -197,13 +206,17 @@ async fn failures_back_off_then_die_with_their_reason(store: Arc<dyn LeaseStore>
         assert!(grant.lease.epoch > epoch);
         epoch = grant.lease.epoch;
         let outcome = store
-            .fail(&grant.lease, &format!("boom {attempt}"), false)
+            .fail(&grant.lease, "w1", &format!("boom {attempt}"), false)
             .await
             .unwrap();
         assert_eq!(outcome.ack, Ack::Ok);
         assert_eq!(outcome.dead, attempt == 3);
         assert_eq!(
-            store.fail(&grant.lease, "again", false).await.unwrap().ack,
+            store
+                .fail(&grant.lease, "w1", "again", false)
+                .await
+                .unwrap()
+                .ack,
             Ack::LeaseLost,
             "fail is per grant"
         );
@@ -217,7 +230,7 @@ async fn failures_back_off_then_die_with_their_reason(store: Arc<dyn LeaseStore>
     // A permanent failure dies at once.
     let grant = store.acquire("w1", 1).await.unwrap().remove(0);
     let outcome = store
-        .fail(&grant.lease, "404 NoSuchKey", true)
+        .fail(&grant.lease, "w1", "404 NoSuchKey", true)
         .await
         .unwrap();
     assert!(outcome.dead);
@@ -243,8 +256,11 @@ conformance!(release_returns_work_without_an_attempt, 10_000);
 async fn release_returns_work_without_an_attempt(store: Arc<dyn LeaseStore>) {
     store.create_job(&job("j4", 1)).await.unwrap();
     let grant = store.acquire("w1", 1).await.unwrap().remove(0);
-    assert_eq!(store.release(&grant.lease).await.unwrap(), Ack::Ok);
-    assert_eq!(store.release(&grant.lease).await.unwrap(), Ack::LeaseLost);
+    assert_eq!(store.release(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(
+        store.release(&grant.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
     let items = store.items("j4").await.unwrap();
     assert_eq!((items[0].state, items[0].attempts), (ItemState::Pending, 0));
     let again = store.acquire("w2", 1).await.unwrap().remove(0);
@@ -277,7 +293,10 @@ async fn cancel_stops_grants_and_loses_live_leases(store: Arc<dyn LeaseStore>) {
     store.cancel_job("j6").await.unwrap();
     assert_eq!(store.job("j6").await.unwrap().state, JobState::Cancelled);
     assert!(store.acquire("w1", 5).await.unwrap().is_empty());
-    assert_eq!(store.renew(&grant.lease).await.unwrap(), Ack::LeaseLost);
+    assert_eq!(
+        store.renew(&grant.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
     assert!(store.cancel_job("nope").await.is_err());
 }
 
@@ -342,12 +361,81 @@ conformance!(progress_counts_for_live_grants_only, 10_000);
 async fn progress_counts_for_live_grants_only(store: Arc<dyn LeaseStore>) {
     store.create_job(&job("j8", 2)).await.unwrap();
     let grant = store.acquire("w1", 1).await.unwrap().remove(0);
-    store.progress(&grant.lease, 40).await.unwrap();
+    store.progress(&grant.lease, "w1", 40).await.unwrap();
     assert_eq!(store.job("j8").await.unwrap().bytes_done, 40);
     let mut stale = grant.lease.clone();
     stale.epoch += 7;
-    store.progress(&stale, 90).await.unwrap();
+    store.progress(&stale, "w1", 90).await.unwrap();
     assert_eq!(store.items("j8").await.unwrap()[0].bytes_done, 40);
-    store.complete(&grant.lease).await.unwrap();
+    store.complete(&grant.lease, "w1").await.unwrap();
     assert_eq!(store.job("j8").await.unwrap().bytes_done, 100);
+}
+
+conformance!(only_the_holder_acts_on_a_grant, 10_000);
+async fn only_the_holder_acts_on_a_grant(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j9", 1)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    let lease = &grant.lease;
+    assert_eq!(store.renew(lease, "w2").await.unwrap(), Ack::NotHolder);
+    assert_eq!(store.release(lease, "w2").await.unwrap(), Ack::NotHolder);
+    assert_eq!(
+        store.fail(lease, "w2", "sabotage", true).await.unwrap().ack,
+        Ack::NotHolder
+    );
+    store.progress(lease, "w2", 99).await.unwrap();
+    assert_eq!(store.items("j9").await.unwrap()[0].bytes_done, 0);
+    assert_eq!(store.complete(lease, "w2").await.unwrap(), Ack::NotHolder);
+    let items = store.items("j9").await.unwrap();
+    assert_eq!(
+        (items[0].state, items[0].attempts, items[0].holder.as_str()),
+        (ItemState::Leased, 0, "w1"),
+        "another worker's calls changed nothing"
+    );
+    assert_eq!(store.complete(lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(
+        store.complete(lease, "w2").await.unwrap(),
+        Ack::NotHolder,
+        "not even a retried complete of someone else's grant"
+    );
+    assert_eq!(store.complete(lease, "w1").await.unwrap(), Ack::Ok);
+}
+
+conformance!(retention_forgets_finished_jobs_and_silent_workers, 10_000);
+async fn retention_forgets_finished_jobs_and_silent_workers(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("done-job", 1)).await.unwrap();
+    store.create_job(&job("live-job", 1)).await.unwrap();
+    store.create_job(&job("gone-job", 1)).await.unwrap();
+    let grants = store.acquire("w1", 1).await.unwrap();
+    assert_eq!(grants[0].lease.job_id, "done-job");
+    store.complete(&grants[0].lease, "w1").await.unwrap();
+    store.cancel_job("gone-job").await.unwrap();
+    store.reap().await.unwrap();
+    assert_eq!(
+        store.active_jobs().await.unwrap(),
+        1,
+        "only live-job is active"
+    );
+    store
+        .heartbeat("w1", 0, &WorkerMetrics::default())
+        .await
+        .unwrap();
+    store.drain("w1").await.unwrap();
+
+    let pruned = store.prune(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((pruned.jobs, pruned.workers), (0, 0), "nothing is that old");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let pruned = store.prune(Duration::from_millis(20)).await.unwrap();
+    assert_eq!((pruned.jobs, pruned.workers), (2, 1));
+    let jobs: Vec<String> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(jobs, ["live-job"], "an unfinished job is never pruned");
+    assert!(store.job("done-job").await.is_err());
+    assert!(store.workers().await.unwrap().is_empty());
+    assert!(store.history().await.unwrap().is_empty());
+    assert!(!store.is_draining("w1").await.unwrap());
 }

@@ -172,7 +172,10 @@ async fn run(store: &RedisStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 } else {
                     model.refusal(g)
                 };
-                prop_assert_eq!(store.renew(&model.grants[g].1).await.unwrap(), expected);
+                prop_assert_eq!(
+                    store.renew(&model.grants[g].1, "w").await.unwrap(),
+                    expected
+                );
             }
             Op::Complete(g) => {
                 let Some(g) = pick(g, &model) else { continue };
@@ -183,7 +186,10 @@ async fn run(store: &RedisStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     None if model.live(g) => Ack::Ok,
                     None => Ack::LeaseLost,
                 };
-                prop_assert_eq!(store.complete(&model.grants[g].1).await.unwrap(), expected);
+                prop_assert_eq!(
+                    store.complete(&model.grants[g].1, "w").await.unwrap(),
+                    expected
+                );
                 if expected == Ack::Ok {
                     model.items[item].state = ItemState::Done;
                     model.items[item].done_by = Some(g);
@@ -192,7 +198,7 @@ async fn run(store: &RedisStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Fail(g, permanent) => {
                 let Some(g) = pick(g, &model) else { continue };
                 let outcome = store
-                    .fail(&model.grants[g].1, "injected", permanent)
+                    .fail(&model.grants[g].1, "w", "injected", permanent)
                     .await
                     .unwrap();
                 if model.live(g) {
@@ -216,7 +222,10 @@ async fn run(store: &RedisStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 } else {
                     model.refusal(g)
                 };
-                prop_assert_eq!(store.release(&model.grants[g].1).await.unwrap(), expected);
+                prop_assert_eq!(
+                    store.release(&model.grants[g].1, "w").await.unwrap(),
+                    expected
+                );
                 if expected == Ack::Ok {
                     model.items[model.grants[g].0].state = ItemState::Pending;
                 }

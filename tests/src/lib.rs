@@ -4,12 +4,17 @@
 //!   holding an in-memory bucket;
 //! - [`faults`]: the fault layer in front of it (SlowDown, error statuses, reset, truncated,
 //!   stalled, slow and corrupted bodies, objects replaced mid-download);
-//! - [`proxy::CountingProxy`]: counts a client's TCP connections from outside the client;
-//! - [`redis_server::RedisServer`]: a real redis-server per test on an ephemeral port;
+//! - [`proxy::CountingProxy`]: counts a client's TCP connections from outside the client, and
+//!   blackholes them one way or both;
+//! - [`redis_server::RedisServer`]: a real redis-server per test on an ephemeral port (ACL
+//!   users, TLS);
+//! - [`pki`]: real certificates made in the test (CA, servers, workers, operators, and the
+//!   ones that must be refused);
 //! - [`fixtures`]: a synthetic bucket laid out exactly like `nsf-ncar-era5`.
 
 pub mod faults;
 pub mod fixtures;
+pub mod pki;
 pub mod proxy;
 pub mod redis_server;
 pub mod s3_server;

@@ -1,22 +1,43 @@
-//! `CountingProxy`: a TCP proxy that counts the client's connections from outside the client.
-//! A connection counts as open from accept until the proxy reads EOF or an error from the
-//! client side; then both sides are torn down. An upstream reset is passed on as a reset.
+//! `CountingProxy`: a TCP proxy that counts the client's connections from outside the client,
+//! and can partition them. A connection counts as open from accept until the proxy reads EOF
+//! or an error from the client side; then both sides are torn down. An upstream reset is
+//! passed on as a reset.
+//!
+//! **Blackholes** ([`CountingProxy::blackhole`]): bytes in one direction, or both, are read and
+//! dropped, on open connections and new ones alike, with no FIN and no reset: what a peer
+//! sees when a network path silently fails. [`CountingProxy::heal`] lets bytes through
+//! again (those dropped meanwhile stay lost, as on a real partition).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// Which way bytes are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blackhole {
+    /// Client to upstream: requests vanish, so nothing is answered.
+    ToUpstream,
+    /// Upstream to client: requests arrive and are acted on, answers vanish.
+    ToClient,
+    /// Both ways.
+    Both,
+}
+
 #[derive(Default)]
 struct Counters {
     open: AtomicUsize,
     max_open: AtomicUsize,
     accepted: AtomicUsize,
+    /// Drop client-to-upstream bytes.
+    drop_to_upstream: AtomicBool,
+    /// Drop upstream-to-client bytes.
+    drop_to_client: AtomicBool,
     /// Descriptors of the client sockets whose relay is running.
     live: std::sync::Mutex<std::collections::HashMap<u64, RawFd>>,
 }
@@ -92,6 +113,30 @@ impl CountingProxy {
         format!("http://{}", self.addr)
     }
 
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Drops bytes one way or both, from now on, on every connection.
+    pub fn blackhole(&self, which: Blackhole) {
+        let (up, down) = match which {
+            Blackhole::ToUpstream => (true, false),
+            Blackhole::ToClient => (false, true),
+            Blackhole::Both => (true, true),
+        };
+        self.counters.drop_to_upstream.store(up, Ordering::SeqCst);
+        self.counters.drop_to_client.store(down, Ordering::SeqCst);
+    }
+
+    /// Lets bytes through both ways again.
+    pub fn heal(&self) {
+        self.counters
+            .drop_to_upstream
+            .store(false, Ordering::SeqCst);
+        self.counters.drop_to_client.store(false, Ordering::SeqCst);
+    }
+
     /// Client connections whose relay is still running.
     pub fn open(&self) -> usize {
         self.counters.open.load(Ordering::SeqCst)
@@ -158,7 +203,7 @@ async fn run(
         counters.max_open.fetch_max(open, Ordering::SeqCst);
         let counters = counters.clone();
         tokio::spawn(async move {
-            relay(client, upstream).await;
+            relay(client, upstream, &counters).await;
             counters
                 .live
                 .lock()
@@ -169,8 +214,9 @@ async fn run(
     }
 }
 
-/// Copies both ways until the client goes away (or upstream fails, which is passed on).
-async fn relay(client: TcpStream, upstream: SocketAddr) {
+/// Copies both ways until the client goes away (or upstream fails, which is passed on),
+/// dropping what a blackhole swallows.
+async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
     let _ = client.set_nodelay(true);
     let client_fd = client.as_raw_fd();
     let reset_client = || {
@@ -189,10 +235,11 @@ async fn relay(client: TcpStream, upstream: SocketAddr) {
         let mut buffer = vec![0u8; 64 << 10];
         loop {
             match client_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return Some(server_write),
+                Ok(_) if counters.drop_to_upstream.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if server_write.write_all(&buffer[..n]).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
             }
@@ -203,11 +250,20 @@ async fn relay(client: TcpStream, upstream: SocketAddr) {
         loop {
             match server_read.read(&mut buffer).await {
                 Ok(0) => {
-                    // Upstream closed cleanly: pass the close on.
-                    let _ = client_write.shutdown().await;
+                    // Upstream closed cleanly: pass the close on, unless a blackhole
+                    // swallows it (a vanished peer sends no FIN).
+                    if !counters.drop_to_client.load(Ordering::SeqCst) {
+                        let _ = client_write.shutdown().await;
+                    }
                     return (false, client_write);
                 }
-                Err(_) => return (true, client_write),
+                Err(_) => {
+                    return (
+                        !counters.drop_to_client.load(Ordering::SeqCst),
+                        client_write,
+                    );
+                }
+                Ok(_) if counters.drop_to_client.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if client_write.write_all(&buffer[..n]).await.is_err() {
                         return (false, client_write);
@@ -218,8 +274,15 @@ async fn relay(client: TcpStream, upstream: SocketAddr) {
     };
     tokio::pin!(to_server, to_client);
     tokio::select! {
-        // The client closed: the connection is over from the client's point of view.
-        _ = &mut to_server => {}
+        // The client closed: the connection is over from the client's point of view. Inside
+        // a blackhole its close must not reach upstream either: hold the upstream side open
+        // until the blackhole heals.
+        server_write = &mut to_server => {
+            // Dropping the write half would send the FIN: keep it while the blackhole lasts.
+            while server_write.is_some() && counters.drop_to_upstream.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         (upstream_failed, client_write) = &mut to_client => {
             if upstream_failed {
                 reset_client();

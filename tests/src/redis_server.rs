@@ -1,5 +1,7 @@
 //! A real `redis-server` per test, on an ephemeral port, killed on drop. With an AOF directory
-//! it can be killed (SIGKILL) and restarted on the same port with its data.
+//! it can be killed (SIGKILL) and restarted on the same port with its data. [`RedisOptions`]
+//! add ACL users (from a config file, so passwords stay off the command line), a TLS port
+//! beside the plaintext one, and a port chosen in advance (to start Redis after its client).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,10 +13,36 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
-    aof: bool,
-    password: Option<String>,
+    options: RedisOptions,
+}
+
+/// TLS files of the server (its certificate must name 127.0.0.1).
+#[derive(Clone, Debug)]
+pub struct RedisTls {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM key.
+    pub key: PathBuf,
+    /// PEM CA (for client certificates, which are not required).
+    pub ca: PathBuf,
+}
+
+/// How to start a server beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// Keep an append-only file (fsync always) in this directory.
+    pub aof_dir: Option<PathBuf>,
+    /// Password of the default user (the harness authenticates as it).
+    pub password: Option<String>,
+    /// ACL users, each the rest of a `user` directive: `NAME on >PASSWORD RULES...`.
+    pub users: Vec<String>,
+    /// Also listen with TLS on another port.
+    pub tls: Option<RedisTls>,
+    /// The plaintext port (default: a free ephemeral one).
+    pub port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -49,41 +77,53 @@ fn ping(port: u16, password: Option<&str>) -> bool {
 impl RedisServer {
     /// An empty in-memory server.
     pub fn start() -> Self {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let dir = temp.path().to_path_buf();
-        Self::launch(dir, Some(temp), false, None)
+        Self::start_with(RedisOptions::default())
     }
 
     /// An empty in-memory server that requires `password` (AUTH).
     pub fn start_with_password(password: &str) -> Self {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let dir = temp.path().to_path_buf();
-        Self::launch(dir, Some(temp), false, Some(password.to_string()))
+        Self::start_with(RedisOptions {
+            password: Some(password.to_string()),
+            ..RedisOptions::default()
+        })
     }
 
     /// A server that keeps an append-only file (fsync always) in `dir`, so a restart after
     /// SIGKILL finds every acknowledged write.
     pub fn start_with_aof(dir: &Path) -> Self {
-        Self::launch(dir.to_path_buf(), None, true, None)
+        Self::start_with(RedisOptions {
+            aof_dir: Some(dir.to_path_buf()),
+            ..RedisOptions::default()
+        })
     }
 
-    fn launch(
-        dir: PathBuf,
-        temp: Option<tempfile::TempDir>,
-        aof: bool,
-        password: Option<String>,
-    ) -> Self {
+    /// A server with these options.
+    pub fn start_with(options: RedisOptions) -> Self {
+        let (dir, temp) = match &options.aof_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::tempdir().expect("temp dir");
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
         let mut server = Self {
             child: None,
             port: 0,
+            tls_port: None,
             dir,
             _temp: temp,
-            aof,
-            password,
+            options,
         };
+        if let Some(port) = server.options.port {
+            server.port = port;
+            server.tls_port = server.options.tls.as_ref().map(|_| free_port());
+            assert!(server.spawn(), "redis-server did not start on port {port}");
+            return server;
+        }
         // Another process may take the port between our probe and redis binding it: retry.
         for _ in 0..5 {
             server.port = free_port();
+            server.tls_port = server.options.tls.as_ref().map(|_| free_port());
             if server.spawn() {
                 return server;
             }
@@ -92,8 +132,18 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        // Users (and so their passwords) go in a config file, not on the command line.
+        let config = self.dir.join(format!("redis-{}.conf", self.port));
+        let users: String = self
+            .options
+            .users
+            .iter()
+            .map(|user| format!("user {user}\n"))
+            .collect();
+        std::fs::write(&config, users).expect("write the redis config");
         let mut command = Command::new("redis-server");
         command
+            .arg(&config)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -114,10 +164,21 @@ impl RedisServer {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(password) = &self.password {
+        if let Some(password) = &self.options.password {
             command.args(["--requirepass", password]);
         }
-        if self.aof {
+        if let (Some(tls), Some(port)) = (&self.options.tls, self.tls_port) {
+            command
+                .args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        if self.options.aof_dir.is_some() {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             command.args(["--appendonly", "no"]);
@@ -130,7 +191,7 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if ping(self.port, self.password.as_deref()) {
+            if ping(self.port, self.options.password.as_deref()) {
                 self.child = Some(child);
                 return true;
             }
@@ -143,10 +204,54 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:PORT/`, with the password if there is one.
     pub fn url(&self) -> String {
-        match &self.password {
+        match &self.options.password {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
             None => format!("redis://127.0.0.1:{}/", self.port),
         }
+    }
+
+    /// `redis://USER:PASSWORD@127.0.0.1:PORT/` (an ACL user).
+    pub fn url_for(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://USER:PASSWORD@127.0.0.1:TLS_PORT/`, when the server listens with TLS.
+    pub fn tls_url_for(&self, user: &str, password: &str) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://{user}:{password}@127.0.0.1:{port}/"))
+    }
+
+    /// Sends one command as `user` over the plaintext port and returns the raw reply line
+    /// (`+OK`, `-NOPERM ...`), to check what an ACL allows.
+    pub fn command_as(&self, user: &str, password: &str, command: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let encode = |parts: &[&str]| {
+            let mut out = format!("*{}\r\n", parts.len());
+            for part in parts {
+                out.push_str(&format!("${}\r\n{part}\r\n", part.len()));
+            }
+            out
+        };
+        let mut request = encode(&["AUTH", user, password]);
+        request.push_str(&encode(command));
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut lines = 0;
+        while lines < 2 && stream.read_exact(&mut byte).is_ok() {
+            reply.push(byte[0]);
+            if byte[0] == b'\n' {
+                lines += 1;
+            }
+        }
+        let text = String::from_utf8_lossy(&reply).to_string();
+        let mut replies = text.lines();
+        let auth = replies.next().unwrap_or_default();
+        assert_eq!(auth, "+OK", "AUTH as {user} failed");
+        replies.next().unwrap_or_default().to_string()
     }
 
     /// The port.

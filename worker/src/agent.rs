@@ -16,6 +16,11 @@
 //! - **The session stream** carries progress (about every second, latest value wins, never
 //!   waited on by the downloads) and metrics up, commands down. It reconnects with jittered
 //!   backoff; nothing depends on it being up.
+//! - **The channel** ([`connect`]) is built from [`CoordinatorChannel`]: `https://` with the
+//!   worker's certificate (whose name is the worker's name) or `http://`, a deadline on every
+//!   call, HTTP/2 keepalive so a vanished coordinator is noticed.
+//! - **Stopping** is bounded: releases get [`RELEASE_WITHIN`] in all, whether or not the
+//!   coordinator answers.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,10 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::source::retry::RetryReason;
+use common::source::retry::{RetryPolicy, RetryReason};
 use common::source::{
     BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
 };
+use proto::channel::CoordinatorChannel;
 use proto::v1 as pb;
 use proto::v1::worker_client::WorkerClient;
 use rand::Rng;
@@ -34,7 +40,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::engine::{EngineConfig, FetchScope};
 use crate::mirror::{ABANDONED_AFTER, Mirror};
@@ -42,14 +48,19 @@ use crate::progress::Progress;
 use crate::sync::{Mirrorer, Outcome};
 use crate::telemetry::Telemetry;
 
+/// Time a stopping worker gives its releases, all together (its leases expire anyway).
+pub const RELEASE_WITHIN: Duration = Duration::from_secs(3);
+/// Largest Acquire response accepted (the coordinator bounds its responses well below).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
 /// Settings of a worker.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Coordinator gRPC URL (`http://host:port`).
-    pub coordinator: String,
+    /// How to reach the coordinator: URL, TLS, deadlines, keepalive.
+    pub channel: CoordinatorChannel,
     /// The shared destination.
     pub dest: PathBuf,
-    /// This worker's name (unique in the cluster).
+    /// This worker's name (unique in the cluster; with TLS, its certificate's).
     pub name: String,
     /// Process-wide cap on S3 connections.
     pub connections: usize,
@@ -62,9 +73,9 @@ pub struct AgentConfig {
 /// The worker could not start.
 #[derive(Debug, Error)]
 pub enum AgentError {
-    /// Bad coordinator URL.
-    #[error("invalid --coordinator `{0}`: {1}")]
-    Coordinator(String, String),
+    /// Bad coordinator URL or TLS settings.
+    #[error(transparent)]
+    Coordinator(#[from] proto::Error),
     /// DEST unusable.
     #[error(transparent)]
     Mirror(#[from] crate::mirror::MirrorError),
@@ -102,11 +113,7 @@ pub async fn run(
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|e| AgentError::Coordinator(config.coordinator.clone(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let client = WorkerClient::new(endpoint.connect_lazy());
+    let client = connect(&config.channel)?;
     // Checks DEST and the lock now, so a bad destination fails at start-up.
     drop(Mirror::open_shared(&config.dest, &config.name)?);
     let pool = BoundedHttpClient::new(PoolConfig::new(config.connections));
@@ -231,7 +238,9 @@ impl Agent {
                 cancel: cancel.clone(),
             },
         );
-        tracing::info!(job = %lease_ref.job_id, item = %lease_ref.item_id, lease = %lease_ref.lease_id, epoch = lease_ref.epoch, objects = lease.objects.len(), "lease granted");
+        tracing::info!(job = %lease_ref.job_id, item = %lease_ref.item_id, epoch = lease_ref.epoch, objects = lease.objects.len(), "lease granted");
+        // Lease ids name a grant that only its holder may complete: debug level only.
+        tracing::debug!(job = %lease_ref.job_id, item = %lease_ref.item_id, lease = %lease_ref.lease_id, epoch = lease_ref.epoch, "lease id");
         let lost = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(self.clone().keep_alive(
             lease_ref.clone(),
@@ -287,8 +296,11 @@ impl Agent {
         self.finish(&lease_ref, finish).await;
     }
 
-    /// Renews every third of the TTL until cancelled; fences itself when the lease is lost or
-    /// its local deadline passes.
+    /// Renews every third of the TTL until cancelled. A failed attempt (coordinator or Redis
+    /// unreachable, a partition) is retried soon, each attempt bounded to a sixth of the TTL,
+    /// so a partition shorter than the TTL costs no lease. Fences itself when the lease is lost
+    /// (refused, or another worker's) or its local deadline (the last successful renewal's
+    /// sending time plus the TTL) passes.
     async fn keep_alive(
         self: Arc<Self>,
         lease: pb::LeaseRef,
@@ -296,25 +308,37 @@ impl Agent {
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
     ) {
+        let fence = |why: &str| {
+            tracing::warn!(item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
+            lost.store(true, Ordering::SeqCst);
+            cancel.cancel();
+        };
+        let attempt_limit = (ttl / 6).max(Duration::from_millis(200));
+        let retry_after = (ttl / 15).max(Duration::from_millis(200));
         let mut deadline = Instant::now() + ttl;
+        let mut next = Instant::now() + ttl / 3;
         loop {
-            let next = tokio::time::sleep(ttl / 3);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    tracing::warn!(item = %lease.item_id, "no renewal within the lease time: stopping the work (self-fencing)");
-                    lost.store(true, Ordering::SeqCst);
-                    cancel.cancel();
-                    return;
+                    return fence("no renewal within the lease time");
                 }
-                _ = next => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
             }
             let sent = Instant::now();
             let request = pb::RenewRequest {
                 lease: Some(lease.clone()),
                 worker: self.config.name.clone(),
             };
-            let renewed = tokio::time::timeout(ttl / 3, self.client.clone().renew(request)).await;
+            let mut client = self.client.clone();
+            let attempt = tokio::time::timeout(attempt_limit, client.renew(request));
+            let renewed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    return fence("no renewal within the lease time");
+                }
+                renewed = attempt => renewed,
+            };
             if let Ok(Ok(_)) = &renewed {
                 self.telemetry
                     .renew_seconds
@@ -323,54 +347,66 @@ impl Agent {
             }
             match renewed {
                 Ok(Ok(response)) if response.get_ref().status == pb::LeaseStatus::Ok as i32 => {
-                    deadline = sent + ttl
+                    deadline = sent + ttl;
+                    next = sent + ttl / 3;
                 }
-                Ok(Ok(_)) => {
-                    lost.store(true, Ordering::SeqCst);
-                    cancel.cancel();
-                    return;
+                Ok(Ok(_)) => return fence("the lease was lost"),
+                Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                    return fence("the coordinator says the lease is not ours");
                 }
-                // The coordinator or Redis is unreachable: keep working until the deadline.
-                _ => {}
+                // The coordinator or Redis is unreachable: keep working, try again soon.
+                _ => {
+                    next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0))
+                }
             }
         }
     }
 
     /// Reports the end of a lease, retrying while the coordinator is unreachable (the calls are
-    /// idempotent for a grant). Gives up after about a minute: the lease then expires and is
-    /// granted again.
+    /// idempotent for a grant). Gives up after about a minute, or [`RELEASE_WITHIN`] for a
+    /// release while stopping: the lease then expires and is granted again.
     async fn finish(&self, lease: &pb::LeaseRef, finish: Finish) {
         let mut backoff = Backoff::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now()
+            + match finish {
+                Finish::Release => RELEASE_WITHIN,
+                _ => Duration::from_secs(60),
+            };
         loop {
             let mut client = self.client.clone();
             let worker = self.config.name.clone();
-            let result = match &finish {
-                Finish::Complete => client
-                    .complete(pb::CompleteRequest {
-                        lease: Some(lease.clone()),
-                        worker,
-                        bytes: 0,
-                    })
-                    .await
-                    .map(|r| r.into_inner().status),
-                Finish::Fail(reason, permanent) => client
-                    .fail(pb::FailRequest {
-                        lease: Some(lease.clone()),
-                        worker,
-                        reason: reason.clone(),
-                        permanent: *permanent,
-                    })
-                    .await
-                    .map(|r| r.into_inner().status),
-                Finish::Release => client
-                    .release(pb::ReleaseRequest {
-                        lease: Some(lease.clone()),
-                        worker,
-                    })
-                    .await
-                    .map(|r| r.into_inner().status),
+            let call = async {
+                match &finish {
+                    Finish::Complete => client
+                        .complete(pb::CompleteRequest {
+                            lease: Some(lease.clone()),
+                            worker,
+                            bytes: 0,
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
+                    Finish::Fail(reason, permanent) => client
+                        .fail(pb::FailRequest {
+                            lease: Some(lease.clone()),
+                            worker,
+                            reason: reason.clone(),
+                            permanent: *permanent,
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
+                    Finish::Release => client
+                        .release(pb::ReleaseRequest {
+                            lease: Some(lease.clone()),
+                            worker,
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
+                }
             };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = tokio::time::timeout(remaining, call)
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
             match result {
                 Ok(status) => {
                     let status =
@@ -380,7 +416,8 @@ impl Agent {
                 }
                 Err(error) if Instant::now() < deadline => {
                     tracing::warn!(item = %lease.item_id, code = ?error.code(), "could not report the lease; retrying");
-                    tokio::time::sleep(backoff.next()).await;
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(backoff.next().min(remaining)).await;
                 }
                 Err(error) => {
                     tracing::error!(item = %lease.item_id, code = ?error.code(), "giving up reporting the lease; it will expire");
@@ -520,14 +557,29 @@ impl Finish {
     }
 }
 
-/// Capped exponential backoff with full jitter, for reconnecting.
+/// The coordinator's channel: checked (https ⇔ TLS) and connected lazily, so a coordinator
+/// that is down at start is retried like one that goes away later.
+pub fn connect(channel: &CoordinatorChannel) -> Result<WorkerClient<Channel>, AgentError> {
+    let endpoint = channel.endpoint()?;
+    Ok(WorkerClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// Reconnection delays: the one backoff policy (capped exponential, full jitter), counted.
 struct Backoff {
     attempt: u32,
+    policy: RetryPolicy,
 }
 
 impl Backoff {
     fn new() -> Self {
-        Self { attempt: 0 }
+        Self {
+            attempt: 0,
+            policy: RetryPolicy {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(5),
+                ..RetryPolicy::default()
+            },
+        }
     }
 
     fn reset(&mut self) {
@@ -535,11 +587,8 @@ impl Backoff {
     }
 
     fn next(&mut self) -> Duration {
-        self.attempt = (self.attempt + 1).min(6);
-        let ceiling = Duration::from_millis(100 << self.attempt).min(Duration::from_secs(5));
-        Duration::from_millis(
-            rand::rng().random_range(ceiling.as_millis() as u64 / 4..=ceiling.as_millis() as u64),
-        )
+        self.attempt = self.attempt.saturating_add(1);
+        self.policy.backoff(self.attempt)
     }
 }
 

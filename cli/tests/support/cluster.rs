@@ -1,6 +1,11 @@
 //! A test cluster of real processes: a redis-server, `era5 coordinator`s and `era5 worker`s
 //! spawned from the built binary, each with its own log file, killed on drop. Readiness is
 //! polled with deadlines, and a failed wait shows the tail of every log.
+//!
+//! The coordinators connect to Redis as the `era5` ACL user of the deployment
+//! (`deploy/base/redis-era5-user.acl`), so every cluster test also checks that the ACL allows
+//! what the coordinator does. [`Cluster::start_tls`] runs the whole cluster with mTLS (real
+//! certificates from [`tests::pki`]) and Redis over TLS.
 
 #![allow(dead_code)]
 
@@ -8,9 +13,44 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::redis_server::RedisServer;
+use tests::pki::{CertFiles, TestCa};
+use tests::redis_server::{RedisOptions, RedisServer, RedisTls};
 
 use super::{BUCKET, Scratch, era5};
+
+/// The password of the `era5` Redis user in tests.
+pub const REDIS_PASSWORD: &str = "era5-test-password";
+/// The password of Redis' default (admin) user in tests.
+const REDIS_ADMIN_PASSWORD: &str = "admin-test-password";
+
+/// The deployment's ACL rules of the `era5` user, one line (comments dropped).
+pub fn era5_acl_rules() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/redis-era5-user.acl");
+    let text = std::fs::read_to_string(&path).expect("read the deployment's Redis ACL");
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Options for a Redis with the `era5` ACL user (and the default user behind a password).
+pub fn acl_redis_options() -> RedisOptions {
+    RedisOptions {
+        password: Some(REDIS_ADMIN_PASSWORD.into()),
+        users: vec![format!("era5 on >{REDIS_PASSWORD} {}", era5_acl_rules())],
+        ..RedisOptions::default()
+    }
+}
+
+/// The certificates of a TLS cluster.
+pub struct ClusterPki {
+    /// The cluster's CA.
+    pub ca: TestCa,
+    /// The coordinators' (and Redis') server certificate.
+    pub server: CertFiles,
+    /// An operator's certificate, used by every operator command.
+    pub operator: CertFiles,
+}
 
 /// A child process with its log.
 pub struct Proc {
@@ -20,7 +60,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
         command
             .stdout(file.try_clone().expect("log file"))
@@ -36,7 +76,7 @@ impl Proc {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), signal) };
     }
@@ -96,7 +136,7 @@ impl Drop for Proc {
     }
 }
 
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     format!(
@@ -112,12 +152,18 @@ pub struct Cluster {
     pub scratch: Scratch,
     /// Redis (with an append-only file, so it can be killed and restarted).
     pub redis: RedisServer,
+    /// The URL coordinators use for Redis.
+    pub redis_url: String,
+    /// Certificates, when the cluster runs with TLS.
+    pub pki: Option<ClusterPki>,
     /// Coordinators, with their gRPC ports.
     pub coordinators: Vec<(Proc, u16)>,
     /// Coordinators' HTTP ports (same order).
     pub coordinator_http: Vec<u16>,
     /// Extra flags for every process (e.g. `--log-format json`).
     pub extra_flags: Vec<String>,
+    /// Extra flags for coordinators only (caps, retention, keepalive).
+    pub coordinator_flags: Vec<String>,
     /// Workers by name.
     pub workers: Vec<(String, Proc)>,
     /// Lease TTL in seconds.
@@ -126,16 +172,76 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Redis and one coordinator with lease TTL `ttl` seconds, reading from `s3_endpoint`.
+    /// Redis (as the `era5` ACL user) and one coordinator with lease TTL `ttl` seconds,
+    /// reading from `s3_endpoint`.
     pub fn start(s3_endpoint: &str, ttl: u64) -> Self {
+        Self::start_with_flags(s3_endpoint, ttl, &[])
+    }
+
+    /// Like [`Cluster::start`], every process started with `extra_flags`.
+    pub fn start_with_flags(s3_endpoint: &str, ttl: u64, extra_flags: &[&str]) -> Self {
         let scratch = Scratch::new();
         let aof = scratch.dir.path().join("redis");
         std::fs::create_dir_all(&aof).unwrap();
-        let redis = RedisServer::start_with_aof(&aof);
-        Self::start_with(scratch, redis, s3_endpoint, ttl, &[])
+        let redis = RedisServer::start_with(RedisOptions {
+            aof_dir: Some(aof),
+            ..acl_redis_options()
+        });
+        let url = redis.url_for("era5", REDIS_PASSWORD);
+        Self::assemble(scratch, redis, url, None, s3_endpoint, ttl, extra_flags)
     }
 
-    /// A cluster over a given Redis, every process started with `extra_flags`.
+    /// Like [`Cluster::start`], its coordinator started with `flags` (caps, retention...).
+    pub fn start_with_coordinator_flags(s3_endpoint: &str, ttl: u64, flags: &[&str]) -> Self {
+        let scratch = Scratch::new();
+        let redis = RedisServer::start_with(acl_redis_options());
+        let url = redis.url_for("era5", REDIS_PASSWORD);
+        let mut cluster = Self {
+            redis,
+            redis_url: url,
+            pki: None,
+            scratch,
+            coordinators: Vec::new(),
+            coordinator_http: Vec::new(),
+            extra_flags: Vec::new(),
+            coordinator_flags: flags.iter().map(|f| f.to_string()).collect(),
+            workers: Vec::new(),
+            ttl,
+            s3_endpoint: s3_endpoint.to_string(),
+        };
+        cluster.add_coordinator(None);
+        cluster
+    }
+
+    /// The whole cluster with TLS: coordinators require client certificates (workers and
+    /// operators get their own, made here), and Redis is reached over `rediss://` as the
+    /// `era5` ACL user.
+    pub fn start_tls(s3_endpoint: &str, ttl: u64) -> Self {
+        let scratch = Scratch::new();
+        let ca = TestCa::new(&scratch.dir.path().join("pki"), "cluster");
+        let server = ca.server("server");
+        let operator = ca.operator("admin");
+        let redis = RedisServer::start_with(RedisOptions {
+            tls: Some(RedisTls {
+                cert: server.cert.clone(),
+                key: server.key.clone(),
+                ca: server.ca.clone(),
+            }),
+            ..acl_redis_options()
+        });
+        let url = redis
+            .tls_url_for("era5", REDIS_PASSWORD)
+            .expect("redis listens with TLS");
+        let pki = ClusterPki {
+            ca,
+            server,
+            operator,
+        };
+        Self::assemble(scratch, redis, url, Some(pki), s3_endpoint, ttl, &[])
+    }
+
+    /// A cluster over a given Redis (its default user), every process started with
+    /// `extra_flags`.
     pub fn start_with(
         scratch: Scratch,
         redis: RedisServer,
@@ -143,12 +249,28 @@ impl Cluster {
         ttl: u64,
         extra_flags: &[&str],
     ) -> Self {
+        let url = redis.url();
+        Self::assemble(scratch, redis, url, None, s3_endpoint, ttl, extra_flags)
+    }
+
+    fn assemble(
+        scratch: Scratch,
+        redis: RedisServer,
+        redis_url: String,
+        pki: Option<ClusterPki>,
+        s3_endpoint: &str,
+        ttl: u64,
+        extra_flags: &[&str],
+    ) -> Self {
         let mut cluster = Self {
             redis,
+            redis_url,
+            pki,
             scratch,
             coordinators: Vec::new(),
             coordinator_http: Vec::new(),
             extra_flags: extra_flags.iter().map(|f| f.to_string()).collect(),
+            coordinator_flags: Vec::new(),
             workers: Vec::new(),
             ttl,
             s3_endpoint: s3_endpoint.to_string(),
@@ -162,7 +284,7 @@ impl Cluster {
         self.scratch.dest()
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub fn log(&self, name: &str) -> PathBuf {
         let logs = self.scratch.dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         // Restarts get a fresh log, numbered.
@@ -180,6 +302,7 @@ impl Cluster {
         self.coordinator_http
             .push(wait_for_address(&log, "coordinator started", "http="));
         self.coordinators.push((process, grpc));
+        wait_for_line(&log, "lease store reachable");
         self.coordinators.len() - 1
     }
 
@@ -189,19 +312,46 @@ impl Cluster {
             .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--redis",
-                &self.redis.url(),
+                &self.redis_url,
                 "--lease-ttl",
                 &self.ttl.to_string(),
             ])
-            .args(["--lease-objects", "4", "--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0"])
+            .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET])
             .args(&self.extra_flags)
+            .args(&self.coordinator_flags)
             .env("RUST_LOG", "info");
+        if !self
+            .coordinator_flags
+            .iter()
+            .any(|f| f == "--lease-objects")
+        {
+            command.args(["--lease-objects", "4"]);
+        }
+        if let Some(pki) = &self.pki {
+            command
+                .args(pki.server.flags())
+                .arg("--redis-ca")
+                .arg(&pki.server.ca);
+        }
         command
     }
 
-    /// `http://127.0.0.1:PORT` of coordinator `index`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) of coordinator `index`.
     pub fn coordinator_url(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.coordinators[index].1)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.coordinators[index].1)
+    }
+
+    /// An operator command (`status`, `submit`...) against coordinator `index`, with the
+    /// operator's certificate when the cluster runs TLS.
+    pub fn operator(&self, subcommand: &str, index: usize) -> Command {
+        let mut command = era5(&self.scratch.home());
+        command.args([subcommand, "--coordinator", &self.coordinator_url(index)]);
+        if let Some(pki) = &self.pki {
+            command.args(pki.operator.flags());
+        }
+        command
     }
 
     /// Kills coordinator `index` and starts a new one on the same gRPC port.
@@ -234,14 +384,20 @@ impl Cluster {
 
     /// Starts a worker talking to coordinator `coordinator`.
     pub fn add_worker(&mut self, name: &str, coordinator: usize, extra: &[&str]) {
+        let url = self.coordinator_url(coordinator);
+        self.add_worker_via(name, &url, extra);
+    }
+
+    /// Starts a worker talking to the coordinator at `url` (through a proxy, say). With TLS it
+    /// gets a certificate of its own, which names it.
+    pub fn add_worker_via(&mut self, name: &str, url: &str, extra: &[&str]) {
         let log = self.log(&format!("worker-{name}"));
         let mut command = era5(&self.scratch.home());
+        command.args(["worker", "--coordinator", url]);
+        if let Some(pki) = &self.pki {
+            command.args(pki.ca.worker(name).flags());
+        }
         command
-            .args([
-                "worker",
-                "--coordinator",
-                &self.coordinator_url(coordinator),
-            ])
             .arg("--dest")
             .arg(self.dest())
             .args([
@@ -284,13 +440,11 @@ impl Cluster {
             .1
     }
 
-    /// `era5 submit` of a selection from the test S3 bucket; returns the job id.
+    /// `era5 submit` of a selection from the coordinator's source (the test S3 bucket);
+    /// returns the job id.
     pub fn submit(&self, products: &str, vars: &str, start: &str, end: &str) -> String {
-        let mut command = era5(&self.scratch.home());
-        command
-            .args(["submit", "--coordinator", &self.coordinator_url(0)])
-            .args(["--product", products, "--start", start, "--end", end])
-            .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET]);
+        let mut command = self.operator("submit", 0);
+        command.args(["--product", products, "--start", start, "--end", end]);
         if !vars.is_empty() {
             command.args(["--var", vars]);
         }
@@ -313,15 +467,10 @@ impl Cluster {
         end: &str,
         limit: Duration,
     ) -> (Option<i32>, String) {
-        let child = era5(&self.scratch.home())
-            .args([
-                "submit",
-                "--coordinator",
-                &self.coordinator_url(0),
-                "--wait",
-            ])
+        let child = self
+            .operator("submit", 0)
+            .arg("--wait")
             .args(["--product", products, "--start", start, "--end", end])
-            .args(["--endpoint", &self.s3_endpoint, "--bucket", BUCKET])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -335,6 +484,12 @@ impl Cluster {
             .trim()
             .to_string();
         (run.code, job)
+    }
+
+    /// Coordinator `index`'s metric `series` (from its plain-HTTP port).
+    pub fn coordinator_metric(&self, index: usize, series: &str) -> Option<f64> {
+        let (_, text) = http_get(self.coordinator_http[index], "/metrics")?;
+        metric(&text, series)
     }
 
     /// The HTTP status of `path` on coordinator `index`'s --http port.
@@ -354,13 +509,8 @@ impl Cluster {
 
     /// `era5 status --json [JOB]` from coordinator `coordinator`.
     pub fn status(&self, coordinator: usize, job: Option<&str>) -> serde_json::Value {
-        let mut command = era5(&self.scratch.home());
-        command.args([
-            "status",
-            "--coordinator",
-            &self.coordinator_url(coordinator),
-            "--json",
-        ]);
+        let mut command = self.operator("status", coordinator);
+        command.arg("--json");
         if let Some(job) = job {
             command.arg(job);
         }
@@ -414,8 +564,187 @@ impl Cluster {
     }
 }
 
+/// A gRPC channel to `url` as the client `identity` presents it (no TLS when `None`). Built
+/// with the same code as the real clients, so https ⇔ TLS holds here too.
+pub async fn grpc_channel(url: &str, identity: Option<&CertFiles>) -> tonic::transport::Channel {
+    let tls = identity.map(|files| {
+        proto::channel::TlsFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+        }
+        .read()
+        .expect("test certificates")
+    });
+    proto::channel::CoordinatorChannel {
+        url: url.to_string(),
+        tls,
+        keepalive: Duration::from_secs(5),
+        rpc_timeout: Some(Duration::from_secs(10)),
+    }
+    .endpoint()
+    .expect("a valid endpoint")
+    .connect_lazy()
+}
+
+/// GET `path` over https on 127.0.0.1:`port`, trusting `ca`: the status code and the body.
+pub fn https_get(port: u16, path: &str, ca: &Path) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)? {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    // A peer that closes without close_notify still sent a whole response.
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).to_string();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Opens a TLS connection to 127.0.0.1:`port` trusting `server_ca`, presenting `client` (or
+/// no certificate), and reads: what the server says, as text. A refused client certificate
+/// shows as the server's TLS alert (`CertificateRequired`, `UnknownCA`, `CertificateExpired`).
+pub fn tls_alert(port: u16, client: Option<&CertFiles>, server_ca: &Path) -> String {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(server_ca).expect("server CA") {
+        roots.add(cert.expect("server CA")).expect("server CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let mut config = match client {
+        Some(files) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+                .expect("client certificate")
+                .map(|c| c.expect("client certificate"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&files.key).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client identity")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from("127.0.0.1").expect("server name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    // The HTTP/2 preface: a server that accepted the client answers with its SETTINGS.
+    if let Err(error) = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+        return error.to_string();
+    }
+    let _ = stream.flush();
+    let mut buffer = [0u8; 64];
+    match stream.read(&mut buffer) {
+        Ok(0) => "closed".into(),
+        Ok(n) => format!("accepted ({n} bytes)"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// A plain-HTTP GET on 127.0.0.1:`port`: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of a Prometheus series (`name{labels}` or `name`) in a text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Resident memory of process `pid`, KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `log` has a line containing `text` (at most 20 s).
+fn wait_for_line(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no `{text}` in the log\n{}",
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads a port from a start-up log line (`field=127.0.0.1:PORT`, text or JSON logs).
-fn wait_for_address(log: &Path, event: &str, field: &str) -> u16 {
+pub fn wait_for_address(log: &Path, event: &str, field: &str) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(20);
     let json_field = format!("\"{}\":\"127.0.0.1:", field.trim_end_matches('='));
     loop {

@@ -96,6 +96,42 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// An empty discovery of `selection`'s products.
+    pub fn new(selection: &Selection) -> Self {
+        Self {
+            in_range: selection.products.iter().map(|p| (*p, 0)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Takes one listed object into account: counted when it is of the layout, a requested
+    /// product and in the range; kept when the selection selects it.
+    pub fn add(&mut self, selection: &Selection, object: RemoteObject) {
+        let Some(key) = ObjectKey::parse(&object.key) else {
+            return;
+        };
+        let in_range = selection.products.contains(&key.product)
+            && (key.product.cadence() == catalog::Cadence::Invariant
+                || selection.range.overlaps(key.first, key.last));
+        if !in_range {
+            return;
+        }
+        *self.in_range.entry(key.product).or_default() += 1;
+        if catalog::lookup(&key).is_none() {
+            self.unknown.add(&object.key);
+        }
+        if selection.selects(&key) {
+            self.objects.push(object);
+        }
+    }
+
+    /// Sorts the selected objects by key and drops duplicates.
+    pub fn finish(mut self) -> Self {
+        self.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        self.objects.dedup_by(|a, b| a.key == b.key);
+        self
+    }
+
     /// The parsed keys of the selected objects.
     pub fn selected_keys(&self) -> impl Iterator<Item = ObjectKey> + '_ {
         self.objects.iter().filter_map(|o| ObjectKey::parse(&o.key))
@@ -123,31 +159,11 @@ pub async fn discover_detailed(
         .buffer_unordered(LIST_CONCURRENCY)
         .try_collect()
         .await?;
-    let mut discovery = Discovery {
-        in_range: selection.products.iter().map(|p| (*p, 0)).collect(),
-        ..Discovery::default()
-    };
+    let mut discovery = Discovery::new(selection);
     for object in pages.into_iter().flatten() {
-        let Some(key) = ObjectKey::parse(&object.key) else {
-            continue;
-        };
-        let in_range = selection.products.contains(&key.product)
-            && (key.product.cadence() == catalog::Cadence::Invariant
-                || selection.range.overlaps(key.first, key.last));
-        if !in_range {
-            continue;
-        }
-        *discovery.in_range.entry(key.product).or_default() += 1;
-        if catalog::lookup(&key).is_none() {
-            discovery.unknown.add(&object.key);
-        }
-        if selection.selects(&key) {
-            discovery.objects.push(object);
-        }
+        discovery.add(selection, object);
     }
-    discovery.objects.sort_by(|a, b| a.key.cmp(&b.key));
-    discovery.objects.dedup_by(|a, b| a.key == b.key);
-    Ok(discovery)
+    Ok(discovery.finish())
 }
 
 /// Every object under one prefix, following continuation tokens.

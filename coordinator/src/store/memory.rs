@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{FailOutcome, LeaseStore, StoreError};
+use super::{FailOutcome, LeaseStore, Pruned};
+use crate::error::Error;
 use crate::model::{
     Ack, Counts, Grant, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
     SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, WorkerMetrics, WorkerStatus, now_ms, random_id,
@@ -39,6 +40,8 @@ struct JobEntry {
     created_ms: i64,
     started_ms: i64,
     finished_ms: i64,
+    /// Last time an item went dead or the job was cancelled (0: never), for retention.
+    ended_ms: i64,
     cancelled: bool,
 }
 
@@ -81,6 +84,11 @@ impl ItemEntry {
             && self.epoch == lease.epoch
             && self.expires_ms > now
     }
+
+    /// Whether the current grant went to `worker`.
+    fn held_by(&self, worker: &str) -> bool {
+        self.holder == worker
+    }
 }
 
 impl MemoryStore {
@@ -104,6 +112,7 @@ impl MemoryStore {
 
     fn reap_job(&self, job: &mut JobEntry, now: i64) -> u32 {
         let mut reaped = 0;
+        let mut ended = false;
         for item in job
             .items
             .iter_mut()
@@ -115,10 +124,14 @@ impl MemoryStore {
             if item.expiries > self.policy.max_expiries {
                 item.state = ItemState::Dead;
                 item.last_error = format!("lease expired {} times (poison item)", item.expiries);
+                ended = true;
             } else {
                 item.state = ItemState::Pending;
                 item.ready_ms = now;
             }
+        }
+        if ended {
+            job.ended_ms = now_ms();
         }
         reaped
     }
@@ -187,7 +200,7 @@ impl LeaseStore for MemoryStore {
         &self.policy
     }
 
-    async fn create_job(&self, job: &JobSpec) -> Result<(), StoreError> {
+    async fn create_job(&self, job: &JobSpec) -> Result<(), Error> {
         let mut inner = self.lock();
         if inner.jobs.iter().any(|j| j.spec.job_id == job.job_id) {
             return Ok(());
@@ -204,12 +217,13 @@ impl LeaseStore for MemoryStore {
             created_ms: now_ms(),
             started_ms: 0,
             finished_ms: 0,
+            ended_ms: 0,
             cancelled: false,
         });
         Ok(())
     }
 
-    async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, StoreError> {
+    async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {
         let now = self.now();
         let mut inner = self.lock();
         if inner.draining.contains(worker) {
@@ -258,11 +272,14 @@ impl LeaseStore for MemoryStore {
         Ok(grants)
     }
 
-    async fn renew(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+    async fn renew(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
         let ttl = self.policy.ttl.as_millis() as i64;
         Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
             let item = &mut job.items[i];
             if item.live_grant(lease, now) {
+                if !item.held_by(worker) {
+                    return Ack::NotHolder;
+                }
                 item.expires_ms = now + ttl;
                 Ack::Ok
             } else if item.state == ItemState::Done {
@@ -273,18 +290,23 @@ impl LeaseStore for MemoryStore {
         }))
     }
 
-    async fn complete(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+    async fn complete(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
         Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
             let item = &mut job.items[i];
             if item.state == ItemState::Done {
-                return if item.done_by.as_ref() == Some(&(lease.lease_id.clone(), lease.epoch)) {
-                    Ack::Ok
-                } else {
+                return if item.done_by.as_ref() != Some(&(lease.lease_id.clone(), lease.epoch)) {
                     Ack::AlreadyDone
+                } else if !item.held_by(worker) {
+                    Ack::NotHolder
+                } else {
+                    Ack::Ok
                 };
             }
             if !item.live_grant(lease, now) {
                 return Ack::LeaseLost;
+            }
+            if !item.held_by(worker) {
+                return Ack::NotHolder;
             }
             item.state = ItemState::Done;
             item.done_by = Some((lease.lease_id.clone(), lease.epoch));
@@ -296,9 +318,10 @@ impl LeaseStore for MemoryStore {
     async fn fail(
         &self,
         lease: &LeaseRef,
+        worker: &str,
         reason: &str,
         permanent: bool,
-    ) -> Result<FailOutcome, StoreError> {
+    ) -> Result<FailOutcome, Error> {
         let lost = FailOutcome {
             ack: Ack::LeaseLost,
             dead: false,
@@ -315,12 +338,19 @@ impl LeaseStore for MemoryStore {
                     dead: false,
                 };
             }
+            if !item.held_by(worker) {
+                return FailOutcome {
+                    ack: Ack::NotHolder,
+                    dead: false,
+                };
+            }
             item.attempts += 1;
             item.last_error = reason.to_string();
             item.holder.clear();
             let dead = permanent || item.attempts >= self.policy.max_attempts;
             if dead {
                 item.state = ItemState::Dead;
+                job.ended_ms = now_ms();
             } else {
                 item.state = ItemState::Pending;
                 item.ready_ms = now + self.policy.backoff(item.attempts).as_millis() as i64;
@@ -329,7 +359,7 @@ impl LeaseStore for MemoryStore {
         }))
     }
 
-    async fn release(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+    async fn release(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
         Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
             let item = &mut job.items[i];
             if !item.live_grant(lease, now) {
@@ -339,6 +369,9 @@ impl LeaseStore for MemoryStore {
                     Ack::LeaseLost
                 };
             }
+            if !item.held_by(worker) {
+                return Ack::NotHolder;
+            }
             item.state = ItemState::Pending;
             item.ready_ms = now;
             item.holder.clear();
@@ -346,7 +379,7 @@ impl LeaseStore for MemoryStore {
         }))
     }
 
-    async fn reap(&self) -> Result<u32, StoreError> {
+    async fn reap(&self) -> Result<u32, Error> {
         let now = self.now();
         let mut inner = self.lock();
         let mut total = 0;
@@ -356,35 +389,36 @@ impl LeaseStore for MemoryStore {
         Ok(total)
     }
 
-    async fn progress(&self, lease: &LeaseRef, bytes_done: u64) -> Result<(), StoreError> {
+    async fn progress(&self, lease: &LeaseRef, worker: &str, bytes_done: u64) -> Result<(), Error> {
         self.with_item(lease, (), |job, i, now| {
             let item = &mut job.items[i];
-            if item.live_grant(lease, now) {
+            if item.live_grant(lease, now) && item.held_by(worker) {
                 item.bytes_done = bytes_done;
             }
         });
         Ok(())
     }
 
-    async fn cancel_job(&self, job_id: &str) -> Result<(), StoreError> {
+    async fn cancel_job(&self, job_id: &str) -> Result<(), Error> {
         let mut inner = self.lock();
         let job = inner
             .jobs
             .iter_mut()
             .find(|j| j.spec.job_id == job_id)
-            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))?;
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
         job.cancelled = true;
+        job.ended_ms = now_ms();
         Ok(())
     }
 
-    async fn retry_dead(&self, job_id: &str) -> Result<u32, StoreError> {
+    async fn retry_dead(&self, job_id: &str) -> Result<u32, Error> {
         let now = self.now();
         let mut inner = self.lock();
         let job = inner
             .jobs
             .iter_mut()
             .find(|j| j.spec.job_id == job_id)
-            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))?;
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
         let mut retried = 0;
         for item in job.items.iter_mut().filter(|i| i.state == ItemState::Dead) {
             item.state = ItemState::Pending;
@@ -396,26 +430,26 @@ impl LeaseStore for MemoryStore {
         Ok(retried)
     }
 
-    async fn jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
+    async fn jobs(&self) -> Result<Vec<JobStatus>, Error> {
         Ok(self.lock().jobs.iter().map(Self::status).collect())
     }
 
-    async fn job(&self, job_id: &str) -> Result<JobStatus, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<JobStatus, Error> {
         self.lock()
             .jobs
             .iter()
             .find(|j| j.spec.job_id == job_id)
             .map(Self::status)
-            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))
     }
 
-    async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, StoreError> {
+    async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, Error> {
         let inner = self.lock();
         let job = inner
             .jobs
             .iter()
             .find(|j| j.spec.job_id == job_id)
-            .ok_or_else(|| StoreError::UnknownJob(job_id.to_string()))?;
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
         Ok(job
             .spec
             .items
@@ -448,7 +482,7 @@ impl LeaseStore for MemoryStore {
         worker: &str,
         leases_held: u32,
         metrics: &WorkerMetrics,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let mut inner = self.lock();
         let draining = inner.draining.contains(worker);
         let now = now_ms();
@@ -479,7 +513,7 @@ impl LeaseStore for MemoryStore {
         Ok(())
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, Error> {
         let inner = self.lock();
         Ok(inner
             .workers
@@ -492,7 +526,7 @@ impl LeaseStore for MemoryStore {
             .collect())
     }
 
-    async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, StoreError> {
+    async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, Error> {
         Ok(self
             .lock()
             .history
@@ -501,16 +535,50 @@ impl LeaseStore for MemoryStore {
             .collect())
     }
 
-    async fn drain(&self, worker: &str) -> Result<(), StoreError> {
+    async fn drain(&self, worker: &str) -> Result<(), Error> {
         self.lock().draining.insert(worker.to_string());
         Ok(())
     }
 
-    async fn is_draining(&self, worker: &str) -> Result<bool, StoreError> {
+    async fn is_draining(&self, worker: &str) -> Result<bool, Error> {
         Ok(self.lock().draining.contains(worker))
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), Error> {
         Ok(())
+    }
+
+    async fn active_jobs(&self) -> Result<usize, Error> {
+        Ok(self
+            .lock()
+            .jobs
+            .iter()
+            .filter(|job| !Self::status(job).state.is_final())
+            .count())
+    }
+
+    async fn prune(&self, retention: Duration) -> Result<Pruned, Error> {
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let mut inner = self.lock();
+        let before = (inner.jobs.len(), inner.workers.len());
+        inner.jobs.retain(|job| {
+            let last = job.created_ms.max(job.finished_ms).max(job.ended_ms);
+            !(Self::status(job).state.is_final() && last < cutoff)
+        });
+        let gone: Vec<String> = inner
+            .workers
+            .values()
+            .filter(|w| w.last_heartbeat_ms < cutoff)
+            .map(|w| w.name.clone())
+            .collect();
+        for name in &gone {
+            inner.workers.remove(name);
+            inner.history.remove(name);
+            inner.draining.remove(name);
+        }
+        Ok(Pruned {
+            jobs: (before.0 - inner.jobs.len()) as u32,
+            workers: (before.1 - inner.workers.len()) as u32,
+        })
     }
 }

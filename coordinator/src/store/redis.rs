@@ -4,7 +4,8 @@
 //! era5:jobs                 ZSET  job id -> creation time (ms), every job
 //! era5:active               ZSET  the same, for jobs that may still have work to grant
 //! era5:{JOB}:meta           HASH  spec, created, started, finished, cancelled, done, dead,
-//!                                 done_bytes, objects_total, bytes_total, items
+//!                                 done_bytes, objects_total, bytes_total, items, ended (last
+//!                                 time an item went dead or the job was cancelled)
 //! era5:{JOB}:items          HASH  item id -> item spec (JSON: product, days, objects)
 //! era5:{JOB}:st             HASH  "<item>|state|lease|epoch|holder|exp|attempts|expiries|
 //!                                 error|done_lease|done_epoch|bytes|bytes_done" -> value
@@ -15,6 +16,9 @@
 //! era5:history:<worker>     LIST  the last hour of rate and connections (newest first);
 //!                                 a `:gate` key (SET NX PX) admits one point per period
 //! ```
+//!
+//! Every key is under `era5:`, so a Redis ACL user restricted to `~era5:*` (see
+//! `deploy/base/redis/era5-user.acl`) can run the coordinator.
 //!
 //! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
 //! All of a job's keys share the hash tag `{JOB}`, so each script touches one slot (Redis
@@ -28,11 +32,12 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{FailOutcome, LeaseStore, StoreError};
+use super::{FailOutcome, LeaseStore, Pruned};
+use crate::error::Error;
 use crate::model::{
     Ack, Counts, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
-    SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, SelectionSpec, SourceSpec, WorkerMetrics, WorkerStatus,
-    now_ms, random_id,
+    MAX_ACQUIRE, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, SelectionSpec, SourceSpec, WorkerMetrics,
+    WorkerStatus, now_ms, random_id,
 };
 
 const JOBS: &str = "era5:jobs";
@@ -46,6 +51,8 @@ fn history_key(worker: &str) -> String {
 const DRAIN: &str = "era5:drain";
 /// Items written per pipeline when a job is created (a million-object job has ~30 000).
 const CREATE_CHUNK: usize = 2_000;
+/// Jobs looked at per pruning pass (the oldest first); the next pass takes the rest.
+const PRUNE_BATCH: isize = 500;
 
 fn script(body: &str) -> Script {
     Script::new(&format!(
@@ -120,17 +127,50 @@ pub struct RedisStore {
     connection: Arc<tokio::sync::OnceCell<ConnectionManager>>,
     policy: LeasePolicy,
     scripts: Scripts,
+    /// When set, only jobs of this source are granted (a coordinator's pinned source).
+    source: Option<SourceSpec>,
 }
 
-fn unavailable(error: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+fn unavailable(error: redis::RedisError) -> Error {
+    Error::Unavailable(error.to_string())
 }
 
 fn ack(status: &str) -> Ack {
     match status {
         "ok" => Ack::Ok,
         "done" => Ack::AlreadyDone,
+        "denied" => Ack::NotHolder,
         _ => Ack::LeaseLost,
+    }
+}
+
+/// A Redis client for `url` (`redis://` or `rediss://`). With `ca_pem`, a `rediss://` server
+/// must present a certificate that chains to it (otherwise to the system's roots).
+pub fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> {
+    let bad = |e: redis::RedisError| {
+        Error::InvalidArgument(common::redact::scrub_url_from(
+            &format!("invalid --redis `{}`: {e}", common::redact::redact_url(url)),
+            url,
+        ))
+    };
+    match ca_pem {
+        None => redis::Client::open(url).map_err(bad),
+        Some(ca) => {
+            if !url.starts_with("rediss://") {
+                return Err(Error::InvalidArgument(format!(
+                    "--redis-ca is given but --redis `{}` is not a rediss:// URL",
+                    common::redact::redact_url(url)
+                )));
+            }
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            )
+            .map_err(bad)
+        }
     }
 }
 
@@ -138,9 +178,12 @@ impl RedisStore {
     /// A store for `url` that connects in the background: until Redis answers, every call
     /// fails with `Unavailable` (the coordinator reports not ready) instead of blocking or
     /// failing start-up. Once connected, the connection manager reconnects by itself.
-    pub fn connect_lazily(url: &str, policy: LeasePolicy) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+    pub fn connect_lazily(url: &str, policy: LeasePolicy) -> Result<Self, Error> {
+        Ok(Self::with_client(client(url, None)?, policy))
+    }
+
+    /// Like [`RedisStore::connect_lazily`], over a prepared client (TLS with a private CA).
+    pub fn with_client(client: redis::Client, policy: LeasePolicy) -> Self {
         let connection = Arc::new(tokio::sync::OnceCell::new());
         let cell = connection.clone();
         tokio::spawn(async move {
@@ -148,7 +191,12 @@ impl RedisStore {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(5)))
                 .set_number_of_retries(2);
-            let mut delay = Duration::from_millis(100);
+            let backoff = common::source::retry::RetryPolicy {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(5),
+                ..Default::default()
+            };
+            let mut attempt = 0;
             loop {
                 match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                     Ok(manager) => {
@@ -156,27 +204,35 @@ impl RedisStore {
                         return;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "redis is not reachable yet; retrying");
-                        tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>())).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        attempt += 1;
+                        tracing::warn!(%error, attempt, "redis is not reachable yet; retrying");
+                        tokio::time::sleep(backoff.backoff(attempt)).await;
                     }
                 }
             }
         });
-        Ok(Self {
+        Self {
             connection,
             policy,
             scripts: Scripts::load(),
-        })
+            source: None,
+        }
+    }
+
+    /// Grants only jobs of `source`: a coordinator hands out work from its own source and
+    /// nobody else's, whatever another coordinator wrote into the same Redis.
+    pub fn pinned_to(mut self, source: SourceSpec) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Connects and waits until Redis answers (at most 10 s).
-    pub async fn connect(url: &str, policy: LeasePolicy) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, policy: LeasePolicy) -> Result<Self, Error> {
         let store = Self::connect_lazily(url, policy)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while store.connection.get().is_none() {
             if tokio::time::Instant::now() > deadline {
-                return Err(StoreError::Unavailable(format!(
+                return Err(Error::Unavailable(format!(
                     "no answer from {}",
                     common::source::redact_url(url)
                 )));
@@ -186,23 +242,23 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    fn conn(&self) -> Result<ConnectionManager, Error> {
         self.connection
             .get()
             .cloned()
-            .ok_or_else(|| StoreError::Unavailable("not connected to redis yet".into()))
+            .ok_or_else(|| Error::Unavailable("not connected to redis yet".into()))
     }
 
-    async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
+    async fn job_ids(&self) -> Result<Vec<String>, Error> {
         self.conn()?.zrange(JOBS, 0, -1).await.map_err(unavailable)
     }
 
-    async fn status_of(&self, job_id: &str) -> Result<JobStatus, StoreError> {
+    async fn status_of(&self, job_id: &str) -> Result<JobStatus, Error> {
         let keys = JobKeys::new(job_id);
         let mut conn = self.conn()?;
         let meta: HashMap<String, String> = conn.hgetall(&keys.meta).await.map_err(unavailable)?;
         if meta.is_empty() {
-            return Err(StoreError::UnknownJob(job_id.to_string()));
+            return Err(Error::UnknownJob(job_id.to_string()));
         }
         let (pending, leased_items): (u32, Vec<String>) = redis::pipe()
             .zcard(&keys.pending)
@@ -233,7 +289,7 @@ impl RedisStore {
         let spec: (SelectionSpec, SourceSpec) = meta
             .get("spec")
             .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no readable spec")))?;
+            .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
         let counts = Counts {
             pending,
             leased: leased_items.len() as u32,
@@ -258,7 +314,7 @@ impl RedisStore {
 
     /// Drops a job from the active set once nothing of it is pending or leased (done, dead or
     /// cancelled), so acquire stays fast however many jobs ran before.
-    async fn retire_if_final(&self, job_id: &str) -> Result<(), StoreError> {
+    async fn retire_if_final(&self, job_id: &str) -> Result<(), Error> {
         let keys = JobKeys::new(job_id);
         let mut conn = self.conn()?;
         let (pending, leased, cancelled): (u64, u64, Option<String>) = redis::pipe()
@@ -280,14 +336,16 @@ impl RedisStore {
         &self,
         script: &Script,
         lease: &LeaseRef,
+        worker: &str,
         extra: &[String],
-    ) -> Result<redis::Value, StoreError> {
+    ) -> Result<redis::Value, Error> {
         let keys = JobKeys::new(&lease.job_id);
         let mut invocation = keys.invocation(script);
         invocation
             .arg(&lease.item_id)
             .arg(&lease.lease_id)
-            .arg(lease.epoch);
+            .arg(lease.epoch)
+            .arg(worker);
         for value in extra {
             invocation.arg(value);
         }
@@ -301,11 +359,12 @@ impl RedisStore {
         &self,
         script: &Script,
         lease: &LeaseRef,
+        worker: &str,
         extra: &[String],
-    ) -> Result<Ack, StoreError> {
-        let value = self.transition(script, lease, extra).await?;
+    ) -> Result<Ack, Error> {
+        let value = self.transition(script, lease, worker, extra).await?;
         let status: String =
-            redis::from_redis_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            redis::from_redis_value(value).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok(ack(&status))
     }
 }
@@ -316,7 +375,7 @@ impl LeaseStore for RedisStore {
         &self.policy
     }
 
-    async fn create_job(&self, job: &JobSpec) -> Result<(), StoreError> {
+    async fn create_job(&self, job: &JobSpec) -> Result<(), Error> {
         let keys = JobKeys::new(&job.job_id);
         let mut conn = self.conn()?;
         let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
@@ -329,7 +388,7 @@ impl LeaseStore for RedisStore {
             let mut pipe = redis::pipe();
             for item in chunk {
                 let spec =
-                    serde_json::to_string(item).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    serde_json::to_string(item).map_err(|e| Error::Corrupt(e.to_string()))?;
                 pipe.hset(&keys.items, &item.item_id, spec).ignore();
                 pipe.hset_multiple(
                     &keys.state,
@@ -347,7 +406,7 @@ impl LeaseStore for RedisStore {
                 .map_err(unavailable)?;
         }
         let spec = serde_json::to_string(&(&job.selection, &job.source))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
         let created = now_ms();
         redis::pipe()
             .hset_multiple(
@@ -388,7 +447,9 @@ impl LeaseStore for RedisStore {
             .map_err(unavailable)
     }
 
-    async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, StoreError> {
+    async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {
+        // Lease ids are made per grant asked for, so the count is bounded here too.
+        let max = max.min(MAX_ACQUIRE);
         if max == 0 || self.is_draining(worker).await? {
             return Ok(Vec::new());
         }
@@ -404,6 +465,17 @@ impl LeaseStore for RedisStore {
             }
             let want = max - grants.len();
             let keys = JobKeys::new(&job_id);
+            let meta_spec: Option<String> = self
+                .conn()?
+                .hget(&keys.meta, "spec")
+                .await
+                .map_err(unavailable)?;
+            let (_, source): (SelectionSpec, SourceSpec) = meta_spec
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
+            if self.source.as_ref().is_some_and(|pinned| *pinned != source) {
+                continue;
+            }
             let mut invocation = keys.invocation(&self.scripts.acquire);
             invocation
                 .arg(want)
@@ -422,24 +494,19 @@ impl LeaseStore for RedisStore {
                 continue;
             }
             let mut conn = self.conn()?;
-            let meta_spec: Option<String> =
-                conn.hget(&keys.meta, "spec").await.map_err(unavailable)?;
-            let (_, source): (SelectionSpec, SourceSpec) = meta_spec
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no readable spec")))?;
             for triple in granted.chunks(3) {
                 let item_id: String = redis::from_redis_value(triple[0].clone())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
                 let lease_id: String = redis::from_redis_value(triple[1].clone())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
                 let epoch: u64 = redis::from_redis_value(triple[2].clone())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
                 let spec: String = conn
                     .hget(&keys.items, &item_id)
                     .await
                     .map_err(unavailable)?;
                 let item: ItemSpec =
-                    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    serde_json::from_str(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
                 grants.push(Grant {
                     lease: LeaseRef {
                         job_id: job_id.clone(),
@@ -456,23 +523,24 @@ impl LeaseStore for RedisStore {
         Ok(grants)
     }
 
-    async fn renew(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
+    async fn renew(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
         let ttl = (self.policy.ttl.as_millis() as u64).to_string();
-        self.transition_ack(&self.scripts.renew, lease, &[ttl])
+        self.transition_ack(&self.scripts.renew, lease, worker, &[ttl])
             .await
     }
 
-    async fn complete(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
-        self.transition_ack(&self.scripts.complete, lease, &[])
+    async fn complete(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
+        self.transition_ack(&self.scripts.complete, lease, worker, &[])
             .await
     }
 
     async fn fail(
         &self,
         lease: &LeaseRef,
+        worker: &str,
         reason: &str,
         permanent: bool,
-    ) -> Result<FailOutcome, StoreError> {
+    ) -> Result<FailOutcome, Error> {
         let jitter: f64 = rand::random();
         let extra = [
             reason.to_string(),
@@ -482,20 +550,23 @@ impl LeaseStore for RedisStore {
             (self.policy.backoff_base.as_millis() as u64).to_string(),
             (self.policy.backoff_cap.as_millis() as u64).to_string(),
         ];
-        let value = self.transition(&self.scripts.fail, lease, &extra).await?;
+        let value = self
+            .transition(&self.scripts.fail, lease, worker, &extra)
+            .await?;
         let (status, dead): (String, i64) =
-            redis::from_redis_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            redis::from_redis_value(value).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok(FailOutcome {
             ack: ack(&status),
             dead: dead == 1,
         })
     }
 
-    async fn release(&self, lease: &LeaseRef) -> Result<Ack, StoreError> {
-        self.transition_ack(&self.scripts.release, lease, &[]).await
+    async fn release(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
+        self.transition_ack(&self.scripts.release, lease, worker, &[])
+            .await
     }
 
-    async fn reap(&self) -> Result<u32, StoreError> {
+    async fn reap(&self) -> Result<u32, Error> {
         let mut total = 0;
         let active: Vec<String> = self
             .conn()?
@@ -511,25 +582,34 @@ impl LeaseStore for RedisStore {
                 .await
                 .map_err(unavailable)?;
             total += reaped;
+            // Keeps the active set (and so `--max-active-jobs`) true when no worker asks.
+            self.retire_if_final(&job_id).await?;
         }
         Ok(total)
     }
 
-    async fn progress(&self, lease: &LeaseRef, bytes_done: u64) -> Result<(), StoreError> {
-        self.transition(&self.scripts.progress, lease, &[bytes_done.to_string()])
-            .await
-            .map(|_| ())
+    async fn progress(&self, lease: &LeaseRef, worker: &str, bytes_done: u64) -> Result<(), Error> {
+        self.transition(
+            &self.scripts.progress,
+            lease,
+            worker,
+            &[bytes_done.to_string()],
+        )
+        .await
+        .map(|_| ())
     }
 
-    async fn cancel_job(&self, job_id: &str) -> Result<(), StoreError> {
+    async fn cancel_job(&self, job_id: &str) -> Result<(), Error> {
         let keys = JobKeys::new(job_id);
         let mut conn = self.conn()?;
         let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
         if !exists {
-            return Err(StoreError::UnknownJob(job_id.to_string()));
+            return Err(Error::UnknownJob(job_id.to_string()));
         }
         redis::pipe()
             .hset(&keys.meta, "cancelled", "1")
+            .ignore()
+            .hset(&keys.meta, "ended", now_ms())
             .ignore()
             .zrem(ACTIVE, job_id)
             .ignore()
@@ -538,11 +618,11 @@ impl LeaseStore for RedisStore {
             .map_err(unavailable)
     }
 
-    async fn retry_dead(&self, job_id: &str) -> Result<u32, StoreError> {
+    async fn retry_dead(&self, job_id: &str) -> Result<u32, Error> {
         let keys = JobKeys::new(job_id);
         let exists: bool = self.conn()?.exists(&keys.meta).await.map_err(unavailable)?;
         if !exists {
-            return Err(StoreError::UnknownJob(job_id.to_string()));
+            return Err(Error::UnknownJob(job_id.to_string()));
         }
         let retried: u32 = keys
             .invocation(&self.scripts.retry_dead)
@@ -563,7 +643,7 @@ impl LeaseStore for RedisStore {
         Ok(retried)
     }
 
-    async fn jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
+    async fn jobs(&self) -> Result<Vec<JobStatus>, Error> {
         let mut jobs = Vec::new();
         for job_id in self.job_ids().await? {
             jobs.push(self.status_of(&job_id).await?);
@@ -571,11 +651,11 @@ impl LeaseStore for RedisStore {
         Ok(jobs)
     }
 
-    async fn job(&self, job_id: &str) -> Result<JobStatus, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<JobStatus, Error> {
         self.status_of(job_id).await
     }
 
-    async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, StoreError> {
+    async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, Error> {
         let keys = JobKeys::new(job_id);
         let mut conn = self.conn()?;
         let specs: HashMap<String, String> =
@@ -595,7 +675,7 @@ impl LeaseStore for RedisStore {
         let mut items: Vec<ItemStatus> = Vec::with_capacity(specs.len());
         for (item_id, spec) in specs {
             let spec: ItemSpec =
-                serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                serde_json::from_str(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
             let item_state =
                 ItemState::parse(&field(&item_id, "state")).unwrap_or(ItemState::Pending);
             items.push(ItemStatus {
@@ -627,7 +707,7 @@ impl LeaseStore for RedisStore {
         worker: &str,
         leases_held: u32,
         metrics: &WorkerMetrics,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let status = WorkerStatus {
             name: worker.to_string(),
             leases_held,
@@ -635,8 +715,7 @@ impl LeaseStore for RedisStore {
             last_heartbeat_ms: now_ms(),
             draining: false,
         };
-        let json =
-            serde_json::to_string(&status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut conn = self.conn()?;
         conn.hset::<_, _, _, ()>(WORKERS, worker, json)
             .await
@@ -657,8 +736,7 @@ impl LeaseStore for RedisStore {
                 bytes_per_sec: metrics.bytes_per_sec,
                 open: metrics.open,
             };
-            let json =
-                serde_json::to_string(&sample).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json = serde_json::to_string(&sample).map_err(|e| Error::Corrupt(e.to_string()))?;
             redis::pipe()
                 .lpush(&key, json)
                 .ignore()
@@ -671,7 +749,7 @@ impl LeaseStore for RedisStore {
         Ok(())
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
+    async fn workers(&self) -> Result<Vec<WorkerStatus>, Error> {
         let mut conn = self.conn()?;
         let (all, draining): (HashMap<String, String>, Vec<String>) = redis::pipe()
             .hgetall(WORKERS)
@@ -691,7 +769,7 @@ impl LeaseStore for RedisStore {
         Ok(workers)
     }
 
-    async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, StoreError> {
+    async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, Error> {
         let mut conn = self.conn()?;
         let names: Vec<String> = conn.hkeys(WORKERS).await.map_err(unavailable)?;
         let mut history = Vec::new();
@@ -711,25 +789,102 @@ impl LeaseStore for RedisStore {
         Ok(history)
     }
 
-    async fn drain(&self, worker: &str) -> Result<(), StoreError> {
+    async fn drain(&self, worker: &str) -> Result<(), Error> {
         self.conn()?
             .sadd::<_, _, ()>(DRAIN, worker)
             .await
             .map_err(unavailable)
     }
 
-    async fn is_draining(&self, worker: &str) -> Result<bool, StoreError> {
+    async fn is_draining(&self, worker: &str) -> Result<bool, Error> {
         self.conn()?
             .sismember(DRAIN, worker)
             .await
             .map_err(unavailable)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), Error> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.conn()?)
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    async fn active_jobs(&self) -> Result<usize, Error> {
+        self.conn()?.zcard(ACTIVE).await.map_err(unavailable)
+    }
+
+    async fn prune(&self, retention: Duration) -> Result<Pruned, Error> {
+        let mut conn = self.conn()?;
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let cutoff = seconds * 1000 + micros / 1000 - retention.as_millis() as i64;
+        let mut pruned = Pruned::default();
+        // A job finished before the cutoff was also created before it.
+        let old: Vec<String> = conn
+            .zrangebyscore_limit(JOBS, "-inf", cutoff, 0, PRUNE_BATCH)
+            .await
+            .map_err(unavailable)?;
+        for job_id in old {
+            let keys = JobKeys::new(&job_id);
+            let last = match self.status_of(&job_id).await {
+                Ok(status) if status.state.is_final() => {
+                    let ended: Option<i64> =
+                        conn.hget(&keys.meta, "ended").await.map_err(unavailable)?;
+                    status
+                        .created_ms
+                        .max(status.finished_ms)
+                        .max(ended.unwrap_or(0))
+                }
+                Ok(_) => continue,
+                // Indexed but without its meta (a half-created job): nothing to keep.
+                Err(Error::UnknownJob(_)) => i64::MIN,
+                Err(other) => return Err(other),
+            };
+            if last >= cutoff {
+                continue;
+            }
+            redis::pipe()
+                .del(&[
+                    &keys.meta,
+                    &keys.state,
+                    &keys.pending,
+                    &keys.leased,
+                    &keys.items,
+                ])
+                .ignore()
+                .zrem(JOBS, &job_id)
+                .ignore()
+                .zrem(ACTIVE, &job_id)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            pruned.jobs += 1;
+        }
+        let workers: HashMap<String, String> = conn.hgetall(WORKERS).await.map_err(unavailable)?;
+        for (name, json) in workers {
+            let seen = serde_json::from_str::<WorkerStatus>(&json)
+                .map_or(i64::MIN, |w| w.last_heartbeat_ms);
+            if seen >= cutoff {
+                continue;
+            }
+            let history = history_key(&name);
+            redis::pipe()
+                .hdel(WORKERS, &name)
+                .ignore()
+                .del(&[history.clone(), format!("{history}:gate")])
+                .ignore()
+                .srem(DRAIN, &name)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            pruned.workers += 1;
+        }
+        Ok(pruned)
     }
 }

@@ -22,6 +22,10 @@ local function live(item, lease_id, epoch, now)
   return get(item, 'state') == 'leased' and get(item, 'lease') == lease_id
     and tonumber(get(item, 'epoch')) == epoch and tonumber(get(item, 'exp')) > now
 end
+-- Whether the item's current grant went to `worker`: only its holder may act on a grant.
+local function held_by(item, worker)
+  return get(item, 'holder') == worker
+end
 -- Expired grants go back to pending, or to dead past max_expiries (a poison item).
 local function reap(now, max_expiries)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -32,6 +36,7 @@ local function reap(now, max_expiries)
     if expiries > max_expiries then
       set(item, 'state', 'dead', 'error', 'lease expired ' .. expiries .. ' times (poison item)')
       redis.call('HINCRBY', KEYS[1], 'dead', 1)
+      redis.call('HSET', KEYS[1], 'ended', now)
     else
       set(item, 'state', 'pending')
       redis.call('ZADD', KEYS[3], now, item)

@@ -1,9 +1,11 @@
--- ARGV: item, lease id, epoch, ttl_ms. Returns ok, done or lost.
+-- ARGV: item, lease id, epoch, worker, ttl_ms. Returns ok, done, lost or denied (the grant is
+-- live but held by another worker).
 if cancelled() then return 'lost' end
 local now = now_ms()
 local item = ARGV[1]
 if live(item, ARGV[2], tonumber(ARGV[3]), now) then
-  local expires = now + tonumber(ARGV[4])
+  if not held_by(item, ARGV[4]) then return 'denied' end
+  local expires = now + tonumber(ARGV[5])
   set(item, 'exp', expires)
   redis.call('ZADD', KEYS[4], expires, item)
   return 'ok'

@@ -1,0 +1,210 @@
+//! What the operator commands print: the `status` tables and their `--json` form.
+//!
+//! Every string that came from the coordinator passes through [`clean`] first: a job id, a
+//! worker name or a failure reason is data from the network, and control characters in it
+//! (escape sequences, carriage returns, bidirectional overrides) must not reach a terminal.
+
+use std::borrow::Cow;
+
+use common::units::human_bytes;
+use proto::v1 as pb;
+use serde_json::json;
+
+/// `text` without control characters (C0, DEL, C1) or the invisible format characters that
+/// reorder or hide text (bidirectional overrides and isolates, zero-width joiners).
+pub fn clean(text: &str) -> Cow<'_, str> {
+    let unwanted = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if text.chars().any(unwanted) {
+        Cow::Owned(text.chars().filter(|c| !unwanted(*c)).collect())
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+fn eta(seconds: f64) -> String {
+    if seconds < 0.0 {
+        "-".into()
+    } else if seconds < 120.0 {
+        format!("{seconds:.0}s")
+    } else if seconds < 7200.0 {
+        format!("{:.0}m", seconds / 60.0)
+    } else {
+        format!("{:.1}h", seconds / 3600.0)
+    }
+}
+
+pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
+    let mut out = format!(
+        "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}\n",
+        "JOB",
+        "STATE",
+        "PENDING",
+        "LEASED",
+        "DONE",
+        "DEAD",
+        "OBJECTS",
+        "BYTES DONE/TOTAL",
+        "RATE",
+        "ETA"
+    );
+    for job in jobs {
+        let counts = job.leases.unwrap_or_default();
+        out.push_str(&format!(
+            "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}\n",
+            clean(&job.job_id),
+            clean(&job.state),
+            counts.pending,
+            counts.leased,
+            counts.done,
+            counts.dead,
+            job.objects_total,
+            format!(
+                "{}/{}",
+                human_bytes(job.bytes_done),
+                human_bytes(job.bytes_total)
+            ),
+            format!("{}/s", human_bytes(job.bytes_per_sec as u64)),
+            eta(job.eta_seconds)
+        ));
+    }
+    out
+}
+
+pub fn leases_table(leases: &[pb::LeaseView]) -> String {
+    let mut out = format!(
+        "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
+        "LEASE",
+        "PRODUCT",
+        "START",
+        "END",
+        "OBJECTS",
+        "BYTES",
+        "STATE",
+        "EPOCH",
+        "HOLDER",
+        "ATTEMPTS",
+        "LAST ERROR"
+    );
+    for lease in leases {
+        out.push_str(&format!(
+            "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
+            clean(&lease.item_id),
+            clean(&lease.product),
+            clean(&lease.start),
+            clean(&lease.end),
+            lease.objects,
+            human_bytes(lease.bytes),
+            clean(&lease.state),
+            lease.epoch,
+            clean(&lease.holder),
+            lease.attempts,
+            clean(&lease.last_error)
+        ));
+    }
+    out
+}
+
+pub fn workers_table(workers: &[pb::WorkerView]) -> String {
+    let now = coordinator::model::now_ms();
+    let mut out = format!(
+        "{:<20} {:>6} {:>12} {:>6} {:>7} {:>8} {:>15} {}\n",
+        "WORKER", "LEASES", "THROUGHPUT", "OPEN", "IN USE", "RETRIES", "LAST HEARTBEAT", "DRAINING"
+    );
+    for worker in workers {
+        let metrics = worker.metrics.clone().unwrap_or_default();
+        out.push_str(&format!(
+            "{:<20} {:>6} {:>12} {:>6} {:>7} {:>8} {:>15} {}\n",
+            clean(&worker.name),
+            worker.leases_held,
+            format!("{}/s", human_bytes(metrics.bytes_per_sec as u64)),
+            metrics.open,
+            metrics.in_use,
+            metrics.retries.values().sum::<u64>(),
+            format!(
+                "{:.0}s ago",
+                (now - worker.last_heartbeat_unix_ms).max(0) as f64 / 1000.0
+            ),
+            if worker.draining { "yes" } else { "no" }
+        ));
+    }
+    out
+}
+
+pub fn job_json(job: &pb::JobSummary) -> serde_json::Value {
+    let counts = job.leases.unwrap_or_default();
+    json!({
+        "job_id": clean(&job.job_id),
+        "state": clean(&job.state),
+        "leases": {"pending": counts.pending, "leased": counts.leased, "done": counts.done, "dead": counts.dead},
+        "objects_total": job.objects_total,
+        "bytes_total": job.bytes_total,
+        "bytes_done": job.bytes_done,
+        "bytes_per_sec": job.bytes_per_sec,
+        "eta_seconds": if job.eta_seconds < 0.0 { serde_json::Value::Null } else { json!(job.eta_seconds) },
+        "created_unix_ms": job.created_unix_ms,
+    })
+}
+
+pub fn lease_json(lease: &pb::LeaseView) -> serde_json::Value {
+    json!({
+        "lease": clean(&lease.item_id),
+        "product": clean(&lease.product),
+        "start": clean(&lease.start),
+        "end": clean(&lease.end),
+        "objects": lease.objects,
+        "bytes": lease.bytes,
+        "state": clean(&lease.state),
+        "epoch": lease.epoch,
+        "holder": clean(&lease.holder),
+        "attempts": lease.attempts,
+        "expiries": lease.expiries,
+        "last_error": clean(&lease.last_error),
+        "bytes_done": lease.bytes_done,
+    })
+}
+
+pub fn worker_json(worker: &pb::WorkerView) -> serde_json::Value {
+    let metrics = worker.metrics.clone().unwrap_or_default();
+    json!({
+        "name": clean(&worker.name),
+        "leases_held": worker.leases_held,
+        "bytes_per_sec": metrics.bytes_per_sec,
+        "open_connections": metrics.open,
+        "in_use_connections": metrics.in_use,
+        "retries": metrics.retries.values().sum::<u64>(),
+        "last_heartbeat_unix_ms": worker.last_heartbeat_unix_ms,
+        "draining": worker.draining,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(clean("plain text"), "plain text");
+        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            clean("404\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nfake line\u{202e}txt.exe\u{9b}31m"),
+            "404[2J]0;pwnedfake linetxt.exe31m"
+        );
+        let lease = pb::LeaseView {
+            item_id: "000001".into(),
+            last_error: "boom\u{1b}[31m\nsecond".into(),
+            holder: "w\u{8}x".into(),
+            ..Default::default()
+        };
+        let table = leases_table(std::slice::from_ref(&lease));
+        assert!(!table.contains('\u{1b}') && !table.contains('\u{8}'));
+        assert_eq!(
+            table.lines().count(),
+            2,
+            "a newline in a reason cannot add a row"
+        );
+        assert_eq!(lease_json(&lease)["last_error"], "boom[31msecond");
+    }
+}

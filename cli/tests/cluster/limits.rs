@@ -1,0 +1,341 @@
+//! Bounded in every dimension: Acquire, sessions, names, reports, objects per job, active
+//! jobs, a foreign source, retention, and what `status` prints of server-supplied strings.
+
+use std::time::{Duration, Instant};
+
+use proto::v1 as pb;
+use proto::v1::worker_client::WorkerClient;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::support::cluster::{Cluster, grpc_channel, rss_kib};
+use super::support::*;
+use super::{LIMIT, PRODUCTS, leases, serial, state};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn code_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
+    result.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+}
+
+#[test]
+fn acquire_names_and_reports_are_bounded() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    // Small leases and several jobs: more leases than one Acquire may grant.
+    let cluster =
+        Cluster::start_with_coordinator_flags(&s3.endpoint(), 30, &["--lease-objects", "1"]);
+    let mut items = 0;
+    while items <= 64 {
+        let job = cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+        items += leases(&cluster.status(0, Some(&job))).len();
+    }
+    let url = cluster.coordinator_url(0);
+    let pid = cluster.coordinators[0].0.pid();
+    runtime().block_on(async {
+        let mut client = WorkerClient::new(grpc_channel(&url, None).await);
+        let before = rss_kib(pid);
+        let mut granted = 0;
+        let mut full_answers = 0;
+        for call in 0..20 {
+            let started = Instant::now();
+            let leases = client
+                .acquire(pb::AcquireRequest {
+                    worker: format!("greedy-{call}"),
+                    max: u32::MAX,
+                })
+                .await
+                .expect("acquire")
+                .into_inner()
+                .leases;
+            assert!(leases.len() <= 64, "{} leases in one answer", leases.len());
+            let objects: usize = leases.iter().map(|l| l.objects.len()).sum();
+            assert!(objects <= 4096, "{objects} objects in one answer");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "acquire took long"
+            );
+            full_answers += usize::from(leases.len() == 64);
+            granted += leases.len();
+        }
+        assert!(full_answers >= 1, "no answer reached the cap of 64");
+        assert_eq!(
+            granted, items,
+            "every item was granted, 64 at a time at most"
+        );
+        let growth = rss_kib(pid).saturating_sub(before);
+        assert!(
+            growth < 64 << 10,
+            "the coordinator grew by {growth} KiB answering Acquire{{max: u32::MAX}}"
+        );
+
+        // Worker names: at most 63 characters of [a-z0-9._-].
+        let named = |worker: String| {
+            let mut client = client.clone();
+            async move { code_of(client.acquire(pb::AcquireRequest { worker, max: 1 }).await) }
+        };
+        assert_eq!(named("a".repeat(64)).await, tonic::Code::ResourceExhausted);
+        assert_eq!(named("a".repeat(63)).await, tonic::Code::Ok);
+        assert_eq!(named("Upper".into()).await, tonic::Code::InvalidArgument);
+        assert_eq!(
+            named("w\u{1b}[31m".into()).await,
+            tonic::Code::InvalidArgument
+        );
+
+        // Ids are checked before they reach Redis keys.
+        let bad = client
+            .complete(pb::CompleteRequest {
+                lease: Some(pb::LeaseRef {
+                    job_id: "x}:meta".into(),
+                    item_id: "0".into(),
+                    lease_id: "l".into(),
+                    epoch: 1,
+                }),
+                worker: "w".into(),
+                bytes: 0,
+            })
+            .await;
+        assert_eq!(code_of(bad), tonic::Code::InvalidArgument);
+
+        // A progress report past its bounds ends the session with RESOURCE_EXHAUSTED.
+        let (reports, outbound) = tokio::sync::mpsc::channel(1);
+        let report = pb::WorkerReport {
+            worker: "chatty".into(),
+            progress: vec![pb::LeaseProgress::default(); 257],
+            ..Default::default()
+        };
+        reports.send(report).await.unwrap();
+        let mut commands = client
+            .worker_session(ReceiverStream::new(outbound))
+            .await
+            .expect("the session opens")
+            .into_inner();
+        let ended = tokio::time::timeout(Duration::from_secs(10), commands.message())
+            .await
+            .expect("the session answers");
+        assert_eq!(
+            ended.expect_err("an oversized report is refused").code(),
+            tonic::Code::ResourceExhausted
+        );
+    });
+}
+
+#[test]
+fn a_thousand_sessions_are_served_or_refused_never_left_hanging() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let cluster =
+        Cluster::start_with_coordinator_flags(&s3.endpoint(), 30, &["--max-workers", "300"]);
+    let url = cluster.coordinator_url(0);
+    let pid = cluster.coordinators[0].0.pid();
+    let before = rss_kib(pid);
+    let runtime = runtime();
+    let (open, served, refused) = runtime.block_on(async {
+        // 25 connections of 40 sessions each: 1000 sessions in flight at once.
+        let mut channels = Vec::new();
+        for _ in 0..25 {
+            channels.push(grpc_channel(&url, None).await);
+        }
+        let mut attempts = tokio::task::JoinSet::new();
+        for session in 0..1000 {
+            let mut client = WorkerClient::new(channels[session % 25].clone());
+            attempts.spawn(async move {
+                let (reports, outbound) = tokio::sync::mpsc::channel(1);
+                let report = pb::WorkerReport {
+                    worker: format!("s-{session}"),
+                    ..Default::default()
+                };
+                reports.send(report).await.unwrap();
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    client.worker_session(ReceiverStream::new(outbound)),
+                )
+                .await
+                .expect("every session is answered, none hangs");
+                // Keep served sessions open (their report stream too) until the end.
+                answer.map(|response| (response.into_inner(), reports))
+            });
+        }
+        let (mut open, mut served, mut refused) = (Vec::new(), 0, 0);
+        while let Some(answer) = attempts.join_next().await {
+            match answer.unwrap() {
+                Ok(session) => {
+                    served += 1;
+                    open.push(session);
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                    assert!(status.message().contains("--max-workers"), "{status:?}");
+                    refused += 1;
+                }
+            }
+        }
+        (open, served, refused)
+    });
+    assert_eq!((served, refused), (300, 700));
+    wait_until(Duration::from_secs(20), "300 sessions counted", || {
+        cluster.coordinator_metric(0, "era5_workers_connected") == Some(300.0)
+    });
+    let growth = rss_kib(pid).saturating_sub(before);
+    assert!(
+        growth < 128 << 10,
+        "1000 session attempts grew the coordinator by {growth} KiB"
+    );
+    drop(open);
+    drop(runtime);
+    wait_until(Duration::from_secs(20), "the sessions to close", || {
+        cluster.coordinator_metric(0, "era5_workers_connected") == Some(0.0)
+    });
+}
+
+#[test]
+fn jobs_are_capped_in_objects_and_number_and_bound_to_the_coordinators_source() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let cluster = Cluster::start_with_coordinator_flags(
+        &s3.endpoint(),
+        30,
+        &["--max-job-objects", "3", "--max-active-jobs", "2"],
+    );
+    let submit = |extra: &[&str], products: &str, vars: &str| {
+        let mut command = cluster.operator("submit", 0);
+        command.args([
+            "--product",
+            products,
+            "--start",
+            "2024-01",
+            "--end",
+            "2024-01",
+        ]);
+        if !vars.is_empty() {
+            command.args(["--var", vars]);
+        }
+        let output = command.args(extra).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    // More objects than --max-job-objects: refused while listing.
+    let (code, _, stderr) = submit(&[], PRODUCTS, "");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("more than 3 objects"), "{stderr}");
+
+    // Another source: PERMISSION_DENIED, exit 2, both sources named.
+    let (code, _, stderr) = submit(&["--bucket", "someone-elses"], "e5.oper.an.sfc", "2t");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("s3://someone-elses") && stderr.contains("s3://nsf-ncar-era5"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = submit(
+        &["--endpoint", "http://user:hunter2@127.0.0.1:9"],
+        "e5.oper.an.sfc",
+        "2t",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:9") && stderr.contains(&s3.endpoint()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    // The coordinator's own source, named or not, is fine; a third active job is not.
+    let (code, first, stderr) = submit(&["--endpoint", &s3.endpoint()], "e5.oper.an.sfc", "2t");
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = submit(&[], "e5.oper.an.sfc", "msl");
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = submit(&[], "e5.oper.an.sfc", "10u");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--max-active-jobs"), "{stderr}");
+    let output = cluster
+        .operator("cancel", 0)
+        .arg(first.lines().last().unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let (code, _, stderr) = submit(&[], "e5.oper.an.sfc", "10u");
+    assert_eq!(code, Some(0), "a cancelled job frees its place: {stderr}");
+}
+
+#[test]
+fn finished_jobs_and_silent_workers_are_forgotten_after_the_retention() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let mut cluster =
+        Cluster::start_with_coordinator_flags(&s3.endpoint(), 10, &["--job-retention", "3s"]);
+    cluster.add_worker("short-lived", 0, &[]);
+    let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
+    assert_eq!(state(&cluster.wait_final(&job, LIMIT)), "complete");
+    assert_eq!(cluster.worker("short-lived").terminate(LIMIT), Some(0));
+    wait_until(
+        Duration::from_secs(30),
+        "the job and the worker to be forgotten",
+        || {
+            let status = cluster.status(0, None);
+            status["jobs"].as_array().is_some_and(Vec::is_empty)
+                && status["workers"].as_array().is_some_and(Vec::is_empty)
+        },
+    );
+    let output = cluster.operator("status", 0).arg(&job).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "an unknown job is bad input");
+}
+
+#[test]
+fn status_strips_control_characters_from_what_the_server_says() {
+    let (s3, _) = seeded_server();
+    let cluster = Cluster::start(&s3.endpoint(), 30);
+    let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
+    let url = cluster.coordinator_url(0);
+    const HOSTILE: &str = "boom\u{1b}[2J\u{1b}]0;owned\u{7}\r\nFAKE-LINE\u{202e}gnp.exe\u{9b}1m";
+    runtime().block_on(async {
+        let mut client = WorkerClient::new(grpc_channel(&url, None).await);
+        let lease = client
+            .acquire(pb::AcquireRequest {
+                worker: "w1".into(),
+                max: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .leases
+            .remove(0)
+            .lease;
+        let failed = client
+            .fail(pb::FailRequest {
+                lease,
+                worker: "w1".into(),
+                reason: HOSTILE.into(),
+                permanent: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(failed.dead);
+    });
+    let text = cluster.operator("status", 0).arg(&job).output().unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("boom[2J]0;owned"), "{stdout}");
+    for bad in ['\u{1b}', '\r', '\u{7}', '\u{202e}', '\u{9b}'] {
+        assert!(
+            !stdout.contains(bad),
+            "{bad:?} reached the terminal: {stdout:?}"
+        );
+    }
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("FAKE-LINE")),
+        "a reason forged a line: {stdout}"
+    );
+    let status = cluster.status(0, Some(&job));
+    let reason = leases(&status)[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.chars().all(|c| !c.is_control()), "{reason:?}");
+}
