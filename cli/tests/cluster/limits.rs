@@ -251,7 +251,7 @@ fn jobs_are_capped_in_objects_and_number_and_bound_to_the_coordinators_source() 
     assert_eq!(code, Some(0), "{stderr}");
     let (code, _, stderr) = submit(&[], "e5.oper.an.sfc", "msl");
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, _, stderr) = submit(&[], "e5.oper.an.sfc", "10u");
+    let (code, _, stderr) = submit(&[], "e5.oper.an.vinteg", "viwve");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--max-active-jobs"), "{stderr}");
     let output = cluster
@@ -260,7 +260,7 @@ fn jobs_are_capped_in_objects_and_number_and_bound_to_the_coordinators_source() 
         .output()
         .unwrap();
     assert!(output.status.success());
-    let (code, _, stderr) = submit(&[], "e5.oper.an.sfc", "10u");
+    let (code, _, stderr) = submit(&[], "e5.oper.an.vinteg", "viwve");
     assert_eq!(code, Some(0), "a cancelled job frees its place: {stderr}");
 }
 
