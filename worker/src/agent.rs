@@ -7,7 +7,12 @@
 //!   (self-fencing), because the coordinator may already have granted it to someone else.
 //! - **Completion** only after every object of the lease is verified and promoted. Temporary
 //!   names carry the lease id and final paths are the keys, so a duplicate grant only costs
-//!   bandwidth.
+//!   bandwidth. **Promotion is fenced** (see `fence`): an object is renamed into place only
+//!   while the lease is valid by this worker's monotonic clock with a margin, never after it
+//!   fenced itself or heard `LEASE_LOST`.
+//! - **A full or failing DEST** (see `disk`) releases the lease without counting an attempt,
+//!   makes the worker not ready, and stops it taking leases until DEST can take data again,
+//!   which it notices by itself. A full disk never makes a lease go dead.
 //! - **Failures** are reported with the first failing object's reason; 403/404 and repeated
 //!   verification failures are permanent.
 //! - **Drain.** SIGTERM (the `shutdown` token) stops taking leases, stops the work and releases
@@ -23,7 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::source::retry::RetryReason;
+use common::source::guard::BodyGuard;
+use common::source::retry::{RetryPolicy, RetryReason};
 use common::source::{
     BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
 };
@@ -36,7 +42,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::disk::{DiskGate, LocalIoError};
 use crate::engine::{EngineConfig, FetchScope};
+use crate::fence::LeaseFence;
 use crate::mirror::{ABANDONED_AFTER, Mirror};
 use crate::progress::Progress;
 use crate::sync::{Mirrorer, Outcome};
@@ -93,6 +101,8 @@ struct Agent {
     held: Mutex<HashMap<String, Held>>,
     draining: AtomicBool,
     telemetry: Arc<Telemetry>,
+    /// Closed while DEST is full or failing: no leases are taken.
+    disk: Arc<DiskGate>,
 }
 
 /// Runs the worker until `shutdown` fires (SIGTERM), then releases what it holds. With `http`,
@@ -109,9 +119,17 @@ pub async fn run(
     let client = WorkerClient::new(endpoint.connect_lazy());
     // Checks DEST and the lock now, so a bad destination fails at start-up.
     drop(Mirror::open_shared(&config.dest, &config.name)?);
-    let pool = BoundedHttpClient::new(PoolConfig::new(config.connections));
+    let pool = BoundedHttpClient::new(PoolConfig {
+        guard: BodyGuard {
+            stall_timeout: config.engine.stall_timeout,
+            min_rate: config.engine.min_rate,
+        },
+        ..PoolConfig::new(config.connections)
+    });
     let progress = Arc::new(Progress::default());
     let telemetry = Telemetry::new(progress.clone(), pool.stats());
+    let disk = Arc::new(DiskGate::default());
+    telemetry.watch_dest(config.dest.clone(), disk.clone());
     let http_addr = http
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -129,6 +147,7 @@ pub async fn run(
         held: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
         telemetry,
+        disk,
     });
     let session_stop = CancellationToken::new();
     tokio::spawn(agent.clone().session(session_stop.clone()));
@@ -138,17 +157,19 @@ pub async fn run(
         session_stop.clone(),
     ));
     let mut leases = JoinSet::new();
-    let mut backoff = Backoff::new();
+    let mut backoff = RetryPolicy::reconnect().backoff_sequence();
     tracing::info!(worker = %agent.config.name, http = %http_addr, "worker started");
     while !shutdown.is_cancelled() {
         let held = agent.held().len();
         let free = agent.config.max_leases.saturating_sub(held);
         let mut wait = Duration::from_millis(500);
-        if free > 0 && !agent.draining.load(Ordering::SeqCst) {
+        if free > 0 && !agent.draining.load(Ordering::SeqCst) && agent.dest_can_take_data().await {
             let request = pb::AcquireRequest {
                 worker: agent.config.name.clone(),
                 max: free as u32,
             };
+            // Leases granted by this call started no earlier than now: the fence counts from here.
+            let sent = Instant::now();
             match agent.client.clone().acquire(request).await {
                 Ok(response) => {
                     backoff.reset();
@@ -158,11 +179,11 @@ pub async fn run(
                         tracing::info!("drain requested: finishing held leases, taking no more");
                     }
                     for lease in response.leases {
-                        leases.spawn(agent.clone().run_lease(lease, shutdown.clone()));
+                        leases.spawn(agent.clone().run_lease(lease, shutdown.clone(), sent));
                     }
                 }
                 Err(status) => {
-                    wait = backoff.next();
+                    wait = backoff.next_wait();
                     tracing::warn!(code = ?status.code(), message = status.message(), ?wait, "coordinator unreachable; retrying");
                 }
             }
@@ -191,6 +212,52 @@ impl Agent {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether DEST can take data; reopens the gate (and lets the engines start downloads
+    /// again) once space is back after a full disk.
+    async fn dest_can_take_data(&self) -> bool {
+        if self.disk.closed_because().is_none() {
+            return true;
+        }
+        let (gate, dest) = (self.disk.clone(), self.config.dest.clone());
+        let open = tokio::task::spawn_blocking(move || gate.try_reopen(&dest))
+            .await
+            .unwrap_or(false);
+        if open {
+            for mirrorer in self.mirrorers.lock().await.values() {
+                mirrorer.engine().dest_health().clear();
+            }
+        }
+        open
+    }
+
+    /// How a lease ended because of DEST, if it did: the disk's error.
+    fn dest_failure(&self, outcomes: &std::io::Result<Vec<Outcome>>) -> Option<LocalIoError> {
+        match outcomes {
+            Ok(outcomes) => {
+                outcomes
+                    .iter()
+                    .find(|o| matches!(o, Outcome::Local { .. }))?;
+                let health = self
+                    .mirrorers
+                    .try_lock()
+                    .ok()?
+                    .values()
+                    .find_map(|m| m.engine().dest_health().failure());
+                Some(health.unwrap_or_else(|| LocalIoError {
+                    kind: crate::disk::LocalIoKind::NoSpace,
+                    path: self.config.dest.clone(),
+                    detail: String::new(),
+                    needed: None,
+                    free: None,
+                }))
+            }
+            Err(error) => {
+                let local = LocalIoError::from_io(error, &self.config.dest, None);
+                local.kind.is_dest_failure().then_some(local)
+            }
+        }
+    }
+
     async fn mirrorer(&self, source: &pb::Source) -> std::io::Result<Arc<Mirrorer>> {
         let key = (source.bucket.clone(), source.endpoint.clone());
         let mut mirrorers = self.mirrorers.lock().await;
@@ -215,12 +282,19 @@ impl Agent {
         Ok(mirrorer)
     }
 
-    /// Works one lease to its end: complete, fail, release (on shutdown) or abandon (lost).
-    async fn run_lease(self: Arc<Self>, lease: pb::Lease, shutdown: CancellationToken) {
+    /// Works one lease to its end: complete, fail, release (on shutdown or a full disk) or
+    /// abandon (lost). `granted` is when the acquire that granted it was sent.
+    async fn run_lease(
+        self: Arc<Self>,
+        lease: pb::Lease,
+        shutdown: CancellationToken,
+        granted: Instant,
+    ) {
         let Some(lease_ref) = lease.lease.clone() else {
             return;
         };
         let ttl = Duration::from_millis(lease.ttl_ms.max(1_000));
+        let fence = Arc::new(LeaseFence::new(granted, ttl));
         let cancel = shutdown.child_token();
         let progress = Arc::new(Progress::default());
         self.held().insert(
@@ -238,6 +312,7 @@ impl Agent {
             ttl,
             cancel.clone(),
             lost.clone(),
+            fence.clone(),
         ));
         let objects: Vec<RemoteObject> = lease
             .objects
@@ -253,6 +328,7 @@ impl Agent {
             cancel: cancel.clone(),
             temp_tag: lease_ref.lease_id.clone(),
             batch: Some(progress),
+            fence: Some(fence.clone()),
         };
         let outcomes = match self
             .mirrorer(&lease.source.clone().unwrap_or_default())
@@ -263,11 +339,20 @@ impl Agent {
         };
         keeper.abort();
         self.held().remove(&lease_ref.lease_id);
-        if lost.load(Ordering::SeqCst) {
+        if lost.load(Ordering::SeqCst) || fence.is_lost() {
             tracing::warn!(item = %lease_ref.item_id, epoch = lease_ref.epoch, "lease lost; its work was stopped");
             return;
         }
         if shutdown.is_cancelled() {
+            self.finish(&lease_ref, Finish::Release).await;
+            return;
+        }
+        // DEST is full or failing: not the lease's fault, so no attempt is counted.
+        if let Some(local) = self.dest_failure(&outcomes) {
+            if outcomes.is_err() {
+                self.progress.local_io_error(local.kind);
+            }
+            self.disk.close(&local);
             self.finish(&lease_ref, Finish::Release).await;
             return;
         }
@@ -294,6 +379,7 @@ impl Agent {
         ttl: Duration,
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
+        fence: Arc<LeaseFence>,
     ) {
         let mut deadline = Instant::now() + ttl;
         loop {
@@ -302,6 +388,7 @@ impl Agent {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     tracing::warn!(item = %lease.item_id, "no renewal within the lease time: stopping the work (self-fencing)");
+                    fence.lose();
                     lost.store(true, Ordering::SeqCst);
                     cancel.cancel();
                     return;
@@ -322,9 +409,11 @@ impl Agent {
             }
             match renewed {
                 Ok(Ok(response)) if response.get_ref().status == pb::LeaseStatus::Ok as i32 => {
-                    deadline = sent + ttl
+                    deadline = sent + ttl;
+                    fence.renewed(sent, ttl);
                 }
                 Ok(Ok(_)) => {
+                    fence.lose();
                     lost.store(true, Ordering::SeqCst);
                     cancel.cancel();
                     return;
@@ -339,7 +428,7 @@ impl Agent {
     /// idempotent for a grant). Gives up after about a minute: the lease then expires and is
     /// granted again.
     async fn finish(&self, lease: &pb::LeaseRef, finish: Finish) {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::reconnect().backoff_sequence();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut client = self.client.clone();
@@ -379,7 +468,7 @@ impl Agent {
                 }
                 Err(error) if Instant::now() < deadline => {
                     tracing::warn!(item = %lease.item_id, code = ?error.code(), "could not report the lease; retrying");
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 Err(error) => {
                     tracing::error!(item = %lease.item_id, code = ?error.code(), "giving up reporting the lease; it will expire");
@@ -392,7 +481,7 @@ impl Agent {
     /// Keeps a session stream open: a report about every second, commands applied as they
     /// come. Reconnects with jittered backoff.
     async fn session(self: Arc<Self>, stop: CancellationToken) {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::reconnect().backoff_sequence();
         let connections = self.http.stats();
         while !stop.is_cancelled() {
             let (reports, outbound) = mpsc::channel(4);
@@ -417,7 +506,7 @@ impl Agent {
             reporter.abort();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
             }
         }
     }
@@ -516,29 +605,6 @@ impl Finish {
             Finish::Fail(..) => "fail",
             Finish::Release => "release",
         }
-    }
-}
-
-/// Capped exponential backoff with full jitter, for reconnecting.
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self { attempt: 0 }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn next(&mut self) -> Duration {
-        self.attempt = (self.attempt + 1).min(6);
-        let ceiling = Duration::from_millis(100 << self.attempt).min(Duration::from_secs(5));
-        Duration::from_millis(
-            rand::rng().random_range(ceiling.as_millis() as u64 / 4..=ceiling.as_millis() as u64),
-        )
     }
 }
 

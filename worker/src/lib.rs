@@ -7,7 +7,11 @@
 //! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
 //! - [`ordered_md5`]: the whole-object MD5 hashed in order while parts still download.
 //! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.
-//! - [`manifest`]: the crash-safe, batched journal of verified objects.
+//! - [`manifest`]: the crash-safe, batched journals of verified objects, each record tied to
+//!   the file it vouches for, compacted into a snapshot.
+//! - [`disk`]: local write failures by kind, free space, and the state that stops new work
+//!   on a full or failing disk.
+//! - [`fence`]: when a lease holder may still promote (its monotonic lease validity).
 //! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
 //! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
 //! - [`direct_io`]: huge-page stages and the engine's threads writing them with `O_DIRECT`.
@@ -21,8 +25,10 @@
 
 pub mod agent;
 pub mod direct_io;
+pub mod disk;
 pub mod engine;
 pub mod fast_md5;
+pub mod fence;
 pub mod manifest;
 pub mod mirror;
 pub mod ordered_md5;
