@@ -173,6 +173,8 @@ pub fn check_worker(args: &WorkerArgs) -> Result<(), Failure> {
 /// `era5 worker`.
 pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
     let verify: VerifyMode = args.verify.parse().map_err(Failure::Input)?;
+    let min_rate = crate::config::min_rate(&args.min_rate, args.min_rate_window)
+        .map_err(|e| Failure::Input(e.to_string()))?;
     let config = AgentConfig {
         coordinator: args.coordinator.clone(),
         dest: args.dest.clone(),
@@ -181,6 +183,7 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
         max_leases: args.max_leases as usize,
         engine: EngineConfig {
             stall_timeout: Duration::from_secs(args.stall_timeout),
+            min_rate,
             verify,
             retry: common::source::retry::RetryPolicy {
                 base: Duration::from_millis(args.retry_base_ms),

@@ -1,6 +1,10 @@
 //! `era5 sync`: list the selection, mirror it with the fetch engine, show progress (a bar on a
 //! terminal, log lines otherwise) and close with a summary. Ctrl-C (or SIGTERM) stops cleanly:
 //! finished objects stay, interrupted ones keep their temporary file and resume state.
+//!
+//! A full or failing DEST stops the sync within seconds: no object starts once the disk failed
+//! (or that the free space cannot hold), those in flight finish or stop at their first write
+//! error with their temporary file removed, and the summary names the disk's error; exit 1.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -86,17 +90,26 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
         &config,
     )
     .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if let Some(problem) = report.dest_failure() {
+        eprintln!("era5: error: {problem}");
+    }
+    if let Some(problem) = &report.manifest_error {
+        eprintln!(
+            "era5: error: the manifest could not be written ({problem}); the files are in place and the next sync verifies them from their bytes"
+        );
+    }
     Ok(if report.cancelled {
         ExitCode::Interrupted
-    } else if report.all_verified() {
+    } else if report.all_verified() && report.manifest_error.is_none() {
         ExitCode::Success
     } else {
         ExitCode::Failed
     })
 }
 
-/// Completes each lease whose objects all verified, releases interrupted ones and fails the
-/// rest, so the embedded store ends in the state the cluster's would.
+/// Completes each lease whose objects all verified, releases interrupted ones (and those a
+/// full or failing disk stopped: not their fault) and fails the rest, so the embedded store
+/// ends in the state the cluster's would.
 async fn settle_leases(
     leases: &MemoryStore,
     grants: &[Grant],
@@ -155,7 +168,7 @@ fn print_summary(
     let downloaded = report.count(|o| *o == Outcome::Downloaded);
     let present = report.count(|o| *o == Outcome::Present);
     let local = report.count(|o| *o == Outcome::VerifiedLocally);
-    let failed = report.count(|o| matches!(o, Outcome::Failed { .. }));
+    let failed = report.count(|o| matches!(o, Outcome::Failed { .. } | Outcome::Local { .. }));
     let cancelled = report.count(|o| *o == Outcome::Cancelled);
     let seconds = report.elapsed.as_secs_f64().max(0.001);
     let headline = if report.all_verified() {
