@@ -261,6 +261,23 @@ impl Engine {
         &self.health
     }
 
+    /// The folder to name in a disk error about `temp`: DEST, or the volume a symlinked folder
+    /// of DEST leads to (same filesystem as the temporary files either way).
+    fn room_dir(&self, temp: &TempPaths) -> std::path::PathBuf {
+        let dir = temp.dir();
+        if dir.starts_with(self.mirror.state_dir()) {
+            return self.mirror.dest().to_path_buf();
+        }
+        dir.ancestors()
+            .find(|a| {
+                a.file_name()
+                    .is_some_and(|n| n == crate::mirror::VOLUME_TMP)
+            })
+            .and_then(std::path::Path::parent)
+            .unwrap_or(dir)
+            .to_path_buf()
+    }
+
     /// Counts a local write failure and, if it is the disk's, stops new downloads.
     fn disk_failed(&self, error: &LocalIoError) {
         self.progress.local_io_error(error.kind);
@@ -477,7 +494,8 @@ impl Engine {
                 }
                 Err(PromoteError::Io(error)) => {
                     temp.remove();
-                    let local = LocalIoError::from_io(&error, temp.dir(), Some(current.size));
+                    let local =
+                        LocalIoError::from_io(&error, &self.room_dir(&temp), Some(current.size));
                     if local.kind.is_dest_failure() {
                         self.disk_failed(&local);
                         return Err(FetchError::Local(local));
@@ -532,7 +550,7 @@ impl Engine {
         temp: &TempPaths,
         scope: &FetchScope,
     ) -> Result<Downloaded, PartError> {
-        let dir = temp.dir().to_path_buf();
+        let dir = self.room_dir(temp);
         let local = |e: std::io::Error, needed: u64| {
             PartError::Fatal(FetchError::Local(LocalIoError::from_io(
                 &e,
