@@ -202,7 +202,11 @@ impl TestS3 {
             .iter()
             .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
             .filter_map(|r| {
-                let (start, end) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
+                let (start, end) = r
+                    .range
+                    .as_deref()?
+                    .strip_prefix("bytes=")?
+                    .split_once('-')?;
                 Some((start.parse().ok()?, end.parse().ok()?))
             })
             .collect()
@@ -392,8 +396,8 @@ async fn handle(
     };
     let range = header("range");
     let if_match = header("if-match");
-    let listing = key.is_none()
-        && query_param(request.uri().query(), "list-type").as_deref() == Some("2");
+    let listing =
+        key.is_none() && query_param(request.uri().query(), "list-type").as_deref() == Some("2");
     let list_prefix = query_param(request.uri().query(), "prefix").unwrap_or_default();
     let list_token = query_param(request.uri().query(), "continuation-token");
     if listing {

@@ -138,11 +138,9 @@ impl fmt::Display for BodyError {
                 waited.as_secs_f64(),
                 min_rate.bytes_per_sec
             ),
-            BodyError::TooLarge { limit } => write!(
-                f,
-                "response body larger than {} MiB refused",
-                limit >> 20
-            ),
+            BodyError::TooLarge { limit } => {
+                write!(f, "response body larger than {} MiB refused", limit >> 20)
+            }
         }
     }
 }
@@ -284,7 +282,9 @@ where
                     }
                     timer
                 }
-                None => this.timer.insert(Box::pin(tokio::time::sleep_until(wake_at))),
+                None => this
+                    .timer
+                    .insert(Box::pin(tokio::time::sleep_until(wake_at))),
             };
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;

@@ -157,7 +157,10 @@ pub async fn list_prefix(
             )));
         }
         token = page.next_continuation_token().map(str::to_string);
-        let Some(next) = token.as_ref().filter(|_| page.is_truncated().unwrap_or(false)) else {
+        let Some(next) = token
+            .as_ref()
+            .filter(|_| page.is_truncated().unwrap_or(false))
+        else {
             return Ok(objects);
         };
         if !seen_tokens.insert(next.clone()) {
@@ -186,7 +189,10 @@ async fn list_page(
                 match tokio::time::timeout(LIST_REQUEST_TIMEOUT, request).await {
                     Err(_) => Err((
                         Failure::Retry(crate::source::retry::RetryReason::Stall),
-                        format!("no complete answer within {}s", LIST_REQUEST_TIMEOUT.as_secs()),
+                        format!(
+                            "no complete answer within {}s",
+                            LIST_REQUEST_TIMEOUT.as_secs()
+                        ),
                     )),
                     Ok(Ok(page)) => Ok(page),
                     Ok(Err(error)) => {
