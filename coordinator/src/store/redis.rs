@@ -148,7 +148,8 @@ impl RedisStore {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(5)))
                 .set_number_of_retries(2);
-            let mut delay = Duration::from_millis(100);
+            // The one backoff of the code base (full jitter), as for S3 and the workers' calls.
+            let mut backoff = common::source::retry::RetryPolicy::reconnect().backoff_sequence();
             loop {
                 match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                     Ok(manager) => {
@@ -157,8 +158,7 @@ impl RedisStore {
                     }
                     Err(error) => {
                         tracing::warn!(%error, "redis is not reachable yet; retrying");
-                        tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>())).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(backoff.next_wait()).await;
                     }
                 }
             }
