@@ -17,7 +17,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -213,7 +213,7 @@ fn a_stale_holder_woken_after_the_new_holder_completed_does_not_promote() {
     let old = tests::fixtures::object_bytes("version one", size);
     let new = tests::fixtures::object_bytes("version two", size);
     s3.put_object(LSM, old.clone());
-    let mut cluster = Cluster::start(&s3.endpoint(), 2);
+    let cluster = Cluster::start(&s3.endpoint(), 2);
 
     // The first holder runs two hours behind and stops itself between verification and
     // rename (the test hook), like a worker frozen by SIGSTOP at the worst moment.
@@ -284,7 +284,7 @@ fn a_full_disk_releases_the_lease_without_an_attempt_and_the_worker_resumes_by_i
     let _serial = serial();
     let (s3, seeded) = seeded_server();
     let objects = under(&seeded, &["e5.oper.an.sfc/202401/"]);
-    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    let cluster = Cluster::start(&s3.endpoint(), 10);
     let dest = cluster.dest();
     let tmpfs = Tmpfs::mount(&dest, "8m");
     let inside = tmpfs.outside(&dest);
@@ -350,7 +350,7 @@ fn a_worker_whose_clock_runs_fast_sweeps_nothing_live() {
     let (s3, seeded) = seeded_server();
     // Slow downloads: the first worker's temporaries stay live for a while.
     slow_bodies(&s3, 256 << 10);
-    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    let cluster = Cluster::start(&s3.endpoint(), 10);
     let mut honest = Worker::start(&cluster, era5(&cluster.scratch.home()), "honest");
     let job = cluster.submit("e5.oper.an.sfc", "", "2024-01", "2024-01");
     let leases_dir = cluster.dest().join(".era5/tmp/leases");
