@@ -230,23 +230,24 @@ impl Agent {
         open
     }
 
-    /// How a lease ended because of DEST, if it did: the disk's error.
-    fn dest_failure(&self, outcomes: &std::io::Result<Vec<Outcome>>) -> Option<LocalIoError> {
+    /// How a lease ended because of DEST, if it did: the disk's error, as the engine that
+    /// met it recorded it (with what was needed and free), or as the outcome tells it.
+    fn dest_failure(
+        &self,
+        mirrorer: Option<&Arc<Mirrorer>>,
+        outcomes: &std::io::Result<Vec<Outcome>>,
+    ) -> Option<LocalIoError> {
         match outcomes {
             Ok(outcomes) => {
-                outcomes
-                    .iter()
-                    .find(|o| matches!(o, Outcome::Local { .. }))?;
-                let health = self
-                    .mirrorers
-                    .try_lock()
-                    .ok()?
-                    .values()
-                    .find_map(|m| m.engine().dest_health().failure());
-                Some(health.unwrap_or_else(|| LocalIoError {
-                    kind: crate::disk::LocalIoKind::NoSpace,
+                let (reason, kind) = outcomes.iter().find_map(|o| match o {
+                    Outcome::Local { reason, kind } => Some((reason.clone(), *kind)),
+                    _ => None,
+                })?;
+                let recorded = mirrorer.and_then(|m| m.engine().dest_health().failure());
+                Some(recorded.unwrap_or(LocalIoError {
+                    kind,
                     path: self.config.dest.clone(),
-                    detail: String::new(),
+                    detail: reason,
                     needed: None,
                     free: None,
                 }))
@@ -330,12 +331,15 @@ impl Agent {
             batch: Some(progress),
             fence: Some(fence.clone()),
         };
-        let outcomes = match self
+        let (mirrorer, outcomes) = match self
             .mirrorer(&lease.source.clone().unwrap_or_default())
             .await
         {
-            Ok(mirrorer) => mirrorer.mirror_objects(&objects, &scope).await,
-            Err(error) => Err(error),
+            Ok(mirrorer) => {
+                let outcomes = mirrorer.mirror_objects(&objects, &scope).await;
+                (Some(mirrorer), outcomes)
+            }
+            Err(error) => (None, Err(error)),
         };
         keeper.abort();
         self.held().remove(&lease_ref.lease_id);
@@ -348,7 +352,7 @@ impl Agent {
             return;
         }
         // DEST is full or failing: not the lease's fault, so no attempt is counted.
-        if let Some(local) = self.dest_failure(&outcomes) {
+        if let Some(local) = self.dest_failure(mirrorer.as_ref(), &outcomes) {
             if outcomes.is_err() {
                 self.progress.local_io_error(local.kind);
             }
