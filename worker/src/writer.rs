@@ -359,8 +359,11 @@ impl Writer {
                 .wait(record)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        // Keep what is done for a resume.
-        if record.unsaved && !self.shared.failed.is_set() {
+        // Keep what is done for a resume. A complete download is verified and promoted next,
+        // which makes it durable anyway: saving it now would only cost an fdatasync.
+        let parts = record.state.size.div_ceil(record.state.part_size.max(1));
+        let complete = record.state.parts.len() as u64 == parts;
+        if record.unsaved && !complete && !self.shared.failed.is_set() {
             self.shared.save(&mut record);
         }
         let state = record.state.clone();
@@ -674,6 +677,53 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_write_error_cancels_the_object_and_nothing_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        // Opened read-only: every write fails, as on a full disk.
+        let file = File::open(&path).unwrap();
+        let state = ResumeState {
+            key: "k".into(),
+            etag: None,
+            size: 1 << 20,
+            part_size: 1 << 19,
+            parts: Default::default(),
+        };
+        let cancel = CancellationToken::new();
+        let io = ObjectIo {
+            state_path: Some(dir.path().join("state")),
+            cancel: cancel.clone(),
+            reservation: None,
+        };
+        let (writer, task) = FileWriter::start(Arc::new(file), None, state, io, None);
+        writer
+            .write(0, Bytes::from(vec![1u8; 1 << 19]))
+            .await
+            .unwrap();
+        let _ = writer
+            .part_done(
+                0,
+                PartDigest {
+                    len: 1 << 19,
+                    ..PartDigest::default()
+                },
+            )
+            .await;
+        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+            .await
+            .expect("the object was not cancelled");
+        drop(writer);
+        let outcome = task.await.unwrap();
+        assert!(outcome.failure.is_some());
+        assert!(
+            outcome.state.parts.is_empty(),
+            "a part of a failed write was recorded"
+        );
+        assert!(ResumeState::load(&dir.path().join("state")).is_none());
     }
 
     #[test]
