@@ -616,7 +616,15 @@ impl Loaded {
 
 /// Loads every source, in order, into one record per key (see the module doc for which).
 fn load(dest: &Path, sources: &[PathBuf]) -> std::io::Result<Loaded> {
-    let mut slots = Vec::new();
+    // Lines are about 300 bytes; reserving for 160-byte ones never reallocates (a doubling
+    // would hold the old and the new buffer at once), and untouched capacity costs nothing
+    // resident. It is given back below.
+    let bytes: u64 = sources
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let mut slots: Vec<Slot> = Vec::with_capacity((bytes / 160) as usize + 16);
     let mut lines = Vec::with_capacity(sources.len());
     for (number, path) in sources.iter().enumerate() {
         let source = number.min(NO_SOURCE as usize - 1) as u16;
@@ -624,9 +632,11 @@ fn load(dest: &Path, sources: &[PathBuf]) -> std::io::Result<Loaded> {
             slots.push(Slot::new(view, source, offset))
         })?);
     }
-    // Stable: within one key, records stay in load order.
-    slots.sort_by_key(|slot| slot.key);
-    let mut index: Vec<Slot> = Vec::with_capacity(slots.len());
+    // Within one key, records stay in load order (source, then position in it); an unstable
+    // sort needs no buffer of half the records, as a stable one would.
+    slots.sort_unstable_by_key(|slot| (slot.key, slot.source, slot.offset));
+    // One record per key, kept in place.
+    let mut kept = 0;
     let mut run_start = 0;
     while run_start < slots.len() {
         let key = slots[run_start].key;
@@ -636,16 +646,23 @@ fn load(dest: &Path, sources: &[PathBuf]) -> std::io::Result<Loaded> {
             .map_or(slots.len(), |n| run_start + n);
         let run = &slots[run_start..run_end];
         let last = run[run.len() - 1];
-        if run.iter().all(|s| s.source == last.source) {
-            index.push(last);
-        } else if let Some(chosen) = resolve(dest, sources, run)? {
-            index.push(chosen);
+        let chosen = if run.iter().all(|s| s.source == last.source) {
+            Some(last)
+        } else {
+            resolve(dest, sources, run)?
+        };
+        if let Some(chosen) = chosen {
+            slots[kept] = chosen;
+            kept += 1;
         }
         run_start = run_end;
     }
-    drop(slots);
-    index.shrink_to_fit();
-    Ok(Loaded { index, lines })
+    slots.truncate(kept);
+    slots.shrink_to_fit();
+    Ok(Loaded {
+        index: slots,
+        lines,
+    })
 }
 
 /// Two files disagree about a key: the record matching the file at the path wins (the last
