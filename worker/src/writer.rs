@@ -23,7 +23,7 @@
 //! `fdatasync` began, so after a power loss the state on disk (the new one or the old one)
 //! claims only bytes that reached the disk. The cost is one `fdatasync` per save, on a helper
 //! thread, at most every [`SAVE_EVERY`]; downloads that are never resumed (a cluster lease's)
-//! save nothing.
+//! save nothing, and neither does a download at its end (it is verified and promoted next).
 //!
 //! **The first write error stops the object**: it is recorded, the object's cancellation
 //! token fires (its parts stop at once, no more bytes are fetched), and nothing more is
@@ -63,8 +63,10 @@ const QUEUE_DEPTH: usize = 8;
 const WRITEBACK_EVERY: u64 = 16 << 20;
 /// Longest time a finished part waits to be saved in the resume state. Each save costs an
 /// `fdatasync` of the data (that is what makes the claim true), so saves are coalesced: a
-/// crash loses at most this much progress.
-pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// crash loses at most this much progress, and a download shorter than this saves nothing.
+/// At 1 s, full verification of the month workload measured up to 5-9% slower than without
+/// saves on a busy machine; at 2 s half as many syncs remain.
+pub const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 enum Command {
     Write { offset: u64, data: Bytes },
