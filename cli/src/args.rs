@@ -146,6 +146,10 @@ pub struct SyncArgs {
     /// First retry backoff ceiling, milliseconds (doubles per attempt, full jitter).
     #[arg(long, env = "ERA5_RETRY_BASE_MS", default_value_t = 200, hide = true)]
     pub retry_base_ms: u64,
+    /// Longest wait, in milliseconds, before finished parts are saved in the resume state
+    /// (each save syncs the data first).
+    #[arg(long, env = "ERA5_SAVE_EVERY_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=600_000), hide = true)]
+    pub save_every_ms: u64,
     /// Seconds an idle pooled connection is kept (at most 15, S3 drops idle ones soon after).
     #[arg(long, env = "ERA5_IDLE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=15), hide = true)]
     pub idle_timeout: u64,

@@ -169,6 +169,7 @@ impl TryFrom<&SyncArgs> for SyncConfig {
                 part_size,
                 stall_timeout,
                 min_rate,
+                save_every: Duration::from_millis(args.save_every_ms),
                 verify,
                 retry: RetryPolicy {
                     max_attempts: args.retries,

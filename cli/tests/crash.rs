@@ -165,6 +165,8 @@ fn power_loss_then_rerun(extra: &[&str]) {
         "2024-02-29",
     );
     args.extend(extra.iter().map(|s| s.to_string()));
+    // Saves every 100 ms: parts finish seconds apart here, and states must claim some.
+    args.extend(["--save-every-ms".to_string(), "100".to_string()]);
     let child = era5(&scratch.home())
         .args(&args)
         .stdout(Stdio::piped())

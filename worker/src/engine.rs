@@ -88,6 +88,9 @@ pub struct EngineConfig {
     /// The slowest a body may be (`--min-rate`); enforced by the source's pool, which whoever
     /// builds it configures from here.
     pub min_rate: MinRate,
+    /// Longest time a finished part waits to be saved in the resume state (each save syncs
+    /// the data; see `writer`).
+    pub save_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +102,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             direct_io: true,
             min_rate: MinRate::DEFAULT,
+            save_every: crate::writer::SAVE_EVERY,
         }
     }
 }
@@ -659,6 +663,7 @@ impl Engine {
                 state_path: resumable.then(|| temp.state.clone()),
                 cancel: object_cancel.clone(),
                 reservation: Some(reservation.clone()),
+                save_every: self.config.save_every,
             },
             follower.as_ref().map(|(done, _)| done.clone()),
         );

@@ -61,7 +61,8 @@ use crate::verify::PartDigest;
 const QUEUE_DEPTH: usize = 8;
 /// Start writeback after this many buffered bytes.
 const WRITEBACK_EVERY: u64 = 16 << 20;
-/// Longest time a finished part waits to be saved in the resume state. Each save costs an
+/// Default longest time a finished part waits to be saved in the resume state
+/// ([`ObjectIo::save_every`]). Each save costs an
 /// `fdatasync` of the data (that is what makes the claim true), so saves are coalesced: a
 /// crash loses at most this much progress, and a download shorter than this saves nothing.
 /// At 1 s, full verification of the month workload measured up to 5-9% slower than without
@@ -89,6 +90,8 @@ pub struct ObjectIo {
     pub cancel: CancellationToken,
     /// The room promised to the object, given back as bytes land.
     pub reservation: Option<Arc<Reservation>>,
+    /// Longest time a finished part waits to be saved ([`SAVE_EVERY`] by default).
+    pub save_every: Duration,
 }
 
 /// The first write error of an object, shared by the writer, the I/O threads and the saver.
@@ -179,6 +182,7 @@ impl FileWriter {
                 drained: Condvar::new(),
                 saver,
                 follower,
+                save_every: io.save_every,
             });
             let writeback_file = file.clone();
             let direct = direct.map(|sink| Direct {
@@ -243,6 +247,7 @@ struct Shared {
     /// Saves the resume state; `None` when the download is never resumed.
     saver: Option<Coalescing<ResumeState>>,
     follower: Option<PartDone>,
+    save_every: Duration,
 }
 
 struct Record {
@@ -280,7 +285,7 @@ impl Shared {
         if let Some(follower) = &self.follower {
             follower.send(index);
         }
-        if record.last_save.elapsed() >= SAVE_EVERY {
+        if record.last_save.elapsed() >= self.save_every {
             self.save(record);
         }
     }
@@ -637,6 +642,7 @@ mod tests {
                 state_path: Some(dir.path().join("state")),
                 cancel: CancellationToken::new(),
                 reservation: None,
+                save_every: SAVE_EVERY,
             };
             let (writer, task) = FileWriter::start(Arc::new(file), sink, state, io, None);
             let part = |i: u64| {
@@ -700,6 +706,7 @@ mod tests {
             state_path: Some(dir.path().join("state")),
             cancel: cancel.clone(),
             reservation: None,
+            save_every: SAVE_EVERY,
         };
         let (writer, task) = FileWriter::start(Arc::new(file), None, state, io, None);
         writer
