@@ -164,6 +164,17 @@ impl From<std::io::Error> for FetchError {
 }
 
 impl FetchError {
+    /// A local write error: [`FetchError::Local`] when the disk itself failed (full, quota,
+    /// read-only, EIO), which stops new work and costs a lease no attempt; any other (a
+    /// permission, a vanished folder) is the object's own failure.
+    pub fn from_local(error: LocalIoError) -> Self {
+        if error.kind.is_dest_failure() {
+            FetchError::Local(error)
+        } else {
+            FetchError::Io(error.to_string())
+        }
+    }
+
     /// The disk failure behind this error, if that is what it is.
     pub fn local(&self) -> Option<&LocalIoError> {
         match self {
@@ -556,7 +567,7 @@ impl Engine {
     ) -> Result<Downloaded, PartError> {
         let dir = self.room_dir(temp);
         let local = |e: std::io::Error, needed: u64| {
-            PartError::Fatal(FetchError::Local(LocalIoError::from_io(
+            PartError::Fatal(FetchError::from_local(LocalIoError::from_io(
                 &e,
                 &dir,
                 Some(needed),
@@ -595,7 +606,7 @@ impl Engine {
         let reservation = Arc::new(
             self.space
                 .reserve(&dir, expected.size - allocated)
-                .map_err(|e| PartError::Fatal(FetchError::Local(e)))?,
+                .map_err(|e| PartError::Fatal(FetchError::from_local(e)))?,
         );
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -362,13 +362,22 @@ impl Tmpfs {
         assert!(status.success(), "remounting the tmpfs failed");
     }
 
-    /// Fills the filesystem up to `leave` free bytes with a file named `name`.
+    /// Fills the filesystem with a file named `name` until `leave` bytes are free, or until
+    /// it is full (others may be writing to it at the same time).
     pub fn fill(&self, name: &str, leave: u64) {
+        use std::io::Write;
         let path = self.outside(&self.dir.join(name));
-        let free = free_bytes(&self.outside(&self.dir));
-        let size = free.saturating_sub(leave);
-        let data = vec![0xa5u8; size as usize];
-        std::fs::write(&path, data).expect("fill the tmpfs");
+        let mut size = free_bytes(&self.outside(&self.dir)).saturating_sub(leave);
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0xa5u8; 1 << 20];
+        while size > 0 {
+            let take = size.min(chunk.len() as u64) as usize;
+            match file.write_all(&chunk[..take]) {
+                Ok(()) => size -= take as u64,
+                Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(error) => panic!("filling the tmpfs failed: {error}"),
+            }
+        }
     }
 }
 
