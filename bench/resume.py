@@ -11,8 +11,9 @@ For each build and object layout, and for several rounds:
   2. the page cache is dropped (a resume after a power loss or a reboot starts cold; skip with
      --warm), and
   3. the same sync runs again to the end: that is the resume that is timed (wall and CPU), and
-     "until fetching" is when it logs that the resume starts (for the new build, after reading
-     the claimed parts back: their throughput is "claimed GiB/s").
+     "resumed at" is when it logs how much it resumes (for the new build, once the claimed
+     parts are read back, while the missing ones already download: "claimed GiB/s" is the
+     read-back's throughput).
 
 Layouts: `multipart` (8 MiB upload parts: each part's MD5 streams, the file is written direct)
 and `single` (a plain MD5 ETag: the whole-object MD5 is hashed from the page cache as parts
@@ -120,8 +121,8 @@ def one_round(binary, endpoint, dest, env, warm, layout):
     claimed = claimed_bytes(dest)
     if not warm:
         drop_caches()
-    # The engine logs when the resume starts fetching: everything before is listing, HEAD and
-    # (new build) reading the claimed parts back.
+    # The engine logs what it resumes: the old build at once, the new one once the claimed
+    # parts are read back (the missing ones download meanwhile).
     env = dict(env, RUST_LOG="warn,worker::engine=info")
     started = time.time()
     resume = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -200,7 +201,7 @@ def main():
     cache = "warm" if args.warm else "cold (page cache dropped before each resume)"
     print(f"resume of a 2 GiB object killed once half of it was written, {cache}, "
           f"medians of {args.rounds} rounds")
-    print("| layout | build | claimed at kill MiB | until fetching s | claimed GiB/s | resume wall s |"
+    print("| layout | build | claimed at kill MiB | resumed at s | claimed GiB/s | resume wall s |"
           " resume CPU s | received |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for layout, build, claimed, until, rate, wall, cpu, received in rows:

@@ -634,31 +634,23 @@ impl Engine {
                 .map_err(|e| local(e, expected.size - allocated))?;
             reservation.all_landed();
         }
-        if !state.parts.is_empty() {
-            state.parts = self
-                .read_back(
-                    &file,
-                    std::mem::take(&mut state.parts),
-                    plan,
-                    part_size,
-                    key,
-                )
-                .await
-                .map_err(|e| local(e, expected.size - allocated))?;
-        }
         let file = Arc::new(file);
 
+        // The parts the resume state claims are read back and hashed while the missing ones
+        // download: a claimed part joins the file's state (and the in-order MD5) once its bytes
+        // gave its digests again, and is fetched like a missing one otherwise.
         let part_count = expected.size.div_ceil(part_size);
-        let resumed_bytes: u64 = state.parts.values().map(|p| p.len).sum();
-        if resumed_bytes > 0 {
-            tracing::info!(key, resumed_bytes, "resuming an interrupted download");
-            self.progress.discount(resumed_bytes);
-        }
-        let claimed: BTreeSet<u64> = state.parts.keys().copied().collect();
-        let follower = plan.whole_md5.then(|| {
-            let done: Vec<u64> = claimed.iter().copied().collect();
-            ordered_md5::follow(file.clone(), part_size, expected.size, done)
+        let claimed_parts = std::mem::take(&mut state.parts);
+        let claimed: BTreeSet<u64> = claimed_parts.keys().copied().collect();
+        let mut reading_back = (!claimed_parts.is_empty()).then(|| {
+            let (file, verify, key) = (file.clone(), self.config.verify, key.to_string());
+            tokio::task::spawn_blocking(move || {
+                read_back(&file, claimed_parts, plan, part_size, verify, &key)
+            })
         });
+        let follower = plan
+            .whole_md5
+            .then(|| ordered_md5::follow(file.clone(), part_size, expected.size, Vec::new()));
         let direct = direct.map(|direct| DirectSink {
             direct,
             pool: self.io_pool().clone(),
@@ -679,8 +671,10 @@ impl Engine {
             follower.as_ref().map(|(done, _)| done.clone()),
         );
         // Parts are spawned lazily, a few more than there are connections: tasks stay bounded
-        // whatever size the object claims.
+        // whatever size the object claims. Claimed parts that do not read back intact join
+        // the queue when the read-back ends.
         let mut missing = (0..part_count).filter(move |i| !claimed.contains(i));
+        let mut refetch: std::collections::VecDeque<u64> = Default::default();
         let part = |index: u64| PartJob {
             engine: self.clone(),
             key: key.to_string(),
@@ -694,32 +688,70 @@ impl Engine {
             cancel: object_cancel.clone(),
             batch: scope.batch.clone(),
         };
+        let window = self.scheduler.max() + PART_SLACK;
         let mut tasks = JoinSet::new();
-        for index in missing.by_ref().take(self.scheduler.max() + PART_SLACK) {
+        for index in missing.by_ref().take(window) {
             tasks.spawn(part(index).run());
         }
         let mut failed = None;
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined.unwrap_or_else(|e| {
-                Err(PartError::Fatal(FetchError::Io(format!(
-                    "part task failed: {e}"
-                ))))
-            });
-            match result {
-                Ok(()) => {
-                    if let Some(index) = missing.next() {
-                        tasks.spawn(part(index).run());
+        loop {
+            let read_back_pending = reading_back.is_some();
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let result = joined.unwrap_or_else(|e| {
+                        Err(PartError::Fatal(FetchError::Io(format!("part task failed: {e}"))))
+                    });
+                    if let Err(error) = result {
+                        failed = Some(error);
+                        break;
                     }
                 }
-                Err(error) => {
-                    // The other parts stop; finished ones stay in the resume state, which the
-                    // writer saves when its last handle goes.
-                    object_cancel.cancel();
-                    tasks.abort_all();
-                    failed = Some(error);
-                    break;
+                read = async { reading_back.as_mut().expect("guarded").await }, if read_back_pending => {
+                    reading_back = None;
+                    let (kept, lost) = match read {
+                        Ok(Ok(read)) => read,
+                        Ok(Err(error)) => {
+                            failed = Some(local(error, expected.size - allocated));
+                            break;
+                        }
+                        Err(error) => {
+                            failed = Some(PartError::Fatal(FetchError::Io(format!(
+                                "read-back failed: {error}"
+                            ))));
+                            break;
+                        }
+                    };
+                    let resumed_bytes: u64 = kept.values().map(|p| p.len).sum();
+                    if resumed_bytes > 0 {
+                        tracing::info!(key, resumed_bytes, "resuming an interrupted download");
+                        self.progress.discount(resumed_bytes);
+                    }
+                    for (index, digest) in kept {
+                        if writer.adopt(index, digest).await.is_err() {
+                            break;
+                        }
+                    }
+                    refetch.extend(lost);
+                }
+                else => break,
+            }
+            while tasks.len() < window {
+                match missing.next().or_else(|| refetch.pop_front()) {
+                    Some(index) => {
+                        tasks.spawn(part(index).run());
+                    }
+                    None => break,
                 }
             }
+        }
+        if failed.is_some() {
+            // The other parts stop; finished ones stay in the resume state, which the writer
+            // saves when its last handle goes.
+            object_cancel.cancel();
+            tasks.abort_all();
+        }
+        if let Some(reading) = reading_back {
+            reading.abort();
         }
         drop(tasks);
         drop(writer);
@@ -749,38 +781,6 @@ impl Engine {
             digests,
             whole_md5,
         })
-    }
-
-    /// Reads back the parts a resume state claims and keeps those whose bytes on disk give
-    /// their recorded digests, with the digests of the bytes read. A part that did not
-    /// survive (zeroed by a power loss) is dropped and fetched again. With `--verify size`
-    /// there is nothing to compare and the claims stand.
-    async fn read_back(
-        &self,
-        file: &std::fs::File,
-        parts: std::collections::BTreeMap<u64, PartDigest>,
-        plan: StreamPlan,
-        part_size: u64,
-        key: &str,
-    ) -> std::io::Result<std::collections::BTreeMap<u64, PartDigest>> {
-        if self.config.verify == VerifyMode::Size {
-            return Ok(parts);
-        }
-        let file = file.try_clone()?;
-        let claimed = parts.len();
-        let kept =
-            tokio::task::spawn_blocking(move || read_back_parts(&file, parts, plan, part_size))
-                .await
-                .map_err(std::io::Error::other)??;
-        if kept.len() < claimed {
-            tracing::warn!(
-                key,
-                claimed,
-                intact = kept.len(),
-                "parts claimed by the resume state did not read back intact; fetching them again"
-            );
-        }
-        Ok(kept)
     }
 
     /// Sleeps before the next attempt, or turns the failure into the final error.
@@ -1002,14 +1002,22 @@ impl PartJob {
     }
 }
 
-/// Reads back each claimed part (on up to four threads) and keeps those that still give
-/// their recorded digests, with the digests of the bytes read.
-fn read_back_parts(
+/// Reads back the parts a resume state claims (on up to four threads) and sorts them: those
+/// whose bytes on disk give their recorded digests again, with the digests of the bytes read,
+/// and those that did not survive (a power loss zeroed them), to fetch again. With
+/// `--verify size` there is nothing to compare and the claims stand.
+fn read_back(
     file: &std::fs::File,
     parts: std::collections::BTreeMap<u64, PartDigest>,
     plan: StreamPlan,
     part_size: u64,
-) -> std::io::Result<std::collections::BTreeMap<u64, PartDigest>> {
+    verify: VerifyMode,
+    key: &str,
+) -> std::io::Result<(std::collections::BTreeMap<u64, PartDigest>, Vec<u64>)> {
+    if verify == VerifyMode::Size {
+        return Ok((parts, Vec::new()));
+    }
+    let claimed: Vec<u64> = parts.keys().copied().collect();
     let list: Vec<(u64, PartDigest)> = parts.into_iter().collect();
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -1044,7 +1052,19 @@ fn read_back_parts(
     for group in results {
         kept.extend(group?);
     }
-    Ok(kept)
+    let lost: Vec<u64> = claimed
+        .into_iter()
+        .filter(|index| !kept.contains_key(index))
+        .collect();
+    if !lost.is_empty() {
+        tracing::warn!(
+            key,
+            claimed = kept.len() + lost.len(),
+            intact = kept.len(),
+            "parts claimed by the resume state did not read back intact; fetching them again"
+        );
+    }
+    Ok((kept, lost))
 }
 
 /// Whether the digests of bytes read back agree with every digest recorded for the part.

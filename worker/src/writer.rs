@@ -70,8 +70,19 @@ const WRITEBACK_EVERY: u64 = 16 << 20;
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 enum Command {
-    Write { offset: u64, data: Bytes },
-    PartDone { index: u64, digest: PartDigest },
+    Write {
+        offset: u64,
+        data: Bytes,
+    },
+    PartDone {
+        index: u64,
+        digest: PartDigest,
+    },
+    /// A part already in the file (a resumed one that read back intact).
+    Adopt {
+        index: u64,
+        digest: PartDigest,
+    },
 }
 
 /// How the writer ended.
@@ -230,6 +241,12 @@ impl FileWriter {
         self.send(Command::PartDone { index, digest }).await
     }
 
+    /// Records part `index` as complete without writing: its bytes are in the file already
+    /// and were read back intact (a resumed download).
+    pub async fn adopt(&self, index: u64, digest: PartDigest) -> Result<(), String> {
+        self.send(Command::Adopt { index, digest }).await
+    }
+
     async fn send(&self, command: Command) -> Result<(), String> {
         self.tx
             .send(command)
@@ -349,6 +366,10 @@ impl Writer {
             match command {
                 Command::Write { offset, data } => self.write(offset, &data),
                 Command::PartDone { index, digest } => self.part_done(index, digest),
+                Command::Adopt { index, digest } => {
+                    let mut record = self.shared.lock();
+                    self.shared.record_part(&mut record, index, digest);
+                }
             }
         }
         // The download finished, failed or was cancelled. Stages still filling belong to
