@@ -15,8 +15,9 @@
 //!   parts are spawned lazily, a few more than there are connections, so tasks and memory do
 //!   not grow with the size an object claims.
 //! - **Resume reads back.** The parts a resume state claims are read back from the disk and
-//!   hashed; a part whose bytes do not give its recorded digests (a power loss took them) is
-//!   fetched again alone, and verification uses the digests of the bytes on disk.
+//!   hashed while the missing ones download; a part whose bytes do not give its recorded
+//!   digests (a power loss took them) is fetched again alone, and verification uses the
+//!   digests of the bytes on disk.
 //! - **A full or failing disk** (see `disk`): nothing starts that the free space cannot hold;
 //!   the first write error stops the object at once (its parts are cancelled, its temporary
 //!   file removed) and marks DEST unhealthy, so no other object starts.
