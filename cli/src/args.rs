@@ -155,6 +155,18 @@ pub struct SyncArgs {
     /// A read that delivers no byte for this many seconds is dropped and retried.
     #[arg(long, env = "ERA5_STALL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECS")]
     pub stall_timeout: u64,
+    /// A response slower than this per second on average (over 30 s of waiting) is dropped
+    /// and retried on another connection, e.g. 64KiB; 0 turns the check off.
+    #[arg(
+        long,
+        env = "ERA5_MIN_RATE",
+        default_value = "64KiB",
+        value_name = "SIZE"
+    )]
+    pub min_rate: String,
+    /// Seconds of waiting that --min-rate averages over.
+    #[arg(long, env = "ERA5_MIN_RATE_WINDOW", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub min_rate_window: u64,
     /// Verification: size, etag (size + MD5/multipart ETag) or full (etag + S3 checksums).
     #[arg(long, env = "ERA5_VERIFY", default_value = "full", value_parser = ["size", "etag", "full"], value_name = "MODE")]
     pub verify: String,
@@ -174,6 +186,10 @@ pub struct SyncArgs {
     /// First retry backoff ceiling, milliseconds (doubles per attempt, full jitter).
     #[arg(long, env = "ERA5_RETRY_BASE_MS", default_value_t = 200, hide = true)]
     pub retry_base_ms: u64,
+    /// Longest wait, in milliseconds, before finished parts are saved in the resume state
+    /// (each save syncs the data first).
+    #[arg(long, env = "ERA5_SAVE_EVERY_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=600_000), hide = true)]
+    pub save_every_ms: u64,
     /// Seconds an idle pooled connection is kept (at most 15, S3 drops idle ones soon after).
     #[arg(long, env = "ERA5_IDLE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=15), hide = true)]
     pub idle_timeout: u64,
@@ -350,6 +366,12 @@ pub struct WorkerArgs {
     /// A read that delivers no byte for this many seconds is dropped and retried.
     #[arg(long, env = "ERA5_STALL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub stall_timeout: u64,
+    /// A response slower than this per second on average is dropped and retried; 0: off.
+    #[arg(long, env = "ERA5_MIN_RATE", default_value = "64KiB", hide = true)]
+    pub min_rate: String,
+    /// Seconds of waiting that --min-rate averages over.
+    #[arg(long, env = "ERA5_MIN_RATE_WINDOW", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub min_rate_window: u64,
     /// Verification: size, etag or full.
     #[arg(long, env = "ERA5_VERIFY", default_value = "full", value_parser = ["size", "etag", "full"], hide = true)]
     pub verify: String,

@@ -84,7 +84,10 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
             }
         }
     }
-    let records = worker::manifest::read_records(&config.dest.join(".era5")).map_err(|e| {
+    let records = worker::manifest::read_records(&config.dest.join(".era5"), |key| {
+        common::ObjectKey::parse(key).is_some_and(|k| config.selection.selects(&k))
+    })
+    .map_err(|e| {
         Failure::Runtime(format!(
             "reading the manifest in {} failed: {e}",
             config.dest.display()

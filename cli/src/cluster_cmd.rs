@@ -347,6 +347,8 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         ));
     }
     let verify: VerifyMode = args.verify.parse().map_err(Failure::Input)?;
+    let min_rate = crate::config::min_rate(&args.min_rate, args.min_rate_window)
+        .map_err(|e| Failure::Input(e.to_string()))?;
     Ok(AgentConfig {
         channel,
         dest: args.dest.clone(),
@@ -355,6 +357,7 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         max_leases: args.max_leases as usize,
         engine: EngineConfig {
             stall_timeout: Duration::from_secs(args.stall_timeout),
+            min_rate,
             verify,
             retry: common::source::retry::RetryPolicy {
                 base: Duration::from_millis(args.retry_base_ms),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::error::InputError;
 use common::selection::Selection;
+use common::source::guard::{BodyGuard, MinRate};
 use common::source::retry::RetryPolicy;
 use common::source::{PoolConfig, SourceConfig};
 use common::units::parse_size;
@@ -124,6 +125,19 @@ pub(crate) fn existing_mirror(dest: &std::path::Path) -> Result<PathBuf, InputEr
     }
 }
 
+/// `--min-rate SIZE` over `window` seconds; `0` turns the check off.
+pub fn min_rate(text: &str, window: u64) -> Result<MinRate, InputError> {
+    let bytes_per_sec = parse_size(text).ok_or_else(|| InputError::BadValue {
+        flag: "--min-rate",
+        value: text.to_string(),
+        reason: "expected bytes per second, e.g. 64KiB, or 0 to turn the check off".into(),
+    })?;
+    Ok(MinRate {
+        bytes_per_sec,
+        window: Duration::from_secs(window),
+    })
+}
+
 pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
     let bad = |reason: &str| InputError::BadValue {
         flag: "--endpoint",
@@ -180,6 +194,8 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             value: args.verify.clone(),
             reason,
         })?;
+        let min_rate = min_rate(&args.min_rate, args.min_rate_window)?;
+        let stall_timeout = Duration::from_secs(args.stall_timeout);
         let progress = if !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
         {
             ProgressStyle::Bar
@@ -200,18 +216,25 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             }),
             (None, false) => None,
         };
+        let mut source = source(
+            &args.source,
+            args.connections as usize,
+            Duration::from_secs(args.idle_timeout),
+        );
+        source.pool.guard = BodyGuard {
+            stall_timeout,
+            min_rate,
+        };
         Ok(Self {
             follow,
             selection,
-            source: source(
-                &args.source,
-                args.connections as usize,
-                Duration::from_secs(args.idle_timeout),
-            ),
+            source,
             dest: args.dest.clone(),
             engine: EngineConfig {
                 part_size,
-                stall_timeout: Duration::from_secs(args.stall_timeout),
+                stall_timeout,
+                min_rate,
+                save_every: Duration::from_millis(args.save_every_ms),
                 verify,
                 retry: RetryPolicy {
                     max_attempts: args.retries,

@@ -6,11 +6,15 @@
 //! grows the range with the archive) and mirrors what is new or changed through the same
 //! mirrorer, logging one line per pass. A signal then ends it after the objects in flight, with
 //! nothing half-written, and exit 0.
+//!
+//! A full or failing DEST stops the sync within seconds: no object starts once the disk failed
+//! (or that the free space cannot hold), those in flight finish or stop at their first write
+//! error with their temporary file removed, and the summary names the disk's error; exit 1.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::selection::Selection;
 use common::source::{RemoteObject, Source};
@@ -33,6 +37,7 @@ struct Stop {
     drain: CancellationToken,
     abort: CancellationToken,
 }
+
 /// The one holder of every lease of an `era5 sync` (the embedded store checks holders too).
 const SYNC_HOLDER: &str = "era5-sync";
 
@@ -69,10 +74,11 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     )
     .map_err(|e| Failure::Runtime(e.to_string()))?;
     drop(stdout);
+    report_local_errors(&report);
     match &config.follow {
         None => Ok(if report.cancelled {
             ExitCode::Interrupted
-        } else if report.all_verified() {
+        } else if report.all_verified() && report.manifest_error.is_none() {
             ExitCode::Success
         } else {
             ExitCode::Failed
@@ -81,6 +87,19 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
             log_pass(1, &report, &before, follow.interval);
             follow_passes(&mirrorer, &source, &config, follow, &stop).await
         }
+    }
+}
+
+/// What went wrong with DEST itself, after the summary: a full or failing disk, or a manifest
+/// that could not be written (the files are in place; the next sync verifies their bytes).
+fn report_local_errors(report: &SyncReport) {
+    if let Some(problem) = report.dest_failure() {
+        eprintln!("era5: error: {problem}");
+    }
+    if let Some(problem) = &report.manifest_error {
+        eprintln!(
+            "era5: error: the manifest could not be written ({problem}); the files are in place and the next sync verifies them from their bytes"
+        );
     }
 }
 
@@ -107,7 +126,6 @@ async fn pass(
     listed: Vec<RemoteObject>,
     stop: &Stop,
 ) -> Result<SyncReport, Failure> {
-    let started = Instant::now();
     let job = plan_job(
         random_id(),
         SelectionSpec::from(selection),
@@ -138,16 +156,11 @@ async fn pass(
         drain: stop.drain.clone(),
         ..FetchScope::default()
     };
-    let outcomes = mirrorer
-        .mirror_objects(&objects, &scope)
+    let mut report = mirrorer
+        .run_batch(objects, &scope)
         .await
-        .and_then(|outcomes| mirrorer.flush().map(|()| outcomes))
         .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
-    let report = SyncReport {
-        results: objects.into_iter().zip(outcomes).collect(),
-        elapsed: started.elapsed(),
-        cancelled: stop.abort.is_cancelled() || stop.drain.is_cancelled(),
-    };
+    report.cancelled |= stop.drain.is_cancelled();
     settle_leases(&leases, &grants, &report)
         .await
         .map_err(store_error)?;
@@ -161,8 +174,11 @@ fn recorded_versions(mirrorer: &Mirrorer, listed: &[RemoteObject]) -> HashMap<St
         .iter()
         .filter_map(|object| {
             let record = mirrorer.recorded(&object.key)?;
-            let same =
-                record.size == object.size && (object.etag.is_none() || record.etag == object.etag);
+            let same = record.size == object.size
+                && object
+                    .etag
+                    .as_deref()
+                    .is_none_or(|etag| record.etag_is(etag));
             Some((object.key.clone(), same))
         })
         .collect()
@@ -202,6 +218,7 @@ async fn follow_passes(
         };
         let before = recorded_versions(mirrorer, &listed);
         let report = pass(mirrorer, config, &selection, listed, stop).await?;
+        report_local_errors(&report);
         log_pass(number, &report, &before, follow.interval);
     }
     if stop.abort.is_cancelled() {
@@ -217,7 +234,7 @@ fn log_pass(number: u64, report: &SyncReport, before: &HashMap<String, bool>, in
     for (object, outcome) in &report.results {
         match outcome {
             Outcome::Present => unchanged += 1,
-            Outcome::Failed { .. } => failed += 1,
+            Outcome::Failed { .. } | Outcome::Local { .. } => failed += 1,
             Outcome::Cancelled => {}
             Outcome::Downloaded | Outcome::VerifiedLocally => match before.get(&object.key) {
                 Some(false) => changed += 1,
@@ -243,8 +260,9 @@ fn next_pass_at(interval: Duration) -> String {
     next.round(jiff::Unit::Second).unwrap_or(next).to_string()
 }
 
-/// Completes each lease whose objects all verified, releases interrupted ones and fails the
-/// rest, so the embedded store ends in the state the cluster's would.
+/// Completes each lease whose objects all verified, releases interrupted ones (and those a
+/// full or failing disk stopped: not their fault) and fails the rest, so the embedded store
+/// ends in the state the cluster's would.
 async fn settle_leases(
     leases: &MemoryStore,
     grants: &[Grant],
@@ -304,7 +322,7 @@ fn print_summary(
     let downloaded = report.count(|o| *o == Outcome::Downloaded);
     let present = report.count(|o| *o == Outcome::Present);
     let local = report.count(|o| *o == Outcome::VerifiedLocally);
-    let failed = report.count(|o| matches!(o, Outcome::Failed { .. }));
+    let failed = report.count(|o| matches!(o, Outcome::Failed { .. } | Outcome::Local { .. }));
     let cancelled = report.count(|o| *o == Outcome::Cancelled);
     let seconds = report.elapsed.as_secs_f64().max(0.001);
     let headline = if report.all_verified() {

@@ -97,19 +97,18 @@ struct VerifyReport {
 
 /// Runs the command.
 pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
-    let records = worker::manifest::read_records(&config.dest.join(".era5")).map_err(|e| {
-        Failure::Runtime(format!(
-            "reading the manifest in {} failed: {e}",
-            config.dest.display()
-        ))
-    })?;
-    let mut records: Vec<ManifestEntry> = records
-        .into_values()
-        .filter(|record| match &config.selection {
-            None => true,
-            Some(selection) => ObjectKey::parse(&record.key).is_some_and(|k| selection.selects(&k)),
-        })
-        .collect();
+    let in_selection = |key: &str| match &config.selection {
+        None => true,
+        Some(selection) => ObjectKey::parse(key).is_some_and(|k| selection.selects(&k)),
+    };
+    let records = worker::manifest::read_records(&config.dest.join(".era5"), in_selection)
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "reading the manifest in {} failed: {e}",
+                config.dest.display()
+            ))
+        })?;
+    let mut records: Vec<ManifestEntry> = records.into_values().collect();
     if records.is_empty() {
         return Err(Failure::Runtime(format!(
             "nothing to verify: no manifest record in {} matches the selection",

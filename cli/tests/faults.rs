@@ -1,7 +1,10 @@
 //! Every retry, timeout and verification path of the fetch engine, each with the fault that
-//! triggers it injected by the test server: SlowDown, 5xx, RequestTimeout, resets and truncated
-//! bodies mid-part, stalled and slow bodies, permanent 403/404, an object replaced
-//! mid-download, corrupted bytes and a wrong checksum.
+//! triggers it injected by the test server: SlowDown, 429, 5xx, RequestTimeout, resets and
+//! truncated bodies mid-part, stalled, trickling and slow bodies, permanent 403/404, an object
+//! replaced mid-download, corrupted bytes and a wrong checksum; listings that stall, trickle,
+//! never end or are far too large; sizes no object can have; and a disk that fills up (a real
+//! tmpfs in a mount namespace). Each hostile case asserts bounded time, and memory where a
+//! server could make it grow.
 
 mod support;
 
@@ -459,5 +462,349 @@ fn a_wrong_composite_checksum_fails_with_the_streamed_and_the_read_layout() {
             .as_str()
             .is_some_and(|c| c.starts_with("crc32c:") && c.ends_with("-4")),
         "{recorded}"
+    );
+}
+
+/// A rule on every GET, listings included (a listing is a GET without a key).
+fn any_get(fault: Fault, times: Option<usize>) -> FaultRule {
+    FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: None,
+        ranged_only: false,
+        skip: 0,
+        times,
+        fault,
+    }
+}
+
+/// Limit for runs that a hostile server must not be able to stretch.
+const BOUNDED: Duration = Duration::from_secs(30);
+
+#[test]
+fn too_many_requests_on_listings_and_parts_is_retried_with_backoff() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    let status = || Fault::Status {
+        status: 429,
+        code: "TooManyRequests".into(),
+    };
+    // The first GETs of a sync are its listings.
+    s3.add_fault(any_get(status(), Some(2)));
+    s3.add_fault(rule(&target.key, status(), Some(2)));
+    let scratch = Scratch::new();
+    let run = sync_ok(&s3, &scratch, target, &[]);
+    assert!(run.stdout.contains("too_many_requests 2"), "{}", run.stdout);
+    assert!(s3.list_count() >= 3, "the listing was not retried");
+}
+
+#[test]
+fn a_stalled_listing_is_cut_after_the_stall_timeout_and_retried() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    s3.add_fault(any_get(Fault::StallBody { after_bytes: 10 }, Some(1)));
+    let scratch = Scratch::new();
+    let started = std::time::Instant::now();
+    sync_ok(&s3, &scratch, target, &["--stall-timeout", "1"]);
+    assert!(
+        started.elapsed() < BOUNDED,
+        "the stalled listing was not cut"
+    );
+}
+
+#[test]
+fn a_trickle_under_the_stall_timeout_is_cut_by_the_minimum_rate() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    // One byte a second, under the 2 s stall timeout: the listing first, then a part.
+    s3.add_fault(any_get(Fault::SlowBody { bytes_per_sec: 1 }, Some(1)));
+    s3.add_fault(rule(
+        &target.key,
+        Fault::SlowBody { bytes_per_sec: 1 },
+        Some(1),
+    ));
+    let scratch = Scratch::new();
+    let started = std::time::Instant::now();
+    let run = sync_ok(
+        &s3,
+        &scratch,
+        target,
+        &[
+            "--stall-timeout",
+            "2",
+            "--min-rate",
+            "16KiB",
+            "--min-rate-window",
+            "2",
+        ],
+    );
+    assert!(started.elapsed() < BOUNDED, "a trickle held its connection");
+    assert!(run.stdout.contains("stall 1"), "{}", run.stdout);
+}
+
+#[test]
+fn pagination_that_never_ends_is_a_clear_error() {
+    let scratch = Scratch::new();
+    let plan = |s3: &TestS3| {
+        let args: Vec<String> = [
+            "plan",
+            "--product",
+            "e5.oper.invariant",
+            "--start",
+            "2024-01",
+            "--end",
+            "2024-01",
+            "--endpoint",
+            &s3.endpoint(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        run_era5(&scratch, &args, BOUNDED)
+    };
+    let (s3, _) = seeded_server();
+    s3.add_fault(any_get(Fault::RepeatListingToken, None));
+    let run = plan(&s3);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("continuation token `again` came back")
+            && run.stderr.contains("pagination never ends"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s3.list_count(), 2, "a repeated token was followed");
+
+    let (s3, _) = seeded_server();
+    s3.add_fault(any_get(Fault::EndlessListing, None));
+    let run = plan(&s3);
+    run.expect_code(1);
+    let capacity = common::source::listing::prefix_capacity("e5.oper.invariant/197901/");
+    assert!(
+        run.stderr.contains(&format!(
+            "more than {capacity} pages, more than the folder can hold"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s3.list_count(), capacity);
+}
+
+#[test]
+fn a_listing_page_over_16_mib_is_refused_with_bounded_memory() {
+    for chunked in [false, true] {
+        let (s3, _) = seeded_server();
+        s3.add_fault(any_get(
+            Fault::HugeBody {
+                bytes: 1 << 30,
+                chunked,
+            },
+            None,
+        ));
+        let scratch = Scratch::new();
+        let mut command = era5(&scratch.home());
+        command.args([
+            "plan",
+            "--product",
+            "e5.oper.invariant",
+            "--start",
+            "2024-01",
+            "--end",
+            "2024-01",
+            "--endpoint",
+            &s3.endpoint(),
+        ]);
+        let (run, peak_mib) = run_measuring_peak_rss(command, BOUNDED);
+        run.expect_code(1);
+        assert!(
+            run.stderr
+                .contains("response body larger than 16 MiB refused"),
+            "chunked {chunked}: {}",
+            run.stderr
+        );
+        assert_eq!(s3.list_count(), 1, "an oversized page was asked for again");
+        assert!(
+            peak_mib < 96,
+            "chunked {chunked}: era5 plan peaked at {peak_mib} MiB"
+        );
+        // With a Content-Length, nothing of the body is read at all.
+        if !chunked {
+            assert!(
+                s3.body_bytes_sent() < (64 << 20),
+                "{}",
+                s3.body_bytes_sent()
+            );
+        }
+    }
+}
+
+#[test]
+fn sizes_no_object_can_have_are_refused_and_bound_nothing() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    // A petabyte: refused before any byte is asked for.
+    s3.set_claimed_size(&target.key, Some(1 << 50));
+    let scratch = Scratch::new();
+    let run = run_era5(&scratch, &args_for(&s3, &scratch, &target.key), BOUNDED);
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("more than S3's 5 TiB maximum") && run.stdout.contains("permanent"),
+        "{}",
+        run.stdout
+    );
+    assert!(get_ranges(&s3, &target.key).is_empty());
+
+    // 4 TiB is a possible size, and a DEST of 8 TiB could take it: the download starts, with
+    // a few parts in flight, not 262144 of them; the lying server's short ranges fail it.
+    s3.set_claimed_size(&target.key, Some(4 << 40));
+    let scratch = Scratch::new();
+    let tmpfs = Tmpfs::mount(&scratch.dest(), "8t");
+    let mut command = tmpfs.era5(&scratch.home());
+    command.args(args_for(&s3, &scratch, &target.key));
+    command.args(["--retries", "2", "--connections", "4"]);
+    let (run, peak_mib) = run_measuring_peak_rss(command, BOUNDED);
+    run.expect_code(1);
+    assert!(run.stdout.contains("FAILED"), "{}", run.stdout);
+    assert!(
+        peak_mib < 96,
+        "a 4 TiB claim made era5 sync peak at {peak_mib} MiB"
+    );
+    let asked = get_ranges(&s3, &target.key).len();
+    assert!(asked <= 2 * (4 + 2), "{asked} ranges asked for");
+}
+
+/// Every object of the standard selection of three products over five months.
+fn standard_selection(seeded: &[SeededObject]) -> Vec<&SeededObject> {
+    let products = ["e5.oper.an.sfc", "e5.oper.an.pl", "e5.oper.fc.sfc.accumu"];
+    let selection = common::Selection::parse(
+        &products.map(String::from),
+        &[],
+        &[],
+        "2023-12",
+        "2024-04",
+        jiff::civil::date(2026, 1, 1),
+    )
+    .unwrap();
+    seeded
+        .iter()
+        .filter(|o| common::ObjectKey::parse(&o.key).is_some_and(|k| selection.selects(&k)))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_stops_the_sync_at_once_and_the_rerun_completes_once_there_is_room() {
+    let (s3, seeded) = seeded_server();
+    let selected = standard_selection(&seeded);
+    let total: u64 = selected.iter().map(|o| o.data.len() as u64).sum();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    // A real filesystem of 4 MiB, for far more than that.
+    let tmpfs = Tmpfs::mount(&dest, "4m");
+    assert!(total > (16 << 20), "the selection is too small: {total}");
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu",
+        "",
+        "2023-12",
+        "2024-04",
+    );
+    let run_in_tmpfs = || {
+        let mut command = tmpfs.era5(&scratch.home());
+        command
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        wait_with_limit(command.spawn().unwrap(), BOUNDED)
+    };
+    let run = run_in_tmpfs();
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "era5: error: no space left on DEST ({})",
+            dest.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("FAILED") && l.contains("no space left on DEST")),
+        "{}",
+        run.stdout
+    );
+    let inside = tmpfs.outside(&dest);
+    assert!(
+        temp_files(&inside).is_empty(),
+        "temporary files left on the full disk: {:?}",
+        temp_files(&inside)
+    );
+    // What is at a final path is right, and the rest was not downloaded regardless.
+    let present = mirrored_keys(&inside);
+    assert!(present.len() < selected.len());
+    let present_objects: Vec<&SeededObject> = selected
+        .iter()
+        .copied()
+        .filter(|o| present.contains(&o.key))
+        .collect();
+    assert_eq!(present_objects.len(), present.len(), "{present:?}");
+    assert_mirrored(&inside, &present_objects);
+    assert!(
+        s3.body_bytes_sent() < total / 2,
+        "{} of {total} bytes fetched for a 4 MiB disk",
+        s3.body_bytes_sent()
+    );
+
+    // Room again: the next run completes, without fetching again what is there.
+    tmpfs.resize("256m");
+    let run = run_in_tmpfs();
+    run.expect_code(0);
+    assert_mirrored(&inside, &selected);
+    assert!(temp_files(&inside).is_empty());
+}
+
+#[test]
+fn a_write_error_stops_the_object_at_once_and_removes_its_temporary_file() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    let size = target.data.len() as u64;
+    // Slow enough that the disk fills up mid-download, deterministically.
+    s3.add_fault(rule(
+        &target.key,
+        Fault::SlowBody {
+            bytes_per_sec: 128 << 10,
+        },
+        None,
+    ));
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let tmpfs = Tmpfs::mount(&dest, "8m");
+    let mut command = tmpfs.era5(&scratch.home());
+    command
+        .args(args_for(&s3, &scratch, &target.key))
+        .args(["--connections", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    let inside = tmpfs.outside(&dest);
+    wait_until(BOUNDED, "the download to start writing", || {
+        !temp_files(&inside).is_empty() && s3.body_bytes_sent() > 64 << 10
+    });
+    // Another writer takes every byte left.
+    tmpfs.fill("filler", 0);
+    let filled_at = s3.body_bytes_sent();
+    let run = wait_with_limit(child, BOUNDED);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("no space left on DEST"),
+        "{}",
+        run.stderr
+    );
+    assert!(temp_files(&inside).is_empty(), "{:?}", temp_files(&inside));
+    assert!(!inside.join(&target.key).exists());
+    // Stopped at once: at most what was in flight when the disk filled, not the whole object.
+    let after = s3.body_bytes_sent() - filled_at;
+    assert!(
+        after < size / 2,
+        "{after} more bytes of a {size}-byte object were fetched after the disk filled"
     );
 }

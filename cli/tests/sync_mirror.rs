@@ -318,3 +318,132 @@ fn single_part_etags_are_verified_when_the_object_comes_in_many_parts() {
             .all(|r| r["verified"] == "full")
     );
 }
+
+#[test]
+fn a_file_changed_behind_the_manifests_back_is_verified_not_trusted() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(&s3.endpoint(), &dest, SURFACE, "2t", "2024-01", "2024-01");
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    let object = under(
+        &seeded,
+        &["e5.oper.an.sfc/202401/e5.oper.an.sfc.128_167_2t"],
+    )[0];
+    let path = dest.join(&object.key);
+    // Other bytes of the same size renamed over it (a stale writer, a restore from backup):
+    // a size-only check would trust them.
+    let other = dest.join("elsewhere");
+    let mut garbage = object.data.to_vec();
+    garbage.reverse();
+    std::fs::write(&other, &garbage).unwrap();
+    std::fs::rename(&other, &path).unwrap();
+
+    s3.clear_requests();
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert!(run.stdout.contains("1 downloaded"), "{}", run.stdout);
+    assert!(std::fs::read(&path).unwrap() == object.data.as_ref());
+    // The new record vouches for the new file: the next run trusts it without a request.
+    s3.clear_requests();
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert_eq!(gets(&s3), 0, "{:?}", s3.requests());
+}
+
+#[test]
+fn a_final_name_of_255_bytes_is_mirrored() {
+    let s3 = TestS3::start(BUCKET);
+    let head = "e5.oper.invariant.128_172_lsm.";
+    let tail = ".1979010100_1979010100.nc";
+    let grid = "g".repeat(255 - head.len() - tail.len());
+    let name = format!("{head}{grid}{tail}");
+    assert_eq!(name.len(), 255);
+    let key = format!("e5.oper.invariant/197901/{name}");
+    let data = tests::fixtures::object_bytes(&key, 300_000);
+    s3.put_object(&key, data.clone());
+    let scratch = Scratch::new();
+    let args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.invariant",
+        "lsm",
+        "2024-01",
+        "2024-01",
+    );
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert!(std::fs::read(scratch.dest().join(&key)).unwrap() == data.as_ref());
+}
+
+#[test]
+fn a_product_folder_symlinked_to_another_filesystem_is_mirrored() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    // The product folder is a symlink to another volume: a tmpfs of its own.
+    let volume = scratch.dir.path().join("volume");
+    let tmpfs = Tmpfs::mount(&volume, "64m");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::os::unix::fs::symlink(&volume, dest.join(SURFACE)).unwrap();
+    let args = sync_args(&s3.endpoint(), &dest, SURFACE, "", "2024-01", "2024-01");
+    let mut command = tmpfs.era5(&scratch.home());
+    command
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let run = wait_with_limit(command.spawn().unwrap(), LIMIT);
+    run.expect_code(0);
+    let objects = under(&seeded, &["e5.oper.an.sfc/202401/"]);
+    let on_volume = tmpfs.outside(&volume);
+    for object in &objects {
+        let relative = object.key.strip_prefix("e5.oper.an.sfc/").unwrap();
+        assert!(
+            std::fs::read(on_volume.join(relative)).unwrap() == object.data.as_ref(),
+            "{}",
+            object.key
+        );
+    }
+    // Its temporaries lived on the volume and are gone.
+    let leftovers: Vec<_> = std::fs::read_dir(on_volume.join(".era5-tmp"))
+        .map(|d| d.flatten().filter(|e| e.path().is_file()).count())
+        .into_iter()
+        .collect();
+    assert!(leftovers.iter().all(|n| *n == 0), "{leftovers:?}");
+}
+
+#[test]
+fn a_filesystem_without_file_locks_is_named_as_the_cause() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        SURFACE,
+        "2t",
+        "2024-01",
+        "2024-01",
+    );
+    // The flock system call fails as it does on an NFS mount without lock support.
+    let mut command = std::process::Command::new("strace");
+    command
+        .args(["-f", "-o", "/dev/null", "-e", "trace=flock"])
+        .args(["-e", "inject=flock:error=ENOLCK"])
+        .arg(env!("CARGO_BIN_EXE_era5"))
+        .args(&args)
+        .env("HOME", scratch.home())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let run = wait_with_limit(command.spawn().expect("strace is installed"), LIMIT);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("does not support file locks")
+            && run.stderr.contains("No locks available")
+            && run.stderr.contains("local_lock=flock")
+            && !run.stderr.contains("another era5 sync"),
+        "{}",
+        run.stderr
+    );
+    assert!(mirrored_keys(&scratch.dest()).is_empty());
+}

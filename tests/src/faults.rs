@@ -1,6 +1,8 @@
 //! Fault injection in front of the S3 service, at the HTTP layer: throttling and error
 //! statuses, bodies that reset, truncate, stall, crawl or carry a flipped byte, delayed
-//! responses, and an object replaced right after a response ("replaced mid-download").
+//! responses, an object replaced right after a response ("replaced mid-download"), listings
+//! whose pagination never ends (a repeated or an endless continuation token), and bodies far
+//! larger than any listing page.
 //!
 //! A [`FaultRule`] counts the requests it matches and fires on matches `skip+1 ..= skip+times`.
 
@@ -62,6 +64,20 @@ pub enum Fault {
         /// Delay.
         millis: u64,
     },
+    /// A listing page with no key that says it is truncated and hands back the token it was
+    /// asked with (or `"again"` on the first page): pagination that goes round in circles.
+    RepeatListingToken,
+    /// A listing page with no key that says it is truncated, with a fresh token every time:
+    /// pagination that never ends.
+    EndlessListing,
+    /// A 200 response whose body is `bytes` long (XML whitespace inside a listing), sent with
+    /// its Content-Length or, with `chunked`, without one.
+    HugeBody {
+        /// Body length.
+        bytes: u64,
+        /// Leave out the Content-Length, so only the bytes themselves can tell.
+        chunked: bool,
+    },
 }
 
 impl Fault {
@@ -77,6 +93,9 @@ impl Fault {
             Fault::CorruptBody { .. } => "corrupt",
             Fault::ReplaceAfterResponse { .. } => "replace",
             Fault::DelayResponse { .. } => "delay",
+            Fault::RepeatListingToken => "repeat_token",
+            Fault::EndlessListing => "endless_listing",
+            Fault::HugeBody { .. } => "huge_body",
         }
     }
 }
@@ -139,6 +158,58 @@ pub(crate) fn error_body(code: &str) -> Bytes {
     Bytes::from(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected fault</Message></Error>"
     ))
+}
+
+/// A truncated ListObjectsV2 page without keys, continued by `token`.
+pub(crate) fn empty_listing_page(bucket: &str, prefix: &str, token: &str) -> Bytes {
+    Bytes::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
+    ))
+}
+
+/// A body of `total` bytes: the start of a listing, then whitespace, generated as it is sent
+/// (the server never holds it).
+pub(crate) struct HugeBody {
+    total: u64,
+    sent: u64,
+}
+
+impl HugeBody {
+    pub(crate) fn new(total: u64) -> Self {
+        Self { total, sent: 0 }
+    }
+}
+
+impl Body for HugeBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        const HEAD: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult>";
+        const CHUNK: usize = 64 << 10;
+        if self.sent >= self.total {
+            return Poll::Ready(None);
+        }
+        let len = (self.total - self.sent).min(CHUNK as u64) as usize;
+        let mut chunk = vec![b' '; len];
+        if self.sent == 0 {
+            let head = HEAD.len().min(len);
+            chunk[..head].copy_from_slice(&HEAD[..head]);
+        }
+        self.sent += len as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.total
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.total - self.sent)
+    }
 }
 
 /// Figures the body wrapper keeps up to date.

@@ -18,7 +18,10 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 
-use crate::faults::{ArmedRule, BodyFault, BodyStats, Fault, FaultBody, FaultRule, error_body};
+use crate::faults::{
+    ArmedRule, BodyFault, BodyStats, Fault, FaultBody, FaultRule, HugeBody, empty_listing_page,
+    error_body,
+};
 pub use crate::store::{ChecksumAlgo, PutOptions, StoredObject};
 use crate::store::{MemoryS3, Store};
 
@@ -52,6 +55,8 @@ struct Shared {
     requests: Mutex<Vec<RequestRecord>>,
     listed_prefixes: Mutex<Vec<String>>,
     stats: Arc<BodyStats>,
+    /// Numbers the tokens of endless listings.
+    endless_tokens: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -171,6 +176,40 @@ impl TestS3 {
     /// Leaves ETags out of listings.
     pub fn set_list_omits_etag(&self, omit: bool) {
         lock(&self.shared.store.quirks).omit_etag = omit;
+    }
+
+    /// Makes listings and HEADs claim `size` bytes for `key` (None: its real size), as a
+    /// broken or hostile server might.
+    pub fn set_claimed_size(&self, key: &str, size: Option<u64>) {
+        let mut quirks = lock(&self.shared.store.quirks);
+        match size {
+            Some(size) => quirks.claimed_sizes.insert(key.to_string(), size),
+            None => quirks.claimed_sizes.remove(key),
+        };
+    }
+
+    /// Listing requests so far.
+    pub fn list_count(&self) -> usize {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.method == "GET" && r.key.is_none())
+            .count()
+    }
+
+    /// The `bytes=` ranges of every GET of `key`, in order.
+    pub fn get_ranges(&self, key: &str) -> Vec<(u64, u64)> {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
+            .filter_map(|r| {
+                let (start, end) = r
+                    .range
+                    .as_deref()?
+                    .strip_prefix("bytes=")?
+                    .split_once('-')?;
+                Some((start.parse().ok()?, end.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Every request so far, in order.
@@ -357,9 +396,12 @@ async fn handle(
     };
     let range = header("range");
     let if_match = header("if-match");
-    if key.is_none() && query_param(request.uri().query(), "list-type").as_deref() == Some("2") {
-        let prefix = query_param(request.uri().query(), "prefix").unwrap_or_default();
-        lock(&shared.listed_prefixes).push(prefix);
+    let listing =
+        key.is_none() && query_param(request.uri().query(), "list-type").as_deref() == Some("2");
+    let list_prefix = query_param(request.uri().query(), "prefix").unwrap_or_default();
+    let list_token = query_param(request.uri().query(), "continuation-token");
+    if listing {
+        lock(&shared.listed_prefixes).push(list_prefix.clone());
     }
     let rules: Vec<Arc<ArmedRule>> = lock(&shared.rules).clone();
     let fault = rules
@@ -399,6 +441,33 @@ async fn handle(
             replace_with = Some(data.clone());
             None
         }
+        Some(Fault::RepeatListingToken) if listing => {
+            let token = list_token.clone().unwrap_or_else(|| "again".into());
+            let page = empty_listing_page(&shared.store.bucket, &list_prefix, &token);
+            Some(xml_response(page))
+        }
+        Some(Fault::EndlessListing) if listing => {
+            let n = shared.endless_tokens.fetch_add(1, Ordering::Relaxed);
+            let page = empty_listing_page(&shared.store.bucket, &list_prefix, &format!("t{n}"));
+            Some(xml_response(page))
+        }
+        Some(Fault::RepeatListingToken | Fault::EndlessListing) => None,
+        Some(Fault::HugeBody { bytes, chunked }) => {
+            let mut response = Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/xml");
+            if !chunked {
+                response = response.header("content-length", bytes.to_string());
+            }
+            let body = FaultBody::new(
+                HugeBody::new(*bytes),
+                BodyFault::None,
+                shared.stats.clone(),
+                false,
+                None,
+            );
+            Some(response.body(body.boxed()).unwrap_or_default())
+        }
         None => None,
     };
     let response = match response {
@@ -434,6 +503,14 @@ async fn handle(
         fault: fault.map(|f| f.name().to_string()),
     });
     response
+}
+
+fn xml_response(body: Bytes) -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/xml")
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
+        .unwrap_or_default()
 }
 
 fn error_response(status: u16, code: &str, method: &http::Method) -> Response<ResponseBody> {

@@ -136,6 +136,8 @@ pub struct ListingQuirks {
     pub max_keys: Option<usize>,
     /// Leave ETags out of listings.
     pub omit_etag: bool,
+    /// Sizes that listings and HEADs claim instead of the real ones.
+    pub claimed_sizes: std::collections::HashMap<String, u64>,
 }
 
 /// The bucket and its settings, shared with the server handle.
@@ -255,12 +257,10 @@ impl S3 for MemoryS3 {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .max_keys;
-        let omit_etag = self
-            .store
-            .quirks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .omit_etag;
+        let (omit_etag, claimed_sizes) = {
+            let quirks = self.store.quirks.lock().unwrap_or_else(|p| p.into_inner());
+            (quirks.omit_etag, quirks.claimed_sizes.clone())
+        };
         let requested = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         let max_keys = quirks_max
             .map_or(requested, |cap| requested.min(cap))
@@ -311,7 +311,11 @@ impl S3 for MemoryS3 {
             }
             contents.push(Object {
                 key: Some(key.clone()),
-                size: Some(object.data.len() as i64),
+                size: Some(
+                    claimed_sizes
+                        .get(key)
+                        .map_or(object.data.len() as i64, |s| *s as i64),
+                ),
                 e_tag: (!omit_etag).then(|| etag_value(&object.etag)),
                 last_modified: Some(Timestamp::from(object.last_modified)),
                 storage_class: Some(ObjectStorageClass::from_static(
@@ -360,8 +364,16 @@ impl S3 for MemoryS3 {
             .as_ref()
             .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let checksums = checksum_fields(&object, wanted);
+        let claimed = self
+            .store
+            .quirks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claimed_sizes
+            .get(&input.key)
+            .copied();
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(object.data.len() as i64),
+            content_length: Some(claimed.map_or(object.data.len() as i64, |s| s as i64)),
             e_tag: Some(etag_value(&object.etag)),
             last_modified: Some(Timestamp::from(object.last_modified)),
             accept_ranges: Some("bytes".into()),

@@ -7,7 +7,12 @@
 //!   (self-fencing), because the coordinator may already have granted it to someone else.
 //! - **Completion** only after every object of the lease is verified and promoted. Temporary
 //!   names carry the lease id and final paths are the keys, so a duplicate grant only costs
-//!   bandwidth.
+//!   bandwidth. **Promotion is fenced** (see `fence`): an object is renamed into place only
+//!   while the lease is valid by this worker's monotonic clock with a margin, never after it
+//!   fenced itself or heard `LEASE_LOST`.
+//! - **A full or failing DEST** (see `disk`) releases the lease without counting an attempt,
+//!   makes the worker not ready, and stops it taking leases until DEST can take data again,
+//!   which it notices by itself. A full disk never makes a lease go dead.
 //! - **Failures** are reported with the first failing object's reason; 403/404 and repeated
 //!   verification failures are permanent.
 //! - **Drain.** SIGTERM (the `shutdown` token) stops taking leases, stops the work and releases
@@ -28,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::source::guard::BodyGuard;
 use common::source::retry::{RetryPolicy, RetryReason};
 use common::source::{
     BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
@@ -42,7 +48,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::disk::{DiskGate, LocalIoError};
 use crate::engine::{EngineConfig, FetchScope};
+use crate::fence::LeaseFence;
 use crate::mirror::{ABANDONED_AFTER, Mirror};
 use crate::progress::Progress;
 use crate::sync::{Mirrorer, Outcome};
@@ -104,6 +112,8 @@ struct Agent {
     held: Mutex<HashMap<String, Held>>,
     draining: AtomicBool,
     telemetry: Arc<Telemetry>,
+    /// Closed while DEST is full or failing: no leases are taken.
+    disk: Arc<DiskGate>,
 }
 
 /// Runs the worker until `shutdown` fires (SIGTERM), then releases what it holds. With `http`,
@@ -116,9 +126,17 @@ pub async fn run(
     let client = connect(&config.channel)?;
     // Checks DEST and the lock now, so a bad destination fails at start-up.
     drop(Mirror::open_shared(&config.dest, &config.name)?);
-    let pool = BoundedHttpClient::new(PoolConfig::new(config.connections));
+    let pool = BoundedHttpClient::new(PoolConfig {
+        guard: BodyGuard {
+            stall_timeout: config.engine.stall_timeout,
+            min_rate: config.engine.min_rate,
+        },
+        ..PoolConfig::new(config.connections)
+    });
     let progress = Arc::new(Progress::default());
     let telemetry = Telemetry::new(progress.clone(), pool.stats());
+    let disk = Arc::new(DiskGate::default());
+    telemetry.watch_dest(config.dest.clone(), disk.clone());
     let http_addr = http
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -136,6 +154,7 @@ pub async fn run(
         held: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
         telemetry,
+        disk,
     });
     let session_stop = CancellationToken::new();
     tokio::spawn(agent.clone().session(session_stop.clone()));
@@ -145,17 +164,19 @@ pub async fn run(
         session_stop.clone(),
     ));
     let mut leases = JoinSet::new();
-    let mut backoff = Backoff::new();
+    let mut backoff = RetryPolicy::reconnect().backoff_sequence();
     tracing::info!(worker = %agent.config.name, http = %http_addr, "worker started");
     while !shutdown.is_cancelled() {
         let held = agent.held().len();
         let free = agent.config.max_leases.saturating_sub(held);
         let mut wait = Duration::from_millis(500);
-        if free > 0 && !agent.draining.load(Ordering::SeqCst) {
+        if free > 0 && !agent.draining.load(Ordering::SeqCst) && agent.dest_can_take_data().await {
             let request = pb::AcquireRequest {
                 worker: agent.config.name.clone(),
                 max: free as u32,
             };
+            // Leases granted by this call started no earlier than now: the fence counts from here.
+            let sent = Instant::now();
             match agent.client.clone().acquire(request).await {
                 Ok(response) => {
                     backoff.reset();
@@ -165,11 +186,11 @@ pub async fn run(
                         tracing::info!("drain requested: finishing held leases, taking no more");
                     }
                     for lease in response.leases {
-                        leases.spawn(agent.clone().run_lease(lease, shutdown.clone()));
+                        leases.spawn(agent.clone().run_lease(lease, shutdown.clone(), sent));
                     }
                 }
                 Err(status) => {
-                    wait = backoff.next();
+                    wait = backoff.next_wait();
                     tracing::warn!(code = ?status.code(), message = status.message(), ?wait, "coordinator unreachable; retrying");
                 }
             }
@@ -198,6 +219,53 @@ impl Agent {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether DEST can take data; reopens the gate (and lets the engines start downloads
+    /// again) once space is back after a full disk.
+    async fn dest_can_take_data(&self) -> bool {
+        if self.disk.closed_because().is_none() {
+            return true;
+        }
+        let (gate, dest) = (self.disk.clone(), self.config.dest.clone());
+        let open = tokio::task::spawn_blocking(move || gate.try_reopen(&dest))
+            .await
+            .unwrap_or(false);
+        if open {
+            for mirrorer in self.mirrorers.lock().await.values() {
+                mirrorer.engine().dest_health().clear();
+            }
+        }
+        open
+    }
+
+    /// How a lease ended because of DEST, if it did: the disk's error, as the engine that
+    /// met it recorded it (with what was needed and free), or as the outcome tells it.
+    fn dest_failure(
+        &self,
+        mirrorer: Option<&Arc<Mirrorer>>,
+        outcomes: &std::io::Result<Vec<Outcome>>,
+    ) -> Option<LocalIoError> {
+        match outcomes {
+            Ok(outcomes) => {
+                let (reason, kind) = outcomes.iter().find_map(|o| match o {
+                    Outcome::Local { reason, kind } => Some((reason.clone(), *kind)),
+                    _ => None,
+                })?;
+                let recorded = mirrorer.and_then(|m| m.engine().dest_health().failure());
+                Some(recorded.unwrap_or(LocalIoError {
+                    kind,
+                    path: self.config.dest.clone(),
+                    detail: reason,
+                    needed: None,
+                    free: None,
+                }))
+            }
+            Err(error) => {
+                let local = LocalIoError::from_io(error, &self.config.dest, None);
+                local.kind.is_dest_failure().then_some(local)
+            }
+        }
+    }
+
     async fn mirrorer(&self, source: &pb::Source) -> std::io::Result<Arc<Mirrorer>> {
         let key = (source.bucket.clone(), source.endpoint.clone());
         let mut mirrorers = self.mirrorers.lock().await;
@@ -222,12 +290,19 @@ impl Agent {
         Ok(mirrorer)
     }
 
-    /// Works one lease to its end: complete, fail, release (on shutdown) or abandon (lost).
-    async fn run_lease(self: Arc<Self>, lease: pb::Lease, shutdown: CancellationToken) {
+    /// Works one lease to its end: complete, fail, release (on shutdown or a full disk) or
+    /// abandon (lost). `granted` is when the acquire that granted it was sent.
+    async fn run_lease(
+        self: Arc<Self>,
+        lease: pb::Lease,
+        shutdown: CancellationToken,
+        granted: Instant,
+    ) {
         let Some(lease_ref) = lease.lease.clone() else {
             return;
         };
         let ttl = Duration::from_millis(lease.ttl_ms.max(1_000));
+        let fence = Arc::new(LeaseFence::new(granted, ttl));
         let cancel = shutdown.child_token();
         let progress = Arc::new(Progress::default());
         self.held().insert(
@@ -247,6 +322,7 @@ impl Agent {
             ttl,
             cancel.clone(),
             lost.clone(),
+            fence.clone(),
         ));
         let objects: Vec<RemoteObject> = lease
             .objects
@@ -262,22 +338,35 @@ impl Agent {
             cancel: cancel.clone(),
             temp_tag: lease_ref.lease_id.clone(),
             batch: Some(progress),
+            fence: Some(fence.clone()),
             ..FetchScope::default()
         };
-        let outcomes = match self
+        let (mirrorer, outcomes) = match self
             .mirrorer(&lease.source.clone().unwrap_or_default())
             .await
         {
-            Ok(mirrorer) => mirrorer.mirror_objects(&objects, &scope).await,
-            Err(error) => Err(error),
+            Ok(mirrorer) => {
+                let outcomes = mirrorer.mirror_objects(&objects, &scope).await;
+                (Some(mirrorer), outcomes)
+            }
+            Err(error) => (None, Err(error)),
         };
         keeper.abort();
         self.held().remove(&lease_ref.lease_id);
-        if lost.load(Ordering::SeqCst) {
+        if lost.load(Ordering::SeqCst) || fence.is_lost() {
             tracing::warn!(item = %lease_ref.item_id, epoch = lease_ref.epoch, "lease lost; its work was stopped");
             return;
         }
         if shutdown.is_cancelled() {
+            self.finish(&lease_ref, Finish::Release).await;
+            return;
+        }
+        // DEST is full or failing: not the lease's fault, so no attempt is counted.
+        if let Some(local) = self.dest_failure(mirrorer.as_ref(), &outcomes) {
+            if outcomes.is_err() {
+                self.progress.local_io_error(local.kind);
+            }
+            self.disk.close(&local);
             self.finish(&lease_ref, Finish::Release).await;
             return;
         }
@@ -307,9 +396,12 @@ impl Agent {
         ttl: Duration,
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
+        fence: Arc<LeaseFence>,
     ) {
-        let fence = |why: &str| {
+        // Self-fencing: the fence refuses the promotion, the token stops the parts.
+        let stop_work = |why: &str| {
             tracing::warn!(item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
+            fence.lose();
             lost.store(true, Ordering::SeqCst);
             cancel.cancel();
         };
@@ -321,7 +413,7 @@ impl Agent {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    return fence("no renewal within the lease time");
+                    return stop_work("no renewal within the lease time");
                 }
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
@@ -335,7 +427,7 @@ impl Agent {
             let renewed = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    return fence("no renewal within the lease time");
+                    return stop_work("no renewal within the lease time");
                 }
                 renewed = attempt => renewed,
             };
@@ -348,11 +440,12 @@ impl Agent {
             match renewed {
                 Ok(Ok(response)) if response.get_ref().status == pb::LeaseStatus::Ok as i32 => {
                     deadline = sent + ttl;
+                    fence.renewed(sent, ttl);
                     next = sent + ttl / 3;
                 }
-                Ok(Ok(_)) => return fence("the lease was lost"),
+                Ok(Ok(_)) => return stop_work("the lease was lost"),
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
-                    return fence("the coordinator says the lease is not ours");
+                    return stop_work("the coordinator says the lease is not ours");
                 }
                 // The coordinator or Redis is unreachable: keep working, try again soon.
                 _ => {
@@ -366,7 +459,7 @@ impl Agent {
     /// idempotent for a grant). Gives up after about a minute, or [`RELEASE_WITHIN`] for a
     /// release while stopping: the lease then expires and is granted again.
     async fn finish(&self, lease: &pb::LeaseRef, finish: Finish) {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::reconnect().backoff_sequence();
         let deadline = Instant::now()
             + match finish {
                 Finish::Release => RELEASE_WITHIN,
@@ -417,7 +510,7 @@ impl Agent {
                 Err(error) if Instant::now() < deadline => {
                     tracing::warn!(item = %lease.item_id, code = ?error.code(), "could not report the lease; retrying");
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::sleep(backoff.next().min(remaining)).await;
+                    tokio::time::sleep(backoff.next_wait().min(remaining)).await;
                 }
                 Err(error) => {
                     tracing::error!(item = %lease.item_id, code = ?error.code(), "giving up reporting the lease; it will expire");
@@ -430,7 +523,7 @@ impl Agent {
     /// Keeps a session stream open: a report about every second, commands applied as they
     /// come. Reconnects with jittered backoff.
     async fn session(self: Arc<Self>, stop: CancellationToken) {
-        let mut backoff = Backoff::new();
+        let mut backoff = RetryPolicy::reconnect().backoff_sequence();
         let connections = self.http.stats();
         while !stop.is_cancelled() {
             let (reports, outbound) = mpsc::channel(4);
@@ -455,7 +548,7 @@ impl Agent {
             reporter.abort();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
             }
         }
     }
@@ -562,34 +655,6 @@ impl Finish {
 pub fn connect(channel: &CoordinatorChannel) -> Result<WorkerClient<Channel>, AgentError> {
     let endpoint = channel.endpoint()?;
     Ok(WorkerClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_RESPONSE_BYTES))
-}
-
-/// Reconnection delays: the one backoff policy (capped exponential, full jitter), counted.
-struct Backoff {
-    attempt: u32,
-    policy: RetryPolicy,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            attempt: 0,
-            policy: RetryPolicy {
-                base: Duration::from_millis(100),
-                cap: Duration::from_secs(5),
-                ..RetryPolicy::default()
-            },
-        }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn next(&mut self) -> Duration {
-        self.attempt = self.attempt.saturating_add(1);
-        self.policy.backoff(self.attempt)
-    }
 }
 
 /// How often a worker looks for abandoned lease temporaries in the shared DEST.

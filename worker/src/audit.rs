@@ -14,7 +14,7 @@ use common::source::RemoteObject;
 use common::{ObjectKey, Product};
 use serde::Serialize;
 
-use crate::manifest::ManifestEntry;
+use crate::manifest::{FileIdentity, ManifestEntry};
 
 /// An object the bucket has and DEST does not hold verified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -63,7 +63,8 @@ pub struct AuditReport {
     pub missing_upstream: Vec<String>,
     /// Objects the bucket has that DEST lacks (no file, or a file of another size).
     pub missing_in_dest: Vec<Missing>,
-    /// Files at their path with the listed size but no manifest record: not yet verified.
+    /// Files at their path with the listed size but no manifest record, or a record of another
+    /// file (changed since it was verified): not verified yet.
     pub unrecorded: Vec<String>,
     /// Recorded with a size or ETag that differs from the listing: replaced upstream.
     pub changed_upstream: Vec<Changed>,
@@ -165,24 +166,33 @@ fn held(dest: &Path, object: &RemoteObject, record: Option<&ManifestEntry>) -> H
     let Ok(relative) = relative_path(&object.key) else {
         return Held::Missing("its key cannot be a path under DEST".to_string());
     };
-    let size = match std::fs::metadata(dest.join(relative)) {
-        Ok(meta) if meta.is_file() => meta.len(),
+    let meta = match std::fs::metadata(dest.join(relative)) {
+        Ok(meta) if meta.is_file() => meta,
         Ok(_) => return Held::Missing("its path is not a file".to_string()),
         Err(_) if record.is_some() => {
             return Held::Missing("recorded as verified, but the file is gone".to_string());
         }
         Err(_) => return Held::Missing("not in DEST".to_string()),
     };
-    if size != object.size {
+    if meta.len() != object.size {
         return Held::Missing(format!(
-            "the file has {size} bytes, the object {}",
+            "the file has {} bytes, the object {}",
+            meta.len(),
             object.size
         ));
     }
-    if record.is_some() {
-        Held::Verified
-    } else {
-        Held::Unrecorded
+    match record {
+        // A record vouches only for the file it verified: another inode or mtime at the path
+        // (a copy by hand, a rewrite) is a file not verified yet.
+        Some(record)
+            if record
+                .file
+                .is_some_and(|file| file != FileIdentity::of(&meta)) =>
+        {
+            Held::Unrecorded
+        }
+        Some(_) => Held::Verified,
+        None => Held::Unrecorded,
     }
 }
 
@@ -245,6 +255,7 @@ mod tests {
             checksum: None,
             verified: VerifyMode::Full,
             verified_at: "2026-01-01T00:00:00Z".to_string(),
+            file: None,
         }
     }
 

@@ -372,16 +372,27 @@ pub fn suits_direct_io(file: &File) -> bool {
 
 /// Reserves the file's blocks up front, so direct writes into it are overwrites, which ext4
 /// runs in parallel under a shared inode lock (writes into holes take it exclusively).
-/// Failure only costs speed; a full disk still fails the first write that needs space.
-pub fn preallocate(file: &File, size: u64) {
+/// A full disk (or quota, or a failing device) is an error, so the download stops before it
+/// starts; a filesystem that cannot preallocate only loses speed.
+pub fn preallocate(file: &File, size: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on a descriptor we own; mode 0 keeps the file's contents.
-        let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)
+            ) {
+                return Err(error);
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, size);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -443,7 +454,7 @@ mod tests {
         let buffered = Arc::new(File::create(&path).unwrap());
         let size = 3 * STAGE as u64 + 100;
         buffered.set_len(size).unwrap();
-        preallocate(&buffered, size);
+        preallocate(&buffered, size).unwrap();
         // Direct where the test's filesystem allows it, else the same writes buffered.
         let direct = open_direct(&path, &buffered)
             .unwrap_or_else(|| std::fs::OpenOptions::new().write(true).open(&path).unwrap());

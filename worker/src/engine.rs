@@ -9,43 +9,65 @@
 //!   a 412 means the object was replaced, and the object starts over with its new version.
 //! - **Retries are per part** and resume from the last byte written: a finished part is never
 //!   downloaded again, and neither is the finished prefix of a broken one.
-//! - **Stalls.** No byte for the stall timeout drops that connection (the body is dropped, so
-//!   hyper closes it) and the part continues on another.
+//! - **Stalls.** No byte for the stall timeout, or a body under `--min-rate`, drops that
+//!   connection (the body is dropped, so hyper closes it) and the part continues on another.
+//! - **Bounded whatever the server claims.** A size above S3's 5 TiB maximum is refused, and
+//!   parts are spawned lazily, a few more than there are connections, so tasks and memory do
+//!   not grow with the size an object claims.
+//! - **Resume reads back.** The parts a resume state claims are read back from the disk and
+//!   hashed while the missing ones download; a part whose bytes do not give its recorded
+//!   digests (a power loss took them) is fetched again alone, and verification uses the
+//!   digests of the bytes on disk.
+//! - **A full or failing disk** (see `disk`): nothing starts that the free space cannot hold;
+//!   the first write error stops the object at once (its parts are cancelled, its temporary
+//!   file removed) and marks DEST unhealthy, so no other object starts.
 //! - **Verification and promotion** (see `verify`, `mirror`): an object that fails is
-//!   downloaded again and never promoted.
+//!   downloaded again and never promoted. A cluster grant promotes only while its lease is
+//!   valid (see `fence`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::types::ChecksumMode;
 use aws_smithy_types::date_time::Format;
 use common::paths::UnsafeKey;
+use common::source::guard::MinRate;
 use common::source::listing::unquote_etag;
-use common::source::retry::{Failure, RetryPolicy, RetryReason, chain, classify};
+use common::source::retry::{
+    Failure, RetryPolicy, RetryReason, chain, classify, classify_body_error,
+};
 use common::source::{RemoteObject, Source};
 use thiserror::Error;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::direct_io::{self, ALIGN, IoPool};
+use crate::disk::{DestHealth, LocalIoError, SpaceBudget};
+use crate::fence::LeaseFence;
 use crate::manifest::{ManifestEntry, now_rfc3339};
-use crate::mirror::{Mirror, ResumeState, TempPaths};
+use crate::mirror::{Mirror, PromoteError, ResumeState, TempPaths};
 use crate::ordered_md5;
 use crate::progress::Progress;
 use crate::scheduler::RequestScheduler;
 use crate::verify::{
     EtagForm, Expected, ExpectedChecksum, PartDigest, PartHasher, StreamPlan, Streamed,
-    VerifyError, VerifyMode, candidate_part_sizes,
+    VerifyError, VerifyMode, candidate_part_sizes, digest_range,
 };
-use crate::writer::{DirectSink, FileWriter};
+use crate::writer::{DirectSink, FileWriter, ObjectIo};
 
 /// Default part size of ranged GETs. 16 MiB measured faster than 8 MiB (fewer requests, the
 /// same parallelism); an object whose multipart ETag must be verified uses its own upload part
 /// size instead, so each part's MD5 is computed in-stream.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 /// Default `--stall-timeout`.
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STALL_TIMEOUT: Duration = common::source::guard::DEFAULT_STALL_TIMEOUT;
+/// The largest object S3 stores; a server claiming more is not believed.
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+/// Parts in flight per object beyond the connection cap, so a part is ready when a
+/// connection frees up.
+const PART_SLACK: usize = 2;
 /// Downloads of one object that may fail verification before it is reported.
 const MAX_VERIFY_ATTEMPTS: u32 = 2;
 /// Upstream replacements of one object tolerated during one fetch.
@@ -64,6 +86,12 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// Write temporary files with direct I/O where the filesystem suits it (see `direct_io`).
     pub direct_io: bool,
+    /// The slowest a body may be (`--min-rate`); enforced by the source's pool, which whoever
+    /// builds it configures from here.
+    pub min_rate: MinRate,
+    /// Longest time a finished part waits to be saved in the resume state (each save syncs
+    /// the data; see `writer`).
+    pub save_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +102,8 @@ impl Default for EngineConfig {
             verify: VerifyMode::Full,
             retry: RetryPolicy::default(),
             direct_io: true,
+            min_rate: MinRate::DEFAULT,
+            save_every: crate::writer::SAVE_EVERY,
         }
     }
 }
@@ -103,6 +133,13 @@ pub enum FetchError {
     /// A local filesystem error.
     #[error("local i/o error: {0}")]
     Io(String),
+    /// Writing to DEST failed: full, over quota, read-only or failing. Not the object's
+    /// fault: a cluster lease is released without counting an attempt.
+    #[error("{0}")]
+    Local(LocalIoError),
+    /// Not promoted because the lease that allowed it lapsed or was lost.
+    #[error("{0}")]
+    Fenced(String),
     /// The key cannot be a path under DEST.
     #[error("{0}")]
     UnsafeKey(#[from] UnsafeKey),
@@ -125,6 +162,37 @@ impl From<std::io::Error> for FetchError {
     fn from(error: std::io::Error) -> Self {
         FetchError::Io(error.to_string())
     }
+}
+
+impl FetchError {
+    /// A local write error: [`FetchError::Local`] when the disk itself failed (full, quota,
+    /// read-only, EIO), which stops new work and costs a lease no attempt; any other (a
+    /// permission, a vanished folder) is the object's own failure.
+    pub fn from_local(error: LocalIoError) -> Self {
+        if error.kind.is_dest_failure() {
+            FetchError::Local(error)
+        } else {
+            FetchError::Io(error.to_string())
+        }
+    }
+
+    /// The disk failure behind this error, if that is what it is.
+    pub fn local(&self) -> Option<&LocalIoError> {
+        match self {
+            FetchError::Local(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Refuses sizes no S3 object can have.
+fn check_size(key: &str, size: u64) -> Result<(), FetchError> {
+    if size > MAX_OBJECT_SIZE {
+        return Err(FetchError::Permanent(format!(
+            "{key} claims {size} bytes, more than S3's 5 TiB maximum; refused"
+        )));
+    }
+    Ok(())
 }
 
 /// What a HEAD tells about the current version of an object.
@@ -157,6 +225,10 @@ pub struct Engine {
     /// Started by the first download that can write direct, so engines that never do (tmpfs,
     /// whole-MD5 downloads) run no idle I/O threads.
     io_pool: std::sync::OnceLock<Arc<IoPool>>,
+    /// Room promised to downloads in progress.
+    space: Arc<SpaceBudget>,
+    /// Whether DEST failed in a way that stops new downloads.
+    health: Arc<DestHealth>,
 }
 
 /// What a fetch belongs to: the token that stops it and the tag that keeps its temporary
@@ -172,6 +244,8 @@ pub struct FetchScope {
     pub temp_tag: String,
     /// Counters of this batch alone (a lease's progress), besides the engine's own.
     pub batch: Option<Arc<Progress>>,
+    /// For a cluster grant: promotion only while the lease is valid.
+    pub fence: Option<Arc<LeaseFence>>,
 }
 
 /// One part's failure, as the object sees it.
@@ -196,7 +270,37 @@ impl Engine {
             progress,
             config,
             io_pool: std::sync::OnceLock::new(),
+            space: Arc::new(SpaceBudget::default()),
+            health: Arc::new(DestHealth::default()),
         })
+    }
+
+    /// Whether DEST failed in a way that stops new downloads (and lets them start again).
+    pub fn dest_health(&self) -> &Arc<DestHealth> {
+        &self.health
+    }
+
+    /// The folder to name in a disk error about `temp`: DEST, or the volume a symlinked folder
+    /// of DEST leads to (same filesystem as the temporary files either way).
+    fn room_dir(&self, temp: &TempPaths) -> std::path::PathBuf {
+        let dir = temp.dir();
+        if dir.starts_with(self.mirror.state_dir()) {
+            return self.mirror.dest().to_path_buf();
+        }
+        dir.ancestors()
+            .find(|a| {
+                a.file_name()
+                    .is_some_and(|n| n == crate::mirror::VOLUME_TMP)
+            })
+            .and_then(std::path::Path::parent)
+            .unwrap_or(dir)
+            .to_path_buf()
+    }
+
+    /// Counts a local write failure and, if it is the disk's, stops new downloads.
+    fn disk_failed(&self, error: &LocalIoError) {
+        self.progress.local_io_error(error.kind);
+        self.health.failed(error);
     }
 
     /// The request scheduler (its window shows the AIMD state).
@@ -278,8 +382,18 @@ impl Engine {
         seq: u64,
         scope: &FetchScope,
     ) -> Result<Fetched, FetchError> {
+        // A full or failing DEST starts nothing more.
+        if let Some(failure) = self.health.failure() {
+            return Err(FetchError::Local(LocalIoError {
+                needed: Some(object.size),
+                ..failure
+            }));
+        }
+        check_size(&object.key, object.size)?;
         let final_path = self.mirror.final_path(&object.key)?;
         let temp = self.mirror.temp_paths(&object.key, &scope.temp_tag);
+        // `era5 sync`'s temporaries resume; a lease's are never seen again once it ends.
+        let resumable = scope.temp_tag.is_empty();
         let mut current = HeadInfo {
             size: object.size,
             etag: object.etag.clone(),
@@ -298,6 +412,7 @@ impl Engine {
                     tracing::info!(key = %object.key, "object differs from its listing; fetching the current version");
                 }
                 current = head;
+                check_size(&object.key, current.size)?;
             }
             let expected = Expected {
                 size: current.size,
@@ -325,10 +440,16 @@ impl Engine {
                     continue;
                 }
                 Err(PartError::Fatal(error)) => {
-                    // Interrupted or out of retries: the finished parts stay for the next run.
-                    // Refused for good: nothing will ever resume them.
-                    if matches!(error, FetchError::Permanent(_)) {
+                    // Interrupted or out of retries: `era5 sync`'s finished parts stay for the
+                    // next run. Refused for good, or a disk that cannot hold them: nothing
+                    // will resume them, and a full disk needs the room back now.
+                    let keep = resumable
+                        && !matches!(error, FetchError::Permanent(_) | FetchError::Local(_));
+                    if !keep {
                         temp.remove();
+                    }
+                    if let FetchError::Local(local) = &error {
+                        self.disk_failed(local);
                     }
                     return Err(error);
                 }
@@ -368,14 +489,42 @@ impl Engine {
                     continue;
                 }
             };
+            stop_before_promotion_if_asked(&object.key);
             // The resume state goes first: a crash after it leaves a temporary file that the
             // next run starts afresh, never a state file that outlives its data.
             temp.remove_state();
             let mirror = self.mirror.clone();
+            let fence = scope.fence.clone();
             let (temp_data, target) = (temp.data.clone(), final_path.clone());
-            tokio::task::spawn_blocking(move || mirror.promote(&file, &temp_data, &target))
-                .await
-                .map_err(|e| FetchError::Io(e.to_string()))??;
+            let promoted = tokio::task::spawn_blocking(move || {
+                mirror.promote(&file, &temp_data, &target, || match &fence {
+                    Some(fence) => fence.check(),
+                    None => Ok(()),
+                })
+            })
+            .await
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+            let identity = match promoted {
+                Ok(identity) => identity,
+                Err(PromoteError::Fenced(reason)) => {
+                    tracing::warn!(key = %object.key, %reason, "verified but not promoted: the lease no longer allows it");
+                    temp.remove();
+                    return Err(FetchError::Fenced(reason));
+                }
+                Err(PromoteError::Io(error)) => {
+                    temp.remove();
+                    let local =
+                        LocalIoError::from_io(&error, &self.room_dir(&temp), Some(current.size));
+                    if local.kind.is_dest_failure() {
+                        self.disk_failed(&local);
+                        return Err(FetchError::Local(local));
+                    }
+                    return Err(FetchError::Io(format!(
+                        "promoting {} failed: {error}",
+                        final_path.display()
+                    )));
+                }
+            };
             return Ok(Fetched {
                 entry: ManifestEntry {
                     key: object.key.clone(),
@@ -385,6 +534,7 @@ impl Engine {
                     checksum: verified.checksum,
                     verified: verified.level,
                     verified_at: now_rfc3339(),
+                    file: Some(identity),
                 },
             });
         }
@@ -408,7 +558,8 @@ impl Engine {
     }
 
     /// Writes every missing part of the object into its temporary file (resuming a previous
-    /// run's parts) and returns the open file with every part's digests, in order.
+    /// run's parts that read back intact) and returns the open file with every part's
+    /// digests, in order.
     async fn download(
         self: &Arc<Self>,
         key: &str,
@@ -418,16 +569,26 @@ impl Engine {
         temp: &TempPaths,
         scope: &FetchScope,
     ) -> Result<Downloaded, PartError> {
-        let fatal = |e: std::io::Error| PartError::Fatal(e.into());
+        let dir = self.room_dir(temp);
+        let local = |e: std::io::Error, needed: u64| {
+            PartError::Fatal(FetchError::from_local(LocalIoError::from_io(
+                &e,
+                &dir,
+                Some(needed),
+            )))
+        };
+        temp.ensure_dir().map_err(|e| local(e, expected.size))?;
+        let resumable = scope.temp_tag.is_empty();
         let resumed = ResumeState::load(&temp.state).filter(|state| {
-            state.key == key
+            resumable
+                && state.key == key
                 && state.etag == expected.etag
                 && state.size == expected.size
                 && state.part_size == part_size
         });
-        let file_len = std::fs::metadata(&temp.data).map(|m| m.len()).ok();
-        let state = match resumed {
-            Some(state) if file_len == Some(expected.size) => state,
+        let on_disk = std::fs::metadata(&temp.data).ok();
+        let mut state = match resumed {
+            Some(state) if on_disk.as_ref().map(|m| m.len()) == Some(expected.size) => state,
             _ => {
                 temp.remove();
                 ResumeState {
@@ -439,14 +600,27 @@ impl Engine {
                 }
             }
         };
+        // Nothing starts that the disk cannot hold: what the file lacks must fit.
+        let allocated = if state.parts.is_empty() {
+            0
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            on_disk.map_or(0, |m| (m.blocks() * 512).min(expected.size))
+        };
+        let reservation = Arc::new(
+            self.space
+                .reserve(&dir, expected.size - allocated)
+                .map_err(|e| PartError::Fatal(FetchError::from_local(e)))?,
+        );
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&temp.data)
-            .map_err(fatal)?;
-        file.set_len(expected.size).map_err(fatal)?;
+            .map_err(|e| local(e, expected.size - allocated))?;
+        file.set_len(expected.size)
+            .map_err(|e| local(e, expected.size - allocated))?;
         let plan = StreamPlan::new(expected, self.config.verify, part_size);
         // Direct writes leave nothing in the page cache, so only downloads that are never
         // read back take them: a whole-object MD5 rereads every part while the rest streams.
@@ -460,66 +634,128 @@ impl Engine {
             None
         };
         if direct.is_some() {
-            direct_io::preallocate(&file, expected.size);
+            direct_io::preallocate(&file, expected.size)
+                .map_err(|e| local(e, expected.size - allocated))?;
+            reservation.all_landed();
         }
         let file = Arc::new(file);
 
+        // The parts the resume state claims are read back and hashed while the missing ones
+        // download: a claimed part joins the file's state (and the in-order MD5) once its bytes
+        // gave its digests again, and is fetched like a missing one otherwise.
         let part_count = expected.size.div_ceil(part_size);
-        let resumed_bytes: u64 = state.parts.values().map(|p| p.len).sum();
-        if resumed_bytes > 0 {
-            tracing::info!(key, resumed_bytes, "resuming an interrupted download");
-            self.progress.discount(resumed_bytes);
-        }
-        let missing: Vec<u64> = (0..part_count)
-            .filter(|i| !state.parts.contains_key(i))
-            .collect();
-        let follower = plan.whole_md5.then(|| {
-            let done: Vec<u64> = state.parts.keys().copied().collect();
-            ordered_md5::follow(file.clone(), part_size, expected.size, done)
+        let claimed_parts = std::mem::take(&mut state.parts);
+        let claimed: BTreeSet<u64> = claimed_parts.keys().copied().collect();
+        let mut reading_back = (!claimed_parts.is_empty()).then(|| {
+            let (file, verify, key) = (file.clone(), self.config.verify, key.to_string());
+            tokio::task::spawn_blocking(move || {
+                read_back(&file, claimed_parts, plan, part_size, verify, &key)
+            })
         });
+        let follower = plan
+            .whole_md5
+            .then(|| ordered_md5::follow(file.clone(), part_size, expected.size, Vec::new()));
         let direct = direct.map(|direct| DirectSink {
             direct,
             pool: self.io_pool().clone(),
             part_size,
         });
+        // Cancelled by the first write error (or with the whole scope): every part stops.
+        let object_cancel = scope.cancel.child_token();
         let (writer, writer_task) = FileWriter::start(
             file.clone(),
             direct,
             state,
-            temp.state.clone(),
+            ObjectIo {
+                state_path: resumable.then(|| temp.state.clone()),
+                cancel: object_cancel.clone(),
+                reservation: Some(reservation.clone()),
+                save_every: self.config.save_every,
+            },
             follower.as_ref().map(|(done, _)| done.clone()),
         );
+        // Parts are spawned lazily, a few more than there are connections: tasks stay bounded
+        // whatever size the object claims. Claimed parts that do not read back intact join
+        // the queue when the read-back ends.
+        let mut missing = (0..part_count).filter(move |i| !claimed.contains(i));
+        let mut refetch: std::collections::VecDeque<u64> = Default::default();
+        let part = |index: u64| PartJob {
+            engine: self.clone(),
+            key: key.to_string(),
+            etag: expected.etag.clone(),
+            index,
+            start: index * part_size,
+            end: ((index + 1) * part_size).min(expected.size),
+            priority: (seq << 24) | index.min((1 << 24) - 1),
+            plan,
+            writer: writer.clone(),
+            cancel: object_cancel.clone(),
+            batch: scope.batch.clone(),
+        };
+        let window = self.scheduler.max() + PART_SLACK;
         let mut tasks = JoinSet::new();
-        for index in missing {
-            let part = PartJob {
-                engine: self.clone(),
-                key: key.to_string(),
-                etag: expected.etag.clone(),
-                index,
-                start: index * part_size,
-                end: ((index + 1) * part_size).min(expected.size),
-                priority: (seq << 24) | index.min((1 << 24) - 1),
-                plan,
-                writer: writer.clone(),
-                cancel: scope.cancel.clone(),
-                batch: scope.batch.clone(),
-            };
-            tasks.spawn(part.run());
+        for index in missing.by_ref().take(window) {
+            tasks.spawn(part(index).run());
         }
         let mut failed = None;
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined.unwrap_or_else(|e| {
-                Err(PartError::Fatal(FetchError::Io(format!(
-                    "part task failed: {e}"
-                ))))
-            });
-            if let Err(error) = result {
-                // The other parts stop; finished ones stay in the resume state, which the
-                // writer saves when its last handle goes.
-                tasks.abort_all();
-                failed = Some(error);
-                break;
+        loop {
+            let read_back_pending = reading_back.is_some();
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let result = joined.unwrap_or_else(|e| {
+                        Err(PartError::Fatal(FetchError::Io(format!("part task failed: {e}"))))
+                    });
+                    if let Err(error) = result {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+                read = async { reading_back.as_mut().expect("guarded").await }, if read_back_pending => {
+                    reading_back = None;
+                    let (kept, lost) = match read {
+                        Ok(Ok(read)) => read,
+                        Ok(Err(error)) => {
+                            failed = Some(local(error, expected.size - allocated));
+                            break;
+                        }
+                        Err(error) => {
+                            failed = Some(PartError::Fatal(FetchError::Io(format!(
+                                "read-back failed: {error}"
+                            ))));
+                            break;
+                        }
+                    };
+                    let resumed_bytes: u64 = kept.values().map(|p| p.len).sum();
+                    if resumed_bytes > 0 {
+                        tracing::info!(key, resumed_bytes, "resuming an interrupted download");
+                        self.progress.discount(resumed_bytes);
+                    }
+                    for (index, digest) in kept {
+                        if writer.adopt(index, digest).await.is_err() {
+                            break;
+                        }
+                    }
+                    refetch.extend(lost);
+                }
+                else => break,
             }
+            while tasks.len() < window {
+                match missing.next().or_else(|| refetch.pop_front()) {
+                    Some(index) => {
+                        tasks.spawn(part(index).run());
+                    }
+                    None => break,
+                }
+            }
+        }
+        if failed.is_some() {
+            // The other parts stop; finished ones stay in the resume state, which the writer
+            // saves when its last handle goes.
+            object_cancel.cancel();
+            tasks.abort_all();
+        }
+        if let Some(reading) = reading_back {
+            reading.abort();
         }
         drop(tasks);
         drop(writer);
@@ -533,11 +769,13 @@ impl Engine {
             }
             None => None,
         };
+        // A write error comes first: the parts only stopped because of it.
+        if let Some(error) = written.failure {
+            let needed = reservation.remaining().max(1);
+            return Err(local(error, needed));
+        }
         if let Some(error) = failed {
             return Err(error);
-        }
-        if let Some(message) = written.failure {
-            return Err(PartError::Fatal(FetchError::Io(message)));
         }
         let digests: Vec<PartDigest> = written.state.parts.into_values().collect();
         let file = Arc::try_unwrap(file)
@@ -560,7 +798,7 @@ impl Engine {
         match failure {
             Failure::Retry(reason) => {
                 self.progress.retry(reason);
-                if reason == RetryReason::SlowDown {
+                if reason.is_throttling() {
                     self.scheduler.on_throttled();
                 }
                 if attempt >= self.config.retry.max_attempts {
@@ -726,13 +964,7 @@ impl PartJob {
                 }
                 Ok(None) => break,
                 Ok(Some(Err(error))) => {
-                    let detail = chain(&error);
-                    let reason = if detail.to_ascii_lowercase().contains("reset") {
-                        RetryReason::Reset
-                    } else {
-                        RetryReason::Truncated
-                    };
-                    return Attempt::Failed(Failure::Retry(reason), detail);
+                    return Attempt::Failed(classify_body_error(&error), chain(&error));
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
@@ -745,6 +977,7 @@ impl PartJob {
             hasher.update(&chunk);
             let length = chunk.len() as u64;
             if let Err(message) = self.writer.write(self.start + *written, chunk).await {
+                // The writer stopped on a write error; the object reports that error.
                 return Attempt::Failed(
                     Failure::Permanent {
                         status: None,
@@ -770,5 +1003,108 @@ impl PartJob {
             );
         }
         Attempt::Complete
+    }
+}
+
+/// Reads back the parts a resume state claims (on up to four threads) and sorts them: those
+/// whose bytes on disk give their recorded digests again, with the digests of the bytes read,
+/// and those that did not survive (a power loss zeroed them), to fetch again. With
+/// `--verify size` there is nothing to compare and the claims stand.
+fn read_back(
+    file: &std::fs::File,
+    parts: std::collections::BTreeMap<u64, PartDigest>,
+    plan: StreamPlan,
+    part_size: u64,
+    verify: VerifyMode,
+    key: &str,
+) -> std::io::Result<(std::collections::BTreeMap<u64, PartDigest>, Vec<u64>)> {
+    if verify == VerifyMode::Size {
+        return Ok((parts, Vec::new()));
+    }
+    let claimed: Vec<u64> = parts.keys().copied().collect();
+    let list: Vec<(u64, PartDigest)> = parts.into_iter().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let chunk = list.len().div_ceil(threads).max(1);
+    let results: Vec<std::io::Result<Vec<(u64, PartDigest)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = list
+            .chunks(chunk)
+            .map(|group| {
+                scope.spawn(move || {
+                    let mut kept = Vec::with_capacity(group.len());
+                    for (index, recorded) in group {
+                        let fresh = digest_range(file, index * part_size, recorded.len, plan)?;
+                        if still_matches(recorded, &fresh) {
+                            kept.push((*index, fresh));
+                        }
+                    }
+                    Ok(kept)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("read-back thread panicked")))
+            })
+            .collect()
+    });
+    let mut kept = std::collections::BTreeMap::new();
+    for group in results {
+        kept.extend(group?);
+    }
+    let lost: Vec<u64> = claimed
+        .into_iter()
+        .filter(|index| !kept.contains_key(index))
+        .collect();
+    if !lost.is_empty() {
+        tracing::warn!(
+            key,
+            claimed = kept.len() + lost.len(),
+            intact = kept.len(),
+            "parts claimed by the resume state did not read back intact; fetching them again"
+        );
+    }
+    Ok((kept, lost))
+}
+
+/// Whether the digests of bytes read back agree with every digest recorded for the part.
+fn still_matches(recorded: &PartDigest, fresh: &PartDigest) -> bool {
+    fn same<T: PartialEq>(recorded: &Option<T>, fresh: &Option<T>) -> bool {
+        recorded.is_none() || recorded == fresh
+    }
+    recorded.len == fresh.len
+        && same(&recorded.md5, &fresh.md5)
+        && same(&recorded.crc, &fresh.crc)
+        && same(&recorded.check, &fresh.check)
+}
+
+/// Test-only fault injection, for the fencing test: with `ERA5_TEST_STOP_BEFORE_PROMOTE` set
+/// to part of a key, the process stops itself (SIGSTOP) once, after that object is verified
+/// and before it is promoted, exactly where a paused worker is dangerous. Unset, it costs one
+/// lookup per process.
+fn stop_before_promotion_if_asked(key: &str) {
+    static PATTERN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static STOPPED: AtomicBool = AtomicBool::new(false);
+    let pattern = PATTERN.get_or_init(|| {
+        std::env::var("ERA5_TEST_STOP_BEFORE_PROMOTE")
+            .ok()
+            .filter(|p| !p.is_empty())
+    });
+    if let Some(pattern) = pattern
+        && key.contains(pattern.as_str())
+        && !STOPPED.swap(true, Ordering::SeqCst)
+    {
+        tracing::warn!(
+            key,
+            "stopping before promotion (ERA5_TEST_STOP_BEFORE_PROMOTE)"
+        );
+        // SAFETY: raising a signal on our own process; SIGSTOP cannot be caught.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
     }
 }

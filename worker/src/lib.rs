@@ -7,7 +7,11 @@
 //! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
 //! - [`ordered_md5`]: the whole-object MD5 hashed in order while parts still download.
 //! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.
-//! - [`manifest`]: the crash-safe, batched journal of verified objects.
+//! - [`manifest`]: the crash-safe, batched journals of verified objects, each record tied to
+//!   the file it vouches for, compacted into a snapshot.
+//! - [`disk`]: local write failures by kind, free space, and the state that stops new work
+//!   on a full or failing disk.
+//! - [`fence`]: when a lease holder may still promote (its monotonic lease validity).
 //! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
 //! - [`recheck`]: re-reading a mirrored file against its manifest record.
 //! - [`audit`]: what a mirror holds against what the catalog expects and the bucket lists.
@@ -24,8 +28,10 @@
 pub mod agent;
 pub mod audit;
 pub mod direct_io;
+pub mod disk;
 pub mod engine;
 pub mod fast_md5;
+pub mod fence;
 pub mod manifest;
 pub mod mirror;
 pub mod ordered_md5;

@@ -3,25 +3,35 @@
 //! ```text
 //! DEST/<key>                          verified objects, at the key's own relative path
 //! DEST/.era5/lock                     flock: exclusive for `era5 sync`, shared by cluster workers
-//! DEST/.era5/manifest.jsonl           the manifest of `era5 sync` (see `manifest`)
-//! DEST/.era5/manifest.<worker>.jsonl  each cluster worker's own manifest journal
-//! DEST/.era5/tmp/<name>.<hash>.part  an object being downloaded by `era5 sync`, written in place
-//! DEST/.era5/tmp/<name>.<hash>.state which parts of it are done, with digests
-//! DEST/.era5/tmp/leases/<name>.<hash>.<lease>.{part,state}   the same, for one cluster grant
+//! DEST/.era5/manifest.jsonl           the manifest snapshot (see `manifest`)
+//! DEST/.era5/journals/<id>.jsonl      one manifest journal per process incarnation
+//! DEST/.era5/tmp/<name>.<hash>.part   an object being downloaded by `era5 sync`, written in place
+//! DEST/.era5/tmp/<name>.<hash>.state  which parts of it are done, with digests
+//! DEST/.era5/tmp/leases/<name>.<hash>.<lease>.part   the same for one cluster grant (no state)
+//! <volume>/.era5-tmp/...              the same layout, for keys under a folder of DEST that is a
+//!                                     symlink to another filesystem
 //! ```
 //!
-//! **A file appears at its final path only after it is verified:** it is written under
-//! `.era5/tmp/` (same filesystem, so the rename is atomic), fsynced, then renamed into place and
-//! the directory fsynced. A crash leaves at most a temporary file, which the next run resumes.
+//! **A file appears at its final path only after it is verified:** it is written under a
+//! temporary name **on the final path's own filesystem** (so the rename is atomic, and a
+//! product folder that is a symlink to another volume works), fsynced, then renamed into
+//! place and the directory fsynced. A crash leaves at most a temporary file, which the next
+//! run resumes.
+//!
+//! **Temporary names have a bounded length** (at most [`MAX_TEMP_NAME`] bytes, whatever the
+//! key): the object's name is cut at 96 bytes, and a hash of the whole key keeps names apart.
 //!
 //! Cluster temporaries are named after the grant's lease id, which is never granted again, so a
 //! killed worker's are never resumed: they are garbage. **Abandoned lease temporaries are swept**
 //! (`Mirror::sweep_abandoned`): by a worker once they are untouched for `ABANDONED_AFTER`, and
-//! all of them by `era5 sync`, whose exclusive lock proves no worker is writing.
+//! all of them by `era5 sync`, whose exclusive lock proves no worker is writing. **Age is judged
+//! by the filesystem's own clock** (the mtime of a probe file just written), never the local
+//! one: on shared storage a worker whose clock runs fast must not see live files as old.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -30,6 +40,7 @@ use common::paths::{UnsafeKey, final_path};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::manifest::FileIdentity;
 use crate::verify::PartDigest;
 
 /// The mirror could not be opened.
@@ -46,6 +57,27 @@ pub enum MirrorError {
     /// Another sync (or, for a sync, a cluster worker) holds the lock.
     #[error("another era5 sync or worker is using {0}; wait for it to finish or stop it first")]
     Locked(PathBuf),
+    /// The filesystem refuses `flock` altogether.
+    #[error(
+        "{path} does not support file locks (flock: {source}); era5 locks DEST so that two syncs never write the same files: mount it with locking enabled (NFS: without `nolock`, with lockd or NFSv4; NFSv3 written by this machine alone: `local_lock=flock`)"
+    )]
+    NoLocks {
+        /// DEST.
+        path: PathBuf,
+        /// What flock said.
+        source: std::io::Error,
+    },
+}
+
+/// Turns a failed `flock` on DEST's lock file into the error that names its cause.
+fn lock_error(dest: &Path, error: std::io::Error) -> MirrorError {
+    match error.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => MirrorError::Locked(dest.to_path_buf()),
+        _ => MirrorError::NoLocks {
+            path: dest.to_path_buf(),
+            source: error,
+        },
+    }
 }
 
 /// How long a lease's temporary file may sit untouched before a worker deems it abandoned.
@@ -53,6 +85,15 @@ pub enum MirrorError {
 /// hour leaves a wide margin. Sweeping a live one by mistake costs that grant a failed attempt
 /// (its promotion finds no file), never a wrong file.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// Longest temporary file name, in bytes (NAME_MAX is 255).
+pub const MAX_TEMP_NAME: usize = 200;
+/// Bytes of the object's own name kept in its temporary names.
+const NAME_PART: usize = 96;
+/// Bytes of a lease tag kept in temporary names.
+const TAG_PART: usize = 40;
+/// The temporary folder at the root of a volume that a symlinked folder of DEST leads to.
+pub const VOLUME_TMP: &str = ".era5-tmp";
 
 /// What a sweep removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +104,17 @@ pub struct Swept {
     pub bytes: u64,
 }
 
+/// Why a verified file was not promoted.
+#[derive(Debug, Error)]
+pub enum PromoteError {
+    /// Writing, syncing or renaming failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The holder may no longer write (its lease lapsed or was lost).
+    #[error("not promoted: {0}")]
+    Fenced(String),
+}
+
 /// An opened destination.
 #[derive(Debug)]
 pub struct Mirror {
@@ -70,6 +122,8 @@ pub struct Mirror {
     state_dir: PathBuf,
     tmp_dir: PathBuf,
     lease_tmp_dir: PathBuf,
+    /// The device of `tmp_dir`: keys whose folders lead elsewhere get temporaries there.
+    tmp_device: u64,
     /// Who writes: `None` for `era5 sync`, the worker's name in the cluster.
     writer: Option<String>,
     /// Held for the life of the mirror; the flock goes with the descriptor.
@@ -98,6 +152,7 @@ impl Mirror {
         let tmp_dir = state_dir.join("tmp");
         let lease_tmp_dir = tmp_dir.join("leases");
         std::fs::create_dir_all(&lease_tmp_dir).map_err(dest_error)?;
+        let tmp_device = std::fs::metadata(&tmp_dir).map_err(dest_error)?.dev();
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -110,15 +165,15 @@ impl Mirror {
             libc::LOCK_EX
         };
         // SAFETY: flock on a descriptor we own; no memory is involved.
-        let locked = unsafe { libc::flock(lock.as_raw_fd(), mode | libc::LOCK_NB) } == 0;
-        if !locked {
-            return Err(MirrorError::Locked(dest.to_path_buf()));
+        if unsafe { libc::flock(lock.as_raw_fd(), mode | libc::LOCK_NB) } != 0 {
+            return Err(lock_error(dest, std::io::Error::last_os_error()));
         }
         let mirror = Self {
             dest: dest.to_path_buf(),
             state_dir,
             tmp_dir,
             lease_tmp_dir,
+            tmp_device,
             writer,
             _lock: lock,
         };
@@ -129,22 +184,74 @@ impl Mirror {
         Ok(mirror)
     }
 
-    /// Removes lease temporaries untouched for `older_than` (see the module doc), logging what
-    /// it freed. `era5 sync`'s own temporaries are never touched: they are its resume state.
+    /// Every folder that holds lease temporaries: DEST's own, and those of other volumes
+    /// reached through symlinked folders one or two levels down (a product, or a month).
+    fn lease_tmp_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.lease_tmp_dir.clone()];
+        let volume = |path: &Path| path.join(VOLUME_TMP).join("leases");
+        let Ok(top) = std::fs::read_dir(&self.dest) else {
+            return dirs;
+        };
+        for entry in top.flatten() {
+            if entry.file_name() == ".era5" {
+                continue;
+            }
+            let path = entry.path();
+            if volume(&path).is_dir() {
+                dirs.push(volume(&path));
+            }
+            let Ok(inner) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for entry in inner.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_symlink()) && volume(&entry.path()).is_dir()
+                {
+                    dirs.push(volume(&entry.path()));
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Removes lease temporaries untouched for `older_than` by the filesystem's own clock (see
+    /// the module doc), logging what it freed. `era5 sync`'s own temporaries are never
+    /// touched: they are its resume state.
     pub fn sweep_abandoned(&self, older_than: Duration) -> Swept {
         let mut swept = Swept::default();
-        let Ok(entries) = std::fs::read_dir(&self.lease_tmp_dir) else {
-            return swept;
-        };
-        let cutoff = SystemTime::now()
-            .checked_sub(older_than)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let untouched = meta.modified().map_or(true, |modified| modified <= cutoff);
-            if meta.is_file() && untouched && std::fs::remove_file(entry.path()).is_ok() {
-                swept.files += 1;
-                swept.bytes += meta.len();
+        for dir in self.lease_tmp_dirs() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let cutoff = if older_than.is_zero() {
+                None
+            } else {
+                match filesystem_now(&dir) {
+                    Ok(now) => Some(
+                        now.checked_sub(older_than)
+                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), %error, "cannot read the filesystem's clock; not sweeping");
+                        continue;
+                    }
+                }
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let untouched = match cutoff {
+                    None => true,
+                    Some(cutoff) => meta.modified().is_ok_and(|modified| modified <= cutoff),
+                };
+                // Another worker's clock probe lives a moment; only `era5 sync` takes stray ones.
+                let probe = is_probe(&entry.file_name()) && cutoff.is_some();
+                if meta.is_file()
+                    && untouched
+                    && !probe
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
+                    swept.files += 1;
+                    swept.bytes += meta.len();
+                }
             }
         }
         if swept.files > 0 {
@@ -177,20 +284,48 @@ impl Mirror {
         final_path(&self.dest, key)
     }
 
+    /// The folder of DEST where `key`'s path first leaves DEST's filesystem (through a
+    /// symlink), if it does.
+    fn other_volume(&self, key: &str) -> Option<PathBuf> {
+        let mut dir = self.dest.clone();
+        let segments: Vec<&str> = key.split('/').collect();
+        for segment in &segments[..segments.len().saturating_sub(1)] {
+            dir.push(segment);
+            let meta = std::fs::metadata(&dir).ok()?;
+            if !meta.is_dir() {
+                return None;
+            }
+            if meta.dev() != self.tmp_device {
+                return Some(dir);
+            }
+        }
+        None
+    }
+
     /// The temporary data and state paths of `key`, made unique by `tag` (a lease id in the
-    /// cluster, empty for `era5 sync`). Deterministic, so a later run resumes.
+    /// cluster, empty for `era5 sync`), on the filesystem the key's final path is on.
+    /// Deterministic, so a later run resumes.
     pub fn temp_paths(&self, key: &str, tag: &str) -> TempPaths {
         // A stable hash (not std's, which may change between builds) keeps names valid across
         // upgrades, so an interrupted download is resumed by a newer binary too.
         let digest = <md5::Md5 as md5::Digest>::digest(key.as_bytes());
         let name = key.rsplit('/').next().unwrap_or("object");
-        let mut stem = format!("{name}.{}", hex::encode(&digest[..8]));
+        let mut stem = format!("{}.{}", cut(name, NAME_PART), hex::encode(&digest[..8]));
+        let (tmp_dir, lease_tmp_dir) = match self.other_volume(key) {
+            Some(volume) => {
+                let tmp = volume.join(VOLUME_TMP);
+                let leases = tmp.join("leases");
+                (tmp, leases)
+            }
+            None => (self.tmp_dir.clone(), self.lease_tmp_dir.clone()),
+        };
         let dir = if tag.is_empty() {
-            &self.tmp_dir
+            tmp_dir
         } else {
             stem.push('.');
-            stem.extend(tag.chars().filter(char::is_ascii_alphanumeric));
-            &self.lease_tmp_dir
+            let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).collect();
+            stem.push_str(cut(&tag, TAG_PART));
+            lease_tmp_dir
         };
         TempPaths {
             data: dir.join(format!("{stem}.part")),
@@ -198,14 +333,59 @@ impl Mirror {
         }
     }
 
-    /// Makes a verified temporary file durable and moves it to `final_path` atomically.
-    pub fn promote(&self, file: &File, temp: &Path, final_path: &Path) -> std::io::Result<()> {
+    /// Makes a verified temporary file durable and moves it to `final_path` atomically, if
+    /// `may_promote` still allows it right before the rename. Returns the identity of the
+    /// file now at the final path, for the manifest.
+    pub fn promote(
+        &self,
+        file: &File,
+        temp: &Path,
+        final_path: &Path,
+        may_promote: impl FnOnce() -> Result<(), String>,
+    ) -> Result<FileIdentity, PromoteError> {
         file.sync_all()?;
         let parent = final_path.parent().unwrap_or(&self.dest);
         std::fs::create_dir_all(parent)?;
+        may_promote().map_err(PromoteError::Fenced)?;
         std::fs::rename(temp, final_path)?;
-        File::open(parent)?.sync_all()
+        File::open(parent)?.sync_all()?;
+        Ok(FileIdentity::of(&file.metadata()?))
     }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+const PROBE_PREFIX: &str = ".era5-clock-probe.";
+
+fn is_probe(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with(PROBE_PREFIX)
+}
+
+/// "Now" by the clock of the filesystem holding `dir`: the mtime of a probe file just written
+/// there (on NFS the server sets it), so ages compare times of one clock.
+pub fn filesystem_now(dir: &Path) -> std::io::Result<SystemTime> {
+    let probe = dir.join(format!(
+        "{PROBE_PREFIX}{}.{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let written = (|| {
+        let mut file = File::create(&probe)?;
+        file.write_all(b"t")?;
+        file.metadata()?.modified()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written
 }
 
 /// Where an object in progress lives.
@@ -218,6 +398,19 @@ pub struct TempPaths {
 }
 
 impl TempPaths {
+    /// Creates the folder of the temporary files (a volume's own may not exist yet).
+    pub fn ensure_dir(&self) -> std::io::Result<()> {
+        match self.data.parent() {
+            Some(dir) => std::fs::create_dir_all(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// The folder of the temporary files.
+    pub fn dir(&self) -> &Path {
+        self.data.parent().unwrap_or(Path::new("."))
+    }
+
     /// Removes the data and the state (missing ones are fine).
     pub fn remove(&self) {
         self.remove_state();
@@ -262,14 +455,14 @@ impl ResumeState {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Writes the state atomically (temp + rename), so a crash leaves the old or the new one.
+    /// Writes the state durably and atomically: a temporary file, fsynced, renamed into place.
+    /// A crash leaves the old state or the new one, never a torn one. The caller makes the
+    /// data the state claims durable first (see `writer`).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let temp = path.with_extension("state.new");
         let mut file = File::create(&temp)?;
         file.write_all(&serde_json::to_vec(self)?)?;
-        // Parts are recorded after their bytes were written, so after a process crash the
-        // state never claims unwritten data. After a power loss it might; the whole-object
-        // verification before promotion catches that.
+        file.sync_data()?;
         std::fs::rename(&temp, path)
     }
 }
@@ -357,6 +550,96 @@ mod tests {
     }
 
     #[test]
+    fn temporary_names_stay_short_whatever_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        // A final name of 255 bytes (the most a filesystem takes), with multi-byte characters
+        // where the cut falls.
+        let name = format!("{}{}.nc", "é".repeat(60), "x".repeat(255 - 120 - 3));
+        assert_eq!(name.len(), 255);
+        let key = format!("p/202401/{name}");
+        for tag in ["", "0123456789abcdef0123456789abcdef0123456789abcdef"] {
+            let temp = mirror.temp_paths(&key, tag);
+            for path in [&temp.data, &temp.state.with_extension("state.new")] {
+                let file_name = path.file_name().unwrap().len();
+                assert!(file_name <= MAX_TEMP_NAME, "{file_name} bytes: {path:?}");
+            }
+            temp.ensure_dir().unwrap();
+            std::fs::write(&temp.data, b"x").unwrap();
+            std::fs::write(temp.state.with_extension("state.new"), b"x").unwrap();
+            temp.remove();
+        }
+        // Keys that share their first 96 bytes of name still get their own files.
+        let other = format!("p/202401/{}{}", "é".repeat(60), "y".repeat(132));
+        assert_ne!(
+            mirror.temp_paths(&key, "").data,
+            mirror.temp_paths(&other, "").data
+        );
+    }
+
+    #[test]
+    fn a_filesystem_without_locks_is_named_as_the_cause() {
+        let dest = Path::new("/data/era5");
+        let busy = lock_error(dest, std::io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+        assert!(matches!(busy, MirrorError::Locked(_)));
+        for errno in [libc::ENOLCK, libc::EOPNOTSUPP, libc::EINVAL] {
+            let message = lock_error(dest, std::io::Error::from_raw_os_error(errno)).to_string();
+            assert!(
+                message.starts_with("/data/era5 does not support file locks")
+                    && message.contains("mount it with locking enabled")
+                    && !message.contains("another era5 sync"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn temporaries_of_a_symlinked_folder_live_on_its_own_filesystem() {
+        // A tmpfs is another filesystem than the test's temporary directory (unless that is a
+        // tmpfs too, in which case both paths are on one device and the check is moot).
+        let other = Path::new("/dev/shm");
+        let dir = tempfile::tempdir().unwrap();
+        let same_device = std::fs::metadata(other).map(|m| m.dev()).ok()
+            == std::fs::metadata(dir.path()).map(|m| m.dev()).ok();
+        if !other.is_dir() || same_device {
+            eprintln!("no second filesystem at /dev/shm; the layout is checked by the e2e test");
+            return;
+        }
+        let volume = tempfile::tempdir_in(other).unwrap();
+        std::os::unix::fs::symlink(volume.path(), dir.path().join("p")).unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let temp = mirror.temp_paths("p/202401/x.nc", "");
+        assert!(temp.data.starts_with(dir.path().join("p").join(VOLUME_TMP)));
+        temp.ensure_dir().unwrap();
+        std::fs::write(&temp.data, b"verified").unwrap();
+        let file = File::open(&temp.data).unwrap();
+        let target = mirror.final_path("p/202401/x.nc").unwrap();
+        mirror
+            .promote(&file, &temp.data, &target, || Ok(()))
+            .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"verified");
+        // Lease temporaries there are swept too.
+        let lease = mirror.temp_paths("p/202401/y.nc", "lease1");
+        lease.ensure_dir().unwrap();
+        std::fs::write(&lease.data, b"partial").unwrap();
+        assert_eq!(mirror.sweep_abandoned(Duration::ZERO).files, 1);
+    }
+
+    #[test]
+    fn the_filesystem_clock_is_read_from_a_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = filesystem_now(dir.path()).unwrap();
+        let local = SystemTime::now();
+        let apart = local.duration_since(now).unwrap_or_else(|e| e.duration());
+        assert!(apart < Duration::from_secs(60), "{apart:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe left behind"
+        );
+    }
+
+    #[test]
     fn promotion_moves_the_file_into_place() {
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(dir.path()).unwrap();
@@ -364,7 +647,9 @@ mod tests {
         std::fs::write(&temp.data, b"hello").unwrap();
         let file = File::open(&temp.data).unwrap();
         let target = mirror.final_path("a/b/c.nc").unwrap();
-        mirror.promote(&file, &temp.data, &target).unwrap();
+        mirror
+            .promote(&file, &temp.data, &target, || Ok(()))
+            .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello");
         assert!(!temp.data.exists());
         assert!(mirror.final_path("../escape").is_err());

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::source::retry::RetryReason;
 
+use crate::disk::LocalIoKind;
+
 /// Counters of one sync.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -24,6 +26,7 @@ pub struct Progress {
     /// Objects restarted because they changed upstream mid-download (412).
     pub restarts: AtomicU64,
     retries: [AtomicU64; RetryReason::ALL.len()],
+    local_io_errors: [AtomicU64; LocalIoKind::ALL.len()],
 }
 
 /// A copy of the counters.
@@ -45,6 +48,8 @@ pub struct ProgressSnapshot {
     pub restarts: u64,
     /// Retries by [`RetryReason::index`].
     pub retries: [u64; RetryReason::ALL.len()],
+    /// Local write failures by [`LocalIoKind::index`].
+    pub local_io_errors: [u64; LocalIoKind::ALL.len()],
 }
 
 impl ProgressSnapshot {
@@ -56,6 +61,11 @@ impl ProgressSnapshot {
     /// Retries for one reason.
     pub fn retries_for(&self, reason: RetryReason) -> u64 {
         self.retries[reason.index()]
+    }
+
+    /// Local write failures of one kind.
+    pub fn local_io_errors_for(&self, kind: LocalIoKind) -> u64 {
+        self.local_io_errors[kind.index()]
     }
 
     /// `slowdown 2, reset 1`, or `none`.
@@ -77,6 +87,11 @@ impl Progress {
     /// Counts one retry.
     pub fn retry(&self, reason: RetryReason) {
         self.retries[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one local write failure.
+    pub fn local_io_error(&self, kind: LocalIoKind) {
+        self.local_io_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes bytes from the amount still to download (resumed parts, files verified
@@ -106,6 +121,7 @@ impl Progress {
             verify_failures: load(&self.verify_failures),
             restarts: load(&self.restarts),
             retries: std::array::from_fn(|i| load(&self.retries[i])),
+            local_io_errors: std::array::from_fn(|i| load(&self.local_io_errors[i])),
         }
     }
 }

@@ -125,6 +125,7 @@ mod tests {
             checksum: None,
             verified: VerifyMode::Etag,
             verified_at: "2026-01-01T00:00:00Z".into(),
+            file: None,
         }
     }
 

@@ -3,9 +3,14 @@
 //! record every verified object in the manifest.
 //!
 //! An object is skipped (no GET) when the manifest has it with the listed size and ETag and
-//! the file is present with that size. When the listing carries no ETag, Last-Modified stands
-//! in for it, and failing that a HEAD. A file present without a record (a lost manifest, or a
-//! crash between promotion and the manifest write) is verified from its bytes, not downloaded.
+//! the file at the path is the one the record vouches for (same size, inode and mtime). When
+//! the listing carries no ETag, Last-Modified stands in for it, and failing that a HEAD. A
+//! file present without a record (a lost manifest, or a crash between promotion and the
+//! manifest write), or **whose record no longer matches it** (replaced or rewritten since), is
+//! verified from its bytes, not downloaded and not trusted.
+//!
+//! When DEST fills up or fails, objects that have not started are not started (they end
+//! `Local`, with the disk's error); those in flight finish or stop at their first write error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +21,9 @@ use futures_util::{StreamExt, stream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::disk::{LocalIoError, LocalIoKind};
 use crate::engine::{Engine, EngineConfig, FetchError, FetchScope};
-use crate::manifest::{Manifest, ManifestEntry, now_rfc3339};
+use crate::manifest::{FileIdentity, Manifest, ManifestEntry, Recorded, now_rfc3339};
 use crate::mirror::Mirror;
 use crate::progress::Progress;
 use crate::verify::{Expected, VerifyMode, verify_file};
@@ -39,15 +45,29 @@ pub enum Outcome {
         /// Whether another attempt is pointless.
         permanent: bool,
     },
-    /// Not finished because the sync was stopped.
+    /// Not done because DEST is full or failing: not the object's fault, so a cluster lease
+    /// is released without counting an attempt.
+    Local {
+        /// The disk's error, e.g. `no space left on DEST (/data): needs 1.2 GiB more, 0 B free`.
+        reason: String,
+        /// Which kind of failure.
+        kind: LocalIoKind,
+    },
+    /// Not finished because the sync was stopped (or, in the cluster, the lease was lost).
     Cancelled,
 }
 
 impl Outcome {
     fn failed(error: &FetchError) -> Self {
-        Outcome::Failed {
-            reason: error.to_string(),
-            permanent: error.is_permanent(),
+        match error {
+            FetchError::Local(local) => Outcome::Local {
+                reason: local.to_string(),
+                kind: local.kind,
+            },
+            _ => Outcome::Failed {
+                reason: error.to_string(),
+                permanent: error.is_permanent(),
+            },
         }
     }
 
@@ -69,6 +89,9 @@ pub struct SyncReport {
     pub elapsed: Duration,
     /// Whether the sync was stopped before the end.
     pub cancelled: bool,
+    /// Why the manifest could not be written at the end, if it could not (a full disk): the
+    /// files are in place and the next run verifies them from their bytes.
+    pub manifest_error: Option<String>,
 }
 
 impl SyncReport {
@@ -80,12 +103,14 @@ impl SyncReport {
             .count()
     }
 
-    /// The failures, key and reason.
+    /// The failures, key and reason (a full or failing disk included).
     pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
         self.results
             .iter()
             .filter_map(|(object, outcome)| match outcome {
-                Outcome::Failed { reason, .. } => Some((object.key.as_str(), reason.as_str())),
+                Outcome::Failed { reason, .. } | Outcome::Local { reason, .. } => {
+                    Some((object.key.as_str(), reason.as_str()))
+                }
                 _ => None,
             })
     }
@@ -93,6 +118,14 @@ impl SyncReport {
     /// Whether every selected object is present and verified.
     pub fn all_verified(&self) -> bool {
         !self.cancelled && self.results.iter().all(|(_, o)| o.is_verified())
+    }
+
+    /// The disk failure that stopped the sync, if one did.
+    pub fn dest_failure(&self) -> Option<&str> {
+        self.results.iter().find_map(|(_, outcome)| match outcome {
+            Outcome::Local { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
     }
 }
 
@@ -142,6 +175,11 @@ impl Mirrorer {
     /// The live counters.
     pub fn progress(&self) -> &Arc<Progress> {
         &self.progress
+    }
+
+    /// DEST.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
     }
 
     fn manifest(&self) -> std::sync::MutexGuard<'_, Manifest> {
@@ -282,8 +320,18 @@ impl Mirrorer {
     ) -> std::io::Result<Outcome> {
         Ok(match result {
             Ok(entry) => {
-                if let Some(entry) = entry {
-                    self.manifest().record(entry)?;
+                if let Some(entry) = entry
+                    && let Err(error) = self.manifest().record(entry)
+                {
+                    // A full disk must not end the run: the record stays buffered for the next
+                    // flush, and new downloads stop like after any other write error.
+                    let local = LocalIoError::from_io(&error, self.mirror.state_dir(), None);
+                    if !local.kind.is_dest_failure() {
+                        return Err(error);
+                    }
+                    tracing::warn!(%local, "could not append to the manifest; will retry");
+                    self.engine.dest_health().failed(&local);
+                    self.progress.local_io_error(local.kind);
                 }
                 for progress in std::iter::once(&self.progress).chain(scope.batch.as_ref()) {
                     progress.objects_done.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +339,10 @@ impl Mirrorer {
                 success
             }
             Err(FetchError::Cancelled) => Outcome::Cancelled,
+            Err(FetchError::Fenced(reason)) => {
+                tracing::warn!(key = %object.key, %reason, "not promoted: the lease is gone");
+                Outcome::Cancelled
+            }
             Err(error) => {
                 self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = %object.key, %error, "object failed");
@@ -299,9 +351,37 @@ impl Mirrorer {
         })
     }
 
+    /// One batch as `era5 sync` runs it: every object made present and verified (or said why
+    /// not), then the manifest made durable. A manifest that a full or failing disk could not
+    /// take is reported in the result, not an error: the files are in place.
+    pub async fn run_batch(
+        &self,
+        objects: Vec<RemoteObject>,
+        scope: &FetchScope,
+    ) -> std::io::Result<SyncReport> {
+        let started = Instant::now();
+        let outcomes = self.mirror_objects(&objects, scope).await?;
+        let manifest_error = match self.flush() {
+            Ok(()) => None,
+            Err(error) => {
+                let local = LocalIoError::from_io(&error, self.mirror.state_dir(), None);
+                if !local.kind.is_dest_failure() {
+                    return Err(error);
+                }
+                Some(local.to_string())
+            }
+        };
+        Ok(SyncReport {
+            results: objects.into_iter().zip(outcomes).collect(),
+            elapsed: started.elapsed(),
+            cancelled: scope.cancel.is_cancelled() || scope.drain.is_cancelled(),
+            manifest_error,
+        })
+    }
+
     /// The manifest's record of `key`, if any (a copy: the manifest stays locked briefly).
-    pub fn recorded(&self, key: &str) -> Option<ManifestEntry> {
-        self.manifest().get(key).cloned()
+    pub fn recorded(&self, key: &str) -> Option<Recorded> {
+        self.manifest().get(key)
     }
 
     /// Makes every buffered manifest record durable.
@@ -319,19 +399,12 @@ pub async fn run(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> std::io::Result<SyncReport> {
-    let started = Instant::now();
     let mirrorer = Mirrorer::new(source, mirror, config, progress)?;
     let scope = FetchScope {
-        cancel: cancel.clone(),
+        cancel,
         ..FetchScope::default()
     };
-    let outcomes = mirrorer.mirror_objects(&objects, &scope).await?;
-    mirrorer.flush()?;
-    Ok(SyncReport {
-        results: objects.into_iter().zip(outcomes).collect(),
-        elapsed: started.elapsed(),
-        cancelled: cancel.is_cancelled(),
-    })
+    mirrorer.run_batch(objects, &scope).await
 }
 
 /// Decides from the manifest and the filesystem alone (no request) what an object needs.
@@ -340,11 +413,10 @@ fn triage(mirror: &Mirror, manifest: &Manifest, object: &RemoteObject, mode: Ver
         // The engine reports the unsafe key as this object's failure.
         return Plan::Fetch;
     };
-    let on_disk = std::fs::metadata(&path)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len());
-    if on_disk != Some(object.size) {
+    let Some(on_disk) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) else {
+        return Plan::Fetch;
+    };
+    if on_disk.len() != object.size {
         return Plan::Fetch;
     }
     let Some(entry) = manifest.get(&object.key) else {
@@ -355,9 +427,18 @@ fn triage(mirror: &Mirror, manifest: &Manifest, object: &RemoteObject, mode: Ver
     if entry.size != object.size {
         return Plan::Fetch;
     }
+    // The record vouches for one file; any other at the path is checked from its bytes.
+    if let Some(file) = entry.file
+        && file != FileIdentity::of(&on_disk)
+    {
+        tracing::info!(key = %object.key, "file differs from the one its record vouches for; verifying it");
+        return Plan::VerifyLocal {
+            head_first: object.etag.is_none() || mode == VerifyMode::Full,
+        };
+    }
     let same_version = match (&object.etag, &object.last_modified) {
-        (Some(etag), _) => Some(entry.etag.as_ref() == Some(etag)),
-        (None, Some(modified)) if entry.last_modified.as_ref() == Some(modified) => Some(true),
+        (Some(etag), _) => Some(entry.etag_is(etag)),
+        (None, Some(modified)) if entry.modified_is(modified) => Some(true),
         // A terse listing: a HEAD decides.
         (None, _) => None,
     };
@@ -400,11 +481,19 @@ async fn verify_local(
         .acquire()
         .await
         .map_err(|e| FetchError::Io(e.to_string()))?;
-    let checked = tokio::task::spawn_blocking(move || verify_file(&path, &expected, mode))
-        .await
-        .map_err(|e| FetchError::Io(e.to_string()))?;
+    // The record names the file that was read: if it changed while being read, nothing is
+    // recorded and the next run looks again.
+    let checked = tokio::task::spawn_blocking(move || {
+        let before = std::fs::metadata(&path).map(|m| FileIdentity::of(&m)).ok();
+        let verified = verify_file(&path, &expected, mode);
+        let after = std::fs::metadata(&path).map(|m| FileIdentity::of(&m)).ok();
+        (verified, before.filter(|b| Some(*b) == after))
+    })
+    .await
+    .map_err(|e| FetchError::Io(e.to_string()))?;
     match checked {
-        Ok(verified) => Ok(Some(ManifestEntry {
+        (Ok(_), None) => Ok(None),
+        (Ok(verified), Some(identity)) => Ok(Some(ManifestEntry {
             key: object.key.clone(),
             size: object.size,
             etag,
@@ -412,8 +501,9 @@ async fn verify_local(
             checksum: verified.checksum,
             verified: verified.level,
             verified_at: now_rfc3339(),
+            file: Some(identity),
         })),
-        Err(error) => {
+        (Err(error), _) => {
             tracing::info!(key = %object.key, %error, "local file does not match upstream; downloading it");
             Ok(None)
         }

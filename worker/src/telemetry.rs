@@ -1,15 +1,18 @@
 //! The worker's HTTP side: Prometheus `/metrics`, `/healthz` (the process is alive, whatever
-//! the coordinator does) and `/readyz` (the coordinator answered recently).
+//! the coordinator does) and `/readyz` (the coordinator answered recently, and DEST can take
+//! data: a full or failing DEST makes the worker not ready until it recovers).
 //!
 //! Metrics are read from the engine's own counters and the pool's gauge at scrape time:
 //! `era5_bytes_downloaded_total`, `era5_objects_completed_total`, `era5_s3_connections_open`,
 //! `era5_s3_connections_in_use`, `era5_s3_retries_total{reason}`,
-//! `era5_s3_stall_timeouts_total`, `era5_verify_failures_total`, and the histogram
-//! `era5_lease_renew_seconds` of renewal round trips. The only label is the retry reason, a
-//! fixed set.
+//! `era5_s3_stall_timeouts_total`, `era5_verify_failures_total`,
+//! `era5_local_io_errors_total{kind}`, `era5_dest_free_bytes` (statvfs of DEST), and the
+//! histogram `era5_lease_renew_seconds` of renewal round trips. The only labels are the retry
+//! reason and the kind of local failure, both fixed sets.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,6 +32,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::disk::{DiskGate, LocalIoKind, free_bytes};
 use crate::progress::Progress;
 
 /// A worker is ready while the coordinator has answered within this long.
@@ -46,12 +50,22 @@ pub struct Telemetry {
     started: Instant,
     /// Milliseconds since `started` of the last successful coordinator call (-1: never).
     last_contact: AtomicI64,
+    /// DEST and the gate a full or failing DEST closes, once the worker set them.
+    dest: Arc<OnceLock<DestWatch>>,
+}
+
+/// What the telemetry knows of DEST.
+#[derive(Debug)]
+struct DestWatch {
+    dest: PathBuf,
+    gate: Arc<DiskGate>,
 }
 
 #[derive(Debug)]
 struct EngineCollector {
     progress: Arc<Progress>,
     connections: Arc<ConnectionStats>,
+    dest: Arc<OnceLock<DestWatch>>,
 }
 
 fn counter(
@@ -133,6 +147,27 @@ impl Collector for EngineCollector {
             "Downloads that failed verification",
             progress.verify_failures,
         )?;
+        let mut local = encoder.encode_descriptor(
+            "era5_local_io_errors",
+            "Local write failures by kind (no_space, quota, read_only, io, other)",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in LocalIoKind::ALL {
+            let labels = [("kind", kind.label())];
+            ConstCounter::new(progress.local_io_errors_for(kind))
+                .encode(local.encode_family(&labels)?)?;
+        }
+        if let Some(watch) = self.dest.get()
+            && let Some(free) = free_bytes(&watch.dest)
+        {
+            ConstGauge::new(free as i64).encode(encoder.encode_descriptor(
+                "era5_dest_free_bytes",
+                "Bytes free on DEST's filesystem (statvfs)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         Ok(())
     }
 }
@@ -141,9 +176,11 @@ impl Telemetry {
     /// Metrics over the engine's counters and the pool's gauge.
     pub fn new(progress: Arc<Progress>, connections: Arc<ConnectionStats>) -> Arc<Self> {
         let mut registry = Registry::default();
+        let dest = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(EngineCollector {
             progress,
             connections,
+            dest: dest.clone(),
         }));
         let renew_seconds = Histogram::new(RENEW_BUCKETS);
         registry.register(
@@ -156,7 +193,20 @@ impl Telemetry {
             renew_seconds,
             started: Instant::now(),
             last_contact: AtomicI64::new(-1),
+            dest,
         })
+    }
+
+    /// Reports DEST's free space, and readiness only while `gate` is open.
+    pub fn watch_dest(&self, dest: PathBuf, gate: Arc<DiskGate>) {
+        let _ = self.dest.set(DestWatch { dest, gate });
+    }
+
+    /// Why DEST cannot take data, if it cannot.
+    pub fn dest_problem(&self) -> Option<String> {
+        self.dest
+            .get()
+            .and_then(|watch| watch.gate.closed_because())
     }
 
     /// The coordinator just answered.
@@ -197,13 +247,15 @@ impl Telemetry {
     }
 }
 
-async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> (StatusCode, &'static str) {
-    if telemetry.ready() {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> (StatusCode, String) {
+    if let Some(problem) = telemetry.dest_problem() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n"))
+    } else if telemetry.ready() {
+        (StatusCode::OK, "ready\n".into())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "coordinator not reached recently\n",
+            "coordinator not reached recently\n".into(),
         )
     }
 }
@@ -229,6 +281,9 @@ mod tests {
         progress.retry(RetryReason::SlowDown);
         progress.retry(RetryReason::Stall);
         let telemetry = Telemetry::new(progress, Arc::new(ConnectionStats::default()));
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(DiskGate::default());
+        telemetry.watch_dest(dir.path().to_path_buf(), gate.clone());
         telemetry.renew_seconds.observe(0.003);
         let text = telemetry.render();
         for line in [
@@ -240,14 +295,30 @@ mod tests {
             "era5_s3_stall_timeouts_total 1",
             "era5_verify_failures_total 0",
             "era5_lease_renew_seconds_count 1",
+            "era5_local_io_errors_total{kind=\"no_space\"} 0",
+            "era5_dest_free_bytes",
         ] {
             assert!(
-                text.lines().any(|l| l == line),
+                text.lines()
+                    .any(|l| l == line || (l.starts_with(line) && line.ends_with("bytes"))),
                 "missing `{line}` in\n{text}"
             );
         }
         assert!(!telemetry.ready());
         telemetry.contact();
         assert!(telemetry.ready());
+        assert!(telemetry.dest_problem().is_none());
+        gate.close(&crate::disk::LocalIoError {
+            kind: LocalIoKind::NoSpace,
+            path: dir.path().to_path_buf(),
+            detail: String::new(),
+            needed: Some(1),
+            free: Some(0),
+        });
+        assert!(
+            telemetry
+                .dest_problem()
+                .is_some_and(|p| p.starts_with("no space left on DEST"))
+        );
     }
 }

@@ -310,6 +310,11 @@ pub struct StreamPlan {
     pub whole_md5: bool,
     /// CRC per part, combined afterwards.
     pub crc: Option<ChecksumAlgo>,
+    /// A CRC-64 of each part for no checksum but its own: parts that a resume state claims
+    /// are read back and compared with it, so a part that did not survive on disk is fetched
+    /// again alone. Only when the part has no MD5 or CRC of its own, and never with
+    /// `--verify size`, which trusts the disk as it trusts the network.
+    pub check: bool,
 }
 
 impl StreamPlan {
@@ -336,12 +341,14 @@ impl StreamPlan {
             md5,
             whole_md5,
             crc,
+            check: !md5 && crc.is_none(),
         }
     }
 }
 
-/// Digests of one part, computed as it streamed (kept in the resume state, so a resumed
-/// download needs no re-read).
+/// Digests of one part, computed as it streamed and kept in the resume state. On resume they
+/// are what the part's bytes, read back from the disk, must give again; verification then
+/// uses the digests of the bytes read back, never the remembered ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartDigest {
     /// Bytes in the part.
@@ -352,6 +359,16 @@ pub struct PartDigest {
     /// CRC value (not finalised into base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc: Option<u64>,
+    /// CRC-64/NVME of the part, when it has no MD5 or CRC of its own ([`StreamPlan::check`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<u64>,
+}
+
+impl PartDigest {
+    /// Whether the part carries anything to compare its bytes with.
+    pub fn has_digest(&self) -> bool {
+        self.md5.is_some() || self.crc.is_some() || self.check.is_some()
+    }
 }
 
 /// The running digests of a part being downloaded.
@@ -359,6 +376,7 @@ pub struct PartHasher {
     len: u64,
     md5: Option<Md5>,
     crc: Option<crc_fast::Digest>,
+    check: Option<crc_fast::Digest>,
 }
 
 impl PartHasher {
@@ -371,6 +389,9 @@ impl PartHasher {
                 .crc
                 .and_then(|a| a.crc())
                 .map(|(algo, _)| crc_fast::Digest::new(algo)),
+            check: plan
+                .check
+                .then(|| crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme)),
         }
     }
 
@@ -383,6 +404,9 @@ impl PartHasher {
         if let Some(crc) = &mut self.crc {
             crc.update(bytes);
         }
+        if let Some(check) = &mut self.check {
+            check.update(bytes);
+        }
     }
 
     /// The part's digests.
@@ -391,8 +415,34 @@ impl PartHasher {
             len: self.len,
             md5: self.md5.map(|m| hex::encode(m.finish())),
             crc: self.crc.map(|c| c.finalize()),
+            check: self.check.map(|c| c.finalize()),
         }
     }
+}
+
+/// The digests `plan` asks for of `len` bytes of `file` at `offset`, read back from the disk.
+pub fn digest_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    plan: StreamPlan,
+) -> std::io::Result<PartDigest> {
+    let mut hasher = PartHasher::new(plan);
+    let mut buffer = vec![0u8; READ_BLOCK.min(len.max(1) as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = buffer.len().min((len - done) as usize);
+        let read = file.read_at(&mut buffer[..want], offset + done)?;
+        if read == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("file ended at {} of {}", offset + done, offset + len),
+            ));
+        }
+        hasher.update(&buffer[..read]);
+        done += read as u64;
+    }
+    Ok(hasher.finish())
 }
 
 /// The object failed verification.

@@ -17,6 +17,18 @@
 //! state is saved at most every [`SAVE_EVERY`] and when the download ends, never from an async
 //! task.
 //!
+//! **A resume state never claims bytes that are not durable**: each save first makes the data
+//! file durable (`fdatasync`), then writes the state to a temporary file, makes that durable
+//! and renames it into place. The parts a save claims were all written before its
+//! `fdatasync` began, so after a power loss the state on disk (the new one or the old one)
+//! claims only bytes that reached the disk. The cost is one `fdatasync` per save, on a helper
+//! thread, at most every [`SAVE_EVERY`]; downloads that are never resumed (a cluster lease's)
+//! save nothing, and neither does a download at its end (it is verified and promoted next).
+//!
+//! **The first write error stops the object**: it is recorded, the object's cancellation
+//! token fires (its parts stop at once, no more bytes are fetched), and nothing more is
+//! written.
+//!
 //! What can block or burn CPU beside the writer thread runs on two helper threads per file
 //! ([`Coalescing`]: the newest request wins, none queue up):
 //! - saving the resume state: renaming a state file waits for a journal commit, which on ext4
@@ -37,8 +49,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::direct_io::{ALIGN, DirectFile, IoPool, STAGE, Stage, WriteDone};
+use crate::disk::Reservation;
 use crate::mirror::ResumeState;
 use crate::ordered_md5::PartDone;
 use crate::verify::PartDigest;
@@ -47,12 +61,28 @@ use crate::verify::PartDigest;
 const QUEUE_DEPTH: usize = 8;
 /// Start writeback after this many buffered bytes.
 const WRITEBACK_EVERY: u64 = 16 << 20;
-/// Longest time a finished part waits to be saved in the resume state.
-pub const SAVE_EVERY: Duration = Duration::from_millis(500);
+/// Default longest time a finished part waits to be saved in the resume state
+/// ([`ObjectIo::save_every`]). Each save costs an
+/// `fdatasync` of the data (that is what makes the claim true), so saves are coalesced: a
+/// crash loses at most this much progress, and a download shorter than this saves nothing.
+/// At 1 s, full verification of the month workload measured up to 5-9% slower than without
+/// saves on a busy machine; at 2 s half as many syncs remain.
+pub const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 enum Command {
-    Write { offset: u64, data: Bytes },
-    PartDone { index: u64, digest: PartDigest },
+    Write {
+        offset: u64,
+        data: Bytes,
+    },
+    PartDone {
+        index: u64,
+        digest: PartDigest,
+    },
+    /// A part already in the file (a resumed one that read back intact).
+    Adopt {
+        index: u64,
+        digest: PartDigest,
+    },
 }
 
 /// How the writer ended.
@@ -60,7 +90,48 @@ pub struct WriterOutcome {
     /// The resume state with every part recorded as done.
     pub state: ResumeState,
     /// The first write error, if any (then the object failed).
-    pub failure: Option<String>,
+    pub failure: Option<std::io::Error>,
+}
+
+/// What the writer of one object needs besides its file.
+pub struct ObjectIo {
+    /// Where the resume state is saved; `None` for a download that is never resumed.
+    pub state_path: Option<PathBuf>,
+    /// Fired at the first write error: the object's parts stop.
+    pub cancel: CancellationToken,
+    /// The room promised to the object, given back as bytes land.
+    pub reservation: Option<Arc<Reservation>>,
+    /// Longest time a finished part waits to be saved ([`SAVE_EVERY`] by default).
+    pub save_every: Duration,
+}
+
+/// The first write error of an object, shared by the writer, the I/O threads and the saver.
+struct Failed {
+    error: Mutex<Option<std::io::Error>>,
+    cancel: CancellationToken,
+}
+
+impl Failed {
+    fn set(&self, error: std::io::Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            tracing::warn!(%error, "writing a temporary file failed: stopping the object");
+            *slot = Some(error);
+        }
+        drop(slot);
+        self.cancel.cancel();
+    }
+
+    fn is_set(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn take(&self) -> Option<std::io::Error> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// What direct writes of one file need.
@@ -87,28 +158,42 @@ impl FileWriter {
         file: Arc<File>,
         direct: Option<DirectSink>,
         state: ResumeState,
-        state_path: PathBuf,
+        io: ObjectIo,
         follower: Option<PartDone>,
     ) -> (Self, tokio::task::JoinHandle<WriterOutcome>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::task::spawn_blocking(move || {
+            let failed = Arc::new(Failed {
+                error: Mutex::new(None),
+                cancel: io.cancel,
+            });
+            let saver = io.state_path.map(|state_path| {
+                let (data, failed) = (file.clone(), failed.clone());
+                Coalescing::start("era5-state", move |state: ResumeState| {
+                    // The data first: the state may claim only bytes already on the disk.
+                    if let Err(error) = data.sync_data() {
+                        failed.set(error);
+                        return;
+                    }
+                    if let Err(error) = state.save(&state_path) {
+                        // Only resumability suffers: the parts are downloaded again after a crash.
+                        tracing::warn!(path = %state_path.display(), %error, "could not save the resume state");
+                    }
+                })
+            });
             let shared = Arc::new(Shared {
                 record: Mutex::new(Record {
                     state,
                     waiting: HashMap::new(),
                     in_flight: 0,
-                    failure: None,
                     unsaved: false,
                     last_save: Instant::now(),
                 }),
+                failed,
                 drained: Condvar::new(),
-                saver: Coalescing::start("era5-state", move |state: ResumeState| {
-                    if let Err(error) = state.save(&state_path) {
-                        // Only resumability suffers: the parts are downloaded again after a crash.
-                        tracing::warn!(path = %state_path.display(), %error, "could not save the resume state");
-                    }
-                }),
+                saver,
                 follower,
+                save_every: io.save_every,
             });
             let writeback_file = file.clone();
             let direct = direct.map(|sink| Direct {
@@ -125,6 +210,7 @@ impl FileWriter {
                 file,
                 shared,
                 direct,
+                reservation: io.reservation,
                 writeback: Coalescing::start("era5-writeback", move |()| {
                     // SAFETY: a plain syscall on a descriptor kept open by the Arc; offset 0
                     // and length 0 mean the whole file. It starts writeback and does not wait
@@ -155,6 +241,12 @@ impl FileWriter {
         self.send(Command::PartDone { index, digest }).await
     }
 
+    /// Records part `index` as complete without writing: its bytes are in the file already
+    /// and were read back intact (a resumed download).
+    pub async fn adopt(&self, index: u64, digest: PartDigest) -> Result<(), String> {
+        self.send(Command::Adopt { index, digest }).await
+    }
+
     async fn send(&self, command: Command) -> Result<(), String> {
         self.tx
             .send(command)
@@ -166,10 +258,13 @@ impl FileWriter {
 /// What the writer thread and the I/O threads finishing its direct writes share.
 struct Shared {
     record: Mutex<Record>,
+    failed: Arc<Failed>,
     /// Signalled when no direct write of the file is in flight any more.
     drained: Condvar,
-    saver: Coalescing<ResumeState>,
+    /// Saves the resume state; `None` when the download is never resumed.
+    saver: Option<Coalescing<ResumeState>>,
     follower: Option<PartDone>,
+    save_every: Duration,
 }
 
 struct Record {
@@ -177,7 +272,6 @@ struct Record {
     /// Parts with direct writes in flight, or whose writes ended before their `PartDone`.
     waiting: HashMap<u64, Waiting>,
     in_flight: usize,
-    failure: Option<String>,
     unsaved: bool,
     last_save: Instant,
 }
@@ -194,13 +288,13 @@ impl Shared {
         self.record.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fail(&self, message: String) {
-        self.lock().failure.get_or_insert(message);
+    fn fail(&self, error: std::io::Error) {
+        self.failed.set(error);
     }
 
     /// Part `index` is fully written.
     fn record_part(&self, record: &mut Record, index: u64, digest: PartDigest) {
-        if record.failure.is_some() {
+        if self.failed.is_set() {
             return;
         }
         record.state.parts.insert(index, digest);
@@ -208,7 +302,7 @@ impl Shared {
         if let Some(follower) = &self.follower {
             follower.send(index);
         }
-        if record.last_save.elapsed() >= SAVE_EVERY {
+        if record.last_save.elapsed() >= self.save_every {
             self.save(record);
         }
     }
@@ -216,18 +310,18 @@ impl Shared {
     fn save(&self, record: &mut Record) {
         record.last_save = Instant::now();
         record.unsaved = false;
-        self.saver.offer(record.state.clone());
+        if let Some(saver) = &self.saver {
+            saver.offer(record.state.clone());
+        }
     }
 }
 
 impl WriteDone for Shared {
     fn write_done(&self, part: u64, result: std::io::Result<()>) {
-        let mut record = self.lock();
         if let Err(error) = result {
-            record
-                .failure
-                .get_or_insert(format!("writing the temporary file failed: {error}"));
+            self.fail(error);
         }
+        let mut record = self.lock();
         record.in_flight -= 1;
         if let Some(waiting) = record.waiting.get_mut(&part) {
             waiting.writes -= 1;
@@ -257,6 +351,7 @@ struct Writer {
     file: Arc<File>,
     shared: Arc<Shared>,
     direct: Option<Direct>,
+    reservation: Option<Arc<Reservation>>,
     writeback: Coalescing<()>,
     since_writeback: u64,
 }
@@ -264,12 +359,17 @@ struct Writer {
 impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) -> WriterOutcome {
         while let Some(command) = rx.blocking_recv() {
-            if self.shared.lock().failure.is_some() {
+            if self.shared.failed.is_set() {
+                // Nothing more is written; the parts were told to stop.
                 continue;
             }
             match command {
                 Command::Write { offset, data } => self.write(offset, &data),
                 Command::PartDone { index, digest } => self.part_done(index, digest),
+                Command::Adopt { index, digest } => {
+                    let mut record = self.shared.lock();
+                    self.shared.record_part(&mut record, index, digest);
+                }
             }
         }
         // The download finished, failed or was cancelled. Stages still filling belong to
@@ -287,20 +387,25 @@ impl Writer {
                 .wait(record)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        // Keep what is done for a resume.
-        if record.unsaved && record.failure.is_none() {
+        // Keep what is done for a resume. A complete download is verified and promoted next,
+        // which makes it durable anyway: saving it now would only cost an fdatasync.
+        let parts = record.state.size.div_ceil(record.state.part_size.max(1));
+        let complete = record.state.parts.len() as u64 == parts;
+        if record.unsaved && !complete && !self.shared.failed.is_set() {
             self.shared.save(&mut record);
         }
-        let outcome = WriterOutcome {
-            state: record.state.clone(),
-            failure: record.failure.clone(),
-        };
+        let state = record.state.clone();
         drop(record);
         // Every save is on disk before the outcome is known: the engine may remove the state
         // next, and a late save must not bring it back.
-        self.shared.saver.finish();
+        if let Some(saver) = &self.shared.saver {
+            saver.finish();
+        }
         self.writeback.finish();
-        outcome
+        WriterOutcome {
+            state,
+            failure: self.shared.failed.take(),
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -374,9 +479,11 @@ impl Writer {
 
     fn write_buffered(&mut self, offset: u64, data: &[u8]) {
         if let Err(error) = self.file.write_all_at(data, offset) {
-            self.shared
-                .fail(format!("writing the temporary file failed: {error}"));
+            self.shared.fail(error);
             return;
+        }
+        if let Some(reservation) = &self.reservation {
+            reservation.landed(data.len() as u64);
         }
         self.since_writeback += data.len() as u64;
         if self.since_writeback >= WRITEBACK_EVERY {
@@ -552,8 +659,13 @@ mod tests {
                 part_size,
                 parts: Default::default(),
             };
-            let (writer, task) =
-                FileWriter::start(Arc::new(file), sink, state, dir.path().join("state"), None);
+            let io = ObjectIo {
+                state_path: Some(dir.path().join("state")),
+                cancel: CancellationToken::new(),
+                reservation: None,
+                save_every: SAVE_EVERY,
+            };
+            let (writer, task) = FileWriter::start(Arc::new(file), sink, state, io, None);
             let part = |i: u64| {
                 let (start, end) = (i * part_size, ((i + 1) * part_size).min(size));
                 (start, data[start as usize..end as usize].to_vec())
@@ -594,6 +706,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_write_error_cancels_the_object_and_nothing_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        // Opened read-only: every write fails, as on a full disk.
+        let file = File::open(&path).unwrap();
+        let state = ResumeState {
+            key: "k".into(),
+            etag: None,
+            size: 1 << 20,
+            part_size: 1 << 19,
+            parts: Default::default(),
+        };
+        let cancel = CancellationToken::new();
+        let io = ObjectIo {
+            state_path: Some(dir.path().join("state")),
+            cancel: cancel.clone(),
+            reservation: None,
+            save_every: SAVE_EVERY,
+        };
+        let (writer, task) = FileWriter::start(Arc::new(file), None, state, io, None);
+        writer
+            .write(0, Bytes::from(vec![1u8; 1 << 19]))
+            .await
+            .unwrap();
+        let _ = writer
+            .part_done(
+                0,
+                PartDigest {
+                    len: 1 << 19,
+                    ..PartDigest::default()
+                },
+            )
+            .await;
+        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+            .await
+            .expect("the object was not cancelled");
+        drop(writer);
+        let outcome = task.await.unwrap();
+        assert!(outcome.failure.is_some());
+        assert!(
+            outcome.state.parts.is_empty(),
+            "a part of a failed write was recorded"
+        );
+        assert!(ResumeState::load(&dir.path().join("state")).is_none());
     }
 
     #[test]

@@ -245,3 +245,157 @@ pub fn manifest(dest: &Path) -> std::collections::HashMap<String, serde_json::Va
         .map(|v| (v["key"].as_str().unwrap_or_default().to_string(), v))
         .collect()
 }
+
+/// Runs `command` (an era5 process) to completion within `limit`, sampling its peak resident
+/// memory (VmHWM, in MiB) from /proc while it runs.
+pub fn run_measuring_peak_rss(mut command: Command, limit: Duration) -> (Run, u64) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn era5");
+    let pid = child.id();
+    let deadline = Instant::now() + limit;
+    let mut peak_kib = 0;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let run = Run::from_output(child.wait_with_output().expect("output"));
+            panic!(
+                "era5 did not finish within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
+                run.stdout, run.stderr
+            );
+        }
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak_kib = peak_kib.max(kib);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (
+        Run::from_output(child.wait_with_output().expect("output")),
+        peak_kib / 1024,
+    )
+}
+
+/// A process's resident high-water mark (VmHWM), in KiB; for a process run through `nsenter`,
+/// that of its (exec'd) self.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A real, small filesystem for tests of a full disk: a tmpfs of a given size mounted at a
+/// directory inside a mount namespace of its own (`unshare -m`), held open by a child process.
+/// era5 runs inside it through `nsenter`; the test sees its files through `/proc/PID/root`.
+/// Dropping it kills the holder, which unmounts the tmpfs; nothing is mounted on the host.
+pub struct Tmpfs {
+    holder: Child,
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`4m`, `8t`...) at `dir` (created here) in a new namespace.
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        use std::io::BufRead;
+        std::fs::create_dir_all(dir).expect("mount point");
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o "size=$1" tmpfs "$0" && echo mounted && exec sleep 100000"#)
+            .arg(dir)
+            .arg(size)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn unshare (util-linux)");
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().expect("holder stdout"))
+            .read_line(&mut line)
+            .expect("read from the holder");
+        assert_eq!(
+            line.trim(),
+            "mounted",
+            "could not mount a tmpfs in a mount namespace (needs root or user namespaces)"
+        );
+        Self {
+            holder,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The mount point, as processes inside the namespace see it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `path` (inside the namespace) as the test sees it.
+    pub fn outside(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.holder.id())).join(relative)
+    }
+
+    /// `era5` inside the namespace, with the same clean environment as [`era5`].
+    pub fn era5(&self, home: &Path) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .arg(env!("CARGO_BIN_EXE_era5"));
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().to_string();
+            if name.starts_with("ERA5_") || name.starts_with("AWS_") || name == "RUST_LOG" {
+                command.env_remove(&name);
+            }
+        }
+        command.env("HOME", home).stdin(Stdio::null());
+        command
+    }
+
+    /// Changes the size of the filesystem (a full disk gets room again).
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("nsenter")
+            .args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .args(["mount", "-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remounting the tmpfs failed");
+    }
+
+    /// Fills the filesystem with a file named `name` until `leave` bytes are free, or until
+    /// it is full (others may be writing to it at the same time).
+    pub fn fill(&self, name: &str, leave: u64) {
+        use std::io::Write;
+        let path = self.outside(&self.dir.join(name));
+        let mut size = free_bytes(&self.outside(&self.dir)).saturating_sub(leave);
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0xa5u8; 1 << 20];
+        while size > 0 {
+            let take = size.min(chunk.len() as u64) as usize;
+            match file.write_all(&chunk[..take]) {
+                Ok(()) => size -= take as u64,
+                Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(error) => panic!("filling the tmpfs failed: {error}"),
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Bytes free on the filesystem holding `path` (statvfs).
+pub fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct from a NUL-terminated path we own.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) }, 0);
+    #[allow(clippy::unnecessary_cast)]
+    let free = stats.f_bavail as u64 * stats.f_frsize as u64;
+    free
+}

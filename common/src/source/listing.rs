@@ -3,21 +3,35 @@
 //! listing saw besides the selected objects (keys the catalog does not know, objects of the
 //! products and days that other variables or grids ruled out) is kept for `plan`'s report and
 //! for saying why a selection matched nothing.
+//!
+//! A listing is held to the same limits as a download, whatever the server does:
+//! - each request has a timeout ([`LIST_REQUEST_TIMEOUT`]), and the pool's guard cuts a
+//!   response whose headers or bytes stall past `--stall-timeout` or come below `--min-rate`;
+//! - failures are classified and retried by `retry`, with the same policy as GETs (SlowDown
+//!   and 429 included);
+//! - a page body over 16 MiB is refused (the pool's cap on unranged bodies);
+//! - **pagination always ends**: a continuation token seen before, or more pages or keys than
+//!   the folder can hold ([`prefix_capacity`]), is a clear error, not an endless loop.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use aws_smithy_types::date_time::Format;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use thiserror::Error;
 
-use std::collections::BTreeMap;
-
-use crate::catalog::{self, ObjectKey, Product};
+use crate::catalog::{self, Cadence, ObjectKey, Product};
 use crate::selection::Selection;
 use crate::source::Source;
-use crate::source::retry::{Failure, RetryPolicy, classify};
+use crate::source::retry::{Failure, RetryPolicy, chain, classify, retrying};
 
 /// Folders listed at once; the pool's cap still bounds connections.
 const LIST_CONCURRENCY: usize = 8;
+
+/// Longest a single ListObjectsV2 request may take, body included. A page is at most 16 MiB
+/// and usually 300 KiB; the stall guard and the minimum rate end broken ones much sooner.
+pub const LIST_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One object as the listing describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,7 +50,8 @@ pub struct RemoteObject {
 /// Listing failed for good.
 #[derive(Debug, Error)]
 pub enum ListError {
-    /// The server refused (403, 404, NoSuchBucket...): retrying cannot help.
+    /// The server refused (403, 404, NoSuchBucket...) or sent what must not be accepted (a
+    /// page over the size cap, pagination that never ends): retrying cannot help.
     #[error("listing s3://{bucket}/{prefix} failed: {message}")]
     Refused {
         /// Bucket.
@@ -166,15 +181,51 @@ pub async fn discover_detailed(
     Ok(discovery.finish())
 }
 
+/// The most keys a folder `{product}/{YYYYMM}/` can hold: every variable of the product for
+/// every time window of a month, four times over (other grids, copies) plus a thousand stray
+/// keys. Listing past it means the server is not listing a real folder. Other prefixes get a
+/// generous flat bound.
+pub fn prefix_capacity(prefix: &str) -> usize {
+    let product = prefix
+        .split('/')
+        .next()
+        .and_then(|name| Product::ALL.into_iter().find(|p| p.name() == name));
+    match product {
+        Some(product) => {
+            let windows = match product.cadence() {
+                Cadence::Daily => 31,
+                Cadence::HalfMonth => 2,
+                Cadence::Monthly | Cadence::Invariant => 1,
+            };
+            product.variables().count() * windows * 4 + 1000
+        }
+        None => 1_000_000,
+    }
+}
+
 /// Every object under one prefix, following continuation tokens.
 pub async fn list_prefix(
     source: &Source,
     prefix: String,
     retry: &RetryPolicy,
 ) -> Result<Vec<RemoteObject>, ListError> {
+    let capacity = prefix_capacity(&prefix);
+    let endless = |problem: String| ListError::Refused {
+        bucket: source.bucket.clone(),
+        prefix: prefix.clone(),
+        message: format!("{problem}; the server's pagination never ends"),
+    };
     let mut objects = Vec::new();
     let mut token: Option<String> = None;
+    let mut seen_tokens = HashSet::new();
+    let mut pages = 0usize;
     loop {
+        pages += 1;
+        if pages > capacity {
+            return Err(endless(format!(
+                "more than {capacity} pages, more than the folder can hold"
+            )));
+        }
         let page = list_page(source, &prefix, token.as_deref(), retry).await?;
         for entry in page.contents() {
             let Some(key) = entry.key() else { continue };
@@ -187,9 +238,20 @@ pub async fn list_prefix(
                     .and_then(|t| t.fmt(Format::DateTime).ok()),
             });
         }
+        if objects.len() > capacity {
+            return Err(endless(format!(
+                "more than {capacity} keys, more than the folder can hold"
+            )));
+        }
         token = page.next_continuation_token().map(str::to_string);
-        if !page.is_truncated().unwrap_or(false) || token.is_none() {
+        let Some(next) = token
+            .as_ref()
+            .filter(|_| page.is_truncated().unwrap_or(false))
+        else {
             return Ok(objects);
+        };
+        if !seen_tokens.insert(next.clone()) {
+            return Err(endless(format!("continuation token `{next}` came back")));
         }
     }
 }
@@ -200,43 +262,54 @@ async fn list_page(
     token: Option<&str>,
     retry: &RetryPolicy,
 ) -> Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output, ListError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = source
-            .client
-            .list_objects_v2()
-            .bucket(&source.bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.map(str::to_string))
-            .send()
-            .await;
-        let error = match result {
-            Ok(page) => return Ok(page),
-            Err(error) => error,
-        };
-        match classify(&error) {
-            Failure::Retry(reason) if attempt < retry.max_attempts => {
-                tracing::debug!(prefix, attempt, %reason, "listing failed, retrying");
-                tokio::time::sleep(retry.backoff(attempt)).await;
+    let result = retrying(
+        retry,
+        |_attempt| {
+            let request = source
+                .client
+                .list_objects_v2()
+                .bucket(&source.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.map(str::to_string))
+                .send();
+            async move {
+                match tokio::time::timeout(LIST_REQUEST_TIMEOUT, request).await {
+                    Err(_) => Err((
+                        Failure::Retry(crate::source::retry::RetryReason::Stall),
+                        format!(
+                            "no complete answer within {}s",
+                            LIST_REQUEST_TIMEOUT.as_secs()
+                        ),
+                    )),
+                    Ok(Ok(page)) => Ok(page),
+                    Ok(Err(error)) => {
+                        let failure = classify(&error);
+                        // A refusal is reported as is; a transient failure with its chain.
+                        let detail = match failure {
+                            Failure::Retry(_) => chain(&error),
+                            _ => refusal_message(&source.bucket, &error),
+                        };
+                        Err((failure, detail))
+                    }
+                }
             }
-            Failure::Retry(reason) => {
-                return Err(ListError::Exhausted {
-                    bucket: source.bucket.clone(),
-                    prefix: prefix.to_string(),
-                    attempts: attempt,
-                    last: format!("{reason}: {}", crate::source::retry::chain(&error)),
-                });
-            }
-            Failure::Changed | Failure::Permanent { .. } => {
-                return Err(ListError::Refused {
-                    bucket: source.bucket.clone(),
-                    prefix: prefix.to_string(),
-                    message: refusal_message(&source.bucket, &error),
-                });
-            }
-        }
-    }
+        },
+        |reason| tracing::debug!(prefix, %reason, "listing failed, retrying"),
+    )
+    .await;
+    result.map_err(|gave_up| match gave_up.failure {
+        Failure::Retry(reason) => ListError::Exhausted {
+            bucket: source.bucket.clone(),
+            prefix: prefix.to_string(),
+            attempts: gave_up.attempts,
+            last: format!("{reason}: {}", gave_up.detail),
+        },
+        Failure::Changed | Failure::Permanent { .. } => ListError::Refused {
+            bucket: source.bucket.clone(),
+            prefix: prefix.to_string(),
+            message: gave_up.detail,
+        },
+    })
 }
 
 fn refusal_message<E>(

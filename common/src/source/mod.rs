@@ -6,6 +6,7 @@
 //! one policy ([`retry::RetryPolicy`]) and one classification ([`retry::classify`]).
 
 pub mod coverage;
+pub mod guard;
 pub mod listing;
 pub mod pool;
 pub mod retry;

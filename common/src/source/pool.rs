@@ -16,7 +16,9 @@
 //!    S3 closes them from its side.
 //!
 //! Both semaphores feed [`ConnectionStats`], the live gauge of open and in-use connections,
-//! counted by the client itself.
+//! counted by the client itself. Every response is held to a [`BodyGuard`] (headers in time,
+//! no stall, a minimum rate, and a size cap on unranged bodies; see [`crate::source::guard`]),
+//! so a hostile server can hold neither a connection nor memory for long.
 
 use std::fmt;
 use std::future::Future;
@@ -43,6 +45,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::source::guard::{BodyError, BodyGuard, GuardedBody, UNRANGED_BODY_CAP, check_length};
+
 /// Idle pooled connections are closed after this long; S3 closes idle keep-alive connections
 /// after a few seconds to ~20 s, so ours must go first.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +66,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// How long dialling may take.
     pub connect_timeout: Duration,
+    /// Limits on every response: headers and bytes in time, a minimum rate.
+    pub guard: BodyGuard,
 }
 
 impl PoolConfig {
@@ -71,6 +77,7 @@ impl PoolConfig {
             max_connections: max_connections.max(1),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            guard: BodyGuard::default(),
         }
     }
 }
@@ -371,14 +378,30 @@ impl BoundedHttpClient {
         let request = request
             .try_into_http1x()
             .map_err(|e| ConnectorError::user(e.into()))?;
-        let response = self
-            .client
-            .request(request)
+        // Ranged GETs carry object bytes, bounded by the range the engine checks; everything
+        // else (listings, error documents) is read whole by the SDK, so it is capped. A HEAD
+        // has no body, whatever length it announces.
+        let unranged = !request.headers().contains_key(http::header::RANGE);
+        let cap = (unranged && request.method() != http::Method::HEAD).then_some(UNRANGED_BODY_CAP);
+        let guard = self.config.guard;
+        let response = tokio::time::timeout(guard.stall_timeout, self.client.request(request))
             .await
+            .map_err(|_| {
+                ConnectorError::timeout(Box::new(BodyError::NoHeaders {
+                    after: guard.stall_timeout,
+                }))
+            })?
             .map_err(|e| ConnectorError::io(e.into()))?;
         let (parts, body) = response.into_parts();
+        let length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // Dropping the body here closes the connection: it is never read.
+        check_length(length, cap).map_err(|e| ConnectorError::other(Box::new(e), None))?;
         let body = SdkBody::from_body_1_x(PermitBody {
-            inner: body,
+            inner: GuardedBody::new(body, guard, cap),
             permit: Some(in_use),
         });
         HttpResponse::try_from(http::Response::from_parts(parts, body))

@@ -191,12 +191,8 @@ impl RedisStore {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(5)))
                 .set_number_of_retries(2);
-            let backoff = common::source::retry::RetryPolicy {
-                base: Duration::from_millis(100),
-                cap: Duration::from_secs(5),
-                ..Default::default()
-            };
-            let mut attempt = 0;
+            // The one backoff of the code base (full jitter), as for S3 and the workers' calls.
+            let mut backoff = common::source::retry::RetryPolicy::reconnect().backoff_sequence();
             loop {
                 match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                     Ok(manager) => {
@@ -204,9 +200,8 @@ impl RedisStore {
                         return;
                     }
                     Err(error) => {
-                        attempt += 1;
-                        tracing::warn!(%error, attempt, "redis is not reachable yet; retrying");
-                        tokio::time::sleep(backoff.backoff(attempt)).await;
+                        tracing::warn!(%error, "redis is not reachable yet; retrying");
+                        tokio::time::sleep(backoff.next_wait()).await;
                     }
                 }
             }
