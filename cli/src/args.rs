@@ -244,12 +244,20 @@ pub struct VerifyArgs {
     /// Files checked at once (default: one per core).
     #[arg(long, env = "ERA5_JOBS", value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
     pub jobs: Option<u32>,
-    /// Print {"checked","ok","bytes","seconds","findings":[{"key","path","problem",..}]}.
+    /// Print {"checked","ok","bytes","seconds","findings":[{"key","path","problem",..}],
+    /// "repairs":[{"key","path","repaired","detail"}]}.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
     /// No progress bar; print periodic log lines instead.
     #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
+    /// Take every failing object out of the manifest and fetch it again through the normal
+    /// engine (a file is only ever replaced by a verified one). Needs DEST to itself.
+    #[arg(long, env = "ERA5_REPAIR", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub repair: bool,
+    /// Where repairs are fetched from (only with --repair).
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// TLS for the cluster's gRPC: all three files, or none.

@@ -3,7 +3,12 @@
 //! (MD5 or multipart ETag, additional checksum, size), one file per core at a time, with a
 //! progress bar. Without `--repair` it never writes into DEST. Exit 0 when everything matches,
 //! 1 otherwise.
+//!
+//! `--repair` then takes DEST exclusively, takes every failing object out of the manifest and
+//! fetches it again through the same mirrorer as `era5 sync`: the bad file stays where it is
+//! until a verified download is renamed over it. Exit 0 when every failure was repaired.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,14 +17,16 @@ use std::time::{Duration, Instant};
 
 use common::error::InputError;
 use common::selection::Selection;
+use common::source::{RemoteObject, Source, SourceConfig};
 use common::units::human_bytes;
 use common::{ObjectKey, Product};
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use worker::Progress;
 use worker::manifest::ManifestEntry;
 use worker::recheck::{Finding, Problem, recheck};
+use worker::sync::{Mirrorer, Outcome};
+use worker::{EngineConfig, FetchScope, Mirror, Progress};
 
 use crate::args::VerifyArgs;
 use crate::config::{ProgressStyle, existing_mirror};
@@ -39,6 +46,8 @@ pub struct VerifyConfig {
     pub json: bool,
     /// Progress display.
     pub progress: ProgressStyle,
+    /// `--repair`: where to fetch the failing objects again.
+    pub repair: Option<SourceConfig>,
 }
 
 impl TryFrom<&VerifyArgs> for VerifyConfig {
@@ -74,7 +83,18 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
         } else {
             ProgressStyle::Lines(Duration::from_secs(5))
         };
+        let repair = if args.repair {
+            crate::config::check_endpoint(&args.source.endpoint)?;
+            Some(crate::config::source(
+                &args.source,
+                16,
+                common::source::pool::DEFAULT_IDLE_TIMEOUT,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
+            repair,
             dest,
             selection,
             jobs: args.jobs.map_or(cores, |n| n as usize),
@@ -93,6 +113,19 @@ struct VerifyReport {
     seconds: f64,
     findings: Vec<Finding>,
     interrupted: bool,
+    /// With `--repair`: what became of each finding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repairs: Option<Vec<Repair>>,
+}
+
+/// What `--repair` did for one finding.
+#[derive(Debug, Serialize)]
+struct Repair {
+    key: String,
+    path: PathBuf,
+    repaired: bool,
+    /// How it ended: `downloaded`, `verified locally`, or why it could not be repaired.
+    detail: String,
 }
 
 /// Runs the command.
@@ -170,6 +203,13 @@ pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
     report.interrupted = cancel.is_cancelled();
     report.findings.sort_by(|a, b| a.key.cmp(&b.key));
 
+    if let Some(source) = &config.repair
+        && !report.findings.is_empty()
+        && !report.interrupted
+    {
+        report.repairs = Some(repair(&config, source, &report.findings).await?);
+    }
+
     let mut stdout = std::io::stdout().lock();
     let written = if config.json {
         serde_json::to_writer(&mut stdout, &report)
@@ -179,13 +219,99 @@ pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
         write_text(&mut stdout, &report)
     };
     written.map_err(|e| Failure::Runtime(format!("writing the report failed: {e}")))?;
+    let all_repaired = report
+        .repairs
+        .as_ref()
+        .is_some_and(|repairs| repairs.iter().all(|r| r.repaired));
     Ok(if report.interrupted {
         ExitCode::Interrupted
-    } else if report.findings.is_empty() {
+    } else if report.findings.is_empty() || all_repaired {
         ExitCode::Success
     } else {
         ExitCode::Failed
     })
+}
+
+/// Takes the failing objects out of the manifest and fetches them again. DEST is taken
+/// exclusively first, as `era5 sync` takes it, so no other writer races the repair.
+async fn repair(
+    config: &VerifyConfig,
+    source: &SourceConfig,
+    findings: &[Finding],
+) -> Result<Vec<Repair>, Failure> {
+    let mirror = Mirror::open(&config.dest).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let keys: HashSet<String> = findings.iter().map(|f| f.key.clone()).collect();
+    worker::manifest::forget_records(mirror.state_dir(), &keys).map_err(|e| {
+        Failure::Runtime(format!(
+            "taking the failing records out of the manifest failed: {e}"
+        ))
+    })?;
+    let source = Source::connect(source).await;
+    let mirrorer = Mirrorer::new(
+        source,
+        mirror,
+        EngineConfig::default(),
+        Arc::new(Progress::default()),
+    )
+    .map_err(|e| Failure::Runtime(format!("opening the manifest failed: {e}")))?;
+    let cancel = CancellationToken::new();
+    spawn_interrupt(cancel.clone());
+    // What the bucket holds now: the version to fetch, verified against its own ETag.
+    let mut objects = Vec::new();
+    let mut repairs = Vec::new();
+    for finding in findings {
+        match mirrorer.engine().head(&finding.key, 0, &cancel).await {
+            Ok(head) => objects.push(RemoteObject {
+                key: finding.key.clone(),
+                size: head.size,
+                etag: head.etag,
+                last_modified: head.last_modified,
+            }),
+            Err(error) => repairs.push(Repair {
+                key: finding.key.clone(),
+                path: finding.path.clone(),
+                repaired: false,
+                detail: format!("the bucket does not give it: {error}"),
+            }),
+        }
+    }
+    let scope = FetchScope {
+        cancel,
+        ..FetchScope::default()
+    };
+    let report = mirrorer
+        .run_batch(objects, &scope)
+        .await
+        .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
+    let path_of = |key: &str| {
+        findings
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| f.path.clone())
+            .unwrap_or_default()
+    };
+    for (object, outcome) in report.results {
+        let (repaired, detail) = match outcome {
+            Outcome::Downloaded => (true, "downloaded".to_string()),
+            Outcome::VerifiedLocally => (true, "verified locally".to_string()),
+            Outcome::Present => (true, "present".to_string()),
+            Outcome::Failed { reason, .. } | Outcome::Local { reason, .. } => (false, reason),
+            Outcome::Cancelled => (false, "interrupted".to_string()),
+        };
+        repairs.push(Repair {
+            path: path_of(&object.key),
+            key: object.key,
+            repaired,
+            detail,
+        });
+    }
+    if let Some(error) = report.manifest_error {
+        return Err(Failure::Runtime(format!(
+            "the repaired files are in place but the manifest could not be written: {error}"
+        )));
+    }
+    repairs.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(repairs)
 }
 
 fn write_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()> {
@@ -201,6 +327,18 @@ fn write_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()
             finding.path.display(),
             finding.problem
         )?;
+    }
+    for repair in report.repairs.iter().flatten() {
+        if repair.repaired {
+            writeln!(out, "REPAIRED {}: {}", repair.path.display(), repair.detail)?;
+        } else {
+            writeln!(
+                out,
+                "NOT REPAIRED {}: {}",
+                repair.path.display(),
+                repair.detail
+            )?;
+        }
     }
     let rate = report.bytes as f64 / report.seconds.max(0.001);
     let verdict = if report.interrupted {
@@ -219,7 +357,12 @@ fn write_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()
         human_bytes(rate as u64),
         report.ok,
         report.findings.len()
-    )
+    )?;
+    if let Some(repairs) = &report.repairs {
+        let done = repairs.iter().filter(|r| r.repaired).count();
+        writeln!(out, "repaired {done} of {}", repairs.len())?;
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM stops starting checks; a second one quits at once. Nothing is written,

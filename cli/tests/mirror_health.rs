@@ -451,3 +451,80 @@ fn sigterm_during_a_follow_pass_ends_it_after_the_objects_in_flight() {
     );
     assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
 }
+
+#[test]
+fn verify_repair_refetches_what_fails_and_replaces_a_file_only_with_a_verified_one() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    sync_sfc(&s3, &scratch, "2t,msl");
+    let dest = scratch.dest();
+    let original = |key: &str| seeded.iter().find(|o| o.key == key).unwrap().data.to_vec();
+
+    let flipped = month_key("202401", "msl", "31");
+    let mut bytes = original(&flipped);
+    bytes[100] ^= 0x01;
+    std::fs::write(dest.join(&flipped), &bytes).unwrap();
+    let gone = month_key("202402", "2t", "29");
+    std::fs::remove_file(dest.join(&gone)).unwrap();
+    // This one fails again on the way in: every body the server sends for it is corrupt.
+    let refused = month_key("202404", "msl", "30");
+    let mut rotten = original(&refused);
+    rotten[7] ^= 0x80;
+    std::fs::write(dest.join(&refused), &rotten).unwrap();
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some(refused.clone()),
+        ranged_only: false,
+        skip: 0,
+        times: None,
+        fault: tests::faults::Fault::CorruptBody { at: 1000 },
+    });
+
+    let endpoint = s3.endpoint();
+    let run = verify(&scratch, &["--repair", "--endpoint", &endpoint, "--json"]);
+    run.expect_code(1);
+    let report = json(&run);
+    let repairs = report["repairs"].as_array().unwrap();
+    let outcome = |key: &str| repairs.iter().find(|r| r["key"] == key).unwrap().clone();
+    assert_eq!(outcome(&flipped)["repaired"], true, "{repairs:?}");
+    assert_eq!(outcome(&gone)["repaired"], true, "{repairs:?}");
+    assert_eq!(outcome(&refused)["repaired"], false, "{repairs:?}");
+    assert_eq!(
+        std::fs::read(dest.join(&flipped)).unwrap(),
+        original(&flipped)
+    );
+    assert_eq!(std::fs::read(dest.join(&gone)).unwrap(), original(&gone));
+    // Never replaced by an unverified download: the old bytes are still there.
+    assert_eq!(std::fs::read(dest.join(&refused)).unwrap(), rotten);
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
+
+    // Its record is gone (it lied), so audit sees a file not verified yet, and the next sync
+    // replaces it once the server sends good bytes; then everything matches again.
+    let audited = json(&audit(&s3, &scratch, "2t,msl", true));
+    assert_eq!(keys(&audited["unrecorded"]), std::slice::from_ref(&refused));
+    s3.clear_faults();
+    sync_sfc(&s3, &scratch, "2t,msl");
+    assert_eq!(
+        std::fs::read(dest.join(&refused)).unwrap(),
+        original(&refused)
+    );
+    verify(&scratch, &[]).expect_code(0);
+    audit(&s3, &scratch, "2t,msl", false).expect_code(0);
+
+    // A clean repair run: a new flipped byte, repaired, exit 0.
+    let mut bytes = original(&gone);
+    bytes[3] ^= 0x10;
+    std::fs::write(dest.join(&gone), &bytes).unwrap();
+    let run = verify(&scratch, &["--repair", "--endpoint", &endpoint]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains(&format!(
+            "REPAIRED {}: downloaded",
+            dest.join(&gone).display()
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.ends_with("repaired 1 of 1\n"), "{}", run.stdout);
+    verify(&scratch, &[]).expect_code(0);
+}

@@ -782,6 +782,39 @@ fn write_snapshot(snapshot: &Path, sources: &[PathBuf], index: &[Slot]) -> std::
     std::fs::rename(&temp, snapshot)
 }
 
+/// Takes `keys` out of the manifest of `state_dir` (`era5 verify --repair`, for files that no
+/// longer match their records): every journal is merged into a new snapshot without them,
+/// written atomically. The caller must hold DEST exclusively (`Mirror::open`) and have no
+/// [`Manifest`] open on it. Returns how many records were removed.
+pub fn forget_records(
+    state_dir: &Path,
+    keys: &std::collections::HashSet<String>,
+) -> std::io::Result<usize> {
+    let dest = state_dir.parent().unwrap_or(state_dir).to_path_buf();
+    let snapshot = state_dir.join(SNAPSHOT);
+    let compact_lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir.join(COMPACT_LOCK))?;
+    flock(&compact_lock, libc::LOCK_EX)?;
+    let (dead, legacy) = dead_journals(state_dir, true)?;
+    let mut sources = vec![snapshot.clone()];
+    sources.extend(legacy);
+    sources.extend(dead.into_iter().map(|(path, _)| path));
+    let mut loaded = load(&dest, &sources)?;
+    let hashes: std::collections::HashSet<[u8; 16]> = keys.iter().map(|k| key_hash(k)).collect();
+    let before = loaded.index.len();
+    loaded.index.retain(|slot| !hashes.contains(&slot.key));
+    let removed = before - loaded.index.len();
+    write_snapshot(&snapshot, &sources, &loaded.index)?;
+    for merged in sources.iter().skip(1) {
+        std::fs::remove_file(merged)?;
+    }
+    sync_dir(state_dir)?;
+    Ok(removed)
+}
+
 /// Every record of the manifest in `state_dir` whose key `keep` accepts, merged as [`Manifest`]
 /// merges them (the later line within a file; across files, the record matching the file at
 /// the path, none when no record does), read without writing, locking or creating anything:
@@ -1009,6 +1042,28 @@ mod tests {
             text.push('\n');
         }
         std::fs::write(state.join(JOURNALS).join(format!("{name}.jsonl")), text).unwrap();
+    }
+
+    #[test]
+    fn forgotten_records_are_gone_from_every_journal_and_the_rest_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".era5");
+        std::fs::create_dir_all(&state).unwrap();
+        {
+            let mut sync = Manifest::open(&state, None).unwrap();
+            sync.record(entry("b", "1")).unwrap();
+        }
+        {
+            let mut worker = Manifest::open(&state, Some("w1")).unwrap();
+            worker.record(entry("c", "1")).unwrap();
+            worker.record(entry("a", "1")).unwrap();
+        }
+        let gone: std::collections::HashSet<String> = ["a".to_string()].into();
+        assert_eq!(forget_records(&state, &gone).unwrap(), 1);
+        let manifest = Manifest::open(&state, None).unwrap();
+        assert!(manifest.get("a").is_none());
+        assert!(manifest.get("b").is_some() && manifest.get("c").is_some());
+        assert!(read_records(&state, |_| true).unwrap().get("a").is_none());
     }
 
     #[test]
