@@ -286,16 +286,56 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, Failure> {
     })
 }
 
-/// Polls a job until it is final; returns its final state.
+/// Dead leases `submit --wait` and the status summary print before pointing to `--state dead`.
+const DEAD_SHOWN: u32 = 10;
+
+/// One `GetJob` call: the summary, and `page_size` leases (0: none) from `page_token`.
+async fn get_job(
+    client: &mut OperatorClient<Channel>,
+    job_id: &str,
+    page_size: u32,
+    state: Option<&str>,
+    page_token: String,
+) -> Result<pb::GetJobResponse, tonic::Status> {
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.to_string(),
+            page_size: Some(page_size),
+            page_token,
+            state: state.unwrap_or_default().to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Up to `limit` of a job's leases in `state`, page by page, and whether more exist.
+async fn first_leases(
+    client: &mut OperatorClient<Channel>,
+    job_id: &str,
+    state: &str,
+    limit: u32,
+) -> Result<(Vec<pb::LeaseView>, bool), Failure> {
+    let mut leases = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = get_job(client, job_id, limit, Some(state), token)
+            .await
+            .map_err(rpc_failure)?;
+        leases.extend(page.leases);
+        if leases.len() >= limit as usize || page.next_page_token.is_empty() {
+            let more = leases.len() > limit as usize || !page.next_page_token.is_empty();
+            leases.truncate(limit as usize);
+            return Ok((leases, more));
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Polls a job's summary (never its leases) until it is final; returns its final state.
 async fn follow(client: &mut OperatorClient<Channel>, job_id: &str) -> Result<String, Failure> {
     loop {
-        let detail = match client
-            .get_job(pb::GetJobRequest {
-                job_id: job_id.to_string(),
-            })
-            .await
-        {
-            Ok(detail) => detail.into_inner(),
+        let detail = match get_job(client, job_id, 0, None, String::new()).await {
+            Ok(detail) => detail,
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -316,11 +356,20 @@ async fn follow(client: &mut OperatorClient<Channel>, job_id: &str) -> Result<St
             human_bytes(job.bytes_total)
         );
         if matches!(job.state.as_str(), "complete" | "failed" | "cancelled") {
-            for lease in detail.leases.iter().filter(|l| l.state == "dead") {
-                eprintln!(
-                    "dead lease {} ({} {}..{}): {}",
-                    lease.item_id, lease.product, lease.start, lease.end, lease.last_error
-                );
+            if counts.dead > 0 {
+                let (dead, more) = first_leases(client, job_id, "dead", DEAD_SHOWN).await?;
+                for lease in &dead {
+                    eprintln!(
+                        "dead lease {} ({} {}..{}): {}",
+                        lease.item_id, lease.product, lease.start, lease.end, lease.last_error
+                    );
+                }
+                if more {
+                    eprintln!(
+                        "... {} dead leases in all: era5 status {job_id} --state dead",
+                        counts.dead
+                    );
+                }
             }
             return Ok(job.state);
         }
@@ -330,55 +379,48 @@ async fn follow(client: &mut OperatorClient<Channel>, job_id: &str) -> Result<St
 
 /// `era5 status`.
 pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
+    if args.job.is_none() && (args.leases || args.state.is_some()) {
+        return Err(Failure::Input(
+            "--leases and --state list one job's leases: give the JOB".into(),
+        ));
+    }
     let mut client = connect(&args.coordinator).await?;
     loop {
-        let text = match &args.job {
+        match &args.job {
+            Some(job_id) if args.leases || args.state.is_some() => {
+                job_with_leases(&mut client, &args, job_id).await?;
+            }
             Some(job_id) => {
-                let detail = client
-                    .get_job(pb::GetJobRequest {
-                        job_id: job_id.clone(),
-                    })
-                    .await
-                    .map_err(rpc_failure)?
-                    .into_inner();
-                let job = detail.job.clone().unwrap_or_default();
-                if args.json {
-                    json!({
-                        "jobs": [job_json(&job)],
-                        "leases": detail.leases.iter().map(lease_json).collect::<Vec<_>>(),
-                        "workers": detail.workers.iter().map(worker_json).collect::<Vec<_>>(),
-                    })
-                    .to_string()
-                } else {
-                    format!(
-                        "{}\n{}\n{}",
-                        jobs_table(&[job]),
-                        leases_table(&detail.leases),
-                        workers_table(&detail.workers)
-                    )
-                }
+                let text = job_summary(&mut client, &args, job_id).await?;
+                write_out(&text)?;
             }
             None => {
                 let listing = client
-                    .list_jobs(pb::ListJobsRequest {})
+                    .list_jobs(pb::ListJobsRequest {
+                        recent: args.recent,
+                    })
                     .await
                     .map_err(rpc_failure)?
                     .into_inner();
-                let (jobs, workers) = (listing.jobs, listing.workers);
-                if args.json {
+                let (jobs, workers) = (&listing.jobs, &listing.workers);
+                let text = if args.json {
                     json!({
                         "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+                        "jobs_total": listing.jobs_total,
                         "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
                     })
                     .to_string()
                 } else {
-                    format!("{}\n{}", jobs_table(&jobs), workers_table(&workers))
-                }
+                    format!(
+                        "{}{}\n{}",
+                        jobs_table(jobs),
+                        jobs_not_shown(jobs.len(), listing.jobs_total),
+                        workers_table(workers)
+                    )
+                };
+                write_out(&text)?;
             }
-        };
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{text}").map_err(|e| Failure::Runtime(e.to_string()))?;
-        drop(stdout);
+        }
         if !args.watch {
             return Ok(ExitCode::Success);
         }
@@ -386,16 +428,132 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     }
 }
 
+fn write_out(text: &str) -> Result<(), Failure> {
+    writeln!(std::io::stdout().lock(), "{text}").map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// `(N older finished jobs not shown; --recent N)` when the listing left some out.
+fn jobs_not_shown(shown: usize, total: u64) -> String {
+    match total.saturating_sub(shown as u64) {
+        0 => String::new(),
+        hidden => format!("({hidden} older finished jobs not shown; --recent N shows more)\n"),
+    }
+}
+
+/// `era5 status JOB`: the summary, workers, and the first dead leases (one small read).
+async fn job_summary(
+    client: &mut OperatorClient<Channel>,
+    args: &StatusArgs,
+    job_id: &str,
+) -> Result<String, Failure> {
+    let detail = get_job(client, job_id, 0, None, String::new())
+        .await
+        .map_err(rpc_failure)?;
+    let job = detail.job.clone().unwrap_or_default();
+    let counts = job.leases.unwrap_or_default();
+    let (dead, more_dead) = if counts.dead > 0 {
+        first_leases(client, job_id, "dead", DEAD_SHOWN).await?
+    } else {
+        (Vec::new(), false)
+    };
+    Ok(if args.json {
+        json!({
+            "jobs": [job_json(&job)],
+            "dead_leases": dead.iter().map(lease_json).collect::<Vec<_>>(),
+            "workers": detail.workers.iter().map(worker_json).collect::<Vec<_>>(),
+        })
+        .to_string()
+    } else {
+        let mut text = jobs_table(std::slice::from_ref(&job));
+        text.push_str(&format!(
+            "({} leases: --leases lists them, --state STATE only those in one state)\n",
+            counts.pending + counts.leased + counts.done + counts.dead
+        ));
+        if !dead.is_empty() {
+            text.push_str(&format!(
+                "\nDEAD LEASES{}\n",
+                if more_dead {
+                    format!(
+                        " (first {DEAD_SHOWN} of {}; --state dead lists all)",
+                        counts.dead
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            text.push_str(&leases_header());
+            for lease in &dead {
+                text.push_str(&lease_row(lease));
+            }
+        }
+        format!("{text}\n{}", workers_table(&detail.workers))
+    })
+}
+
+/// `era5 status JOB --leases [--state S]`: every lease, a page per request. Text goes out as
+/// the pages arrive; JSON is printed whole at the end, in the shape of the summary plus
+/// `"leases"`.
+async fn job_with_leases(
+    client: &mut OperatorClient<Channel>,
+    args: &StatusArgs,
+    job_id: &str,
+) -> Result<(), Failure> {
+    let write_error = |e: std::io::Error| Failure::Runtime(e.to_string());
+    let mut token = String::new();
+    let mut first: Option<pb::GetJobResponse> = None;
+    let mut leases = Vec::new();
+    loop {
+        let mut page = get_job(client, job_id, args.page_size, args.state.as_deref(), token)
+            .await
+            .map_err(rpc_failure)?;
+        let mut stdout = std::io::stdout().lock();
+        if first.is_none() && !args.json {
+            let job = page.job.clone().unwrap_or_default();
+            write!(stdout, "{}\n{}", jobs_table(&[job]), leases_header()).map_err(write_error)?;
+        }
+        if args.json {
+            leases.append(&mut page.leases);
+        } else {
+            for lease in &page.leases {
+                stdout
+                    .write_all(lease_row(lease).as_bytes())
+                    .map_err(write_error)?;
+            }
+        }
+        token = std::mem::take(&mut page.next_page_token);
+        first.get_or_insert(page);
+        if token.is_empty() {
+            break;
+        }
+    }
+    let first = first.unwrap_or_default();
+    let text = if args.json {
+        let job = first.job.clone().unwrap_or_default();
+        json!({
+            "jobs": [job_json(&job)],
+            "leases": leases.iter().map(lease_json).collect::<Vec<_>>(),
+            "workers": first.workers.iter().map(worker_json).collect::<Vec<_>>(),
+        })
+        .to_string()
+    } else {
+        format!("\n{}", workers_table(&first.workers))
+    };
+    write_out(&text)
+}
+
 /// `era5 jobs`.
 pub async fn jobs(args: CoordinatorUrl) -> Result<ExitCode, Failure> {
     let mut client = connect(&args).await?;
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest {})
+    let listing = client
+        .list_jobs(pb::ListJobsRequest { recent: 0 })
         .await
         .map_err(rpc_failure)?
-        .into_inner()
-        .jobs;
-    println!("{}", jobs_table(&jobs));
+        .into_inner();
+    println!(
+        "{}{}",
+        jobs_table(&listing.jobs),
+        jobs_not_shown(listing.jobs.len(), listing.jobs_total)
+    );
     Ok(ExitCode::Success)
 }
 
@@ -489,8 +647,8 @@ fn jobs_table(jobs: &[pb::JobSummary]) -> String {
     out
 }
 
-fn leases_table(leases: &[pb::LeaseView]) -> String {
-    let mut out = format!(
+fn leases_header() -> String {
+    format!(
         "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
         "LEASE",
         "PRODUCT",
@@ -503,24 +661,24 @@ fn leases_table(leases: &[pb::LeaseView]) -> String {
         "HOLDER",
         "ATTEMPTS",
         "LAST ERROR"
-    );
-    for lease in leases {
-        out.push_str(&format!(
-            "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
-            lease.item_id,
-            lease.product,
-            lease.start,
-            lease.end,
-            lease.objects,
-            human_bytes(lease.bytes),
-            lease.state,
-            lease.epoch,
-            lease.holder,
-            lease.attempts,
-            lease.last_error
-        ));
-    }
-    out
+    )
+}
+
+fn lease_row(lease: &pb::LeaseView) -> String {
+    format!(
+        "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
+        lease.item_id,
+        lease.product,
+        lease.start,
+        lease.end,
+        lease.objects,
+        human_bytes(lease.bytes),
+        lease.state,
+        lease.epoch,
+        lease.holder,
+        lease.attempts,
+        lease.last_error
+    )
 }
 
 fn workers_table(workers: &[pb::WorkerView]) -> String {
