@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Control-plane benchmarks of the cluster: lease operations per second through a coordinator
-# with N simulated workers, and planning a job of a million objects (time and peak memory).
+# with N simulated workers; planning a job of a million objects (time and peak memory); renew
+# latency while 1,000 simulated workers hold 2 leases each and report progress every second on
+# their session streams; and GetJob on the whole archive at real sizes (about 40 k leases).
 # Starts its own redis-server and coordinator on free ports; prints one JSON line per figure.
 # Usage: bench/cluster.sh [--skip-build]
 set -euo pipefail
@@ -24,3 +26,10 @@ for workers in 4 16 64; do
         --redis "redis://127.0.0.1:$redis_port/" --workers "$workers" --items 20000
 done
 target/release/era5-lease-bench plan --redis "redis://127.0.0.1:$redis_port/" --objects 1000000
+# Each figure below on a store holding only its own job.
+redis-cli -p "$redis_port" flushall >/dev/null
+target/release/era5-lease-bench sessions --coordinator "http://127.0.0.1:$grpc_port" \
+    --redis "redis://127.0.0.1:$redis_port/" --sessions 1000 --leases 2 --seconds 60
+redis-cli -p "$redis_port" flushall >/dev/null
+target/release/era5-lease-bench status --coordinator "http://127.0.0.1:$grpc_port" \
+    --redis "redis://127.0.0.1:$redis_port/" --objects 798790

@@ -1,13 +1,25 @@
 //! `era5-bench-server`: a read-only S3 endpoint that costs almost no CPU, so benchmarks measure
-//! the clients and not the server. It serves the files of a directory as one bucket:
-//! ListObjectsV2 (with pagination), HEAD, GET with a byte range (sent with `sendfile(2)`, the
-//! bytes never enter user space), GetBucketLocation and HeadBucket. One thread per connection,
-//! HTTP/1.1 keep-alive, no authentication (signatures are accepted and ignored).
+//! the clients and not the server. It serves one bucket: ListObjectsV2 (with pagination and
+//! delimiters), HEAD, GET with a byte range, GetBucketLocation and HeadBucket. One thread per
+//! connection, HTTP/1.1 keep-alive, no authentication (signatures are accepted and ignored).
 //!
-//! ETags are computed once per file and cached next to the data: plain MD5s (as a single PUT
-//! gives, the default) or, with `--part-mib N`, multipart ETags of N MiB parts. `GET /_stats` returns the connection counters
-//! (`open`, `max_open`, `accepted`) and `POST /_stats/reset` restarts the peak, so a benchmark
-//! can read each client's peak connections from the server side.
+//! Two sources of objects:
+//! - `--dir DIR`: the files of a directory, sent with `sendfile(2)` (the bytes never enter user
+//!   space). ETags are computed once per file and cached next to the data: plain MD5s (as a
+//!   single PUT gives, the default) or, with `--part-mib N`, multipart ETags of N MiB parts.
+//! - `--archive`: the whole ERA5 key space generated from the catalog (see `archive.rs`),
+//!   about 0.8 M keys from 1940 to 2025, with deterministic bodies that are tiny or, with
+//!   `--scale F`, the modelled real sizes times F. Nothing is stored.
+//!
+//! It can model a remote S3: `--first-byte-ms MS` delays every answer (the time to first byte,
+//! default 0) and `--conn-rate BYTES/S` paces each response body to that rate per connection.
+//!
+//! `GET /_stats` returns the connection counters (`open`, `max_open`, `accepted`) and the
+//! requests served by kind (`list`, `head`, `get`, and `body_bytes`); `POST /_stats` restarts
+//! the peak and the request counts, so a benchmark can read each client's figures from the
+//! server side.
+
+mod archive;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,8 +28,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use archive::{Archive, ArchiveOptions, Listed};
+use common::dates::YearMonth;
 use md5::{Digest, Md5};
 
 struct Entry {
@@ -27,13 +42,40 @@ struct Entry {
     modified: String,
 }
 
+/// Where the objects come from.
+enum Backend {
+    /// Files of a directory, by key.
+    Dir(BTreeMap<String, Entry>),
+    /// The generated archive.
+    Archive(Archive),
+}
+
+/// Requests served, by kind.
+#[derive(Default)]
+struct Requests {
+    list: AtomicU64,
+    head: AtomicU64,
+    get: AtomicU64,
+    body_bytes: AtomicU64,
+}
+
 struct Server {
     bucket: String,
-    objects: BTreeMap<String, Entry>,
+    backend: Backend,
+    /// Delay before every S3 answer.
+    first_byte: Duration,
+    /// Body bytes per second per connection (0: unpaced).
+    conn_rate: u64,
     open: AtomicUsize,
     max_open: AtomicUsize,
     accepted: AtomicUsize,
+    requests: Requests,
 }
+
+/// Last-Modified of every generated object.
+const ARCHIVE_MODIFIED: &str = "Mon, 01 Sep 2025 00:00:00 GMT";
+
+const USAGE: &str = "usage: era5-bench-server (--dir DIR [--part-mib N] | --archive [--scale F] [--unconfirmed] [--first-month YYYY-MM] [--last-month YYYY-MM]) [--listen ADDR] [--bucket B] [--first-byte-ms MS] [--conn-rate BYTES/S]";
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -41,8 +83,32 @@ fn main() {
     let mut dir = None;
     let mut bucket = "nsf-ncar-era5".to_string();
     let mut part_mib: u64 = 0;
+    let mut archive: Option<ArchiveOptions> = None;
+    let mut first_byte_ms: u64 = 0;
+    let mut conn_rate: u64 = 0;
     while let Some(flag) = args.next() {
+        if flag == "--archive" {
+            archive.get_or_insert_with(ArchiveOptions::default);
+            continue;
+        }
+        if flag == "--unconfirmed" {
+            archive
+                .get_or_insert_with(ArchiveOptions::default)
+                .unconfirmed = true;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
+        let number = |flag: &str| -> u64 {
+            value
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("bad {flag} `{value}`")))
+        };
+        let month = |flag: &str| -> YearMonth {
+            value
+                .split_once('-')
+                .and_then(|(y, m)| YearMonth::parse_compact(&format!("{y}{m}")))
+                .unwrap_or_else(|| fail(&format!("bad {flag} `{value}`: expected YYYY-MM")))
+        };
         match flag.as_str() {
             "--listen" => {
                 listen = value
@@ -51,36 +117,88 @@ fn main() {
             }
             "--dir" => dir = Some(PathBuf::from(value)),
             "--bucket" => bucket = value,
-            "--part-mib" => {
-                part_mib = value
-                    .parse()
-                    .unwrap_or_else(|_| fail(&format!("bad --part-mib `{value}`")))
+            "--part-mib" => part_mib = number("--part-mib"),
+            "--first-byte-ms" => first_byte_ms = number("--first-byte-ms"),
+            "--conn-rate" => {
+                conn_rate = common::units::parse_size(&value)
+                    .filter(|rate| *rate > 0)
+                    .unwrap_or_else(|| {
+                        fail(&format!(
+                            "bad --conn-rate `{value}`: expected bytes per second, e.g. 8MiB"
+                        ))
+                    })
             }
-            other => fail(&format!(
-                "unknown flag `{other}`; usage: era5-bench-server --dir DIR [--listen ADDR] [--bucket B] [--part-mib N]"
-            )),
+            "--scale" => {
+                let scale: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .unwrap_or_else(|| fail(&format!("bad --scale `{value}`: expected F > 0")));
+                archive.get_or_insert_with(ArchiveOptions::default).scale = Some(scale);
+            }
+            "--first-month" => {
+                archive.get_or_insert_with(ArchiveOptions::default).first = month("--first-month")
+            }
+            "--last-month" => {
+                archive.get_or_insert_with(ArchiveOptions::default).last = month("--last-month")
+            }
+            other => fail(&format!("unknown flag `{other}`; {USAGE}")),
         }
     }
-    let dir = dir.unwrap_or_else(|| fail("--dir is required"));
-    let objects = index(&dir, part_mib << 20)
-        .unwrap_or_else(|e| fail(&format!("cannot index {}: {e}", dir.display())));
+    let backend = match (dir, archive) {
+        (Some(_), Some(_)) => fail(&format!("--dir and --archive exclude each other; {USAGE}")),
+        (None, None) => fail(&format!("--dir or --archive is required; {USAGE}")),
+        (Some(dir), None) => Backend::Dir(
+            index(&dir, part_mib << 20)
+                .unwrap_or_else(|e| fail(&format!("cannot index {}: {e}", dir.display()))),
+        ),
+        (None, Some(options)) => Backend::Archive(Archive::new(options)),
+    };
     let listener = TcpListener::bind(listen)
         .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
+    let (count, modelled) = match &backend {
+        Backend::Dir(objects) => (objects.len() as u64, String::new()),
+        Backend::Archive(archive) => (
+            archive.count(),
+            format!(
+                " (synthetic archive; the real one modelled at {:.2} PB)",
+                archive.modelled_bytes() as f64 / 1e15
+            ),
+        ),
+    };
     println!(
-        "era5-bench-server: serving {} objects of bucket {bucket} at http://{}",
-        objects.len(),
+        "era5-bench-server: serving {count} objects of bucket {bucket} at http://{}{modelled}",
         listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
-    let server = Arc::new(Server {
+    let server = Arc::new(Server::new(
         bucket,
-        objects,
-        open: AtomicUsize::new(0),
-        max_open: AtomicUsize::new(0),
-        accepted: AtomicUsize::new(0),
-    });
+        backend,
+        Duration::from_millis(first_byte_ms),
+        conn_rate,
+    ));
+    accept(listener, server);
+}
+
+impl Server {
+    fn new(bucket: String, backend: Backend, first_byte: Duration, conn_rate: u64) -> Self {
+        Self {
+            bucket,
+            backend,
+            first_byte,
+            conn_rate,
+            open: AtomicUsize::new(0),
+            max_open: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+            requests: Requests::default(),
+        }
+    }
+}
+
+/// Serves every connection of `listener` on a thread of its own, forever.
+fn accept(listener: TcpListener, server: Arc<Server>) {
     for stream in listener.incoming().flatten() {
         let open = server.open.fetch_add(1, Ordering::SeqCst) + 1;
         server.max_open.fetch_max(open, Ordering::SeqCst);
@@ -318,16 +436,29 @@ fn param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 
 fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::Result<()> {
     if request.path == "/_stats" {
+        let requests = &server.requests;
         if request.method == "POST" {
             server
                 .max_open
                 .store(server.open.load(Ordering::SeqCst), Ordering::SeqCst);
+            for counter in [
+                &requests.list,
+                &requests.head,
+                &requests.get,
+                &requests.body_bytes,
+            ] {
+                counter.store(0, Ordering::SeqCst);
+            }
         }
         let body = format!(
-            "{{\"open\":{},\"max_open\":{},\"accepted\":{}}}",
+            "{{\"open\":{},\"max_open\":{},\"accepted\":{},\"list\":{},\"head\":{},\"get\":{},\"body_bytes\":{}}}",
             server.open.load(Ordering::SeqCst),
             server.max_open.load(Ordering::SeqCst),
-            server.accepted.load(Ordering::SeqCst)
+            server.accepted.load(Ordering::SeqCst),
+            requests.list.load(Ordering::SeqCst),
+            requests.head.load(Ordering::SeqCst),
+            requests.get.load(Ordering::SeqCst),
+            requests.body_bytes.load(Ordering::SeqCst),
         );
         return send(
             out,
@@ -337,6 +468,10 @@ fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::
             body.as_bytes(),
             true,
         );
+    }
+    // The modelled time to first byte of a remote S3.
+    if !server.first_byte.is_zero() {
+        std::thread::sleep(server.first_byte);
     }
     let rest = request.path.trim_start_matches('/');
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
@@ -352,9 +487,20 @@ fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::
             b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>",
             true,
         ),
-        ("GET", "") => list(server, request, out),
+        ("GET", "") => {
+            server.requests.list.fetch_add(1, Ordering::Relaxed);
+            list(server, request, out)
+        }
         ("HEAD", "") => send(out, "200 OK", "application/xml", &[], b"", false),
-        ("GET" | "HEAD", key) => object(server, key, request, out),
+        ("GET" | "HEAD", key) => {
+            let counter = if request.method == "HEAD" {
+                &server.requests.head
+            } else {
+                &server.requests.get
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            object(server, key, request, out)
+        }
         _ => error(out, "405 Method Not Allowed", "MethodNotAllowed", &request.method),
     }
 }
@@ -380,39 +526,64 @@ fn list(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::Res
     let mut count = 0;
     let mut last = None;
     let mut truncated = false;
-    for (key, entry) in server
-        .objects
-        .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-    {
-        if !key.starts_with(prefix) {
-            if key.as_str() > prefix {
-                break;
-            }
-            continue;
-        }
-        if count >= max_keys {
-            truncated = true;
-            break;
-        }
-        last = Some(key.clone());
-        if let Some(delimiter) = delimiter
-            && let Some(position) = key[prefix.len()..].find(delimiter)
-        {
-            let common = key[..prefix.len() + position + delimiter.len()].to_string();
-            if prefixes.last() != Some(&common) {
-                prefixes.push(common);
+    match &server.backend {
+        Backend::Dir(objects) => {
+            for (key, entry) in objects
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            {
+                if !key.starts_with(prefix) {
+                    if key.as_str() > prefix {
+                        break;
+                    }
+                    continue;
+                }
+                if count >= max_keys {
+                    truncated = true;
+                    break;
+                }
+                last = Some(key.clone());
+                if let Some(delimiter) = delimiter
+                    && let Some(position) = key[prefix.len()..].find(delimiter)
+                {
+                    let common = key[..prefix.len() + position + delimiter.len()].to_string();
+                    if prefixes.last() != Some(&common) {
+                        prefixes.push(common);
+                        count += 1;
+                    }
+                    continue;
+                }
                 count += 1;
+                contents.push_str(&contents_xml(
+                    key,
+                    &iso8601(&entry.modified),
+                    &entry.etag,
+                    entry.size,
+                ));
             }
-            continue;
         }
-        count += 1;
-        contents.push_str(&format!(
-            "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-            xml_escape(key),
-            iso8601(&entry.modified),
-            entry.etag,
-            entry.size
-        ));
+        Backend::Archive(archive) => {
+            let (page, more) = archive.list(prefix, after, delimiter, max_keys);
+            truncated = more;
+            count = page.len();
+            let modified = iso8601(ARCHIVE_MODIFIED);
+            for entry in page {
+                match entry {
+                    Listed::Object { key, size } => {
+                        contents.push_str(&contents_xml(
+                            &key,
+                            &modified,
+                            &archive.etag(size),
+                            size,
+                        ));
+                        last = Some(key);
+                    }
+                    Listed::Prefix(common) => {
+                        last = Some(common.clone());
+                        prefixes.push(common);
+                    }
+                }
+            }
+        }
     }
     let common: String = prefixes
         .iter()
@@ -442,6 +613,13 @@ fn list(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::Res
     send(out, "200 OK", "application/xml", &[], body.as_bytes(), true)
 }
 
+fn contents_xml(key: &str, modified: &str, etag: &str, size: u64) -> String {
+    format!(
+        "<Contents><Key>{}</Key><LastModified>{modified}</LastModified><ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+        xml_escape(key),
+    )
+}
+
 fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     let spec = header.strip_prefix("bytes=")?;
     let (first, last) = spec.split_once('-')?;
@@ -464,22 +642,34 @@ fn object(
     request: &Request,
     out: &mut TcpStream,
 ) -> std::io::Result<()> {
-    let Some(entry) = server.objects.get(key) else {
-        return error(out, "404 Not Found", "NoSuchKey", &request.method);
+    let (size, etag, modified, file) = match &server.backend {
+        Backend::Dir(objects) => match objects.get(key) {
+            Some(entry) => (
+                entry.size,
+                entry.etag.clone(),
+                entry.modified.as_str(),
+                Some(&entry.path),
+            ),
+            None => return error(out, "404 Not Found", "NoSuchKey", &request.method),
+        },
+        Backend::Archive(archive) => match archive.lookup(key) {
+            Some(size) => (size, archive.etag(size), ARCHIVE_MODIFIED, None),
+            None => return error(out, "404 Not Found", "NoSuchKey", &request.method),
+        },
     };
-    let etag = format!("\"{}\"", entry.etag);
+    let etag = format!("\"{etag}\"");
     let base = [
         ("ETag", etag.as_str()),
-        ("Last-Modified", entry.modified.as_str()),
+        ("Last-Modified", modified),
         ("Accept-Ranges", "bytes"),
     ];
     let (status, first, last, content_range) = match &request.range {
-        Some(range) => match parse_range(range, entry.size) {
+        Some(range) => match parse_range(range, size) {
             Some((first, last)) => (
                 "206 Partial Content",
                 first,
                 last,
-                Some(format!("bytes {first}-{last}/{}", entry.size)),
+                Some(format!("bytes {first}-{last}/{size}")),
             ),
             None => {
                 return error(
@@ -490,9 +680,9 @@ fn object(
                 );
             }
         },
-        None => ("200 OK", 0, entry.size.saturating_sub(1), None),
+        None => ("200 OK", 0, size.saturating_sub(1), None),
     };
-    let length = if entry.size == 0 { 0 } else { last - first + 1 };
+    let length = if size == 0 { 0 } else { last - first + 1 };
     let mut headers: Vec<(&str, &str)> = base.to_vec();
     if let Some(content_range) = &content_range {
         headers.push(("Content-Range", content_range));
@@ -508,19 +698,44 @@ fn object(
     if request.method == "HEAD" || length == 0 {
         return Ok(());
     }
-    let file = File::open(&entry.path)?;
+    server
+        .requests
+        .body_bytes
+        .fetch_add(length, Ordering::Relaxed);
+    let mut pacer = Pacer::new(server.conn_rate);
+    match (&server.backend, file) {
+        (Backend::Archive(archive), _) => {
+            let mut offset = first;
+            let end = last + 1;
+            while offset < end {
+                let chunk = archive.body_chunk(offset, pacer.chunk((end - offset) as usize));
+                pacer.wait(chunk.len());
+                out.write_all(chunk)?;
+                offset += chunk.len() as u64;
+            }
+            Ok(())
+        }
+        (Backend::Dir(_), Some(path)) => send_file(path, first, length, out, &mut pacer),
+        (Backend::Dir(_), None) => Ok(()),
+    }
+}
+
+/// Sends `length` bytes of the file at `path` from `first` with `sendfile(2)`, paced.
+fn send_file(
+    path: &Path,
+    first: u64,
+    length: u64,
+    out: &mut TcpStream,
+    pacer: &mut Pacer,
+) -> std::io::Result<()> {
+    let file = File::open(path)?;
     let mut offset = first as libc::off_t;
     let mut remaining = length as usize;
     while remaining > 0 {
+        let want = pacer.chunk(remaining.min(1 << 30));
+        pacer.wait(want);
         // SAFETY: both descriptors are open for the duration of the call; offset is ours.
-        let sent = unsafe {
-            libc::sendfile(
-                out.as_raw_fd(),
-                file.as_raw_fd(),
-                &mut offset,
-                remaining.min(1 << 30),
-            )
-        };
+        let sent = unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
         if sent <= 0 {
             let error = std::io::Error::last_os_error();
             if sent < 0 && error.kind() == std::io::ErrorKind::Interrupted {
@@ -535,6 +750,49 @@ fn object(
         remaining -= sent as usize;
     }
     Ok(())
+}
+
+/// Paces one response body to a rate: bytes go out no faster than `rate` per second from the
+/// first one, in chunks small enough that the pacing is smooth.
+struct Pacer {
+    rate: u64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    /// Largest write when paced.
+    const CHUNK: usize = 64 << 10;
+
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// How much to write next, out of `want`.
+    fn chunk(&self, want: usize) -> usize {
+        if self.rate == 0 {
+            want
+        } else {
+            want.min(Self::CHUNK)
+        }
+    }
+
+    /// Sleeps until `bytes` more may have gone out: the time the link would have taken to
+    /// carry them, so the body is never faster than the rate.
+    fn wait(&mut self, bytes: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        self.sent += bytes as u64;
+        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        if let Some(early) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(early);
+        }
+    }
 }
 
 fn send(
@@ -572,4 +830,249 @@ fn error(out: &mut TcpStream, status: &str, code: &str, method: &str) -> std::io
         body.as_bytes(),
         method != "HEAD",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on an ephemeral port, serving from a thread.
+    fn start(backend: Backend, first_byte: Duration, conn_rate: u64) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Arc::new(Server::new(
+            "nsf-ncar-era5".into(),
+            backend,
+            first_byte,
+            conn_rate,
+        ));
+        std::thread::spawn(move || accept(listener, server));
+        addr
+    }
+
+    fn january_1979() -> Backend {
+        Backend::Archive(Archive::new(ArchiveOptions {
+            first: YearMonth {
+                year: 1979,
+                month: 1,
+            },
+            last: YearMonth {
+                year: 1979,
+                month: 1,
+            },
+            ..ArchiveOptions::default()
+        }))
+    }
+
+    struct Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// One request on a fresh connection, read to the end of its body.
+    fn call(addr: SocketAddr, method: &str, target: &str, range: Option<&str>) -> Reply {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let range = range.map_or(String::new(), |r| format!("Range: {r}\r\n"));
+        write!(
+            stream,
+            "{method} {target} HTTP/1.1\r\nHost: x\r\n{range}\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header.trim().is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap();
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; if method == "HEAD" { 0 } else { length }];
+        reader.read_exact(&mut body).unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The values of `<tag>` in an XML text, in order.
+    fn values(xml: &str, tag: &str) -> Vec<String> {
+        xml.split(&format!("<{tag}>"))
+            .skip(1)
+            .map(|rest| rest.split(&format!("</{tag}>")).next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn archive_mode_lists_pages_and_serves_head_get_and_ranges() {
+        let addr = start(january_1979(), Duration::ZERO, 0);
+        // A month of pressure levels in pages of 100, continuation tokens followed.
+        let mut keys = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut target =
+                "/nsf-ncar-era5?list-type=2&prefix=e5.oper.an.pl%2F197901%2F&max-keys=100"
+                    .to_string();
+            if !token.is_empty() {
+                target.push_str(&format!("&continuation-token={token}"));
+            }
+            let reply = call(addr, "GET", &target, None);
+            assert_eq!(reply.status, 200);
+            let xml = reply.text();
+            let page = values(&xml, "Key");
+            assert!(page.len() <= 100);
+            keys.extend(page);
+            match values(&xml, "NextContinuationToken").pop() {
+                Some(next) => token = next,
+                None => break,
+            }
+        }
+        assert_eq!(keys.len(), 16 * 31);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+
+        // HEAD and GET agree with the listing; the body's MD5 is its ETag.
+        let key =
+            "e5.oper.an.sfc/197901/e5.oper.an.sfc.128_167_2t.ll025sc.1979010100_1979013123.nc";
+        let listing = call(
+            addr,
+            "GET",
+            &format!("/nsf-ncar-era5?list-type=2&prefix={key}"),
+            None,
+        )
+        .text();
+        let size: usize = values(&listing, "Size")[0].parse().unwrap();
+        let etag = values(&listing, "ETag")[0].replace("&quot;", "\"");
+        let head = call(addr, "HEAD", &format!("/nsf-ncar-era5/{key}"), None);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("etag"), Some(etag.as_str()));
+        assert_eq!(
+            head.header("content-length"),
+            Some(size.to_string().as_str())
+        );
+        let get = call(addr, "GET", &format!("/nsf-ncar-era5/{key}"), None);
+        assert_eq!(get.body.len(), size);
+        assert!(get.body.starts_with(b"\x89HDF\r\n\x1a\n"));
+        assert_eq!(format!("\"{}\"", hex::encode(Md5::digest(&get.body))), etag);
+        let range = call(
+            addr,
+            "GET",
+            &format!("/nsf-ncar-era5/{key}"),
+            Some("bytes=100-199"),
+        );
+        assert_eq!(range.status, 206);
+        assert_eq!(range.body, get.body[100..200]);
+        assert_eq!(
+            range.header("content-range"),
+            Some(format!("bytes 100-199/{size}").as_str())
+        );
+
+        // Keys the archive does not hold.
+        for missing in [
+            "e5.oper.an.sfc/197902/e5.oper.an.sfc.128_167_2t.ll025sc.1979020100_1979022823.nc",
+            "index.html",
+        ] {
+            let reply = call(addr, "GET", &format!("/nsf-ncar-era5/{missing}"), None);
+            assert_eq!(reply.status, 404, "{missing}");
+        }
+
+        // The request counters saw it all.
+        let stats = call(addr, "GET", "/_stats", None).text();
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert_eq!(stats["head"], 1);
+        assert_eq!(stats["get"], 4);
+        assert_eq!(stats["list"], 5 + 1);
+        assert_eq!(stats["body_bytes"], size as u64 + 100);
+    }
+
+    #[test]
+    fn first_byte_delay_and_connection_rate_hold_answers_back() {
+        let first_byte = Duration::from_millis(120);
+        let rate = 512 << 10;
+        let addr = start(
+            Backend::Archive(Archive::new(ArchiveOptions {
+                scale: Some(1e-3),
+                ..ArchiveOptions::default()
+            })),
+            first_byte,
+            rate,
+        );
+        let key =
+            "e5.oper.an.sfc/197901/e5.oper.an.sfc.128_167_2t.ll025sc.1979010100_1979013123.nc";
+        let started = Instant::now();
+        let head = call(addr, "HEAD", &format!("/nsf-ncar-era5/{key}"), None);
+        assert_eq!(head.status, 200);
+        assert!(started.elapsed() >= first_byte, "no first-byte delay");
+        // 256 KiB at 512 KiB/s: never sooner than half a second after the first byte.
+        let started = Instant::now();
+        let get = call(
+            addr,
+            "GET",
+            &format!("/nsf-ncar-era5/{key}"),
+            Some("bytes=0-262143"),
+        );
+        assert_eq!(get.body.len(), 256 << 10);
+        assert!(
+            started.elapsed() >= first_byte + Duration::from_millis(500),
+            "the body came faster than the connection rate: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sdk_discovers_a_selection_in_the_archive() {
+        let addr = start(january_1979(), Duration::ZERO, 0);
+        let config = common::source::SourceConfig {
+            endpoint: Some(format!("http://{addr}")),
+            ..common::source::SourceConfig::era5(4)
+        };
+        let source = common::source::Source::connect(&config).await;
+        let selection = common::selection::Selection::parse(
+            &["e5.oper.an.pl".into(), "e5.oper.fc.sfc.accumu".into()],
+            &["t".into(), "tp".into()],
+            &[],
+            "1979-01-01",
+            "1979-01-10",
+            jiff::civil::date(2025, 6, 1),
+        )
+        .unwrap();
+        let found = common::source::discover_detailed(
+            &source,
+            &selection,
+            &common::source::retry::RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+        // Ten days of t, and tp's first half-month file of January.
+        assert_eq!(found.objects.len(), 10 + 1, "{:?}", found.objects);
+        assert!(
+            found
+                .objects
+                .iter()
+                .all(|o| o.etag.is_some() && o.size >= 256)
+        );
+    }
 }

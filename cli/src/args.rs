@@ -39,7 +39,7 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Submit a job to the cluster; prints the job id alone on its last line.
     Submit(SubmitArgs),
-    /// Show jobs, leases and workers.
+    /// Show jobs and workers, or one job's summary and (with --leases) its leases.
     Status(StatusArgs),
     /// List jobs.
     Jobs(CoordinatorUrl),
@@ -442,7 +442,7 @@ pub struct StatusArgs {
     /// The coordinator.
     #[command(flatten)]
     pub coordinator: CoordinatorUrl,
-    /// One job in detail (its leases); all jobs when omitted.
+    /// One job: its summary, workers and first dead leases; active and recent jobs when omitted.
     #[arg(value_name = "JOB")]
     pub job: Option<String>,
     /// Refresh every two seconds until interrupted.
@@ -451,6 +451,18 @@ pub struct StatusArgs {
     /// Print the same data as JSON.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
+    /// List JOB's leases too, fetched page by page.
+    #[arg(long, env = "ERA5_LEASES", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub leases: bool,
+    /// Only JOB's leases in this state (implies --leases).
+    #[arg(long, env = "ERA5_STATE", value_name = "STATE", value_parser = ["pending", "leased", "done", "dead"])]
+    pub state: Option<String>,
+    /// Leases per request to the coordinator.
+    #[arg(long, env = "ERA5_PAGE_SIZE", value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: u32,
+    /// Finished jobs listed besides those still running (without JOB).
+    #[arg(long, env = "ERA5_RECENT", value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub recent: u32,
 }
 
 /// `era5 cancel`, `era5 retry`.

@@ -36,7 +36,7 @@ use worker::agent::AgentConfig;
 use worker::{EngineConfig, VerifyMode};
 
 use self::output::{
-    clean, job_json, jobs_table, lease_json, leases_table, worker_json, workers_table,
+    clean, job_json, jobs_table, lease_json, lease_row, leases_header, worker_json, workers_table,
 };
 use crate::args::{
     CoordinatorArgs, CoordinatorUrl, DrainArgs, JobArgs, StatusArgs, SubmitArgs, TlsArgs,
@@ -524,14 +524,60 @@ pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<Exi
     })
 }
 
-/// Polls a job until it is final; returns its final state.
+/// Dead leases `submit --wait` and the status summary print before pointing to `--state dead`.
+const DEAD_SHOWN: u32 = 10;
+
+impl Operator {
+    /// One `GetJob` call: the summary, and `page_size` leases (0: none) from `page_token`.
+    async fn get_job(
+        &mut self,
+        job_id: &str,
+        page_size: u32,
+        state: Option<&str>,
+        page_token: String,
+    ) -> Result<pb::GetJobResponse, tonic::Status> {
+        let request = self.request(pb::GetJobRequest {
+            job_id: job_id.to_string(),
+            page_size: Some(page_size),
+            page_token,
+            state: state.unwrap_or_default().to_string(),
+        });
+        self.client
+            .get_job(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Up to `limit` of a job's leases in `state`, page by page, and whether more exist.
+    async fn first_leases(
+        &mut self,
+        job_id: &str,
+        state: &str,
+        limit: u32,
+    ) -> Result<(Vec<pb::LeaseView>, bool), Failure> {
+        let mut leases = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = match self.get_job(job_id, limit, Some(state), token).await {
+                Ok(page) => page,
+                Err(status) => return Err(self.failure(status)),
+            };
+            leases.extend(page.leases);
+            if leases.len() >= limit as usize || page.next_page_token.is_empty() {
+                let more = leases.len() > limit as usize || !page.next_page_token.is_empty();
+                leases.truncate(limit as usize);
+                return Ok((leases, more));
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+/// Polls a job's summary (never its leases) until it is final; returns its final state.
 async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure> {
     loop {
-        let request = operator.request(pb::GetJobRequest {
-            job_id: job_id.to_string(),
-        });
-        let detail = match operator.client.get_job(request).await {
-            Ok(detail) => detail.into_inner(),
+        let detail = match operator.get_job(job_id, 0, None, String::new()).await {
+            Ok(detail) => detail,
             Err(status)
                 if matches!(
                     status.code(),
@@ -557,15 +603,25 @@ async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure
             human_bytes(job.bytes_total)
         ));
         if matches!(job.state.as_str(), "complete" | "failed" | "cancelled") {
-            for lease in detail.leases.iter().filter(|l| l.state == "dead") {
-                note(&format!(
-                    "dead lease {} ({} {}..{}): {}",
-                    clean(&lease.item_id),
-                    clean(&lease.product),
-                    clean(&lease.start),
-                    clean(&lease.end),
-                    clean(&lease.last_error)
-                ));
+            if counts.dead > 0 {
+                let (dead, more) = operator.first_leases(job_id, "dead", DEAD_SHOWN).await?;
+                for lease in &dead {
+                    note(&format!(
+                        "dead lease {} ({} {}..{}): {}",
+                        clean(&lease.item_id),
+                        clean(&lease.product),
+                        clean(&lease.start),
+                        clean(&lease.end),
+                        clean(&lease.last_error)
+                    ));
+                }
+                if more {
+                    note(&format!(
+                        "... {} dead leases in all: era5 status {} --state dead",
+                        counts.dead,
+                        clean(job_id)
+                    ));
+                }
             }
             return Ok(job.state);
         }
@@ -575,57 +631,50 @@ async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure
 
 /// `era5 status`.
 pub async fn status(args: StatusArgs, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
+    if args.job.is_none() && (args.leases || args.state.is_some()) {
+        return Err(Failure::Input(
+            "--leases and --state list one job's leases: give the JOB".into(),
+        ));
+    }
     let mut operator = Operator::connect(&channel, args.coordinator.rpc_timeout)?;
     loop {
-        let text = match &args.job {
+        match &args.job {
+            Some(job_id) if args.leases || args.state.is_some() => {
+                job_with_leases(&mut operator, &args, job_id).await?;
+            }
             Some(job_id) => {
-                let request = operator.request(pb::GetJobRequest {
-                    job_id: job_id.clone(),
-                });
-                let detail = operator
-                    .client
-                    .get_job(request)
-                    .await
-                    .map_err(|status| operator.failure(status))?
-                    .into_inner();
-                let job = detail.job.clone().unwrap_or_default();
-                if args.json {
-                    json!({
-                        "jobs": [job_json(&job)],
-                        "leases": detail.leases.iter().map(lease_json).collect::<Vec<_>>(),
-                        "workers": detail.workers.iter().map(worker_json).collect::<Vec<_>>(),
-                    })
-                    .to_string()
-                } else {
-                    format!(
-                        "{}\n{}\n{}",
-                        jobs_table(&[job]),
-                        leases_table(&detail.leases),
-                        workers_table(&detail.workers)
-                    )
-                }
+                let text = job_summary(&mut operator, &args, job_id).await?;
+                print_line(&text)?;
             }
             None => {
-                let request = operator.request(pb::ListJobsRequest {});
+                let request = operator.request(pb::ListJobsRequest {
+                    recent: args.recent,
+                });
                 let listing = operator
                     .client
                     .list_jobs(request)
                     .await
                     .map_err(|status| operator.failure(status))?
                     .into_inner();
-                let (jobs, workers) = (listing.jobs, listing.workers);
-                if args.json {
+                let (jobs, workers) = (&listing.jobs, &listing.workers);
+                let text = if args.json {
                     json!({
                         "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+                        "jobs_total": listing.jobs_total,
                         "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
                     })
                     .to_string()
                 } else {
-                    format!("{}\n{}", jobs_table(&jobs), workers_table(&workers))
-                }
+                    format!(
+                        "{}{}\n{}",
+                        jobs_table(jobs),
+                        jobs_not_shown(jobs.len(), listing.jobs_total),
+                        workers_table(workers)
+                    )
+                };
+                print_line(&text)?;
             }
-        };
-        print_line(&text)?;
+        }
         if !args.watch {
             return Ok(ExitCode::Success);
         }
@@ -633,18 +682,135 @@ pub async fn status(args: StatusArgs, channel: CoordinatorChannel) -> Result<Exi
     }
 }
 
+/// `(N older finished jobs not shown; --recent N)` when the listing left some out.
+fn jobs_not_shown(shown: usize, total: u64) -> String {
+    match total.saturating_sub(shown as u64) {
+        0 => String::new(),
+        hidden => format!("({hidden} older finished jobs not shown; --recent N shows more)\n"),
+    }
+}
+
+/// `era5 status JOB`: the summary, workers, and the first dead leases (one small read).
+async fn job_summary(
+    operator: &mut Operator,
+    args: &StatusArgs,
+    job_id: &str,
+) -> Result<String, Failure> {
+    let detail = match operator.get_job(job_id, 0, None, String::new()).await {
+        Ok(detail) => detail,
+        Err(status) => return Err(operator.failure(status)),
+    };
+    let job = detail.job.clone().unwrap_or_default();
+    let counts = job.leases.unwrap_or_default();
+    let (dead, more_dead) = if counts.dead > 0 {
+        operator.first_leases(job_id, "dead", DEAD_SHOWN).await?
+    } else {
+        (Vec::new(), false)
+    };
+    Ok(if args.json {
+        json!({
+            "jobs": [job_json(&job)],
+            "dead_leases": dead.iter().map(lease_json).collect::<Vec<_>>(),
+            "workers": detail.workers.iter().map(worker_json).collect::<Vec<_>>(),
+        })
+        .to_string()
+    } else {
+        let mut text = jobs_table(std::slice::from_ref(&job));
+        text.push_str(&format!(
+            "({} leases: --leases lists them, --state STATE only those in one state)\n",
+            counts.pending + counts.leased + counts.done + counts.dead
+        ));
+        if !dead.is_empty() {
+            text.push_str(&format!(
+                "\nDEAD LEASES{}\n",
+                if more_dead {
+                    format!(
+                        " (first {DEAD_SHOWN} of {}; --state dead lists all)",
+                        counts.dead
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            text.push_str(&leases_header());
+            for lease in &dead {
+                text.push_str(&lease_row(lease));
+            }
+        }
+        format!("{text}\n{}", workers_table(&detail.workers))
+    })
+}
+
+/// `era5 status JOB --leases [--state S]`: every lease, a page per request. Text goes out as
+/// the pages arrive; JSON is printed whole at the end, in the shape of the summary plus
+/// `"leases"`.
+async fn job_with_leases(
+    operator: &mut Operator,
+    args: &StatusArgs,
+    job_id: &str,
+) -> Result<(), Failure> {
+    let write_error = |e: std::io::Error| Failure::Runtime(format!("cannot write to stdout: {e}"));
+    let mut token = String::new();
+    let mut first: Option<pb::GetJobResponse> = None;
+    let mut leases = Vec::new();
+    loop {
+        let mut page = match operator
+            .get_job(job_id, args.page_size, args.state.as_deref(), token)
+            .await
+        {
+            Ok(page) => page,
+            Err(status) => return Err(operator.failure(status)),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if first.is_none() && !args.json {
+            let job = page.job.clone().unwrap_or_default();
+            write!(stdout, "{}\n{}", jobs_table(&[job]), leases_header()).map_err(write_error)?;
+        }
+        if args.json {
+            leases.append(&mut page.leases);
+        } else {
+            for lease in &page.leases {
+                stdout
+                    .write_all(lease_row(lease).as_bytes())
+                    .map_err(write_error)?;
+            }
+        }
+        token = std::mem::take(&mut page.next_page_token);
+        first.get_or_insert(page);
+        if token.is_empty() {
+            break;
+        }
+    }
+    let first = first.unwrap_or_default();
+    let text = if args.json {
+        let job = first.job.clone().unwrap_or_default();
+        json!({
+            "jobs": [job_json(&job)],
+            "leases": leases.iter().map(lease_json).collect::<Vec<_>>(),
+            "workers": first.workers.iter().map(worker_json).collect::<Vec<_>>(),
+        })
+        .to_string()
+    } else {
+        format!("\n{}", workers_table(&first.workers))
+    };
+    print_line(&text)
+}
+
 /// `era5 jobs`.
 pub async fn jobs(args: CoordinatorUrl, channel: CoordinatorChannel) -> Result<ExitCode, Failure> {
     let mut operator = Operator::connect(&channel, args.rpc_timeout)?;
-    let request = operator.request(pb::ListJobsRequest {});
-    let jobs = operator
+    let request = operator.request(pb::ListJobsRequest { recent: 0 });
+    let listing = operator
         .client
         .list_jobs(request)
         .await
         .map_err(|status| operator.failure(status))?
-        .into_inner()
-        .jobs;
-    print_line(&jobs_table(&jobs))?;
+        .into_inner();
+    print_line(&format!(
+        "{}{}",
+        jobs_table(&listing.jobs),
+        jobs_not_shown(listing.jobs.len(), listing.jobs_total)
+    ))?;
     Ok(ExitCode::Success)
 }
 

@@ -367,12 +367,75 @@ fn a_missing_object_kills_its_lease_with_the_reason_and_the_rest_completes() {
     );
     assert_mirrored(&cluster.dest(), &present);
     assert!(!cluster.dest().join(&missing).exists());
-    // The text status shows the reason too.
-    let text = era5(&cluster.scratch.home())
+    // `status JOB` is a summary: counts, workers and the first dead leases with their reason,
+    // never the whole lease list.
+    let status_of = |extra: &[&str]| {
+        let output = era5(&cluster.scratch.home())
+            .args(["status", "--coordinator", &cluster.coordinator_url(0), &job])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let text = status_of(&[]);
+    assert!(
+        text.contains("DEAD LEASES") && text.contains("404"),
+        "{text}"
+    );
+    let total_leases = status["jobs"][0]["leases"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum::<u64>();
+    assert!(total_leases >= 3);
+    let lease_rows = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains("e5.oper"))
+            .count() as u64
+    };
+    assert_eq!(
+        lease_rows(&text),
+        1,
+        "only the dead lease is listed: {text}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&status_of(&["--json"])).unwrap();
+    assert!(summary.get("leases").is_none(), "{summary:#}");
+    assert_eq!(summary["dead_leases"].as_array().unwrap().len(), 1);
+    assert_eq!(summary["jobs"][0], status["jobs"][0]);
+    // --leases pages through all of them (one per request here) in plan order; --state
+    // filters.
+    let paged: serde_json::Value =
+        serde_json::from_str(&status_of(&["--leases", "--page-size", "1", "--json"])).unwrap();
+    assert_eq!(paged["leases"], status["leases"]);
+    assert_eq!(
+        paged["leases"].as_array().unwrap().len() as u64,
+        total_leases
+    );
+    let only_dead: serde_json::Value = serde_json::from_str(&status_of(&[
+        "--state",
+        "dead",
+        "--page-size",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(only_dead["leases"], serde_json::json!(dead));
+    let text = status_of(&["--leases", "--page-size", "2"]);
+    assert_eq!(lease_rows(&text), total_leases, "{text}");
+    // Bad filters are refused with the bad value named.
+    let bad = era5(&cluster.scratch.home())
         .args(["status", "--coordinator", &cluster.coordinator_url(0), &job])
+        .args(["--state", "gone"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout).contains("404"));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("gone"));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The coordinator's Prometheus metrics:
 //!
-//! - `era5_leases{state}`: items by state across jobs (refreshed from the store every few
-//!   seconds, so a scrape never waits on Redis);
+//! - `era5_leases{state}`: items by state across the jobs that may still have work and the
+//!   latest finished ones (refreshed from the store every few seconds, so a scrape never waits
+//!   on Redis, and reading a bounded number of jobs however many ran before);
 //! - `era5_lease_renew_seconds`: time to handle a Renew (histogram);
 //! - `era5_workers_connected`: worker session streams open on this coordinator.
 //!
@@ -46,7 +47,7 @@ impl Collector for LeaseCounts {
         let counts = *self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut family = encoder.encode_descriptor(
             "era5_leases",
-            "Lease items by state, across jobs",
+            "Lease items by state, across active and recently finished jobs",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -102,9 +103,9 @@ impl CoordinatorMetrics {
     /// Keeps the lease counts fresh until `stop`.
     pub async fn refresh(self: Arc<Self>, store: Arc<dyn LeaseStore>, stop: CancellationToken) {
         loop {
-            if let Ok(jobs) = store.jobs().await {
+            if let Ok(listed) = store.recent_jobs(crate::service::RECENT_JOBS).await {
                 let mut total = Counts::default();
-                for job in jobs {
+                for job in listed.jobs {
                     total.pending += job.counts.pending;
                     total.leased += job.counts.leased;
                     total.done += job.counts.done;

@@ -31,8 +31,10 @@ impl Default for ItemLimits {
     }
 }
 
-/// A product's objects grouped by the time window in their names (first and last hour).
-type ObjectsByWindow = BTreeMap<(HourStamp, HourStamp), Vec<(ObjectKey, RemoteObject)>>;
+/// A product's objects grouped by the time window in their names (first and last hour). Only
+/// the window of a parsed key is kept: on the whole archive a parsed key per object (three more
+/// strings) was the planner's largest allocation.
+type ObjectsByWindow = BTreeMap<(HourStamp, HourStamp), Vec<RemoteObject>>;
 
 /// Plans a job from a selection's listing (objects that do not parse as ERA5 keys are left
 /// out; discovery never returns any).
@@ -53,26 +55,37 @@ pub fn plan_job(
             .or_default()
             .entry((key.first, key.last))
             .or_default()
-            .push((key, object));
+            .push(object);
     }
     let mut items = Vec::new();
     for (product, by_window) in windows {
-        let mut current: Vec<(ObjectKey, RemoteObject)> = Vec::new();
+        let mut current: Vec<RemoteObject> = Vec::new();
         let mut current_bytes = 0u64;
-        for (_, mut group) in by_window {
-            group.sort_by(|a, b| a.1.key.cmp(&b.1.key));
-            let group_bytes: u64 = group.iter().map(|(_, o)| o.size).sum();
+        let mut current_span: Option<(HourStamp, HourStamp)> = None;
+        for ((first, last), mut group) in by_window {
+            group.sort_by(|a, b| a.key.cmp(&b.key));
+            let group_bytes: u64 = group.iter().map(|o| o.size).sum();
             let fits = current.len() + group.len() <= limits.max_objects
                 && current_bytes + group_bytes <= limits.max_bytes;
-            if !current.is_empty() && !fits {
-                items.push(item(items.len(), &product, std::mem::take(&mut current)));
+            if let Some(span) = current_span.filter(|_| !fits) {
+                items.push(item(
+                    items.len(),
+                    &product,
+                    span,
+                    std::mem::take(&mut current),
+                ));
                 current_bytes = 0;
+                current_span = None;
             }
             current_bytes += group_bytes;
+            current_span = Some(match current_span {
+                Some((from, to)) => (from.min(first), to.max(last)),
+                None => (first, last),
+            });
             current.extend(group);
         }
-        if !current.is_empty() {
-            items.push(item(items.len(), &product, current));
+        if let Some(span) = current_span {
+            items.push(item(items.len(), &product, span, current));
         }
     }
     JobSpec {
@@ -83,27 +96,21 @@ pub fn plan_job(
     }
 }
 
-fn item(index: usize, product: &str, objects: Vec<(ObjectKey, RemoteObject)>) -> ItemSpec {
-    let start = objects
-        .iter()
-        .map(|(k, _)| k.first.date)
-        .min()
-        .map(|d| d.to_string())
-        .unwrap_or_default();
-    let end = objects
-        .iter()
-        .map(|(k, _)| k.last.date)
-        .max()
-        .map(|d| d.to_string())
-        .unwrap_or_default();
+/// An item of `objects`, whose windows together span `span`.
+fn item(
+    index: usize,
+    product: &str,
+    span: (HourStamp, HourStamp),
+    objects: Vec<RemoteObject>,
+) -> ItemSpec {
     ItemSpec {
         item_id: format!("{index:06}"),
         product: product.to_string(),
-        start,
-        end,
+        start: span.0.date.to_string(),
+        end: span.1.date.to_string(),
         objects: objects
             .into_iter()
-            .map(|(_, o)| ObjectSpec {
+            .map(|o| ObjectSpec {
                 key: o.key,
                 size: o.size,
                 etag: o.etag.unwrap_or_default(),

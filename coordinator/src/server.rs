@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -32,8 +32,11 @@ use crate::limits::{
     SPARE_CONNECTIONS, limited_incoming,
 };
 use crate::metrics::CoordinatorMetrics;
+use crate::model::ItemState;
 use crate::planner::ItemLimits;
-use crate::service::{Coordinator, OperatorService, WorkerService};
+use crate::service::{
+    Coordinator, DEFAULT_LEASE_PAGE, OperatorService, RECENT_JOBS, WorkerService,
+};
 use crate::status_page;
 use crate::store::LeaseStore;
 use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
@@ -317,19 +320,57 @@ fn page_error(error: Error) -> (StatusCode, String) {
 }
 
 async fn overview(State(state): State<HttpState>) -> Result<Html<String>, (StatusCode, String)> {
-    let jobs = state.store.jobs().await.map_err(page_error)?;
+    let listed = state
+        .store
+        .recent_jobs(RECENT_JOBS)
+        .await
+        .map_err(page_error)?;
     let workers = state.store.workers().await.map_err(page_error)?;
     let history = state.store.history().await.map_err(page_error)?;
-    Ok(Html(status_page::overview(&jobs, &workers, &history)))
+    Ok(Html(status_page::overview(
+        &listed.jobs,
+        listed.total,
+        &workers,
+        &history,
+    )))
+}
+
+/// `?after=ITEM&state=STATE` of a job page.
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    state: String,
 }
 
 async fn job_page(
     State(state): State<HttpState>,
     Path(job): Path<String>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Html<String>, (StatusCode, String)> {
     crate::limits::check_id("job id", &job).map_err(page_error)?;
+    let filter = match query.state.as_str() {
+        "" => None,
+        name => Some(ItemState::parse(name).ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                "state must be pending, leased, done or dead\n".to_string(),
+            )
+        })?),
+    };
     let status = state.store.job(&job).await.map_err(page_error)?;
-    let items = state.store.items(&job).await.map_err(page_error)?;
+    let page = state
+        .store
+        .items_page(&job, filter, &query.after, DEFAULT_LEASE_PAGE as usize)
+        .await
+        .map_err(page_error)?;
     let workers = state.store.workers().await.map_err(page_error)?;
-    Ok(Html(status_page::job_page(&status, &items, &workers)))
+    Ok(Html(status_page::job_page(
+        &status,
+        &page.items,
+        filter,
+        page.next.as_deref(),
+        &workers,
+    )))
 }

@@ -7,7 +7,7 @@
 //! request carries (`limits`), and answer with the crate's one [`Error`] type, which maps to a
 //! gRPC code in one place.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,7 @@ use crate::auth::{Peer, check_worker_name, peer_of};
 use crate::error::Error;
 use crate::limits::{Caps, bounded_reason, check_id, check_report, grants_per_acquire};
 use crate::model::{
-    Ack, Grant, ItemStatus, JobState, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
+    Ack, Grant, ItemState, ItemStatus, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
     WorkerMetrics, WorkerStatus, random_id,
 };
 use crate::planner::{ItemLimits, plan_job};
@@ -41,6 +41,19 @@ const LISTING_CONCURRENCY: usize = 8;
 const SESSION_TICK: Duration = Duration::from_secs(1);
 /// Cancel commands remembered per session (so each is sent once); older ones are forgotten.
 const CANCELS_REMEMBERED: usize = 1024;
+/// Leases per `GetJob` page when the caller does not say.
+pub const DEFAULT_LEASE_PAGE: u32 = 500;
+/// Most leases per `GetJob` page: with last errors cut to `MAX_ERROR_SHOWN`, a page stays far
+/// below gRPC's 4 MiB message limit.
+pub const MAX_LEASE_PAGE: u32 = 1_000;
+/// Longest last error a lease view carries.
+const MAX_ERROR_SHOWN: usize = 1_024;
+/// Longest page token accepted (item ids are short).
+const MAX_PAGE_TOKEN: usize = 256;
+/// Finished jobs `ListJobs`, the status page and the metrics read besides the active ones.
+pub const RECENT_JOBS: usize = 20;
+/// Most finished jobs a `ListJobs` caller may ask for.
+const MAX_RECENT_JOBS: u32 = 1_000;
 
 /// What both services share.
 pub struct Coordinator {
@@ -166,6 +179,18 @@ fn summary(job: &JobStatus) -> pb::JobSummary {
     }
 }
 
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn shorten(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 fn item_to_pb(item: ItemStatus) -> pb::LeaseView {
     pb::LeaseView {
         item_id: item.item_id,
@@ -179,7 +204,7 @@ fn item_to_pb(item: ItemStatus) -> pb::LeaseView {
         holder: item.holder,
         attempts: item.attempts,
         expiries: item.expiries,
-        last_error: item.last_error,
+        last_error: shorten(item.last_error, MAX_ERROR_SHOWN),
         bytes_done: item.bytes_done,
     }
 }
@@ -405,13 +430,23 @@ impl Operator for OperatorService {
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.0.store.jobs().await.map_err(Status::from)?;
+        let recent = match request.into_inner().recent {
+            0 => RECENT_JOBS,
+            n => n.min(MAX_RECENT_JOBS) as usize,
+        };
+        let listed = self
+            .0
+            .store
+            .recent_jobs(recent)
+            .await
+            .map_err(Status::from)?;
         let workers = self.0.store.workers().await.map_err(Status::from)?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(summary).collect(),
+            jobs: listed.jobs.iter().map(summary).collect(),
             workers: workers.into_iter().map(worker_to_pb).collect(),
+            jobs_total: listed.total,
         }))
     }
 
@@ -419,16 +454,50 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let job_id = request.into_inner().job_id;
-        check_id("job id", &job_id)?;
+        let request = request.into_inner();
+        check_id("job id", &request.job_id)?;
+        let page_size = request
+            .page_size
+            .unwrap_or(DEFAULT_LEASE_PAGE)
+            .min(MAX_LEASE_PAGE) as usize;
+        let state = match request.state.as_str() {
+            "" => None,
+            name => Some(ItemState::parse(name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid state `{}`: expected pending, leased, done or dead",
+                    shorten(name.to_string(), 64)
+                ))
+            })?),
+        };
+        if request.page_token.len() > MAX_PAGE_TOKEN {
+            return Err(Status::invalid_argument(format!(
+                "invalid page token: longer than {MAX_PAGE_TOKEN} bytes"
+            )));
+        }
         let store = &self.0.store;
-        let job = store.job(&job_id).await.map_err(Status::from)?;
-        let items = store.items(&job_id).await.map_err(Status::from)?;
-        let workers = store.workers().await.map_err(Status::from)?;
+        let job = store.job(&request.job_id).await.map_err(Status::from)?;
+        let (leases, next_page_token) = if page_size == 0 {
+            (Vec::new(), String::new())
+        } else {
+            let page = store
+                .items_page(&request.job_id, state, &request.page_token, page_size)
+                .await
+                .map_err(Status::from)?;
+            (
+                page.items.into_iter().map(item_to_pb).collect(),
+                page.next.unwrap_or_default(),
+            )
+        };
+        let workers = if request.page_token.is_empty() {
+            store.workers().await.map_err(Status::from)?
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::GetJobResponse {
             job: Some(summary(&job)),
-            leases: items.into_iter().map(item_to_pb).collect(),
+            leases,
             workers: workers.into_iter().map(worker_to_pb).collect(),
+            next_page_token,
         }))
     }
 
@@ -697,7 +766,10 @@ impl Drop for SessionGauge {
 
 /// Stores `worker`'s report. Returns the leases it reported whose job was cancelled, which
 /// the worker should stop. Store errors only cost this report (the next one replaces it).
-async fn record_report(
+///
+/// The store work per progress entry is constant, whatever the number of live leases: one
+/// progress transition, and one cancellation lookup per job the report names.
+pub async fn record_report(
     store: &dyn LeaseStore,
     worker: &str,
     report: pb::WorkerReport,
@@ -707,14 +779,21 @@ async fn record_report(
         tracing::debug!(%error, "could not record a heartbeat");
     }
     let mut cancelled = Vec::new();
+    let mut cancelled_jobs: HashMap<String, bool> = HashMap::new();
     for progress in report.progress {
         let Ok(lease) = lease_ref(progress.lease) else {
             continue;
         };
         let _ = store.progress(&lease, worker, progress.bytes_done).await;
-        if let Ok(job) = store.job(&lease.job_id).await
-            && job.state == JobState::Cancelled
-        {
+        let job_cancelled = match cancelled_jobs.get(&lease.job_id) {
+            Some(known) => *known,
+            None => {
+                let known = store.job_cancelled(&lease.job_id).await.unwrap_or(false);
+                cancelled_jobs.insert(lease.job_id.clone(), known);
+                known
+            }
+        };
+        if job_cancelled {
             cancelled.push(lease);
         }
     }

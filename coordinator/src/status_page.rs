@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{ItemStatus, JobStatus, Sample, WorkerStatus, now_ms};
+use crate::model::{ItemState, ItemStatus, JobStatus, Sample, WorkerStatus, now_ms};
 
 /// Seconds between automatic refreshes.
 const REFRESH_SECONDS: u32 = 5;
@@ -24,6 +24,18 @@ pub fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+/// Percent-encodes everything but unreserved characters, for a query value.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn human(bytes: f64) -> String {
@@ -46,15 +58,25 @@ th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}\
     )
 }
 
-/// The overview: every job, every worker, and the charts.
+/// The overview: the jobs that may still have work and the latest others (`total` jobs in
+/// all), every worker, and the charts.
 pub fn overview(
     jobs: &[JobStatus],
+    total: u64,
     workers: &[WorkerStatus],
     history: &[(String, Vec<Sample>)],
 ) -> String {
     let mut body = String::new();
     body.push_str("<h2>Jobs</h2>");
     body.push_str(&jobs_table(jobs));
+    if total > jobs.len() as u64 {
+        let _ = write!(
+            body,
+            "<p data-field=\"jobs_not_shown\" data-value=\"{hidden}\">{hidden} older finished jobs not shown \
+(<code>era5 status</code> lists the same).</p>",
+            hidden = total - jobs.len() as u64
+        );
+    }
     body.push_str("<h2>Workers</h2>");
     body.push_str(&workers_table(workers));
     body.push_str("<h2>Last hour</h2><div style=\"display:flex;flex-wrap:wrap\">");
@@ -76,10 +98,33 @@ pub fn overview(
     page("era5-mirror", &body)
 }
 
-/// One job with its leases.
-pub fn job_page(job: &JobStatus, items: &[ItemStatus], workers: &[WorkerStatus]) -> String {
+/// One job with one page of its leases (`state`: the filter the page was asked with; `next`:
+/// where the following page starts).
+pub fn job_page(
+    job: &JobStatus,
+    items: &[ItemStatus],
+    state: Option<ItemState>,
+    next: Option<&str>,
+    workers: &[WorkerStatus],
+) -> String {
     let mut body = jobs_table(std::slice::from_ref(job));
-    body.push_str("<h2>Leases</h2><table id=\"leases\"><tr><th>lease</th><th>product</th><th>start</th><th>end</th>\
+    let id = escape(&job.job_id);
+    body.push_str("<h2>Leases</h2><p>");
+    for (filter, label) in [
+        (None, "all"),
+        (Some(ItemState::Pending), "pending"),
+        (Some(ItemState::Leased), "leased"),
+        (Some(ItemState::Done), "done"),
+        (Some(ItemState::Dead), "dead"),
+    ] {
+        let query = filter.map_or(String::new(), |s| format!("?state={}", s.name()));
+        if filter == state {
+            let _ = write!(body, "<strong>{label}</strong> ");
+        } else {
+            let _ = write!(body, "<a href=\"/jobs/{id}{query}\">{label}</a> ");
+        }
+    }
+    body.push_str("</p><table id=\"leases\"><tr><th>lease</th><th>product</th><th>start</th><th>end</th>\
 <th>objects</th><th>bytes</th><th>state</th><th>epoch</th><th>holder</th><th>attempts</th><th>last error</th></tr>");
     for item in items {
         let class = if item.state.name() == "dead" {
@@ -106,7 +151,16 @@ pub fn job_page(job: &JobStatus, items: &[ItemStatus], workers: &[WorkerStatus])
             error = escape(&item.last_error),
         );
     }
-    body.push_str("</table><h2>Workers</h2>");
+    body.push_str("</table>");
+    if let Some(next) = next {
+        let state = state.map_or(String::new(), |s| format!("&amp;state={}", s.name()));
+        let _ = write!(
+            body,
+            "<p><a id=\"next-page\" href=\"/jobs/{id}?after={after}{state}\">next leases</a></p>",
+            after = escape(&url_encode(next)),
+        );
+    }
+    body.push_str("<h2>Workers</h2>");
     body.push_str(&workers_table(workers));
     body.push_str("<p><a href=\"/\">all jobs</a></p>");
     page(&format!("era5-mirror job {}", escape(&job.job_id)), &body)
@@ -290,7 +344,8 @@ mod tests {
                 },
             ],
         )];
-        let html = overview(&[job], &[worker], &history);
+        let html = overview(&[job], 3, &[worker], &history);
+        assert!(html.contains("data-field=\"jobs_not_shown\" data-value=\"2\""));
         assert!(html.contains("j&lt;1&gt;") && !html.contains("j<1>"));
         assert!(html.contains("data-field=\"bytes_done\" data-value=\"123456\""));
         assert!(html.contains("data-field=\"open_connections\" data-value=\"7\""));

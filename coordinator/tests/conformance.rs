@@ -439,3 +439,255 @@ async fn retention_forgets_finished_jobs_and_silent_workers(store: Arc<dyn Lease
     assert!(store.history().await.unwrap().is_empty());
     assert!(!store.is_draining("w1").await.unwrap());
 }
+
+/// Every item of a job, walked page by page.
+async fn walk(
+    store: &dyn LeaseStore,
+    job_id: &str,
+    state: Option<ItemState>,
+    limit: usize,
+) -> Vec<coordinator::model::ItemStatus> {
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store
+            .items_page(job_id, state, &after, limit)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit);
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = next,
+            None => return all,
+        }
+    }
+}
+
+conformance!(pages_walk_the_plan_order_and_filter_by_state, 60_000);
+async fn pages_walk_the_plan_order_and_filter_by_state(store: Arc<dyn LeaseStore>) {
+    // More items than one page reads per round trip, so pages cross those boundaries.
+    store.create_job(&job("j9", 2_345)).await.unwrap();
+    let grants = store.acquire("w1", 3).await.unwrap();
+    store.complete(&grants[0].lease, "w1").await.unwrap();
+    store
+        .fail(&grants[1].lease, "w1", "NoSuchKey", true)
+        .await
+        .unwrap();
+    store.progress(&grants[2].lease, "w1", 60).await.unwrap();
+
+    let all = walk(&*store, "j9", None, 700).await;
+    assert_eq!(all.len(), 2_345);
+    assert!(all.windows(2).all(|w| w[0].item_id < w[1].item_id));
+    assert_eq!(all, store.items("j9").await.unwrap());
+    let third = &all[2];
+    assert_eq!(
+        (
+            third.state,
+            third.holder.as_str(),
+            third.bytes_done,
+            third.product.as_str(),
+            third.start.as_str(),
+            third.end.as_str(),
+            third.objects,
+            third.bytes
+        ),
+        (
+            ItemState::Leased,
+            "w1",
+            60,
+            "e5.oper.an.sfc",
+            "2024-01-01",
+            "2024-01-31",
+            1,
+            100
+        )
+    );
+
+    let dead = walk(&*store, "j9", Some(ItemState::Dead), 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].item_id.as_str(), dead[0].last_error.as_str()),
+        ("000001", "NoSuchKey")
+    );
+    let done = walk(&*store, "j9", Some(ItemState::Done), 5).await;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].bytes_done, 100);
+    let leased = walk(&*store, "j9", Some(ItemState::Leased), 5).await;
+    assert_eq!(leased.len(), 1);
+    let pending = walk(&*store, "j9", Some(ItemState::Pending), 1_000).await;
+    assert_eq!(pending.len(), 2_342);
+    assert_eq!(pending[0].item_id, "000003");
+
+    // The last page says there is nothing after it; a page after the end is empty.
+    let last = store.items_page("j9", None, "002340", 10).await.unwrap();
+    assert_eq!(last.items.len(), 4);
+    assert_eq!(last.next, None);
+    assert!(
+        store
+            .items_page("j9", None, "002344", 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(matches!(
+        store.items_page("nope", None, "", 10).await,
+        Err(coordinator::Error::UnknownJob(_))
+    ));
+}
+
+conformance!(views_read_active_and_recent_jobs_only, 60_000);
+async fn views_read_active_and_recent_jobs_only(store: Arc<dyn LeaseStore>) {
+    for index in 0..5 {
+        let id = format!("r{index}");
+        store.create_job(&job(&id, 1)).await.unwrap();
+        // Distinct creation times keep "newest" well defined.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if index < 3 {
+            let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+            assert_eq!(grant.lease.job_id, id);
+            store.complete(&grant.lease, "w1").await.unwrap();
+        }
+    }
+    // Finished: r0, r1, r2 (the newest of them). Still pending: r3, r4.
+    let listed = store.recent_jobs(1).await.unwrap();
+    assert_eq!(listed.total, 5);
+    let ids: Vec<&str> = listed.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, ["r2", "r3", "r4"]);
+    assert!(!store.job_cancelled("r3").await.unwrap());
+    store.cancel_job("r3").await.unwrap();
+    assert!(store.job_cancelled("r3").await.unwrap());
+    assert!(store.job_cancelled("nope").await.is_err());
+}
+
+#[test]
+fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {
+    let server = RedisServer::start();
+    let items = coordinator::store::PAGE_SCAN_BUDGET + 2_500;
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), policy(60_000))
+            .await
+            .unwrap();
+        store.create_job(&job("big", items)).await.unwrap();
+        // Mark two items dead in place, far apart (the page walker reads the state fields).
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for item in [7, items - 3] {
+            redis::cmd("HSET")
+                .arg("era5:{big}:st")
+                .arg(format!("{item:06}|state"))
+                .arg("dead")
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        let first = store
+            .items_page("big", Some(ItemState::Dead), "", 10)
+            .await
+            .unwrap();
+        assert_eq!(first.items.len(), 1);
+        let next = first.next.expect("the scan budget ends the first page");
+        assert_eq!(
+            next,
+            format!("{:06}", coordinator::store::PAGE_SCAN_BUDGET - 1)
+        );
+        let second = store
+            .items_page("big", Some(ItemState::Dead), &next, 10)
+            .await
+            .unwrap();
+        assert_eq!(second.items[0].item_id, format!("{:06}", items - 3));
+        assert_eq!(second.next, None);
+    });
+}
+
+/// The commands (name and argument count) a Redis server runs while `work` runs, read from
+/// MONITOR; a marker command from another connection ends the capture.
+async fn commands_during<F: std::future::Future<Output = ()>>(
+    server: &RedisServer,
+    work: F,
+) -> Vec<(String, usize)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut monitor = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    monitor.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut lines = BufReader::new(monitor).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+    work.await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ECHO")
+        .arg("end-of-capture")
+        .query_async::<String>(&mut conn)
+        .await
+        .unwrap();
+    let mut commands = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("\"end-of-capture\"") {
+            return commands;
+        }
+        // +<time> [<db> <client>] "CMD" "arg" ...
+        let Some(at) = line.find("] \"") else {
+            continue;
+        };
+        let words: Vec<&str> = line[at + 2..].split("\" \"").collect();
+        let name = words[0].trim_matches('"').to_ascii_lowercase();
+        // The client's own connection set-up is not part of the work.
+        if ["client", "hello", "select", "ping"].contains(&name.as_str()) {
+            continue;
+        }
+        commands.push((name, words.len() - 1));
+    }
+    panic!("monitor stream ended before the marker");
+}
+
+/// The Redis commands one worker report with one progress entry costs while `held` leases of
+/// the job are live.
+fn report_commands(held: usize) -> Vec<(String, usize)> {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), policy(60_000))
+            .await
+            .unwrap();
+        store.create_job(&job("p", held)).await.unwrap();
+        let grants = store.acquire("w1", held).await.unwrap();
+        assert_eq!(grants.len(), held);
+        let lease = &grants[held - 1].lease;
+        let report = proto::v1::WorkerReport {
+            worker: "w1".into(),
+            progress: vec![proto::v1::LeaseProgress {
+                lease: Some(coordinator::service::lease_to_pb(lease)),
+                bytes_done: 42,
+                objects_done: 0,
+            }],
+            metrics: None,
+            leases_held: held as u32,
+        };
+        let commands = commands_during(&server, async {
+            let cancelled = coordinator::service::record_report(&store, "w1", report).await;
+            assert!(cancelled.is_empty());
+        })
+        .await;
+        let page = store.items_page("p", None, "", held).await.unwrap();
+        assert_eq!(
+            page.items[held - 1].bytes_done,
+            42,
+            "the progress was recorded"
+        );
+        commands
+    })
+}
+
+#[test]
+fn a_progress_report_costs_the_same_redis_work_whatever_the_live_leases() {
+    let one = report_commands(1);
+    let many = report_commands(300);
+    assert!(
+        one.iter().any(|(name, _)| name == "evalsha"),
+        "the capture saw no transition: {one:?}"
+    );
+    assert_eq!(
+        one, many,
+        "the commands of one report (name, argument count) depend on the live leases"
+    );
+}

@@ -73,8 +73,9 @@ pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
     out
 }
 
-pub fn leases_table(leases: &[pb::LeaseView]) -> String {
-    let mut out = format!(
+/// The header of the lease rows.
+pub fn leases_header() -> String {
+    format!(
         "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
         "LEASE",
         "PRODUCT",
@@ -87,24 +88,25 @@ pub fn leases_table(leases: &[pb::LeaseView]) -> String {
         "HOLDER",
         "ATTEMPTS",
         "LAST ERROR"
-    );
-    for lease in leases {
-        out.push_str(&format!(
-            "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
-            clean(&lease.item_id),
-            clean(&lease.product),
-            clean(&lease.start),
-            clean(&lease.end),
-            lease.objects,
-            human_bytes(lease.bytes),
-            clean(&lease.state),
-            lease.epoch,
-            clean(&lease.holder),
-            lease.attempts,
-            clean(&lease.last_error)
-        ));
-    }
-    out
+    )
+}
+
+/// One lease as a row under [`leases_header`].
+pub fn lease_row(lease: &pb::LeaseView) -> String {
+    format!(
+        "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
+        clean(&lease.item_id),
+        clean(&lease.product),
+        clean(&lease.start),
+        clean(&lease.end),
+        lease.objects,
+        human_bytes(lease.bytes),
+        clean(&lease.state),
+        lease.epoch,
+        clean(&lease.holder),
+        lease.attempts,
+        clean(&lease.last_error)
+    )
 }
 
 pub fn workers_table(workers: &[pb::WorkerView]) -> String {
@@ -198,7 +200,7 @@ mod tests {
             holder: "w\u{8}x".into(),
             ..Default::default()
         };
-        let table = leases_table(std::slice::from_ref(&lease));
+        let table = format!("{}{}", leases_header(), lease_row(&lease));
         assert!(!table.contains('\u{1b}') && !table.contains('\u{8}'));
         assert_eq!(
             table.lines().count(),

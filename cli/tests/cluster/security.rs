@@ -120,7 +120,7 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
             let channel = grpc_channel(&url, identity.as_ref()).await;
             outcome(
                 OperatorClient::new(channel)
-                    .list_jobs(pb::ListJobsRequest {})
+                    .list_jobs(pb::ListJobsRequest { recent: 0 })
                     .await,
             )
         };
@@ -141,7 +141,7 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
             .connect_lazy();
         let (code, message) = outcome(
             OperatorClient::new(channel)
-                .list_jobs(pb::ListJobsRequest {})
+                .list_jobs(pb::ListJobsRequest { recent: 0 })
                 .await,
         );
         refused_in_handshake(code, &message, "no client certificate");

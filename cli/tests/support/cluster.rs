@@ -507,12 +507,13 @@ impl Cluster {
         reply.split_whitespace().nth(1)?.parse().ok()
     }
 
-    /// `era5 status --json [JOB]` from coordinator `coordinator`.
+    /// `era5 status --json [JOB --leases]` from coordinator `coordinator`: with a job, its
+    /// summary and every lease.
     pub fn status(&self, coordinator: usize, job: Option<&str>) -> serde_json::Value {
         let mut command = self.operator("status", coordinator);
         command.arg("--json");
         if let Some(job) = job {
-            command.arg(job);
+            command.args([job, "--leases"]);
         }
         let output = command.output().expect("run era5 status");
         assert!(

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 
 pub use crate::error::Error;
 use crate::model::{
-    Ack, Grant, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef, Sample, WorkerMetrics,
-    WorkerStatus,
+    Ack, Grant, ItemState, ItemStatus, JobSpec, JobState, JobStatus, LeasePolicy, LeaseRef, Sample,
+    WorkerMetrics, WorkerStatus,
 };
 
 /// What a pruning pass removed.
@@ -36,6 +36,28 @@ pub struct FailOutcome {
     /// Whether the item is now dead.
     pub dead: bool,
 }
+
+/// One page of a job's items, in plan order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ItemPage {
+    /// The items.
+    pub items: Vec<ItemStatus>,
+    /// Where the next page starts (pass it as `after`); `None` when nothing follows.
+    pub next: Option<String>,
+}
+
+/// The jobs worth showing: those that may still have work, plus the newest of the others.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecentJobs {
+    /// The jobs, oldest first.
+    pub jobs: Vec<JobStatus>,
+    /// How many jobs the store holds in all.
+    pub total: u64,
+}
+
+/// Most items a filtered page looks at before it returns (possibly with fewer items than asked
+/// for, and a `next`): a page costs a bounded amount of store work however rare the state.
+pub const PAGE_SCAN_BUDGET: usize = 20_000;
 
 /// The lease state machine's operations. Every call is atomic.
 #[async_trait]
@@ -91,6 +113,55 @@ pub trait LeaseStore: Send + Sync {
 
     /// One job's items, in plan order.
     async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, Error>;
+
+    /// Up to `limit` of a job's items that come after item `after` in plan order (`""`: from
+    /// the start), only those in `state` when given. Costs the page, not the job: a filtered
+    /// page looks at no more than [`PAGE_SCAN_BUDGET`] items, so it may hold fewer than `limit`
+    /// and still have a `next`.
+    async fn items_page(
+        &self,
+        job_id: &str,
+        state: Option<ItemState>,
+        after: &str,
+        limit: usize,
+    ) -> Result<ItemPage, Error> {
+        let limit = limit.max(1);
+        let mut items: Vec<ItemStatus> = self
+            .items(job_id)
+            .await?
+            .into_iter()
+            .filter(|i| i.item_id.as_str() > after && state.is_none_or(|s| i.state == s))
+            .collect();
+        let next = (items.len() > limit).then(|| items[limit - 1].item_id.clone());
+        items.truncate(limit);
+        Ok(ItemPage { items, next })
+    }
+
+    /// Whether a job was cancelled; one lookup, whatever the job's size (every progress report
+    /// asks it).
+    async fn job_cancelled(&self, job_id: &str) -> Result<bool, Error> {
+        Ok(self.job(job_id).await?.state == JobState::Cancelled)
+    }
+
+    /// The jobs that may still have work plus the `recent` newest others, oldest first, and how
+    /// many jobs there are in all: what status views read, however many jobs ran before.
+    async fn recent_jobs(&self, recent: usize) -> Result<RecentJobs, Error> {
+        let all = self.jobs().await?;
+        let total = all.len() as u64;
+        let finished = all.iter().filter(|j| j.state.is_final()).count();
+        let mut skip = finished.saturating_sub(recent);
+        let jobs = all
+            .into_iter()
+            .filter(|job| {
+                if job.state.is_final() && skip > 0 {
+                    skip -= 1;
+                    return false;
+                }
+                true
+            })
+            .collect();
+        Ok(RecentJobs { jobs, total })
+    }
 
     /// Records a worker's report.
     async fn heartbeat(

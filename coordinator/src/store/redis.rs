@@ -7,8 +7,12 @@
 //!                                 done_bytes, objects_total, bytes_total, items, ended (last
 //!                                 time an item went dead or the job was cancelled)
 //! era5:{JOB}:items          HASH  item id -> item spec (JSON: product, days, objects)
+//! era5:{JOB}:order          ZSET  item ids, all scored 0: plan order, for paging (jobs
+//!                                 created before it existed are paged from HKEYS items)
 //! era5:{JOB}:st             HASH  "<item>|state|lease|epoch|holder|exp|attempts|expiries|
-//!                                 error|done_lease|done_epoch|bytes|bytes_done" -> value
+//!                                 error|done_lease|done_epoch|bytes|bytes_done|brief" -> value
+//!                                 (brief: "product<TAB>start<TAB>end<TAB>objects", so a page of
+//!                                 leases never reads the object lists)
 //! era5:{JOB}:pending        ZSET  item id -> ready time (ms; later after a failure backoff)
 //! era5:{JOB}:leased         ZSET  item id -> expiry (ms)
 //! era5:workers              HASH  worker -> last report (JSON)
@@ -32,7 +36,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{FailOutcome, LeaseStore, Pruned};
+use super::{FailOutcome, ItemPage, LeaseStore, PAGE_SCAN_BUDGET, Pruned, RecentJobs};
 use crate::error::Error;
 use crate::model::{
     Ack, Counts, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
@@ -53,6 +57,20 @@ const DRAIN: &str = "era5:drain";
 const CREATE_CHUNK: usize = 2_000;
 /// Jobs looked at per pruning pass (the oldest first); the next pass takes the rest.
 const PRUNE_BATCH: isize = 500;
+/// Item ids read per round trip when a page walks the plan order.
+const PAGE_CHUNK: usize = 1_000;
+/// The per-item fields a page of leases shows, in the order `items_page` reads them.
+const PAGE_FIELDS: [&str; 9] = [
+    "state",
+    "epoch",
+    "holder",
+    "attempts",
+    "expiries",
+    "error",
+    "bytes_done",
+    "bytes",
+    "brief",
+];
 
 fn script(body: &str) -> Script {
     Script::new(&format!(
@@ -95,6 +113,7 @@ struct JobKeys {
     pending: String,
     leased: String,
     items: String,
+    order: String,
 }
 
 impl JobKeys {
@@ -106,6 +125,7 @@ impl JobKeys {
             pending: format!("{tag}:pending"),
             leased: format!("{tag}:leased"),
             items: format!("{tag}:items"),
+            order: format!("{tag}:order"),
         }
     }
 
@@ -172,6 +192,25 @@ pub fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> 
             .map_err(bad)
         }
     }
+}
+
+/// What a page of leases shows of an item spec, without its object list.
+fn brief(item: &ItemSpec) -> String {
+    format!(
+        "{}\t{}\t{}\t{}",
+        item.product,
+        item.start,
+        item.end,
+        item.objects.len()
+    )
+}
+
+/// How a job's items are walked in plan order.
+enum Order {
+    /// The job's `order` index.
+    Index,
+    /// Every id, sorted (a job created before the index existed).
+    Loaded(Vec<String>),
 }
 
 impl RedisStore {
@@ -327,6 +366,127 @@ impl RedisStore {
         Ok(())
     }
 
+    /// How to walk `job_id`'s items in plan order; `UnknownJob` if there is no such job.
+    async fn order_of(&self, keys: &JobKeys, job_id: &str) -> Result<Order, Error> {
+        let mut conn = self.conn()?;
+        let (exists, indexed): (bool, u64) = redis::pipe()
+            .exists(&keys.meta)
+            .zcard(&keys.order)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if !exists {
+            return Err(Error::UnknownJob(job_id.to_string()));
+        }
+        if indexed > 0 {
+            return Ok(Order::Index);
+        }
+        let mut ids: Vec<String> = conn.hkeys(&keys.items).await.map_err(unavailable)?;
+        ids.sort_unstable();
+        Ok(Order::Loaded(ids))
+    }
+
+    /// Up to `count` item ids after `after` in plan order.
+    async fn ids_after(
+        &self,
+        keys: &JobKeys,
+        order: &Order,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<String>, Error> {
+        match order {
+            Order::Index => {
+                let from = if after.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("({after}")
+                };
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(&keys.order)
+                    .arg(from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(count)
+                    .query_async(&mut self.conn()?)
+                    .await
+                    .map_err(unavailable)
+            }
+            Order::Loaded(ids) => {
+                let start = ids.partition_point(|id| id.as_str() <= after);
+                Ok(ids[start..(start + count).min(ids.len())].to_vec())
+            }
+        }
+    }
+
+    /// The ids of one page: plan order after `after`, filtered by state, within the scan
+    /// budget; and where the next page starts.
+    async fn page_ids(
+        &self,
+        keys: &JobKeys,
+        job_id: &str,
+        state: Option<ItemState>,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), Error> {
+        let order = self.order_of(keys, job_id).await?;
+        let Some(wanted) = state else {
+            let mut ids = self.ids_after(keys, &order, after, limit + 1).await?;
+            let next = (ids.len() > limit).then(|| ids[limit - 1].clone());
+            ids.truncate(limit);
+            return Ok((ids, next));
+        };
+        if matches!(wanted, ItemState::Pending | ItemState::Leased) {
+            // Both states have their own set; the leased one is small.
+            let set = if wanted == ItemState::Leased {
+                &keys.leased
+            } else {
+                &keys.pending
+            };
+            let mut ids: Vec<String> =
+                self.conn()?.zrange(set, 0, -1).await.map_err(unavailable)?;
+            ids.retain(|id| id.as_str() > after);
+            ids.sort_unstable();
+            let next = (ids.len() > limit).then(|| ids[limit - 1].clone());
+            ids.truncate(limit);
+            return Ok((ids, next));
+        }
+        let mut picked = Vec::new();
+        let mut cursor = after.to_string();
+        let mut scanned = 0;
+        loop {
+            let batch = self.ids_after(keys, &order, &cursor, PAGE_CHUNK).await?;
+            let Some(last) = batch.last() else {
+                return Ok((picked, None));
+            };
+            let fields: Vec<String> = batch.iter().map(|id| format!("{id}|state")).collect();
+            let states: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(&keys.state)
+                .arg(fields)
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            for (id, item_state) in batch.iter().zip(states) {
+                if picked.len() == limit {
+                    // A full page, and more items follow it.
+                    return Ok((picked, Some(cursor)));
+                }
+                cursor.clone_from(id);
+                if item_state.as_deref().and_then(ItemState::parse) == Some(wanted) {
+                    picked.push(id.clone());
+                }
+            }
+            scanned += batch.len();
+            if batch.len() < PAGE_CHUNK {
+                return Ok((picked, None));
+            }
+            if scanned >= PAGE_SCAN_BUDGET {
+                cursor.clone_from(last);
+                return Ok((picked, Some(cursor)));
+            }
+        }
+    }
+
     async fn transition(
         &self,
         script: &Script,
@@ -391,10 +551,12 @@ impl LeaseStore for RedisStore {
                         (format!("{}|state", item.item_id), "pending".to_string()),
                         (format!("{}|epoch", item.item_id), "0".to_string()),
                         (format!("{}|bytes", item.item_id), item.bytes().to_string()),
+                        (format!("{}|brief", item.item_id), brief(item)),
                     ],
                 )
                 .ignore();
                 pipe.zadd(&keys.pending, &item.item_id, 0).ignore();
+                pipe.zadd(&keys.order, &item.item_id, 0).ignore();
             }
             pipe.query_async::<()>(&mut conn)
                 .await
@@ -697,6 +859,150 @@ impl LeaseStore for RedisStore {
         Ok(items)
     }
 
+    async fn items_page(
+        &self,
+        job_id: &str,
+        state: Option<ItemState>,
+        after: &str,
+        limit: usize,
+    ) -> Result<ItemPage, Error> {
+        let keys = JobKeys::new(job_id);
+        let (ids, next) = self
+            .page_ids(&keys, job_id, state, after, limit.max(1))
+            .await?;
+        if ids.is_empty() {
+            return Ok(ItemPage {
+                items: Vec::new(),
+                next,
+            });
+        }
+        let fields: Vec<String> = ids
+            .iter()
+            .flat_map(|id| PAGE_FIELDS.iter().map(move |f| format!("{id}|{f}")))
+            .collect();
+        let mut conn = self.conn()?;
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&keys.state)
+            .arg(fields)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        // Jobs created before briefs existed: read those items' specs instead.
+        let unbriefed: Vec<&String> = ids
+            .iter()
+            .zip(values.chunks(PAGE_FIELDS.len()))
+            .filter(|(_, v)| v[8].is_none())
+            .map(|(id, _)| id)
+            .collect();
+        let mut specs: HashMap<String, String> = HashMap::new();
+        if !unbriefed.is_empty() {
+            let found: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(&keys.items)
+                .arg(&unbriefed)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for (id, spec) in unbriefed.into_iter().zip(found) {
+                if let Some(spec) = spec {
+                    specs.insert(id.clone(), spec);
+                }
+            }
+        }
+        let mut items = Vec::with_capacity(ids.len());
+        for (id, v) in ids.into_iter().zip(values.chunks(PAGE_FIELDS.len())) {
+            let text = |i: usize| v[i].clone().unwrap_or_default();
+            let number = |i: usize| {
+                v[i].as_deref()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let (product, start, end, objects) = match &v[8] {
+                Some(brief) => {
+                    let mut parts = brief.split('\t');
+                    let mut next = || parts.next().unwrap_or_default().to_string();
+                    let (product, start, end) = (next(), next(), next());
+                    (product, start, end, next().parse().unwrap_or(0))
+                }
+                None => {
+                    let spec: ItemSpec = specs
+                        .get(&id)
+                        .and_then(|s| serde_json::from_str(s).ok())
+                        .ok_or_else(|| {
+                            Error::Corrupt(format!(
+                                "item {id} of job {job_id} has no readable spec"
+                            ))
+                        })?;
+                    let objects = spec.objects.len() as u32;
+                    (spec.product, spec.start, spec.end, objects)
+                }
+            };
+            let item_state = ItemState::parse(&text(0)).unwrap_or(ItemState::Pending);
+            let bytes = number(7);
+            items.push(ItemStatus {
+                item_id: id,
+                product,
+                start,
+                end,
+                objects,
+                bytes,
+                state: item_state,
+                epoch: number(1),
+                holder: text(2),
+                attempts: number(3) as u32,
+                expiries: number(4) as u32,
+                last_error: text(5),
+                bytes_done: match item_state {
+                    ItemState::Done => bytes,
+                    ItemState::Leased => number(6),
+                    _ => 0,
+                },
+            });
+        }
+        Ok(ItemPage { items, next })
+    }
+
+    async fn job_cancelled(&self, job_id: &str) -> Result<bool, Error> {
+        let cancelled: Option<String> = self
+            .conn()?
+            .hget(JobKeys::new(job_id).meta, "cancelled")
+            .await
+            .map_err(unavailable)?;
+        match cancelled {
+            Some(flag) => Ok(flag == "1"),
+            None => Err(Error::UnknownJob(job_id.to_string())),
+        }
+    }
+
+    async fn recent_jobs(&self, recent: usize) -> Result<RecentJobs, Error> {
+        let mut conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        pipe.zrange_withscores(ACTIVE, 0, -1).zcard(JOBS);
+        if recent > 0 {
+            pipe.zrevrange_withscores(JOBS, 0, recent as isize - 1);
+        } else {
+            pipe.zrevrange_withscores(JOBS, 1, 0);
+        }
+        let (active, total, newest): (Vec<(String, f64)>, u64, Vec<(String, f64)>) =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut ids: Vec<(f64, String)> = active
+            .into_iter()
+            .chain(newest)
+            .map(|(id, created)| (created, id))
+            .collect();
+        ids.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        ids.dedup_by(|a, b| a.1 == b.1);
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (_, job_id) in ids {
+            match self.status_of(&job_id).await {
+                Ok(job) => jobs.push(job),
+                // Deleted between the two reads (retention): not worth failing the view.
+                Err(Error::UnknownJob(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(RecentJobs { jobs, total })
+    }
+
     async fn heartbeat(
         &self,
         worker: &str,
@@ -849,6 +1155,7 @@ impl LeaseStore for RedisStore {
                     &keys.pending,
                     &keys.leased,
                     &keys.items,
+                    &keys.order,
                 ])
                 .ignore()
                 .zrem(JOBS, &job_id)
