@@ -119,6 +119,7 @@ async fn throughput(coordinator: String, redis: String, workers: usize, items: u
                 }],
             })
             .collect(),
+        follow: None,
     };
     store.create_job(&job).await.expect("create the job");
     let ops = Arc::new(AtomicU64::new(0));
@@ -309,6 +310,7 @@ async fn sessions(coordinator: String, redis: String, count: usize, leases: usiz
                 }],
             })
             .collect(),
+        follow: None,
     };
     store.create_job(&job).await.expect("create the job");
     let ttl = store.policy().ttl;

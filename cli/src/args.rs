@@ -434,6 +434,14 @@ pub struct SubmitArgs {
     /// Follow the job; exit 0 when it completes, 1 when anything ends dead.
     #[arg(long, env = "ERA5_WAIT", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub wait: bool,
+    /// Make a standing job: the coordinator lists the selection again every --interval and
+    /// adds leases for new or changed objects (`--end latest` grows with the archive), until
+    /// `era5 cancel`.
+    #[arg(long, env = "ERA5_FOLLOW", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub follow: bool,
+    /// Time between a standing job's passes (e.g. 6h, 30m, 90s; default 6h).
+    #[arg(long, env = "ERA5_INTERVAL", value_name = "DUR")]
+    pub interval: Option<String>,
 }
 
 /// `era5 status`.

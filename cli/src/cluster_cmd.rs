@@ -36,7 +36,8 @@ use worker::agent::AgentConfig;
 use worker::{EngineConfig, VerifyMode};
 
 use self::output::{
-    clean, job_json, jobs_table, lease_json, lease_row, leases_header, worker_json, workers_table,
+    clean, follow_line, job_json, jobs_table, lease_json, lease_row, leases_header, worker_json,
+    workers_table,
 };
 use crate::args::{
     CoordinatorArgs, CoordinatorUrl, DrainArgs, JobArgs, StatusArgs, SubmitArgs, TlsArgs,
@@ -460,7 +461,30 @@ pub fn check_submit(args: &SubmitArgs) -> Result<CoordinatorChannel, Failure> {
     if let Some(endpoint) = &args.source.endpoint {
         check_endpoint("--endpoint", endpoint)?;
     }
+    follow_interval(args)?;
     operator_config(&args.coordinator)
+}
+
+/// `--follow [--interval DUR]` as milliseconds; `None` for a one-off job.
+fn follow_interval(args: &SubmitArgs) -> Result<Option<u64>, Failure> {
+    let input = |e: common::error::InputError| Failure::Input(e.to_string());
+    match (&args.interval, args.follow) {
+        (Some(interval), false) => Err(Failure::Input(format!(
+            "invalid --interval `{interval}`: only applies with --follow"
+        ))),
+        (_, true) if args.wait => Err(Failure::Input(
+            "--wait cannot be combined with --follow: a standing job never ends (era5 status shows it)"
+                .into(),
+        )),
+        (interval, true) => {
+            let text = interval
+                .as_deref()
+                .unwrap_or(crate::config::DEFAULT_INTERVAL);
+            let interval = crate::config::parse_interval(text).map_err(input)?;
+            Ok(Some(interval.as_millis() as u64))
+        }
+        (None, false) => Ok(None),
+    }
 }
 
 /// Writes `text` and a newline to stdout; a closed stdout ends the command quietly (`| head`).
@@ -492,6 +516,7 @@ pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<Exi
             bucket: args.source.bucket.clone().unwrap_or_default(),
             endpoint: args.source.endpoint.clone().unwrap_or_default(),
         }),
+        follow_interval_ms: follow_interval(&args)?,
     });
     request.set_timeout(SUBMIT_DEADLINE);
     let response = operator
@@ -716,6 +741,9 @@ async fn job_summary(
         .to_string()
     } else {
         let mut text = jobs_table(std::slice::from_ref(&job));
+        if let Some(follow) = &job.follow {
+            text.push_str(&follow_line(follow));
+        }
         text.push_str(&format!(
             "({} leases: --leases lists them, --state STATE only those in one state)\n",
             counts.pending + counts.leased + counts.done + counts.dead

@@ -640,3 +640,111 @@ mod limits;
 mod partitions;
 #[path = "cluster/security.rs"]
 mod security;
+
+/// `submit --follow`: a standing job. New and replaced objects are added as leases within two
+/// passes and mirrored; the job's state lives in Redis, so it carries on after the coordinator
+/// restarts; `cancel` stops it; the follow metrics count its passes.
+#[test]
+fn a_standing_job_mirrors_what_appears_survives_a_restart_and_stops_when_cancelled() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    cluster.add_worker("w1", 0, &[]);
+    let output = cluster
+        .operator("submit", 0)
+        .args(["--product", "e5.oper.an.sfc", "--var", "2t"])
+        .args([
+            "--start",
+            "2024-01",
+            "--end",
+            "latest",
+            "--follow",
+            "--interval",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job = stdout.lines().last().unwrap().trim().to_string();
+    let key = |month: &str, last: &str| {
+        format!(
+            "e5.oper.an.sfc/{month}/e5.oper.an.sfc.128_167_2t.ll025sc.{month}0100_{month}{last}23.nc"
+        )
+    };
+    let dest = cluster.dest();
+    let holds = |key: &str, data: &[u8]| std::fs::read(dest.join(key)).is_ok_and(|d| d == data);
+    let original = s3.object(&key("202401", "31")).unwrap().data.to_vec();
+    wait_until(LIMIT, "the first pass mirrored", || {
+        holds(&key("202401", "31"), &original)
+    });
+
+    let follow = |cluster: &Cluster| cluster.status(0, Some(&job))["jobs"][0]["follow"].clone();
+    let passes_before = follow(&cluster)["passes"].as_u64().unwrap();
+    let new_key = key("202403", "31");
+    let new_data = tests::fixtures::object_bytes(&new_key, 70_000);
+    s3.put_object(&new_key, new_data.clone());
+    let replaced = key("202402", "29");
+    let replacement = tests::fixtures::object_bytes("final ERA5", 60_000);
+    s3.put_object(&replaced, replacement.clone());
+    wait_until(LIMIT, "the new and replaced objects mirrored", || {
+        holds(&new_key, &new_data) && holds(&replaced, &replacement)
+    });
+    // The pass that added them, from the coordinator's log: within two passes.
+    let log = cluster.coordinators[0].0.log_text();
+    let adding_pass: u64 = log
+        .lines()
+        .filter(|l| l.contains("follow pass done") && l.contains("objects_added=2"))
+        .find_map(|l| {
+            l.split("pass=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pass added the two objects:\n{log}"));
+    assert!(
+        adding_pass <= passes_before + 2,
+        "added in pass {adding_pass}, injected after pass {passes_before}"
+    );
+    assert!(
+        cluster
+            .coordinator_metric(0, "era5_follow_passes_total{result=\"ok\"}")
+            .unwrap()
+            >= 1.0
+    );
+    wait_until(LIMIT, "the follow gauges", || {
+        cluster
+            .coordinator_metric(0, "era5_follow_last_success_timestamp_seconds")
+            .is_some_and(|v| v > 1.7e9)
+            && cluster.coordinator_metric(0, "era5_follow_interval_seconds") == Some(1.0)
+    });
+
+    // A restarted coordinator carries on with the standing job.
+    cluster.restart_coordinator(0);
+    let later = key("202405", "31");
+    let later_data = tests::fixtures::object_bytes(&later, 50_000);
+    s3.put_object(&later, later_data.clone());
+    wait_until(LIMIT, "an object added after the restart mirrored", || {
+        holds(&later, &later_data)
+    });
+    let text = cluster.operator("status", 0).arg(&job).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("standing job: a pass every 1s, next pass at "),
+        "{text}"
+    );
+
+    let cancelled = cluster.operator("cancel", 0).arg(&job).output().unwrap();
+    assert!(cancelled.status.success());
+    let follow = follow(&cluster);
+    assert_eq!(follow["next_check_unix_ms"], 0, "{follow}");
+    let listed = cluster.status(0, None);
+    let next = &listed["jobs"][0]["follow"]["next_check_unix_ms"];
+    assert_eq!(next, 0, "{listed:#}");
+}

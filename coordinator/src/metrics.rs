@@ -4,16 +4,24 @@
 //!   latest finished ones (refreshed from the store every few seconds, so a scrape never waits
 //!   on Redis, and reading a bounded number of jobs however many ran before);
 //! - `era5_lease_renew_seconds`: time to handle a Renew (histogram);
-//! - `era5_workers_connected`: worker session streams open on this coordinator.
+//! - `era5_workers_connected`: worker session streams open on this coordinator;
+//! - `era5_follow_passes_total{result}`: standing jobs' passes this coordinator ran (`ok`,
+//!   `failed`);
+//! - `era5_follow_last_success_timestamp_seconds`: the oldest last successful pass among the
+//!   standing jobs (0 when there are none), and `era5_follow_interval_seconds` the longest
+//!   interval among them: an alert compares the two (no pass for three intervals).
 //!
 //! Labels have bounded cardinality: the lease state, never a job, item or lease id.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -36,6 +44,15 @@ pub struct CoordinatorMetrics {
     /// Open worker sessions.
     pub workers_connected: Gauge<i64, AtomicI64>,
     leases: Arc<LeaseCounts>,
+    follow_passes: Family<PassResult, Counter>,
+    follow_last_success: Gauge<f64, AtomicU64>,
+    follow_interval: Gauge<f64, AtomicU64>,
+}
+
+/// The label of a pass's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassResult {
+    result: &'static str,
 }
 
 /// The last lease counts read from the store.
@@ -81,11 +98,32 @@ impl Default for CoordinatorMetrics {
         );
         let leases = Arc::new(LeaseCounts::default());
         registry.register_collector(Box::new(leases.clone()));
+        let follow_passes = Family::<PassResult, Counter>::default();
+        registry.register(
+            "era5_follow_passes",
+            "Standing jobs' passes run by this coordinator, by result",
+            follow_passes.clone(),
+        );
+        let follow_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "era5_follow_last_success_timestamp_seconds",
+            "The oldest last successful pass among the standing jobs (0: none)",
+            follow_last_success.clone(),
+        );
+        let follow_interval = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "era5_follow_interval_seconds",
+            "The longest pass interval among the standing jobs (0: none)",
+            follow_interval.clone(),
+        );
         Self {
             registry,
             renew_seconds,
             workers_connected,
             leases,
+            follow_passes,
+            follow_last_success,
+            follow_interval,
         }
     }
 }
@@ -100,7 +138,15 @@ impl CoordinatorMetrics {
         text
     }
 
-    /// Keeps the lease counts fresh until `stop`.
+    /// Counts a standing job's pass.
+    pub fn follow_pass(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.follow_passes
+            .get_or_create(&PassResult { result })
+            .inc();
+    }
+
+    /// Keeps the lease counts and the follow gauges fresh until `stop`.
     pub async fn refresh(self: Arc<Self>, store: Arc<dyn LeaseStore>, stop: CancellationToken) {
         loop {
             if let Ok(listed) = store.recent_jobs(crate::service::RECENT_JOBS).await {
@@ -112,6 +158,17 @@ impl CoordinatorMetrics {
                     total.dead += job.counts.dead;
                 }
                 *self.leases.0.lock().unwrap_or_else(|p| p.into_inner()) = total;
+            }
+            if let Ok(standing) = store.standing_jobs().await {
+                let follows = standing.iter().filter_map(|job| job.follow.as_ref());
+                let oldest_success = follows
+                    .clone()
+                    .map(|f| f.last_success_ms)
+                    .min()
+                    .unwrap_or(0);
+                let longest_interval = follows.map(|f| f.interval_ms).max().unwrap_or(0);
+                self.follow_last_success.set(oldest_success as f64 / 1000.0);
+                self.follow_interval.set(longest_interval as f64 / 1000.0);
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

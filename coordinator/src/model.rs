@@ -123,6 +123,34 @@ pub struct JobSpec {
     pub source: SourceSpec,
     /// The items, in plan order.
     pub items: Vec<ItemSpec>,
+    /// A standing job (`submit --follow`): re-listed every interval for new or changed
+    /// objects. `None` for a one-off job.
+    #[serde(default)]
+    pub follow: Option<FollowSpec>,
+}
+
+/// How a standing job follows the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowSpec {
+    /// Time between passes, milliseconds.
+    pub interval_ms: u64,
+    /// `--end` as submitted (`latest` moves with the archive; a date does not).
+    pub end: String,
+}
+
+/// A standing job's follow state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowStatus {
+    /// Time between passes, milliseconds.
+    pub interval_ms: u64,
+    /// When the next pass is due, Unix milliseconds (0: no longer following).
+    pub next_check_ms: i64,
+    /// Passes run after the submit (the submit's own listing is not counted).
+    pub passes: u64,
+    /// When a pass last succeeded (Unix milliseconds; the submit counts), 0 never.
+    pub last_success_ms: i64,
+    /// Why the last pass failed, if it did.
+    pub last_error: String,
 }
 
 /// Names one grant of one item.
@@ -301,6 +329,8 @@ pub struct JobStatus {
     pub selection: SelectionSpec,
     /// Source.
     pub source: SourceSpec,
+    /// The follow state of a standing job.
+    pub follow: Option<FollowStatus>,
 }
 
 impl JobStatus {

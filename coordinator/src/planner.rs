@@ -45,6 +45,23 @@ pub fn plan_job(
     objects: Vec<RemoteObject>,
     limits: ItemLimits,
 ) -> JobSpec {
+    JobSpec {
+        job_id,
+        selection,
+        source,
+        items: plan_items(objects, limits, ""),
+        follow: None,
+    }
+}
+
+/// The items of `objects`, as [`plan_job`] makes them, with ids `{id_prefix}{index:06}`: a
+/// standing job adds the items of each later pass under a prefix of its own, after the ones
+/// it has in plan order.
+pub fn plan_items(
+    objects: Vec<RemoteObject>,
+    limits: ItemLimits,
+    id_prefix: &str,
+) -> Vec<ItemSpec> {
     let mut windows: BTreeMap<String, ObjectsByWindow> = BTreeMap::new();
     for object in objects {
         let Some(key) = ObjectKey::parse(&object.key) else {
@@ -69,7 +86,7 @@ pub fn plan_job(
                 && current_bytes + group_bytes <= limits.max_bytes;
             if let Some(span) = current_span.filter(|_| !fits) {
                 items.push(item(
-                    items.len(),
+                    format!("{id_prefix}{:06}", items.len()),
                     &product,
                     span,
                     std::mem::take(&mut current),
@@ -85,26 +102,26 @@ pub fn plan_job(
             current.extend(group);
         }
         if let Some(span) = current_span {
-            items.push(item(items.len(), &product, span, current));
+            items.push(item(
+                format!("{id_prefix}{:06}", items.len()),
+                &product,
+                span,
+                current,
+            ));
         }
     }
-    JobSpec {
-        job_id,
-        selection,
-        source,
-        items,
-    }
+    items
 }
 
 /// An item of `objects`, whose windows together span `span`.
 fn item(
-    index: usize,
+    item_id: String,
     product: &str,
     span: (HourStamp, HourStamp),
     objects: Vec<RemoteObject>,
 ) -> ItemSpec {
     ItemSpec {
-        item_id: format!("{index:06}"),
+        item_id,
         product: product.to_string(),
         start: span.0.date.to_string(),
         end: span.1.date.to_string(),

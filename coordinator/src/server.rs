@@ -98,6 +98,7 @@ impl Server {
         tokio::spawn(reap(self.store.clone(), caps.job_retention, tasks.clone()));
         tokio::spawn(track_readiness(self.store.clone(), health, tasks.clone()));
         tokio::spawn(metrics.clone().refresh(self.store.clone(), tasks.clone()));
+        tokio::spawn(follow_standing_jobs(coordinator.clone(), tasks.clone()));
         if let Some(listener) = self.http {
             let state = HttpState {
                 store: self.store.clone(),
@@ -296,6 +297,23 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "lease store unreachable\n"),
+    }
+}
+
+/// How often the store is asked which standing jobs' passes are due: one cheap range read.
+const FOLLOW_TICK: Duration = Duration::from_secs(1);
+
+/// Runs standing jobs' passes as they fall due, until `stop`. Every coordinator runs this; the
+/// store's claim makes each pass run on one of them.
+async fn follow_standing_jobs(coordinator: Arc<Coordinator>, stop: CancellationToken) {
+    loop {
+        if let Err(error) = coordinator.run_due_passes().await {
+            tracing::warn!(%error, "standing jobs could not be checked; trying again");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(FOLLOW_TICK) => {}
+        }
     }
 }
 

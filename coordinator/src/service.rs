@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::selection::Selection;
 use common::source::listing::{ListError, list_prefix};
 use common::source::retry::RetryPolicy;
-use common::source::{DEFAULT_ENDPOINT, Discovery, Source, SourceConfig, coverage};
+use common::source::{DEFAULT_ENDPOINT, Discovery, RemoteObject, Source, SourceConfig, coverage};
 use futures_util::{Stream, StreamExt};
 use proto::v1 as pb;
 use proto::v1::operator_server::Operator;
@@ -29,10 +29,10 @@ use crate::auth::{Peer, check_worker_name, peer_of};
 use crate::error::Error;
 use crate::limits::{Caps, bounded_reason, check_id, check_report, grants_per_acquire};
 use crate::model::{
-    Ack, Grant, ItemState, ItemStatus, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
+    Ack, FollowSpec, Grant, ItemState, ItemStatus, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
     WorkerMetrics, WorkerStatus, random_id,
 };
-use crate::planner::{ItemLimits, plan_job};
+use crate::planner::{ItemLimits, plan_items, plan_job};
 use crate::store::LeaseStore;
 
 /// Month folders listed at once for a submitted job (the pool's cap still bounds connections).
@@ -41,6 +41,11 @@ const LISTING_CONCURRENCY: usize = 8;
 const SESSION_TICK: Duration = Duration::from_secs(1);
 /// Cancel commands remembered per session (so each is sent once); older ones are forgotten.
 const CANCELS_REMEMBERED: usize = 1024;
+/// Follow intervals a standing job may have: from a second to 31 days.
+pub const FOLLOW_INTERVALS_MS: std::ops::RangeInclusive<u64> = 1_000..=31 * 24 * 3_600_000;
+/// Standing jobs' passes one coordinator runs per tick at most (each lists its selection).
+const FOLLOW_PASSES_PER_TICK: usize = 4;
+
 /// Leases per `GetJob` page when the caller does not say.
 pub const DEFAULT_LEASE_PAGE: u32 = 500;
 /// Most leases per `GetJob` page: with last errors cut to `MAX_ERROR_SHOWN`, a page stays far
@@ -176,6 +181,13 @@ fn summary(job: &JobStatus) -> pb::JobSummary {
         created_unix_ms: job.created_ms,
         selection: Some(selection_to_pb(&job.selection)),
         source: Some(source_to_pb(&job.source)),
+        follow: job.follow.as_ref().map(|follow| pb::FollowView {
+            interval_ms: follow.interval_ms,
+            next_check_unix_ms: follow.next_check_ms,
+            passes: follow.passes,
+            last_success_unix_ms: follow.last_success_ms,
+            last_error: shorten(follow.last_error.clone(), MAX_ERROR_SHOWN),
+        }),
     }
 }
 
@@ -315,6 +327,18 @@ impl Coordinator {
             common::dates::today_utc(),
         )
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let follow = match request.follow_interval_ms {
+            None => None,
+            Some(interval_ms) if FOLLOW_INTERVALS_MS.contains(&interval_ms) => Some(FollowSpec {
+                interval_ms,
+                end: selection.end.trim().to_string(),
+            }),
+            Some(interval_ms) => {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid follow interval {interval_ms} ms: expected 1 s to 31 days"
+                )));
+            }
+        };
         let source = self.check_source(request.source)?;
         let active = self.store.active_jobs().await?;
         if active >= self.caps.max_active_jobs {
@@ -330,27 +354,7 @@ impl Coordinator {
             .await
             .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))?;
         let source_client = Source::connect(&self.source).await;
-        let listing = list_job(&source_client, &validated, self.caps.max_job_objects);
-        // An SDK error may quote the endpoint, credentials and all.
-        let endpoint = self.source.endpoint.clone().unwrap_or_default();
-        let scrub = |error: Error| match error {
-            Error::ListingRefused(m) => {
-                Error::ListingRefused(common::redact::scrub_url_from(&m, &endpoint))
-            }
-            Error::ListingFailed(m) => {
-                Error::ListingFailed(common::redact::scrub_url_from(&m, &endpoint))
-            }
-            other => other,
-        };
-        let found = tokio::time::timeout(self.caps.listing_deadline, listing)
-            .await
-            .map_err(|_| {
-                Error::DeadlineExceeded(format!(
-                    "listing the job's objects took longer than {}s",
-                    self.caps.listing_deadline.as_secs()
-                ))
-            })?
-            .map_err(scrub)?;
+        let found = self.list_selection(&source_client, &validated).await?;
         // Never silent: requests that matched nothing are warned about, and a job that would
         // select nothing is refused with the reason read from the listing.
         let warnings = coverage::warnings(&validated, &found);
@@ -362,18 +366,17 @@ impl Coordinator {
                 &RetryPolicy::default(),
             )
             .await;
-            return Err(Error::EmptySelection(common::redact::scrub_url_from(
-                &why, &endpoint,
-            )));
+            return Err(Error::EmptySelection(self.scrub(&why)));
         }
         let objects = found.objects;
-        let job = plan_job(
+        let mut job = plan_job(
             random_id(),
             SelectionSpec::from(&validated),
             source,
             objects,
             self.limits,
         );
+        job.follow = follow;
         self.store.create_job(&job).await?;
         tracing::info!(job = %job.job_id, items = job.items.len(), "job submitted");
         Ok(pb::SubmitJobResponse {
@@ -383,6 +386,112 @@ impl Coordinator {
             job_id: job.job_id,
             warnings,
         })
+    }
+}
+
+impl Coordinator {
+    /// The selection's listing from this coordinator's source, capped in objects and bounded
+    /// in time, with any credentials of the endpoint scrubbed from errors.
+    async fn list_selection(
+        &self,
+        source_client: &Source,
+        selection: &Selection,
+    ) -> Result<Discovery, Error> {
+        let listing = list_job(source_client, selection, self.caps.max_job_objects);
+        // An SDK error may quote the endpoint, credentials and all.
+        let scrub = |error: Error| match error {
+            Error::ListingRefused(m) => Error::ListingRefused(self.scrub(&m)),
+            Error::ListingFailed(m) => Error::ListingFailed(self.scrub(&m)),
+            other => other,
+        };
+        tokio::time::timeout(self.caps.listing_deadline, listing)
+            .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "listing the job's objects took longer than {}s",
+                    self.caps.listing_deadline.as_secs()
+                ))
+            })?
+            .map_err(scrub)
+    }
+
+    /// `text` without the source endpoint's credentials.
+    fn scrub(&self, text: &str) -> String {
+        common::redact::scrub_url_from(text, self.source.endpoint.as_deref().unwrap_or_default())
+    }
+
+    /// Runs the passes of standing jobs that are due (at most a few per call). Returns how
+    /// many ran.
+    pub async fn run_due_passes(&self) -> Result<usize, Error> {
+        let due = self.store.claim_due_passes(FOLLOW_PASSES_PER_TICK).await?;
+        for (job_id, follow) in &due {
+            let result = self.follow_pass(job_id, follow).await;
+            let error = result
+                .as_ref()
+                .err()
+                .map(|e| shorten(e.to_string(), MAX_ERROR_SHOWN));
+            match &result {
+                Ok((pass, added)) => {
+                    tracing::info!(job = %job_id, pass, objects_added = added, "follow pass done")
+                }
+                Err(error) => tracing::warn!(job = %job_id, %error, "follow pass failed"),
+            }
+            self.metrics.follow_pass(result.is_ok());
+            self.store.record_pass(job_id, error.as_deref()).await?;
+        }
+        Ok(due.len())
+    }
+
+    /// One pass of a standing job: lists its selection again (`--end latest` moves) and adds
+    /// the objects that are new, or whose size or ETag changed, as new leases. Returns the
+    /// pass's number and how many objects were added.
+    async fn follow_pass(&self, job_id: &str, follow: &FollowSpec) -> Result<(u64, usize), Error> {
+        let job = self.store.job(job_id).await?;
+        let pass = job.follow.as_ref().map_or(0, |f| f.passes) + 1;
+        let spec = &job.selection;
+        let selection = Selection::parse(
+            &spec.products,
+            &spec.variables,
+            &spec.grids,
+            &spec.start,
+            &follow.end,
+            common::dates::today_utc(),
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let _planning = self
+            .planning
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))?;
+        let source_client = Source::connect(&self.source).await;
+        let found = self.list_selection(&source_client, &selection).await?;
+        let known: HashMap<String, (u64, String)> = self
+            .store
+            .job_objects(job_id)
+            .await?
+            .into_iter()
+            .map(|o| (o.key, (o.size, o.etag)))
+            .collect();
+        let fresh: Vec<RemoteObject> = found
+            .objects
+            .into_iter()
+            .filter(|object| match known.get(&object.key) {
+                None => true,
+                Some((size, etag)) => {
+                    *size != object.size || object.etag.as_deref().is_some_and(|e| e != etag)
+                }
+            })
+            .collect();
+        drop(known);
+        if fresh.is_empty() {
+            return Ok((pass, 0));
+        }
+        let added = fresh.len();
+        // Ids after every earlier one in plan order, and new to the job.
+        let prefix = format!("f{}-", crate::model::now_ms());
+        let items = plan_items(fresh, self.limits, &prefix);
+        self.store.extend_job(job_id, &items).await?;
+        Ok((pass, added))
     }
 }
 

@@ -317,6 +317,7 @@ mod tests {
             finished_ms: 0,
             selection: SelectionSpec::default(),
             source: SourceSpec::default(),
+            follow: None,
         };
         let worker = WorkerStatus {
             name: "w\"1".into(),

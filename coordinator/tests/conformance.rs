@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::model::{
-    Ack, ItemSpec, ItemState, JobSpec, JobState, LeasePolicy, ObjectSpec, SelectionSpec,
-    SourceSpec, WorkerMetrics,
+    Ack, FollowSpec, ItemSpec, ItemState, JobSpec, JobState, LeasePolicy, ObjectSpec,
+    SelectionSpec, SourceSpec, WorkerMetrics,
 };
 use coordinator::{LeaseStore, MemoryStore, RedisStore};
 use tests::redis_server::RedisServer;
@@ -49,6 +49,7 @@ fn job(id: &str, items: usize) -> JobSpec {
                 }],
             })
             .collect(),
+        follow: None,
     }
 }
 
@@ -650,7 +651,13 @@ fn report_commands(held: usize) -> Vec<(String, usize)> {
             .await
             .unwrap();
         store.create_job(&job("p", held)).await.unwrap();
-        let grants = store.acquire("w1", held).await.unwrap();
+        // Acquire grants at most 64 at a time.
+        let mut grants = Vec::new();
+        while grants.len() < held {
+            let more = store.acquire("w1", held - grants.len()).await.unwrap();
+            assert!(!more.is_empty(), "nothing more to grant");
+            grants.extend(more);
+        }
         assert_eq!(grants.len(), held);
         let lease = &grants[held - 1].lease;
         let report = proto::v1::WorkerReport {
@@ -690,4 +697,86 @@ fn a_progress_report_costs_the_same_redis_work_whatever_the_live_leases() {
         one, many,
         "the commands of one report (name, argument count) depend on the live leases"
     );
+}
+
+conformance!(
+    a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_cancelled,
+    10_000
+);
+async fn a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_cancelled(
+    store: Arc<dyn LeaseStore>,
+) {
+    let mut spec = job("standing", 2);
+    spec.follow = Some(FollowSpec {
+        interval_ms: 80,
+        end: "latest".into(),
+    });
+    store.create_job(&spec).await.unwrap();
+    store.create_job(&job("one-off", 1)).await.unwrap();
+    assert!(
+        store.claim_due_passes(8).await.unwrap().is_empty(),
+        "the submit was the first pass; the next is an interval away"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claimed = store.claim_due_passes(8).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].0, "standing");
+    assert_eq!(claimed[0].1.end, "latest");
+    assert!(
+        store.claim_due_passes(8).await.unwrap().is_empty(),
+        "a due pass is claimed once, whoever asks"
+    );
+
+    let mut keys: Vec<String> = store
+        .job_objects("standing")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["k0", "k1"]);
+    let mut added = job("x", 1).items.remove(0);
+    added.item_id = "f1-000000".into();
+    added.objects[0].key = "k-new".into();
+    store.extend_job("standing", &[added]).await.unwrap();
+    let grown = store.job("standing").await.unwrap();
+    assert_eq!((grown.counts.pending, grown.objects_total), (3, 3));
+    assert_eq!(store.job_objects("standing").await.unwrap().len(), 3);
+
+    store.record_pass("standing", None).await.unwrap();
+    store
+        .record_pass("standing", Some("listing failed"))
+        .await
+        .unwrap();
+    let follow = store.job("standing").await.unwrap().follow.unwrap();
+    assert_eq!(follow.passes, 2);
+    assert_eq!(follow.last_error, "listing failed");
+    assert!(follow.next_check_ms > 0 && follow.last_success_ms > 0);
+    assert!(store.job("one-off").await.unwrap().follow.is_none());
+    assert_eq!(store.standing_jobs().await.unwrap().len(), 1);
+
+    // Finished and idle between passes, a standing job is never pruned.
+    for grant in store.acquire("w1", 8).await.unwrap() {
+        store.complete(&grant.lease, "w1").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store.prune(Duration::from_millis(1)).await.unwrap();
+    assert!(store.job("standing").await.is_ok());
+    assert!(store.job("one-off").await.is_err());
+
+    store.cancel_job("standing").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(store.claim_due_passes(8).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .job("standing")
+            .await
+            .unwrap()
+            .follow
+            .unwrap()
+            .next_check_ms,
+        0
+    );
+    assert!(store.standing_jobs().await.unwrap().is_empty());
 }

@@ -116,6 +116,7 @@ fn job() -> JobSpec {
                 }],
             })
             .collect(),
+        follow: None,
     }
 }
 

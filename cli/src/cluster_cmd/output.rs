@@ -38,7 +38,7 @@ fn eta(seconds: f64) -> String {
 
 pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
     let mut out = format!(
-        "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}\n",
+        "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}  {}\n",
         "JOB",
         "STATE",
         "PENDING",
@@ -48,12 +48,22 @@ pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
         "OBJECTS",
         "BYTES DONE/TOTAL",
         "RATE",
-        "ETA"
+        "ETA",
+        "NEXT PASS"
     );
     for job in jobs {
         let counts = job.leases.unwrap_or_default();
+        // A standing job's next pass; `-` for a one-off job.
+        let next_pass = job
+            .follow
+            .as_ref()
+            .filter(|f| f.next_check_unix_ms > 0)
+            .and_then(|f| jiff::Timestamp::from_millisecond(f.next_check_unix_ms).ok())
+            .map_or("-".to_string(), |t| {
+                t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+            });
         out.push_str(&format!(
-            "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}\n",
+            "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}  {}\n",
             clean(&job.job_id),
             clean(&job.state),
             counts.pending,
@@ -67,7 +77,8 @@ pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
                 human_bytes(job.bytes_total)
             ),
             format!("{}/s", human_bytes(job.bytes_per_sec as u64)),
-            eta(job.eta_seconds)
+            eta(job.eta_seconds),
+            next_pass
         ));
     }
     out
@@ -147,7 +158,39 @@ pub fn job_json(job: &pb::JobSummary) -> serde_json::Value {
         "bytes_per_sec": job.bytes_per_sec,
         "eta_seconds": if job.eta_seconds < 0.0 { serde_json::Value::Null } else { json!(job.eta_seconds) },
         "created_unix_ms": job.created_unix_ms,
+        "follow": job.follow.as_ref().map(|follow| json!({
+            "interval_ms": follow.interval_ms,
+            "next_check_unix_ms": follow.next_check_unix_ms,
+            "passes": follow.passes,
+            "last_success_unix_ms": follow.last_success_unix_ms,
+            "last_error": clean(&follow.last_error),
+        })),
     })
+}
+
+/// A standing job in words: its interval, next check, passes and last success.
+pub fn follow_line(follow: &pb::FollowView) -> String {
+    let at = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let next = if follow.next_check_unix_ms > 0 {
+        format!("next pass at {}", at(follow.next_check_unix_ms))
+    } else {
+        "no longer following".to_string()
+    };
+    let error = if follow.last_error.is_empty() {
+        String::new()
+    } else {
+        format!("; last pass failed: {}", clean(&follow.last_error))
+    };
+    format!(
+        "standing job: a pass every {}s, {next}; {} passes, last success at {}{error}\n",
+        follow.interval_ms / 1000,
+        follow.passes,
+        at(follow.last_success_unix_ms)
+    )
 }
 
 pub fn lease_json(lease: &pb::LeaseView) -> serde_json::Value {

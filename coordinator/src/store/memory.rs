@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use super::{FailOutcome, LeaseStore, Pruned};
 use crate::error::Error;
 use crate::model::{
-    Ack, Counts, Grant, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
-    SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, WorkerMetrics, WorkerStatus, now_ms, random_id,
+    Ack, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus, JobSpec,
+    JobStatus, LeasePolicy, LeaseRef, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample,
+    WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
 
 /// The embedded store.
@@ -43,6 +44,8 @@ struct JobEntry {
     /// Last time an item went dead or the job was cancelled (0: never), for retention.
     ended_ms: i64,
     cancelled: bool,
+    /// A standing job's follow state.
+    follow: Option<FollowStatus>,
 }
 
 #[derive(Clone, Debug)]
@@ -190,7 +193,16 @@ impl MemoryStore {
             finished_ms: job.finished_ms,
             selection: job.spec.selection.clone(),
             source: job.spec.source.clone(),
+            follow: job.follow.clone(),
         }
+    }
+
+    fn job_mut<'a>(inner: &'a mut Inner, job_id: &str) -> Result<&'a mut JobEntry, Error> {
+        inner
+            .jobs
+            .iter_mut()
+            .find(|j| j.spec.job_id == job_id)
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))
     }
 }
 
@@ -219,6 +231,13 @@ impl LeaseStore for MemoryStore {
             finished_ms: 0,
             ended_ms: 0,
             cancelled: false,
+            follow: job.follow.as_ref().map(|follow| FollowStatus {
+                interval_ms: follow.interval_ms,
+                next_check_ms: now_ms() + follow.interval_ms as i64,
+                passes: 0,
+                last_success_ms: now_ms(),
+                last_error: String::new(),
+            }),
         });
         Ok(())
     }
@@ -408,6 +427,74 @@ impl LeaseStore for MemoryStore {
             .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
         job.cancelled = true;
         job.ended_ms = now_ms();
+        if let Some(follow) = &mut job.follow {
+            follow.next_check_ms = 0;
+        }
+        Ok(())
+    }
+
+    async fn claim_due_passes(&self, max: usize) -> Result<Vec<(String, FollowSpec)>, Error> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        let mut claimed = Vec::new();
+        for job in inner.jobs.iter_mut().filter(|j| !j.cancelled) {
+            if claimed.len() >= max {
+                break;
+            }
+            let (Some(follow), Some(spec)) = (&mut job.follow, &job.spec.follow) else {
+                continue;
+            };
+            if follow.next_check_ms > 0 && follow.next_check_ms <= now {
+                follow.next_check_ms = now + follow.interval_ms as i64;
+                claimed.push((job.spec.job_id.clone(), spec.clone()));
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn job_objects(&self, job_id: &str) -> Result<Vec<ObjectSpec>, Error> {
+        let mut inner = self.lock();
+        let job = Self::job_mut(&mut inner, job_id)?;
+        Ok(job
+            .spec
+            .items
+            .iter()
+            .flat_map(|item| item.objects.iter().cloned())
+            .collect())
+    }
+
+    async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error> {
+        let mut inner = self.lock();
+        let job = Self::job_mut(&mut inner, job_id)?;
+        for item in items {
+            if job.index.contains_key(&item.item_id) {
+                return Err(Error::InvalidArgument(format!(
+                    "item `{}` is already in job `{job_id}`",
+                    item.item_id
+                )));
+            }
+        }
+        for item in items {
+            job.index.insert(item.item_id.clone(), job.items.len());
+            job.items.push(ItemEntry::new());
+            job.spec.items.push(item.clone());
+        }
+        Ok(())
+    }
+
+    async fn record_pass(&self, job_id: &str, error: Option<&str>) -> Result<(), Error> {
+        let mut inner = self.lock();
+        let job = Self::job_mut(&mut inner, job_id)?;
+        if let Some(follow) = &mut job.follow {
+            follow.passes += 1;
+            match error {
+                None => {
+                    follow.last_success_ms = now_ms();
+                    follow.last_error.clear();
+                }
+                Some(error) => follow.last_error = error.to_string(),
+            }
+        }
         Ok(())
     }
 
@@ -563,7 +650,9 @@ impl LeaseStore for MemoryStore {
         let before = (inner.jobs.len(), inner.workers.len());
         inner.jobs.retain(|job| {
             let last = job.created_ms.max(job.finished_ms).max(job.ended_ms);
-            !(Self::status(job).state.is_final() && last < cutoff)
+            // A standing job waits between passes, finished; it is not done with.
+            let standing = !job.cancelled && job.follow.is_some();
+            standing || !(Self::status(job).state.is_final() && last < cutoff)
         });
         let gone: Vec<String> = inner
             .workers

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 
 pub use crate::error::Error;
 use crate::model::{
-    Ack, Grant, ItemState, ItemStatus, JobSpec, JobState, JobStatus, LeasePolicy, LeaseRef, Sample,
-    WorkerMetrics, WorkerStatus,
+    Ack, FollowSpec, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobState, JobStatus,
+    LeasePolicy, LeaseRef, ObjectSpec, Sample, WorkerMetrics, WorkerStatus,
 };
 
 /// What a pruning pass removed.
@@ -161,6 +161,32 @@ pub trait LeaseStore: Send + Sync {
             })
             .collect();
         Ok(RecentJobs { jobs, total })
+    }
+
+    /// Standing jobs (`submit --follow`) whose next pass is due, claimed: each one's next check
+    /// moves on by its interval in the same atomic step, so a pass runs once however many
+    /// coordinators share the store. At most `max`; a cancelled job is never claimed.
+    async fn claim_due_passes(&self, max: usize) -> Result<Vec<(String, FollowSpec)>, Error>;
+
+    /// Every object of a job's items (a standing job's pass tells new and changed objects from
+    /// known ones with them).
+    async fn job_objects(&self, job_id: &str) -> Result<Vec<ObjectSpec>, Error>;
+
+    /// Adds pending items to a job (a standing job's pass): its totals grow and it is active
+    /// again. Item ids must be new to the job.
+    async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error>;
+
+    /// Records the end of a standing job's pass: counted, and a success (`error: None`) dated.
+    async fn record_pass(&self, job_id: &str, error: Option<&str>) -> Result<(), Error>;
+
+    /// The standing jobs that still follow (not cancelled), for the follow metrics.
+    async fn standing_jobs(&self) -> Result<Vec<JobStatus>, Error> {
+        Ok(self
+            .jobs()
+            .await?
+            .into_iter()
+            .filter(|job| job.follow.as_ref().is_some_and(|f| f.next_check_ms > 0))
+            .collect())
     }
 
     /// Records a worker's report.

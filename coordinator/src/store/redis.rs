@@ -15,6 +15,9 @@
 //!                                 leases never reads the object lists)
 //! era5:{JOB}:pending        ZSET  item id -> ready time (ms; later after a failure backoff)
 //! era5:{JOB}:leased         ZSET  item id -> expiry (ms)
+//! era5:standing             ZSET  standing job (`submit --follow`) -> its next pass (ms); the
+//!                                 job's meta also holds follow (JSON), follow_passes,
+//!                                 follow_success and follow_error
 //! era5:workers              HASH  worker -> last report (JSON)
 //! era5:drain                SET   workers asked to drain
 //! era5:history:<worker>     LIST  the last hour of rate and connections (newest first);
@@ -39,15 +42,17 @@ use redis::{AsyncCommands, Script};
 use super::{FailOutcome, ItemPage, LeaseStore, PAGE_SCAN_BUDGET, Pruned, RecentJobs};
 use crate::error::Error;
 use crate::model::{
-    Ack, Counts, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy, LeaseRef,
-    MAX_ACQUIRE, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, SelectionSpec, SourceSpec, WorkerMetrics,
-    WorkerStatus, now_ms, random_id,
+    Ack, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus, JobSpec,
+    JobStatus, LeasePolicy, LeaseRef, MAX_ACQUIRE, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT,
+    Sample, SelectionSpec, SourceSpec, WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
 
 const JOBS: &str = "era5:jobs";
 /// Jobs that may still have work to grant; acquire walks only these.
 const ACTIVE: &str = "era5:active";
 const WORKERS: &str = "era5:workers";
+/// Standing jobs by next pass (ms).
+const STANDING: &str = "era5:standing";
 /// Per worker: a list of samples (newest first) and a gate key that lets one in per period.
 fn history_key(worker: &str) -> String {
     format!("era5:history:{worker}")
@@ -89,6 +94,8 @@ struct Scripts {
     reap: Script,
     progress: Script,
     retry_dead: Script,
+    /// On the standing set alone (no job keys), so without the prelude.
+    claim_pass: Script,
 }
 
 impl Scripts {
@@ -102,6 +109,7 @@ impl Scripts {
             reap: script(include_str!("scripts/reap.lua")),
             progress: script(include_str!("scripts/progress.lua")),
             retry_dead: script(include_str!("scripts/retry_dead.lua")),
+            claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
         }
     }
 }
@@ -331,7 +339,24 @@ impl RedisStore {
             dead: number("dead") as u32,
         };
         let started = number("started");
+        let follow = match meta.get("follow") {
+            None => None,
+            Some(json) => {
+                let spec: FollowSpec = serde_json::from_str(json)
+                    .map_err(|e| Error::Corrupt(format!("job {job_id}: follow: {e}")))?;
+                let next_check: Option<i64> =
+                    conn.zscore(STANDING, job_id).await.map_err(unavailable)?;
+                Some(FollowStatus {
+                    interval_ms: spec.interval_ms,
+                    next_check_ms: next_check.unwrap_or(0),
+                    passes: number("follow_passes") as u64,
+                    last_success_ms: number("follow_success"),
+                    last_error: meta.get("follow_error").cloned().unwrap_or_default(),
+                })
+            }
+        };
         Ok(JobStatus {
+            follow,
             job_id: job_id.to_string(),
             state: counts.job_state(number("cancelled") == 1, started > 0),
             counts,
@@ -344,6 +369,35 @@ impl RedisStore {
             selection: spec.0,
             source: spec.1,
         })
+    }
+
+    /// Writes `items` and their pending states, a chunk per round trip.
+    async fn write_items(&self, keys: &JobKeys, items: &[ItemSpec]) -> Result<(), Error> {
+        let mut conn = self.conn()?;
+        for chunk in items.chunks(CREATE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for item in chunk {
+                let spec =
+                    serde_json::to_string(item).map_err(|e| Error::Corrupt(e.to_string()))?;
+                pipe.hset(&keys.items, &item.item_id, spec).ignore();
+                pipe.hset_multiple(
+                    &keys.state,
+                    &[
+                        (format!("{}|state", item.item_id), "pending".to_string()),
+                        (format!("{}|epoch", item.item_id), "0".to_string()),
+                        (format!("{}|bytes", item.item_id), item.bytes().to_string()),
+                        (format!("{}|brief", item.item_id), brief(item)),
+                    ],
+                )
+                .ignore();
+                pipe.zadd(&keys.pending, &item.item_id, 0).ignore();
+                pipe.zadd(&keys.order, &item.item_id, 0).ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     /// Drops a job from the active set once nothing of it is pending or leased (done, dead or
@@ -539,69 +593,63 @@ impl LeaseStore for RedisStore {
         }
         // Items and their states first; the job becomes visible (meta, index) last, so a
         // coordinator dying mid-way leaves nothing half-created that could be granted.
-        for chunk in job.items.chunks(CREATE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for item in chunk {
-                let spec =
-                    serde_json::to_string(item).map_err(|e| Error::Corrupt(e.to_string()))?;
-                pipe.hset(&keys.items, &item.item_id, spec).ignore();
-                pipe.hset_multiple(
-                    &keys.state,
-                    &[
-                        (format!("{}|state", item.item_id), "pending".to_string()),
-                        (format!("{}|epoch", item.item_id), "0".to_string()),
-                        (format!("{}|bytes", item.item_id), item.bytes().to_string()),
-                        (format!("{}|brief", item.item_id), brief(item)),
-                    ],
-                )
-                .ignore();
-                pipe.zadd(&keys.pending, &item.item_id, 0).ignore();
-                pipe.zadd(&keys.order, &item.item_id, 0).ignore();
-            }
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-        }
+        self.write_items(&keys, &job.items).await?;
         let spec = serde_json::to_string(&(&job.selection, &job.source))
             .map_err(|e| Error::Corrupt(e.to_string()))?;
         let created = now_ms();
-        redis::pipe()
-            .hset_multiple(
+        let mut pipe = redis::pipe();
+        if let Some(follow) = &job.follow {
+            let follow_json =
+                serde_json::to_string(follow).map_err(|e| Error::Corrupt(e.to_string()))?;
+            pipe.hset_multiple(
                 &keys.meta,
                 &[
-                    ("spec", spec),
-                    ("created", created.to_string()),
-                    ("cancelled", "0".to_string()),
-                    ("done", "0".to_string()),
-                    ("dead", "0".to_string()),
-                    ("done_bytes", "0".to_string()),
-                    ("items", job.items.len().to_string()),
-                    (
-                        "objects_total",
-                        job.items
-                            .iter()
-                            .map(|i| i.objects.len())
-                            .sum::<usize>()
-                            .to_string(),
-                    ),
-                    (
-                        "bytes_total",
-                        job.items
-                            .iter()
-                            .map(ItemSpec::bytes)
-                            .sum::<u64>()
-                            .to_string(),
-                    ),
+                    ("follow", follow_json),
+                    ("follow_passes", "0".to_string()),
+                    ("follow_success", created.to_string()),
+                    ("follow_error", String::new()),
                 ],
             )
             .ignore()
-            .zadd(JOBS, &job.job_id, created)
-            .ignore()
-            .zadd(ACTIVE, &job.job_id, created)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+            .zadd(STANDING, &job.job_id, created + follow.interval_ms as i64)
+            .ignore();
+        }
+        pipe.hset_multiple(
+            &keys.meta,
+            &[
+                ("spec", spec),
+                ("created", created.to_string()),
+                ("cancelled", "0".to_string()),
+                ("done", "0".to_string()),
+                ("dead", "0".to_string()),
+                ("done_bytes", "0".to_string()),
+                ("items", job.items.len().to_string()),
+                (
+                    "objects_total",
+                    job.items
+                        .iter()
+                        .map(|i| i.objects.len())
+                        .sum::<usize>()
+                        .to_string(),
+                ),
+                (
+                    "bytes_total",
+                    job.items
+                        .iter()
+                        .map(ItemSpec::bytes)
+                        .sum::<u64>()
+                        .to_string(),
+                ),
+            ],
+        )
+        .ignore()
+        .zadd(JOBS, &job.job_id, created)
+        .ignore()
+        .zadd(ACTIVE, &job.job_id, created)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(unavailable)
     }
 
     async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {
@@ -769,6 +817,8 @@ impl LeaseStore for RedisStore {
             .hset(&keys.meta, "ended", now_ms())
             .ignore()
             .zrem(ACTIVE, job_id)
+            .ignore()
+            .zrem(STANDING, job_id)
             .ignore()
             .query_async::<()>(&mut conn)
             .await
@@ -1003,6 +1053,139 @@ impl LeaseStore for RedisStore {
         Ok(RecentJobs { jobs, total })
     }
 
+    async fn claim_due_passes(&self, max: usize) -> Result<Vec<(String, FollowSpec)>, Error> {
+        let mut conn = self.conn()?;
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let now = seconds * 1000 + micros / 1000;
+        let due: Vec<String> = conn
+            .zrangebyscore_limit(STANDING, "-inf", now, 0, max as isize)
+            .await
+            .map_err(unavailable)?;
+        let mut claimed = Vec::new();
+        for job_id in due {
+            let keys = JobKeys::new(&job_id);
+            let (follow, cancelled): (Option<String>, Option<String>) = redis::pipe()
+                .hget(&keys.meta, "follow")
+                .hget(&keys.meta, "cancelled")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let follow = follow.and_then(|json| serde_json::from_str::<FollowSpec>(&json).ok());
+            let Some(follow) = follow.filter(|_| cancelled.as_deref() != Some("1")) else {
+                // Cancelled, or gone: it follows no more.
+                conn.zrem::<_, _, ()>(STANDING, &job_id)
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            };
+            let won: i32 = self
+                .scripts
+                .claim_pass
+                .key(STANDING)
+                .arg(&job_id)
+                .arg(follow.interval_ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if won == 1 {
+                claimed.push((job_id, follow));
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn job_objects(&self, job_id: &str) -> Result<Vec<ObjectSpec>, Error> {
+        let keys = JobKeys::new(job_id);
+        let mut conn = self.conn()?;
+        let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
+        if !exists {
+            return Err(Error::UnknownJob(job_id.to_string()));
+        }
+        // A cursor a thousand items at a time: no reply holds the whole job.
+        let mut objects = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, fields): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&keys.items)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(PAGE_CHUNK)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for spec in fields.chunks(2).filter_map(|pair| pair.get(1)) {
+                let item: ItemSpec =
+                    serde_json::from_str(spec).map_err(|e| Error::Corrupt(e.to_string()))?;
+                objects.extend(item.objects);
+            }
+            if next == 0 {
+                return Ok(objects);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error> {
+        let keys = JobKeys::new(job_id);
+        let mut conn = self.conn()?;
+        let created: Option<i64> = conn.zscore(JOBS, job_id).await.map_err(unavailable)?;
+        let Some(created) = created else {
+            return Err(Error::UnknownJob(job_id.to_string()));
+        };
+        self.write_items(&keys, items).await?;
+        let objects: usize = items.iter().map(|i| i.objects.len()).sum();
+        let bytes: u64 = items.iter().map(ItemSpec::bytes).sum();
+        redis::pipe()
+            .hincr(&keys.meta, "items", items.len())
+            .ignore()
+            .hincr(&keys.meta, "objects_total", objects)
+            .ignore()
+            .hincr(&keys.meta, "bytes_total", bytes)
+            .ignore()
+            .zadd(ACTIVE, job_id, created)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn standing_jobs(&self) -> Result<Vec<JobStatus>, Error> {
+        let ids: Vec<String> = self
+            .conn()?
+            .zrange(STANDING, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for job_id in ids {
+            match self.status_of(&job_id).await {
+                Ok(job) => jobs.push(job),
+                Err(Error::UnknownJob(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn record_pass(&self, job_id: &str, error: Option<&str>) -> Result<(), Error> {
+        let keys = JobKeys::new(job_id);
+        let mut pipe = redis::pipe();
+        pipe.hincr(&keys.meta, "follow_passes", 1).ignore();
+        match error {
+            None => pipe
+                .hset(&keys.meta, "follow_success", now_ms())
+                .ignore()
+                .hset(&keys.meta, "follow_error", "")
+                .ignore(),
+            Some(error) => pipe.hset(&keys.meta, "follow_error", error).ignore(),
+        };
+        pipe.query_async::<()>(&mut self.conn()?)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn heartbeat(
         &self,
         worker: &str,
@@ -1131,6 +1314,12 @@ impl LeaseStore for RedisStore {
             .map_err(unavailable)?;
         for job_id in old {
             let keys = JobKeys::new(&job_id);
+            // A standing job waits between passes, finished; it is not done with.
+            let standing: Option<i64> =
+                conn.zscore(STANDING, &job_id).await.map_err(unavailable)?;
+            if standing.is_some() {
+                continue;
+            }
             let last = match self.status_of(&job_id).await {
                 Ok(status) if status.state.is_final() => {
                     let ended: Option<i64> =
