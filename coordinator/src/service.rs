@@ -348,11 +348,7 @@ impl Coordinator {
             )));
         }
         // One listing and plan at a time: the memory of a plan is the memory of one job.
-        let _planning = self
-            .planning
-            .acquire()
-            .await
-            .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))?;
+        let _planning = self.planning_permit().await?;
         let source_client = Source::connect(&self.source).await;
         let found = self.list_selection(&source_client, &validated).await?;
         // Never silent: requests that matched nothing are warned about, and a job that would
@@ -415,6 +411,15 @@ impl Coordinator {
             .map_err(scrub)
     }
 
+    /// The one planning permit: one job is listed and planned at a time, so the memory of
+    /// planning is the memory of one job.
+    async fn planning_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.planning
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))
+    }
+
     /// `text` without the source endpoint's credentials.
     fn scrub(&self, text: &str) -> String {
         common::redact::scrub_url_from(text, self.source.endpoint.as_deref().unwrap_or_default())
@@ -458,11 +463,7 @@ impl Coordinator {
             common::dates::today_utc(),
         )
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let _planning = self
-            .planning
-            .acquire()
-            .await
-            .map_err(|_| Error::Unavailable("the coordinator is stopping".into()))?;
+        let _planning = self.planning_permit().await?;
         let source_client = Source::connect(&self.source).await;
         let found = self.list_selection(&source_client, &selection).await?;
         let known: HashMap<String, (u64, String)> = self

@@ -58,10 +58,7 @@ pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
             .follow
             .as_ref()
             .filter(|f| f.next_check_unix_ms > 0)
-            .and_then(|f| jiff::Timestamp::from_millisecond(f.next_check_unix_ms).ok())
-            .map_or("-".to_string(), |t| {
-                t.round(jiff::Unit::Second).unwrap_or(t).to_string()
-            });
+            .map_or("-".to_string(), |f| utc(f.next_check_unix_ms));
         out.push_str(&format!(
             "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}  {}\n",
             clean(&job.job_id),
@@ -170,13 +167,8 @@ pub fn job_json(job: &pb::JobSummary) -> serde_json::Value {
 
 /// A standing job in words: its interval, next check, passes and last success.
 pub fn follow_line(follow: &pb::FollowView) -> String {
-    let at = |ms: i64| {
-        jiff::Timestamp::from_millisecond(ms)
-            .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-            .unwrap_or_else(|_| "?".into())
-    };
     let next = if follow.next_check_unix_ms > 0 {
-        format!("next pass at {}", at(follow.next_check_unix_ms))
+        format!("next pass at {}", utc(follow.next_check_unix_ms))
     } else {
         "no longer following".to_string()
     };
@@ -189,8 +181,15 @@ pub fn follow_line(follow: &pb::FollowView) -> String {
         "standing job: a pass every {}s, {next}; {} passes, last success at {}{error}\n",
         follow.interval_ms / 1000,
         follow.passes,
-        at(follow.last_success_unix_ms)
+        utc(follow.last_success_unix_ms)
     )
+}
+
+/// Unix milliseconds as an RFC 3339 time to the second (`?` for one out of range).
+fn utc(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 pub fn lease_json(lease: &pb::LeaseView) -> serde_json::Value {
