@@ -552,9 +552,16 @@ fn dead_journals(
     Ok((dead, legacy))
 }
 
+/// The journals in `dir`, sorted; none when there is no such folder (a mirror written before
+/// journals existed, read by `audit` or `verify`, which create nothing).
 fn journal_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "jsonl") {
             found.push(path);
@@ -831,11 +838,7 @@ pub fn read_records(
     }
     let dest = state_dir.parent().unwrap_or(state_dir);
     let (_, legacy) = dead_journals(state_dir, true)?;
-    let journals = match journal_files(&state_dir.join(JOURNALS)) {
-        Ok(files) => files,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(error),
-    };
+    let journals = journal_files(&state_dir.join(JOURNALS))?;
     let mut dropped: std::collections::HashSet<String> = std::collections::HashSet::new();
     let sources = std::iter::once(state_dir.join(SNAPSHOT))
         .chain(legacy)
@@ -1042,6 +1045,26 @@ mod tests {
             text.push('\n');
         }
         std::fs::write(state.join(JOURNALS).join(format!("{name}.jsonl")), text).unwrap();
+    }
+
+    #[test]
+    fn a_mirror_with_a_snapshot_alone_is_read_without_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".era5");
+        std::fs::create_dir_all(&state).unwrap();
+        let line = serde_json::to_string(&entry("a", "1")).unwrap();
+        std::fs::write(state.join(SNAPSHOT), format!("{line}\n")).unwrap();
+        let records = read_records(&state, |_| true).unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(
+            !state.join(JOURNALS).exists(),
+            "reading created the journals folder"
+        );
+        assert!(
+            read_records(&dir.path().join("nowhere"), |_| true)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
