@@ -61,11 +61,6 @@ use crate::writer::{DirectSink, FileWriter, ObjectIo};
 /// same parallelism); an object whose multipart ETag must be verified uses its own upload part
 /// size instead, so each part's MD5 is computed in-stream.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
-
-/// Objects up to this size have their HEAD (for full verification's checksum) sent beside
-/// their GET instead of before it: reading such an object back to check its checksum costs
-/// less than the round trip saved.
-const SMALL_OBJECT: u64 = DEFAULT_PART_SIZE;
 /// Default `--stall-timeout`.
 pub const DEFAULT_STALL_TIMEOUT: Duration = common::source::guard::DEFAULT_STALL_TIMEOUT;
 /// The largest object S3 stores; a server claiming more is not believed.
@@ -411,53 +406,24 @@ impl Engine {
         let mut verify_failures = 0;
         let mut restarts = 0;
         loop {
-            // A small object with a listed ETag needs the HEAD only for its checksum, which
-            // matters after the download: the HEAD then runs beside the GET, so the object
-            // costs one round trip, not two. A large one waits for it, so that its CRCs are
-            // computed while it streams instead of read back afterwards.
-            let beside = need_head && current.etag.is_some() && current.size <= SMALL_OBJECT;
-            let head_beside = if beside {
-                let (engine, key, cancel) =
-                    (self.clone(), object.key.clone(), scope.cancel.clone());
-                Some(tokio::spawn(async move {
-                    engine.head(&key, seq << 24, &cancel).await
-                }))
-            } else {
-                if need_head {
-                    let head = self.head(&object.key, seq << 24, &scope.cancel).await?;
-                    if head.size != current.size || head.etag != current.etag {
-                        tracing::info!(key = %object.key, "object differs from its listing; fetching the current version");
-                    }
-                    current = head;
-                    check_size(&object.key, current.size)?;
+            if need_head {
+                let head = self.head(&object.key, seq << 24, &scope.cancel).await?;
+                if head.size != current.size || head.etag != current.etag {
+                    tracing::info!(key = %object.key, "object differs from its listing; fetching the current version");
                 }
-                None
-            };
-            need_head = false;
-            let mut expected = Expected {
+                current = head;
+                check_size(&object.key, current.size)?;
+            }
+            let expected = Expected {
                 size: current.size,
                 etag: current.etag.clone(),
                 checksum: current.checksum.clone(),
             };
             let part_size = self.part_size_for(&expected);
-            let downloaded = self
+            let downloaded = match self
                 .download(&object.key, seq, &expected, part_size, &temp, scope)
-                .await;
-            if let Some(head) = head_beside {
-                let head = head.await.map_err(|e| FetchError::Io(e.to_string()))??;
-                if head.size != current.size || head.etag != current.etag {
-                    // Replaced between the listing and now: the bytes (whatever If-Match let
-                    // through) are not the current version's. Start over with the HEAD's.
-                    tracing::info!(key = %object.key, "object differs from its listing; fetching the current version");
-                    temp.remove();
-                    current = head;
-                    check_size(&object.key, current.size)?;
-                    continue;
-                }
-                current.checksum = head.checksum.clone();
-                expected.checksum = head.checksum;
-            }
-            let downloaded = match downloaded {
+                .await
+            {
                 Ok(done) => done,
                 Err(PartError::Changed) => {
                     restarts += 1;
