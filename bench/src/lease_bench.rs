@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use common::RemoteObject;
 use common::catalog::{Cadence, Product, Variable};
 use common::dates::YearMonth;
-use common::source::RemoteObject;
-use coordinator::model::{
+use coordinator::RedisStore;
+use lease::LeaseStore;
+use lease::model::{
     ItemSpec, JobSpec, LeasePolicy, ObjectSpec, SelectionSpec, SourceSpec, random_id,
 };
-use coordinator::planner::{ItemLimits, plan_job};
-use coordinator::{LeaseStore, RedisStore};
+use lease::planner::{ItemLimits, plan_job};
 use proto::v1 as pb;
 use proto::v1::worker_client::WorkerClient;
 
@@ -102,7 +103,7 @@ async fn throughput(coordinator: String, redis: String, workers: usize, items: u
         selection: SelectionSpec::default(),
         // A coordinator grants only jobs of its own source: the default one here.
         source: SourceSpec {
-            bucket: common::source::DEFAULT_BUCKET.to_string(),
+            bucket: transport::DEFAULT_BUCKET.to_string(),
             endpoint: String::new(),
         },
         items: (0..items)

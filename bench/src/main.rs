@@ -1045,11 +1045,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sdk_discovers_a_selection_in_the_archive() {
         let addr = start(january_1979(), Duration::ZERO, 0);
-        let config = common::source::SourceConfig {
+        let config = transport::SourceConfig {
             endpoint: Some(format!("http://{addr}")),
-            ..common::source::SourceConfig::era5(4)
+            ..transport::SourceConfig::era5(4)
         };
-        let source = common::source::Source::connect(&config).await;
+        let source = transport::Source::connect(&config).await;
         let selection = common::selection::Selection::parse(
             &["e5.oper.an.pl".into(), "e5.oper.fc.sfc.accumu".into()],
             &["t".into(), "tp".into()],
@@ -1059,10 +1059,10 @@ mod tests {
             jiff::civil::date(2025, 6, 1),
         )
         .unwrap();
-        let found = common::source::discover_detailed(
+        let found = transport::discover_detailed(
             &source,
             &selection,
-            &common::source::retry::RetryPolicy::default(),
+            &transport::retry::RetryPolicy::default(),
         )
         .await
         .unwrap();

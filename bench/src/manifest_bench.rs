@@ -113,8 +113,8 @@ fn load(dir: &Path, role: &str) {
     let state = dir.join(".era5");
     let started = Instant::now();
     let manifest = match role {
-        "sync" => worker::manifest::Manifest::open(&state, None),
-        _ => worker::manifest::Manifest::open(&state, Some("bench")),
+        "sync" => engine::manifest::Manifest::open(&state, None),
+        _ => engine::manifest::Manifest::open(&state, Some("bench")),
     }
     .expect("open the manifest");
     let elapsed = started.elapsed();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
-use common::source::{DEFAULT_BUCKET, DEFAULT_ENDPOINT, DEFAULT_REGION};
+use transport::{DEFAULT_BUCKET, DEFAULT_ENDPOINT, DEFAULT_REGION};
 
 /// Mirror the ERA5 reanalysis from S3 onto a filesystem, verified byte for byte.
 #[derive(Debug, Parser)]

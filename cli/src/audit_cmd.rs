@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::error::InputError;
 use common::selection::Selection;
-use common::source::retry::RetryPolicy;
-use common::source::{Source, SourceConfig, coverage, discover_detailed};
+use engine::audit::{AuditInput, AuditReport, audit};
 use serde::Serialize;
-use worker::audit::{AuditInput, AuditReport, audit};
+use transport::retry::RetryPolicy;
+use transport::{Source, SourceConfig, coverage, discover_detailed};
 
 use crate::args::AuditArgs;
 use crate::config::{check_endpoint, existing_mirror, selection, source};
@@ -45,7 +45,7 @@ impl TryFrom<&AuditArgs> for AuditConfig {
         let dest = existing_mirror(&args.dest)?;
         Ok(Self {
             selection,
-            source: source(&args.source, 8, common::source::pool::DEFAULT_IDLE_TIMEOUT),
+            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT),
             dest,
             json: args.json,
         })
@@ -84,7 +84,7 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
             }
         }
     }
-    let records = worker::manifest::read_records(&config.dest.join(".era5"), |key| {
+    let records = engine::manifest::read_records(&config.dest.join(".era5"), |key| {
         common::ObjectKey::parse(key).is_some_and(|k| config.selection.selects(&k))
     })
     .map_err(|e| {

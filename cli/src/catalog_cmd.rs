@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::catalog::{Evidence, Product, Variable};
 use common::dates::YearMonth;
 use common::error::InputError;
-use common::source::retry::RetryPolicy;
-use common::source::{Source, SourceConfig, coverage};
 use futures_util::future::join_all;
 use serde::Serialize;
+use transport::retry::RetryPolicy;
+use transport::{Source, SourceConfig, coverage};
 
 use crate::args::CatalogArgs;
 use crate::config::{check_endpoint, source};
@@ -57,7 +57,7 @@ impl TryFrom<&CatalogArgs> for CatalogConfig {
         Ok(Self {
             products,
             source: (!args.offline)
-                .then(|| source(&args.source, 8, common::source::pool::DEFAULT_IDLE_TIMEOUT)),
+                .then(|| source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)),
             json: args.json,
         })
     }

@@ -17,14 +17,15 @@ use std::time::Duration;
 
 use common::redact::{redact_url, scrub_url_from};
 use common::selection::Selection;
-use common::source::{DEFAULT_ENDPOINT, PoolConfig, SourceConfig};
 use common::units::{human_bytes, parse_size};
+use coordinator::RedisStore;
 use coordinator::limits::Caps;
-use coordinator::model::LeasePolicy;
-use coordinator::planner::ItemLimits;
 use coordinator::server::{Server, Settings};
 use coordinator::tls::ServerTls;
-use coordinator::{LeaseStore, RedisStore};
+use engine::{EngineConfig, VerifyMode};
+use lease::LeaseStore;
+use lease::model::LeasePolicy;
+use lease::planner::ItemLimits;
 use proto::channel::{CoordinatorChannel, TlsFiles, TlsMaterial};
 use proto::identity::Role;
 use proto::v1 as pb;
@@ -32,8 +33,8 @@ use proto::v1::operator_client::OperatorClient;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use transport::{DEFAULT_ENDPOINT, PoolConfig, SourceConfig};
 use worker::agent::AgentConfig;
-use worker::{EngineConfig, VerifyMode};
 
 use self::output::{
     clean, follow_line, job_json, jobs_table, lease_json, lease_row, leases_header, worker_json,
@@ -103,7 +104,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
 pub struct CoordinatorConfig {
     listen: SocketAddr,
     http: Option<SocketAddr>,
-    redis: redis::Client,
+    redis: coordinator::redis_store::RedisTarget,
     redis_shown: String,
     policy: LeasePolicy,
     settings: Settings,
@@ -144,7 +145,7 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
             std::fs::read(path).map_err(|e| bad("--redis-ca", &path.display().to_string(), e))
         })
         .transpose()?;
-    let redis = coordinator::store::redis::client(&args.redis, redis_ca.as_deref())
+    let redis = coordinator::redis_store::target(&args.redis, redis_ca.as_deref())
         .map_err(|e| Failure::Input(scrub_url_from(&e.to_string(), &args.redis)))?;
     let lease_bytes = parse_size(&args.lease_bytes).ok_or_else(|| {
         bad(
@@ -236,7 +237,7 @@ pub async fn coordinator(
     };
     let source = coordinator::service::source_spec(&config.settings.source);
     let store: Arc<dyn LeaseStore> = Arc::new(
-        RedisStore::with_client(config.redis, config.policy.clone()).pinned_to(source.clone()),
+        RedisStore::with_target(config.redis, config.policy.clone()).pinned_to(source.clone()),
     );
     let local = |listener: &tokio::net::TcpListener| {
         listener
@@ -360,7 +361,7 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
             stall_timeout: Duration::from_secs(args.stall_timeout),
             min_rate,
             verify,
-            retry: common::source::retry::RetryPolicy {
+            retry: transport::retry::RetryPolicy {
                 base: Duration::from_millis(args.retry_base_ms),
                 ..Default::default()
             },

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use common::error::InputError;
 use common::selection::Selection;
-use common::source::guard::{BodyGuard, MinRate};
-use common::source::retry::RetryPolicy;
-use common::source::{PoolConfig, SourceConfig};
 use common::units::parse_size;
-use worker::{EngineConfig, VerifyMode};
+use engine::{EngineConfig, VerifyMode};
+use transport::guard::{BodyGuard, MinRate};
+use transport::retry::RetryPolicy;
+use transport::{PoolConfig, SourceConfig};
 
 use crate::args::{PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
 
@@ -158,7 +158,7 @@ impl TryFrom<&PlanArgs> for PlanConfig {
         check_endpoint(&args.source.endpoint)?;
         Ok(Self {
             selection: selection(&args.selection)?,
-            source: source(&args.source, 8, common::source::pool::DEFAULT_IDLE_TIMEOUT),
+            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT),
             json: args.json,
         })
     }

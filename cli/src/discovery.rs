@@ -3,8 +3,8 @@
 //! whole selection matched nothing, a failure whose message says why, read from the listing.
 
 use common::selection::Selection;
-use common::source::retry::RetryPolicy;
-use common::source::{Discovery, Source, coverage};
+use transport::retry::RetryPolicy;
+use transport::{Discovery, Source, coverage};
 
 use crate::Failure;
 

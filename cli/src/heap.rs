@@ -1,7 +1,7 @@
 //! Keeps freed heap memory in the process instead of handing it back to the kernel.
 //!
 //! Every connection reads response bodies into buffers of up to 512 KiB (hyper's read buffer,
-//! see `common::source::pool`), and a body chunk is freed by the file's writer thread as soon
+//! see `transport::pool`), and a body chunk is freed by the file's writer thread as soon
 //! as it is written. With glibc's default settings those chunks churn through the kernel:
 //! freed space at the top of an arena is trimmed (returned with `madvise`/`munmap`) once it
 //! passes a threshold that adapts to the largest chunk seen, and the next chunk faults it back

@@ -19,7 +19,7 @@ mod verify_cmd;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use common::source::Source;
+use transport::Source;
 
 use crate::args::{Cli, Command};
 use crate::config::{PlanConfig, SyncConfig};
@@ -198,7 +198,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 async fn plan(config: PlanConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
     let retry = Default::default();
-    let found = common::source::discover_detailed(&source, &config.selection, &retry)
+    let found = transport::discover_detailed(&source, &config.selection, &retry)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     discovery::check(&source, &config.selection, &found, &retry).await?;

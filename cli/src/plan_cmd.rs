@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use common::source::{Discovery, KeySample, RemoteObject};
 use common::units::human_bytes;
 use common::{ObjectKey, catalog};
 use serde::Serialize;
+use transport::{Discovery, KeySample, RemoteObject};
 
 /// Writes the per product, variable and grid table, then the catalog's unknown keys. A variable
 /// the catalog does not know is marked `*`.

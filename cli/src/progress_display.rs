@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::source::{ConnectionSnapshot, ConnectionStats};
 use common::units::human_bytes;
+use engine::{Progress, ProgressSnapshot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle as BarStyle};
 use tokio_util::sync::CancellationToken;
-use worker::{Progress, ProgressSnapshot};
+use transport::{ConnectionSnapshot, ConnectionStats};
 
 use crate::config::ProgressStyle;
 
@@ -213,7 +213,7 @@ mod tests {
         let snapshot = ProgressSnapshot {
             objects_total: 812_345,
             objects_done: 812_000,
-            retries: [99_999; common::source::retry::RetryReason::ALL.len()],
+            retries: [99_999; transport::retry::RetryReason::ALL.len()],
             ..ProgressSnapshot::default()
         };
         let connections = ConnectionSnapshot {

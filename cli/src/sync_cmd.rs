@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::selection::Selection;
-use common::source::{RemoteObject, Source};
 use common::units::human_bytes;
-use coordinator::model::{Grant, LeasePolicy, ObjectSpec, SelectionSpec, SourceSpec, random_id};
-use coordinator::planner::{ItemLimits, plan_job};
-use coordinator::{LeaseStore, MemoryStore};
+use engine::sync::{Mirrorer, Outcome, SyncReport};
+use engine::{FetchScope, Mirror, Progress, ProgressSnapshot};
+use lease::model::{Grant, LeasePolicy, ObjectSpec, SelectionSpec, SourceSpec, random_id};
+use lease::planner::{ItemLimits, plan_job};
+use lease::{LeaseStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
-use worker::sync::{Mirrorer, Outcome, SyncReport};
-use worker::{FetchScope, Mirror, Progress, ProgressSnapshot};
+use transport::{RemoteObject, Source};
 
 use crate::config::{FollowConfig, SyncConfig};
 use crate::progress_display::Reporter;
@@ -115,7 +115,7 @@ async fn list(
     selection: &Selection,
     config: &SyncConfig,
 ) -> Result<Vec<RemoteObject>, Failure> {
-    let found = common::source::discover_detailed(source, selection, &config.engine.retry)
+    let found = transport::discover_detailed(source, selection, &config.engine.retry)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     crate::discovery::check(source, selection, &found, &config.engine.retry).await?;
@@ -154,7 +154,7 @@ async fn pass(
         max_attempts: 1,
         ..LeasePolicy::default()
     });
-    let store_error = |e: coordinator::Error| Failure::Runtime(e.to_string());
+    let store_error = |e: lease::Error| Failure::Runtime(e.to_string());
     leases.create_job(&job).await.map_err(store_error)?;
     let items = job.items.len();
     drop(job);
@@ -297,7 +297,7 @@ async fn settle_leases(
     grants: &[Grant],
     objects_per_grant: &[usize],
     report: &SyncReport,
-) -> Result<(), coordinator::Error> {
+) -> Result<(), lease::Error> {
     let mut outcomes = report.results.iter().map(|(_, outcome)| outcome);
     for (grant, count) in grants.iter().zip(objects_per_grant) {
         let mine: Vec<&Outcome> = outcomes.by_ref().take(*count).collect();

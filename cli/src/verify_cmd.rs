@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 
 use common::error::InputError;
 use common::selection::Selection;
-use common::source::{RemoteObject, Source, SourceConfig};
 use common::units::human_bytes;
 use common::{ObjectKey, Product};
+use engine::manifest::ManifestEntry;
+use engine::recheck::{Finding, Problem, recheck};
+use engine::sync::{Mirrorer, Outcome};
+use engine::{EngineConfig, FetchScope, Mirror, Progress};
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use worker::manifest::ManifestEntry;
-use worker::recheck::{Finding, Problem, recheck};
-use worker::sync::{Mirrorer, Outcome};
-use worker::{EngineConfig, FetchScope, Mirror, Progress};
+use transport::{RemoteObject, Source, SourceConfig};
 
 use crate::args::VerifyArgs;
 use crate::config::{ProgressStyle, existing_mirror};
@@ -88,7 +88,7 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
             Some(crate::config::source(
                 &args.source,
                 16,
-                common::source::pool::DEFAULT_IDLE_TIMEOUT,
+                transport::pool::DEFAULT_IDLE_TIMEOUT,
             ))
         } else {
             None
@@ -134,7 +134,7 @@ pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
         None => true,
         Some(selection) => ObjectKey::parse(key).is_some_and(|k| selection.selects(&k)),
     };
-    let records = worker::manifest::read_records(&config.dest.join(".era5"), in_selection)
+    let records = engine::manifest::read_records(&config.dest.join(".era5"), in_selection)
         .map_err(|e| {
             Failure::Runtime(format!(
                 "reading the manifest in {} failed: {e}",
@@ -241,7 +241,7 @@ async fn repair(
 ) -> Result<Vec<Repair>, Failure> {
     let mirror = Mirror::open(&config.dest).map_err(|e| Failure::Runtime(e.to_string()))?;
     let keys: HashSet<String> = findings.iter().map(|f| f.key.clone()).collect();
-    worker::manifest::forget_records(mirror.state_dir(), &keys).map_err(|e| {
+    engine::manifest::forget_records(mirror.state_dir(), &keys).map_err(|e| {
         Failure::Runtime(format!(
             "taking the failing records out of the manifest failed: {e}"
         ))

@@ -577,7 +577,7 @@ fn pagination_that_never_ends_is_a_clear_error() {
     s3.add_fault(any_get(Fault::EndlessListing, None));
     let run = plan(&s3);
     run.expect_code(1);
-    let capacity = common::source::listing::prefix_capacity("e5.oper.invariant/197901/");
+    let capacity = transport::listing::prefix_capacity("e5.oper.invariant/197901/");
     assert!(
         run.stderr.contains(&format!(
             "more than {capacity} pages, more than the folder can hold"

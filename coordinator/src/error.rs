@@ -99,6 +99,22 @@ impl Error {
     }
 }
 
+impl From<lease::Error> for Error {
+    fn from(error: lease::Error) -> Self {
+        match error {
+            lease::Error::Unavailable(m) => Error::Unavailable(m),
+            lease::Error::Corrupt(m) => Error::Corrupt(m),
+            lease::Error::UnknownJob(job) => Error::UnknownJob(job),
+            lease::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+        }
+    }
+}
+
+/// The gRPC status of any error the coordinator or its store returns.
+pub fn status(error: impl Into<Error>) -> tonic::Status {
+    tonic::Status::from(error.into())
+}
+
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         tonic::Status::new(error.code(), error.to_string())

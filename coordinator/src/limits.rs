@@ -331,11 +331,11 @@ pub fn bounded_reason(reason: &str) -> String {
 }
 
 /// How many grants one Acquire may make when leases hold up to `lease_objects` objects: at
-/// most `asked`, at most [`crate::model::MAX_ACQUIRE`], and few enough that the response
+/// most `asked`, at most [`lease::model::MAX_ACQUIRE`], and few enough that the response
 /// carries at most [`MAX_OBJECTS_PER_ACQUIRE`] objects.
 pub fn grants_per_acquire(asked: u32, lease_objects: usize) -> usize {
     let by_size = (MAX_OBJECTS_PER_ACQUIRE / lease_objects.max(1)).max(1);
-    (asked as usize).min(crate::model::MAX_ACQUIRE).min(by_size)
+    (asked as usize).min(lease::model::MAX_ACQUIRE).min(by_size)
 }
 
 #[cfg(test)]

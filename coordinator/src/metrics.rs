@@ -27,8 +27,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Counts;
-use crate::store::LeaseStore;
+use lease::LeaseStore;
+use lease::model::Counts;
 
 /// Buckets of renewal latencies, in seconds.
 pub const RENEW_BUCKETS: [f64; 10] = [

@@ -17,13 +17,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
-use common::source::SourceConfig;
 use proto::v1::operator_server::OperatorServer;
 use proto::v1::worker_server::WorkerServer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use transport::SourceConfig;
 
 use crate::auth::AuthorizeLayer;
 use crate::error::Error;
@@ -32,14 +32,14 @@ use crate::limits::{
     SPARE_CONNECTIONS, limited_incoming,
 };
 use crate::metrics::CoordinatorMetrics;
-use crate::model::ItemState;
-use crate::planner::ItemLimits;
 use crate::service::{
     Coordinator, DEFAULT_LEASE_PAGE, OperatorService, RECENT_JOBS, WorkerService,
 };
 use crate::status_page;
-use crate::store::LeaseStore;
 use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
+use lease::LeaseStore;
+use lease::model::ItemState;
+use lease::planner::ItemLimits;
 
 /// How often readiness (Redis answering) is re-checked.
 const READINESS_EVERY: Duration = Duration::from_secs(1);
@@ -328,7 +328,8 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 /// A page's error: the status from the crate's one table, the message escaped.
-fn page_error(error: Error) -> (StatusCode, String) {
+fn page_error(error: impl Into<Error>) -> (StatusCode, String) {
+    let error: Error = error.into();
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (

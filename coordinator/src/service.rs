@@ -13,9 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::selection::Selection;
-use common::source::listing::{ListError, list_prefix};
-use common::source::retry::RetryPolicy;
-use common::source::{DEFAULT_ENDPOINT, Discovery, RemoteObject, Source, SourceConfig, coverage};
 use futures_util::{Stream, StreamExt};
 use proto::v1 as pb;
 use proto::v1::operator_server::Operator;
@@ -24,16 +21,19 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use transport::listing::{ListError, list_prefix};
+use transport::retry::RetryPolicy;
+use transport::{DEFAULT_ENDPOINT, Discovery, RemoteObject, Source, SourceConfig, coverage};
 
 use crate::auth::{Peer, check_worker_name, peer_of};
-use crate::error::Error;
+use crate::error::{Error, status};
 use crate::limits::{Caps, bounded_reason, check_id, check_report, grants_per_acquire};
-use crate::model::{
+use lease::LeaseStore;
+use lease::model::{
     Ack, FollowSpec, Grant, ItemState, ItemStatus, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
     WorkerMetrics, WorkerStatus, random_id,
 };
-use crate::planner::{ItemLimits, plan_items, plan_job};
-use crate::store::LeaseStore;
+use lease::planner::{ItemLimits, plan_items, plan_job};
 
 /// Month folders listed at once for a submitted job (the pool's cap still bounds connections).
 const LISTING_CONCURRENCY: usize = 8;
@@ -489,7 +489,7 @@ impl Coordinator {
         }
         let added = fresh.len();
         // Ids after every earlier one in plan order, and new to the job.
-        let prefix = format!("f{}-", crate::model::now_ms());
+        let prefix = format!("f{}-", lease::model::now_ms());
         let items = plan_items(fresh, self.limits, &prefix);
         self.store.extend_job(job_id, &items).await?;
         Ok((pass, added))
@@ -546,13 +546,8 @@ impl Operator for OperatorService {
             0 => RECENT_JOBS,
             n => n.min(MAX_RECENT_JOBS) as usize,
         };
-        let listed = self
-            .0
-            .store
-            .recent_jobs(recent)
-            .await
-            .map_err(Status::from)?;
-        let workers = self.0.store.workers().await.map_err(Status::from)?;
+        let listed = self.0.store.recent_jobs(recent).await.map_err(status)?;
+        let workers = self.0.store.workers().await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: listed.jobs.iter().map(summary).collect(),
             workers: workers.into_iter().map(worker_to_pb).collect(),
@@ -585,21 +580,21 @@ impl Operator for OperatorService {
             )));
         }
         let store = &self.0.store;
-        let job = store.job(&request.job_id).await.map_err(Status::from)?;
+        let job = store.job(&request.job_id).await.map_err(status)?;
         let (leases, next_page_token) = if page_size == 0 {
             (Vec::new(), String::new())
         } else {
             let page = store
                 .items_page(&request.job_id, state, &request.page_token, page_size)
                 .await
-                .map_err(Status::from)?;
+                .map_err(status)?;
             (
                 page.items.into_iter().map(item_to_pb).collect(),
                 page.next.unwrap_or_default(),
             )
         };
         let workers = if request.page_token.is_empty() {
-            store.workers().await.map_err(Status::from)?
+            store.workers().await.map_err(status)?
         } else {
             Vec::new()
         };
@@ -617,11 +612,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let job_id = request.into_inner().job_id;
         check_id("job id", &job_id)?;
-        self.0
-            .store
-            .cancel_job(&job_id)
-            .await
-            .map_err(Status::from)?;
+        self.0.store.cancel_job(&job_id).await.map_err(status)?;
         Ok(Response::new(pb::CancelJobResponse {}))
     }
 
@@ -631,12 +622,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::RetryDeadResponse>, Status> {
         let job_id = request.into_inner().job_id;
         check_id("job id", &job_id)?;
-        let retried = self
-            .0
-            .store
-            .retry_dead(&job_id)
-            .await
-            .map_err(Status::from)?;
+        let retried = self.0.store.retry_dead(&job_id).await.map_err(status)?;
         Ok(Response::new(pb::RetryDeadResponse { retried }))
     }
 
@@ -650,7 +636,7 @@ impl Operator for OperatorService {
         }
         // A drain names a worker identity: the name in its certificate (or --name).
         check_worker_name(&worker)?;
-        self.0.store.drain(&worker).await.map_err(Status::from)?;
+        self.0.store.drain(&worker).await.map_err(status)?;
         Ok(Response::new(pb::DrainWorkerResponse {}))
     }
 }
@@ -681,13 +667,13 @@ impl Worker for WorkerService {
         let worker = peer_of(&request)?.worker_name(&request.get_ref().worker)?;
         let max = grants_per_acquire(request.get_ref().max, self.0.limits.max_objects);
         let store = &self.0.store;
-        if store.is_draining(&worker).await.map_err(Status::from)? {
+        if store.is_draining(&worker).await.map_err(status)? {
             return Ok(Response::new(pb::AcquireResponse {
                 leases: Vec::new(),
                 draining: true,
             }));
         }
-        let grants = store.acquire(&worker, max).await.map_err(Status::from)?;
+        let grants = store.acquire(&worker, max).await.map_err(status)?;
         let source = source_spec(&self.0.source);
         Ok(Response::new(pb::AcquireResponse {
             leases: grants
@@ -714,7 +700,7 @@ impl Worker for WorkerService {
             .renew_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::RenewResponse {
-            status: lease_status(renewed?)?,
+            status: lease_status(renewed.map_err(status)?)?,
             ttl_ms: self.0.store.policy().ttl.as_millis() as u64,
         }))
     }
@@ -728,7 +714,12 @@ impl Worker for WorkerService {
             &request.get_ref().worker,
             request.get_ref().lease.clone(),
         )?;
-        let ack = self.0.store.complete(&lease, &worker).await?;
+        let ack = self
+            .0
+            .store
+            .complete(&lease, &worker)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CompleteResponse {
             status: lease_status(ack)?,
         }))
@@ -751,7 +742,8 @@ impl Worker for WorkerService {
             .0
             .store
             .fail(&lease, &worker, &reason, request.permanent)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::FailResponse {
             status: lease_status(outcome.ack)?,
             dead: outcome.dead,
@@ -767,7 +759,12 @@ impl Worker for WorkerService {
             &request.get_ref().worker,
             request.get_ref().lease.clone(),
         )?;
-        let ack = self.0.store.release(&lease, &worker).await?;
+        let ack = self
+            .0
+            .store
+            .release(&lease, &worker)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ReleaseResponse {
             status: lease_status(ack)?,
         }))

@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{ItemState, ItemStatus, JobStatus, Sample, WorkerStatus, now_ms};
+use lease::model::{ItemState, ItemStatus, JobStatus, Sample, WorkerStatus, now_ms};
 
 /// Seconds between automatic refreshes.
 const REFRESH_SECONDS: u32 = 5;
@@ -296,7 +296,7 @@ fn chart(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Counts, JobState, SelectionSpec, SourceSpec, WorkerMetrics};
+    use lease::model::{Counts, JobState, SelectionSpec, SourceSpec, WorkerMetrics};
 
     #[test]
     fn the_page_escapes_names_and_carries_exact_figures() {

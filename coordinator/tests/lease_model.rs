@@ -12,10 +12,11 @@
 
 use std::time::Duration;
 
-use coordinator::model::{
+use coordinator::RedisStore;
+use lease::LeaseStore;
+use lease::model::{
     Ack, ItemSpec, ItemState, JobSpec, LeasePolicy, LeaseRef, ObjectSpec, SelectionSpec, SourceSpec,
 };
-use coordinator::{LeaseStore, RedisStore};
 use proptest::prelude::*;
 use tests::redis_server::RedisServer;
 

@@ -33,11 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::source::guard::BodyGuard;
-use common::source::retry::{RetryPolicy, RetryReason};
-use common::source::{
-    BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
-};
 use proto::channel::CoordinatorChannel;
 use proto::v1 as pb;
 use proto::v1::worker_client::WorkerClient;
@@ -47,14 +42,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use transport::guard::BodyGuard;
+use transport::retry::{RetryPolicy, RetryReason};
+use transport::{
+    BoundedHttpClient, ConnectionStats, PoolConfig, RemoteObject, Source, SourceConfig,
+};
 
-use crate::disk::{DiskGate, LocalIoError};
-use crate::engine::{EngineConfig, FetchScope};
-use crate::fence::LeaseFence;
-use crate::mirror::{ABANDONED_AFTER, Mirror};
-use crate::progress::Progress;
-use crate::sync::{Mirrorer, Outcome};
 use crate::telemetry::Telemetry;
+use engine::disk::{DiskGate, LocalIoError};
+use engine::fence::LeaseFence;
+use engine::fetch::{EngineConfig, FetchScope};
+use engine::mirror::{ABANDONED_AFTER, Mirror};
+use engine::progress::Progress;
+use engine::sync::{Mirrorer, Outcome};
 
 /// Time a stopping worker gives its releases, all together (its leases expire anyway).
 pub const RELEASE_WITHIN: Duration = Duration::from_secs(3);
@@ -86,7 +86,7 @@ pub enum AgentError {
     Coordinator(#[from] proto::Error),
     /// DEST unusable.
     #[error(transparent)]
-    Mirror(#[from] crate::mirror::MirrorError),
+    Mirror(#[from] engine::mirror::MirrorError),
     /// Writing the manifest failed.
     #[error("cannot open the manifest: {0}")]
     Manifest(#[from] std::io::Error),

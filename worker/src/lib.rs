@@ -1,52 +1,10 @@
-//! The era5-mirror fetch engine and the local mirror it writes.
+//! The era5-mirror cluster worker: the agent that takes leases from the coordinator over gRPC
+//! and runs each through the fetch engine's [`engine::sync::Mirrorer`], and the worker's own
+//! HTTP side (/metrics, /healthz, /readyz).
 //!
-//! - [`engine`]: ranged, retrying, stall-aware downloads of one object under the process-wide
-//!   connection cap, with in-stream digests.
-//! - [`scheduler`]: admission of requests by priority with an AIMD window (SlowDown).
-//! - [`fast_md5`]: MD5 through OpenSSL's assembly when available.
-//! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
-//! - [`ordered_md5`]: the whole-object MD5 hashed in order while parts still download.
-//! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.
-//! - [`manifest`]: the crash-safe, batched journals of verified objects, each record tied to
-//!   the file it vouches for, compacted into a snapshot.
-//! - [`disk`]: local write failures by kind, free space, and the state that stops new work
-//!   on a full or failing disk.
-//! - [`fence`]: when a lease holder may still promote (its monotonic lease validity).
-//! - [`sync`]: one sync of a selection: skip, verify locally, or fetch.
-//! - [`recheck`]: re-reading a mirrored file against its manifest record.
-//! - [`audit`]: what a mirror holds against what the catalog expects and the bucket lists.
-//! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
-//! - [`direct_io`]: huge-page stages and the engine's threads writing them with `O_DIRECT`.
+//! - [`agent`]: the lease loop (acquire, renew, fence, complete, fail, release) and the
+//!   `WorkerSession` stream (progress up, commands down).
 //! - [`telemetry`]: the worker's /metrics, /healthz and /readyz.
-//! - [`progress`]: lock-free live counters for whoever reports.
-//!
-//! - [`agent`]: the cluster worker: leases from the coordinator through the same mirrorer.
-//!
-//! `era5 sync` drives a [`sync::Mirrorer`] pass by pass; the cluster worker ([`agent::run`])
-//! drives the same [`sync::Mirrorer`] one lease at a time.
 
 pub mod agent;
-pub mod audit;
-pub mod direct_io;
-pub mod disk;
-pub mod engine;
-pub mod fast_md5;
-pub mod fence;
-pub mod manifest;
-pub mod mirror;
-pub mod ordered_md5;
-pub mod progress;
-pub mod recheck;
-pub mod scheduler;
-pub mod sync;
 pub mod telemetry;
-pub mod verify;
-pub mod writer;
-
-pub use engine::{
-    DEFAULT_PART_SIZE, DEFAULT_STALL_TIMEOUT, Engine, EngineConfig, FetchError, FetchScope,
-};
-pub use mirror::Mirror;
-pub use progress::{Progress, ProgressSnapshot};
-pub use sync::{Outcome, SyncReport};
-pub use verify::VerifyMode;

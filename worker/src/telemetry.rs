@@ -20,8 +20,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use common::source::ConnectionStats;
-use common::source::retry::RetryReason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -31,9 +29,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use transport::ConnectionStats;
+use transport::retry::RetryReason;
 
-use crate::disk::{DiskGate, LocalIoKind, free_bytes};
-use crate::progress::Progress;
+use engine::disk::{DiskGate, LocalIoKind, free_bytes};
+use engine::progress::Progress;
 
 /// A worker is ready while the coordinator has answered within this long.
 pub const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -308,7 +308,7 @@ mod tests {
         telemetry.contact();
         assert!(telemetry.ready());
         assert!(telemetry.dest_problem().is_none());
-        gate.close(&crate::disk::LocalIoError {
+        gate.close(&engine::disk::LocalIoError {
             kind: LocalIoKind::NoSpace,
             path: dir.path().to_path_buf(),
             detail: String::new(),

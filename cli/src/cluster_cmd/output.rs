@@ -118,7 +118,7 @@ pub fn lease_row(lease: &pb::LeaseView) -> String {
 }
 
 pub fn workers_table(workers: &[pb::WorkerView]) -> String {
-    let now = coordinator::model::now_ms();
+    let now = lease::model::now_ms();
     let mut out = format!(
         "{:<20} {:>6} {:>12} {:>6} {:>7} {:>8} {:>15} {}\n",
         "WORKER", "LEASES", "THROUGHPUT", "OPEN", "IN USE", "RETRIES", "LAST HEARTBEAT", "DRAINING"

@@ -17,7 +17,7 @@
 //!
 //! Both semaphores feed [`ConnectionStats`], the live gauge of open and in-use connections,
 //! counted by the client itself. Every response is held to a [`BodyGuard`] (headers in time,
-//! no stall, a minimum rate, and a size cap on unranged bodies; see [`crate::source::guard`]),
+//! no stall, a minimum rate, and a size cap on unranged bodies; see [`crate::guard`]),
 //! so a hostile server can hold neither a connection nor memory for long.
 
 use std::fmt;
@@ -45,7 +45,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::source::guard::{BodyError, BodyGuard, GuardedBody, UNRANGED_BODY_CAP, check_length};
+use crate::guard::{BodyError, BodyGuard, GuardedBody, UNRANGED_BODY_CAP, check_length};
 
 /// Idle pooled connections are closed after this long; S3 closes idle keep-alive connections
 /// after a few seconds to ~20 s, so ours must go first.

@@ -39,13 +39,13 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{FailOutcome, ItemPage, LeaseStore, PAGE_SCAN_BUDGET, Pruned, RecentJobs};
-use crate::error::Error;
-use crate::model::{
+use lease::Error;
+use lease::model::{
     Ack, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus, JobSpec,
     JobStatus, LeasePolicy, LeaseRef, MAX_ACQUIRE, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT,
     Sample, SelectionSpec, SourceSpec, WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
+use lease::store::{FailOutcome, ItemPage, LeaseStore, PAGE_SCAN_BUDGET, Pruned, RecentJobs};
 
 const JOBS: &str = "era5:jobs";
 /// Jobs that may still have work to grant; acquire walks only these.
@@ -172,9 +172,19 @@ fn ack(status: &str) -> Ack {
     }
 }
 
-/// A Redis client for `url` (`redis://` or `rediss://`). With `ca_pem`, a `rediss://` server
-/// must present a certificate that chains to it (otherwise to the system's roots).
-pub fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> {
+/// Where the store's Redis is, checked: a parsed `redis://` or `rediss://` URL with its TLS
+/// roots. Callers (the `era5 coordinator` flags) get one without naming the `redis` crate.
+#[derive(Clone)]
+pub struct RedisTarget(redis::Client);
+
+/// The Redis at `url` (`redis://` or `rediss://`). With `ca_pem`, a `rediss://` server must
+/// present a certificate that chains to it (otherwise to the system's roots). A bad URL is an
+/// `InvalidArgument` naming it, with any password redacted.
+pub fn target(url: &str, ca_pem: Option<&[u8]>) -> Result<RedisTarget, Error> {
+    client(url, ca_pem).map(RedisTarget)
+}
+
+fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> {
     let bad = |e: redis::RedisError| {
         Error::InvalidArgument(common::redact::scrub_url_from(
             &format!("invalid --redis `{}`: {e}", common::redact::redact_url(url)),
@@ -226,11 +236,11 @@ impl RedisStore {
     /// fails with `Unavailable` (the coordinator reports not ready) instead of blocking or
     /// failing start-up. Once connected, the connection manager reconnects by itself.
     pub fn connect_lazily(url: &str, policy: LeasePolicy) -> Result<Self, Error> {
-        Ok(Self::with_client(client(url, None)?, policy))
+        Ok(Self::with_target(target(url, None)?, policy))
     }
 
     /// Like [`RedisStore::connect_lazily`], over a prepared client (TLS with a private CA).
-    pub fn with_client(client: redis::Client, policy: LeasePolicy) -> Self {
+    pub fn with_target(RedisTarget(client): RedisTarget, policy: LeasePolicy) -> Self {
         let connection = Arc::new(tokio::sync::OnceCell::new());
         let cell = connection.clone();
         tokio::spawn(async move {
@@ -239,7 +249,7 @@ impl RedisStore {
                 .set_response_timeout(Some(Duration::from_secs(5)))
                 .set_number_of_retries(2);
             // The one backoff of the code base (full jitter), as for S3 and the workers' calls.
-            let mut backoff = common::source::retry::RetryPolicy::reconnect().backoff_sequence();
+            let mut backoff = transport::retry::RetryPolicy::reconnect().backoff_sequence();
             loop {
                 match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                     Ok(manager) => {
@@ -276,7 +286,7 @@ impl RedisStore {
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Unavailable(format!(
                     "no answer from {}",
-                    common::source::redact_url(url)
+                    transport::redact_url(url)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -38,9 +38,9 @@ pub struct ObjectSpec {
 
 impl ObjectSpec {
     /// The listing entry this object came from.
-    pub fn to_remote(&self) -> common::source::RemoteObject {
+    pub fn to_remote(&self) -> common::RemoteObject {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        common::source::RemoteObject {
+        common::RemoteObject {
             key: self.key.clone(),
             size: self.size,
             etag: non_empty(&self.etag),

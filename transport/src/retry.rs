@@ -4,7 +4,7 @@
 //! [`RetryPolicy::backoff`] (capped exponential, full jitter).
 //!
 //! Retryable: connect errors, resets and truncated bodies, stalls (no headers, no byte, or a
-//! body under the minimum rate, see [`crate::source::guard`]), 500/502/503/504,
+//! body under the minimum rate, see [`crate::guard`]), 500/502/503/504,
 //! `RequestTimeout`, `SlowDown` and 429 (both also tell the caller to lower its request rate).
 //! Permanent: 403, 404, every other client error, and a body over its size cap. A 412 means
 //! the object changed under us.
@@ -20,7 +20,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use rand::Rng;
 
-use crate::source::guard::BodyError;
+use crate::guard::BodyError;
 
 /// Why an attempt failed, as far as retrying is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,9 +8,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
+use common::RemoteObject;
 use common::paths::relative_path;
 use common::selection::Selection;
-use common::source::RemoteObject;
 use common::{ObjectKey, Product};
 use serde::Serialize;
 

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use common::RemoteObject;
 use common::catalog::ObjectKey;
 use common::dates::HourStamp;
-use common::source::RemoteObject;
 
 use crate::model::{ItemSpec, JobSpec, ObjectSpec, SelectionSpec, SourceSpec};
 

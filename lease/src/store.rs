@@ -1,13 +1,12 @@
-//! Where jobs and leases live. One state machine (see `model`), two stores:
+//! Where jobs and leases live: the [`LeaseStore`] trait, one method per transition of the
+//! state machine (see `model`), and the reads the views use. Two stores implement it:
 //!
-//! - [`redis::RedisStore`]: the cluster's store. Every transition is one Lua script, with time
-//!   from Redis `TIME`, so any number of coordinators can share it and restart at will.
-//! - [`memory::MemoryStore`]: embedded in `era5 sync`, one process, no Redis.
+//! - [`crate::MemoryStore`]: embedded in `era5 sync`, one process, no Redis.
+//! - the coordinator's `RedisStore`: the cluster's store. Every transition is one Lua script,
+//!   with time from Redis `TIME`, so any number of coordinators can share it.
 //!
-//! The conformance tests in `tests/` run the same scenarios against both.
-
-pub mod memory;
-pub mod redis;
+//! The scenarios of [`crate::conformance`] (feature `conformance`) hold both to the same
+//! behaviour.
 
 use std::time::Duration;
 

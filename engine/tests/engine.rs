@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::source::{PoolConfig, RemoteObject, Source, SourceConfig};
+use engine::{Engine, EngineConfig, Mirror, Progress};
 use tests::faults::{Fault, FaultRule};
 use tests::s3_server::{PutOptions, TestS3};
-use worker::{Engine, EngineConfig, Mirror, Progress};
+use transport::{PoolConfig, RemoteObject, Source, SourceConfig};
 
 const KEY: &str =
     "e5.oper.an.sfc/202401/e5.oper.an.sfc.128_167_2t.ll025sc.2024010100_2024013123.nc";
@@ -37,8 +37,8 @@ fn listed(s3: &TestS3) -> RemoteObject {
 }
 
 /// Retries after 5 ms instead of the default backoff, so fault tests stay fast.
-fn quick_retries() -> common::source::retry::RetryPolicy {
-    common::source::retry::RetryPolicy {
+fn quick_retries() -> transport::retry::RetryPolicy {
+    transport::retry::RetryPolicy {
         base: Duration::from_millis(5),
         ..Default::default()
     }
@@ -118,7 +118,7 @@ async fn the_gauge_counts_open_and_in_use_connections_and_idle_ones_expire() {
 
 #[test]
 fn the_default_idle_timeout_is_shorter_than_s3s() {
-    assert!(common::source::pool::DEFAULT_IDLE_TIMEOUT <= Duration::from_secs(15));
+    assert!(transport::pool::DEFAULT_IDLE_TIMEOUT <= Duration::from_secs(15));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +139,7 @@ async fn slowdown_lowers_the_request_window_of_the_whole_process() {
     let progress = Arc::new(Progress::default());
     let config = EngineConfig {
         part_size: Some(64 << 10),
-        verify: worker::VerifyMode::Etag,
+        verify: engine::VerifyMode::Etag,
         retry: quick_retries(),
         ..EngineConfig::default()
     };
@@ -151,14 +151,14 @@ async fn slowdown_lowers_the_request_window_of_the_whole_process() {
     );
     assert_eq!(engine.scheduler().window(), 16);
     let fetched = engine
-        .fetch(&listed(&s3), 0, &worker::FetchScope::default())
+        .fetch(&listed(&s3), 0, &engine::FetchScope::default())
         .await
         .unwrap();
     assert_eq!(fetched.entry.size, data.len() as u64);
     assert_eq!(std::fs::read(dir.path().join(KEY)).unwrap(), data.as_ref());
     let snapshot = progress.snapshot();
     assert_eq!(
-        snapshot.retries_for(common::source::retry::RetryReason::SlowDown),
+        snapshot.retries_for(transport::retry::RetryReason::SlowDown),
         12
     );
     // 64 parts succeeded after the throttling: additive increase has not yet brought the
@@ -214,7 +214,7 @@ async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_byt
         let progress = Arc::new(Progress::default());
         let config = EngineConfig {
             part_size: Some(1 << 20),
-            verify: worker::VerifyMode::Full,
+            verify: engine::VerifyMode::Full,
             retry: quick_retries(),
             direct_io,
             ..EngineConfig::default()
@@ -226,7 +226,7 @@ async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_byt
             config,
         );
         let fetched = engine
-            .fetch(&listed(&s3), 0, &worker::FetchScope::default())
+            .fetch(&listed(&s3), 0, &engine::FetchScope::default())
             .await
             .unwrap();
         assert_eq!(fetched.entry.size, data.len() as u64);

@@ -21,10 +21,11 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::catalog::{self, Cadence, ObjectKey, Product};
-use crate::selection::Selection;
-use crate::source::Source;
-use crate::source::retry::{Failure, RetryPolicy, chain, classify, retrying};
+use crate::Source;
+use crate::retry::{Failure, RetryPolicy, chain, classify, retrying};
+pub use common::RemoteObject;
+use common::catalog::{self, Cadence, ObjectKey, Product};
+use common::selection::Selection;
 
 /// Folders listed at once; the pool's cap still bounds connections.
 const LIST_CONCURRENCY: usize = 8;
@@ -32,20 +33,6 @@ const LIST_CONCURRENCY: usize = 8;
 /// Longest a single ListObjectsV2 request may take, body included. A page is at most 16 MiB
 /// and usually 300 KiB; the stall guard and the minimum rate end broken ones much sooner.
 pub const LIST_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// One object as the listing describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RemoteObject {
-    /// Object key.
-    pub key: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// ETag without quotes, when the server lists it (some S3-compatible servers do not).
-    pub etag: Option<String>,
-    /// Last-Modified, RFC 3339, when listed.
-    #[serde(skip)]
-    pub last_modified: Option<String>,
-}
 
 /// Listing failed for good.
 #[derive(Debug, Error)]
@@ -275,7 +262,7 @@ async fn list_page(
             async move {
                 match tokio::time::timeout(LIST_REQUEST_TIMEOUT, request).await {
                     Err(_) => Err((
-                        Failure::Retry(crate::source::retry::RetryReason::Stall),
+                        Failure::Retry(crate::retry::RetryReason::Stall),
                         format!(
                             "no complete answer within {}s",
                             LIST_REQUEST_TIMEOUT.as_secs()
@@ -324,7 +311,7 @@ where
 {
     let text = match classify(error) {
         Failure::Permanent { message, .. } => message,
-        _ => crate::source::retry::chain(error),
+        _ => crate::retry::chain(error),
     };
     if bucket == "era5-pds" {
         format!(

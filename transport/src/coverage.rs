@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::catalog::Product;
-use crate::dates::YearMonth;
-use crate::selection::Selection;
-use crate::source::Source;
-use crate::source::listing::Discovery;
-use crate::source::retry::{Failure, RetryPolicy, chain, classify};
+use crate::Source;
+use crate::listing::Discovery;
+use crate::retry::{Failure, RetryPolicy, chain, classify};
+use common::catalog::Product;
+use common::dates::YearMonth;
+use common::selection::Selection;
 
 /// Pages of folder names read at most: a product has about 1,050 month folders (two pages of
 /// 1,000), so this only stops a server that never ends its listing.

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::source::{RemoteObject, Source};
 use futures_util::{StreamExt, stream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use transport::{RemoteObject, Source};
 
 use crate::disk::{LocalIoError, LocalIoKind};
-use crate::engine::{Engine, EngineConfig, FetchError, FetchScope};
+use crate::fetch::{Engine, EngineConfig, FetchError, FetchScope};
 use crate::manifest::{FileIdentity, Manifest, ManifestEntry, Recorded, now_rfc3339};
 use crate::mirror::Mirror;
 use crate::progress::Progress;

@@ -33,15 +33,13 @@ use std::time::Duration;
 use aws_sdk_s3::types::ChecksumMode;
 use aws_smithy_types::date_time::Format;
 use common::paths::UnsafeKey;
-use common::source::guard::MinRate;
-use common::source::listing::unquote_etag;
-use common::source::retry::{
-    Failure, RetryPolicy, RetryReason, chain, classify, classify_body_error,
-};
-use common::source::{RemoteObject, Source};
 use thiserror::Error;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use transport::guard::MinRate;
+use transport::listing::unquote_etag;
+use transport::retry::{Failure, RetryPolicy, RetryReason, chain, classify, classify_body_error};
+use transport::{RemoteObject, Source};
 
 use crate::direct_io::{self, ALIGN, IoPool};
 use crate::disk::{DestHealth, LocalIoError, SpaceBudget};
@@ -62,7 +60,7 @@ use crate::writer::{DirectSink, FileWriter, ObjectIo};
 /// size instead, so each part's MD5 is computed in-stream.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 /// Default `--stall-timeout`.
-pub const DEFAULT_STALL_TIMEOUT: Duration = common::source::guard::DEFAULT_STALL_TIMEOUT;
+pub const DEFAULT_STALL_TIMEOUT: Duration = transport::guard::DEFAULT_STALL_TIMEOUT;
 /// The largest object S3 stores; a server claiming more is not believed.
 pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
 /// Parts in flight per object beyond the connection cap, so a part is ready when a

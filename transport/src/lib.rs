@@ -21,7 +21,7 @@ use aws_sdk_s3::config::{
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-pub use crate::redact::redact_url;
+pub use common::redact::redact_url;
 pub use listing::{Discovery, KeySample, RemoteObject, discover, discover_detailed};
 pub use pool::{BoundedHttpClient, ConnectionSnapshot, ConnectionStats, PoolConfig};
 

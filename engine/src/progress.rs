@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::source::retry::RetryReason;
+use transport::retry::RetryReason;
 
 use crate::disk::LocalIoKind;
 

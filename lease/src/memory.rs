@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{FailOutcome, LeaseStore, Pruned};
 use crate::error::Error;
 use crate::model::{
     Ack, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus, JobSpec,
     JobStatus, LeasePolicy, LeaseRef, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample,
     WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
+use crate::store::{FailOutcome, LeaseStore, Pruned};
 
 /// The embedded store.
 pub struct MemoryStore {

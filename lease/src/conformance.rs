@@ -1,0 +1,603 @@
+//! The scenarios every [`LeaseStore`] must pass, so the embedded store and the cluster's Redis
+//! store cannot drift apart: each one drives a store through transitions and checks the
+//! answers and the counts. A store's test suite runs each scenario on a fresh store whose
+//! policy is [`policy`] with the lease TTL the scenario asks for (see the coordinator's
+//! `tests/conformance.rs`, which runs them against both stores).
+//!
+//! Behind the `conformance` feature: test code, compiled only for the stores' tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::LeaseStore;
+use crate::model::{
+    Ack, FollowSpec, ItemSpec, ItemState, JobSpec, JobState, LeasePolicy, ObjectSpec,
+    SelectionSpec, SourceSpec, WorkerMetrics,
+};
+
+/// The lease policy of a scenario's store: TTL `ttl_ms`, three attempts, two expiries, and a
+/// millisecond of backoff so that failure scenarios run fast.
+pub fn policy(ttl_ms: u64) -> LeasePolicy {
+    LeasePolicy {
+        ttl: Duration::from_millis(ttl_ms),
+        max_attempts: 3,
+        max_expiries: 2,
+        backoff_base: Duration::from_millis(1),
+        backoff_cap: Duration::from_millis(2),
+    }
+}
+
+/// A job of `items` items of one small object each, in plan order.
+pub fn job(id: &str, items: usize) -> JobSpec {
+    JobSpec {
+        job_id: id.to_string(),
+        selection: SelectionSpec {
+            products: vec!["e5.oper.an.sfc".into()],
+            variables: vec![],
+            grids: vec![],
+            start: "2024-01".into(),
+            end: "2024-01".into(),
+        },
+        source: SourceSpec {
+            bucket: "b".into(),
+            endpoint: "http://x".into(),
+        },
+        items: (0..items)
+            .map(|i| ItemSpec {
+                item_id: format!("{i:06}"),
+                product: "e5.oper.an.sfc".into(),
+                start: "2024-01-01".into(),
+                end: "2024-01-31".into(),
+                objects: vec![ObjectSpec {
+                    key: format!("k{i}"),
+                    size: 100,
+                    etag: "e".into(),
+                    last_modified: String::new(),
+                }],
+            })
+            .collect(),
+        follow: None,
+    }
+}
+
+async fn counts_sum(store: &dyn LeaseStore, job_id: &str, total: u32) {
+    let status = store.job(job_id).await.unwrap();
+    assert_eq!(status.counts.total(), total, "{:?}", status.counts);
+}
+
+/// A conformance scenario.
+pub async fn grants_in_plan_order_then_completes_idempotently(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j1", 3)).await.unwrap();
+    assert_eq!(store.job("j1").await.unwrap().state, JobState::Pending);
+    let grants = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(
+        grants
+            .iter()
+            .map(|g| g.item.item_id.as_str())
+            .collect::<Vec<_>>(),
+        ["000000", "000001"]
+    );
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.lease.epoch == 1 && g.source.bucket == "b")
+    );
+    assert_eq!(store.job("j1").await.unwrap().state, JobState::Running);
+    counts_sum(&*store, "j1", 3).await;
+
+    let lease = &grants[0].lease;
+    assert_eq!(store.renew(lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(store.complete(lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(
+        store.complete(lease, "w1").await.unwrap(),
+        Ack::Ok,
+        "a retried complete of the same grant"
+    );
+    let mut other = lease.clone();
+    other.lease_id = "someone-else".into();
+    assert_eq!(
+        store.complete(&other, "w1").await.unwrap(),
+        Ack::AlreadyDone
+    );
+    assert_eq!(store.renew(lease, "w1").await.unwrap(), Ack::AlreadyDone);
+
+    let rest = store.acquire("w2", 5).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].item.item_id, "000002");
+    for (grant, holder) in [(&grants[1], "w1"), (&rest[0], "w2")] {
+        assert_eq!(store.complete(&grant.lease, holder).await.unwrap(), Ack::Ok);
+    }
+    let status = store.job("j1").await.unwrap();
+    assert_eq!(status.state, JobState::Complete);
+    assert_eq!(status.counts.done, 3);
+    assert_eq!(status.bytes_done, 300);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+}
+
+/// A conformance scenario.
+pub async fn an_expired_grant_is_never_brought_back(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j2", 1)).await.unwrap();
+    let first = store.acquire("w1", 1).await.unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Not reaped yet, but expired by the store's clock: refused.
+    assert_eq!(
+        store.renew(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert_eq!(
+        store.complete(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    let second = store.acquire("w2", 1).await.unwrap().remove(0);
+    assert_eq!(second.item.item_id, first.item.item_id);
+    assert!(
+        second.lease.epoch > first.lease.epoch,
+        "epochs only increase"
+    );
+    assert_ne!(second.lease.lease_id, first.lease.lease_id);
+    assert_eq!(
+        store.complete(&first.lease, "w1").await.unwrap(),
+        Ack::LeaseLost,
+        "a stale complete is rejected"
+    );
+    assert_eq!(store.complete(&second.lease, "w2").await.unwrap(), Ack::Ok);
+    let items = store.items("j2").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Done);
+    assert_eq!(items[0].expiries, 1);
+}
+
+/// A conformance scenario.
+pub async fn failures_back_off_then_die_with_their_reason(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j3", 2)).await.unwrap();
+    let mut epoch = 0;
+    for attempt in 1..=3 {
+        // Item 0 backs off after each failure, so item 1 may come first: hand it back.
+        let grant = loop {
+            let granted = store.acquire("w1", 2).await.unwrap();
+            let (wanted, others): (Vec<_>, Vec<_>) = granted
+                .into_iter()
+                .partition(|g| g.item.item_id == "000000");
+            for other in others {
+                assert_eq!(store.release(&other.lease, "w1").await.unwrap(), Ack::Ok);
+            }
+            if let Some(grant) = wanted.into_iter().next() {
+                break grant;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await; // the backoff (at most 2 ms)
+        };
+        assert_eq!(grant.item.item_id, "000000");
+        assert!(grant.lease.epoch > epoch);
+        epoch = grant.lease.epoch;
+        let outcome = store
+            .fail(&grant.lease, "w1", &format!("boom {attempt}"), false)
+            .await
+            .unwrap();
+        assert_eq!(outcome.ack, Ack::Ok);
+        assert_eq!(outcome.dead, attempt == 3);
+        assert_eq!(
+            store
+                .fail(&grant.lease, "w1", "again", false)
+                .await
+                .unwrap()
+                .ack,
+            Ack::LeaseLost,
+            "fail is per grant"
+        );
+        counts_sum(&*store, "j3", 2).await;
+    }
+    let items = store.items("j3").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Dead);
+    assert_eq!(items[0].attempts, 3);
+    assert_eq!(items[0].last_error, "boom 3");
+
+    // A permanent failure dies at once.
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    let outcome = store
+        .fail(&grant.lease, "w1", "404 NoSuchKey", true)
+        .await
+        .unwrap();
+    assert!(outcome.dead);
+    let status = store.job("j3").await.unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert_eq!(status.counts.dead, 2);
+
+    // Retry-dead brings both back with fresh counts.
+    assert_eq!(store.retry_dead("j3").await.unwrap(), 2);
+    let status = store.job("j3").await.unwrap();
+    assert_eq!((status.counts.pending, status.counts.dead), (2, 0));
+    assert!(
+        store
+            .items("j3")
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.attempts == 0)
+    );
+}
+
+/// A conformance scenario.
+pub async fn release_returns_work_without_an_attempt(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j4", 1)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    assert_eq!(store.release(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(
+        store.release(&grant.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    let items = store.items("j4").await.unwrap();
+    assert_eq!((items[0].state, items[0].attempts), (ItemState::Pending, 0));
+    let again = store.acquire("w2", 1).await.unwrap().remove(0);
+    assert_eq!(again.lease.epoch, grant.lease.epoch + 1);
+}
+
+/// A conformance scenario.
+pub async fn a_poison_item_dies_after_too_many_expiries(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j5", 1)).await.unwrap();
+    for _ in 0..3 {
+        let granted = store.acquire("w1", 1).await.unwrap();
+        assert_eq!(granted.len(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        store.reap().await.unwrap();
+    }
+    let items = store.items("j5").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Dead);
+    assert!(
+        items[0].last_error.contains("poison"),
+        "{}",
+        items[0].last_error
+    );
+    assert!(store.acquire("w1", 1).await.unwrap().is_empty());
+}
+
+/// A conformance scenario.
+pub async fn cancel_stops_grants_and_loses_live_leases(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j6", 2)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    store.cancel_job("j6").await.unwrap();
+    assert_eq!(store.job("j6").await.unwrap().state, JobState::Cancelled);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+    assert_eq!(
+        store.renew(&grant.lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    assert!(store.cancel_job("nope").await.is_err());
+}
+
+/// A conformance scenario.
+pub async fn jobs_are_served_oldest_first_and_workers_can_drain(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("older", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.create_job(&job("newer", 1)).await.unwrap();
+    let grants = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(
+        grants
+            .iter()
+            .map(|g| g.lease.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["older", "newer"]
+    );
+    assert_eq!(
+        store
+            .jobs()
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["older", "newer"]
+    );
+
+    store.drain("w9").await.unwrap();
+    assert!(store.is_draining("w9").await.unwrap());
+    store.retry_dead("older").await.unwrap();
+    store.create_job(&job("third", 1)).await.unwrap();
+    assert!(
+        store.acquire("w9", 1).await.unwrap().is_empty(),
+        "a draining worker gets nothing"
+    );
+    assert_eq!(store.acquire("w1", 1).await.unwrap().len(), 1);
+
+    let metrics = WorkerMetrics {
+        open: 3,
+        bytes_per_sec: 12.5,
+        ..Default::default()
+    };
+    store.heartbeat("w1", 2, &metrics).await.unwrap();
+    store
+        .heartbeat("w9", 0, &WorkerMetrics::default())
+        .await
+        .unwrap();
+    let workers = store.workers().await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert_eq!(
+        (
+            workers[0].name.as_str(),
+            workers[0].leases_held,
+            workers[0].metrics.open
+        ),
+        ("w1", 2, 3)
+    );
+    assert!(workers[1].draining);
+}
+
+/// A conformance scenario.
+pub async fn progress_counts_for_live_grants_only(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j8", 2)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    store.progress(&grant.lease, "w1", 40).await.unwrap();
+    assert_eq!(store.job("j8").await.unwrap().bytes_done, 40);
+    let mut stale = grant.lease.clone();
+    stale.epoch += 7;
+    store.progress(&stale, "w1", 90).await.unwrap();
+    assert_eq!(store.items("j8").await.unwrap()[0].bytes_done, 40);
+    store.complete(&grant.lease, "w1").await.unwrap();
+    assert_eq!(store.job("j8").await.unwrap().bytes_done, 100);
+}
+
+/// A conformance scenario.
+pub async fn only_the_holder_acts_on_a_grant(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j9", 1)).await.unwrap();
+    let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+    let lease = &grant.lease;
+    assert_eq!(store.renew(lease, "w2").await.unwrap(), Ack::NotHolder);
+    assert_eq!(store.release(lease, "w2").await.unwrap(), Ack::NotHolder);
+    assert_eq!(
+        store.fail(lease, "w2", "sabotage", true).await.unwrap().ack,
+        Ack::NotHolder
+    );
+    store.progress(lease, "w2", 99).await.unwrap();
+    assert_eq!(store.items("j9").await.unwrap()[0].bytes_done, 0);
+    assert_eq!(store.complete(lease, "w2").await.unwrap(), Ack::NotHolder);
+    let items = store.items("j9").await.unwrap();
+    assert_eq!(
+        (items[0].state, items[0].attempts, items[0].holder.as_str()),
+        (ItemState::Leased, 0, "w1"),
+        "another worker's calls changed nothing"
+    );
+    assert_eq!(store.complete(lease, "w1").await.unwrap(), Ack::Ok);
+    assert_eq!(
+        store.complete(lease, "w2").await.unwrap(),
+        Ack::NotHolder,
+        "not even a retried complete of someone else's grant"
+    );
+    assert_eq!(store.complete(lease, "w1").await.unwrap(), Ack::Ok);
+}
+
+/// A conformance scenario.
+pub async fn retention_forgets_finished_jobs_and_silent_workers(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("done-job", 1)).await.unwrap();
+    store.create_job(&job("live-job", 1)).await.unwrap();
+    store.create_job(&job("gone-job", 1)).await.unwrap();
+    let grants = store.acquire("w1", 1).await.unwrap();
+    assert_eq!(grants[0].lease.job_id, "done-job");
+    store.complete(&grants[0].lease, "w1").await.unwrap();
+    store.cancel_job("gone-job").await.unwrap();
+    store.reap().await.unwrap();
+    assert_eq!(
+        store.active_jobs().await.unwrap(),
+        1,
+        "only live-job is active"
+    );
+    store
+        .heartbeat("w1", 0, &WorkerMetrics::default())
+        .await
+        .unwrap();
+    store.drain("w1").await.unwrap();
+
+    let pruned = store.prune(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((pruned.jobs, pruned.workers), (0, 0), "nothing is that old");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let pruned = store.prune(Duration::from_millis(20)).await.unwrap();
+    assert_eq!((pruned.jobs, pruned.workers), (2, 1));
+    let jobs: Vec<String> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(jobs, ["live-job"], "an unfinished job is never pruned");
+    assert!(store.job("done-job").await.is_err());
+    assert!(store.workers().await.unwrap().is_empty());
+    assert!(store.history().await.unwrap().is_empty());
+    assert!(!store.is_draining("w1").await.unwrap());
+}
+
+/// Every item of a job, walked page by page.
+async fn walk(
+    store: &dyn LeaseStore,
+    job_id: &str,
+    state: Option<ItemState>,
+    limit: usize,
+) -> Vec<crate::model::ItemStatus> {
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store
+            .items_page(job_id, state, &after, limit)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit);
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = next,
+            None => return all,
+        }
+    }
+}
+
+/// A conformance scenario.
+pub async fn pages_walk_the_plan_order_and_filter_by_state(store: Arc<dyn LeaseStore>) {
+    // More items than one page reads per round trip, so pages cross those boundaries.
+    store.create_job(&job("j9", 2_345)).await.unwrap();
+    let grants = store.acquire("w1", 3).await.unwrap();
+    store.complete(&grants[0].lease, "w1").await.unwrap();
+    store
+        .fail(&grants[1].lease, "w1", "NoSuchKey", true)
+        .await
+        .unwrap();
+    store.progress(&grants[2].lease, "w1", 60).await.unwrap();
+
+    let all = walk(&*store, "j9", None, 700).await;
+    assert_eq!(all.len(), 2_345);
+    assert!(all.windows(2).all(|w| w[0].item_id < w[1].item_id));
+    assert_eq!(all, store.items("j9").await.unwrap());
+    let third = &all[2];
+    assert_eq!(
+        (
+            third.state,
+            third.holder.as_str(),
+            third.bytes_done,
+            third.product.as_str(),
+            third.start.as_str(),
+            third.end.as_str(),
+            third.objects,
+            third.bytes
+        ),
+        (
+            ItemState::Leased,
+            "w1",
+            60,
+            "e5.oper.an.sfc",
+            "2024-01-01",
+            "2024-01-31",
+            1,
+            100
+        )
+    );
+
+    let dead = walk(&*store, "j9", Some(ItemState::Dead), 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].item_id.as_str(), dead[0].last_error.as_str()),
+        ("000001", "NoSuchKey")
+    );
+    let done = walk(&*store, "j9", Some(ItemState::Done), 5).await;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].bytes_done, 100);
+    let leased = walk(&*store, "j9", Some(ItemState::Leased), 5).await;
+    assert_eq!(leased.len(), 1);
+    let pending = walk(&*store, "j9", Some(ItemState::Pending), 1_000).await;
+    assert_eq!(pending.len(), 2_342);
+    assert_eq!(pending[0].item_id, "000003");
+
+    // The last page says there is nothing after it; a page after the end is empty.
+    let last = store.items_page("j9", None, "002340", 10).await.unwrap();
+    assert_eq!(last.items.len(), 4);
+    assert_eq!(last.next, None);
+    assert!(
+        store
+            .items_page("j9", None, "002344", 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(matches!(
+        store.items_page("nope", None, "", 10).await,
+        Err(crate::Error::UnknownJob(_))
+    ));
+}
+
+/// A conformance scenario.
+pub async fn views_read_active_and_recent_jobs_only(store: Arc<dyn LeaseStore>) {
+    for index in 0..5 {
+        let id = format!("r{index}");
+        store.create_job(&job(&id, 1)).await.unwrap();
+        // Distinct creation times keep "newest" well defined.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if index < 3 {
+            let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+            assert_eq!(grant.lease.job_id, id);
+            store.complete(&grant.lease, "w1").await.unwrap();
+        }
+    }
+    // Finished: r0, r1, r2 (the newest of them). Still pending: r3, r4.
+    let listed = store.recent_jobs(1).await.unwrap();
+    assert_eq!(listed.total, 5);
+    let ids: Vec<&str> = listed.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, ["r2", "r3", "r4"]);
+    assert!(!store.job_cancelled("r3").await.unwrap());
+    store.cancel_job("r3").await.unwrap();
+    assert!(store.job_cancelled("r3").await.unwrap());
+    assert!(store.job_cancelled("nope").await.is_err());
+}
+
+/// A conformance scenario.
+pub async fn a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_cancelled(
+    store: Arc<dyn LeaseStore>,
+) {
+    let mut spec = job("standing", 2);
+    spec.follow = Some(FollowSpec {
+        interval_ms: 80,
+        end: "latest".into(),
+    });
+    store.create_job(&spec).await.unwrap();
+    store.create_job(&job("one-off", 1)).await.unwrap();
+    assert!(
+        store.claim_due_passes(8).await.unwrap().is_empty(),
+        "the submit was the first pass; the next is an interval away"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claimed = store.claim_due_passes(8).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].0, "standing");
+    assert_eq!(claimed[0].1.end, "latest");
+    assert!(
+        store.claim_due_passes(8).await.unwrap().is_empty(),
+        "a due pass is claimed once, whoever asks"
+    );
+
+    let mut keys: Vec<String> = store
+        .job_objects("standing")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["k0", "k1"]);
+    let mut added = job("x", 1).items.remove(0);
+    added.item_id = "f1-000000".into();
+    added.objects[0].key = "k-new".into();
+    store.extend_job("standing", &[added]).await.unwrap();
+    let grown = store.job("standing").await.unwrap();
+    assert_eq!((grown.counts.pending, grown.objects_total), (3, 3));
+    assert_eq!(store.job_objects("standing").await.unwrap().len(), 3);
+
+    store.record_pass("standing", None).await.unwrap();
+    store
+        .record_pass("standing", Some("listing failed"))
+        .await
+        .unwrap();
+    let follow = store.job("standing").await.unwrap().follow.unwrap();
+    assert_eq!(follow.passes, 2);
+    assert_eq!(follow.last_error, "listing failed");
+    assert!(follow.next_check_ms > 0 && follow.last_success_ms > 0);
+    assert!(store.job("one-off").await.unwrap().follow.is_none());
+    assert_eq!(store.standing_jobs().await.unwrap().len(), 1);
+
+    // Finished and idle between passes, a standing job is never pruned.
+    for grant in store.acquire("w1", 8).await.unwrap() {
+        store.complete(&grant.lease, "w1").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store.prune(Duration::from_millis(1)).await.unwrap();
+    assert!(store.job("standing").await.is_ok());
+    assert!(store.job("one-off").await.is_err());
+
+    store.cancel_job("standing").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(store.claim_due_passes(8).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .job("standing")
+            .await
+            .unwrap()
+            .follow
+            .unwrap()
+            .next_check_ms,
+        0
+    );
+    assert!(store.standing_jobs().await.unwrap().is_empty());
+}
