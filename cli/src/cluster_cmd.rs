@@ -269,12 +269,9 @@ pub async fn coordinator(
 }
 
 fn host_name() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
-    match (rc, std::str::from_utf8(&buffer[..end])) {
-        (0, Ok(name)) if !name.is_empty() => name.to_ascii_lowercase(),
+    let uname = rustix::system::uname();
+    match uname.nodename().to_str() {
+        Ok(name) if !name.is_empty() => name.to_ascii_lowercase(),
         _ => format!("worker-{}", std::process::id()),
     }
 }

@@ -69,7 +69,7 @@ fn interrupted_then_resumed(signal: libc::c_int) {
         !mirrored_keys(&dest).is_empty()
     });
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    send_signal(child.id(), signal);
     let run = wait_with_limit(child, LIMIT);
     assert_ne!(run.code, Some(0), "an interrupted sync must not exit 0");
     if signal == libc::SIGINT {

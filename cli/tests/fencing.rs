@@ -64,7 +64,7 @@ impl Worker {
 
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid(), signal) };
+        send_signal(self.pid() as u32, signal);
     }
 
     fn log_text(&self) -> String {
@@ -133,7 +133,7 @@ impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child; a stopped one must run to die.
-            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            send_signal(child.id(), libc::SIGCONT);
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -343,7 +343,7 @@ impl Follower {
     }
 
     fn terminate(mut self) -> (Option<i32>, String) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        send_signal(self.child.id(), libc::SIGTERM);
         let deadline = std::time::Instant::now() + LIMIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -5,7 +5,7 @@
 //! - [`fetch`]: ranged, retrying, stall-aware downloads of one object under the process-wide
 //!   connection cap, with in-stream digests.
 //! - [`scheduler`]: admission of requests by priority with an AIMD window (SlowDown).
-//! - [`fast_md5`]: MD5 through OpenSSL's assembly when available.
+//! - [`fast_md5`]: MD5 through the `md-5` crate's x86-64 assembly.
 //! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
 //! - [`ordered_md5`]: the whole-object MD5 hashed in order while parts still download.
 //! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.

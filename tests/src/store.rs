@@ -58,8 +58,8 @@ impl ChecksumAlgo {
             ChecksumAlgo::Crc64nvme => checksum(CrcAlgorithm::Crc64Nvme, data)
                 .to_be_bytes()
                 .to_vec(),
-            ChecksumAlgo::Sha1 => sha1::Sha1::digest(data).to_vec(),
-            ChecksumAlgo::Sha256 => sha2::Sha256::digest(data).to_vec(),
+            ChecksumAlgo::Sha1 => <sha1::Sha1 as sha1::Digest>::digest(data).to_vec(),
+            ChecksumAlgo::Sha256 => <sha2::Sha256 as sha2::Digest>::digest(data).to_vec(),
         }
     }
 }

@@ -4,7 +4,6 @@
 //! leases behind a partition. Also the README's TLS quick start with the dev CA script.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ fn free_port() -> u16 {
 /// SIGTERM, then the exit code, failing unless the process is gone within [`STOP_WITHIN`].
 fn stop(child: &mut std::process::Child, what: &str) -> Option<i32> {
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    send_signal(child.id(), libc::SIGTERM);
     let sent = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -171,12 +170,11 @@ fn sigterm_stops_a_coordinator_whose_stderr_is_full() {
     let scratch = Scratch::new();
     let (mut reader, mut writer) = std::io::pipe().unwrap();
     // Fill the pipe, so the coordinator's first write to stderr would block forever.
-    let fd = writer.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    let flags = fcntl_getfl(&writer).unwrap();
+    fcntl_setfl(&writer, flags | OFlags::NONBLOCK).unwrap();
     while writer.write(&[b'x'; 4096]).is_ok() {}
-    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    fcntl_setfl(&writer, flags).unwrap();
     let mut coordinator = era5(&scratch.home())
         .args(["coordinator", "--listen", "127.0.0.1:0"])
         .args(["--redis", "redis://127.0.0.1:1/"])

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tests::pki::{CertFiles, TestCa};
 use tests::redis_server::{RedisOptions, RedisServer, RedisTls};
 
-use super::{BUCKET, Scratch, era5};
+use super::{BUCKET, Scratch, era5, send_signal};
 
 /// The password of the `era5` Redis user in tests.
 pub const REDIS_PASSWORD: &str = "era5-test-password";
@@ -78,7 +78,7 @@ impl Proc {
 
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid(), signal) };
+        send_signal(self.pid() as u32, signal);
     }
 
     /// SIGKILL and reap.
@@ -130,7 +130,7 @@ impl Drop for Proc {
         if let Some(child) = &self.child {
             // A stopped process must be continued to die of SIGKILL promptly.
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            send_signal(child.id(), libc::SIGCONT);
         }
         self.kill9();
     }

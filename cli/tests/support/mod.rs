@@ -390,12 +390,14 @@ impl Drop for Tmpfs {
 
 /// Bytes free on the filesystem holding `path` (statvfs).
 pub fn free_bytes(path: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statvfs fills the zeroed struct from a NUL-terminated path we own.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) }, 0);
-    #[allow(clippy::unnecessary_cast)]
-    let free = stats.f_bavail as u64 * stats.f_frsize as u64;
-    free
+    let stats = rustix::fs::statvfs(path).unwrap();
+    stats.f_bavail * stats.f_frsize
+}
+
+/// Sends `signal` (a `libc::SIG*` number) to the process `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a live child has a pid");
+    let signal = rustix::process::Signal::from_named_raw(signal).expect("a named signal");
+    // The process may have exited already; the caller's assertions tell.
+    let _ = rustix::process::kill_process(pid, signal);
 }
