@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use md5::{Digest, Md5};
+use sha2::Digest as _;
 use tests::faults::{Fault, FaultRule};
 use tests::proxy::CountingProxy;
 use tests::s3_server::{ACCESS_KEY, ChecksumAlgo, PutOptions, SECRET_KEY, TestS3};
