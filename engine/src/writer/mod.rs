@@ -38,24 +38,38 @@
 //!   I/O, about a sixth of the writer thread's time in a profile; moved off it, one 2 GiB
 //!   object went from 1.36x to 1.21x s5cmd's wall time (medians of 15 alternating rounds of
 //!   `bench/run.py`).
+//!
+//! The module is split by concern:
+//! - this file: the handle parts send through ([`FileWriter`]), the writer thread, and its
+//!   two ways to the disk (direct stages and buffered writes with early writeback);
+//! - [`record`]: what the writer thread and the I/O threads share: the first write error, and
+//!   the record of which parts are fully written, which decides when the resume state is saved;
+//! - [`coalescing`]: the helper threads (saving the resume state, starting writeback) on which
+//!   the newest request wins.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::direct_io::{ALIGN, DirectFile, IoPool, STAGE, Stage, WriteDone};
+use crate::direct_io::{ALIGN, DirectFile, IoPool, STAGE, Stage};
 use crate::disk::Reservation;
 use crate::mirror::ResumeState;
 use crate::ordered_md5::PartDone;
 use crate::verify::PartDigest;
+
+mod coalescing;
+mod record;
+
+use coalescing::Coalescing;
+use record::{Failed, Record, Shared};
 
 /// Chunks queued per file; each is one network read (up to 512 KiB).
 const QUEUE_DEPTH: usize = 8;
@@ -103,35 +117,6 @@ pub struct ObjectIo {
     pub reservation: Option<Arc<Reservation>>,
     /// Longest time a finished part waits to be saved ([`SAVE_EVERY`] by default).
     pub save_every: Duration,
-}
-
-/// The first write error of an object, shared by the writer, the I/O threads and the saver.
-struct Failed {
-    error: Mutex<Option<std::io::Error>>,
-    cancel: CancellationToken,
-}
-
-impl Failed {
-    fn set(&self, error: std::io::Error) {
-        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            tracing::warn!(%error, "writing a temporary file failed: stopping the object");
-            *slot = Some(error);
-        }
-        drop(slot);
-        self.cancel.cancel();
-    }
-
-    fn is_set(&self) -> bool {
-        self.error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    }
-
-    fn take(&self) -> Option<std::io::Error> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
 }
 
 /// What direct writes of one file need.
@@ -252,89 +237,6 @@ impl FileWriter {
             .send(command)
             .await
             .map_err(|_| "the file writer stopped".to_string())
-    }
-}
-
-/// What the writer thread and the I/O threads finishing its direct writes share.
-struct Shared {
-    record: Mutex<Record>,
-    failed: Arc<Failed>,
-    /// Signalled when no direct write of the file is in flight any more.
-    drained: Condvar,
-    /// Saves the resume state; `None` when the download is never resumed.
-    saver: Option<Coalescing<ResumeState>>,
-    follower: Option<PartDone>,
-    save_every: Duration,
-}
-
-struct Record {
-    state: ResumeState,
-    /// Parts with direct writes in flight, or whose writes ended before their `PartDone`.
-    waiting: HashMap<u64, Waiting>,
-    in_flight: usize,
-    unsaved: bool,
-    last_save: Instant,
-}
-
-#[derive(Default)]
-struct Waiting {
-    writes: usize,
-    /// Set by `PartDone`: every byte is handed over.
-    digest: Option<PartDigest>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail(&self, error: std::io::Error) {
-        self.failed.set(error);
-    }
-
-    /// Part `index` is fully written.
-    fn record_part(&self, record: &mut Record, index: u64, digest: PartDigest) {
-        if self.failed.is_set() {
-            return;
-        }
-        record.state.parts.insert(index, digest);
-        record.unsaved = true;
-        if let Some(follower) = &self.follower {
-            follower.send(index);
-        }
-        if record.last_save.elapsed() >= self.save_every {
-            self.save(record);
-        }
-    }
-
-    fn save(&self, record: &mut Record) {
-        record.last_save = Instant::now();
-        record.unsaved = false;
-        if let Some(saver) = &self.saver {
-            saver.offer(record.state.clone());
-        }
-    }
-}
-
-impl WriteDone for Shared {
-    fn write_done(&self, part: u64, result: std::io::Result<()>) {
-        if let Err(error) = result {
-            self.fail(error);
-        }
-        let mut record = self.lock();
-        record.in_flight -= 1;
-        if let Some(waiting) = record.waiting.get_mut(&part) {
-            waiting.writes -= 1;
-            if waiting.writes == 0 && waiting.digest.is_some() {
-                let digest = record.waiting.remove(&part).and_then(|w| w.digest);
-                if let Some(digest) = digest {
-                    self.record_part(&mut record, part, digest);
-                }
-            }
-        }
-        if record.in_flight == 0 {
-            self.drained.notify_all();
-        }
     }
 }
 
@@ -522,77 +424,10 @@ fn submit(shared: &Shared, direct: &Direct, stage: Stage, len: usize) {
     direct.pool.submit(&direct.file, stage, len);
 }
 
-/// A helper thread that runs `work` on what it is offered, newest first: an offer replaces
-/// one not yet taken, so requests never queue up behind a slow filesystem.
-struct Coalescing<T> {
-    slot: Arc<(Mutex<Slot<T>>, Condvar)>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-struct Slot<T> {
-    pending: Option<T>,
-    finished: bool,
-}
-
-impl<T: Send + 'static> Coalescing<T> {
-    fn start(name: &str, mut work: impl FnMut(T) + Send + 'static) -> Self {
-        let slot = Arc::new((
-            Mutex::new(Slot {
-                pending: None,
-                finished: false,
-            }),
-            Condvar::new(),
-        ));
-        let shared = slot.clone();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let (lock, wake) = &*shared;
-                loop {
-                    let next = {
-                        let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        while slot.pending.is_none() && !slot.finished {
-                            slot = wake.wait(slot).unwrap_or_else(|e| e.into_inner());
-                        }
-                        match slot.pending.take() {
-                            Some(item) => item,
-                            None => return,
-                        }
-                    };
-                    work(next);
-                }
-            })
-            .ok();
-        Self {
-            slot,
-            thread: Mutex::new(thread),
-        }
-    }
-
-    /// Queues `item`, replacing one still waiting.
-    fn offer(&self, item: T) {
-        let (lock, wake) = &*self.slot;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).pending = Some(item);
-        wake.notify_one();
-    }
-
-    /// Runs what is pending and waits for the thread to end.
-    fn finish(&self) {
-        let (lock, wake) = &*self.slot;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
-        wake.notify_one();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::direct_io::{open_direct, suits_direct_io};
-    use std::sync::mpsc as std_mpsc;
 
     /// Sends `bytes` of part `index` (starting at `start`) in chunks of odd sizes, then
     /// declares it done unless `finish` is false.
@@ -754,42 +589,5 @@ mod tests {
             "a part of a failed write was recorded"
         );
         assert!(ResumeState::load(&dir.path().join("state")).is_none());
-    }
-
-    #[test]
-    fn coalescing_runs_the_newest_offer_and_everything_pending_at_finish() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (entered_tx, entered) = std_mpsc::channel();
-        let (release, release_rx) = std_mpsc::channel::<()>();
-        let record = seen.clone();
-        let helper = Coalescing::start("test", move |item: u32| {
-            if item == 1 {
-                // Hold the thread inside the first item while more offers arrive.
-                entered_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            }
-            record.lock().unwrap().push(item);
-        });
-        helper.offer(1);
-        entered.recv().unwrap();
-        for item in 2..=4 {
-            helper.offer(item);
-        }
-        release.send(()).unwrap();
-        helper.finish();
-        // 2 and 3 were replaced before the thread was free; 4 ran before finish returned.
-        assert_eq!(*seen.lock().unwrap(), vec![1, 4]);
-    }
-
-    #[test]
-    fn coalescing_finish_without_offers_runs_nothing_and_ends_the_thread() {
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = runs.clone();
-        let helper = Coalescing::start("test", move |()| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
-        helper.finish();
-        assert!(helper.thread.lock().unwrap().is_none());
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

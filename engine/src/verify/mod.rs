@@ -1,0 +1,502 @@
+//! Byte-for-byte verification of a downloaded object.
+//!
+//! Size is always checked. Then, by mode:
+//! - a single-part ETag must equal the MD5 of the file;
+//! - a multipart ETag (`md5(concat(part md5s))-N`) is recomputed with the upload part size
+//!   inferred from the size and `N`, trying the usual part sizes;
+//! - in `full` mode, an S3 additional checksum (CRC32, CRC32C, CRC64NVME, SHA1, SHA256) that
+//!   the server sent is checked too: a full-object one over all the bytes, a composite one
+//!   (`value-N`, the checksum of the N upload parts' checksums) with the upload part size
+//!   inferred as for a multipart ETag.
+//!
+//! Digests are computed while parts stream in whenever the download layout allows it (a part
+//! per upload part for multipart ETags; CRCs always, combined afterwards), so verifying usually
+//! costs no second read. Otherwise one sequential read of the temporary file computes them.
+//!
+//! The module is split by concern:
+//! - this file: [`VerifyMode`], what the bytes must be ([`Expected`]), the digests computed
+//!   while parts stream in ([`StreamPlan`], [`PartHasher`], [`PartDigest`]), the entry points
+//!   [`verify`] and [`verify_file`], and the sequential re-read of a file that both kinds of
+//!   digest fall back on when the streamed ones do not suffice;
+//! - [`etag`]: single-part and multipart ETags (the upload part size inferred from the size
+//!   and the part count, the MD5 of the part MD5s);
+//! - [`checksums`]: S3's additional checksums, full-object and composite (`value-N`).
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::str::FromStr;
+
+use crate::fast_md5::Md5;
+use crc_fast::CrcAlgorithm;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+mod checksums;
+mod etag;
+
+pub use checksums::{ChecksumAlgo, ExpectedChecksum};
+pub use etag::{EtagForm, candidate_part_sizes, multipart_digest};
+
+use checksums::verify_checksum;
+use etag::verify_etag;
+
+/// How strongly to verify (`--verify`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Size only (what most tools do; catches truncation only).
+    Size,
+    /// Size and ETag (MD5 or multipart MD5).
+    Etag,
+    /// Size, ETag and any additional checksum the server sends.
+    Full,
+}
+
+impl VerifyMode {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyMode::Size => "size",
+            VerifyMode::Etag => "etag",
+            VerifyMode::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for VerifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for VerifyMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "size" => Ok(VerifyMode::Size),
+            "etag" => Ok(VerifyMode::Etag),
+            "full" => Ok(VerifyMode::Full),
+            other => Err(format!(
+                "invalid --verify `{other}`: expected size, etag or full"
+            )),
+        }
+    }
+}
+
+/// Everything known about what the bytes must be.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    /// Exact size.
+    pub size: u64,
+    /// Unquoted ETag, if known.
+    pub etag: Option<String>,
+    /// Whole-object checksum, if the server sent one.
+    pub checksum: Option<ExpectedChecksum>,
+}
+
+/// What each downloaded part computes while it streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// MD5 per part: the parts are the upload parts (or the whole object).
+    pub md5: bool,
+    /// MD5 of the whole object, hashed in order as parts complete (a single-part ETag on an
+    /// object downloaded in several parts).
+    pub whole_md5: bool,
+    /// CRC per part, combined afterwards.
+    pub crc: Option<ChecksumAlgo>,
+    /// A CRC-64 of each part for no checksum but its own: parts that a resume state claims
+    /// are read back and compared with it, so a part that did not survive on disk is fetched
+    /// again alone. Only when the part has no MD5 or CRC of its own, and never with
+    /// `--verify size`, which trusts the disk as it trusts the network.
+    pub check: bool,
+}
+
+impl StreamPlan {
+    /// The in-stream digests worth computing for `expected` at `mode` when the object is
+    /// downloaded in parts of `part_size`.
+    pub fn new(expected: &Expected, mode: VerifyMode, part_size: u64) -> Self {
+        if mode == VerifyMode::Size {
+            return Self::default();
+        }
+        let form = expected.etag.as_deref().and_then(EtagForm::parse);
+        let md5 = match form {
+            Some(EtagForm::Single(_)) => expected.size <= part_size,
+            Some(EtagForm::Multipart { parts, .. }) => {
+                candidate_part_sizes(expected.size, parts).contains(&part_size)
+            }
+            None => false,
+        };
+        let whole_md5 = matches!(form, Some(EtagForm::Single(_))) && expected.size > part_size;
+        let crc = match &expected.checksum {
+            Some(c) if mode == VerifyMode::Full && c.algo.crc().is_some() => Some(c.algo),
+            _ => None,
+        };
+        Self {
+            md5,
+            whole_md5,
+            crc,
+            check: !md5 && crc.is_none(),
+        }
+    }
+}
+
+/// Digests of one part, computed as it streamed and kept in the resume state. On resume they
+/// are what the part's bytes, read back from the disk, must give again; verification then
+/// uses the digests of the bytes read back, never the remembered ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartDigest {
+    /// Bytes in the part.
+    pub len: u64,
+    /// MD5, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    /// CRC value (not finalised into base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc: Option<u64>,
+    /// CRC-64/NVME of the part, when it has no MD5 or CRC of its own ([`StreamPlan::check`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<u64>,
+}
+
+impl PartDigest {
+    /// Whether the part carries anything to compare its bytes with.
+    pub fn has_digest(&self) -> bool {
+        self.md5.is_some() || self.crc.is_some() || self.check.is_some()
+    }
+}
+
+/// The running digests of a part being downloaded.
+pub struct PartHasher {
+    len: u64,
+    md5: Option<Md5>,
+    crc: Option<crc_fast::Digest>,
+    check: Option<crc_fast::Digest>,
+}
+
+impl PartHasher {
+    /// Starts the digests `plan` asks for.
+    pub fn new(plan: StreamPlan) -> Self {
+        Self {
+            len: 0,
+            md5: plan.md5.then(Md5::new),
+            crc: plan
+                .crc
+                .and_then(|a| a.crc())
+                .map(|(algo, _)| crc_fast::Digest::new(algo)),
+            check: plan
+                .check
+                .then(|| crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme)),
+        }
+    }
+
+    /// Feeds the next bytes of the part.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if let Some(md5) = &mut self.md5 {
+            md5.update(bytes);
+        }
+        if let Some(crc) = &mut self.crc {
+            crc.update(bytes);
+        }
+        if let Some(check) = &mut self.check {
+            check.update(bytes);
+        }
+    }
+
+    /// The part's digests.
+    pub fn finish(self) -> PartDigest {
+        PartDigest {
+            len: self.len,
+            md5: self.md5.map(|m| hex::encode(m.finish())),
+            crc: self.crc.map(|c| c.finalize()),
+            check: self.check.map(|c| c.finalize()),
+        }
+    }
+}
+
+/// The digests `plan` asks for of `len` bytes of `file` at `offset`, read back from the disk.
+pub fn digest_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    plan: StreamPlan,
+) -> std::io::Result<PartDigest> {
+    let mut hasher = PartHasher::new(plan);
+    let mut buffer = vec![0u8; READ_BLOCK.min(len.max(1) as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = buffer.len().min((len - done) as usize);
+        let read = file.read_at(&mut buffer[..want], offset + done)?;
+        if read == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("file ended at {} of {}", offset + done, offset + len),
+            ));
+        }
+        hasher.update(&buffer[..read]);
+        done += read as u64;
+    }
+    Ok(hasher.finish())
+}
+
+/// The object failed verification.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Wrong size (truncated or too long).
+    #[error("size mismatch: expected {expected} bytes, found {actual}")]
+    Size {
+        /// Expected bytes.
+        expected: u64,
+        /// Bytes found.
+        actual: u64,
+    },
+    /// Content does not match the ETag.
+    #[error("etag mismatch: expected {expected}, computed {actual}")]
+    Etag {
+        /// The server's ETag.
+        expected: String,
+        /// What the bytes give.
+        actual: String,
+    },
+    /// Content does not match the additional checksum.
+    #[error("{algo} checksum mismatch: expected {expected}, computed {actual}")]
+    Checksum {
+        /// Algorithm name.
+        algo: &'static str,
+        /// The server's value.
+        expected: String,
+        /// What the bytes give.
+        actual: String,
+    },
+    /// Reading the file failed.
+    #[error("reading the file to verify it failed: {0}")]
+    Io(String),
+}
+
+/// What verification established, for the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The strongest check that passed.
+    pub level: VerifyMode,
+    /// The checksum that was checked (`algo:value`), if any.
+    pub checksum: Option<String>,
+}
+
+/// Digests computed while the object was downloaded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Streamed<'a> {
+    /// The download part size the part digests refer to.
+    pub part_size: u64,
+    /// Each part's digests, in order.
+    pub parts: &'a [PartDigest],
+    /// MD5 of the whole object, when it was hashed in order during the download.
+    pub whole_md5: Option<[u8; 16]>,
+}
+
+impl Streamed<'_> {
+    /// Nothing was computed while downloading (a file already on disk).
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// Verifies `file` against `expected` at `mode`, using what was computed while streaming
+/// where it suffices and one sequential read of the file otherwise.
+pub fn verify(
+    file: &File,
+    expected: &Expected,
+    mode: VerifyMode,
+    streamed: &Streamed<'_>,
+) -> Result<Verified, VerifyError> {
+    let actual = file
+        .metadata()
+        .map_err(|e| VerifyError::Io(e.to_string()))?
+        .len();
+    if actual != expected.size {
+        return Err(VerifyError::Size {
+            expected: expected.size,
+            actual,
+        });
+    }
+    if mode == VerifyMode::Size {
+        return Ok(Verified {
+            level: VerifyMode::Size,
+            checksum: None,
+        });
+    }
+    let mut level = VerifyMode::Size;
+    if let Some(etag) = expected.etag.as_deref() {
+        if let Some(form) = EtagForm::parse(etag) {
+            verify_etag(file, etag, &form, expected.size, streamed)?;
+            level = mode;
+        } else {
+            tracing::warn!(
+                etag,
+                "etag is not an md5; only size and checksums can be verified"
+            );
+        }
+    }
+    let mut checksum = None;
+    if mode == VerifyMode::Full
+        && let Some(expected_checksum) = &expected.checksum
+    {
+        verify_checksum(file, expected_checksum, expected.size, streamed)?;
+        checksum = Some(expected_checksum.label());
+        level = VerifyMode::Full;
+    }
+    Ok(Verified { level, checksum })
+}
+
+/// Block size of the verification read.
+const READ_BLOCK: usize = 1 << 20;
+
+fn read_all(file: &File, mut consume: impl FnMut(&[u8])) -> Result<(), VerifyError> {
+    let mut buffer = vec![0u8; READ_BLOCK];
+    let mut offset = 0u64;
+    loop {
+        let read = file
+            .read_at(&mut buffer, offset)
+            .map_err(|e| VerifyError::Io(e.to_string()))?;
+        if read == 0 {
+            return Ok(());
+        }
+        consume(&buffer[..read]);
+        offset += read as u64;
+    }
+}
+
+/// What [`read_ranges`] hands over: the next bytes of the current range, or its end.
+enum RangePiece<'a> {
+    Bytes(&'a [u8]),
+    End,
+}
+
+/// Reads the file's first `size` bytes in order, split into consecutive `chunk`-byte ranges.
+fn read_ranges(
+    file: &File,
+    size: u64,
+    chunk: u64,
+    mut visit: impl FnMut(RangePiece<'_>),
+) -> Result<(), VerifyError> {
+    let mut in_current = 0u64;
+    let mut offset = 0u64;
+    let mut buffer = vec![0u8; READ_BLOCK];
+    while offset < size {
+        let want = (READ_BLOCK as u64)
+            .min(chunk - in_current)
+            .min(size - offset) as usize;
+        let read = file
+            .read_at(&mut buffer[..want], offset)
+            .map_err(|e| VerifyError::Io(e.to_string()))?;
+        if read == 0 {
+            return Err(VerifyError::Io(format!(
+                "file ended at {offset} of {size} bytes"
+            )));
+        }
+        visit(RangePiece::Bytes(&buffer[..read]));
+        in_current += read as u64;
+        offset += read as u64;
+        if in_current == chunk || offset == size {
+            visit(RangePiece::End);
+            in_current = 0;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file once and verifies it (used for files already in the mirror).
+pub fn verify_file(
+    path: &std::path::Path,
+    expected: &Expected,
+    mode: VerifyMode,
+) -> Result<Verified, VerifyError> {
+    let file = File::open(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
+    verify(&file, expected, mode, &Streamed::none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag::md5_of;
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use std::io::Write;
+
+    pub(super) fn temp_with(bytes: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file
+    }
+
+    pub(super) fn multipart_etag(data: &[u8], part: usize) -> String {
+        let md5s: Vec<[u8; 16]> = data.chunks(part).map(md5_of).collect();
+        format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len())
+    }
+
+    pub(super) fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// The digests `plan` computes for `data` downloaded in `part`-byte parts.
+    pub(super) fn streamed_digests(data: &[u8], part: usize, plan: StreamPlan) -> Vec<PartDigest> {
+        data.chunks(part)
+            .map(|chunk| {
+                let mut hasher = PartHasher::new(plan);
+                hasher.update(chunk);
+                hasher.finish()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_part_digests_are_used_when_the_layout_matches() {
+        let part = 5 * 1024 * 1024;
+        let data = pattern(2 * part + 999);
+        let file = temp_with(&data);
+        let expected = Expected {
+            size: data.len() as u64,
+            etag: Some(multipart_etag(&data, part)),
+            checksum: Some(ExpectedChecksum {
+                algo: ChecksumAlgo::Crc64nvme,
+                value: BASE64
+                    .encode(crc_fast::checksum(CrcAlgorithm::Crc64Nvme, &data).to_be_bytes()),
+            }),
+        };
+        let plan = StreamPlan::new(&expected, VerifyMode::Full, part as u64);
+        assert!(plan.md5);
+        assert_eq!(plan.crc, Some(ChecksumAlgo::Crc64nvme));
+        let digests: Vec<PartDigest> = streamed_digests(&data, part, plan);
+        let verified = verify(
+            &file,
+            &expected,
+            VerifyMode::Full,
+            &Streamed {
+                part_size: part as u64,
+                parts: &digests,
+                whole_md5: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(verified.level, VerifyMode::Full);
+        assert!(verified.checksum.unwrap().starts_with("crc64nvme:"));
+
+        // Streamed digests that disagree with the ETag are caught (they are not trusted blindly).
+        let mut wrong = digests.clone();
+        wrong[1].md5 = Some(hex::encode([0u8; 16]));
+        assert!(
+            verify(
+                &file,
+                &expected,
+                VerifyMode::Etag,
+                &Streamed {
+                    part_size: part as u64,
+                    parts: &wrong,
+                    whole_md5: None
+                }
+            )
+            .is_err()
+        );
+    }
+}
