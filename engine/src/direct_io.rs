@@ -348,12 +348,9 @@ pub fn open_direct(path: &Path, buffered: &File) -> Option<File> {
 pub fn suits_direct_io(file: &File) -> bool {
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::AsRawFd;
-        // SAFETY: fstatfs fills the zeroed struct it is given, from a descriptor we own.
-        let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } != 0 {
+        let Ok(stats) = rustix::fs::fstatfs(file) else {
             return false;
-        }
+        };
         // ext2/3/4 share one magic number. btrfs is left out: with data checksums, direct
         // writes are its slow path.
         // The field's width differs between targets; compare at the widest.
@@ -377,11 +374,11 @@ pub fn suits_direct_io(file: &File) -> bool {
 pub fn preallocate(file: &File, size: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on a descriptor we own; mode 0 keeps the file's contents.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
-        if rc != 0 {
-            let error = io::Error::last_os_error();
+        // Mode 0 (no flags) allocates and keeps the file's contents.
+        if let Err(errno) =
+            rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size)
+        {
+            let error = io::Error::from(errno);
             if matches!(
                 error.raw_os_error(),
                 Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)

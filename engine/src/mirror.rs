@@ -32,7 +32,6 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -160,13 +159,12 @@ impl Mirror {
             .open(state_dir.join("lock"))
             .map_err(dest_error)?;
         let mode = if writer.is_some() {
-            libc::LOCK_SH
+            rustix::fs::FlockOperation::NonBlockingLockShared
         } else {
-            libc::LOCK_EX
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
         };
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), mode | libc::LOCK_NB) } != 0 {
-            return Err(lock_error(dest, std::io::Error::last_os_error()));
+        if let Err(errno) = rustix::fs::flock(&lock, mode) {
+            return Err(lock_error(dest, errno.into()));
         }
         let mirror = Self {
             dest: dest.to_path_buf(),

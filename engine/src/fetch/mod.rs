@@ -566,9 +566,7 @@ fn stop_before_promotion_if_asked(key: &str) {
         // Written straight to stderr, not through tracing: the worker's log writer is a
         // background thread, and SIGSTOP would freeze it with this line still queued.
         eprintln!("stopping before promotion (ERA5_TEST_STOP_BEFORE_PROMOTE): {key}");
-        // SAFETY: raising a signal on our own process; SIGSTOP cannot be caught.
-        unsafe {
-            libc::raise(libc::SIGSTOP);
-        }
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
     }
 }
