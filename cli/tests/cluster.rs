@@ -7,6 +7,7 @@
 
 mod support;
 
+use common::sync::MutexExt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 const PRODUCTS: &str = "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu";
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    ONE_AT_A_TIME.lock_unpoisoned()
 }
 
 /// Every object of the standard selection (Dec 2023 to Apr 2024 of three products), by the

@@ -16,6 +16,7 @@
 
 mod support;
 
+use common::sync::MutexExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
@@ -28,7 +29,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const LIMIT: Duration = Duration::from_secs(90);
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    ONE_AT_A_TIME.lock_unpoisoned()
 }
 
 /// A worker process started by the test, with its log; continued and killed on drop.

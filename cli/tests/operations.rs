@@ -4,6 +4,7 @@
 
 mod support;
 
+use common::sync::MutexExt;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::Mutex;
@@ -18,7 +19,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const LIMIT: Duration = Duration::from_secs(90);
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    ONE_AT_A_TIME.lock_unpoisoned()
 }
 
 /// GET `path` on 127.0.0.1:`port`: the status code and the body.

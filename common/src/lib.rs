@@ -10,6 +10,7 @@ pub mod object;
 pub mod paths;
 pub mod redact;
 pub mod selection;
+pub mod sync;
 pub mod units;
 
 pub use catalog::{Cadence, ObjectKey, Product, VARIABLES, Variable};

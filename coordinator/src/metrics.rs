@@ -13,6 +13,7 @@
 //!
 //! Labels have bounded cardinality: the lease state, never a job, item or lease id.
 
+use common::sync::MutexExt;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,7 +62,7 @@ struct LeaseCounts(Mutex<Counts>);
 
 impl Collector for LeaseCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counts = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = *self.0.lock_unpoisoned();
         let mut family = encoder.encode_descriptor(
             "era5_leases",
             "Lease items by state, across active and recently finished jobs",
@@ -157,7 +158,7 @@ impl CoordinatorMetrics {
                     total.done += job.counts.done;
                     total.dead += job.counts.dead;
                 }
-                *self.leases.0.lock().unwrap_or_else(|p| p.into_inner()) = total;
+                *self.leases.0.lock_unpoisoned() = total;
             }
             if let Ok(standing) = store.standing_jobs().await {
                 let follows = standing.iter().filter_map(|job| job.follow.as_ref());

@@ -22,6 +22,7 @@
 //!   streams in). Anywhere else, and for any write the kernel refuses as misaligned, writes are
 //!   buffered: the choice changes speed, never the bytes.
 
+use common::sync::MutexExt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -238,7 +239,7 @@ impl IoPool {
     /// A buffer for a new stage, or `None` when all [`MAX_STAGES`] are taken (the caller then
     /// writes buffered: waiting could deadlock on stages held by parts waiting to retry).
     pub fn try_buffer(&self) -> Option<AlignedBuf> {
-        let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stages = self.stages.lock_unpoisoned();
         if let Some(buf) = stages.spare.pop() {
             return Some(buf);
         }
@@ -265,7 +266,7 @@ impl IoPool {
             len,
             buf: stage.buf,
         };
-        let sender = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let sender = self.jobs.lock_unpoisoned().clone();
         let job = match sender {
             Some(sender) => match sender.send(job) {
                 Ok(()) => return,
@@ -281,13 +282,13 @@ impl IoPool {
 impl Drop for IoPool {
     fn drop(&mut self) {
         // Closing the queue ends the threads once it is empty.
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.jobs.lock_unpoisoned().take();
     }
 }
 
 fn run_jobs(rx: &Mutex<Receiver<Job>>, spare: &Mutex<Stages>) {
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let job = match rx.lock_unpoisoned().recv() {
             Ok(job) => job,
             Err(_) => return,
         };
@@ -314,11 +315,7 @@ fn run_job(job: Job, spare: &Mutex<Stages>) {
 
 fn recycle(stages: &Mutex<Stages>, buf: AlignedBuf) {
     // Every buffer returns here, so there are never more spares than `MAX_STAGES`.
-    stages
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .spare
-        .push(buf);
+    stages.lock_unpoisoned().spare.push(buf);
 }
 
 /// Opens `path` again for direct writes, if its filesystem is one where that is known to work

@@ -11,6 +11,7 @@
 //!   unhealthy ([`DestHealth`]); `era5 sync` then starts no more objects, and a cluster worker
 //!   releases its lease and takes none until space returns (see `agent`).
 
+use common::sync::MutexExt;
 use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
@@ -174,7 +175,7 @@ impl SpaceBudget {
             .map(|m| m.dev())
             .map_err(|e| LocalIoError::from_io(&e, dir, Some(needed)))?;
         let free = free_bytes(dir);
-        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outstanding = self.outstanding.lock_unpoisoned();
         let promised = outstanding.entry(device).or_default();
         if let Some(free) = free {
             let available = free.saturating_sub(*promised);
@@ -200,7 +201,7 @@ impl SpaceBudget {
         if bytes == 0 {
             return;
         }
-        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outstanding = self.outstanding.lock_unpoisoned();
         if let Some(promised) = outstanding.get_mut(&device) {
             *promised = promised.saturating_sub(bytes);
         }
@@ -257,23 +258,19 @@ impl DestHealth {
     pub fn failed(&self, error: &LocalIoError) {
         if error.kind.is_dest_failure() {
             self.failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .lock_unpoisoned()
                 .get_or_insert_with(|| error.clone());
         }
     }
 
     /// The failure that stops new work, if any.
     pub fn failure(&self) -> Option<LocalIoError> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.failure.lock_unpoisoned().clone()
     }
 
     /// Lets new work start again (the worker saw space return).
     pub fn clear(&self) {
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.failure.lock_unpoisoned() = None;
     }
 }
 
@@ -299,7 +296,7 @@ impl DiskGate {
     /// Closes the gate because of `error`.
     pub fn close(&self, error: &LocalIoError) {
         let wanted = (error.free.unwrap_or(0) + error.needed.unwrap_or(0)).max(MIN_FREE_TO_REOPEN);
-        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = self.closed.lock_unpoisoned();
         if closed.is_none() {
             tracing::warn!(%error, "DEST cannot take more data: releasing work and taking no leases until it can");
         }
@@ -313,8 +310,7 @@ impl DiskGate {
     /// Why it is closed, if it is.
     pub fn closed_because(&self) -> Option<String> {
         self.closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .as_ref()
             .map(|c| c.reason.clone())
     }
@@ -322,12 +318,7 @@ impl DiskGate {
     /// Reopens the gate if `dest` can take data again: enough free space for a full disk,
     /// a successful durable probe write otherwise. Returns whether it is open.
     pub fn try_reopen(&self, dest: &Path) -> bool {
-        let Some(closed) = self
-            .closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(closed) = self.closed.lock_unpoisoned().clone() else {
             return true;
         };
         let healthy = if closed.kind.wants_space() {
@@ -337,7 +328,7 @@ impl DiskGate {
         };
         if healthy {
             tracing::info!(dest = %dest.display(), "DEST can take data again: taking leases");
-            *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.closed.lock_unpoisoned() = None;
         }
         healthy
     }

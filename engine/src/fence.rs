@@ -10,6 +10,7 @@
 //! check: a worker that is paused exactly between the check and the rename is the residual
 //! case, which the manifest's file identities catch (triage re-verifies the file).
 
+use common::sync::MutexExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ impl LeaseFence {
 
     /// A renewal sent at `sent` succeeded: valid until `sent + ttl`.
     pub fn renewed(&self, sent: Instant, ttl: Duration) {
-        let mut until = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut until = self.valid_until.lock_unpoisoned();
         *until = (*until).max(sent + ttl);
     }
 
@@ -55,7 +56,7 @@ impl LeaseFence {
         if self.is_lost() {
             return Err("the lease was lost".into());
         }
-        let until = *self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *self.valid_until.lock_unpoisoned();
         let now = Instant::now();
         if now + self.margin >= until {
             return Err(format!(

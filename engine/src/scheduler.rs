@@ -10,6 +10,7 @@
 //!
 //! The window only decides admission; the hard cap on connections lives in the HTTP pool.
 
+use common::sync::MutexExt;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
@@ -131,11 +132,8 @@ impl RequestScheduler {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A poisoned lock only means a panic elsewhere; the counters are still consistent
-        // because every critical section is a few arithmetic steps.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every critical section is a few arithmetic steps: see `common::sync`.
+        self.state.lock_unpoisoned()
     }
 
     /// Waits for a place. Lower `priority` values go first.

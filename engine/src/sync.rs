@@ -12,6 +12,7 @@
 //! When DEST fills up or fails, objects that have not started are not started (they end
 //! `Local`, with the disk's error); those in flight finish or stop at their first write error.
 
+use common::sync::MutexExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,7 +184,7 @@ impl Mirrorer {
     }
 
     fn manifest(&self) -> std::sync::MutexGuard<'_, Manifest> {
-        self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+        self.manifest.lock_unpoisoned()
     }
 
     /// Makes every object present and verified, or says why not; outcomes are in the order of

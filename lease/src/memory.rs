@@ -4,6 +4,7 @@
 //! Time is monotonic (an `Instant` at creation plus elapsed time), so a wall-clock jump never
 //! expires or revives a lease.
 
+use common::sync::MutexExt;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -110,7 +111,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_unpoisoned()
     }
 
     fn reap_job(&self, job: &mut JobEntry, now: i64) -> u32 {

@@ -8,6 +8,7 @@
 //! sees when a network path silently fails. [`CountingProxy::heal`] lets bytes through
 //! again (those dropped meanwhile stay lost, as on a real partition).
 
+use common::sync::MutexExt;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
@@ -65,7 +66,7 @@ impl Counters {
     /// Client connections the kernel still sees as established (the client has sent neither
     /// FIN nor RST), whether or not the relay task has noticed yet.
     fn established(&self) -> usize {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live.lock_unpoisoned();
         let fds: std::collections::HashSet<RawFd> = live.values().copied().collect();
         fds.into_iter()
             .filter(|fd| tcp_state(*fd) == Some(TCP_ESTABLISHED))
@@ -191,8 +192,7 @@ async fn run(
         let id = counters.accepted.fetch_add(1, Ordering::SeqCst) as u64;
         counters
             .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .insert(id, client.as_raw_fd());
         counters.open.fetch_add(1, Ordering::SeqCst);
         // The peak is the kernel's view at accept: client sockets that have sent neither FIN
@@ -204,11 +204,7 @@ async fn run(
         let counters = counters.clone();
         tokio::spawn(async move {
             relay(client, upstream, &counters).await;
-            counters
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            counters.live.lock_unpoisoned().remove(&id);
             counters.open.fetch_sub(1, Ordering::SeqCst);
         });
     }

@@ -2,6 +2,7 @@
 //! in-memory bucket, with the fault layer in front. It runs on its own thread and runtime, so
 //! plain `#[test]` functions can drive child processes while it serves; dropping it stops it.
 
+use common::sync::MutexExt;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -60,7 +61,7 @@ struct Shared {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+    mutex.lock_unpoisoned()
 }
 
 /// The running server.

@@ -3,6 +3,7 @@
 //! with ranges, `If-Match`/`If-None-Match` and additional checksums, PUT, DELETE and bucket
 //! calls. Bodies are served as zero-copy slices of the stored bytes.
 
+use common::sync::MutexExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -173,7 +174,7 @@ impl MemoryS3 {
 
     fn get(&self, bucket: &str, key: &str) -> S3Result<StoredObject> {
         self.check_bucket(bucket)?;
-        let objects = self.store.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let objects = self.store.objects.lock_unpoisoned();
         objects
             .get(key)
             .cloned()
@@ -251,14 +252,9 @@ impl S3 for MemoryS3 {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
         self.check_bucket(&input.bucket)?;
-        let quirks_max = self
-            .store
-            .quirks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .max_keys;
+        let quirks_max = self.store.quirks.lock_unpoisoned().max_keys;
         let (omit_etag, claimed_sizes) = {
-            let quirks = self.store.quirks.lock().unwrap_or_else(|p| p.into_inner());
+            let quirks = self.store.quirks.lock_unpoisoned();
             (quirks.omit_etag, quirks.claimed_sizes.clone())
         };
         let requested = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
@@ -272,7 +268,7 @@ impl S3 for MemoryS3 {
             .clone()
             .or_else(|| input.start_after.clone())
             .unwrap_or_default();
-        let objects = self.store.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let objects = self.store.objects.lock_unpoisoned();
         let mut contents = Vec::new();
         let mut common_prefixes: Vec<String> = Vec::new();
         let mut last_key = None;
@@ -367,8 +363,7 @@ impl S3 for MemoryS3 {
         let claimed = self
             .store
             .quirks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .claimed_sizes
             .get(&input.key)
             .copied();
@@ -489,8 +484,7 @@ impl S3 for MemoryS3 {
         let etag = etag_value(&object.etag);
         self.store
             .objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .insert(input.key, object);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag),
@@ -504,11 +498,7 @@ impl S3 for MemoryS3 {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         self.check_bucket(&input.bucket)?;
-        self.store
-            .objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&input.key);
+        self.store.objects.lock_unpoisoned().remove(&input.key);
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 

@@ -27,6 +27,7 @@
 //! - **Stopping** is bounded: releases get [`RELEASE_WITHIN`] in all, whether or not the
 //!   coordinator answers.
 
+use common::sync::MutexExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,7 +217,7 @@ pub async fn run(
 
 impl Agent {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.held.lock_unpoisoned()
     }
 
     /// Whether DEST can take data; reopens the gate (and lets the engines start downloads

@@ -4,6 +4,7 @@
 //! the writer thread), one starts writeback (`sync_file_range` took about a sixth of the writer
 //! thread's time). See the [module](super) documentation for the measurements.
 
+use common::sync::{CondvarExt, MutexExt};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A helper thread that runs `work` on what it is offered, newest first: an offer replaces
@@ -34,9 +35,9 @@ impl<T: Send + 'static> Coalescing<T> {
                 let (lock, wake) = &*shared;
                 loop {
                     let next = {
-                        let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut slot = lock.lock_unpoisoned();
                         while slot.pending.is_none() && !slot.finished {
-                            slot = wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                            slot = wake.wait_unpoisoned(slot);
                         }
                         match slot.pending.take() {
                             Some(item) => item,
@@ -56,16 +57,16 @@ impl<T: Send + 'static> Coalescing<T> {
     /// Queues `item`, replacing one still waiting.
     pub(super) fn offer(&self, item: T) {
         let (lock, wake) = &*self.slot;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).pending = Some(item);
+        lock.lock_unpoisoned().pending = Some(item);
         wake.notify_one();
     }
 
     /// Runs what is pending and waits for the thread to end.
     pub(super) fn finish(&self) {
         let (lock, wake) = &*self.slot;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+        lock.lock_unpoisoned().finished = true;
         wake.notify_one();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock_unpoisoned().take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }

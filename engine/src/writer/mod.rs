@@ -47,6 +47,7 @@
 //! - [`coalescing`]: the helper threads (saving the resume state, starting writeback) on which
 //!   the newest request wins.
 
+use common::sync::CondvarExt;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -283,11 +284,7 @@ impl Writer {
         }
         let mut record = self.shared.lock();
         while record.in_flight > 0 {
-            record = self
-                .shared
-                .drained
-                .wait(record)
-                .unwrap_or_else(|e| e.into_inner());
+            record = self.shared.drained.wait_unpoisoned(record);
         }
         // Keep what is done for a resume. A complete download is verified and promoted next,
         // which makes it durable anyway: saving it now would only cost an fdatasync.

@@ -9,6 +9,7 @@
 //! thread because the I/O threads reach it too ([`WriteDone`]), from outside the writer's
 //! queue.
 
+use common::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ pub(super) struct Failed {
 
 impl Failed {
     pub(super) fn set(&self, error: std::io::Error) {
-        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.error.lock_unpoisoned();
         if slot.is_none() {
             tracing::warn!(%error, "writing a temporary file failed: stopping the object");
             *slot = Some(error);
@@ -40,14 +41,11 @@ impl Failed {
     }
 
     pub(super) fn is_set(&self) -> bool {
-        self.error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.error.lock_unpoisoned().is_some()
     }
 
     pub(super) fn take(&self) -> Option<std::io::Error> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.error.lock_unpoisoned().take()
     }
 }
 
@@ -81,7 +79,7 @@ pub(super) struct Waiting {
 
 impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
+        self.record.lock_unpoisoned()
     }
 
     pub(super) fn fail(&self, error: std::io::Error) {
