@@ -41,41 +41,25 @@ use redis::{AsyncCommands, Script};
 
 use lease::Error;
 use lease::model::{
-    Ack, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus, JobSpec,
-    JobStatus, LeasePolicy, LeaseRef, MAX_ACQUIRE, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT,
-    Sample, SelectionSpec, SourceSpec, WorkerMetrics, WorkerStatus, now_ms, random_id,
+    Ack, FollowSpec, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy,
+    LeaseRef, MAX_ACQUIRE, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, SelectionSpec,
+    SourceSpec, WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
-use lease::store::{FailOutcome, ItemPage, LeaseStore, PAGE_SCAN_BUDGET, Pruned, RecentJobs};
+use lease::store::{FailOutcome, ItemPage, LeaseStore, Pruned, RecentJobs};
 
-const JOBS: &str = "era5:jobs";
-/// Jobs that may still have work to grant; acquire walks only these.
-const ACTIVE: &str = "era5:active";
-const WORKERS: &str = "era5:workers";
-/// Standing jobs by next pass (ms).
-const STANDING: &str = "era5:standing";
-/// Per worker: a list of samples (newest first) and a gate key that lets one in per period.
-fn history_key(worker: &str) -> String {
-    format!("era5:history:{worker}")
-}
-const DRAIN: &str = "era5:drain";
+mod connection;
+mod keys;
+mod views;
+
+pub use connection::{RedisTarget, target};
+use keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, WORKERS, brief, history_key};
+
 /// Items written per pipeline when a job is created (a million-object job has ~30 000).
 const CREATE_CHUNK: usize = 2_000;
 /// Jobs looked at per pruning pass (the oldest first); the next pass takes the rest.
 const PRUNE_BATCH: isize = 500;
 /// Item ids read per round trip when a page walks the plan order.
 const PAGE_CHUNK: usize = 1_000;
-/// The per-item fields a page of leases shows, in the order `items_page` reads them.
-const PAGE_FIELDS: [&str; 9] = [
-    "state",
-    "epoch",
-    "holder",
-    "attempts",
-    "expiries",
-    "error",
-    "bytes_done",
-    "bytes",
-    "brief",
-];
 
 fn script(body: &str) -> Script {
     Script::new(&format!(
@@ -114,41 +98,6 @@ impl Scripts {
     }
 }
 
-/// The keys of one job.
-struct JobKeys {
-    meta: String,
-    state: String,
-    pending: String,
-    leased: String,
-    items: String,
-    order: String,
-}
-
-impl JobKeys {
-    fn new(job_id: &str) -> Self {
-        let tag = format!("era5:{{{job_id}}}");
-        Self {
-            meta: format!("{tag}:meta"),
-            state: format!("{tag}:st"),
-            pending: format!("{tag}:pending"),
-            leased: format!("{tag}:leased"),
-            items: format!("{tag}:items"),
-            order: format!("{tag}:order"),
-        }
-    }
-
-    /// Prepares `script` with the five keys every transition declares.
-    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.key(&self.meta);
-        invocation
-            .key(&self.state)
-            .key(&self.pending)
-            .key(&self.leased)
-            .key(&self.items);
-        invocation
-    }
-}
-
 /// The Redis store.
 pub struct RedisStore {
     /// Set once the first connection succeeded; the manager then reconnects by itself.
@@ -172,215 +121,7 @@ fn ack(status: &str) -> Ack {
     }
 }
 
-/// Where the store's Redis is, checked: a parsed `redis://` or `rediss://` URL with its TLS
-/// roots. Callers (the `era5 coordinator` flags) get one without naming the `redis` crate.
-#[derive(Clone)]
-pub struct RedisTarget(redis::Client);
-
-/// The Redis at `url` (`redis://` or `rediss://`). With `ca_pem`, a `rediss://` server must
-/// present a certificate that chains to it (otherwise to the system's roots). A bad URL is an
-/// `InvalidArgument` naming it, with any password redacted.
-pub fn target(url: &str, ca_pem: Option<&[u8]>) -> Result<RedisTarget, Error> {
-    client(url, ca_pem).map(RedisTarget)
-}
-
-fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> {
-    let bad = |e: redis::RedisError| {
-        Error::InvalidArgument(common::redact::scrub_url_from(
-            &format!("invalid --redis `{}`: {e}", common::redact::redact_url(url)),
-            url,
-        ))
-    };
-    match ca_pem {
-        None => redis::Client::open(url).map_err(bad),
-        Some(ca) => {
-            if !url.starts_with("rediss://") {
-                return Err(Error::InvalidArgument(format!(
-                    "--redis-ca is given but --redis `{}` is not a rediss:// URL",
-                    common::redact::redact_url(url)
-                )));
-            }
-            redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.to_vec()),
-                },
-            )
-            .map_err(bad)
-        }
-    }
-}
-
-/// What a page of leases shows of an item spec, without its object list.
-fn brief(item: &ItemSpec) -> String {
-    format!(
-        "{}\t{}\t{}\t{}",
-        item.product,
-        item.start,
-        item.end,
-        item.objects.len()
-    )
-}
-
-/// How a job's items are walked in plan order.
-enum Order {
-    /// The job's `order` index.
-    Index,
-    /// Every id, sorted (a job created before the index existed).
-    Loaded(Vec<String>),
-}
-
 impl RedisStore {
-    /// A store for `url` that connects in the background: until Redis answers, every call
-    /// fails with `Unavailable` (the coordinator reports not ready) instead of blocking or
-    /// failing start-up. Once connected, the connection manager reconnects by itself.
-    pub fn connect_lazily(url: &str, policy: LeasePolicy) -> Result<Self, Error> {
-        Ok(Self::with_target(target(url, None)?, policy))
-    }
-
-    /// Like [`RedisStore::connect_lazily`], over a prepared client (TLS with a private CA).
-    pub fn with_target(RedisTarget(client): RedisTarget, policy: LeasePolicy) -> Self {
-        let connection = Arc::new(tokio::sync::OnceCell::new());
-        let cell = connection.clone();
-        tokio::spawn(async move {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(5)))
-                .set_number_of_retries(2);
-            // The one backoff of the code base (full jitter), as for S3 and the workers' calls.
-            let mut backoff = transport::retry::RetryPolicy::reconnect().backoff_sequence();
-            loop {
-                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                    Ok(manager) => {
-                        let _ = cell.set(manager);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "redis is not reachable yet; retrying");
-                        tokio::time::sleep(backoff.next_wait()).await;
-                    }
-                }
-            }
-        });
-        Self {
-            connection,
-            policy,
-            scripts: Scripts::load(),
-            source: None,
-        }
-    }
-
-    /// Grants only jobs of `source`: a coordinator hands out work from its own source and
-    /// nobody else's, whatever another coordinator wrote into the same Redis.
-    pub fn pinned_to(mut self, source: SourceSpec) -> Self {
-        self.source = Some(source);
-        self
-    }
-
-    /// Connects and waits until Redis answers (at most 10 s).
-    pub async fn connect(url: &str, policy: LeasePolicy) -> Result<Self, Error> {
-        let store = Self::connect_lazily(url, policy)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while store.connection.get().is_none() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Unavailable(format!(
-                    "no answer from {}",
-                    transport::redact_url(url)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(store)
-    }
-
-    fn conn(&self) -> Result<ConnectionManager, Error> {
-        self.connection
-            .get()
-            .cloned()
-            .ok_or_else(|| Error::Unavailable("not connected to redis yet".into()))
-    }
-
-    async fn job_ids(&self) -> Result<Vec<String>, Error> {
-        self.conn()?.zrange(JOBS, 0, -1).await.map_err(unavailable)
-    }
-
-    async fn status_of(&self, job_id: &str) -> Result<JobStatus, Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let meta: HashMap<String, String> = conn.hgetall(&keys.meta).await.map_err(unavailable)?;
-        if meta.is_empty() {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        let (pending, leased_items): (u32, Vec<String>) = redis::pipe()
-            .zcard(&keys.pending)
-            .zrange(&keys.leased, 0, -1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let leased_progress: u64 = if leased_items.is_empty() {
-            0
-        } else {
-            let fields: Vec<String> = leased_items
-                .iter()
-                .map(|i| format!("{i}|bytes_done"))
-                .collect();
-            let values: Vec<Option<u64>> = redis::cmd("HMGET")
-                .arg(&keys.state)
-                .arg(fields)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            values.into_iter().flatten().sum()
-        };
-        let number = |name: &str| {
-            meta.get(name)
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        let spec: (SelectionSpec, SourceSpec) = meta
-            .get("spec")
-            .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
-        let counts = Counts {
-            pending,
-            leased: leased_items.len() as u32,
-            done: number("done") as u32,
-            dead: number("dead") as u32,
-        };
-        let started = number("started");
-        let follow = match meta.get("follow") {
-            None => None,
-            Some(json) => {
-                let spec: FollowSpec = serde_json::from_str(json)
-                    .map_err(|e| Error::Corrupt(format!("job {job_id}: follow: {e}")))?;
-                let next_check: Option<i64> =
-                    conn.zscore(STANDING, job_id).await.map_err(unavailable)?;
-                Some(FollowStatus {
-                    interval_ms: spec.interval_ms,
-                    next_check_ms: next_check.unwrap_or(0),
-                    passes: number("follow_passes") as u64,
-                    last_success_ms: number("follow_success"),
-                    last_error: meta.get("follow_error").cloned().unwrap_or_default(),
-                })
-            }
-        };
-        Ok(JobStatus {
-            follow,
-            job_id: job_id.to_string(),
-            state: counts.job_state(number("cancelled") == 1, started > 0),
-            counts,
-            objects_total: number("objects_total") as u64,
-            bytes_total: number("bytes_total") as u64,
-            bytes_done: number("done_bytes") as u64 + leased_progress,
-            created_ms: number("created"),
-            started_ms: started,
-            finished_ms: number("finished"),
-            selection: spec.0,
-            source: spec.1,
-        })
-    }
-
     /// Writes `items` and their pending states, a chunk per round trip.
     async fn write_items(&self, keys: &JobKeys, items: &[ItemSpec]) -> Result<(), Error> {
         let mut conn = self.conn()?;
@@ -428,127 +169,6 @@ impl RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(())
-    }
-
-    /// How to walk `job_id`'s items in plan order; `UnknownJob` if there is no such job.
-    async fn order_of(&self, keys: &JobKeys, job_id: &str) -> Result<Order, Error> {
-        let mut conn = self.conn()?;
-        let (exists, indexed): (bool, u64) = redis::pipe()
-            .exists(&keys.meta)
-            .zcard(&keys.order)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if !exists {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        if indexed > 0 {
-            return Ok(Order::Index);
-        }
-        let mut ids: Vec<String> = conn.hkeys(&keys.items).await.map_err(unavailable)?;
-        ids.sort_unstable();
-        Ok(Order::Loaded(ids))
-    }
-
-    /// Up to `count` item ids after `after` in plan order.
-    async fn ids_after(
-        &self,
-        keys: &JobKeys,
-        order: &Order,
-        after: &str,
-        count: usize,
-    ) -> Result<Vec<String>, Error> {
-        match order {
-            Order::Index => {
-                let from = if after.is_empty() {
-                    "-".to_string()
-                } else {
-                    format!("({after}")
-                };
-                redis::cmd("ZRANGEBYLEX")
-                    .arg(&keys.order)
-                    .arg(from)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(count)
-                    .query_async(&mut self.conn()?)
-                    .await
-                    .map_err(unavailable)
-            }
-            Order::Loaded(ids) => {
-                let start = ids.partition_point(|id| id.as_str() <= after);
-                Ok(ids[start..(start + count).min(ids.len())].to_vec())
-            }
-        }
-    }
-
-    /// The ids of one page: plan order after `after`, filtered by state, within the scan
-    /// budget; and where the next page starts.
-    async fn page_ids(
-        &self,
-        keys: &JobKeys,
-        job_id: &str,
-        state: Option<ItemState>,
-        after: &str,
-        limit: usize,
-    ) -> Result<(Vec<String>, Option<String>), Error> {
-        let order = self.order_of(keys, job_id).await?;
-        let Some(wanted) = state else {
-            let mut ids = self.ids_after(keys, &order, after, limit + 1).await?;
-            let next = (ids.len() > limit).then(|| ids[limit - 1].clone());
-            ids.truncate(limit);
-            return Ok((ids, next));
-        };
-        if matches!(wanted, ItemState::Pending | ItemState::Leased) {
-            // Both states have their own set; the leased one is small.
-            let set = if wanted == ItemState::Leased {
-                &keys.leased
-            } else {
-                &keys.pending
-            };
-            let mut ids: Vec<String> =
-                self.conn()?.zrange(set, 0, -1).await.map_err(unavailable)?;
-            ids.retain(|id| id.as_str() > after);
-            ids.sort_unstable();
-            let next = (ids.len() > limit).then(|| ids[limit - 1].clone());
-            ids.truncate(limit);
-            return Ok((ids, next));
-        }
-        let mut picked = Vec::new();
-        let mut cursor = after.to_string();
-        let mut scanned = 0;
-        loop {
-            let batch = self.ids_after(keys, &order, &cursor, PAGE_CHUNK).await?;
-            let Some(last) = batch.last() else {
-                return Ok((picked, None));
-            };
-            let fields: Vec<String> = batch.iter().map(|id| format!("{id}|state")).collect();
-            let states: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(&keys.state)
-                .arg(fields)
-                .query_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?;
-            for (id, item_state) in batch.iter().zip(states) {
-                if picked.len() == limit {
-                    // A full page, and more items follow it.
-                    return Ok((picked, Some(cursor)));
-                }
-                cursor.clone_from(id);
-                if item_state.as_deref().and_then(ItemState::parse) == Some(wanted) {
-                    picked.push(id.clone());
-                }
-            }
-            scanned += batch.len();
-            if batch.len() < PAGE_CHUNK {
-                return Ok((picked, None));
-            }
-            if scanned >= PAGE_SCAN_BUDGET {
-                cursor.clone_from(last);
-                return Ok((picked, Some(cursor)));
-            }
-        }
     }
 
     async fn transition(
@@ -861,11 +481,7 @@ impl LeaseStore for RedisStore {
     }
 
     async fn jobs(&self) -> Result<Vec<JobStatus>, Error> {
-        let mut jobs = Vec::new();
-        for job_id in self.job_ids().await? {
-            jobs.push(self.status_of(&job_id).await?);
-        }
-        Ok(jobs)
+        self.jobs_view().await
     }
 
     async fn job(&self, job_id: &str) -> Result<JobStatus, Error> {
@@ -873,50 +489,7 @@ impl LeaseStore for RedisStore {
     }
 
     async fn items(&self, job_id: &str) -> Result<Vec<ItemStatus>, Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let specs: HashMap<String, String> =
-            conn.hgetall(&keys.items).await.map_err(unavailable)?;
-        if specs.is_empty() {
-            self.status_of(job_id).await?;
-        }
-        let state: HashMap<String, String> =
-            conn.hgetall(&keys.state).await.map_err(unavailable)?;
-        let field = |item: &str, name: &str| {
-            state
-                .get(&format!("{item}|{name}"))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let number = |item: &str, name: &str| field(item, name).parse::<u64>().unwrap_or(0);
-        let mut items: Vec<ItemStatus> = Vec::with_capacity(specs.len());
-        for (item_id, spec) in specs {
-            let spec: ItemSpec =
-                serde_json::from_str(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
-            let item_state =
-                ItemState::parse(&field(&item_id, "state")).unwrap_or(ItemState::Pending);
-            items.push(ItemStatus {
-                product: spec.product.clone(),
-                start: spec.start.clone(),
-                end: spec.end.clone(),
-                objects: spec.objects.len() as u32,
-                bytes: spec.bytes(),
-                state: item_state,
-                epoch: number(&item_id, "epoch"),
-                holder: field(&item_id, "holder"),
-                attempts: number(&item_id, "attempts") as u32,
-                expiries: number(&item_id, "expiries") as u32,
-                last_error: field(&item_id, "error"),
-                bytes_done: match item_state {
-                    ItemState::Done => spec.bytes(),
-                    ItemState::Leased => number(&item_id, "bytes_done"),
-                    _ => 0,
-                },
-                item_id,
-            });
-        }
-        items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
-        Ok(items)
+        self.items_view(job_id).await
     }
 
     async fn items_page(
@@ -926,99 +499,7 @@ impl LeaseStore for RedisStore {
         after: &str,
         limit: usize,
     ) -> Result<ItemPage, Error> {
-        let keys = JobKeys::new(job_id);
-        let (ids, next) = self
-            .page_ids(&keys, job_id, state, after, limit.max(1))
-            .await?;
-        if ids.is_empty() {
-            return Ok(ItemPage {
-                items: Vec::new(),
-                next,
-            });
-        }
-        let fields: Vec<String> = ids
-            .iter()
-            .flat_map(|id| PAGE_FIELDS.iter().map(move |f| format!("{id}|{f}")))
-            .collect();
-        let mut conn = self.conn()?;
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(&keys.state)
-            .arg(fields)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        // Jobs created before briefs existed: read those items' specs instead.
-        let unbriefed: Vec<&String> = ids
-            .iter()
-            .zip(values.chunks(PAGE_FIELDS.len()))
-            .filter(|(_, v)| v[8].is_none())
-            .map(|(id, _)| id)
-            .collect();
-        let mut specs: HashMap<String, String> = HashMap::new();
-        if !unbriefed.is_empty() {
-            let found: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(&keys.items)
-                .arg(&unbriefed)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for (id, spec) in unbriefed.into_iter().zip(found) {
-                if let Some(spec) = spec {
-                    specs.insert(id.clone(), spec);
-                }
-            }
-        }
-        let mut items = Vec::with_capacity(ids.len());
-        for (id, v) in ids.into_iter().zip(values.chunks(PAGE_FIELDS.len())) {
-            let text = |i: usize| v[i].clone().unwrap_or_default();
-            let number = |i: usize| {
-                v[i].as_deref()
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            let (product, start, end, objects) = match &v[8] {
-                Some(brief) => {
-                    let mut parts = brief.split('\t');
-                    let mut next = || parts.next().unwrap_or_default().to_string();
-                    let (product, start, end) = (next(), next(), next());
-                    (product, start, end, next().parse().unwrap_or(0))
-                }
-                None => {
-                    let spec: ItemSpec = specs
-                        .get(&id)
-                        .and_then(|s| serde_json::from_str(s).ok())
-                        .ok_or_else(|| {
-                            Error::Corrupt(format!(
-                                "item {id} of job {job_id} has no readable spec"
-                            ))
-                        })?;
-                    let objects = spec.objects.len() as u32;
-                    (spec.product, spec.start, spec.end, objects)
-                }
-            };
-            let item_state = ItemState::parse(&text(0)).unwrap_or(ItemState::Pending);
-            let bytes = number(7);
-            items.push(ItemStatus {
-                item_id: id,
-                product,
-                start,
-                end,
-                objects,
-                bytes,
-                state: item_state,
-                epoch: number(1),
-                holder: text(2),
-                attempts: number(3) as u32,
-                expiries: number(4) as u32,
-                last_error: text(5),
-                bytes_done: match item_state {
-                    ItemState::Done => bytes,
-                    ItemState::Leased => number(6),
-                    _ => 0,
-                },
-            });
-        }
-        Ok(ItemPage { items, next })
+        self.items_page_view(job_id, state, after, limit).await
     }
 
     async fn job_cancelled(&self, job_id: &str) -> Result<bool, Error> {
@@ -1034,33 +515,7 @@ impl LeaseStore for RedisStore {
     }
 
     async fn recent_jobs(&self, recent: usize) -> Result<RecentJobs, Error> {
-        let mut conn = self.conn()?;
-        let mut pipe = redis::pipe();
-        pipe.zrange_withscores(ACTIVE, 0, -1).zcard(JOBS);
-        if recent > 0 {
-            pipe.zrevrange_withscores(JOBS, 0, recent as isize - 1);
-        } else {
-            pipe.zrevrange_withscores(JOBS, 1, 0);
-        }
-        let (active, total, newest): (Vec<(String, f64)>, u64, Vec<(String, f64)>) =
-            pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let mut ids: Vec<(f64, String)> = active
-            .into_iter()
-            .chain(newest)
-            .map(|(id, created)| (created, id))
-            .collect();
-        ids.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        ids.dedup_by(|a, b| a.1 == b.1);
-        let mut jobs = Vec::with_capacity(ids.len());
-        for (_, job_id) in ids {
-            match self.status_of(&job_id).await {
-                Ok(job) => jobs.push(job),
-                // Deleted between the two reads (retention): not worth failing the view.
-                Err(Error::UnknownJob(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(RecentJobs { jobs, total })
+        self.recent_jobs_view(recent).await
     }
 
     async fn claim_due_passes(&self, max: usize) -> Result<Vec<(String, FollowSpec)>, Error> {
@@ -1244,43 +699,11 @@ impl LeaseStore for RedisStore {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerStatus>, Error> {
-        let mut conn = self.conn()?;
-        let (all, draining): (HashMap<String, String>, Vec<String>) = redis::pipe()
-            .hgetall(WORKERS)
-            .smembers(DRAIN)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let mut workers: Vec<WorkerStatus> = all
-            .values()
-            .filter_map(|json| serde_json::from_str::<WorkerStatus>(json).ok())
-            .map(|mut w| {
-                w.draining = draining.contains(&w.name);
-                w
-            })
-            .collect();
-        workers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(workers)
+        self.workers_view().await
     }
 
     async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, Error> {
-        let mut conn = self.conn()?;
-        let names: Vec<String> = conn.hkeys(WORKERS).await.map_err(unavailable)?;
-        let mut history = Vec::new();
-        for name in names {
-            let points: Vec<String> = conn
-                .lrange(history_key(&name), 0, -1)
-                .await
-                .map_err(unavailable)?;
-            let mut samples: Vec<Sample> = points
-                .iter()
-                .filter_map(|p| serde_json::from_str(p).ok())
-                .collect();
-            samples.reverse();
-            history.push((name, samples));
-        }
-        history.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(history)
+        self.history_view().await
     }
 
     async fn drain(&self, worker: &str) -> Result<(), Error> {

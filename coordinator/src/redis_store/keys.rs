@@ -1,0 +1,65 @@
+//! The key names (the parent module's doc draws the layout), the keys of one job, and an
+//! item's brief: the one value whose format the writer (job creation) and a reader (a page of
+//! leases) share.
+
+use redis::Script;
+
+use lease::model::ItemSpec;
+
+pub(super) const JOBS: &str = "era5:jobs";
+/// Jobs that may still have work to grant; acquire walks only these.
+pub(super) const ACTIVE: &str = "era5:active";
+pub(super) const WORKERS: &str = "era5:workers";
+/// Standing jobs by next pass (ms).
+pub(super) const STANDING: &str = "era5:standing";
+/// Per worker: a list of samples (newest first) and a gate key that lets one in per period.
+pub(super) fn history_key(worker: &str) -> String {
+    format!("era5:history:{worker}")
+}
+pub(super) const DRAIN: &str = "era5:drain";
+
+/// The keys of one job.
+pub(super) struct JobKeys {
+    pub(super) meta: String,
+    pub(super) state: String,
+    pub(super) pending: String,
+    pub(super) leased: String,
+    pub(super) items: String,
+    pub(super) order: String,
+}
+
+impl JobKeys {
+    pub(super) fn new(job_id: &str) -> Self {
+        let tag = format!("era5:{{{job_id}}}");
+        Self {
+            meta: format!("{tag}:meta"),
+            state: format!("{tag}:st"),
+            pending: format!("{tag}:pending"),
+            leased: format!("{tag}:leased"),
+            items: format!("{tag}:items"),
+            order: format!("{tag}:order"),
+        }
+    }
+
+    /// Prepares `script` with the five keys every transition declares.
+    pub(super) fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.meta);
+        invocation
+            .key(&self.state)
+            .key(&self.pending)
+            .key(&self.leased)
+            .key(&self.items);
+        invocation
+    }
+}
+
+/// What a page of leases shows of an item spec, without its object list.
+pub(super) fn brief(item: &ItemSpec) -> String {
+    format!(
+        "{}\t{}\t{}\t{}",
+        item.product,
+        item.start,
+        item.end,
+        item.objects.len()
+    )
+}
