@@ -2,6 +2,7 @@
 //! file; across files, the record matching the file at the path), and compaction, which writes
 //! that merge as the new snapshot.
 
+use rustix::fs::FlockOperation;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ pub(super) fn compact_dead_journals(
     state_dir: &Path,
     lock: &File,
 ) -> std::io::Result<()> {
-    if flock(lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+    if flock(lock, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(());
     }
     let snapshot = state_dir.join(SNAPSHOT);
@@ -40,7 +41,7 @@ pub(super) fn compact_dead_journals(
             "compacted finished manifest journals into the snapshot"
         );
     }
-    flock(lock, libc::LOCK_UN)
+    flock(lock, FlockOperation::Unlock)
 }
 
 /// What loading found.

@@ -30,9 +30,9 @@
 //!   strings), sorted by the MD5 of its key: a million records take about 80 MiB, and loading
 //!   them streams line by line.
 
+use rustix::fs::FlockOperation;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -141,13 +141,8 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-fn flock(file: &File, mode: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), mode) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+fn flock(file: &File, operation: FlockOperation) -> std::io::Result<()> {
+    rustix::fs::flock(file, operation).map_err(std::io::Error::from)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -167,7 +162,7 @@ fn dead_journals(
     let mut dead = Vec::new();
     for path in journal_files(&state_dir.join(JOURNALS))? {
         let file = File::open(&path)?;
-        if all_dead || flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+        if all_dead || flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             let len = file.metadata()?.len();
             dead.push((path, len));
         }

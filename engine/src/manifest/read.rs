@@ -2,6 +2,7 @@
 //! [`read_records`] reads every record without locking or creating anything, and
 //! [`forget_records`] takes records out (`era5 verify --repair`).
 
+use rustix::fs::FlockOperation;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -29,7 +30,7 @@ pub fn forget_records(
         .truncate(false)
         .write(true)
         .open(state_dir.join(COMPACT_LOCK))?;
-    flock(&compact_lock, libc::LOCK_EX)?;
+    flock(&compact_lock, FlockOperation::LockExclusive)?;
     let (dead, legacy) = dead_journals(state_dir, true)?;
     let mut sources = vec![snapshot.clone()];
     sources.extend(legacy);

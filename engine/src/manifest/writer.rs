@@ -2,6 +2,7 @@
 //! first when they have grown), looked up by triage, and appended to in batches, each written
 //! and fsynced at once, to the process's own journal (to the snapshot for `era5 sync`).
 
+use rustix::fs::FlockOperation;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -49,7 +50,7 @@ impl Manifest {
         match writer {
             None => {
                 // DEST is ours alone: every journal is dead, and legacy ones may go too.
-                flock(&compact_lock, libc::LOCK_EX)?;
+                flock(&compact_lock, FlockOperation::LockExclusive)?;
                 let (dead, legacy) = dead_journals(state_dir, true)?;
                 let mut sources = vec![snapshot.clone()];
                 sources.extend(legacy.iter().cloned());
@@ -75,7 +76,7 @@ impl Manifest {
                 compact_dead_journals(&dest, state_dir, &compact_lock)?;
                 // From here until the load ends no compaction runs: none may take a journal
                 // being read, nor mistake ours for a dead one before we lock it.
-                flock(&compact_lock, libc::LOCK_SH)?;
+                flock(&compact_lock, FlockOperation::LockShared)?;
                 let path = journals.join(format!(
                     "{}.{:x}-{:x}-{:016x}.jsonl",
                     sanitize(name),
@@ -84,7 +85,7 @@ impl Manifest {
                     rand::random::<u64>()
                 ));
                 let (journal, journal_len) = open_journal(&path)?;
-                flock(&journal, libc::LOCK_EX | libc::LOCK_NB)?;
+                flock(&journal, FlockOperation::NonBlockingLockExclusive)?;
                 let (_, legacy) = dead_journals(state_dir, true)?;
                 let mut sources = vec![snapshot];
                 sources.extend(legacy);
