@@ -177,7 +177,7 @@ impl Archive {
         let mut total = 0u128;
         for space in &self.products {
             for month in self.months(space.product) {
-                for (key, variable) in self.folder_keys(space, month) {
+                for (key, variable) in Self::folder_keys(space, month) {
                     total += u128::from(modelled_size(&key, variable));
                 }
             }
@@ -186,11 +186,7 @@ impl Archive {
     }
 
     /// The keys of one month folder of one product, sorted.
-    fn folder_keys(
-        &self,
-        space: &ProductSpace,
-        month: YearMonth,
-    ) -> Vec<(String, &'static Variable)> {
+    fn folder_keys(space: &ProductSpace, month: YearMonth) -> Vec<(String, &'static Variable)> {
         let windows = space.product.windows_in_month(month);
         let mut keys: Vec<(String, &'static Variable)> = space
             .variables
@@ -307,7 +303,7 @@ impl Archive {
                     last_prefix = Some(common.to_string());
                     continue;
                 }
-                for (key, variable) in self.folder_keys(space, month) {
+                for (key, variable) in Self::folder_keys(space, month) {
                     if !key.starts_with(prefix) || key.as_str() <= after {
                         continue;
                     }

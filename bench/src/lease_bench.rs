@@ -63,14 +63,14 @@ async fn main() {
                 flag(&args, "--workers", Some(16)),
                 flag(&args, "--items", Some(20_000)),
             )
-            .await
+            .await;
         }
         Some("plan") => {
             plan(
                 flag(&args, "--redis", None),
                 flag(&args, "--objects", Some(1_000_000)),
             )
-            .await
+            .await;
         }
         Some("sessions") => {
             sessions(
@@ -80,7 +80,7 @@ async fn main() {
                 flag(&args, "--leases", Some(2)),
                 flag(&args, "--seconds", Some(60)),
             )
-            .await
+            .await;
         }
         Some("status") => {
             status(
@@ -88,7 +88,7 @@ async fn main() {
                 flag(&args, "--redis", None),
                 flag(&args, "--objects", Some(798_790)),
             )
-            .await
+            .await;
         }
         _ => usage(),
     }

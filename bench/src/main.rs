@@ -113,7 +113,7 @@ fn main() {
             "--listen" => {
                 listen = value
                     .parse()
-                    .unwrap_or_else(|_| fail(&format!("bad --listen `{value}`")))
+                    .unwrap_or_else(|_| fail(&format!("bad --listen `{value}`")));
             }
             "--dir" => dir = Some(PathBuf::from(value)),
             "--bucket" => bucket = value,
@@ -126,7 +126,7 @@ fn main() {
                         fail(&format!(
                             "bad --conn-rate `{value}`: expected bytes per second, e.g. 8MiB"
                         ))
-                    })
+                    });
             }
             "--scale" => {
                 let scale: f64 = value
@@ -137,10 +137,10 @@ fn main() {
                 archive.get_or_insert_with(ArchiveOptions::default).scale = Some(scale);
             }
             "--first-month" => {
-                archive.get_or_insert_with(ArchiveOptions::default).first = month("--first-month")
+                archive.get_or_insert_with(ArchiveOptions::default).first = month("--first-month");
             }
             "--last-month" => {
-                archive.get_or_insert_with(ArchiveOptions::default).last = month("--last-month")
+                archive.get_or_insert_with(ArchiveOptions::default).last = month("--last-month");
             }
             other => fail(&format!("unknown flag `{other}`; {USAGE}")),
         }
@@ -249,8 +249,7 @@ fn index(dir: &Path, part: u64) -> std::io::Result<BTreeMap<String, Entry>> {
         let modified = meta
             .modified()
             .ok()
-            .map(httpdate)
-            .unwrap_or_else(|| httpdate(std::time::SystemTime::UNIX_EPOCH));
+            .map_or_else(|| httpdate(std::time::SystemTime::UNIX_EPOCH), httpdate);
         objects.insert(
             key,
             Entry {
@@ -326,8 +325,10 @@ fn httpdate(time: std::time::SystemTime) -> String {
 fn iso8601(http_date: &str) -> String {
     jiff::fmt::strtime::parse("%a, %d %b %Y %H:%M:%S GMT", http_date)
         .and_then(|t| t.to_datetime())
-        .map(|dt| dt.strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string())
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+        .map_or_else(
+            |_| "1970-01-01T00:00:00.000Z".into(),
+            |dt| dt.strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string(),
+        )
 }
 
 struct Request {
@@ -390,18 +391,15 @@ fn decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                if let Some(value) = std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                 {
-                    Some(value) => {
-                        out.push(value);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
+                    out.push(value);
+                    i += 3;
+                } else {
+                    out.push(b'%');
+                    i += 1;
                 }
             }
             b'+' => {
@@ -735,7 +733,8 @@ fn send_file(
         let want = pacer.chunk(remaining.min(1 << 30));
         pacer.wait(want);
         // SAFETY: both descriptors are open for the duration of the call; offset is ours.
-        let sent = unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
+        let sent =
+            unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &raw mut offset, want) };
         if sent <= 0 {
             let error = std::io::Error::last_os_error();
             if sent < 0 && error.kind() == std::io::ErrorKind::Interrupted {

@@ -30,7 +30,7 @@ fn main() {
                 records = rest
                     .next()
                     .and_then(|n| n.parse().ok())
-                    .expect("--records N")
+                    .expect("--records N");
             }
             "--dir" => dir = PathBuf::from(rest.next().expect("--dir DIR")),
             other => {
@@ -46,10 +46,10 @@ fn main() {
     if have.as_deref() != Some(&records.to_string()) {
         generate(&state, records);
     }
-    let bytes = std::fs::metadata(&snapshot).map(|m| m.len()).unwrap_or(0);
+    let bytes = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
     println!(
         "manifest: {wanted_lines} records, {:.0} MiB on disk",
-        bytes as f64 / (1 << 20) as f64
+        bytes as f64 / f64::from(1 << 20)
     );
     println!("| opened as | records | load s | peak RSS MiB |");
     println!("|---|---:|---:|---:|");

@@ -80,7 +80,7 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
                 }
             }
             Err(error) => {
-                eprintln!("era5: warning: {error}; expecting every month of the range")
+                eprintln!("era5: warning: {error}; expecting every month of the range");
             }
         }
     }

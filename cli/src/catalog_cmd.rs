@@ -170,8 +170,7 @@ fn write_table(out: &mut impl Write, products: &[ProductView]) -> std::io::Resul
         let cadence = Product::ALL
             .into_iter()
             .find(|p| p.name() == product.name)
-            .map(|p| p.cadence().describe())
-            .unwrap_or(product.cadence);
+            .map_or(product.cadence, |p| p.cadence().describe());
         writeln!(out, "{}: {cadence}", product.name)?;
         writeln!(
             out,

@@ -302,38 +302,35 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         Duration::from_secs(args.keepalive_interval),
         Some(Duration::from_secs(args.rpc_timeout)),
     )?;
-    let name = match &channel.tls {
-        Some(tls) => {
-            let identity = tls.identity().map_err(|e| Failure::Input(e.to_string()))?;
-            if identity.role != Role::Worker {
-                return Err(Failure::Input(format!(
-                    "--tls-cert `{}` is {identity}, not a worker's certificate (spiffe://<trust-domain>/era5/worker/<name>)",
-                    tls.files.cert.display()
-                )));
-            }
-            if let Some(name) = &args.name
-                && *name != identity.name
-            {
-                return Err(bad(
-                    "--name",
-                    name,
-                    format!(
-                        "with TLS the worker's name is its certificate's, `{}`",
-                        identity.name
-                    ),
-                ));
-            }
-            identity.name
+    let name = if let Some(tls) = &channel.tls {
+        let identity = tls.identity().map_err(|e| Failure::Input(e.to_string()))?;
+        if identity.role != Role::Worker {
+            return Err(Failure::Input(format!(
+                "--tls-cert `{}` is {identity}, not a worker's certificate (spiffe://<trust-domain>/era5/worker/<name>)",
+                tls.files.cert.display()
+            )));
         }
-        None => {
-            let name = args.name.clone().unwrap_or_else(host_name);
-            proto::identity::check_name(&name).map_err(|e| {
-                Failure::Input(format!(
-                    "invalid --name: {e} (the default is the host name)"
-                ))
-            })?;
-            name
+        if let Some(name) = &args.name
+            && *name != identity.name
+        {
+            return Err(bad(
+                "--name",
+                name,
+                format!(
+                    "with TLS the worker's name is its certificate's, `{}`",
+                    identity.name
+                ),
+            ));
         }
+        identity.name
+    } else {
+        let name = args.name.clone().unwrap_or_else(host_name);
+        proto::identity::check_name(&name).map_err(|e| {
+            Failure::Input(format!(
+                "invalid --name: {e} (the default is the host name)"
+            ))
+        })?;
+        name
     };
     if let Some(http) = &args.http {
         socket_addr("--http", http)?;

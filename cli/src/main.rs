@@ -197,7 +197,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 async fn plan(config: PlanConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
-    let retry = Default::default();
+    let retry = transport::retry::RetryPolicy::default();
     let found = transport::discover_detailed(&source, &config.selection, &retry)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;

@@ -147,8 +147,8 @@ async fn show_bar(
             wanted.detail,
         ));
         tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
     bar.finish_and_clear();
@@ -165,8 +165,8 @@ async fn show_lines(
     let mut last_time = started;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
         }
         let snapshot = progress.snapshot();
         let now = Instant::now();

@@ -224,8 +224,8 @@ async fn follow_passes(
     let mut number = 1;
     loop {
         tokio::select! {
-            _ = stop.drain.cancelled() => break,
-            _ = tokio::time::sleep(follow.interval) => {}
+            () = stop.drain.cancelled() => break,
+            () = tokio::time::sleep(follow.interval) => {}
         }
         number += 1;
         // Re-read every pass: `--end latest` is today, so the range grows with the archive.

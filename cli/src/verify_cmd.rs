@@ -76,7 +76,7 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
         } else {
             None
         };
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let progress = if !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
         {
             ProgressStyle::Bar

@@ -164,7 +164,7 @@ fn power_loss_then_rerun(extra: &[&str]) {
         "2024-01-01",
         "2024-02-29",
     );
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(std::string::ToString::to_string));
     // Saves every 100 ms: parts finish seconds apart here, and states must claim some.
     args.extend(["--save-every-ms".to_string(), "100".to_string()]);
     let child = era5(&scratch.home())

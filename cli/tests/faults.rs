@@ -70,7 +70,7 @@ fn get_ranges(s3: &TestS3, key: &str) -> Vec<String> {
 /// Runs a sync of `target` alone and checks it completed with a byte-identical file.
 fn sync_ok(s3: &TestS3, scratch: &Scratch, target: &SeededObject, extra: &[&str]) -> Run {
     let mut args = args_for(s3, scratch, &target.key);
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(std::string::ToString::to_string));
     let run = run_era5(scratch, &args, LIMIT);
     run.expect_code(0);
     assert_mirrored(&scratch.dest(), &[target]);
@@ -557,7 +557,7 @@ fn pagination_that_never_ends_is_a_clear_error() {
             &s3.endpoint(),
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         run_era5(&scratch, &args, BOUNDED)
     };

@@ -312,7 +312,7 @@ fn a_full_disk_releases_the_lease_without_an_attempt_and_the_worker_resumes_by_i
         "{metrics}"
     );
     assert!(
-        value("era5_dest_free_bytes").is_some_and(|free| free < (1 << 20) as f64),
+        value("era5_dest_free_bytes").is_some_and(|free| free < f64::from(1 << 20)),
         "{metrics}"
     );
     // Released, not failed: no attempt counted, nothing dead, and nothing left on the disk.

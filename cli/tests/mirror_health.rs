@@ -37,7 +37,7 @@ fn tree(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
 fn audit(s3: &TestS3, scratch: &Scratch, vars: &str, json: bool) -> Run {
     let mut args: Vec<String> = ["audit", "--product", SFC, "--start", "2023-12", "--end"]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     args.extend(["2024-04".into(), "--var".into(), vars.into()]);
     args.extend(["--dest".into(), scratch.dest().display().to_string()]);
@@ -223,7 +223,7 @@ fn audit_refuses_bad_input_with_exit_2() {
 fn verify(scratch: &Scratch, extra: &[&str]) -> Run {
     let mut args: Vec<String> = vec!["verify".into(), "--dest".into()];
     args.push(scratch.dest().display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(std::string::ToString::to_string));
     run_era5(scratch, &args, LIMIT)
 }
 

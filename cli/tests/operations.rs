@@ -231,7 +231,10 @@ fn the_status_page_shows_what_status_json_says() {
         .iter()
         .map(|f| before["jobs"][0]["leases"][f].as_f64().unwrap())
         .sum();
-    assert_eq!(total_leases, json_total);
+    assert!(
+        (total_leases - json_total).abs() < 0.5,
+        "{total_leases} vs {json_total}"
+    );
     // Every worker of status --json is in the page, with its chart line.
     for worker in before["workers"].as_array().unwrap() {
         let name = worker["name"].as_str().unwrap();

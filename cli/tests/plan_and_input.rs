@@ -427,7 +427,7 @@ fn bad_input_is_rejected_before_anything_happens() {
         let mut args: Vec<String> =
             vec!["sync".into(), "--dest".into(), dest.display().to_string()];
         args.extend(["--endpoint".into(), s3.endpoint()]);
-        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(flags.iter().map(std::string::ToString::to_string));
         let run = run_era5(&scratch, &args, LIMIT);
         run.expect_code(2);
         let stderr = run.stderr.trim_end();
@@ -481,10 +481,10 @@ fn plan_args(s3: &TestS3, products: &str, start: &str, end: &str, extra: &[&str]
         end,
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     args.extend(["--endpoint".into(), s3.endpoint()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(std::string::ToString::to_string));
     args
 }
 
@@ -785,7 +785,7 @@ fn catalog_lists_products_variables_and_the_buckets_latest_months() {
     assert_eq!(
         msdrswrf,
         &serde_json::json!({
-            "code": "235_058", "param_id": 235058, "short": "msdrswrf",
+            "code": "235_058", "param_id": 235_058, "short": "msdrswrf",
             "long_name": "mean_surface_direct_short_wave_radiation_flux", "units": "W m-2",
             "grid": "ll025sc", "aliases": [], "confirmed": true
         })
@@ -879,7 +879,7 @@ fn live_bucket_matches_the_catalog() {
             &month,
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         let run = run_era5(&scratch, &args, Duration::from_secs(300));
         run.expect_code(0);
@@ -918,7 +918,7 @@ fn live_bucket_matches_the_catalog() {
                     "{name} {month}: {code}_{short}.{grid} is not in the bucket"
                 )),
                 (true, false) => {
-                    eprintln!("{name}: unconfirmed {code}_{short}.{grid} is in the bucket")
+                    eprintln!("{name}: unconfirmed {code}_{short}.{grid} is in the bucket");
                 }
                 _ => {}
             }

@@ -94,6 +94,7 @@ impl YearMonth {
     }
 
     /// The month after this one.
+    #[must_use]
     pub fn next(&self) -> Self {
         if self.month == 12 {
             Self {
@@ -109,6 +110,7 @@ impl YearMonth {
     }
 
     /// The month before this one.
+    #[must_use]
     pub fn previous(&self) -> Self {
         if self.month == 1 {
             Self {

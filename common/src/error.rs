@@ -8,7 +8,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum InputError {
     /// A product name that is not one of the archive's products.
-    #[error("unknown product `{value}`{}", suggestion(.closest))]
+    #[error("unknown product `{value}`{}", suggestion(.closest.as_ref()))]
     UnknownProduct {
         /// What the user typed.
         value: String,
@@ -17,7 +17,7 @@ pub enum InputError {
     },
     /// A variable (short name, alias, long name or parameter id) that none of the requested
     /// products has.
-    #[error("unknown variable `{value}` for {products}{}", variable_hint(.closest, .elsewhere))]
+    #[error("unknown variable `{value}` for {products}{}", variable_hint(.closest.as_ref(), .elsewhere))]
     UnknownVariable {
         /// What the user typed.
         value: String,
@@ -74,14 +74,14 @@ pub enum InputError {
     },
 }
 
-fn suggestion(closest: &Option<String>) -> String {
+fn suggestion(closest: Option<&String>) -> String {
     match closest {
         Some(name) => format!("; did you mean `{name}`?"),
         None => String::new(),
     }
 }
 
-fn variable_hint(closest: &Option<String>, elsewhere: &[String]) -> String {
+fn variable_hint(closest: Option<&String>, elsewhere: &[String]) -> String {
     if elsewhere.is_empty() {
         suggestion(closest)
     } else {

@@ -175,7 +175,7 @@ impl Selection {
     pub fn expected_keys(&self, latest: impl Fn(Product) -> Option<YearMonth>) -> Vec<String> {
         let mut keys = Vec::new();
         for product in &self.products {
-            let months: Vec<YearMonth> = months_to_list(*product, &self.range)
+            let months: Vec<YearMonth> = months_to_list(*product, self.range)
                 .into_iter()
                 .filter(|m| *m >= product.first_month())
                 .filter(|m| latest(*product).is_none_or(|latest| *m <= latest))
@@ -210,7 +210,7 @@ impl Selection {
     pub fn list_prefixes(&self) -> Vec<String> {
         let mut prefixes = Vec::new();
         for product in &self.products {
-            for month in months_to_list(*product, &self.range) {
+            for month in months_to_list(*product, self.range) {
                 prefixes.push(format!("{}/{}/", product.name(), month.compact()));
             }
         }
@@ -227,14 +227,14 @@ pub struct Unmatched {
     pub grids: Vec<String>,
 }
 
-fn months_to_list(product: Product, range: &DayRange) -> Vec<YearMonth> {
+fn months_to_list(product: Product, range: DayRange) -> Vec<YearMonth> {
     let first = YearMonth::of(range.start);
     let last = YearMonth::of(range.end);
     match product.cadence() {
         Cadence::Invariant => vec![Product::invariant_month()],
-        Cadence::Daily | Cadence::Monthly => first.through(last).collect(),
+        // A half-month file starting on the 1st began in the previous month's folder.
         Cadence::HalfMonth if range.start.day() == 1 => first.previous().through(last).collect(),
-        Cadence::HalfMonth => first.through(last).collect(),
+        Cadence::Daily | Cadence::Monthly | Cadence::HalfMonth => first.through(last).collect(),
     }
 }
 
@@ -249,7 +249,11 @@ mod tests {
     const TODAY: Date = date(2026, 11, 24);
 
     fn selection(products: &[&str], variables: &[&str], start: &str, end: &str) -> Selection {
-        let owned = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let owned = |xs: &[&str]| {
+            xs.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>()
+        };
         Selection::parse(&owned(products), &owned(variables), &[], start, end, TODAY).unwrap()
     }
 
@@ -394,7 +398,11 @@ mod tests {
 
     #[test]
     fn grids_filter_objects_and_unknown_grids_are_refused() {
-        let owned = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let owned = |xs: &[&str]| {
+            xs.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>()
+        };
         let sel = Selection::parse(
             &owned(&["e5.oper.an.pl"]),
             &[],

@@ -127,7 +127,7 @@ impl<S> Authorize<S> {
         let leaf = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())
+            .and_then(tonic::transport::server::TlsConnectInfo::peer_certs)
             .and_then(|certs| certs.first().cloned());
         let identity = match leaf {
             Some(der) => proto::identity::identity_of_der(&der)

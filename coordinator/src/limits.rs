@@ -169,15 +169,14 @@ where
             let Some(deadline) = deadline else {
                 return call.await;
             };
-            match tokio::time::timeout(deadline, call).await {
-                Ok(response) => response,
-                Err(_) => {
-                    let error = Error::DeadlineExceeded(format!(
-                        "{path} did not finish within its deadline of {}s",
-                        deadline.as_secs()
-                    ));
-                    Ok(tonic::Status::from(error).into_http())
-                }
+            if let Ok(response) = tokio::time::timeout(deadline, call).await {
+                response
+            } else {
+                let error = Error::DeadlineExceeded(format!(
+                    "{path} did not finish within its deadline of {}s",
+                    deadline.as_secs()
+                ));
+                Ok(tonic::Status::from(error).into_http())
             }
         })
     }

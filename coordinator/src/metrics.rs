@@ -172,8 +172,8 @@ impl CoordinatorMetrics {
                 self.follow_interval.set(longest_interval as f64 / 1000.0);
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
     }

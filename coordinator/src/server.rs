@@ -145,7 +145,7 @@ impl Server {
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         let result = tokio::select! {
             result = serve => result.map_err(|e| Error::Unavailable(format!("grpc server failed: {e}"))),
-            _ = async {
+            () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(STOP_GRACE).await;
             } => {
@@ -167,7 +167,7 @@ async fn reap(store: Arc<dyn LeaseStore>, retention: Duration, stop: Cancellatio
     let mut prune = tokio::time::interval(prune_every);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
             _ = every.tick() => {
                 match store.reap().await {
                     Ok(0) => {}
@@ -216,8 +216,8 @@ async fn track_readiness(
             ready = Some(now_ready);
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(READINESS_EVERY) => {}
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(READINESS_EVERY) => {}
         }
     }
 }
@@ -247,7 +247,7 @@ async fn serve_http(
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
@@ -269,22 +269,19 @@ async fn serve_http(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
-            let served = match tls {
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let connection =
-                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    tokio::select! { result = connection => result, _ = stop.cancelled() => Ok(()) }
-                }
-                None => {
-                    let connection =
-                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    tokio::select! { result = connection => result, _ = stop.cancelled() => Ok(()) }
-                }
+            let served = if let Some(acceptor) = tls {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                let connection =
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! { result = connection => result, () = stop.cancelled() => Ok(()) }
+            } else {
+                let connection =
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! { result = connection => result, () = stop.cancelled() => Ok(()) }
             };
             if let Err(error) = served {
                 tracing::debug!(%error, "http connection ended with an error");
@@ -311,8 +308,8 @@ async fn follow_standing_jobs(coordinator: Arc<Coordinator>, stop: CancellationT
             tracing::warn!(%error, "standing jobs could not be checked; trying again");
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(FOLLOW_TICK) => {}
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(FOLLOW_TICK) => {}
         }
     }
 }

@@ -378,7 +378,7 @@ impl Coordinator {
         Ok(pb::SubmitJobResponse {
             leases: job.items.len() as u32,
             objects: job.items.iter().map(|i| i.objects.len() as u64).sum(),
-            bytes: job.items.iter().map(|i| i.bytes()).sum(),
+            bytes: job.items.iter().map(lease::ItemSpec::bytes).sum(),
             job_id: job.job_id,
             warnings,
         })
@@ -437,7 +437,7 @@ impl Coordinator {
                 .map(|e| shorten(e.to_string(), MAX_ERROR_SHOWN));
             match &result {
                 Ok((pass, added)) => {
-                    tracing::info!(job = %job_id, pass, objects_added = added, "follow pass done")
+                    tracing::info!(job = %job_id, pass, objects_added = added, "follow pass done");
                 }
                 Err(error) => tracing::warn!(job = %job_id, %error, "follow pass failed"),
             }
@@ -798,7 +798,7 @@ impl Worker for WorkerService {
             let mut tick = tokio::time::interval(SESSION_TICK);
             loop {
                 tokio::select! {
-                    _ = stopping.cancelled() => return,
+                    () = stopping.cancelled() => return,
                     report = reports.message() => {
                         let Ok(Some(report)) = report else { return };
                         let name = match session_worker(&peer, worker.as_deref(), &report) {
@@ -892,13 +892,12 @@ pub async fn record_report(
             continue;
         };
         let _ = store.progress(&lease, worker, progress.bytes_done).await;
-        let job_cancelled = match cancelled_jobs.get(&lease.job_id) {
-            Some(known) => *known,
-            None => {
-                let known = store.job_cancelled(&lease.job_id).await.unwrap_or(false);
-                cancelled_jobs.insert(lease.job_id.clone(), known);
-                known
-            }
+        let job_cancelled = if let Some(known) = cancelled_jobs.get(&lease.job_id) {
+            *known
+        } else {
+            let known = store.job_cancelled(&lease.job_id).await.unwrap_or(false);
+            cancelled_jobs.insert(lease.job_id.clone(), known);
+            known
         };
         if job_cancelled {
             cancelled.push(lease);

@@ -52,7 +52,7 @@ fn run_redis<F: std::future::Future<Output = ()>>(
         let store = RedisStore::connect(&server.url(), policy(ttl))
             .await
             .unwrap();
-        scenario(Arc::new(store)).await
+        scenario(Arc::new(store)).await;
     });
 }
 

@@ -288,9 +288,8 @@ impl Drop for IoPool {
 
 fn run_jobs(rx: &Mutex<Receiver<Job>>, spare: &Mutex<Stages>) {
     loop {
-        let job = match rx.lock_unpoisoned().recv() {
-            Ok(job) => job,
-            Err(_) => return,
+        let Ok(job) = rx.lock_unpoisoned().recv() else {
+            return;
         };
         run_job(job, spare);
     }

@@ -370,7 +370,7 @@ mod tests {
             kind: LocalIoKind::NoSpace,
             path: PathBuf::from("/data/era5"),
             detail: String::new(),
-            needed: Some(1288490189),
+            needed: Some(1_288_490_189),
             free: Some(300 << 20),
         };
         assert_eq!(

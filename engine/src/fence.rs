@@ -79,12 +79,18 @@ mod tests {
         let fence = LeaseFence::new(Instant::now(), ttl);
         assert!(fence.check().is_ok());
         // Granted 25 s ago: 5 s left, inside the 10 s margin.
-        let old = LeaseFence::new(Instant::now() - Duration::from_secs(25), ttl);
+        let old = LeaseFence::new(
+            Instant::now().checked_sub(Duration::from_secs(25)).unwrap(),
+            ttl,
+        );
         assert!(old.check().is_err());
         old.renewed(Instant::now(), ttl);
         assert!(old.check().is_ok());
         // A late answer to an older renewal never shortens the lease.
-        old.renewed(Instant::now() - Duration::from_secs(29), ttl);
+        old.renewed(
+            Instant::now().checked_sub(Duration::from_secs(29)).unwrap(),
+            ttl,
+        );
         assert!(old.check().is_ok());
         old.lose();
         old.renewed(Instant::now(), ttl);

@@ -255,7 +255,8 @@ mod tests {
         scheduler.on_throttled();
         scheduler.on_throttled(); // same burst: ignored
         assert_eq!(scheduler.window(), 8);
-        scheduler.lock().last_decrease = Some(Instant::now() - DECREASE_COOLDOWN * 2);
+        scheduler.lock().last_decrease =
+            Some(Instant::now().checked_sub(DECREASE_COOLDOWN * 2).unwrap());
         scheduler.on_throttled();
         assert_eq!(scheduler.window(), 4);
         // Additive increase: about one more place per window's worth of successes.

@@ -222,7 +222,7 @@ impl Mirrorer {
             match plan {
                 Plan::Present => {
                     results[index] =
-                        Some(self.settle(scope, &objects[index], Ok(None), Outcome::Present)?)
+                        Some(self.settle(scope, &objects[index], Ok(None), Outcome::Present)?);
                 }
                 Plan::VerifyLocal { head_first } => to_check.push((index, head_first)),
                 Plan::Fetch => to_fetch.push(index),
@@ -231,7 +231,7 @@ impl Mirrorer {
 
         // Local verification is disk and CPU bound: as many at once as there are cores.
         let hashing = Arc::new(Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         ));
         let checked: Vec<(usize, Result<Option<ManifestEntry>, FetchError>)> =
             stream::iter(to_check)
@@ -279,7 +279,7 @@ impl Mirrorer {
                         &objects[index],
                         Err(error),
                         Outcome::VerifiedLocally,
-                    )?)
+                    )?);
                 }
             }
         }
@@ -414,7 +414,10 @@ fn triage(mirror: &Mirror, manifest: &Manifest, object: &RemoteObject, mode: Ver
         // The engine reports the unsafe key as this object's failure.
         return Plan::Fetch;
     };
-    let Some(on_disk) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) else {
+    let Some(on_disk) = std::fs::metadata(&path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+    else {
         return Plan::Fetch;
     };
     if on_disk.len() != object.size {

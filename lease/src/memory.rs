@@ -187,7 +187,12 @@ impl MemoryStore {
             state: counts.job_state(job.cancelled, job.started_ms > 0),
             counts,
             objects_total: job.spec.items.iter().map(|i| i.objects.len() as u64).sum(),
-            bytes_total: job.spec.items.iter().map(|i| i.bytes()).sum(),
+            bytes_total: job
+                .spec
+                .items
+                .iter()
+                .map(super::model::ItemSpec::bytes)
+                .sum(),
             bytes_done,
             created_ms: job.created_ms,
             started_ms: job.started_ms,

@@ -214,7 +214,7 @@ mod tests {
                 }
             }
             let mut ids: Vec<&str> = job.items.iter().map(|i| i.item_id.as_str()).collect();
-            let sorted = { let mut s = ids.clone(); s.sort(); s };
+            let sorted = { let mut s = ids.clone(); s.sort_unstable(); s };
             prop_assert_eq!(&ids, &sorted);
             ids.dedup();
             prop_assert_eq!(ids.len(), job.items.len());

@@ -18,7 +18,7 @@ pub use error::Error;
 
 /// Version 1 of the API.
 pub mod v1 {
-    #![allow(missing_docs, clippy::all)]
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("era5.v1");
 }
 

@@ -56,7 +56,7 @@ fn tcp_state(fd: RawFd) -> Option<u8> {
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             info.as_mut_ptr().cast(),
-            &mut len,
+            &raw mut len,
         )
     };
     (rc == 0 && len > 0).then_some(info[0])

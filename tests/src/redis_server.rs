@@ -99,12 +99,11 @@ impl RedisServer {
 
     /// A server with these options.
     pub fn start_with(options: RedisOptions) -> Self {
-        let (dir, temp) = match &options.aof_dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let temp = tempfile::tempdir().expect("temp dir");
-                (temp.path().to_path_buf(), Some(temp))
-            }
+        let (dir, temp) = if let Some(dir) = &options.aof_dir {
+            (dir.clone(), None)
+        } else {
+            let temp = tempfile::tempdir().expect("temp dir");
+            (temp.path().to_path_buf(), Some(temp))
         };
         let mut server = Self {
             child: None,

@@ -332,7 +332,7 @@ async fn serve_connection(socket: tokio::net::TcpStream, shared: Arc<Shared>, se
     tokio::pin!(connection);
     tokio::select! {
         _ = &mut connection => {}
-        _ = reset.notified() => {
+        () = reset.notified() => {
             // SAFETY: the pinned connection future, which owns the socket, is still alive here
             // (it is dropped at the end of this function), so the descriptor is open.
             let socket = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -471,25 +471,23 @@ async fn handle(
         }
         None => None,
     };
-    let response = match response {
-        Some(response) => response,
-        None => {
-            let response = match service.call(request.map(s3s::Body::from)).await {
-                Ok(response) => response,
-                Err(error) => {
-                    tracing::warn!(?error, "s3s failed");
-                    Response::builder()
-                        .status(StatusCode::INTERNAL_SERVER_ERROR)
-                        .body(s3s::Body::from(Bytes::from_static(b"")))
-                        .unwrap_or_default()
-                }
-            };
-            let is_get =
-                method == http::Method::GET && key.is_some() && response.status().is_success();
-            let (parts, body) = response.into_parts();
-            let body = FaultBody::new(body, body_fault, shared.stats.clone(), is_get, Some(reset));
-            Response::from_parts(parts, body.boxed())
-        }
+    let response = if let Some(response) = response {
+        response
+    } else {
+        let response = match service.call(request.map(s3s::Body::from)).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(?error, "s3s failed");
+                Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(s3s::Body::from(Bytes::from_static(b"")))
+                    .unwrap_or_default()
+            }
+        };
+        let is_get = method == http::Method::GET && key.is_some() && response.status().is_success();
+        let (parts, body) = response.into_parts();
+        let body = FaultBody::new(body, body_fault, shared.stats.clone(), is_get, Some(reset));
+        Response::from_parts(parts, body.boxed())
     };
     if let (Some(data), Some(key)) = (replace_with, &key) {
         let object = StoredObject::new(data, &PutOptions::default());

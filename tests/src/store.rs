@@ -13,7 +13,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
-use s3s::dto::*;
+use s3s::dto::{
+    Bucket, ChecksumMode, ChecksumType, CommonPrefix, DeleteObjectInput, DeleteObjectOutput, ETag,
+    ETagCondition, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
+    ListBucketsInput, ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, Object,
+    ObjectStorageClass, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+};
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 /// Body chunk size: large enough to cost little CPU per byte.
@@ -472,7 +478,7 @@ impl S3 for MemoryS3 {
                 &input.checksum_sha256,
             ]
             .into_iter()
-            .find_map(|v| v.clone());
+            .find_map(std::clone::Clone::clone);
             if sent.as_deref() != Some(computed.as_str()) {
                 return Err(s3_error!(
                     BadDigest,

@@ -353,7 +353,7 @@ mod tests {
     async fn next_error(body: &mut GuardedBody<ChannelBody>) -> BodyError {
         loop {
             match next_frame(body).await {
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) => {}
                 Some(Err(error)) => return *error.downcast::<BodyError>().expect("a BodyError"),
                 None => panic!("the body ended without an error"),
             }

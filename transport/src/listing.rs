@@ -128,6 +128,7 @@ impl Discovery {
     }
 
     /// Sorts the selected objects by key and drops duplicates.
+    #[must_use]
     pub fn finish(mut self) -> Self {
         self.objects.sort_by(|a, b| a.key.cmp(&b.key));
         self.objects.dedup_by(|a, b| a.key == b.key);

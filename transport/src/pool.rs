@@ -286,7 +286,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             // The body is over: hyper has already returned the connection to the pool (or
             // closed it), so the request slot is free for the next one.
             self.permit = None;
@@ -317,7 +317,7 @@ impl fmt::Debug for BoundedHttpClient {
         f.debug_struct("BoundedHttpClient")
             .field("config", &self.config)
             .field("stats", &self.stats.snapshot())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

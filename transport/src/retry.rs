@@ -152,7 +152,9 @@ pub fn classify_body_error(error: &(dyn std::error::Error + 'static)) -> Failure
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(inner) = current {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionReset, NotConnected, TimedOut, WouldBlock,
+            };
             match io.kind() {
                 ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected => {
                     return Failure::Retry(RetryReason::Reset);

@@ -198,9 +198,9 @@ pub async fn run(
         }
         let jitter = rand::rng().random_range(0.8..1.2);
         tokio::select! {
-            _ = shutdown.cancelled() => {}
+            () = shutdown.cancelled() => {}
             Some(_) = leases.join_next(), if !leases.is_empty() => {}
-            _ = tokio::time::sleep(wait.mul_f64(jitter)) => {}
+            () = tokio::time::sleep(wait.mul_f64(jitter)) => {}
         }
     }
     tracing::info!(held = agent.held().len(), "draining: releasing held leases");
@@ -412,11 +412,11 @@ impl Agent {
         let mut next = Instant::now() + ttl / 3;
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(deadline.into()) => {
                     return stop_work("no renewal within the lease time");
                 }
-                _ = tokio::time::sleep_until(next.into()) => {}
+                () = tokio::time::sleep_until(next.into()) => {}
             }
             let sent = Instant::now();
             let request = pb::RenewRequest {
@@ -426,8 +426,8 @@ impl Agent {
             let mut client = self.client.clone();
             let attempt = tokio::time::timeout(attempt_limit, client.renew(request));
             let renewed = tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(deadline.into()) => {
                     return stop_work("no renewal within the lease time");
                 }
                 renewed = attempt => renewed,
@@ -450,7 +450,7 @@ impl Agent {
                 }
                 // The coordinator or Redis is unreachable: keep working, try again soon.
                 _ => {
-                    next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0))
+                    next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0));
                 }
             }
         }
@@ -536,7 +536,7 @@ impl Agent {
                     let mut commands = response.into_inner();
                     loop {
                         tokio::select! {
-                            _ = stop.cancelled() => break,
+                            () = stop.cancelled() => break,
                             command = commands.message() => match command {
                                 Ok(Some(command)) => self.apply(command),
                                 _ => break,
@@ -548,8 +548,8 @@ impl Agent {
             }
             reporter.abort();
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_wait()) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff.next_wait()) => {}
             }
         }
     }
@@ -673,8 +673,8 @@ async fn sweep_abandoned_temps(dest: PathBuf, name: String, stop: CancellationTo
         })
         .await;
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
     }
 }

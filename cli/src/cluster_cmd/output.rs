@@ -187,9 +187,10 @@ pub fn follow_line(follow: &pb::FollowView) -> String {
 
 /// Unix milliseconds as an RFC 3339 time to the second (`?` for one out of range).
 fn utc(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-        .unwrap_or_else(|_| "?".into())
+    jiff::Timestamp::from_millisecond(ms).map_or_else(
+        |_| "?".into(),
+        |t| t.round(jiff::Unit::Second).unwrap_or(t).to_string(),
+    )
 }
 
 pub fn lease_json(lease: &pb::LeaseView) -> serde_json::Value {

@@ -109,12 +109,11 @@ impl Proc {
                 self.child = None;
                 return status.code();
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "process did not exit within {limit:?} of SIGTERM\n{}",
-                    tail(&self.log)
-                );
-            }
+            assert!(
+                Instant::now() <= deadline,
+                "process did not exit within {limit:?} of SIGTERM\n{}",
+                tail(&self.log)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -204,7 +203,7 @@ impl Cluster {
             coordinators: Vec::new(),
             coordinator_http: Vec::new(),
             extra_flags: Vec::new(),
-            coordinator_flags: flags.iter().map(|f| f.to_string()).collect(),
+            coordinator_flags: flags.iter().map(std::string::ToString::to_string).collect(),
             workers: Vec::new(),
             ttl,
             s3_endpoint: s3_endpoint.to_string(),
@@ -269,7 +268,10 @@ impl Cluster {
             scratch,
             coordinators: Vec::new(),
             coordinator_http: Vec::new(),
-            extra_flags: extra_flags.iter().map(|f| f.to_string()).collect(),
+            extra_flags: extra_flags
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             coordinator_flags: Vec::new(),
             workers: Vec::new(),
             ttl,
@@ -288,10 +290,10 @@ impl Cluster {
         let logs = self.scratch.dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         // Restarts get a fresh log, numbered.
-        (0..)
+        (0..10_000)
             .map(|n| logs.join(format!("{name}.{n}.log")))
             .find(|p| !p.exists())
-            .unwrap()
+            .expect("fewer than 10 000 restarts")
     }
 
     /// Starts a coordinator (on `port`, or an ephemeral one) and waits until it serves.
@@ -567,6 +569,8 @@ impl Cluster {
 
 /// A gRPC channel to `url` as the client `identity` presents it (no TLS when `None`). Built
 /// with the same code as the real clients, so https ⇔ TLS holds here too.
+// Async with no await: `connect_lazy` must run inside a runtime, and this keeps callers there.
+#[allow(clippy::unused_async)]
 pub async fn grpc_channel(url: &str, identity: Option<&CertFiles>) -> tonic::transport::Channel {
     let tls = identity.map(|files| {
         proto::channel::TlsFiles {

@@ -348,7 +348,7 @@ mod tests {
             let entries: Vec<_> = product.variables().map(|v| (v.short, v.grid)).collect();
             assert!(!entries.is_empty(), "{product} has no variables");
             let mut unique = entries.clone();
-            unique.sort();
+            unique.sort_unstable();
             unique.dedup();
             assert_eq!(
                 unique.len(),
@@ -426,10 +426,10 @@ mod tests {
     #[test]
     fn parameter_ids_follow_ecmwf_numbering() {
         assert_eq!(Product::AnSfc.variable("2t").unwrap().param_id(), 167);
-        assert_eq!(Product::AnSfc.variable("100u").unwrap().param_id(), 228246);
+        assert_eq!(Product::AnSfc.variable("100u").unwrap().param_id(), 228_246);
         assert_eq!(
             Product::FcSfcMeanflux.variable("mtpr").unwrap().param_id(),
-            235055
+            235_055
         );
     }
 

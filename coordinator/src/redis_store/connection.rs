@@ -93,6 +93,7 @@ impl RedisStore {
 
     /// Grants only jobs of `source`: a coordinator hands out work from its own source and
     /// nobody else's, whatever another coordinator wrote into the same Redis.
+    #[must_use]
     pub fn pinned_to(mut self, source: SourceSpec) -> Self {
         self.source = Some(source);
         self

@@ -351,25 +351,20 @@ impl RedisStore {
                     .and_then(|n| n.parse::<u64>().ok())
                     .unwrap_or(0)
             };
-            let (product, start, end, objects) = match &v[8] {
-                Some(brief) => {
-                    let mut parts = brief.split('\t');
-                    let mut next = || parts.next().unwrap_or_default().to_string();
-                    let (product, start, end) = (next(), next(), next());
-                    (product, start, end, next().parse().unwrap_or(0))
-                }
-                None => {
-                    let spec: ItemSpec = specs
-                        .get(&id)
-                        .and_then(|s| serde_json::from_str(s).ok())
-                        .ok_or_else(|| {
-                            Error::Corrupt(format!(
-                                "item {id} of job {job_id} has no readable spec"
-                            ))
-                        })?;
-                    let objects = spec.objects.len() as u32;
-                    (spec.product, spec.start, spec.end, objects)
-                }
+            let (product, start, end, objects) = if let Some(brief) = &v[8] {
+                let mut parts = brief.split('\t');
+                let mut next = || parts.next().unwrap_or_default().to_string();
+                let (product, start, end) = (next(), next(), next());
+                (product, start, end, next().parse().unwrap_or(0))
+            } else {
+                let spec: ItemSpec = specs
+                    .get(&id)
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .ok_or_else(|| {
+                        Error::Corrupt(format!("item {id} of job {job_id} has no readable spec"))
+                    })?;
+                let objects = spec.objects.len() as u32;
+                (spec.product, spec.start, spec.end, objects)
             };
             let item_state = ItemState::parse(&text(0)).unwrap_or(ItemState::Pending);
             let bytes = number(7);

@@ -79,7 +79,9 @@ impl Engine {
         });
         let on_disk = std::fs::metadata(&temp.data).ok();
         let mut state = match resumed {
-            Some(state) if on_disk.as_ref().map(|m| m.len()) == Some(expected.size) => state,
+            Some(state) if on_disk.as_ref().map(std::fs::Metadata::len) == Some(expected.size) => {
+                state
+            }
             _ => {
                 temp.remove();
                 ResumeState {
@@ -87,7 +89,7 @@ impl Engine {
                     etag: expected.etag.clone(),
                     size: expected.size,
                     part_size,
-                    parts: Default::default(),
+                    parts: std::collections::BTreeMap::new(),
                 }
             }
         };
@@ -169,7 +171,7 @@ impl Engine {
         // whatever size the object claims. Claimed parts that do not read back intact join
         // the queue when the read-back ends.
         let mut missing = (0..part_count).filter(move |i| !claimed.contains(i));
-        let mut refetch: std::collections::VecDeque<u64> = Default::default();
+        let mut refetch = std::collections::VecDeque::<u64>::new();
         let part = |index: u64| PartJob {
             engine: self.clone(),
             key: key.to_string(),
@@ -304,7 +306,7 @@ fn read_back(
     let claimed: Vec<u64> = parts.keys().copied().collect();
     let list: Vec<(u64, PartDigest)> = parts.into_iter().collect();
     let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
+        .map_or(2, std::num::NonZero::get)
         .clamp(1, 4);
     let chunk = list.len().div_ceil(threads).max(1);
     let results: Vec<std::io::Result<Vec<(u64, PartDigest)>>> = std::thread::scope(|scope| {
@@ -353,11 +355,11 @@ fn read_back(
 
 /// Whether the digests of bytes read back agree with every digest recorded for the part.
 fn still_matches(recorded: &PartDigest, fresh: &PartDigest) -> bool {
-    fn same<T: PartialEq>(recorded: &Option<T>, fresh: &Option<T>) -> bool {
+    fn same<T: PartialEq>(recorded: Option<&T>, fresh: Option<&T>) -> bool {
         recorded.is_none() || recorded == fresh
     }
     recorded.len == fresh.len
-        && same(&recorded.md5, &fresh.md5)
-        && same(&recorded.crc, &fresh.crc)
-        && same(&recorded.check, &fresh.check)
+        && same(recorded.md5.as_ref(), fresh.md5.as_ref())
+        && same(recorded.crc.as_ref(), fresh.crc.as_ref())
+        && same(recorded.check.as_ref(), fresh.check.as_ref())
 }

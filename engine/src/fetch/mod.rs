@@ -542,7 +542,7 @@ async fn until_cancelled<F: std::future::Future>(
 ) -> Result<F::Output, FetchError> {
     tokio::select! {
         biased;
-        _ = cancel.cancelled() => Err(FetchError::Cancelled),
+        () = cancel.cancelled() => Err(FetchError::Cancelled),
         output = future => Ok(output),
     }
 }

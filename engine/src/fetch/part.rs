@@ -44,7 +44,9 @@ impl PartJob {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = until_cancelled(&self.cancel, self.attempt(&mut hasher, &mut written))
+            // Boxed: an attempt's state is 16 KiB, too much to move around on the stack.
+            let attempt_future = Box::pin(self.attempt(&mut hasher, &mut written));
+            let outcome = until_cancelled(&self.cancel, attempt_future)
                 .await
                 .map_err(PartError::Fatal)?;
             match outcome {

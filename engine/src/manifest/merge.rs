@@ -79,7 +79,7 @@ pub(super) fn load(dest: &Path, sources: &[PathBuf]) -> std::io::Result<Loaded> 
     for (number, path) in sources.iter().enumerate() {
         let source = number.min(NO_SOURCE as usize - 1) as u16;
         lines.push(scan(path, |offset, view| {
-            slots.push(Slot::new(view, source, offset))
+            slots.push(Slot::new(view, source, offset));
         })?);
     }
     // Within one key, records stay in load order (source, then position in it); an unstable
@@ -180,7 +180,7 @@ fn scan(path: &Path, mut visit: impl FnMut(u64, &EntryView<'_>)) -> std::io::Res
                 // A torn last line after a crash, or a damaged one: that object is
                 // re-verified from its bytes, so skipping is safe.
                 Err(error) => {
-                    tracing::warn!(path = %path.display(), line = number, %error, "skipping unreadable manifest line")
+                    tracing::warn!(path = %path.display(), line = number, %error, "skipping unreadable manifest line");
                 }
             }
         }
@@ -231,7 +231,9 @@ pub(super) fn write_snapshot(
                 next.next();
             }
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        out.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
     }
     std::fs::rename(&temp, snapshot)
 }

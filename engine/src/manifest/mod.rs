@@ -174,7 +174,10 @@ fn dead_journals(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name.starts_with("manifest.") && name.ends_with(".jsonl") && name != SNAPSHOT {
+        // Our own file names, written in lower case: an exact comparison is the right one.
+        #[allow(clippy::case_sensitive_file_extension_comparisons)]
+        let legacy_name = name.starts_with("manifest.") && name.ends_with(".jsonl");
+        if legacy_name && name != SNAPSHOT {
             legacy.push(path);
         }
     }

@@ -21,7 +21,7 @@ use super::{
 /// [`Manifest`](super::Manifest) open on it. Returns how many records were removed.
 pub fn forget_records(
     state_dir: &Path,
-    keys: &std::collections::HashSet<String>,
+    keys: &std::collections::HashSet<String, impl std::hash::BuildHasher>,
 ) -> std::io::Result<usize> {
     let dest = state_dir.parent().unwrap_or(state_dir).to_path_buf();
     let snapshot = state_dir.join(SNAPSHOT);

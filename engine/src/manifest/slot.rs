@@ -20,7 +20,7 @@ impl Tag {
     pub(super) fn of(etag: &str) -> Self {
         match EtagForm::parse(etag) {
             Some(EtagForm::Single(digest)) => Tag { digest, parts: 0 },
-            Some(EtagForm::Multipart { digest, parts }) if parts < u32::MAX as u64 => Tag {
+            Some(EtagForm::Multipart { digest, parts }) if parts < u64::from(u32::MAX) => Tag {
                 digest,
                 parts: parts as u32,
             },

@@ -280,7 +280,7 @@ fn checksums_of_ranges(
     read_ranges(file, size, chunk, |piece| match piece {
         RangePiece::Bytes(bytes) => current.update(bytes),
         RangePiece::End => {
-            sums.push(std::mem::replace(&mut current, ChecksumHasher::new(algo)).finish())
+            sums.push(std::mem::replace(&mut current, ChecksumHasher::new(algo)).finish());
         }
     })?;
     Ok(sums)
@@ -464,7 +464,7 @@ mod tests {
         let wrong = expected_for(ChecksumAlgo::Crc32c, "AAAAAA==-3".into());
         match verify(&file, &wrong, VerifyMode::Full, &read_only) {
             Err(VerifyError::Checksum { actual, .. }) => {
-                assert!(actual.ends_with("-3 with 8388608-byte parts"), "{actual}")
+                assert!(actual.ends_with("-3 with 8388608-byte parts"), "{actual}");
             }
             other => panic!("expected a checksum mismatch, got {other:?}"),
         }

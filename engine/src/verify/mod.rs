@@ -183,7 +183,7 @@ impl PartHasher {
             md5: plan.md5.then(Md5::new),
             crc: plan
                 .crc
-                .and_then(|a| a.crc())
+                .and_then(checksums::ChecksumAlgo::crc)
                 .map(|(algo, _)| crc_fast::Digest::new(algo)),
             check: plan
                 .check

@@ -489,7 +489,7 @@ mod tests {
                 etag: None,
                 size,
                 part_size,
-                parts: Default::default(),
+                parts: std::collections::BTreeMap::new(),
             };
             let io = ObjectIo {
                 state_path: Some(dir.path().join("state")),
@@ -552,7 +552,7 @@ mod tests {
             etag: None,
             size: 1 << 20,
             part_size: 1 << 19,
-            parts: Default::default(),
+            parts: std::collections::BTreeMap::new(),
         };
         let cancel = CancellationToken::new();
         let io = ObjectIo {
