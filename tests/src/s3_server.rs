@@ -452,7 +452,6 @@ async fn handle(
             let page = empty_listing_page(&shared.store.bucket, &list_prefix, &format!("t{n}"));
             Some(xml_response(page))
         }
-        Some(Fault::RepeatListingToken | Fault::EndlessListing) => None,
         Some(Fault::HugeBody { bytes, chunked }) => {
             let mut response = Response::builder()
                 .status(StatusCode::OK)
@@ -469,7 +468,8 @@ async fn handle(
             );
             Some(response.body(body.boxed()).unwrap_or_default())
         }
-        None => None,
+        // Listing faults on a request that is not a listing, or no fault: served normally.
+        Some(Fault::RepeatListingToken | Fault::EndlessListing) | None => None,
     };
     let response = if let Some(response) = response {
         response
