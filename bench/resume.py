@@ -123,7 +123,7 @@ def one_round(binary, endpoint, dest, env, warm, layout):
         drop_caches()
     # The engine logs what it resumes: the old build at once, the new one once the claimed
     # parts are read back (the missing ones download meanwhile).
-    env = dict(env, RUST_LOG="warn,worker::engine=info")
+    env = dict(env, RUST_LOG="warn,engine::fetch=info")
     started = time.time()
     resume = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     resumed_at = []
