@@ -50,7 +50,7 @@ impl Worker {
             .arg(cluster.dest())
             .args(["--name", name, "--connections", "4", "--max-leases", "2"])
             .args(["--retry-base-ms", "20", "--http", "127.0.0.1:0"])
-            .env("RUST_LOG", "info,worker=debug")
+            .env("RUST_LOG", "info,worker=debug,engine=debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file);
         Self {

@@ -415,7 +415,7 @@ impl Cluster {
             .args(["--http", "127.0.0.1:0"])
             .args(extra)
             .args(&self.extra_flags)
-            .env("RUST_LOG", "info,worker=debug");
+            .env("RUST_LOG", "info,worker=debug,engine=debug");
         self.workers
             .push((name.to_string(), Proc::spawn(command, log)));
     }
