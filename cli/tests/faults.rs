@@ -59,11 +59,12 @@ fn rule(key: &str, fault: Fault, times: Option<usize>) -> FaultRule {
     }
 }
 
+/// The Range header of every GET of `key`; a whole-object GET (none) as `whole`.
 fn get_ranges(s3: &TestS3, key: &str) -> Vec<String> {
     s3.requests()
         .iter()
         .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
-        .filter_map(|r| r.range.clone())
+        .map(|r| r.range.clone().unwrap_or_else(|| "whole".into()))
         .collect()
 }
 
@@ -418,6 +419,72 @@ fn correct_additional_checksums_full_object_and_composite_are_recorded() {
         composite > 0 && full_object > 0,
         "the fixture lacks a kind of checksummed surface object: {composite} composite, \
          {full_object} full-object"
+    );
+}
+
+#[test]
+fn full_verification_takes_a_single_part_objects_checksum_from_its_one_get() {
+    let s3 = TestS3::start(BUCKET);
+    let key = LSM_KEY;
+    let data = tests::fixtures::object_bytes(key, 200_000);
+    s3.put_object_with(
+        key,
+        data.clone(),
+        tests::s3_server::PutOptions {
+            checksum: Some(tests::s3_server::ChecksumAlgo::Crc64nvme),
+            ..Default::default()
+        },
+    );
+    let (scratch, args) = lsm_sync(&s3);
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    // One round trip: a whole-object GET, no HEAD (S3 sends checksums with whole reads only).
+    let asked: Vec<(String, Option<String>)> = s3
+        .requests()
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(key))
+        .map(|r| (r.method, r.range))
+        .collect();
+    assert_eq!(asked, vec![("GET".to_string(), None)]);
+    let value = tests::s3_server::ChecksumAlgo::Crc64nvme.compute(&data);
+    let record = &manifest(&scratch.dest())[key];
+    assert_eq!(record["checksum"], format!("crc64nvme:{value}"));
+    assert_eq!(record["verified"], "full");
+
+    // An object fetched in ranges asks a HEAD for its checksum first: ranges carry none.
+    let upload_part = tests::fixtures::FIXTURE_UPLOAD_PART;
+    let big = tests::fixtures::object_bytes(key, 3 * upload_part + 1000);
+    s3.put_object_with(
+        key,
+        big.clone(),
+        tests::s3_server::PutOptions {
+            part_size: Some(upload_part),
+            checksum: Some(tests::s3_server::ChecksumAlgo::Crc32c),
+            composite: true,
+            ..Default::default()
+        },
+    );
+    s3.clear_requests();
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    let methods: Vec<String> = s3
+        .requests()
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(key))
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(
+        methods.iter().filter(|m| *m == "HEAD").count(),
+        1,
+        "{methods:?}"
+    );
+    assert_eq!(methods[0], "HEAD", "{methods:?}");
+    assert!(
+        manifest(&scratch.dest())[key]["checksum"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("crc32c:") && c.ends_with("-4"))
+    );
+    assert_eq!(
+        std::fs::read(scratch.dest().join(key)).unwrap(),
+        big.as_ref()
     );
 }
 

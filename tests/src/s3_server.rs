@@ -197,17 +197,17 @@ impl TestS3 {
             .count()
     }
 
-    /// The `bytes=` ranges of every GET of `key`, in order.
+    /// The `bytes=` ranges of every GET of `key`, in order; a GET without a Range header
+    /// reads the whole object and counts as `(0, u64::MAX)`.
     pub fn get_ranges(&self, key: &str) -> Vec<(u64, u64)> {
         lock(&self.shared.requests)
             .iter()
             .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
             .filter_map(|r| {
-                let (start, end) = r
-                    .range
-                    .as_deref()?
-                    .strip_prefix("bytes=")?
-                    .split_once('-')?;
+                let Some(range) = r.range.as_deref() else {
+                    return Some((0, u64::MAX));
+                };
+                let (start, end) = range.strip_prefix("bytes=")?.split_once('-')?;
                 Some((start.parse().ok()?, end.parse().ok()?))
             })
             .collect()

@@ -7,7 +7,7 @@
 //! object around it.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinSet;
 
@@ -18,7 +18,8 @@ use crate::disk::LocalIoError;
 use crate::mirror::{ResumeState, TempPaths};
 use crate::ordered_md5;
 use crate::verify::{
-    EtagForm, Expected, PartDigest, StreamPlan, VerifyMode, candidate_part_sizes, digest_range,
+    EtagForm, Expected, ExpectedChecksum, PartDigest, StreamPlan, VerifyMode, candidate_part_sizes,
+    digest_range,
 };
 use crate::writer::{DirectSink, FileWriter, ObjectIo};
 
@@ -51,6 +52,10 @@ impl Engine {
     /// Writes every missing part of the object into its temporary file (resuming a previous
     /// run's parts that read back intact) and returns the open file with every part's
     /// digests, in order.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one object's download: what it is, where it goes and what it may learn"
+    )]
     pub(super) async fn download(
         self: &Arc<Self>,
         key: &str,
@@ -59,6 +64,7 @@ impl Engine {
         part_size: u64,
         temp: &TempPaths,
         scope: &FetchScope,
+        learn_checksum: Option<Arc<OnceLock<Option<ExpectedChecksum>>>>,
     ) -> Result<Downloaded, PartError> {
         let dir = self.room_dir(temp);
         let local = |e: std::io::Error, needed: u64| {
@@ -184,6 +190,8 @@ impl Engine {
             writer: writer.clone(),
             cancel: object_cancel.clone(),
             batch: scope.batch.clone(),
+            // Only a part that is the whole object can learn the checksum from its GET.
+            learn_checksum: learn_checksum.clone().filter(|_| part_count == 1),
         };
         let window = self.scheduler.max() + PART_SLACK;
         let mut tasks = JoinSet::new();

@@ -33,8 +33,8 @@
 mod layout;
 mod part;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_s3::types::ChecksumMode;
@@ -302,6 +302,17 @@ impl Engine {
         &self.scheduler
     }
 
+    /// Whether `object` would be fetched by one GET from its first byte: it fits in one part
+    /// and no earlier run left parts of it to resume.
+    fn fetches_whole(&self, object: &HeadInfo, temp: &TempPaths) -> bool {
+        let expected = Expected {
+            size: object.size,
+            etag: object.etag.clone(),
+            checksum: None,
+        };
+        object.size <= self.part_size_for(&expected) && !temp.state.exists()
+    }
+
     fn io_pool(&self) -> &Arc<IoPool> {
         self.io_pool.get_or_init(IoPool::start)
     }
@@ -394,28 +405,43 @@ impl Engine {
             last_modified: object.last_modified.clone(),
             checksum: None,
         };
-        // Full verification wants the checksum, and a terse listing needs the ETag: both come
-        // from a HEAD. Otherwise the listing is enough and the HEAD is saved.
-        let mut need_head = self.config.verify == VerifyMode::Full || current.etag.is_none();
+        // A terse listing needs the ETag, from a HEAD. Full verification also wants S3's
+        // additional checksum: an object fetched in one GET learns it from that GET's headers,
+        // so the listing is enough and the HEAD is saved; one fetched in ranges (S3 sends no
+        // checksum with a range) or resumed from a previous run's parts HEADs first.
+        let full = self.config.verify == VerifyMode::Full;
+        let mut need_head = current.etag.is_none();
+        let mut headed = false;
         let mut verify_failures = 0;
         let mut restarts = 0;
         loop {
-            if need_head {
+            if need_head || (full && !headed && !self.fetches_whole(&current, &temp)) {
                 let head = self.head(&object.key, seq << 24, &scope.cancel).await?;
                 if head.size != current.size || head.etag != current.etag {
                     tracing::info!(key = %object.key, "object differs from its listing; fetching the current version");
                 }
                 current = head;
+                headed = true;
+                need_head = false;
                 check_size(&object.key, current.size)?;
             }
-            let expected = Expected {
+            let mut expected = Expected {
                 size: current.size,
                 etag: current.etag.clone(),
                 checksum: current.checksum.clone(),
             };
             let part_size = self.part_size_for(&expected);
+            let learn_checksum = (full && !headed).then(|| Arc::new(OnceLock::new()));
             let downloaded = match self
-                .download(&object.key, seq, &expected, part_size, &temp, scope)
+                .download(
+                    &object.key,
+                    seq,
+                    &expected,
+                    part_size,
+                    &temp,
+                    scope,
+                    learn_checksum.clone(),
+                )
                 .await
             {
                 Ok(done) => done,
@@ -448,6 +474,27 @@ impl Engine {
                     return Err(error);
                 }
             };
+            if let Some(learned) = &learn_checksum {
+                if let Some(checksum) = learned.get() {
+                    expected.checksum.clone_from(checksum);
+                } else {
+                    // No whole-object GET answered (a part came from an earlier attempt's
+                    // file): the checksum comes from a HEAD, of the same version.
+                    let head = self.head(&object.key, seq << 24, &scope.cancel).await?;
+                    if head.size != current.size || head.etag != current.etag {
+                        tracing::info!(key = %object.key, "object changed upstream during the download; starting over");
+                        temp.remove();
+                        restarts += 1;
+                        self.progress.restarts.fetch_add(1, Ordering::Relaxed);
+                        if restarts > MAX_RESTARTS {
+                            return Err(FetchError::KeepsChanging(restarts));
+                        }
+                        need_head = true;
+                        continue;
+                    }
+                    expected.checksum = head.checksum;
+                }
+            }
             let mode = self.config.verify;
             let checked = {
                 let expected = expected.clone();

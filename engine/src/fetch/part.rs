@@ -3,15 +3,20 @@
 //! downloads its finished prefix again. Also the backoff step it shares with the HEAD. It knows
 //! one range and the writer it hands bytes to, nothing of how the object was cut (`layout`) or
 //! what happens to it once whole (`mod.rs`).
+//!
+//! The one part of an object fetched whole, in full verification, asks for S3's additional
+//! checksum on its first GET (no `Range`, `x-amz-checksum-mode: ENABLED`): S3 sends checksums
+//! only for whole-object reads, and taking it from the GET saves the HEAD, the one round trip
+//! that small objects otherwise pay twice.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 use transport::retry::{Failure, RetryReason, chain, classify, classify_body_error};
 
 use super::{Engine, FetchError, PartError, until_cancelled};
 use crate::progress::Progress;
-use crate::verify::{PartHasher, StreamPlan};
+use crate::verify::{ExpectedChecksum, PartHasher, StreamPlan};
 use crate::writer::FileWriter;
 
 /// One ranged GET of one object, with its retries.
@@ -27,6 +32,9 @@ pub(super) struct PartJob {
     pub(super) writer: FileWriter,
     pub(super) cancel: CancellationToken,
     pub(super) batch: Option<Arc<Progress>>,
+    /// Set for the part of an object fetched whole when its checksum is wanted and unknown:
+    /// filled with what the first whole-object response said (`None`: the server has none).
+    pub(super) learn_checksum: Option<Arc<OnceLock<Option<ExpectedChecksum>>>>,
 }
 
 /// How one attempt of a part ended.
@@ -94,12 +102,36 @@ impl PartJob {
             .client
             .get_object()
             .bucket(&engine.source.bucket)
-            .key(&self.key)
-            .range(format!("bytes={from}-{}", self.end - 1));
+            .key(&self.key);
         if let Some(etag) = &self.etag {
             request = request.if_match(format!("\"{etag}\""));
         }
-        let response = match tokio::time::timeout(stall, request.send()).await {
+        // A whole-object GET, the only kind S3 sends a checksum with, while the checksum is
+        // still to learn; a resumed attempt asks for the rest only.
+        let learning = self
+            .learn_checksum
+            .as_ref()
+            .filter(|learned| from == 0 && learned.get().is_none());
+        let sent = async {
+            if learning.is_some() {
+                // The header, not the SDK's `checksum_mode`: with that the SDK would also
+                // validate the body, hashing it a second time and failing a mismatch as a
+                // broken body rather than as the verification failure it is.
+                request
+                    .customize()
+                    .mutate_request(|http| {
+                        http.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
+                    })
+                    .send()
+                    .await
+            } else {
+                request
+                    .range(format!("bytes={from}-{}", self.end - 1))
+                    .send()
+                    .await
+            }
+        };
+        let response = match tokio::time::timeout(stall, sent).await {
             Err(_) => {
                 return Attempt::Failed(
                     Failure::Retry(RetryReason::Stall),
@@ -125,6 +157,22 @@ impl PartJob {
                     response.content_range()
                 ),
             );
+        }
+        if let Some(learned) = learning {
+            let checksum = ExpectedChecksum::from_response(
+                response.checksum_crc32(),
+                response.checksum_crc32_c(),
+                response.checksum_crc64_nvme(),
+                response.checksum_sha1(),
+                response.checksum_sha256(),
+            );
+            // Nothing is hashed yet, so a CRC can still be computed as the body streams.
+            if *written == 0
+                && let Some(checksum) = &checksum
+            {
+                hasher.start_crc(checksum.algo);
+            }
+            let _ = learned.set(checksum);
         }
         let mut body = response.body;
         loop {

@@ -191,6 +191,18 @@ impl PartHasher {
         }
     }
 
+    /// Adds the CRC of `algo` (when it is one and none runs yet), learnt from the response
+    /// headers before the first byte: only valid while nothing has been hashed.
+    pub fn start_crc(&mut self, algo: ChecksumAlgo) {
+        debug_assert_eq!(self.len, 0, "a CRC must start with the part's first byte");
+        if self.len == 0
+            && self.crc.is_none()
+            && let Some((crc, _)) = algo.crc()
+        {
+            self.crc = Some(crc_fast::Digest::new(crc));
+        }
+    }
+
     /// Feeds the next bytes of the part.
     pub fn update(&mut self, bytes: &[u8]) {
         self.len += bytes.len() as u64;
