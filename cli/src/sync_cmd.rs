@@ -1,4 +1,5 @@
-//! `era5 sync`: list the selection, mirror it with the fetch engine, show progress (a bar on a
+//! `era5 sync`: list the selection, mirror it through the cluster's lease loop over a store
+//! embedded in the process (each pass is a job, see `pass`), show progress (a bar on a
 //! terminal, log lines otherwise) and close with a summary. Ctrl-C (or SIGTERM) stops cleanly:
 //! finished objects stay, interrupted ones keep their temporary file and resume state.
 //!
@@ -14,17 +15,19 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::selection::Selection;
 use common::units::human_bytes;
+use engine::disk::DiskGate;
 use engine::sync::{Mirrorer, Outcome, SyncReport};
-use engine::{FetchScope, Mirror, Progress, ProgressSnapshot};
-use lease::model::{Grant, LeasePolicy, ObjectSpec, SelectionSpec, SourceSpec, random_id};
+use engine::{Mirror, Progress, ProgressSnapshot};
+use lease::model::{SelectionSpec, SourceSpec, random_id};
 use lease::planner::{ItemLimits, plan_job};
-use lease::{LeaseStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 use transport::{RemoteObject, Source};
+use worker::embedded::{Embedded, sync_policy};
+use worker::runner::{Mirrorers, OnDestFailure, Runner, RunnerConfig, Temps};
 
 use crate::config::{FollowConfig, SyncConfig};
 use crate::progress_display::Reporter;
@@ -40,6 +43,9 @@ struct Stop {
 
 /// The one holder of every lease of an `era5 sync` (the embedded store checks holders too).
 const SYNC_HOLDER: &str = "era5-sync";
+/// Leases a sync works at once: enough that one lease's last objects never leave connections
+/// idle. What is in flight stays bounded by the mirrorer, whatever this number.
+const SYNC_LEASES: usize = 4;
 
 /// Runs the whole command.
 pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
@@ -122,16 +128,19 @@ async fn list(
     Ok(found.objects)
 }
 
-/// One pass over `listed`: the same planner and lease state machine as the cluster, on the
-/// embedded store (one process holds every lease for the pass), then the mirrorer.
+/// One pass over `listed`, through the cluster's own lease loop (`worker::runner`): the same
+/// planner, lease state machine, renewals, fencing and outcome rules, over a store embedded in
+/// the process (`worker::embedded`) in which this sync is the one holder.
 async fn pass(
-    mirrorer: &Mirrorer,
+    mirrorer: &Arc<Mirrorer>,
     config: &SyncConfig,
     selection: &Selection,
     listed: Vec<RemoteObject>,
     stop: &Stop,
 ) -> Result<SyncReport, Failure> {
-    let mut job = plan_job(
+    let started = Instant::now();
+    mirrorer.count_up_front(&listed);
+    let job = plan_job(
         random_id(),
         SelectionSpec::from(selection),
         SourceSpec {
@@ -141,59 +150,40 @@ async fn pass(
         listed,
         ItemLimits::default(),
     );
-    // The objects stay here and the embedded store gets the items without them: it runs the
-    // lease state machine, which never looks at them, and a pass over the whole archive then
-    // holds one copy of its 0.8 M objects instead of three (~200 MB each).
-    let mut objects_of: HashMap<String, Vec<ObjectSpec>> = job
-        .items
-        .iter_mut()
-        .map(|item| (item.item_id.clone(), std::mem::take(&mut item.objects)))
-        .collect();
-    let leases = MemoryStore::new(LeasePolicy {
-        ttl: Duration::from_secs(365 * 24 * 3600),
-        max_attempts: 1,
-        ..LeasePolicy::default()
-    });
-    let store_error = |e: lease::Error| Failure::Runtime(e.to_string());
-    leases.create_job(&job).await.map_err(store_error)?;
-    let items = job.items.len();
-    drop(job);
-    let grants = leases
-        .acquire(SYNC_HOLDER, items)
+    let embedded = Embedded::start(job, sync_policy(), SYNC_HOLDER)
         .await
-        .map_err(store_error)?;
-    let mut objects_per_grant = Vec::with_capacity(grants.len());
-    let mut objects: Vec<RemoteObject> = Vec::new();
-    for grant in &grants {
-        let mine = objects_of.remove(&grant.item.item_id).unwrap_or_default();
-        objects_per_grant.push(mine.len());
-        objects.extend(mine.into_iter().map(into_remote));
-    }
-    drop(objects_of);
-    let scope = FetchScope {
-        cancel: stop.abort.clone(),
-        drain: stop.drain.clone(),
-        ..FetchScope::default()
-    };
-    let report = mirrorer
-        .run_batch(objects, &scope)
-        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let runner = Runner::new(
+        embedded,
+        RunnerConfig {
+            dest: config.dest.clone(),
+            name: SYNC_HOLDER.to_string(),
+            max_leases: SYNC_LEASES,
+            temps: Temps::Resumable,
+            on_dest_failure: OnDestFailure::Stop,
+            until_idle: true,
+        },
+        Mirrorers::One(mirrorer.clone()),
+        mirrorer.progress().clone(),
+        Arc::new(DiskGate::default()),
+        None,
+    );
+    runner
+        .run(&worker::runner::Stop {
+            shutdown: stop.abort.clone(),
+            drain: stop.drain.clone(),
+        })
+        .await;
+    let manifest_error = mirrorer
+        .flush_at_end()
         .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
-    settle_leases(&leases, &grants, &objects_per_grant, &report)
-        .await
-        .map_err(store_error)?;
-    Ok(report)
-}
-
-/// The listing entry an object came from, moved rather than copied.
-fn into_remote(object: ObjectSpec) -> RemoteObject {
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    RemoteObject {
-        key: object.key,
-        size: object.size,
-        etag: non_empty(object.etag),
-        last_modified: non_empty(object.last_modified),
-    }
+    let stopped_by = runner.stopped_by();
+    Ok(SyncReport {
+        results: runner.client().take_results(stopped_by.as_ref()),
+        elapsed: started.elapsed(),
+        cancelled: stop.abort.is_cancelled() || stop.drain.is_cancelled(),
+        manifest_error,
+    })
 }
 
 /// Whether each listed object's version is already recorded (`Some(true)`), recorded in
@@ -215,7 +205,7 @@ fn recorded_versions(mirrorer: &Mirrorer, listed: &[RemoteObject]) -> HashMap<St
 
 /// Passes after the first, every `interval`, until a signal.
 async fn follow_passes(
-    mirrorer: &Mirrorer,
+    mirrorer: &Arc<Mirrorer>,
     source: &Source,
     config: &SyncConfig,
     follow: &FollowConfig,
@@ -287,33 +277,6 @@ fn next_pass_at(interval: Duration) -> String {
         .checked_add(jiff::SignedDuration::try_from(interval).unwrap_or_default())
         .unwrap_or_else(|_| jiff::Timestamp::now());
     next.round(jiff::Unit::Second).unwrap_or(next).to_string()
-}
-
-/// Completes each lease whose objects all verified, releases interrupted ones (and those a
-/// full or failing disk stopped: not their fault) and fails the rest, so the embedded store
-/// ends in the state the cluster's would.
-async fn settle_leases(
-    leases: &MemoryStore,
-    grants: &[Grant],
-    objects_per_grant: &[usize],
-    report: &SyncReport,
-) -> Result<(), lease::Error> {
-    let mut outcomes = report.results.iter().map(|(_, outcome)| outcome);
-    for (grant, count) in grants.iter().zip(objects_per_grant) {
-        let mine: Vec<&Outcome> = outcomes.by_ref().take(*count).collect();
-        if mine.iter().all(|o| o.is_verified()) {
-            leases.complete(&grant.lease, SYNC_HOLDER).await?;
-        } else if let Some(Outcome::Failed { reason, permanent }) =
-            mine.iter().find(|o| matches!(o, Outcome::Failed { .. }))
-        {
-            leases
-                .fail(&grant.lease, SYNC_HOLDER, reason, *permanent)
-                .await?;
-        } else {
-            leases.release(&grant.lease, SYNC_HOLDER).await?;
-        }
-    }
-    Ok(())
 }
 
 /// Non-follow: the first signal aborts (finished files stay, interrupted ones resume next run),

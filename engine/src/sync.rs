@@ -13,7 +13,7 @@
 //! `Local`, with the disk's error); those in flight finish or stop at their first write error.
 
 use common::sync::MutexExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,15 +137,25 @@ enum Plan {
     Fetch,
 }
 
-/// Mirrors batches of objects into one destination. `era5 sync` hands it every object of its
-/// plan at once; a cluster worker hands it one lease at a time, several concurrently. Objects
-/// of earlier batches go first (a sequence number orders all requests).
+/// Mirrors batches of objects into one destination. The lease loop (`worker::runner`, for
+/// `era5 sync` and a cluster worker alike) hands it one lease at a time, several concurrently;
+/// `era5 verify --repair` hands it what failed as one batch. Objects of earlier batches go
+/// first (a sequence number orders all requests).
 pub struct Mirrorer {
     engine: Arc<Engine>,
     mirror: Arc<Mirror>,
     manifest: Mutex<Manifest>,
     progress: Arc<Progress>,
     next_seq: AtomicU64,
+    /// Objects being fetched, by every batch together: enough to keep every connection busy
+    /// with single-part objects, plus a little slack so verification and promotion overlap the
+    /// next downloads. Shared, so several leases at once hold no more temporary files, disk
+    /// reservations and memory than one batch.
+    in_flight: Semaphore,
+    in_flight_max: usize,
+    /// The caller counts every object and byte into the totals up front
+    /// ([`Mirrorer::count_up_front`]); batches then only take the present ones' bytes back out.
+    counted_up_front: AtomicBool,
 }
 
 impl Mirrorer {
@@ -159,12 +169,16 @@ impl Mirrorer {
         let manifest = Manifest::open(mirror.state_dir(), mirror.writer())?;
         let mirror = Arc::new(mirror);
         let engine = Engine::new(source, mirror.clone(), progress.clone(), config);
+        let in_flight_max = engine.scheduler().max() + 2;
         Ok(Arc::new(Self {
             engine,
+            in_flight: Semaphore::new(in_flight_max),
+            in_flight_max,
             mirror,
             manifest: Mutex::new(manifest),
             progress,
             next_seq: AtomicU64::new(0),
+            counted_up_front: AtomicBool::new(false),
         }))
     }
 
@@ -202,18 +216,23 @@ impl Mirrorer {
                 .map(|object| triage(&self.mirror, &manifest, object, mode))
                 .collect()
         };
-        let to_download: u64 = objects
-            .iter()
-            .zip(&plans)
-            .filter(|(_, plan)| !matches!(plan, Plan::Present))
-            .map(|(object, _)| object.size)
-            .sum();
-        self.progress
-            .objects_total
-            .fetch_add(objects.len() as u64, Ordering::Relaxed);
-        self.progress
-            .bytes_total
-            .fetch_add(to_download, Ordering::Relaxed);
+        let (present, to_download) = objects.iter().zip(&plans).fold(
+            (0u64, 0u64),
+            |(present, to_download), (object, plan)| match plan {
+                Plan::Present => (present + object.size, to_download),
+                _ => (present, to_download + object.size),
+            },
+        );
+        if self.counted_up_front.load(Ordering::Relaxed) {
+            self.progress.discount(present);
+        } else {
+            self.progress
+                .objects_total
+                .fetch_add(objects.len() as u64, Ordering::Relaxed);
+            self.progress
+                .bytes_total
+                .fetch_add(to_download, Ordering::Relaxed);
+        }
 
         let mut results: Vec<Option<Outcome>> = vec![None; objects.len()];
         let mut to_fetch = Vec::new();
@@ -284,8 +303,7 @@ impl Mirrorer {
             }
         }
 
-        // Objects in flight: enough to keep every connection busy with single-part objects,
-        // plus a little slack so verification and promotion overlap the next downloads.
+        // Objects in flight, across every batch at once (see `in_flight`).
         to_fetch.sort_unstable();
         let first_seq = self
             .next_seq
@@ -293,14 +311,27 @@ impl Mirrorer {
         let mut fetched = stream::iter(to_fetch.into_iter().enumerate())
             .take_until(Box::pin(scope.drain.clone().cancelled_owned()))
             .map(|(offset, index)| async move {
+                let permit = tokio::select! {
+                    biased;
+                    () = scope.cancel.cancelled() => return None,
+                    permit = self.in_flight.acquire() => permit.ok()?,
+                };
+                // Drained while waiting: not started, so not done.
+                if scope.drain.is_cancelled() {
+                    return None;
+                }
                 let fetched = self
                     .engine
                     .fetch(&objects[index], first_seq + offset as u64, scope)
                     .await;
-                (index, fetched.map(|done| Some(done.entry)))
+                drop(permit);
+                Some((index, fetched.map(|done| Some(done.entry))))
             })
-            .buffer_unordered(self.engine.scheduler().max() + 2);
-        while let Some((index, result)) = fetched.next().await {
+            .buffer_unordered(self.in_flight_max);
+        while let Some(done) = fetched.next().await {
+            let Some((index, result)) = done else {
+                continue;
+            };
             results[index] =
                 Some(self.settle(scope, &objects[index], result, Outcome::Downloaded)?);
         }
@@ -309,6 +340,20 @@ impl Mirrorer {
             .into_iter()
             .map(|r| r.unwrap_or(Outcome::Cancelled))
             .collect())
+    }
+
+    /// Counts `objects` into the totals now, so a progress display knows the whole pass before
+    /// its batches (an `era5 sync` pass's leases) start: each batch then only takes the bytes
+    /// of the objects already present back out.
+    pub fn count_up_front(&self, objects: &[RemoteObject]) {
+        self.counted_up_front.store(true, Ordering::Relaxed);
+        self.progress
+            .objects_total
+            .fetch_add(objects.len() as u64, Ordering::Relaxed);
+        self.progress.bytes_total.fetch_add(
+            objects.iter().map(|o| o.size).sum::<u64>(),
+            Ordering::Relaxed,
+        );
     }
 
     /// Records how an object ended: its manifest entry (if newly verified) and the counters.
@@ -362,16 +407,7 @@ impl Mirrorer {
     ) -> std::io::Result<SyncReport> {
         let started = Instant::now();
         let outcomes = self.mirror_objects(&objects, scope).await?;
-        let manifest_error = match self.flush() {
-            Ok(()) => None,
-            Err(error) => {
-                let local = LocalIoError::from_io(&error, self.mirror.state_dir(), None);
-                if !local.kind.is_dest_failure() {
-                    return Err(error);
-                }
-                Some(local.to_string())
-            }
-        };
+        let manifest_error = self.flush_at_end()?;
         Ok(SyncReport {
             results: objects.into_iter().zip(outcomes).collect(),
             elapsed: started.elapsed(),
@@ -388,6 +424,22 @@ impl Mirrorer {
     /// Makes every buffered manifest record durable.
     pub fn flush(&self) -> std::io::Result<()> {
         self.manifest().flush()
+    }
+
+    /// The flush at the end of a sync: a manifest that a full or failing disk could not take
+    /// is reported (`Ok(Some(why))`), not an error, since the files are in place and the next
+    /// run verifies them from their bytes.
+    pub fn flush_at_end(&self) -> std::io::Result<Option<String>> {
+        match self.flush() {
+            Ok(()) => Ok(None),
+            Err(error) => {
+                let local = LocalIoError::from_io(&error, self.mirror.state_dir(), None);
+                if !local.kind.is_dest_failure() {
+                    return Err(error);
+                }
+                Ok(Some(local.to_string()))
+            }
+        }
     }
 }
 

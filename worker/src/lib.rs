@@ -1,10 +1,20 @@
-//! The era5-mirror cluster worker: the agent that takes leases from the coordinator over gRPC
-//! and runs each through the fetch engine's [`engine::sync::Mirrorer`], and the worker's own
-//! HTTP side (/metrics, /healthz, /readyz).
+//! The era5-mirror worker: the lease loop that every lease runs through, whether it comes from
+//! the coordinator (a cluster worker) or from the store embedded in `era5 sync`, and the
+//! cluster worker around it with its own HTTP side (/metrics, /healthz, /readyz).
 //!
-//! - [`agent`]: the lease loop (acquire, renew, fence, complete, fail, release) and the
-//!   `WorkerSession` stream (progress up, commands down).
+//! - [`runner`]: the lease loop (acquire, renew, fence, complete, fail, release) over any
+//!   [`client::LeaseClient`], mirroring each lease through the engine's
+//!   [`engine::sync::Mirrorer`].
+//! - [`client`]: what the loop asks of a lease service, in the lease model's types.
+//! - [`grpc`]: the coordinator as that service.
+//! - [`embedded`]: a `lease::MemoryStore` as that service, for `era5 sync`.
+//! - [`agent`]: the cluster worker: the loop over the coordinator, the `WorkerSession` stream
+//!   (progress up, commands down) and the sweep of abandoned temporaries.
 //! - [`telemetry`]: the worker's /metrics, /healthz and /readyz.
 
 pub mod agent;
+pub mod client;
+pub mod embedded;
+pub mod grpc;
+pub mod runner;
 pub mod telemetry;

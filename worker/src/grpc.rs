@@ -1,0 +1,182 @@
+//! The coordinator as a lease service: the `Worker` gRPC calls behind [`LeaseClient`], with the
+//! coordinator's messages turned into the lease model's types at this edge.
+//!
+//! - **The channel** ([`connect`]) is built from [`CoordinatorChannel`]: `https://` with the
+//!   worker's certificate (whose name is the worker's name) or `http://`, a deadline on every
+//!   call, HTTP/2 keepalive so a vanished coordinator is noticed. It connects lazily, so a
+//!   coordinator that is down at start is retried like one that goes away later.
+//! - **What the coordinator sends is bounded**: an Acquire response is at most
+//!   [`MAX_RESPONSE_BYTES`], a grant without its lease reference is dropped, and a TTL under a
+//!   second is taken as one second.
+
+use std::time::Duration;
+
+use engine::sync::Outcome;
+use lease::model::{Ack, LeaseRef, SourceSpec};
+use proto::channel::CoordinatorChannel;
+use proto::v1 as pb;
+use proto::v1::worker_client::WorkerClient;
+use tonic::transport::Channel;
+use transport::RemoteObject;
+
+use crate::client::{Acquired, ClientError, Granted, LeaseClient, LeaseEnd};
+
+/// Largest Acquire response accepted (the coordinator bounds its responses well below).
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// The shortest TTL believed.
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// The coordinator's channel: checked (https ⇔ TLS) and connected lazily.
+pub fn connect(channel: &CoordinatorChannel) -> Result<WorkerClient<Channel>, proto::Error> {
+    let endpoint = channel.endpoint()?;
+    Ok(WorkerClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// The coordinator, for one worker.
+#[derive(Clone)]
+pub struct Coordinator {
+    client: WorkerClient<Channel>,
+    worker: String,
+}
+
+impl Coordinator {
+    /// Calls as `worker` over `client`.
+    pub fn new(client: WorkerClient<Channel>, worker: &str) -> Self {
+        Self {
+            client,
+            worker: worker.to_string(),
+        }
+    }
+
+    /// The gRPC client (the session stream uses it too).
+    pub fn grpc(&self) -> WorkerClient<Channel> {
+        self.client.clone()
+    }
+}
+
+fn to_pb(lease: &LeaseRef) -> pb::LeaseRef {
+    pb::LeaseRef {
+        job_id: lease.job_id.clone(),
+        item_id: lease.item_id.clone(),
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+    }
+}
+
+fn from_pb_grant(lease: pb::Lease) -> Option<Granted> {
+    let reference = lease.lease?;
+    let source = lease.source.unwrap_or_default();
+    Some(Granted {
+        lease: LeaseRef {
+            job_id: reference.job_id,
+            item_id: reference.item_id,
+            lease_id: reference.lease_id,
+            epoch: reference.epoch,
+        },
+        objects: lease
+            .objects
+            .into_iter()
+            .map(|o| RemoteObject {
+                key: o.key,
+                size: o.size,
+                etag: (!o.etag.is_empty()).then_some(o.etag),
+                last_modified: (!o.last_modified.is_empty()).then_some(o.last_modified),
+            })
+            .collect(),
+        source: SourceSpec {
+            bucket: source.bucket,
+            endpoint: source.endpoint,
+        },
+        ttl: Duration::from_millis(lease.ttl_ms).max(MIN_TTL),
+    })
+}
+
+fn ack_of(status: i32) -> Ack {
+    match pb::LeaseStatus::try_from(status) {
+        Ok(pb::LeaseStatus::Ok) => Ack::Ok,
+        Ok(pb::LeaseStatus::AlreadyDone) => Ack::AlreadyDone,
+        _ => Ack::LeaseLost,
+    }
+}
+
+fn client_error(status: &tonic::Status) -> ClientError {
+    let message = format!("{:?}: {}", status.code(), status.message());
+    if status.code() == tonic::Code::PermissionDenied {
+        ClientError::NotHolder(message)
+    } else {
+        ClientError::Unavailable(message)
+    }
+}
+
+impl LeaseClient for Coordinator {
+    async fn acquire(&self, max: usize) -> Result<Acquired, ClientError> {
+        let request = pb::AcquireRequest {
+            worker: self.worker.clone(),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+        };
+        let response = self
+            .client
+            .clone()
+            .acquire(request)
+            .await
+            .map_err(|s| client_error(&s))?
+            .into_inner();
+        Ok(Acquired {
+            grants: response
+                .leases
+                .into_iter()
+                .filter_map(from_pb_grant)
+                .collect(),
+            draining: response.draining,
+            exhausted: false,
+        })
+    }
+
+    async fn renew(&self, lease: &LeaseRef) -> Result<Ack, ClientError> {
+        let request = pb::RenewRequest {
+            lease: Some(to_pb(lease)),
+            worker: self.worker.clone(),
+        };
+        let response = self
+            .client
+            .clone()
+            .renew(request)
+            .await
+            .map_err(|s| client_error(&s))?;
+        Ok(ack_of(response.get_ref().status))
+    }
+
+    async fn finish(
+        &self,
+        lease: &LeaseRef,
+        end: &LeaseEnd,
+        _outcomes: &[Outcome],
+    ) -> Result<Ack, ClientError> {
+        let mut client = self.client.clone();
+        let (lease, worker) = (Some(to_pb(lease)), self.worker.clone());
+        let status = match end {
+            LeaseEnd::Complete => client
+                .complete(pb::CompleteRequest {
+                    lease,
+                    worker,
+                    bytes: 0,
+                })
+                .await
+                .map(|r| r.into_inner().status),
+            LeaseEnd::Fail { reason, permanent } => client
+                .fail(pb::FailRequest {
+                    lease,
+                    worker,
+                    reason: reason.clone(),
+                    permanent: *permanent,
+                })
+                .await
+                .map(|r| r.into_inner().status),
+            LeaseEnd::Release => client
+                .release(pb::ReleaseRequest { lease, worker })
+                .await
+                .map(|r| r.into_inner().status),
+        };
+        status.map(ack_of).map_err(|s| client_error(&s))
+    }
+}
