@@ -27,11 +27,15 @@
 //! Every key is under `era5:`, so a Redis ACL user restricted to `~era5:*` (see
 //! `deploy/base/redis/era5-user.acl`) can run the coordinator.
 //!
+//! The code is split by concern: this module holds the store, its scripts and the lease
+//! transitions (create, acquire, renew, complete, fail, release, reap, progress, cancel,
+//! retry); `views` the reads; `standing` the standing jobs' passes; `upkeep` heartbeats and
+//! pruning; `keys` the key names; `connection` the checked URL and the connection.
+//!
 //! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
 //! All of a job's keys share the hash tag `{JOB}`, so each script touches one slot (Redis
 //! Cluster). Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,17 +46,19 @@ use redis::{AsyncCommands, Script};
 use lease::Error;
 use lease::model::{
     Ack, FollowSpec, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy,
-    LeaseRef, MAX_ACQUIRE, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, SelectionSpec,
-    SourceSpec, WorkerMetrics, WorkerStatus, now_ms, random_id,
+    LeaseRef, MAX_ACQUIRE, ObjectSpec, Sample, SelectionSpec, SourceSpec, WorkerMetrics,
+    WorkerStatus, now_ms, random_id,
 };
 use lease::store::{FailOutcome, ItemPage, LeaseStore, Pruned, RecentJobs};
 
 mod connection;
 mod keys;
+mod standing;
+mod upkeep;
 mod views;
 
 pub use connection::{RedisTarget, target};
-use keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, WORKERS, brief, history_key};
+use keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, brief};
 
 /// Items written per pipeline when a job is created (a million-object job has ~30 000).
 const CREATE_CHUNK: usize = 2_000;
@@ -519,136 +525,23 @@ impl LeaseStore for RedisStore {
     }
 
     async fn claim_due_passes(&self, max: usize) -> Result<Vec<(String, FollowSpec)>, Error> {
-        let mut conn = self.conn()?;
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let now = seconds * 1000 + micros / 1000;
-        let due: Vec<String> = conn
-            .zrangebyscore_limit(STANDING, "-inf", now, 0, max as isize)
-            .await
-            .map_err(unavailable)?;
-        let mut claimed = Vec::new();
-        for job_id in due {
-            let keys = JobKeys::new(&job_id);
-            let (follow, cancelled): (Option<String>, Option<String>) = redis::pipe()
-                .hget(&keys.meta, "follow")
-                .hget(&keys.meta, "cancelled")
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            let follow = follow.and_then(|json| serde_json::from_str::<FollowSpec>(&json).ok());
-            let Some(follow) = follow.filter(|_| cancelled.as_deref() != Some("1")) else {
-                // Cancelled, or gone: it follows no more.
-                conn.zrem::<_, _, ()>(STANDING, &job_id)
-                    .await
-                    .map_err(unavailable)?;
-                continue;
-            };
-            let won: i32 = self
-                .scripts
-                .claim_pass
-                .key(STANDING)
-                .arg(&job_id)
-                .arg(follow.interval_ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            if won == 1 {
-                claimed.push((job_id, follow));
-            }
-        }
-        Ok(claimed)
+        standing::claim_due_passes(self, max).await
     }
 
     async fn job_objects(&self, job_id: &str) -> Result<Vec<ObjectSpec>, Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
-        if !exists {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        // A cursor a thousand items at a time: no reply holds the whole job.
-        let mut objects = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, fields): (u64, Vec<String>) = redis::cmd("HSCAN")
-                .arg(&keys.items)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(PAGE_CHUNK)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for spec in fields.chunks(2).filter_map(|pair| pair.get(1)) {
-                let item: ItemSpec =
-                    serde_json::from_str(spec).map_err(|e| Error::Corrupt(e.to_string()))?;
-                objects.extend(item.objects);
-            }
-            if next == 0 {
-                return Ok(objects);
-            }
-            cursor = next;
-        }
+        standing::job_objects(self, job_id).await
     }
 
     async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let created: Option<i64> = conn.zscore(JOBS, job_id).await.map_err(unavailable)?;
-        let Some(created) = created else {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        };
-        self.write_items(&keys, items).await?;
-        let objects: usize = items.iter().map(|i| i.objects.len()).sum();
-        let bytes: u64 = items.iter().map(ItemSpec::bytes).sum();
-        redis::pipe()
-            .hincr(&keys.meta, "items", items.len())
-            .ignore()
-            .hincr(&keys.meta, "objects_total", objects)
-            .ignore()
-            .hincr(&keys.meta, "bytes_total", bytes)
-            .ignore()
-            .zadd(ACTIVE, job_id, created)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        standing::extend_job(self, job_id, items).await
     }
 
     async fn standing_jobs(&self) -> Result<Vec<JobStatus>, Error> {
-        let ids: Vec<String> = self
-            .conn()?
-            .zrange(STANDING, 0, -1)
-            .await
-            .map_err(unavailable)?;
-        let mut jobs = Vec::with_capacity(ids.len());
-        for job_id in ids {
-            match self.status_of(&job_id).await {
-                Ok(job) => jobs.push(job),
-                Err(Error::UnknownJob(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(jobs)
+        standing::standing_jobs(self).await
     }
 
     async fn record_pass(&self, job_id: &str, error: Option<&str>) -> Result<(), Error> {
-        let keys = JobKeys::new(job_id);
-        let mut pipe = redis::pipe();
-        pipe.hincr(&keys.meta, "follow_passes", 1).ignore();
-        match error {
-            None => pipe
-                .hset(&keys.meta, "follow_success", now_ms())
-                .ignore()
-                .hset(&keys.meta, "follow_error", "")
-                .ignore(),
-            Some(error) => pipe.hset(&keys.meta, "follow_error", error).ignore(),
-        };
-        pipe.query_async::<()>(&mut self.conn()?)
-            .await
-            .map_err(unavailable)
+        standing::record_pass(self, job_id, error).await
     }
 
     async fn heartbeat(
@@ -657,45 +550,7 @@ impl LeaseStore for RedisStore {
         leases_held: u32,
         metrics: &WorkerMetrics,
     ) -> Result<(), Error> {
-        let status = WorkerStatus {
-            name: worker.to_string(),
-            leases_held,
-            metrics: metrics.clone(),
-            last_heartbeat_ms: now_ms(),
-            draining: false,
-        };
-        let json = serde_json::to_string(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let mut conn = self.conn()?;
-        conn.hset::<_, _, _, ()>(WORKERS, worker, json)
-            .await
-            .map_err(unavailable)?;
-        let key = history_key(worker);
-        let admitted: Option<String> = redis::cmd("SET")
-            .arg(format!("{key}:gate"))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(SAMPLE_EVERY_MS)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if admitted.is_some() {
-            let sample = Sample {
-                at_ms: status.last_heartbeat_ms,
-                bytes_per_sec: metrics.bytes_per_sec,
-                open: metrics.open,
-            };
-            let json = serde_json::to_string(&sample).map_err(|e| Error::Corrupt(e.to_string()))?;
-            redis::pipe()
-                .lpush(&key, json)
-                .ignore()
-                .ltrim(&key, 0, SAMPLES_KEPT as isize - 1)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
+        upkeep::heartbeat(self, worker, leases_held, metrics).await
     }
 
     async fn workers(&self) -> Result<Vec<WorkerStatus>, Error> {
@@ -733,82 +588,6 @@ impl LeaseStore for RedisStore {
     }
 
     async fn prune(&self, retention: Duration) -> Result<Pruned, Error> {
-        let mut conn = self.conn()?;
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let cutoff = seconds * 1000 + micros / 1000 - retention.as_millis() as i64;
-        let mut pruned = Pruned::default();
-        // A job finished before the cutoff was also created before it.
-        let old: Vec<String> = conn
-            .zrangebyscore_limit(JOBS, "-inf", cutoff, 0, PRUNE_BATCH)
-            .await
-            .map_err(unavailable)?;
-        for job_id in old {
-            let keys = JobKeys::new(&job_id);
-            // A standing job waits between passes, finished; it is not done with.
-            let standing: Option<i64> =
-                conn.zscore(STANDING, &job_id).await.map_err(unavailable)?;
-            if standing.is_some() {
-                continue;
-            }
-            let last = match self.status_of(&job_id).await {
-                Ok(status) if status.state.is_final() => {
-                    let ended: Option<i64> =
-                        conn.hget(&keys.meta, "ended").await.map_err(unavailable)?;
-                    status
-                        .created_ms
-                        .max(status.finished_ms)
-                        .max(ended.unwrap_or(0))
-                }
-                Ok(_) => continue,
-                // Indexed but without its meta (a half-created job): nothing to keep.
-                Err(Error::UnknownJob(_)) => i64::MIN,
-                Err(other) => return Err(other),
-            };
-            if last >= cutoff {
-                continue;
-            }
-            redis::pipe()
-                .del(&[
-                    &keys.meta,
-                    &keys.state,
-                    &keys.pending,
-                    &keys.leased,
-                    &keys.items,
-                    &keys.order,
-                ])
-                .ignore()
-                .zrem(JOBS, &job_id)
-                .ignore()
-                .zrem(ACTIVE, &job_id)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            pruned.jobs += 1;
-        }
-        let workers: HashMap<String, String> = conn.hgetall(WORKERS).await.map_err(unavailable)?;
-        for (name, json) in workers {
-            let seen = serde_json::from_str::<WorkerStatus>(&json)
-                .map_or(i64::MIN, |w| w.last_heartbeat_ms);
-            if seen >= cutoff {
-                continue;
-            }
-            let history = history_key(&name);
-            redis::pipe()
-                .hdel(WORKERS, &name)
-                .ignore()
-                .del(&[history.clone(), format!("{history}:gate")])
-                .ignore()
-                .srem(DRAIN, &name)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            pruned.workers += 1;
-        }
-        Ok(pruned)
+        upkeep::prune(self, retention).await
     }
 }
