@@ -204,7 +204,8 @@ def run(args, out, dest, procs, results):
                                              capture_output=True).returncode == 0)
     coordinator = procs.start("coordinator", [
         os.path.join(BIN, "era5"), "coordinator", "--listen", f"127.0.0.1:{grpc_port}",
-        "--redis", f"redis://127.0.0.1:{redis_port}/", "--http", f"127.0.0.1:{http_port}"])
+        "--redis", f"redis://127.0.0.1:{redis_port}/", "--http", f"127.0.0.1:{http_port}",
+        "--endpoint", endpoint])
     coordinator_log = os.path.join(out, "coordinator.log")
     wait_for("the coordinator", lambda: "coordinator started" in open(coordinator_log).read())
     url = f"http://127.0.0.1:{grpc_port}"

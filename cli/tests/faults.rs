@@ -349,20 +349,27 @@ fn lsm_sync(s3: &TestS3) -> (Scratch, Vec<String>) {
     (scratch, args)
 }
 
-#[test]
-fn a_wrong_additional_checksum_fails_full_verification_only() {
+/// A server holding [`LSM_KEY`] alone, 200 kB uploaded in one part with a CRC-64/NVME checksum
+/// (`checksum_override` replaces the right value), and its bytes.
+fn lsm_with_crc64(checksum_override: Option<&str>) -> (TestS3, bytes::Bytes) {
     let s3 = TestS3::start(BUCKET);
-    let key = LSM_KEY;
-    let data = tests::fixtures::object_bytes(key, 200_000);
+    let data = tests::fixtures::object_bytes(LSM_KEY, 200_000);
     s3.put_object_with(
-        key,
+        LSM_KEY,
         data.clone(),
         tests::s3_server::PutOptions {
             checksum: Some(tests::s3_server::ChecksumAlgo::Crc64nvme),
-            checksum_override: Some("AAAAAAAAAAA=".into()),
+            checksum_override: checksum_override.map(str::to_string),
             ..Default::default()
         },
     );
+    (s3, data)
+}
+
+#[test]
+fn a_wrong_additional_checksum_fails_full_verification_only() {
+    let (s3, data) = lsm_with_crc64(Some("AAAAAAAAAAA="));
+    let key = LSM_KEY;
     let (scratch, args) = lsm_sync(&s3);
     let run = run_era5(&scratch, &args, LIMIT);
     run.expect_code(1);
@@ -424,17 +431,8 @@ fn correct_additional_checksums_full_object_and_composite_are_recorded() {
 
 #[test]
 fn full_verification_takes_a_single_part_objects_checksum_from_its_one_get() {
-    let s3 = TestS3::start(BUCKET);
+    let (s3, data) = lsm_with_crc64(None);
     let key = LSM_KEY;
-    let data = tests::fixtures::object_bytes(key, 200_000);
-    s3.put_object_with(
-        key,
-        data.clone(),
-        tests::s3_server::PutOptions {
-            checksum: Some(tests::s3_server::ChecksumAlgo::Crc64nvme),
-            ..Default::default()
-        },
-    );
     let (scratch, args) = lsm_sync(&s3);
     run_era5(&scratch, &args, LIMIT).expect_code(0);
     // One round trip: a whole-object GET, no HEAD (S3 sends checksums with whole reads only).
