@@ -43,7 +43,9 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+# ERA5_BENCH_BIN: another build's era5 (with this one's era5-bench-server and era5-lease-bench
+# copied beside it), to compare two builds on the same machine.
+BIN = os.environ.get("ERA5_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 PRODUCTS = ",".join([
     "e5.oper.an.pl", "e5.oper.an.sfc", "e5.oper.an.vinteg", "e5.oper.fc.sfc.accumu",
     "e5.oper.fc.sfc.meanflux", "e5.oper.fc.sfc.instan", "e5.oper.fc.sfc.minmax",

@@ -147,10 +147,11 @@ pub struct Mirrorer {
     manifest: Mutex<Manifest>,
     progress: Arc<Progress>,
     next_seq: AtomicU64,
-    /// Objects being fetched, by every batch together: enough to keep every connection busy
-    /// with single-part objects, plus a little slack so verification and promotion overlap the
-    /// next downloads. Shared, so several leases at once hold no more temporary files, disk
-    /// reservations and memory than one batch.
+    /// Objects being fetched, by every batch together: per batch, enough to keep every
+    /// connection busy with single-part objects, plus a little slack so verification and
+    /// promotion overlap the next downloads; times the batches it is made for
+    /// ([`Mirrorer::with_batches`]). Shared, so more leases at once than that hold no more
+    /// temporary files, disk reservations and memory.
     in_flight: Semaphore,
     in_flight_max: usize,
     /// The caller counts every object and byte into the totals up front
@@ -159,12 +160,26 @@ pub struct Mirrorer {
 }
 
 impl Mirrorer {
-    /// A mirrorer writing into `mirror` (its manifest journal is opened here).
+    /// A mirrorer writing into `mirror` (its manifest journal is opened here), whose batches
+    /// together keep as many objects in flight as one batch would.
     pub fn new(
         source: Source,
         mirror: Mirror,
         config: EngineConfig,
         progress: Arc<Progress>,
+    ) -> std::io::Result<Arc<Self>> {
+        Self::with_batches(source, mirror, config, progress, 1)
+    }
+
+    /// A mirrorer whose batches together keep as many objects in flight as `batches` separate
+    /// batches would (a worker's lease cap: its tiny objects wait on fsyncs more than on the
+    /// network, so each lease keeps its own share busy).
+    pub fn with_batches(
+        source: Source,
+        mirror: Mirror,
+        config: EngineConfig,
+        progress: Arc<Progress>,
+        batches: usize,
     ) -> std::io::Result<Arc<Self>> {
         let manifest = Manifest::open(mirror.state_dir(), mirror.writer())?;
         let mirror = Arc::new(mirror);
@@ -172,7 +187,7 @@ impl Mirrorer {
         let in_flight_max = engine.scheduler().max() + 2;
         Ok(Arc::new(Self {
             engine,
-            in_flight: Semaphore::new(in_flight_max),
+            in_flight: Semaphore::new(in_flight_max * batches.max(1)),
             in_flight_max,
             mirror,
             manifest: Mutex::new(manifest),

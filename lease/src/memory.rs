@@ -5,7 +5,7 @@
 //! expires or revives a lease.
 
 use common::sync::MutexExt;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,11 @@ struct JobEntry {
     spec: JobSpec,
     items: Vec<ItemEntry>,
     index: HashMap<String, usize>,
+    /// Pending items by (ready time, plan position): an acquire takes the first ready ones
+    /// without looking at the others, so a sync's thousands of acquires stay linear.
+    pending: BTreeSet<(i64, usize)>,
+    /// Leased items by (expiry, plan position): a reap looks only at the expired ones.
+    leased: BTreeSet<(i64, usize)>,
     created_ms: i64,
     started_ms: i64,
     finished_ms: i64,
@@ -62,6 +67,36 @@ struct ItemEntry {
     last_error: String,
     done_by: Option<(String, u64)>,
     bytes_done: u64,
+}
+
+impl JobEntry {
+    /// Takes item `i` out of the index of its state, before its state or times change.
+    fn unindex(&mut self, i: usize) {
+        let item = &self.items[i];
+        match item.state {
+            ItemState::Pending => self.pending.remove(&(item.ready_ms, i)),
+            ItemState::Leased => self.leased.remove(&(item.expires_ms, i)),
+            _ => false,
+        };
+    }
+
+    /// Puts item `i` in the index of its state, after its state or times changed.
+    fn reindex(&mut self, i: usize) {
+        let item = &self.items[i];
+        match item.state {
+            ItemState::Pending => self.pending.insert((item.ready_ms, i)),
+            ItemState::Leased => self.leased.insert((item.expires_ms, i)),
+            _ => false,
+        };
+    }
+
+    /// Changes item `i` with `change`, keeping the indexes true.
+    fn update<T>(&mut self, i: usize, change: impl FnOnce(&mut ItemEntry) -> T) -> T {
+        self.unindex(i);
+        let result = change(&mut self.items[i]);
+        self.reindex(i);
+        result
+    }
 }
 
 impl ItemEntry {
@@ -117,22 +152,27 @@ impl MemoryStore {
     fn reap_job(&self, job: &mut JobEntry, now: i64) -> u32 {
         let mut reaped = 0;
         let mut ended = false;
-        for item in job
-            .items
-            .iter_mut()
-            .filter(|i| i.state == ItemState::Leased && i.expires_ms <= now)
-        {
+        let expired: Vec<usize> = job
+            .leased
+            .range(..=(now, usize::MAX))
+            .map(|&(_, i)| i)
+            .collect();
+        for i in expired {
             reaped += 1;
-            item.expiries += 1;
-            item.holder.clear();
-            if item.expiries > self.policy.max_expiries {
-                item.state = ItemState::Dead;
-                item.last_error = format!("lease expired {} times (poison item)", item.expiries);
-                ended = true;
-            } else {
-                item.state = ItemState::Pending;
-                item.ready_ms = now;
-            }
+            ended |= job.update(i, |item| {
+                item.expiries += 1;
+                item.holder.clear();
+                if item.expiries > self.policy.max_expiries {
+                    item.state = ItemState::Dead;
+                    item.last_error =
+                        format!("lease expired {} times (poison item)", item.expiries);
+                    true
+                } else {
+                    item.state = ItemState::Pending;
+                    item.ready_ms = now;
+                    false
+                }
+            });
         }
         if ended {
             job.ended_ms = now_ms();
@@ -225,6 +265,8 @@ impl LeaseStore for MemoryStore {
         }
         inner.jobs.push(JobEntry {
             items: vec![ItemEntry::new(); job.items.len()],
+            pending: (0..job.items.len()).map(|i| (0, i)).collect(),
+            leased: BTreeSet::new(),
             index: job
                 .items
                 .iter()
@@ -264,20 +306,22 @@ impl LeaseStore for MemoryStore {
                 continue;
             }
             self.reap_job(job, now);
-            let mut ready: Vec<usize> = (0..job.items.len())
-                .filter(|&i| {
-                    job.items[i].state == ItemState::Pending && job.items[i].ready_ms <= now
-                })
+            let ready: Vec<usize> = job
+                .pending
+                .range(..=(now, usize::MAX))
+                .map(|&(_, i)| i)
+                .take(max - grants.len())
                 .collect();
-            ready.sort_by_key(|&i| (job.items[i].ready_ms, i));
-            for i in ready.into_iter().take(max - grants.len()) {
-                let item = &mut job.items[i];
-                item.state = ItemState::Leased;
-                item.epoch += 1;
-                item.lease_id = random_id();
-                item.holder = worker.to_string();
-                item.expires_ms = now + self.policy.ttl.as_millis() as i64;
-                item.bytes_done = 0;
+            for i in ready {
+                job.update(i, |item| {
+                    item.state = ItemState::Leased;
+                    item.epoch += 1;
+                    item.lease_id = random_id();
+                    item.holder = worker.to_string();
+                    item.expires_ms = now + self.policy.ttl.as_millis() as i64;
+                    item.bytes_done = 0;
+                });
+                let item = &job.items[i];
                 if job.started_ms == 0 {
                     job.started_ms = now_ms();
                 }
@@ -300,12 +344,12 @@ impl LeaseStore for MemoryStore {
     async fn renew(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
         let ttl = self.policy.ttl.as_millis() as i64;
         Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
-            let item = &mut job.items[i];
+            let item = &job.items[i];
             if item.live_grant(lease, now) {
                 if !item.held_by(worker) {
                     return Ack::NotHolder;
                 }
-                item.expires_ms = now + ttl;
+                job.update(i, |item| item.expires_ms = now + ttl);
                 Ack::Ok
             } else if item.state == ItemState::Done {
                 Ack::AlreadyDone
@@ -333,8 +377,10 @@ impl LeaseStore for MemoryStore {
             if !item.held_by(worker) {
                 return Ack::NotHolder;
             }
-            item.state = ItemState::Done;
-            item.done_by = Some((lease.lease_id.clone(), lease.epoch));
+            job.update(i, |item| {
+                item.state = ItemState::Done;
+                item.done_by = Some((lease.lease_id.clone(), lease.epoch));
+            });
             job.finished_ms = now_ms();
             Ack::Ok
         }))
@@ -369,16 +415,21 @@ impl LeaseStore for MemoryStore {
                     dead: false,
                 };
             }
-            item.attempts += 1;
-            item.last_error = reason.to_string();
-            item.holder.clear();
-            let dead = permanent || item.attempts >= self.policy.max_attempts;
+            let dead = job.update(i, |item| {
+                item.attempts += 1;
+                item.last_error = reason.to_string();
+                item.holder.clear();
+                let dead = permanent || item.attempts >= self.policy.max_attempts;
+                if dead {
+                    item.state = ItemState::Dead;
+                } else {
+                    item.state = ItemState::Pending;
+                    item.ready_ms = now + self.policy.backoff(item.attempts).as_millis() as i64;
+                }
+                dead
+            });
             if dead {
-                item.state = ItemState::Dead;
                 job.ended_ms = now_ms();
-            } else {
-                item.state = ItemState::Pending;
-                item.ready_ms = now + self.policy.backoff(item.attempts).as_millis() as i64;
             }
             FailOutcome { ack: Ack::Ok, dead }
         }))
@@ -397,9 +448,11 @@ impl LeaseStore for MemoryStore {
             if !item.held_by(worker) {
                 return Ack::NotHolder;
             }
-            item.state = ItemState::Pending;
-            item.ready_ms = now;
-            item.holder.clear();
+            job.update(i, |item| {
+                item.state = ItemState::Pending;
+                item.ready_ms = now;
+                item.holder.clear();
+            });
             Ack::Ok
         }))
     }
@@ -481,8 +534,10 @@ impl LeaseStore for MemoryStore {
             }
         }
         for item in items {
-            job.index.insert(item.item_id.clone(), job.items.len());
+            let position = job.items.len();
+            job.index.insert(item.item_id.clone(), position);
             job.items.push(ItemEntry::new());
+            job.pending.insert((0, position));
             job.spec.items.push(item.clone());
         }
         Ok(())
@@ -513,11 +568,16 @@ impl LeaseStore for MemoryStore {
             .find(|j| j.spec.job_id == job_id)
             .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
         let mut retried = 0;
-        for item in job.items.iter_mut().filter(|i| i.state == ItemState::Dead) {
-            item.state = ItemState::Pending;
-            item.ready_ms = now;
-            item.attempts = 0;
-            item.expiries = 0;
+        let dead: Vec<usize> = (0..job.items.len())
+            .filter(|&i| job.items[i].state == ItemState::Dead)
+            .collect();
+        for i in dead {
+            job.update(i, |item| {
+                item.state = ItemState::Pending;
+                item.ready_ms = now;
+                item.attempts = 0;
+                item.expiries = 0;
+            });
             retried += 1;
         }
         Ok(retried)

@@ -112,6 +112,7 @@ pub async fn run(
         dest: config.dest.clone(),
         name: config.name.clone(),
         engine: config.engine.clone(),
+        leases: config.max_leases,
         progress: progress.clone(),
         made: tokio::sync::Mutex::new(HashMap::new()),
     }));

@@ -111,6 +111,8 @@ pub struct SourceMirrorers {
     pub name: String,
     /// Engine settings.
     pub engine: EngineConfig,
+    /// Leases held at once: each keeps its own share of objects in flight.
+    pub leases: usize,
     /// Counters shared by every mirrorer.
     pub progress: Arc<Progress>,
     /// The mirrorers made so far.
@@ -136,11 +138,12 @@ impl Mirrorers {
         let connected = Source::connect_with(&config, by_source.http.clone()).await;
         let mirror =
             Mirror::open_shared(&by_source.dest, &by_source.name).map_err(std::io::Error::other)?;
-        let mirrorer = Mirrorer::new(
+        let mirrorer = Mirrorer::with_batches(
             connected,
             mirror,
             by_source.engine.clone(),
             by_source.progress.clone(),
+            by_source.leases,
         )?;
         made.insert(key, mirrorer.clone());
         Ok(mirrorer)
