@@ -163,7 +163,7 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
     s3.add_fault(FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some("_2t.".into()),
-        ranged_only: false,
+        object_gets_only: false,
         skip: 0,
         times: Some(1),
         fault: Fault::StallBody { after_bytes: 1024 },
@@ -323,7 +323,7 @@ fn a_missing_object_kills_its_lease_with_the_reason_and_the_rest_completes() {
     s3.add_fault(FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some(missing.clone()),
-        ranged_only: false,
+        object_gets_only: false,
         skip: 0,
         times: None,
         fault: Fault::Status {

@@ -16,7 +16,7 @@ fn every_nth(fault: Fault, skip: usize) -> FaultRule {
     FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper".into()),
-        ranged_only: true,
+        object_gets_only: true,
         skip,
         times: Some(3),
         fault,

@@ -52,7 +52,7 @@ fn rule(key: &str, fault: Fault, times: Option<usize>) -> FaultRule {
     FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some(key.to_string()),
-        ranged_only: false,
+        object_gets_only: false,
         skip: 0,
         times,
         fault,
@@ -266,7 +266,7 @@ fn an_object_replaced_mid_download_restarts_with_the_new_version() {
     let target = multipart_target(&seeded);
     let new_data = tests::fixtures::object_bytes("a different version", target.data.len() + 12345);
     s3.add_fault(FaultRule {
-        ranged_only: true,
+        object_gets_only: true,
         ..rule(
             &target.key,
             Fault::ReplaceAfterResponse {
@@ -535,7 +535,7 @@ fn any_get(fault: Fault, times: Option<usize>) -> FaultRule {
     FaultRule {
         method: Some(http::Method::GET),
         key_contains: None,
-        ranged_only: false,
+        object_gets_only: false,
         skip: 0,
         times,
         fault,

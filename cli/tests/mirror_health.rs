@@ -474,7 +474,7 @@ fn verify_repair_refetches_what_fails_and_replaces_a_file_only_with_a_verified_o
     s3.add_fault(tests::faults::FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some(refused.clone()),
-        ranged_only: false,
+        object_gets_only: false,
         skip: 0,
         times: None,
         fault: tests::faults::Fault::CorruptBody { at: 1000 },

@@ -61,7 +61,7 @@ fn metrics_and_probes_carry_the_documented_names() {
     s3.add_fault(FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper".into()),
-        ranged_only: true,
+        object_gets_only: true,
         skip: 0,
         times: Some(2),
         fault: Fault::SlowDown,

@@ -231,7 +231,7 @@ fn sync_output_without_a_terminal_is_log_lines_and_a_summary() {
     s3.add_fault(tests::faults::FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper.an.pl/".into()),
-        ranged_only: true,
+        object_gets_only: true,
         skip: 0,
         times: None,
         fault: tests::faults::Fault::SlowBody {
@@ -289,7 +289,7 @@ fn single_part_etags_are_verified_when_the_object_comes_in_many_parts() {
     s3.add_fault(tests::faults::FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some(victim.key.clone()),
-        ranged_only: true,
+        object_gets_only: true,
         skip: 1,
         times: Some(1),
         fault: tests::faults::Fault::CorruptBody { at: 1000 },

@@ -59,7 +59,7 @@ async fn the_gauge_counts_open_and_in_use_connections_and_idle_ones_expire() {
     s3.add_fault(FaultRule {
         method: Some(http::Method::GET),
         key_contains: None,
-        ranged_only: false,
+        object_gets_only: false,
         skip: 0,
         times: None,
         fault: Fault::SlowBody {
@@ -129,7 +129,7 @@ async fn slowdown_lowers_the_request_window_of_the_whole_process() {
     s3.add_fault(FaultRule {
         method: Some(http::Method::GET),
         key_contains: None,
-        ranged_only: true,
+        object_gets_only: true,
         skip: 0,
         times: Some(12),
         fault: Fault::SlowDown,
@@ -203,7 +203,7 @@ async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_byt
             s3.add_fault(FaultRule {
                 method: Some(http::Method::GET),
                 key_contains: None,
-                ranged_only: true,
+                object_gets_only: true,
                 skip,
                 times: Some(2),
                 fault,

@@ -107,8 +107,8 @@ pub struct FaultRule {
     pub method: Option<Method>,
     /// Only keys containing this (None: any request, listings included).
     pub key_contains: Option<String>,
-    /// Only requests with a Range header.
-    pub ranged_only: bool,
+    /// Only GETs of an object's bytes, ranged or whole: not HEADs, not listings.
+    pub object_gets_only: bool,
     /// Matching requests let through first.
     pub skip: usize,
     /// Then fire this many times (None: forever).
@@ -133,7 +133,7 @@ impl ArmedRule {
     }
 
     /// Whether this request triggers the fault (and counts the match).
-    pub(crate) fn fires(&self, method: &Method, key: Option<&str>, ranged: bool) -> Option<Fault> {
+    pub(crate) fn fires(&self, method: &Method, key: Option<&str>) -> Option<Fault> {
         let rule = &self.rule;
         if rule.method.as_ref().is_some_and(|m| m != method) {
             return None;
@@ -143,7 +143,7 @@ impl ArmedRule {
         {
             return None;
         }
-        if rule.ranged_only && !ranged {
+        if rule.object_gets_only && (method != Method::GET || key.is_none()) {
             return None;
         }
         let number = self.matched.fetch_add(1, Ordering::SeqCst);

@@ -407,7 +407,7 @@ async fn handle(
     let rules: Vec<Arc<ArmedRule>> = lock(&shared.rules).clone();
     let fault = rules
         .iter()
-        .find_map(|rule| rule.fires(&method, key.as_deref(), range.is_some()));
+        .find_map(|rule| rule.fires(&method, key.as_deref()));
 
     let mut body_fault = BodyFault::None;
     let mut replace_with = None;

@@ -48,7 +48,7 @@ impl Partitioned {
         s3.add_fault(FaultRule {
             method: Some(http::Method::GET),
             key_contains: Some(object.key.clone()),
-            ranged_only: false,
+            object_gets_only: false,
             skip: 0,
             times: Some(1),
             fault: Fault::SlowBody {

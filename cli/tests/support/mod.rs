@@ -18,7 +18,7 @@ pub fn slow_bodies(s3: &TestS3, bytes_per_sec: u64) {
     s3.add_fault(tests::faults::FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper".into()),
-        ranged_only: true,
+        object_gets_only: true,
         skip: 0,
         times: None,
         fault: tests::faults::Fault::SlowBody { bytes_per_sec },
