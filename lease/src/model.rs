@@ -47,6 +47,18 @@ impl ObjectSpec {
             last_modified: non_empty(&self.last_modified),
         }
     }
+
+    /// The listing entry this object came from, moved rather than copied (a sync of the whole
+    /// archive holds 0.8 M of them).
+    pub fn into_remote(self) -> common::RemoteObject {
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        common::RemoteObject {
+            key: self.key,
+            size: self.size,
+            etag: non_empty(self.etag),
+            last_modified: non_empty(self.last_modified),
+        }
+    }
 }
 
 /// A unit of work: one product over a contiguous range of days.

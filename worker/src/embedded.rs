@@ -67,7 +67,7 @@ impl Embedded {
             let specs = std::mem::take(&mut item.objects);
             objects.insert(
                 item.item_id.clone(),
-                specs.into_iter().map(into_remote).collect(),
+                specs.into_iter().map(ObjectSpec::into_remote).collect(),
             );
         }
         let store = MemoryStore::new(policy);
@@ -111,17 +111,6 @@ impl Embedded {
             );
         }
         results
-    }
-}
-
-/// The listing entry an object came from, moved rather than copied.
-fn into_remote(object: ObjectSpec) -> RemoteObject {
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    RemoteObject {
-        key: object.key,
-        size: object.size,
-        etag: non_empty(object.etag),
-        last_modified: non_empty(object.last_modified),
     }
 }
 
