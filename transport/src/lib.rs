@@ -6,6 +6,7 @@
 //! one policy ([`retry::RetryPolicy`]) and one classification ([`retry::classify`]).
 
 pub mod coverage;
+pub mod frontends;
 pub mod guard;
 pub mod listing;
 pub mod pool;
@@ -22,6 +23,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 pub use common::redact::redact_url;
+pub use frontends::{FrontEndSnapshot, ResolveOverride, Resolver, Route};
 pub use listing::{Discovery, KeySample, RemoteObject, discover, discover_detailed};
 pub use pool::{BoundedHttpClient, ConnectionSnapshot, ConnectionStats, PoolConfig};
 

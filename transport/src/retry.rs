@@ -59,11 +59,14 @@ pub enum RetryReason {
     Stall,
     /// The response did not match the request (wrong range or length, unparsable).
     BadResponse,
+    /// Far slower than its peers (a late first byte, a crawling body) with no room to race a
+    /// second copy: asked again on another connection.
+    Slow,
 }
 
 impl RetryReason {
     /// Every reason, for reports.
-    pub const ALL: [RetryReason; 9] = [
+    pub const ALL: [RetryReason; 10] = [
         RetryReason::SlowDown,
         RetryReason::TooManyRequests,
         RetryReason::ServerError,
@@ -73,6 +76,7 @@ impl RetryReason {
         RetryReason::Truncated,
         RetryReason::Stall,
         RetryReason::BadResponse,
+        RetryReason::Slow,
     ];
 
     /// Short lowercase label (`slowdown`, `reset`, ...).
@@ -87,6 +91,7 @@ impl RetryReason {
             RetryReason::Truncated => "truncated",
             RetryReason::Stall => "stall",
             RetryReason::BadResponse => "bad_response",
+            RetryReason::Slow => "slow",
         }
     }
 
@@ -101,6 +106,12 @@ impl RetryReason {
     /// Whether the server asked for fewer requests (the caller lowers its rate).
     pub fn is_throttling(self) -> bool {
         matches!(self, RetryReason::SlowDown | RetryReason::TooManyRequests)
+    }
+
+    /// Whether the failure is a sign of congestion, on which the request window is cut:
+    /// throttling, a 5xx (503 among them), or a connection reset mid-body.
+    pub fn is_congestion(self) -> bool {
+        self.is_throttling() || matches!(self, RetryReason::ServerError | RetryReason::Reset)
     }
 }
 
