@@ -95,6 +95,36 @@ pub struct SourceArgs {
     /// environment (requests are unsigned by default unless credentials are configured).
     #[arg(long, env = "ERA5_SIGN", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub sign: bool,
+    /// Use these addresses for the endpoint's host instead of DNS (as curl's --resolve), e.g.
+    /// s3.example:443:10.0.0.1,10.0.0.2; repeatable. Connections are spread over every
+    /// address and slow ones get fewer.
+    #[arg(
+        long,
+        env = "ERA5_RESOLVE",
+        value_delimiter = ' ',
+        value_name = "HOST:PORT:ADDR[,ADDR..]"
+    )]
+    pub resolve: Vec<String>,
+}
+
+/// How many requests are in flight, and the memory they may hold.
+#[derive(Debug, Args)]
+pub struct ConcurrencyArgs {
+    /// Hard cap on concurrent S3 connections. The number of requests in flight is found by
+    /// measuring, below this cap, unless --no-autotune.
+    #[arg(long, env = "ERA5_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N")]
+    pub connections: u32,
+    /// Keep --connections requests in flight instead of finding the number by measuring
+    /// (e.g. --connections 16 --no-autotune behaves as era5 did before autotuning).
+    #[arg(long, env = "ERA5_NO_AUTOTUNE", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub no_autotune: bool,
+    /// Memory for buffers in flight (e.g. 512MiB); each connection needs 1 MiB of it.
+    /// Default: an eighth of the machine's (or container's) memory, from 64 MiB to 1 GiB.
+    #[arg(long, env = "ERA5_MEMORY_BUDGET", value_name = "SIZE")]
+    pub memory_budget: Option<String>,
+    /// Do not ask slow requests again on another connection.
+    #[arg(long, env = "ERA5_NO_HEDGE", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new(), hide = true)]
+    pub no_hedge: bool,
 }
 
 /// `era5 catalog`.
@@ -145,11 +175,11 @@ pub struct SyncArgs {
     /// The local mirror; objects land at DIR/<key>.
     #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
     pub dest: PathBuf,
-    /// Hard cap on concurrent S3 connections.
-    #[arg(long, env = "ERA5_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N")]
-    pub connections: u32,
-    /// Size of the ranged GETs (e.g. 8MiB, 16M); by default 16MiB, or the object's own upload
-    /// part size when its multipart ETag is verified (so each part's MD5 is computed in-stream).
+    /// Connections, requests in flight and their memory.
+    #[command(flatten)]
+    pub concurrency: ConcurrencyArgs,
+    /// Size of the ranged GETs (e.g. 8MiB, 16M); by default sized by time (a few hundred
+    /// milliseconds at the measured rate) and aligned to the object's upload parts.
     #[arg(long, env = "ERA5_PART_SIZE", value_name = "SIZE")]
     pub part_size: Option<String>,
     /// A read that delivers no byte for this many seconds is dropped and retried.
@@ -173,6 +203,9 @@ pub struct SyncArgs {
     /// No progress bar; print periodic log lines instead.
     #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
+    /// Print the summary as one JSON object on stdout instead of text.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
     /// Keep running after the first pass: list again every --interval and mirror what is new
     /// or changed; SIGTERM or Ctrl-C ends it after the objects in flight, with exit 0.
     #[arg(long, env = "ERA5_FOLLOW", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
@@ -362,9 +395,17 @@ pub struct WorkerArgs {
     /// the host name; with TLS, the certificate's name, which this must match if given).
     #[arg(long, env = "ERA5_NAME", value_name = "NAME")]
     pub name: Option<String>,
-    /// Hard cap on concurrent S3 connections of this process.
-    #[arg(long, env = "ERA5_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N")]
-    pub connections: u32,
+    /// Connections, requests in flight and their memory, for this process.
+    #[command(flatten)]
+    pub concurrency: ConcurrencyArgs,
+    /// Where S3 endpoints' addresses come from (curl-style overrides).
+    #[arg(
+        long,
+        env = "ERA5_RESOLVE",
+        value_delimiter = ' ',
+        value_name = "HOST:PORT:ADDR[,ADDR..]"
+    )]
+    pub resolve: Vec<String>,
     /// Leases held at once.
     #[arg(long, env = "ERA5_MAX_LEASES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
     pub max_leases: u32,

@@ -45,7 +45,7 @@ impl TryFrom<&AuditArgs> for AuditConfig {
         let dest = existing_mirror(&args.dest)?;
         Ok(Self {
             selection,
-            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT),
+            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)?,
             dest,
             json: args.json,
         })

@@ -57,7 +57,8 @@ impl TryFrom<&CatalogArgs> for CatalogConfig {
         Ok(Self {
             products,
             source: (!args.offline)
-                .then(|| source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)),
+                .then(|| source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT))
+                .transpose()?,
             json: args.json,
         })
     }

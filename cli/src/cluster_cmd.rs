@@ -345,22 +345,28 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
     let verify: VerifyMode = args.verify.parse().map_err(Failure::Input)?;
     let min_rate = crate::config::min_rate(&args.min_rate, args.min_rate_window)
         .map_err(|e| Failure::Input(e.to_string()))?;
+    let mut engine = EngineConfig {
+        stall_timeout: Duration::from_secs(args.stall_timeout),
+        min_rate,
+        verify,
+        retry: transport::retry::RetryPolicy {
+            base: Duration::from_millis(args.retry_base_ms),
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
+    let connections = crate::config::concurrency(&args.concurrency, &mut engine)
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    let resolver =
+        crate::config::resolver(&args.resolve).map_err(|e| Failure::Input(e.to_string()))?;
     Ok(AgentConfig {
         channel,
         dest: args.dest.clone(),
         name,
-        connections: args.connections as usize,
+        connections,
+        resolver,
         max_leases: args.max_leases as usize,
-        engine: EngineConfig {
-            stall_timeout: Duration::from_secs(args.stall_timeout),
-            min_rate,
-            verify,
-            retry: transport::retry::RetryPolicy {
-                base: Duration::from_millis(args.retry_base_ms),
-                ..Default::default()
-            },
-            ..EngineConfig::default()
-        },
+        engine,
     })
 }
 

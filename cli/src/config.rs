@@ -10,9 +10,9 @@ use common::units::parse_size;
 use engine::{EngineConfig, VerifyMode};
 use transport::guard::{BodyGuard, MinRate};
 use transport::retry::RetryPolicy;
-use transport::{PoolConfig, SourceConfig};
+use transport::{PoolConfig, ResolveOverride, Resolver, SourceConfig};
 
-use crate::args::{PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
+use crate::args::{ConcurrencyArgs, PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
 
 /// Smallest and largest accepted `--part-size`.
 const PART_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(5 << 30);
@@ -52,6 +52,8 @@ pub struct SyncConfig {
     pub progress: ProgressStyle,
     /// `--follow`: keep mirroring what appears, every interval.
     pub follow: Option<FollowConfig>,
+    /// `--json`: the summary as JSON.
+    pub json: bool,
 }
 
 /// How a follow-mode sync repeats.
@@ -99,17 +101,59 @@ pub(crate) fn source(
     args: &SourceArgs,
     connections: usize,
     idle_timeout: Duration,
-) -> SourceConfig {
-    SourceConfig {
+) -> Result<SourceConfig, InputError> {
+    Ok(SourceConfig {
         bucket: args.bucket.clone(),
         endpoint: Some(args.endpoint.clone()),
         region: args.region.clone(),
         sign: args.sign,
         pool: PoolConfig {
             idle_timeout,
+            resolver: resolver(&args.resolve)?,
             ..PoolConfig::new(connections)
         },
+    })
+}
+
+/// `--resolve HOST:PORT:ADDR[,ADDR..]`, each.
+pub(crate) fn resolver(overrides: &[String]) -> Result<Resolver, InputError> {
+    let parsed = overrides
+        .iter()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| {
+            text.trim()
+                .parse::<ResolveOverride>()
+                .map_err(|reason| InputError::BadValue {
+                    flag: "--resolve",
+                    value: text.clone(),
+                    reason,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Resolver::with_overrides(parsed))
+}
+
+/// Smallest accepted `--memory-budget`: room for a few requests and their chunks.
+const MIN_MEMORY_BUDGET: u64 = 8 << 20;
+
+/// `--connections`, `--no-autotune`, `--memory-budget` and `--no-hedge`, into the engine's
+/// settings; the connection cap is the pool's.
+pub(crate) fn concurrency(
+    args: &ConcurrencyArgs,
+    engine: &mut EngineConfig,
+) -> Result<usize, InputError> {
+    if let Some(text) = &args.memory_budget {
+        engine.memory_budget = parse_size(text)
+            .filter(|bytes| *bytes >= MIN_MEMORY_BUDGET)
+            .ok_or_else(|| InputError::BadValue {
+                flag: "--memory-budget",
+                value: text.clone(),
+                reason: "expected a size of at least 8MiB, e.g. 512MiB or 2GiB".into(),
+            })?;
     }
+    engine.autotune = !args.no_autotune;
+    engine.hedge = !args.no_hedge;
+    Ok(args.connections as usize)
 }
 
 /// `--dest` of a command that only inspects a mirror: it must already be a directory.
@@ -158,7 +202,7 @@ impl TryFrom<&PlanArgs> for PlanConfig {
         check_endpoint(&args.source.endpoint)?;
         Ok(Self {
             selection: selection(&args.selection)?,
-            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT),
+            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)?,
             json: args.json,
         })
     }
@@ -216,11 +260,25 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             }),
             (None, false) => None,
         };
+        let mut engine = EngineConfig {
+            part_size,
+            stall_timeout,
+            min_rate,
+            save_every: Duration::from_millis(args.save_every_ms),
+            verify,
+            retry: RetryPolicy {
+                max_attempts: args.retries,
+                base: Duration::from_millis(args.retry_base_ms),
+                ..RetryPolicy::default()
+            },
+            ..EngineConfig::default()
+        };
+        let connections = concurrency(&args.concurrency, &mut engine)?;
         let mut source = source(
             &args.source,
-            args.connections as usize,
+            connections,
             Duration::from_secs(args.idle_timeout),
-        );
+        )?;
         source.pool.guard = BodyGuard {
             stall_timeout,
             min_rate,
@@ -230,20 +288,9 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             selection,
             source,
             dest: args.dest.clone(),
-            engine: EngineConfig {
-                part_size,
-                stall_timeout,
-                min_rate,
-                save_every: Duration::from_millis(args.save_every_ms),
-                verify,
-                retry: RetryPolicy {
-                    max_attempts: args.retries,
-                    base: Duration::from_millis(args.retry_base_ms),
-                    ..RetryPolicy::default()
-                },
-                ..EngineConfig::default()
-            },
+            engine,
             progress,
+            json: args.json,
         })
     }
 }

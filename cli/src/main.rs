@@ -15,6 +15,7 @@ mod plan_cmd;
 mod progress_display;
 mod signals;
 mod sync_cmd;
+mod sync_summary;
 mod verify_cmd;
 
 use clap::Parser;

@@ -10,12 +10,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::units::human_bytes;
-use engine::{Progress, ProgressSnapshot};
+use engine::scheduler::RequestScheduler;
+use engine::{ConcurrencySnapshot, Progress, ProgressSnapshot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle as BarStyle};
 use tokio_util::sync::CancellationToken;
 use transport::{ConnectionSnapshot, ConnectionStats};
 
 use crate::config::ProgressStyle;
+
+/// What a download's network looks like: its pool's connections and its request window.
+pub struct Network {
+    /// The pool's gauge.
+    pub connections: Arc<ConnectionStats>,
+    /// The engine's scheduler (the concurrency in use).
+    pub scheduler: Arc<RequestScheduler>,
+}
+
+impl Network {
+    fn snapshot(&self) -> (ConnectionSnapshot, ConcurrencySnapshot) {
+        (self.connections.snapshot(), self.scheduler.snapshot())
+    }
+}
 
 /// Shows progress until stopped.
 pub struct Reporter {
@@ -24,18 +39,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts showing `progress` in the given style, with the pool's connections when there
+    /// Starts showing `progress` in the given style, with the network's figures when there
     /// is one (`era5 verify` reads local files only).
-    pub fn start(
-        style: ProgressStyle,
-        progress: Arc<Progress>,
-        connections: Option<Arc<ConnectionStats>>,
-    ) -> Self {
+    pub fn start(style: ProgressStyle, progress: Arc<Progress>, network: Option<Network>) -> Self {
         let stop = CancellationToken::new();
         let task = match style {
-            ProgressStyle::Bar => tokio::spawn(show_bar(progress, connections, stop.clone())),
+            ProgressStyle::Bar => tokio::spawn(show_bar(progress, network, stop.clone())),
             ProgressStyle::Lines(interval) => {
-                tokio::spawn(show_lines(progress, connections, interval, stop.clone()))
+                tokio::spawn(show_lines(progress, network, interval, stop.clone()))
             }
         };
         Self { stop, task }
@@ -94,19 +105,22 @@ fn bar_style(layout: Layout) -> BarStyle {
 
 fn status_message(
     snapshot: &ProgressSnapshot,
-    conns: Option<ConnectionSnapshot>,
+    network: Option<(ConnectionSnapshot, ConcurrencySnapshot)>,
     detail: Detail,
 ) -> String {
     let (done, total) = (snapshot.objects_done, snapshot.objects_total);
-    match (detail, conns) {
-        (Detail::Full, Some(conns)) => format!(
-            "files {done}/{total} | connections {} open, {} in use | retries {}",
+    match (detail, network) {
+        (Detail::Full, Some((conns, window))) => format!(
+            "files {done}/{total} | requests {}/{} | connections {} open | retries {}",
+            window.in_flight,
+            window.window,
             conns.open,
-            conns.in_use,
             snapshot.retries_total()
         ),
-        (Detail::Short, Some(conns)) => format!(
-            "{done}/{total} files, {} conns, {} retries",
+        (Detail::Short, Some((conns, window))) => format!(
+            "{done}/{total} files, {}/{} reqs, {} conns, {} retries",
+            window.in_flight,
+            window.window,
             conns.open,
             snapshot.retries_total()
         ),
@@ -125,11 +139,7 @@ fn terminal_width() -> u16 {
         .map_or(80, |(_rows, cols)| cols)
 }
 
-async fn show_bar(
-    progress: Arc<Progress>,
-    connections: Option<Arc<ConnectionStats>>,
-    stop: CancellationToken,
-) {
+async fn show_bar(progress: Arc<Progress>, network: Option<Network>, stop: CancellationToken) {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     let mut current: Option<Layout> = None;
     loop {
@@ -143,7 +153,7 @@ async fn show_bar(
         bar.set_position(snapshot.bytes_downloaded);
         bar.set_message(status_message(
             &snapshot,
-            connections.as_ref().map(|c| c.snapshot()),
+            network.as_ref().map(Network::snapshot),
             wanted.detail,
         ));
         tokio::select! {
@@ -156,7 +166,7 @@ async fn show_bar(
 
 async fn show_lines(
     progress: Arc<Progress>,
-    connections: Option<Arc<ConnectionStats>>,
+    network: Option<Network>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -185,7 +195,7 @@ async fn show_lines(
             human_bytes(rate as u64),
             status_message(
                 &snapshot,
-                connections.as_ref().map(|c| c.snapshot()),
+                network.as_ref().map(Network::snapshot),
                 Detail::Full
             )
         );
@@ -221,7 +231,18 @@ mod tests {
             in_use: 1024,
             ..ConnectionSnapshot::default()
         };
-        bar.set_message(status_message(&snapshot, Some(connections), layout.detail));
+        let window = ConcurrencySnapshot {
+            window: 1024,
+            peak: 1024,
+            max: 1024,
+            in_flight: 1024,
+            autotune: true,
+        };
+        bar.set_message(status_message(
+            &snapshot,
+            Some((connections, window)),
+            layout.detail,
+        ));
         bar.tick();
         term.contents()
             .lines()
@@ -284,6 +305,11 @@ mod tests {
             );
         }
         assert!(draw(132)[0].contains("connections"), "{:?}", draw(132));
+        assert!(
+            draw(132)[0].contains("requests 1024/1024"),
+            "{:?}",
+            draw(132)
+        );
         assert!(draw(80)[0].contains("files"), "{:?}", draw(80));
     }
 }

@@ -13,15 +13,13 @@
 //! error with their temporary file removed, and the summary names the disk's error; exit 1.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::selection::Selection;
-use common::units::human_bytes;
 use engine::disk::DiskGate;
 use engine::sync::{Mirrorer, Outcome, SyncReport};
-use engine::{Mirror, Progress, ProgressSnapshot};
+use engine::{Mirror, Progress};
 use lease::model::{SelectionSpec, SourceSpec, random_id};
 use lease::planner::{ItemLimits, plan_job};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +28,8 @@ use worker::embedded::{Embedded, sync_policy};
 use worker::runner::{Mirrorers, OnDestFailure, Runner, RunnerConfig, Temps};
 
 use crate::config::{FollowConfig, SyncConfig};
-use crate::progress_display::Reporter;
+use crate::progress_display::{Network, Reporter};
+use crate::sync_summary::{Figures, Summary};
 use crate::{ExitCode, Failure};
 
 /// How a signal stops the sync: `drain` stops starting objects (those in flight finish),
@@ -64,7 +63,14 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
         progress.clone(),
     )
     .map_err(|e| Failure::Runtime(format!("opening the manifest failed: {e}")))?;
-    let reporter = Reporter::start(config.progress, progress.clone(), Some(connections.clone()));
+    let reporter = Reporter::start(
+        config.progress,
+        progress.clone(),
+        Some(Network {
+            connections: connections.clone(),
+            scheduler: mirrorer.engine().scheduler().clone(),
+        }),
+    );
     // Only follow mode's log line needs it, and on the whole archive it is a map of 0.8 M keys.
     let before = if config.follow.is_some() {
         recorded_versions(&mirrorer, &listed)
@@ -74,16 +80,22 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     let report = pass(&mirrorer, &config, &config.selection, listed, &stop).await?;
     reporter.stop().await;
 
-    let snapshot = progress.snapshot();
+    let scheduler = mirrorer.engine().scheduler();
+    let figures = Figures {
+        progress: progress.snapshot(),
+        concurrency: scheduler.snapshot(),
+        peak_connections: connections.snapshot().peak_open,
+        memory_budget: scheduler.budget().capacity(),
+        memory_peak: scheduler.budget().peak(),
+    };
+    let summary = Summary::new(&report, &figures, &config);
     let mut stdout = std::io::stdout().lock();
-    print_summary(
-        &mut stdout,
-        &report,
-        &snapshot,
-        connections.snapshot().peak_open,
-        &config,
-    )
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let written = if config.json {
+        summary.write_json(&mut stdout)
+    } else {
+        summary.write_text(&mut stdout, &figures.progress.retries_breakdown())
+    };
+    written.map_err(|e| Failure::Runtime(e.to_string()))?;
     drop(stdout);
     report_local_errors(&report);
     match &config.follow {
@@ -302,53 +314,4 @@ fn spawn_signal_handler(stop: Stop, follow: bool) {
         signals.next().await;
         std::process::exit(ExitCode::Interrupted as i32);
     });
-}
-
-fn print_summary(
-    out: &mut impl Write,
-    report: &SyncReport,
-    snapshot: &ProgressSnapshot,
-    peak_connections: usize,
-    config: &SyncConfig,
-) -> std::io::Result<()> {
-    let total = report.results.len();
-    let downloaded = report.count(|o| *o == Outcome::Downloaded);
-    let present = report.count(|o| *o == Outcome::Present);
-    let local = report.count(|o| *o == Outcome::VerifiedLocally);
-    let failed = report.count(|o| matches!(o, Outcome::Failed { .. } | Outcome::Local { .. }));
-    let cancelled = report.count(|o| *o == Outcome::Cancelled);
-    let seconds = report.elapsed.as_secs_f64().max(0.001);
-    let headline = if report.all_verified() {
-        format!(
-            "sync complete: {total} of {total} objects present and verified ({})",
-            config.engine.verify
-        )
-    } else if report.cancelled {
-        format!(
-            "sync interrupted: {} of {total} objects present and verified",
-            downloaded + present + local
-        )
-    } else {
-        format!("sync incomplete: {failed} of {total} objects failed")
-    };
-    writeln!(out, "{headline} in {}", config.dest.display())?;
-    writeln!(
-        out,
-        "  {downloaded} downloaded, {present} already present, {local} verified locally, {failed} failed, {cancelled} not finished"
-    )?;
-    writeln!(
-        out,
-        "  {} received in {:.1} s ({}/s); retries: {}; verification failures: {}; restarts: {}; peak connections: {}",
-        human_bytes(snapshot.bytes_downloaded),
-        seconds,
-        human_bytes((snapshot.bytes_downloaded as f64 / seconds) as u64),
-        snapshot.retries_breakdown(),
-        snapshot.verify_failures,
-        snapshot.restarts,
-        peak_connections,
-    )?;
-    for (key, reason) in report.failures() {
-        writeln!(out, "FAILED {key}: {reason}")?;
-    }
-    Ok(())
 }

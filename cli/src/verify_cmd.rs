@@ -89,7 +89,7 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
                 &args.source,
                 16,
                 transport::pool::DEFAULT_IDLE_TIMEOUT,
-            ))
+            )?)
         } else {
             None
         };

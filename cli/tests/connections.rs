@@ -7,65 +7,13 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tests::faults::{Fault, FaultRule};
 use tests::proxy::CountingProxy;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn every_nth(fault: Fault, skip: usize) -> FaultRule {
-    FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper".into()),
-        object_gets_only: true,
-        skip,
-        times: Some(3),
-        fault,
-    }
-}
-
-fn mixed_faults(s3: &TestS3) {
-    s3.set_faults(vec![
-        every_nth(Fault::SlowDown, 0),
-        every_nth(
-            Fault::ResetMidBody {
-                after_bytes: 50_000,
-            },
-            2,
-        ),
-        every_nth(
-            Fault::TruncateBody {
-                after_bytes: 70_000,
-            },
-            4,
-        ),
-        every_nth(
-            Fault::StallBody {
-                after_bytes: 10_000,
-            },
-            6,
-        ),
-        every_nth(
-            Fault::Status {
-                status: 500,
-                code: "InternalError".into(),
-            },
-            8,
-        ),
-        FaultRule {
-            times: Some(10),
-            ..every_nth(
-                Fault::SlowBody {
-                    bytes_per_sec: 2 << 20,
-                },
-                10,
-            )
-        },
-    ]);
-}
-
 fn bounded(connections: usize) {
     let (s3, seeded) = seeded_server();
-    mixed_faults(&s3);
+    s3.set_faults(tests::faults::chaos_mix());
     let proxy = CountingProxy::start(s3.addr());
     let scratch = Scratch::new();
     let mut args = sync_args(
@@ -118,4 +66,194 @@ fn open_connections_never_exceed_the_cap_under_mixed_faults() {
 #[test]
 fn a_cap_of_one_connection_still_completes_under_faults() {
     bounded(1);
+}
+
+/// The `--json` summary of a run.
+fn summary(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the summary is not JSON ({e}):\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        )
+    })
+}
+
+/// The products [`sync_everything`] selects: every fixture object but the invariants.
+const EVERYTHING: [&str; 4] = [
+    "e5.oper.an.sfc/",
+    "e5.oper.an.pl/",
+    "e5.oper.fc.sfc.accumu/",
+    "e5.oper.an.vinteg/",
+];
+
+/// A sync of every fixture object but the invariants, through `endpoint`.
+fn sync_everything(endpoint: &str, scratch: &Scratch) -> Vec<String> {
+    sync_args(
+        endpoint,
+        &scratch.dest(),
+        "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu,e5.oper.an.vinteg",
+        "",
+        "2023-11",
+        "2024-04",
+    )
+}
+
+/// Adaptive concurrency, counted from outside: every response body is paced to 512 KiB/s per
+/// connection and nothing else limits the link, so more requests in flight bring more bytes
+/// per second. The window leaves its start (16) and climbs, and the proxy never sees more
+/// connections than `--connections`.
+#[test]
+fn the_window_climbs_above_its_start_when_the_link_allows_and_never_passes_the_cap() {
+    const CAP: usize = 40;
+    let (s3, seeded) = seeded_server();
+    slow_bodies(&s3, 512 << 10);
+    let proxy = CountingProxy::start(s3.addr());
+    let scratch = Scratch::new();
+    let mut args = sync_everything(&proxy.endpoint(), &scratch);
+    args.extend(["--connections".into(), CAP.to_string(), "--json".into()]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert_mirrored(&scratch.dest(), &under(&seeded, &EVERYTHING));
+    let concurrency = &summary(&run)["concurrency"];
+    assert_eq!(concurrency["autotune"], true);
+    let peak = concurrency["peak"].as_u64().unwrap() as usize;
+    assert!(
+        peak > engine::scheduler::INITIAL_WINDOW,
+        "the window never left its start: {concurrency}"
+    );
+    assert!(peak <= CAP, "the window passed the cap: {concurrency}");
+    assert!(
+        proxy.max_open() > engine::scheduler::INITIAL_WINDOW,
+        "the proxy saw at most {} connections: the window did not climb",
+        proxy.max_open()
+    );
+    assert!(
+        proxy.max_open() <= CAP,
+        "{} connections were open at once with --connections {CAP}",
+        proxy.max_open()
+    );
+}
+
+/// `--no-autotune` keeps today's behaviour: the window is the cap, from the start.
+#[test]
+fn no_autotune_pins_the_window_at_the_cap() {
+    let (s3, _seeded) = seeded_server();
+    let scratch = Scratch::new();
+    let mut args = sync_everything(&s3.endpoint(), &scratch);
+    args.extend([
+        "--connections".into(),
+        "6".into(),
+        "--no-autotune".into(),
+        "--json".into(),
+    ]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    let concurrency = &summary(&run)["concurrency"];
+    assert_eq!(concurrency["autotune"], false, "{concurrency}");
+    assert_eq!(concurrency["final"], 6, "{concurrency}");
+    assert_eq!(concurrency["max"], 6, "{concurrency}");
+}
+
+/// Many connections allowed, little memory: the budget bounds the requests in flight (each
+/// holds its connection's read buffer) and the chunks waiting for the disk, by the budget's
+/// own accounting, and the connections follow.
+#[test]
+fn buffers_in_flight_stay_within_the_memory_budget_whatever_the_connection_cap() {
+    let (s3, seeded) = seeded_server();
+    let proxy = CountingProxy::start(s3.addr());
+    let scratch = Scratch::new();
+    let mut args = sync_everything(&proxy.endpoint(), &scratch);
+    args.extend([
+        "--connections".into(),
+        "256".into(),
+        "--memory-budget".into(),
+        "8MiB".into(),
+        "--json".into(),
+    ]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert_mirrored(&scratch.dest(), &under(&seeded, &EVERYTHING));
+    let summary = summary(&run);
+    let (budget, peak) = (
+        summary["memory"]["budget"].as_u64().unwrap(),
+        summary["memory"]["peak"].as_u64().unwrap(),
+    );
+    assert_eq!(budget, 8 << 20);
+    assert!(peak > 0, "nothing was accounted: {summary}");
+    assert!(
+        peak <= budget,
+        "{peak} bytes reserved in a budget of {budget}"
+    );
+    // Half the budget holds connections' read buffers of 512 KiB: 8 requests at once.
+    assert_eq!(summary["concurrency"]["max"], 8, "{summary}");
+    assert!(
+        proxy.max_open() <= 8 + 2,
+        "{} connections open with room for 8 requests and 2 hedges",
+        proxy.max_open()
+    );
+}
+
+/// Three front-end addresses for one host name, given by `--resolve` (no DNS, no
+/// /etc/hosts): a test server on each, the third pacing every body to a crawl. Requests go to
+/// all three, and the slow one, once measured, gets fewer.
+#[test]
+fn connections_spread_over_every_front_end_and_the_slow_one_gets_fewer() {
+    let servers = front_ends();
+    let seeded = seed_standard(&servers[0], SizeRange::SMALL);
+    for server in &servers[1..] {
+        seed_standard(server, SizeRange::SMALL);
+    }
+    slow_bodies(&servers[2], 128 << 10);
+    let port = servers[0].addr().port();
+    let host = "s3.front-ends.test";
+    let scratch = Scratch::new();
+    let mut args = sync_everything(&format!("http://{host}:{port}"), &scratch);
+    args.extend([
+        "--resolve".into(),
+        format!("{host}:{port}:127.0.0.1,127.0.0.2,127.0.0.3"),
+        "--json".into(),
+    ]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert_mirrored(&scratch.dest(), &under(&seeded, &EVERYTHING));
+    let gets: Vec<usize> = servers
+        .iter()
+        .map(|s| {
+            s.requests()
+                .iter()
+                .filter(|r| r.method == "GET" && r.key.is_some())
+                .count()
+        })
+        .collect();
+    assert!(
+        gets.iter().all(|g| *g > 0),
+        "a front-end got no request: {gets:?}"
+    );
+    assert!(
+        gets[2] < gets[0] && gets[2] < gets[1],
+        "the slow front-end was not given fewer requests: {gets:?}"
+    );
+}
+
+/// Test servers on 127.0.0.1, .2 and .3, all on one port.
+fn front_ends() -> Vec<TestS3> {
+    for _ in 0..20 {
+        let first = TestS3::start(BUCKET);
+        let port = first.addr().port();
+        let others: Vec<_> = [2u8, 3]
+            .iter()
+            .map(|last| {
+                TestS3::start_on(
+                    BUCKET,
+                    std::net::SocketAddr::from(([127, 0, 0, *last], port)),
+                )
+            })
+            .collect();
+        if others.iter().all(Result::is_ok) {
+            return std::iter::once(first)
+                .chain(others.into_iter().map(Result::unwrap))
+                .collect();
+        }
+    }
+    panic!("no port free on 127.0.0.1, .2 and .3 at once");
 }

@@ -873,3 +873,146 @@ fn a_write_error_stops_the_object_at_once_and_removes_its_temporary_file() {
         "{after} more bytes of a {size}-byte object were fetched after the disk filled"
     );
 }
+
+/// The `--json` summary of a run.
+fn summary(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the summary is not JSON ({e}):\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        )
+    })
+}
+
+/// A sync of `target` alone, cut into two ranges, that must complete: the JSON summary.
+fn sync_two_ranges(
+    s3: &TestS3,
+    scratch: &Scratch,
+    target: &SeededObject,
+    extra: &[&str],
+) -> serde_json::Value {
+    let half = target.data.len().div_ceil(2).next_multiple_of(64 << 10);
+    let mut args = args_for(s3, scratch, &target.key);
+    args.extend(extra.iter().map(std::string::ToString::to_string));
+    args.extend([
+        "--part-size".into(),
+        format!("{}", half.max(64 << 10)),
+        "--stall-timeout".into(),
+        "100".into(),
+        "--json".into(),
+    ]);
+    let run = run_era5(scratch, &args, LIMIT);
+    run.expect_code(0);
+    summary(&run)
+}
+
+/// A response whose first byte never comes (the server sits on it for two minutes, past
+/// the test's limit) is overtaken by a hedge on another connection: the object is exact, the
+/// hedge is counted as won, and the stall timeout (100 s) never fires.
+#[test]
+fn a_response_that_never_sends_its_first_byte_is_overtaken_by_a_hedge() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    s3.add_fault(FaultRule {
+        skip: 1,
+        ..rule(
+            &target.key,
+            Fault::DelayResponse { millis: 120_000 },
+            Some(1),
+        )
+    });
+    let scratch = Scratch::new();
+    let summary = sync_two_ranges(&s3, &scratch, target, &[]);
+    assert_mirrored(&scratch.dest(), &[target]);
+    assert_eq!(summary["hedges"]["requests"], 1, "{summary}");
+    assert_eq!(summary["hedges"]["won"], 1, "{summary}");
+    assert!(
+        summary["retries"].get("stall").is_none(),
+        "the stall timeout fired: {summary}"
+    );
+}
+
+/// The object is replaced after its first range was served, while its second range's first
+/// byte hangs: the hedge carries `If-Match` with the old ETag, gets 412, and the object
+/// starts over with its new version. The file is the new version, never a mix.
+#[test]
+fn a_hedge_of_a_replaced_object_restarts_it_and_never_mixes_versions() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    let replacement = tests::fixtures::object_bytes("a new version", target.data.len());
+    s3.set_faults(vec![
+        rule(
+            &target.key,
+            Fault::ReplaceAfterResponse {
+                data: replacement.clone(),
+            },
+            Some(1),
+        ),
+        rule(
+            &target.key,
+            Fault::DelayResponse { millis: 120_000 },
+            Some(1),
+        ),
+    ]);
+    let scratch = Scratch::new();
+    // ETag verification: no HEAD runs beside the ranges, so only the hedge can see the change.
+    let summary = sync_two_ranges(&s3, &scratch, target, &["--verify", "etag"]);
+    let mirrored = std::fs::read(scratch.dest().join(&target.key)).unwrap();
+    assert!(
+        mirrored == replacement.as_ref(),
+        "the mirrored file is not the new version"
+    );
+    assert!(
+        summary["hedges"]["requests"].as_u64() >= Some(1),
+        "no hedge: {summary}"
+    );
+    assert!(summary["restarts"].as_u64() >= Some(1), "{summary}");
+}
+
+/// One range's body crawls (32 KiB/s) while its peers stream at 4 MiB/s: after half a second
+/// it is taken over on another connection, whose answer is held back 400 ms, during which the
+/// crawling body keeps delivering. Those bytes, received twice, are discarded and counted,
+/// within 5% of the bytes received; the object is exact.
+#[test]
+fn a_slow_body_is_taken_over_and_its_duplicate_bytes_are_counted() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    let parts = target.data.len().div_ceil(256 << 10);
+    s3.set_faults(vec![
+        rule(
+            &target.key,
+            Fault::SlowBody {
+                bytes_per_sec: 32 << 10,
+            },
+            Some(1),
+        ),
+        // Counts the target's GETs after the crawling one: the takeover comes after every
+        // other range.
+        FaultRule {
+            skip: parts - 1,
+            ..rule(&target.key, Fault::DelayResponse { millis: 400 }, Some(1))
+        },
+    ]);
+    slow_bodies(&s3, 4 << 20);
+    let scratch = Scratch::new();
+    let mut args = args_for(&s3, &scratch, &target.key);
+    args.extend([
+        "--part-size".into(),
+        "256KiB".into(),
+        "--stall-timeout".into(),
+        "100".into(),
+        "--json".into(),
+    ]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert_mirrored(&scratch.dest(), &[target]);
+    let summary = summary(&run);
+    let duplicates = summary["duplicate_bytes"].as_u64().unwrap();
+    let received = summary["bytes_downloaded"].as_u64().unwrap();
+    assert!(summary["hedges"]["won"].as_u64() >= Some(1), "{summary}");
+    assert!(duplicates > 0, "no duplicate bytes counted: {summary}");
+    assert!(
+        duplicates as f64 <= 0.05 * received as f64,
+        "{duplicates} duplicate bytes of {received}"
+    );
+}

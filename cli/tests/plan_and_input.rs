@@ -422,6 +422,58 @@ fn bad_input_is_rejected_before_anything_happens() {
             ],
             "unknown variable `mgws`",
         ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--resolve",
+                "s3.example:443:10.0.0.300",
+            ],
+            "--resolve `s3.example:443:10.0.0.300`",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--resolve",
+                "s3.example",
+            ],
+            "--resolve `s3.example`",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--memory-budget",
+                "1KiB",
+            ],
+            "--memory-budget `1KiB`",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--connections",
+                "2000",
+            ],
+            "'2000'",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args: Vec<String> =

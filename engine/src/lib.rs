@@ -4,10 +4,16 @@
 //!
 //! - [`fetch`]: ranged, retrying, stall-aware downloads of one object under the process-wide
 //!   connection cap, with in-stream digests.
-//! - [`scheduler`]: admission of requests by priority with an AIMD window (SlowDown).
+//! - [`scheduler`]: admission of requests by priority under a window that [`autotune`] fits
+//!   to the link, and of objects in request units.
+//! - [`autotune`]: the hill-climbing controller of the request window.
+//! - [`request_stats`]: recent first-byte latencies and body rates: range sizes by time and
+//!   the thresholds of hedging.
+//! - [`memory`]: the budget of in-flight buffers (`--memory-budget`).
 //! - [`fast_md5`]: MD5 through the `md-5` crate's x86-64 assembly.
 //! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
-//! - [`ordered_md5`]: the whole-object MD5 hashed in order while parts still download.
+//! - [`ordered_md5`]: MD5s (whole object, or per upload part) hashed in order while parts
+//!   still download.
 //! - [`mirror`]: DEST layout, temporary files, resume state, atomic promotion.
 //! - [`manifest`]: the crash-safe, batched journals of verified objects, each record tied to
 //!   the file it vouches for, compacted into a snapshot.
@@ -22,16 +28,19 @@
 //! - [`progress`]: lock-free live counters for whoever reports.
 
 pub mod audit;
+pub mod autotune;
 pub mod direct_io;
 pub mod disk;
 pub mod fast_md5;
 pub mod fence;
 pub mod fetch;
 pub mod manifest;
+pub mod memory;
 pub mod mirror;
 pub mod ordered_md5;
 pub mod progress;
 pub mod recheck;
+pub mod request_stats;
 pub mod scheduler;
 pub mod sync;
 pub mod verify;
@@ -42,5 +51,6 @@ pub use fetch::{
 };
 pub use mirror::Mirror;
 pub use progress::{Progress, ProgressSnapshot};
+pub use scheduler::{Concurrency, ConcurrencySnapshot};
 pub use sync::{Outcome, SyncReport};
 pub use verify::VerifyMode;

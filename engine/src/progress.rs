@@ -25,6 +25,12 @@ pub struct Progress {
     pub verify_failures: AtomicU64,
     /// Objects restarted because they changed upstream mid-download (412).
     pub restarts: AtomicU64,
+    /// Requests asked again elsewhere because they were slow (hedges).
+    pub hedged_requests: AtomicU64,
+    /// Hedges that answered first.
+    pub hedges_won: AtomicU64,
+    /// Bytes received twice and discarded (a slow body overtaken by its hedge).
+    pub duplicate_bytes: AtomicU64,
     retries: [AtomicU64; RetryReason::ALL.len()],
     local_io_errors: [AtomicU64; LocalIoKind::ALL.len()],
 }
@@ -46,6 +52,12 @@ pub struct ProgressSnapshot {
     pub verify_failures: u64,
     /// Restarts after an upstream change.
     pub restarts: u64,
+    /// Requests hedged.
+    pub hedged_requests: u64,
+    /// Hedges that answered first.
+    pub hedges_won: u64,
+    /// Bytes received twice and discarded.
+    pub duplicate_bytes: u64,
     /// Retries by [`RetryReason::index`].
     pub retries: [u64; RetryReason::ALL.len()],
     /// Local write failures by [`LocalIoKind::index`].
@@ -109,6 +121,31 @@ impl Progress {
         self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Bytes received so far.
+    pub fn downloaded(&self) -> u64 {
+        self.bytes_downloaded.load(Ordering::Relaxed)
+    }
+
+    /// A slow request was asked again elsewhere.
+    pub fn hedge_started(&self) {
+        self.hedged_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A hedge answered first.
+    pub fn hedge_won(&self) {
+        self.hedges_won.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes received twice and discarded.
+    pub fn duplicate(&self, bytes: u64) {
+        self.duplicate_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Duplicate bytes so far.
+    pub fn duplicate_bytes(&self) -> u64 {
+        self.duplicate_bytes.load(Ordering::Relaxed)
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> ProgressSnapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -120,6 +157,9 @@ impl Progress {
             bytes_downloaded: load(&self.bytes_downloaded),
             verify_failures: load(&self.verify_failures),
             restarts: load(&self.restarts),
+            hedged_requests: load(&self.hedged_requests),
+            hedges_won: load(&self.hedges_won),
+            duplicate_bytes: load(&self.duplicate_bytes),
             retries: std::array::from_fn(|i| load(&self.retries[i])),
             local_io_errors: std::array::from_fn(|i| load(&self.local_io_errors[i])),
         }

@@ -27,6 +27,7 @@ use crate::fetch::{Engine, EngineConfig, FetchError, FetchScope};
 use crate::manifest::{FileIdentity, Manifest, ManifestEntry, Recorded, now_rfc3339};
 use crate::mirror::Mirror;
 use crate::progress::Progress;
+use crate::scheduler::AdmissionGate;
 use crate::verify::{Expected, VerifyMode, verify_file};
 
 /// What happened to one object.
@@ -147,12 +148,13 @@ pub struct Mirrorer {
     manifest: Mutex<Manifest>,
     progress: Arc<Progress>,
     next_seq: AtomicU64,
-    /// Objects being fetched, by every batch together: per batch, enough to keep every
-    /// connection busy with single-part objects, plus a little slack so verification and
-    /// promotion overlap the next downloads; times the batches it is made for
+    /// Objects being fetched, by every batch together, admitted in request units so those in
+    /// flight fill the request window, plus a little slack so verification and promotion
+    /// overlap the next downloads; times the batches it is made for
     /// ([`Mirrorer::with_batches`]). Shared, so more leases at once than that hold no more
     /// temporary files, disk reservations and memory.
-    in_flight: Semaphore,
+    in_flight: Arc<AdmissionGate>,
+    /// Objects a batch keeps started at once, at most (most wait at the gate).
     in_flight_max: usize,
     /// The caller counts every object and byte into the totals up front
     /// ([`Mirrorer::count_up_front`]); batches then only take the present ones' bytes back out.
@@ -186,8 +188,8 @@ impl Mirrorer {
         let engine = Engine::new(source, mirror.clone(), progress.clone(), config);
         let in_flight_max = engine.scheduler().max() + 2;
         Ok(Arc::new(Self {
+            in_flight: AdmissionGate::new(engine.scheduler().clone(), batches),
             engine,
-            in_flight: Semaphore::new(in_flight_max * batches.max(1)),
             in_flight_max,
             mirror,
             manifest: Mutex::new(manifest),
@@ -326,10 +328,11 @@ impl Mirrorer {
         let mut fetched = stream::iter(to_fetch.into_iter().enumerate())
             .take_until(Box::pin(scope.drain.clone().cancelled_owned()))
             .map(|(offset, index)| async move {
+                let units = self.engine.requests_for(&objects[index]);
                 let permit = tokio::select! {
                     biased;
                     () = scope.cancel.cancelled() => return None,
-                    permit = self.in_flight.acquire() => permit.ok()?,
+                    permit = self.in_flight.admit(units) => permit,
                 };
                 // Drained while waiting: not started, so not done.
                 if scope.drain.is_cancelled() {

@@ -241,3 +241,108 @@ async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_byt
         );
     }
 }
+
+/// The autotuned window, in-process: 24 objects whose bodies are paced to 1 MiB/s per
+/// connection, so goodput grows with every request added. The window climbs above its
+/// start; the server never sees more GETs at once than the cap; a burst of SlowDown halves
+/// the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autotuned_window_climbs_while_goodput_rises_and_falls_on_slowdown() {
+    const CAP: usize = 64;
+    let s3 = TestS3::start("bucket");
+    let objects: Vec<RemoteObject> = (1..=24)
+        .map(|day| {
+            let key = format!(
+                "e5.oper.an.pl/202401/e5.oper.an.pl.128_130_t.ll025sc.202401{day:02}00_202401{day:02}23.nc"
+            );
+            let data = tests::fixtures::object_bytes(&key, 2 << 20);
+            s3.put_object(&key, data.clone());
+            let stored = s3.object(&key).unwrap();
+            RemoteObject {
+                key,
+                size: data.len() as u64,
+                etag: Some(stored.etag.trim_matches('"').to_string()),
+                last_modified: None,
+            }
+        })
+        .collect();
+    let paced = FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: None,
+        object_gets_only: true,
+        skip: 0,
+        times: None,
+        fault: Fault::SlowBody {
+            bytes_per_sec: 1 << 20,
+        },
+    };
+    s3.add_fault(paced.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let progress = Arc::new(Progress::default());
+    let engine = Engine::new(
+        source(&s3, CAP, Duration::from_secs(5)).await,
+        Arc::new(Mirror::open(dir.path()).unwrap()),
+        progress.clone(),
+        EngineConfig {
+            part_size: Some(256 << 10),
+            verify: engine::VerifyMode::Etag,
+            retry: quick_retries(),
+            ..EngineConfig::default()
+        },
+    );
+    let scheduler = engine.scheduler().clone();
+    assert_eq!(scheduler.window(), engine::scheduler::INITIAL_WINDOW);
+    let fetches = tokio::spawn({
+        let engine = engine.clone();
+        let objects = objects.clone();
+        async move {
+            let scope = engine::FetchScope::default();
+            futures_util::future::join_all(
+                objects
+                    .iter()
+                    .enumerate()
+                    .map(|(seq, object)| engine.fetch(object, seq as u64, &scope)),
+            )
+            .await
+        }
+    });
+    wait_for(Duration::from_secs(60), "the window to climb", || {
+        scheduler.window() > 2 * engine::scheduler::INITIAL_WINDOW
+    })
+    .await;
+    let climbed = scheduler.window();
+    assert!(climbed <= CAP);
+    // The fault rules are tried in order: the SlowDown burst goes ahead of the pacing.
+    s3.set_faults(vec![
+        FaultRule {
+            times: Some(4),
+            fault: Fault::SlowDown,
+            ..paced.clone()
+        },
+        paced,
+    ]);
+    wait_for(Duration::from_secs(60), "a SlowDown to be retried", || {
+        progress
+            .snapshot()
+            .retries_for(transport::retry::RetryReason::SlowDown)
+            > 0
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the window to fall", || {
+        scheduler.window() <= climbed / 2 + 1
+    })
+    .await;
+    for fetched in fetches.await.unwrap() {
+        fetched.unwrap();
+    }
+    for object in &objects {
+        let data = std::fs::read(dir.path().join(&object.key)).unwrap();
+        assert_eq!(data.len() as u64, object.size);
+    }
+    assert!(
+        s3.max_concurrent_gets() <= CAP,
+        "{} GETs at once with a cap of {CAP}",
+        s3.max_concurrent_gets()
+    );
+    assert!(scheduler.snapshot().peak >= climbed);
+}

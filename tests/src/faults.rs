@@ -117,6 +117,58 @@ pub struct FaultRule {
     pub fault: Fault,
 }
 
+/// The chaos mix of faults on object GETs (keys containing `e5.oper`), three of each, spread
+/// over the requests: SlowDown, a reset mid-body, a truncated body, a stalled body, a 500, and
+/// ten bodies throttled to 2 MiB/s. The connection-cap tests run under it, and so does the
+/// `chaos` benchmark (`era5-test-s3 --chaos`).
+pub fn chaos_mix() -> Vec<FaultRule> {
+    let every_nth = |fault: Fault, skip: usize| FaultRule {
+        method: Some(Method::GET),
+        key_contains: Some("e5.oper".into()),
+        object_gets_only: true,
+        skip,
+        times: Some(3),
+        fault,
+    };
+    vec![
+        every_nth(Fault::SlowDown, 0),
+        every_nth(
+            Fault::ResetMidBody {
+                after_bytes: 50_000,
+            },
+            2,
+        ),
+        every_nth(
+            Fault::TruncateBody {
+                after_bytes: 70_000,
+            },
+            4,
+        ),
+        every_nth(
+            Fault::StallBody {
+                after_bytes: 10_000,
+            },
+            6,
+        ),
+        every_nth(
+            Fault::Status {
+                status: 500,
+                code: "InternalError".into(),
+            },
+            8,
+        ),
+        FaultRule {
+            times: Some(10),
+            ..every_nth(
+                Fault::SlowBody {
+                    bytes_per_sec: 2 << 20,
+                },
+                10,
+            )
+        },
+    ]
+}
+
 /// A rule with its match counter.
 #[derive(Debug)]
 pub(crate) struct ArmedRule {

@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub name: String,
     /// Process-wide cap on S3 connections.
     pub connections: usize,
+    /// Where S3 endpoints' addresses come from (`--resolve` overrides).
+    pub resolver: transport::Resolver,
     /// Leases held at once.
     pub max_leases: usize,
     /// Engine settings.
@@ -93,10 +95,12 @@ pub async fn run(
             stall_timeout: config.engine.stall_timeout,
             min_rate: config.engine.min_rate,
         },
+        resolver: config.resolver.clone(),
         ..PoolConfig::new(config.connections)
     });
     let progress = Arc::new(Progress::default());
-    let telemetry = Telemetry::new(progress.clone(), pool.stats());
+    let schedulers = crate::telemetry::Schedulers::default();
+    let telemetry = Telemetry::new(progress.clone(), pool.stats(), schedulers.clone());
     let disk = Arc::new(DiskGate::default());
     telemetry.watch_dest(config.dest.clone(), disk.clone());
     let http_addr = http
@@ -115,6 +119,7 @@ pub async fn run(
         leases: config.max_leases,
         progress: progress.clone(),
         made: tokio::sync::Mutex::new(HashMap::new()),
+        schedulers,
     }));
     let runner = Runner::new(
         coordinator,

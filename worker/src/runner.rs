@@ -117,6 +117,8 @@ pub struct SourceMirrorers {
     pub progress: Arc<Progress>,
     /// The mirrorers made so far.
     pub made: tokio::sync::Mutex<HashMap<(String, String), Arc<Mirrorer>>>,
+    /// Their engines' schedulers, for the telemetry's concurrency gauge.
+    pub schedulers: crate::telemetry::Schedulers,
 }
 
 impl Mirrorers {
@@ -146,6 +148,10 @@ impl Mirrorers {
             by_source.leases,
         )?;
         made.insert(key, mirrorer.clone());
+        by_source
+            .schedulers
+            .lock_unpoisoned()
+            .push(mirrorer.engine().scheduler().clone());
         Ok(mirrorer)
     }
 

@@ -6,13 +6,16 @@
 //! `era5_bytes_downloaded_total`, `era5_objects_completed_total`, `era5_s3_connections_open`,
 //! `era5_s3_connections_in_use`, `era5_s3_retries_total{reason}`,
 //! `era5_s3_stall_timeouts_total`, `era5_verify_failures_total`,
-//! `era5_local_io_errors_total{kind}`, `era5_dest_free_bytes` (statvfs of DEST), and the
-//! histogram `era5_lease_renew_seconds` of renewal round trips. The only labels are the retry
-//! reason and the kind of local failure, both fixed sets.
+//! `era5_local_io_errors_total{kind}`, `era5_dest_free_bytes` (statvfs of DEST), the request
+//! window `era5_s3_concurrency` (autotuned, see `engine::autotune`) with
+//! `era5_s3_requests_in_flight`, the hedging counters `era5_s3_hedged_requests_total`,
+//! `era5_s3_hedges_won_total` and `era5_s3_duplicate_bytes_total`, and the histogram
+//! `era5_lease_renew_seconds` of renewal round trips. The only labels are the retry reason and
+//! the kind of local failure, both fixed sets.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -32,8 +35,10 @@ use tokio_util::sync::CancellationToken;
 use transport::ConnectionStats;
 use transport::retry::RetryReason;
 
+use common::sync::MutexExt;
 use engine::disk::{DiskGate, LocalIoKind, free_bytes};
 use engine::progress::Progress;
+use engine::scheduler::RequestScheduler;
 
 /// A worker is ready while the coordinator has answered within this long.
 pub const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -61,10 +66,14 @@ struct DestWatch {
     gate: Arc<DiskGate>,
 }
 
+/// The request schedulers of a worker's engines (one per source), for their windows.
+pub type Schedulers = Arc<Mutex<Vec<Arc<RequestScheduler>>>>;
+
 #[derive(Debug)]
 struct EngineCollector {
     progress: Arc<Progress>,
     connections: Arc<ConnectionStats>,
+    schedulers: Schedulers,
     dest: Arc<OnceLock<DestWatch>>,
 }
 
@@ -124,6 +133,42 @@ impl Collector for EngineCollector {
             "S3 connections carrying a request",
             pool.in_use,
         )?;
+        let (window, in_flight) = self
+            .schedulers
+            .lock_unpoisoned()
+            .iter()
+            .map(|s| s.snapshot())
+            .fold((0, 0), |(w, f), s| (w + s.window, f + s.in_flight));
+        gauge(
+            &mut encoder,
+            "era5_s3_concurrency",
+            "Requests the engine admits at once (autotuned below --connections)",
+            window,
+        )?;
+        gauge(
+            &mut encoder,
+            "era5_s3_requests_in_flight",
+            "S3 requests in flight, hedges included",
+            in_flight,
+        )?;
+        counter(
+            &mut encoder,
+            "era5_s3_hedged_requests",
+            "Slow requests asked again on another connection",
+            progress.hedged_requests,
+        )?;
+        counter(
+            &mut encoder,
+            "era5_s3_hedges_won",
+            "Hedged requests whose second copy answered first",
+            progress.hedges_won,
+        )?;
+        counter(
+            &mut encoder,
+            "era5_s3_duplicate_bytes",
+            "Bytes received twice and discarded because of hedging",
+            progress.duplicate_bytes,
+        )?;
         let mut retries = encoder.encode_descriptor(
             "era5_s3_retries",
             "Retried S3 requests by reason",
@@ -173,13 +218,18 @@ impl Collector for EngineCollector {
 }
 
 impl Telemetry {
-    /// Metrics over the engine's counters and the pool's gauge.
-    pub fn new(progress: Arc<Progress>, connections: Arc<ConnectionStats>) -> Arc<Self> {
+    /// Metrics over the engine's counters, the pool's gauge and the engines' windows.
+    pub fn new(
+        progress: Arc<Progress>,
+        connections: Arc<ConnectionStats>,
+        schedulers: Schedulers,
+    ) -> Arc<Self> {
         let mut registry = Registry::default();
         let dest = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(EngineCollector {
             progress,
             connections,
+            schedulers,
             dest: dest.clone(),
         }));
         let renew_seconds = Histogram::new(RENEW_BUCKETS);
@@ -280,7 +330,11 @@ mod tests {
         progress.add_downloaded(1234);
         progress.retry(RetryReason::SlowDown);
         progress.retry(RetryReason::Stall);
-        let telemetry = Telemetry::new(progress, Arc::new(ConnectionStats::default()));
+        let telemetry = Telemetry::new(
+            progress,
+            Arc::new(ConnectionStats::default()),
+            Schedulers::default(),
+        );
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(DiskGate::default());
         telemetry.watch_dest(dir.path().to_path_buf(), gate.clone());

@@ -1,51 +1,67 @@
-//! How an object is cut into parts and how those parts fill its temporary file: the part size
-//! (the object's own upload part size when its multipart ETag reveals it, so part MD5s come
-//! in-stream), what a previous run's resume state contributes (only the parts that read back
-//! intact), the space the rest needs, and the missing parts spawned as `PartJob`s, a few more
-//! than there are connections. Kept apart from the object flow in `mod.rs`, which sees only a
-//! complete file and its digests, and from `part`, which knows one range and nothing of the
-//! object around it.
+//! How an object is cut into parts and how those parts fill its temporary file: the part size,
+//! what a previous run's resume state contributes (only the parts that read back intact), the
+//! space the rest needs, and the missing parts spawned as `PartJob`s, a few more than there
+//! are connections. Kept apart from the object flow in `mod.rs`, which sees only a complete
+//! file and its digests, and from `part`, which knows one range and nothing of the object
+//! around it.
+//!
+//! **Parts are sized by time**, not bytes (see `request_stats`): a range streams for a few
+//! hundred milliseconds at the rate requests are getting, so a few big objects still fill a
+//! wide link and a slow link's last ranges do not drag on. Where a multipart ETag reveals the
+//! upload part size, ranges are aligned to it: the upload part itself when it is not much
+//! longer than that (each part's MD5 then comes in-stream, and the multipart ETag is the MD5
+//! of those), otherwise an exact fraction of it, so ranges tile the upload parts (composite
+//! CRCs still combine from them) and the part MD5s are hashed in order as ranges complete
+//! (`ordered_md5`). A resumed download keeps the part size its saved parts have.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinSet;
 
-use super::part::PartJob;
+use super::part::{PartJob, PlanSource};
 use super::{Engine, FetchError, FetchScope, PartError};
 use crate::direct_io::{self, ALIGN};
 use crate::disk::LocalIoError;
 use crate::mirror::{ResumeState, TempPaths};
-use crate::ordered_md5;
+use crate::ordered_md5::{self, OrderedMd5s};
 use crate::verify::{
-    EtagForm, Expected, ExpectedChecksum, PartDigest, StreamPlan, VerifyMode, candidate_part_sizes,
-    digest_range,
+    EtagForm, Expected, ExpectedChecksum, PartDigest, StreamPlan, VerifyMode, digest_range,
+    likely_upload_part_size,
 };
 use crate::writer::{DirectSink, FileWriter, ObjectIo};
 
-/// Default part size of ranged GETs. 16 MiB measured faster than 8 MiB (fewer requests, the
-/// same parallelism); an object whose multipart ETag must be verified uses its own upload part
-/// size instead, so each part's MD5 is computed in-stream.
+/// Part size of `--verify size` downloads when nothing is measured yet, and the historical
+/// default of `--part-size`; kept for callers that want a fixed size.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 /// Parts in flight per object beyond the connection cap, so a part is ready when a
 /// connection frees up.
 const PART_SLACK: usize = 2;
 
 impl Engine {
-    pub(super) fn part_size_for(&self, expected: &Expected) -> u64 {
+    /// The part size for `expected`: `--part-size`, or what a resumable download of it was
+    /// saved with, or a range sized by time and aligned to the upload parts.
+    pub(super) fn part_size_for(&self, key: &str, expected: &Expected, temp: &TempPaths) -> u64 {
         if let Some(part_size) = self.config.part_size {
             return part_size.max(1);
         }
-        const USABLE: std::ops::RangeInclusive<u64> = (1 << 20)..=(256 << 20);
+        if let Some(saved) = ResumeState::load(&temp.state).filter(|state| {
+            state.key == key && state.etag == expected.etag && state.size == expected.size
+        }) {
+            return saved.part_size.max(1);
+        }
+        let by_time = self.scheduler.stats().range_size();
         if self.config.verify == VerifyMode::Size {
-            return DEFAULT_PART_SIZE;
+            return by_time;
         }
         match expected.etag.as_deref().and_then(EtagForm::parse) {
-            Some(EtagForm::Multipart { parts, .. }) => candidate_part_sizes(expected.size, parts)
-                .into_iter()
-                .find(|p| USABLE.contains(p))
-                .unwrap_or(DEFAULT_PART_SIZE),
-            _ => DEFAULT_PART_SIZE,
+            Some(EtagForm::Multipart { parts, .. }) => {
+                match likely_upload_part_size(expected.size, parts) {
+                    Some(upload) => aligned_range(upload, by_time),
+                    None => by_time,
+                }
+            }
+            _ => by_time,
         }
     }
 
@@ -64,6 +80,7 @@ impl Engine {
         part_size: u64,
         temp: &TempPaths,
         scope: &FetchScope,
+        parts_plan: PlanSource,
         learn_checksum: Option<Arc<OnceLock<Option<ExpectedChecksum>>>>,
     ) -> Result<Downloaded, PartError> {
         let dir = self.room_dir(temp);
@@ -120,11 +137,13 @@ impl Engine {
             .map_err(|e| local(e, expected.size - allocated))?;
         file.set_len(expected.size)
             .map_err(|e| local(e, expected.size - allocated))?;
+        // The plan without the checksum a HEAD may still bring: what it says of MD5s (and so
+        // of the layout) does not depend on it.
         let plan = StreamPlan::new(expected, self.config.verify, part_size);
         // Direct writes leave nothing in the page cache, so only downloads that are never
-        // read back take them: a whole-object MD5 rereads every part while the rest streams.
+        // read back take them: in-order MD5s reread every part while the rest streams.
         let direct = if self.config.direct_io
-            && !plan.whole_md5
+            && plan.ordered_md5.is_none()
             && part_size.is_multiple_of(ALIGN as u64)
             && self.io_pool().enabled()
         {
@@ -151,9 +170,9 @@ impl Engine {
                 read_back(&file, claimed_parts, plan, part_size, verify, &key)
             })
         });
-        let follower = plan
-            .whole_md5
-            .then(|| ordered_md5::follow(file.clone(), part_size, expected.size, Vec::new()));
+        let follower = plan.ordered_md5.map(|boundary| {
+            ordered_md5::follow(file.clone(), part_size, expected.size, boundary, Vec::new())
+        });
         let direct = direct.map(|direct| DirectSink {
             direct,
             pool: self.io_pool().clone(),
@@ -186,7 +205,7 @@ impl Engine {
             start: index * part_size,
             end: ((index + 1) * part_size).min(expected.size),
             priority: (seq << 24) | index.min((1 << 24) - 1),
-            plan,
+            plan: parts_plan.clone(),
             writer: writer.clone(),
             cancel: object_cancel.clone(),
             batch: scope.batch.clone(),
@@ -263,7 +282,7 @@ impl Engine {
         let written = writer_task
             .await
             .map_err(|e| PartError::Fatal(FetchError::Io(format!("file writer failed: {e}"))))?;
-        let whole_md5 = match follower {
+        let ordered = match follower {
             Some((done, task)) => {
                 drop(done);
                 task.await.ok().flatten()
@@ -284,7 +303,7 @@ impl Engine {
         Ok(Downloaded {
             file,
             digests,
-            whole_md5,
+            ordered,
         })
     }
 }
@@ -293,7 +312,23 @@ impl Engine {
 pub(super) struct Downloaded {
     pub(super) file: std::fs::File,
     pub(super) digests: Vec<PartDigest>,
-    pub(super) whole_md5: Option<[u8; 16]>,
+    pub(super) ordered: Option<OrderedMd5s>,
+}
+
+/// A range that tiles `upload`-byte upload parts and streams for about `by_time` bytes: the
+/// upload part itself when it is at most twice that, otherwise the power-of-two fraction of it
+/// closest to `by_time`, if that fraction is exact and aligned for direct I/O.
+fn aligned_range(upload: u64, by_time: u64) -> u64 {
+    if upload <= by_time.saturating_mul(2) {
+        return upload;
+    }
+    let pieces = 1u64 << (upload as f64 / by_time.max(1) as f64).log2().round() as u32;
+    let range = upload / pieces;
+    if upload.is_multiple_of(pieces) && range.is_multiple_of(ALIGN as u64) {
+        range
+    } else {
+        by_time
+    }
 }
 
 /// Reads back the parts a resume state claims (on up to four threads) and sorts them: those
@@ -370,4 +405,23 @@ fn still_matches(recorded: &PartDigest, fresh: &PartDigest) -> bool {
         && same(recorded.md5.as_ref(), fresh.md5.as_ref())
         && same(recorded.crc.as_ref(), fresh.crc.as_ref())
         && same(recorded.check.as_ref(), fresh.check.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aligned_range;
+
+    #[test]
+    fn ranges_tile_upload_parts_or_are_the_upload_parts() {
+        const MIB: u64 = 1 << 20;
+        // Fast link: the 8 MiB upload part itself (its MD5 in-stream).
+        assert_eq!(aligned_range(8 * MIB, 12 * MIB), 8 * MIB);
+        assert_eq!(aligned_range(8 * MIB, 4 * MIB), 8 * MIB);
+        // Slow link: exact fractions of it.
+        assert_eq!(aligned_range(8 * MIB, 512 << 10), 512 << 10);
+        assert_eq!(aligned_range(8 * MIB, 700 << 10), 512 << 10);
+        assert_eq!(aligned_range(64 * MIB, 3 * MIB), 4 * MIB);
+        // An upload part no fraction of which is aligned: the time-based size as it is.
+        assert_eq!(aligned_range(5_000_001, MIB), MIB);
+    }
 }

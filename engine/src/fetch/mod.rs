@@ -9,6 +9,8 @@
 //!   a 412 means the object was replaced, and the object starts over with its new version.
 //! - **Retries are per part** and resume from the last byte written: a finished part is never
 //!   downloaded again, and neither is the finished prefix of a broken one.
+//! - **The slow tail** is hedged: a late first byte or a crawling body is asked again on
+//!   another connection and front-end (see `part`).
 //! - **Stalls.** No byte for the stall timeout, or a body under `--min-rate`, drops that
 //!   connection (the body is dropped, so hyper closes it) and the part continues on another.
 //! - **Bounded whatever the server claims.** A size above S3's 5 TiB maximum is refused, and
@@ -33,6 +35,9 @@
 mod layout;
 mod part;
 
+use layout::Downloaded;
+use part::PlanSource;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -51,10 +56,11 @@ use crate::direct_io::IoPool;
 use crate::disk::{DestHealth, LocalIoError, SpaceBudget};
 use crate::fence::LeaseFence;
 use crate::manifest::{ManifestEntry, now_rfc3339};
+use crate::memory::BufferBudget;
 use crate::mirror::{Mirror, PromoteError, TempPaths};
 use crate::progress::Progress;
-use crate::scheduler::RequestScheduler;
-use crate::verify::{Expected, ExpectedChecksum, Streamed, VerifyError, VerifyMode};
+use crate::scheduler::{Concurrency, RequestScheduler};
+use crate::verify::{Expected, ExpectedChecksum, StreamPlan, Streamed, VerifyError, VerifyMode};
 
 pub use layout::DEFAULT_PART_SIZE;
 
@@ -86,6 +92,13 @@ pub struct EngineConfig {
     /// Longest time a finished part waits to be saved in the resume state (each save syncs
     /// the data; see `writer`).
     pub save_every: Duration,
+    /// Find the request window by measuring (`false`: `--no-autotune`, the window stays at
+    /// the connection cap).
+    pub autotune: bool,
+    /// Ask slow requests again elsewhere (see `part`).
+    pub hedge: bool,
+    /// Bytes of in-flight buffers (`--memory-budget`, see `memory`).
+    pub memory_budget: u64,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +111,9 @@ impl Default for EngineConfig {
             direct_io: true,
             min_rate: MinRate::DEFAULT,
             save_every: crate::writer::SAVE_EVERY,
+            autotune: true,
+            hedge: true,
+            memory_budget: crate::memory::default_budget(),
         }
     }
 }
@@ -256,7 +272,13 @@ impl Engine {
         progress: Arc<Progress>,
         config: EngineConfig,
     ) -> Arc<Self> {
-        let scheduler = RequestScheduler::new(source.pool_config().max_connections);
+        let scheduler = RequestScheduler::new(
+            Concurrency {
+                max: source.pool_config().max_connections,
+                autotune: config.autotune,
+            },
+            BufferBudget::new(config.memory_budget),
+        );
         Arc::new(Self {
             source,
             mirror,
@@ -297,20 +319,9 @@ impl Engine {
         self.health.failed(error);
     }
 
-    /// The request scheduler (its window shows the AIMD state).
+    /// The request scheduler (its window shows the concurrency in use).
     pub fn scheduler(&self) -> &Arc<RequestScheduler> {
         &self.scheduler
-    }
-
-    /// Whether `object` would be fetched by one GET from its first byte: it fits in one part
-    /// and no earlier run left parts of it to resume.
-    fn fetches_whole(&self, object: &HeadInfo, temp: &TempPaths) -> bool {
-        let expected = Expected {
-            size: object.size,
-            etag: object.etag.clone(),
-            checksum: None,
-        };
-        object.size <= self.part_size_for(&expected) && !temp.state.exists()
     }
 
     fn io_pool(&self) -> &Arc<IoPool> {
@@ -320,6 +331,19 @@ impl Engine {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// About how many requests fetching `object` takes: its weight when objects are admitted
+    /// (see `scheduler::AdmissionGate`).
+    pub fn requests_for(&self, object: &RemoteObject) -> usize {
+        let range = self
+            .config
+            .part_size
+            .unwrap_or_else(|| self.scheduler.stats().range_size())
+            .max(1);
+        usize::try_from(object.size.div_ceil(range))
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 
     /// HEADs an object (with checksums in `full` mode), retrying transient failures.
@@ -406,16 +430,17 @@ impl Engine {
             checksum: None,
         };
         // A terse listing needs the ETag, from a HEAD. Full verification also wants S3's
-        // additional checksum: an object fetched in one GET learns it from that GET's headers,
-        // so the listing is enough and the HEAD is saved; one fetched in ranges (S3 sends no
-        // checksum with a range) or resumed from a previous run's parts HEADs first.
+        // additional checksum: an object fetched in one GET learns it from that GET's headers;
+        // one fetched in ranges (S3 sends no checksum with a range) HEADs beside its first
+        // ranges; one resumed from a previous run's parts HEADs first.
         let full = self.config.verify == VerifyMode::Full;
         let mut need_head = current.etag.is_none();
         let mut headed = false;
         let mut verify_failures = 0;
         let mut restarts = 0;
         loop {
-            if need_head || (full && !headed && !self.fetches_whole(&current, &temp)) {
+            let mut part_size = self.part_size_for(&object.key, &current.expected(), &temp);
+            if need_head || (full && !headed && temp.state.exists()) {
                 let head = self.head(&object.key, seq << 24, &scope.cancel).await?;
                 if head.size != current.size || head.etag != current.etag {
                     tracing::info!(key = %object.key, "object differs from its listing; fetching the current version");
@@ -424,28 +449,50 @@ impl Engine {
                 headed = true;
                 need_head = false;
                 check_size(&object.key, current.size)?;
+                part_size = self.part_size_for(&object.key, &current.expected(), &temp);
             }
-            let mut expected = Expected {
-                size: current.size,
-                etag: current.etag.clone(),
-                checksum: current.checksum.clone(),
-            };
-            let part_size = self.part_size_for(&expected);
-            let learn_checksum = (full && !headed).then(|| Arc::new(OnceLock::new()));
-            let downloaded = match self
-                .download(
+            let mut expected = current.expected();
+            let whole = current.size <= part_size && !temp.state.exists();
+            let learn_checksum = (full && !headed && whole).then(|| Arc::new(OnceLock::new()));
+            let attempted = if full && !headed && !whole {
+                Box::pin(self.download_beside_head(
                     &object.key,
                     seq,
                     &expected,
                     part_size,
                     &temp,
                     scope,
-                    learn_checksum.clone(),
-                )
+                ))
                 .await
-            {
-                Ok(done) => done,
-                Err(PartError::Changed) => {
+            } else {
+                let plan = StreamPlan::new(&expected, self.config.verify, part_size);
+                let downloaded = Box::pin(self.download(
+                    &object.key,
+                    seq,
+                    &expected,
+                    part_size,
+                    &temp,
+                    scope,
+                    PlanSource::Ready(plan),
+                    learn_checksum.clone(),
+                ))
+                .await;
+                match downloaded {
+                    Ok(downloaded) => Attempted::Downloaded(downloaded, None),
+                    Err(PartError::Changed) => Attempted::Changed(None),
+                    Err(PartError::Fatal(error)) => Attempted::Failed(error),
+                }
+            };
+            let downloaded = match attempted {
+                Attempted::Downloaded(downloaded, head) => {
+                    if let Some(head) = head {
+                        expected.checksum.clone_from(&head.checksum);
+                        current = head;
+                        headed = true;
+                    }
+                    downloaded
+                }
+                Attempted::Changed(head) => {
                     restarts += 1;
                     self.progress.restarts.fetch_add(1, Ordering::Relaxed);
                     self.progress
@@ -456,10 +503,17 @@ impl Engine {
                         return Err(FetchError::KeepsChanging(restarts));
                     }
                     tracing::info!(key = %object.key, "object changed upstream during the download; starting over");
-                    need_head = true;
+                    match head {
+                        Some(head) => {
+                            current = head;
+                            headed = true;
+                            check_size(&object.key, current.size)?;
+                        }
+                        None => need_head = true,
+                    }
                     continue;
                 }
-                Err(PartError::Fatal(error)) => {
+                Attempted::Failed(error) => {
                     // Interrupted or out of retries: `era5 sync`'s finished parts stay for the
                     // next run. Refused for good, or a disk that cannot hold them: nothing
                     // will resume them, and a full disk needs the room back now.
@@ -502,7 +556,7 @@ impl Engine {
                     let streamed = Streamed {
                         part_size,
                         parts: &downloaded.digests,
-                        whole_md5: downloaded.whole_md5,
+                        ordered: downloaded.ordered.as_ref(),
                     };
                     let verified =
                         crate::verify::verify(&downloaded.file, &expected, mode, &streamed);
@@ -530,42 +584,9 @@ impl Engine {
                     continue;
                 }
             };
-            stop_before_promotion_if_asked(&object.key);
-            // The resume state goes first: a crash after it leaves a temporary file that the
-            // next run starts afresh, never a state file that outlives its data.
-            temp.remove_state();
-            let mirror = self.mirror.clone();
-            let fence = scope.fence.clone();
-            let (temp_data, target) = (temp.data.clone(), final_path.clone());
-            let promoted = tokio::task::spawn_blocking(move || {
-                mirror.promote(&file, &temp_data, &target, || match &fence {
-                    Some(fence) => fence.check(),
-                    None => Ok(()),
-                })
-            })
-            .await
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-            let identity = match promoted {
-                Ok(identity) => identity,
-                Err(PromoteError::Fenced(reason)) => {
-                    tracing::warn!(key = %object.key, %reason, "verified but not promoted: the lease no longer allows it");
-                    temp.remove();
-                    return Err(FetchError::Fenced(reason));
-                }
-                Err(PromoteError::Io(error)) => {
-                    temp.remove();
-                    let local =
-                        LocalIoError::from_io(&error, &self.room_dir(&temp), Some(current.size));
-                    if local.kind.is_dest_failure() {
-                        self.disk_failed(&local);
-                        return Err(FetchError::Local(local));
-                    }
-                    return Err(FetchError::Io(format!(
-                        "promoting {} failed: {error}",
-                        final_path.display()
-                    )));
-                }
-            };
+            let identity = self
+                .promote(&object.key, file, &temp, &final_path, scope, current.size)
+                .await?;
             return Ok(Fetched {
                 entry: ManifestEntry {
                     key: object.key.clone(),
@@ -578,6 +599,154 @@ impl Engine {
                     file: Some(identity),
                 },
             });
+        }
+    }
+
+    /// Renames a verified temporary file into place, if the fence allows.
+    async fn promote(
+        &self,
+        key: &str,
+        file: std::fs::File,
+        temp: &TempPaths,
+        final_path: &std::path::Path,
+        scope: &FetchScope,
+        size: u64,
+    ) -> Result<crate::manifest::FileIdentity, FetchError> {
+        stop_before_promotion_if_asked(key);
+        // The resume state goes first: a crash after it leaves a temporary file that the
+        // next run starts afresh, never a state file that outlives its data.
+        temp.remove_state();
+        let mirror = self.mirror.clone();
+        let fence = scope.fence.clone();
+        let (temp_data, target) = (temp.data.clone(), final_path.to_path_buf());
+        let promoted = tokio::task::spawn_blocking(move || {
+            mirror.promote(&file, &temp_data, &target, || match &fence {
+                Some(fence) => fence.check(),
+                None => Ok(()),
+            })
+        })
+        .await
+        .map_err(|e| FetchError::Io(e.to_string()))?;
+        match promoted {
+            Ok(identity) => Ok(identity),
+            Err(PromoteError::Fenced(reason)) => {
+                tracing::warn!(key, %reason, "verified but not promoted: the lease no longer allows it");
+                temp.remove();
+                Err(FetchError::Fenced(reason))
+            }
+            Err(PromoteError::Io(error)) => {
+                temp.remove();
+                let local = LocalIoError::from_io(&error, &self.room_dir(temp), Some(size));
+                if local.kind.is_dest_failure() {
+                    self.disk_failed(&local);
+                    return Err(FetchError::Local(local));
+                }
+                Err(FetchError::Io(format!(
+                    "promoting {} failed: {error}",
+                    final_path.display()
+                )))
+            }
+        }
+    }
+
+    /// Downloads a ranged object while its HEAD (for the S3 checksum) runs beside the first
+    /// ranges: they are sent at once, hash every CRC the checksum may be until the HEAD says
+    /// which, and wait for its answer only once their bytes are in (see `part::PlanSource`).
+    /// A HEAD that shows another version stops the download and restarts the object with
+    /// that version.
+    async fn download_beside_head(
+        self: &Arc<Self>,
+        key: &str,
+        seq: u64,
+        expected: &Expected,
+        part_size: u64,
+        temp: &TempPaths,
+        scope: &FetchScope,
+    ) -> Attempted {
+        let (plan_tx, plan_rx) = tokio::sync::watch::channel(None);
+        let cancel = scope.cancel.child_token();
+        let attempt_scope = FetchScope {
+            cancel: cancel.clone(),
+            ..scope.clone()
+        };
+        let mut download = Box::pin(self.download(
+            key,
+            seq,
+            expected,
+            part_size,
+            temp,
+            &attempt_scope,
+            PlanSource::AfterHead {
+                base: StreamPlan::new(expected, self.config.verify, part_size),
+                answer: plan_rx,
+            },
+            None,
+        ));
+        let head = self.head(key, seq << 24, &cancel);
+        tokio::pin!(head);
+        let mut answered: Option<HeadInfo> = None;
+        loop {
+            tokio::select! {
+                downloaded = &mut download => {
+                    let head = match answered {
+                        Some(head) => head,
+                        // Only an object with nothing to hash gets here first.
+                        None => match (&mut head).await {
+                            Ok(head) => head,
+                            Err(error) => return Attempted::Failed(error),
+                        },
+                    };
+                    return match downloaded {
+                        Ok(_) if head.size != expected.size || head.etag != expected.etag => {
+                            Attempted::Changed(Some(head))
+                        }
+                        Ok(downloaded) => Attempted::Downloaded(downloaded, Some(head)),
+                        Err(PartError::Changed) => Attempted::Changed(None),
+                        Err(PartError::Fatal(error)) => Attempted::Failed(error),
+                    };
+                }
+                headed = &mut head, if answered.is_none() => match headed {
+                    Ok(head) if head.size == expected.size && head.etag == expected.etag => {
+                        let with_checksum = Expected {
+                            checksum: head.checksum.clone(),
+                            ..expected.clone()
+                        };
+                        let plan = StreamPlan::new(&with_checksum, self.config.verify, part_size);
+                        let _ = plan_tx.send(Some(plan));
+                        answered = Some(head);
+                    }
+                    other => {
+                        // Another version, or no answer: stop the ranges already sent.
+                        cancel.cancel();
+                        let _ = (&mut download).await;
+                        return match other {
+                            Ok(head) => Attempted::Changed(Some(head)),
+                            Err(error) => Attempted::Failed(error),
+                        };
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// How one download of an object ended.
+enum Attempted {
+    /// Every part is in the file; with the HEAD that ran beside it, if one did.
+    Downloaded(Downloaded, Option<HeadInfo>),
+    /// The object changed upstream: start over with this version, or HEAD first (`None`).
+    Changed(Option<HeadInfo>),
+    /// It failed for good (or was stopped).
+    Failed(FetchError),
+}
+
+impl HeadInfo {
+    /// What the bytes must be, as far as this describes them.
+    fn expected(&self) -> Expected {
+        Expected {
+            size: self.size,
+            etag: self.etag.clone(),
+            checksum: self.checksum.clone(),
         }
     }
 }

@@ -1,23 +1,74 @@
 //! One part of one object: a ranged GET with `If-Match`, a stall timeout on the headers and on
-//! every chunk, and retries that resume from the last byte written, so a broken part never
-//! downloads its finished prefix again. Also the backoff step it shares with the HEAD. It knows
-//! one range and the writer it hands bytes to, nothing of how the object was cut (`layout`) or
-//! what happens to it once whole (`mod.rs`).
+//! every chunk, retries that resume from the last byte written (so a broken part never
+//! downloads its finished prefix again), and hedging of the slow tail. Also the backoff step it
+//! shares with the HEAD. It knows one range and the writer it hands bytes to, nothing of how
+//! the object was cut (`layout`) or what happens to it once whole (`mod.rs`).
+//!
+//! **Hedging.** On a real link a few requests are much slower than their peers: a first byte
+//! seconds late, or a body crawling from a slow front-end. Waiting for them holds the object
+//! (and the end of the run) hostage, and the stall timeout is far too long to help. So:
+//! - a request whose first byte is later than a multiple of its peers' (see
+//!   `request_stats`) is sent again on another connection, to another front-end where there
+//!   are several; the first answer wins and the other request is dropped before any of its
+//!   body is read;
+//! - a body streaming at under a third of its peers' median rate is taken over: the rest of
+//!   its range is asked for on another connection, the slow body keeps streaming meanwhile,
+//!   and once the new one answers it continues from where the slow one got to (bytes both
+//!   delivered are discarded and counted as duplicates).
+//!
+//! Both requests carry `If-Match` with the object's ETag, so no object is ever assembled from
+//! two versions. Hedges take room beside the window, never past the connection cap, and none
+//! starts while duplicate bytes exceed [`DUPLICATE_SHARE`] of the bytes received. When there
+//! is no room for a second copy (every connection the cap allows is busy), the slow request is
+//! dropped and asked again at once instead (retry reason `slow`), from the last byte written
+//! and avoiding its front-end. The stall timeout stays as the last resort.
 //!
 //! The one part of an object fetched whole, in full verification, asks for S3's additional
 //! checksum on its first GET (no `Range`, `x-amz-checksum-mode: ENABLED`): S3 sends checksums
 //! only for whole-object reads, and taking it from the GET saves the HEAD, the one round trip
 //! that small objects otherwise pay twice.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use tokio_util::sync::CancellationToken;
+use transport::Route;
 use transport::retry::{Failure, RetryReason, chain, classify, classify_body_error};
 
 use super::{Engine, FetchError, PartError, until_cancelled};
 use crate::progress::Progress;
+use crate::scheduler::Slot;
 use crate::verify::{ExpectedChecksum, PartHasher, StreamPlan};
 use crate::writer::FileWriter;
+
+/// Duplicate bytes hedges may cost, as a share of the bytes received.
+pub const DUPLICATE_SHARE: f64 = 0.05;
+/// A body is judged for slowness only after this long ...
+const RATE_JUDGED_AFTER: Duration = Duration::from_millis(500);
+/// ... and only if this much of its range is left.
+const TAKEOVER_MIN_LEFT: u64 = 128 << 10;
+/// How often a streaming body's rate is judged.
+const RATE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The digests a part computes: known when the part starts, or once the object's HEAD
+/// (running beside the first ranges) has said which checksum the object has. A part never
+/// waits for the HEAD while it holds a place: one that streams before the answer hashes every
+/// CRC the checksum may be ([`PartHasher::undecided`]), and waits for the answer only once its
+/// bytes are in, its request over.
+#[derive(Clone, Debug)]
+pub(super) enum PlanSource {
+    Ready(StreamPlan),
+    AfterHead {
+        /// The plan as far as it is known without the checksum.
+        base: StreamPlan,
+        answer: tokio::sync::watch::Receiver<Option<StreamPlan>>,
+    },
+}
 
 /// One ranged GET of one object, with its retries.
 pub(super) struct PartJob {
@@ -28,7 +79,7 @@ pub(super) struct PartJob {
     pub(super) start: u64,
     pub(super) end: u64,
     pub(super) priority: u64,
-    pub(super) plan: StreamPlan,
+    pub(super) plan: PlanSource,
     pub(super) writer: FileWriter,
     pub(super) cancel: CancellationToken,
     pub(super) batch: Option<Arc<Progress>>,
@@ -43,26 +94,57 @@ enum Attempt {
     Failed(Failure, String),
 }
 
+/// A response being read, with what it needs to be judged and replaced.
+struct Response {
+    output: GetObjectOutput,
+    /// Holds the request's place and buffer room.
+    slot: Slot,
+    route: Route,
+}
+
+/// What the judge of a streaming body decided.
+enum Judged {
+    /// Not slower than its peers (or too early, or too little left, to tell).
+    Fine,
+    /// Slow: the rest of its range is asked for on another connection.
+    TakenOver((SentFuture, Route, Slot, u64)),
+    /// Slow, and no room for a second copy: drop it and ask again (its rate, bytes/s).
+    AskAgain(f64),
+}
+
+type Sent = Result<GetObjectOutput, SdkError<GetObjectError, HttpResponse>>;
+type SentFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
+
 impl PartJob {
     /// Downloads the part and hands it to the writer as done.
     pub(super) async fn run(self) -> Result<(), PartError> {
         let engine = self.engine.clone();
-        let mut hasher = PartHasher::new(self.plan);
+        let mut hasher = None;
         let mut written = 0u64;
         let mut attempt = 0;
+        // The front-end of an attempt dropped for being slow, which the next one avoids.
+        let mut avoid = None;
         loop {
             attempt += 1;
             // Boxed: an attempt's state is 16 KiB, too much to move around on the stack.
-            let attempt_future = Box::pin(self.attempt(&mut hasher, &mut written));
+            let attempt_future = Box::pin(self.attempt(&mut hasher, &mut written, &mut avoid));
             let outcome = until_cancelled(&self.cancel, attempt_future)
                 .await
                 .map_err(PartError::Fatal)?;
             match outcome {
                 Attempt::Complete => {
                     engine.scheduler.on_success();
+                    // The request is over (its place is free), so waiting for the HEAD here
+                    // holds up nothing.
+                    let plan = self.plan().await?;
+                    let digest = match hasher {
+                        Some(hasher) => hasher.finish_for(plan),
+                        // An empty part: nothing was hashed, but its digests still count.
+                        None => PartHasher::new(plan).finish(),
+                    };
                     return self
                         .writer
-                        .part_done(self.index, hasher.finish())
+                        .part_done(self.index, digest)
                         .await
                         .map_err(|message| PartError::Fatal(FetchError::Io(message)));
                 }
@@ -86,17 +168,38 @@ impl PartJob {
         }
     }
 
-    /// One GET of the part's remaining bytes. Bytes received are kept even if the attempt
-    /// fails, so the next one asks only for the rest.
-    async fn attempt(&self, hasher: &mut PartHasher, written: &mut u64) -> Attempt {
-        let engine = &self.engine;
-        let stall = engine.config.stall_timeout;
-        let from = self.start + *written;
-        let length = self.end - from;
-        if length == 0 {
-            return Attempt::Complete;
+    /// The digests to compute, waiting for the object's HEAD if it has not answered yet.
+    async fn plan(&self) -> Result<StreamPlan, PartError> {
+        match &self.plan {
+            PlanSource::Ready(plan) => Ok(*plan),
+            PlanSource::AfterHead { answer, .. } => {
+                let mut watch = answer.clone();
+                let waited = until_cancelled(&self.cancel, watch.wait_for(Option::is_some))
+                    .await
+                    .map_err(PartError::Fatal)?;
+                match waited {
+                    Ok(plan) => Ok(plan.expect("waited for a plan")),
+                    // The object's fetch gave up on this download (its HEAD failed).
+                    Err(_) => Err(PartError::Fatal(FetchError::Cancelled)),
+                }
+            }
         }
-        let _slot = engine.scheduler.acquire(self.priority).await;
+    }
+
+    /// The digests of this part, as far as they are decided now (never waiting).
+    fn start_hashing(&self) -> PartHasher {
+        match &self.plan {
+            PlanSource::Ready(plan) => PartHasher::new(*plan),
+            PlanSource::AfterHead { base, answer } => match *answer.borrow() {
+                Some(plan) => PartHasher::new(plan),
+                None => PartHasher::undecided(*base),
+            },
+        }
+    }
+
+    /// The GET of `from..end` (or of the whole object, while its checksum is to learn).
+    fn request(&self, from: u64, learning: bool) -> SentFuture {
+        let engine = &self.engine;
         let mut request = engine
             .source
             .client
@@ -106,14 +209,9 @@ impl PartJob {
         if let Some(etag) = &self.etag {
             request = request.if_match(format!("\"{etag}\""));
         }
-        // A whole-object GET, the only kind S3 sends a checksum with, while the checksum is
-        // still to learn; a resumed attempt asks for the rest only.
-        let learning = self
-            .learn_checksum
-            .as_ref()
-            .filter(|learned| from == 0 && learned.get().is_none());
-        let sent = async {
-            if learning.is_some() {
+        let end = self.end;
+        Box::pin(async move {
+            if learning {
                 // The header, not the SDK's `checksum_mode`: with that the SDK would also
                 // validate the body, hashing it a second time and failing a mismatch as a
                 // broken body rather than as the verification failure it is.
@@ -126,57 +224,219 @@ impl PartJob {
                     .await
             } else {
                 request
-                    .range(format!("bytes={from}-{}", self.end - 1))
+                    .range(format!("bytes={from}-{}", end - 1))
                     .send()
                     .await
             }
+        })
+    }
+
+    /// Sends the request for `from..` and waits for its headers; a first byte later than its
+    /// peers' is raced by a hedge to another front-end, and the first answer wins.
+    async fn send(
+        &self,
+        slot: Slot,
+        from: u64,
+        learning: bool,
+        avoid: &mut Option<std::net::SocketAddr>,
+    ) -> Result<Response, Attempt> {
+        let engine = &self.engine;
+        let stall = engine.config.stall_timeout;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + stall;
+        let route = Route::avoiding(avoid.take());
+        let mut original = Box::pin(route.clone().run(self.request(from, learning)));
+        let hedge_after = engine.hedge_after();
+        let first = tokio::select! {
+            sent = &mut original => Some(sent),
+            () = sleep_or_never(hedge_after) => None,
+            () = tokio::time::sleep_until(deadline) => return Err(no_headers()),
         };
-        let response = match tokio::time::timeout(stall, sent).await {
-            Err(_) => {
-                return Attempt::Failed(
-                    Failure::Retry(RetryReason::Stall),
-                    "no response headers in time".into(),
-                );
-            }
-            Ok(Err(error)) => return Attempt::Failed(classify(&error), chain(&error)),
-            Ok(Ok(response)) => response,
+        let (sent, route, latency) = if let Some(sent) = first {
+            (sent, route, started.elapsed())
+        } else {
+            let Some(hedge_slot) = engine.scheduler.try_acquire_hedge().await else {
+                // No room for a second copy: drop this one and ask again elsewhere.
+                *avoid = route.served_by();
+                return Err(Attempt::Failed(
+                    Failure::Retry(RetryReason::Slow),
+                    format!(
+                        "no first byte after {:.1}s, far later than its peers'",
+                        started.elapsed().as_secs_f32()
+                    ),
+                ));
+            };
+            engine.progress.hedge_started();
+            let hedge_route = Route::avoiding(route.served_by());
+            let hedge_started = Instant::now();
+            let mut hedge = Box::pin(hedge_route.clone().run(self.request(from, learning)));
+            // The first success wins, and so does a failure that another copy cannot mend
+            // (the object changed, or is refused); a retryable one waits for the other copy.
+            let (mut original_done, mut hedge_done) = (None, None);
+            let winner = loop {
+                tokio::select! {
+                    sent = &mut original, if original_done.is_none() => {
+                        if !retryable(&sent) { break (sent, route.clone(), started.elapsed()); }
+                        original_done = Some(sent);
+                    }
+                    sent = &mut hedge, if hedge_done.is_none() => {
+                        if !retryable(&sent) {
+                            if sent.is_ok() {
+                                engine.progress.hedge_won();
+                            }
+                            break (sent, hedge_route.clone(), hedge_started.elapsed());
+                        }
+                        hedge_done = Some(sent);
+                    }
+                    () = tokio::time::sleep_until(deadline) => return Err(no_headers()),
+                }
+                if hedge_done.is_some()
+                    && let Some(failed) = original_done.take()
+                {
+                    break (failed, route.clone(), started.elapsed());
+                }
+            };
+            // Whichever lost is dropped here, unread: its connection closes.
+            drop(hedge_slot);
+            winner
         };
-        let range_start = response
+        self.checked(sent, slot, route, latency, from)
+    }
+
+    /// A response whose headers arrived: counted, and checked against the range asked for.
+    fn checked(
+        &self,
+        sent: Sent,
+        slot: Slot,
+        route: Route,
+        latency: Duration,
+        from: u64,
+    ) -> Result<Response, Attempt> {
+        let output = sent.map_err(|error| Attempt::Failed(classify(&error), chain(&error)))?;
+        self.engine.scheduler.stats().first_byte(latency);
+        let length = self.end - from;
+        let range_start = output
             .content_range()
             .and_then(|r| r.strip_prefix("bytes "))
             .and_then(|r| r.split('-').next())
             .and_then(|s| s.parse::<u64>().ok());
-        if response.content_length() != Some(length as i64)
-            || range_start.is_some_and(|s| s != from)
+        if output.content_length() != Some(length as i64) || range_start.is_some_and(|s| s != from)
         {
-            return Attempt::Failed(
+            return Err(Attempt::Failed(
                 Failure::Retry(RetryReason::BadResponse),
                 format!(
                     "asked for {length} bytes at {from}, got length {:?} range {:?}",
-                    response.content_length(),
-                    response.content_range()
+                    output.content_length(),
+                    output.content_range()
                 ),
-            );
+            ));
         }
+        Ok(Response {
+            output,
+            slot,
+            route,
+        })
+    }
+
+    /// One GET of the part's remaining bytes. Bytes received are kept even if the attempt
+    /// fails, so the next one asks only for the rest.
+    async fn attempt(
+        &self,
+        hasher: &mut Option<PartHasher>,
+        written: &mut u64,
+        avoid: &mut Option<std::net::SocketAddr>,
+    ) -> Attempt {
+        let engine = &self.engine;
+        let stall = engine.config.stall_timeout;
+        let from = self.start + *written;
+        if from == self.end {
+            return Attempt::Complete;
+        }
+        let slot = engine.scheduler.acquire(self.priority).await;
+        // A whole-object GET, the only kind S3 sends a checksum with, while the checksum is
+        // still to learn; a resumed attempt asks for the rest only.
+        let learning = self
+            .learn_checksum
+            .as_ref()
+            .filter(|learned| from == 0 && learned.get().is_none());
+        let mut response = match self.send(slot, from, learning.is_some(), avoid).await {
+            Ok(response) => response,
+            Err(failed) => return failed,
+        };
         if let Some(learned) = learning {
+            let output = &response.output;
             let checksum = ExpectedChecksum::from_response(
-                response.checksum_crc32(),
-                response.checksum_crc32_c(),
-                response.checksum_crc64_nvme(),
-                response.checksum_sha1(),
-                response.checksum_sha256(),
+                output.checksum_crc32(),
+                output.checksum_crc32_c(),
+                output.checksum_crc64_nvme(),
+                output.checksum_sha1(),
+                output.checksum_sha256(),
             );
             // Nothing is hashed yet, so a CRC can still be computed as the body streams.
             if *written == 0
                 && let Some(checksum) = &checksum
             {
-                hasher.start_crc(checksum.algo);
+                let mut started = self.start_hashing();
+                started.start_crc(checksum.algo);
+                *hasher = Some(started);
             }
             let _ = learned.set(checksum);
         }
-        let mut body = response.body;
+        let mut body = std::mem::take(&mut response.output.body);
+        // Bytes of this part the current body has yet to deliver before new ones: a takeover
+        // starts where the slow body was when it was sent, and the slow body kept going.
+        let mut skip = 0u64;
+        let mut body_started = Instant::now();
+        let mut body_bytes = 0u64;
+        let mut takeover: Option<(SentFuture, Route, Slot, u64)> = None;
+        let mut judged = false;
+        let mut check = tokio::time::interval(RATE_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let chunk = match tokio::time::timeout(stall, body.next()).await {
+            let next = tokio::select! {
+                biased;
+                sent = async { takeover.as_mut().expect("guarded").0.as_mut().await }, if takeover.is_some() => {
+                    let (_, route, slot, at) = takeover.take().expect("guarded");
+                    // A takeover that fails leaves the slow body to finish.
+                    if let Ok(Response { mut output, slot: hedge_slot, route }) =
+                        self.checked(sent, slot, route, Duration::ZERO, at)
+                    {
+                        {
+                            // Continue from the fresh body, past what the slow one delivered
+                            // meanwhile. The slow one is dropped unread: its connection closes.
+                            // The response keeps the window's place; the hedge's goes back.
+                            skip = self.start + *written - at;
+                            body = std::mem::take(&mut output.body);
+                            response.output = output;
+                            response.route = route;
+                            drop(hedge_slot);
+                            body_started = Instant::now();
+                            body_bytes = 0;
+                            engine.progress.hedge_won();
+                        }
+                    }
+                    continue;
+                }
+                chunk = tokio::time::timeout(stall, body.next()) => chunk,
+                _ = check.tick(), if !judged && takeover.is_none() => {
+                    match self.judge(body_started, body_bytes, *written, &response).await {
+                        Judged::Fine => {}
+                        Judged::TakenOver(started) => {
+                            takeover = Some(started);
+                            judged = true;
+                        }
+                        Judged::AskAgain(rate) => {
+                            *avoid = response.route.served_by();
+                            return Attempt::Failed(
+                                Failure::Retry(RetryReason::Slow),
+                                format!("body at {rate:.0} bytes/s, far slower than its peers'"),
+                            );
+                        }
+                    }
+                    continue;
+                }
+            };
+            let mut chunk = match next {
                 Err(_) => {
                     return Attempt::Failed(
                         Failure::Retry(RetryReason::Stall),
@@ -189,15 +449,34 @@ impl PartJob {
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            body_bytes += chunk.len() as u64;
+            engine.scheduler.received(chunk.len() as u64);
+            if skip > 0 {
+                let dropped = skip.min(chunk.len() as u64);
+                skip -= dropped;
+                engine.progress.duplicate(dropped);
+                chunk = chunk.split_off(dropped as usize);
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
             if *written + chunk.len() as u64 > self.end - self.start {
                 return Attempt::Failed(
                     Failure::Retry(RetryReason::BadResponse),
                     "body longer than the range".into(),
                 );
             }
-            hasher.update(&chunk);
+            if hasher.is_none() {
+                *hasher = Some(self.start_hashing());
+            }
+            hasher.as_mut().expect("created").update(&chunk);
             let length = chunk.len() as u64;
-            if let Err(message) = self.writer.write(self.start + *written, chunk).await {
+            let room = engine.scheduler.budget().reserve_chunk(length).await;
+            if let Err(message) = self
+                .writer
+                .write(self.start + *written, chunk, Some(room))
+                .await
+            {
                 // The writer stopped on a write error; the object reports that error.
                 return Attempt::Failed(
                     Failure::Permanent {
@@ -223,7 +502,68 @@ impl PartJob {
                 ),
             );
         }
+        engine
+            .scheduler
+            .stats()
+            .body(body_bytes, body_started.elapsed());
         Attempt::Complete
+    }
+
+    /// Whether the body being read is slow enough to replace: if so, a takeover request is
+    /// sent (beside the window, to another front-end), or, with no room for one, the body is
+    /// to be dropped and asked again.
+    async fn judge(
+        &self,
+        body_started: Instant,
+        body_bytes: u64,
+        written: u64,
+        response: &Response,
+    ) -> Judged {
+        let engine = &self.engine;
+        let streaming = body_started.elapsed();
+        let left = self.end - self.start - written;
+        if streaming < RATE_JUDGED_AFTER || left < TAKEOVER_MIN_LEFT || !engine.may_hedge() {
+            return Judged::Fine;
+        }
+        let Some(slow) = engine.scheduler.stats().slow_rate() else {
+            return Judged::Fine;
+        };
+        let rate = body_bytes as f64 / streaming.as_secs_f64();
+        if rate >= slow {
+            return Judged::Fine;
+        }
+        let Some(slot) = engine.scheduler.try_acquire_hedge().await else {
+            return Judged::AskAgain(rate);
+        };
+        engine.progress.hedge_started();
+        let at = self.start + written;
+        tracing::debug!(key = %self.key, at, rate, slow, "slow body: taking over the rest of its range");
+        let route = Route::avoiding(response.route.served_by());
+        // A takeover asks for a range, never for the whole object.
+        let request = route.clone().run(self.request(at, false));
+        Judged::TakenOver((Box::pin(request), route, slot, at))
+    }
+}
+
+/// Whether a request's outcome is a failure another attempt may mend.
+fn retryable(sent: &Sent) -> bool {
+    sent.as_ref()
+        .is_err_and(|error| matches!(classify(error), Failure::Retry(_)))
+}
+
+/// A stall on the headers.
+fn no_headers() -> Attempt {
+    Attempt::Failed(
+        Failure::Retry(RetryReason::Stall),
+        "no response headers in time".into(),
+    )
+}
+
+/// Sleeps for `after`, or forever when there is nothing to wait for.
+async fn sleep_or_never(after: Option<Duration>) {
+    match after {
+        Some(after) => tokio::time::sleep(after).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -239,8 +579,8 @@ impl Engine {
         match failure {
             Failure::Retry(reason) => {
                 self.progress.retry(reason);
-                if reason.is_throttling() {
-                    self.scheduler.on_throttled();
+                if reason.is_congestion() {
+                    self.scheduler.on_congestion();
                 }
                 if attempt >= self.config.retry.max_attempts {
                     return Err(PartError::Fatal(FetchError::Exhausted {
@@ -262,5 +602,27 @@ impl Engine {
                 Err(PartError::Fatal(FetchError::Permanent(message)))
             }
         }
+    }
+
+    /// How long a request may wait for its first byte before a hedge races it; `None` when
+    /// hedging is off or over its duplicate budget. Never past half the stall timeout, which
+    /// stays the last resort.
+    fn hedge_after(&self) -> Option<Duration> {
+        if !self.may_hedge() {
+            return None;
+        }
+        Some(
+            self.scheduler
+                .stats()
+                .hedge_after()
+                .min(self.config.stall_timeout / 2),
+        )
+    }
+
+    /// Whether a hedge may start: hedging is on and duplicates are within their share.
+    fn may_hedge(&self) -> bool {
+        self.config.hedge
+            && (self.progress.duplicate_bytes() as f64)
+                <= DUPLICATE_SHARE * self.progress.downloaded() as f64
     }
 }

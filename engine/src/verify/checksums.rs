@@ -335,7 +335,7 @@ mod tests {
                         &Streamed {
                             part_size: 1 << 20,
                             parts: &[],
-                            whole_md5: None
+                            ordered: None
                         }
                     ),
                     Err(VerifyError::Checksum { .. })
@@ -350,7 +350,7 @@ mod tests {
                     &Streamed {
                         part_size: 1 << 20,
                         parts: &[],
-                        whole_md5: None
+                        ordered: None
                     }
                 )
                 .is_ok()
@@ -374,7 +374,7 @@ mod tests {
                 &Streamed {
                     part_size: 1 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             )
             .unwrap()
@@ -433,7 +433,7 @@ mod tests {
         let read_only = Streamed {
             part_size: 8 * mib as u64,
             parts: &[],
-            whole_md5: None,
+            ordered: None,
         };
         for algo in [ChecksumAlgo::Crc32c, ChecksumAlgo::Sha256] {
             let expected = expected_for(algo, composite(algo, &data, upload_part));
@@ -455,7 +455,7 @@ mod tests {
         let streamed = Streamed {
             part_size: download_part as u64,
             parts: &digests,
-            whole_md5: None,
+            ordered: None,
         };
         assert!(verify(&other_bytes, &expected, VerifyMode::Full, &streamed).is_ok());
         assert!(verify(&other_bytes, &expected, VerifyMode::Full, &read_only).is_err());

@@ -84,6 +84,15 @@ pub fn candidate_part_sizes(size: u64, parts: u64) -> Vec<u64> {
     candidates
 }
 
+/// The upload part size a multipart ETag of `parts` parts most likely had for `size` bytes:
+/// the first candidate of a size the engine will download in (1 MiB to 256 MiB).
+pub fn likely_upload_part_size(size: u64, parts: u64) -> Option<u64> {
+    const USABLE: std::ops::RangeInclusive<u64> = (1 << 20)..=(256 << 20);
+    candidate_part_sizes(size, parts)
+        .into_iter()
+        .find(|p| USABLE.contains(p))
+}
+
 pub(super) fn verify_etag(
     file: &File,
     etag: &str,
@@ -102,7 +111,11 @@ pub(super) fn verify_etag(
     };
     match form {
         EtagForm::Single(want) => {
-            let got = match (streamed.whole_md5, streamed_md5s.as_deref()) {
+            let whole = streamed
+                .ordered
+                .filter(|o| o.boundary >= size && o.md5s.len() == 1)
+                .map(|o| o.md5s[0]);
+            let got = match (whole, streamed_md5s.as_deref()) {
                 (Some(whole), _) => whole,
                 (None, Some([only])) => *only,
                 _ if size == 0 => md5_of(&[]),
@@ -124,8 +137,12 @@ pub(super) fn verify_etag(
             let mut last_actual =
                 format!("no upload part size gives {count} parts for {size} bytes");
             for candidate in candidates {
-                let md5s = match (&streamed_md5s, candidate == part_size) {
-                    (Some(md5s), true) if md5s.len() as u64 == *count => md5s.clone(),
+                let ordered = streamed
+                    .ordered
+                    .filter(|o| o.boundary == candidate && o.md5s.len() as u64 == *count);
+                let md5s = match (&streamed_md5s, candidate == part_size, ordered) {
+                    (Some(md5s), true, _) if md5s.len() as u64 == *count => md5s.clone(),
+                    (_, _, Some(ordered)) => ordered.md5s.clone(),
                     _ => md5_of_ranges(file, size, candidate)?,
                 };
                 let got = multipart_digest(&md5s);
@@ -225,7 +242,7 @@ mod tests {
                 &Streamed {
                     part_size: 1 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             )
             .unwrap()
@@ -247,7 +264,7 @@ mod tests {
                 &Streamed {
                     part_size: 8 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             )
             .is_ok()
@@ -266,7 +283,7 @@ mod tests {
                 &Streamed {
                     part_size: 1 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             ),
             Err(VerifyError::Etag { .. })
@@ -279,7 +296,7 @@ mod tests {
                 &Streamed {
                     part_size: 1 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             ),
             Err(VerifyError::Etag { .. })
@@ -293,7 +310,7 @@ mod tests {
                 &Streamed {
                     part_size: 1 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             )
             .is_ok()
@@ -307,7 +324,7 @@ mod tests {
                 &Streamed {
                     part_size: 1 << 20,
                     parts: &[],
-                    whole_md5: None
+                    ordered: None
                 }
             ),
             Err(VerifyError::Size { .. })

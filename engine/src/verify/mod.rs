@@ -28,6 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::str::FromStr;
 
 use crate::fast_md5::Md5;
+use crate::ordered_md5::OrderedMd5s;
 use crc_fast::CrcAlgorithm;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -36,7 +37,7 @@ mod checksums;
 mod etag;
 
 pub use checksums::{ChecksumAlgo, ExpectedChecksum};
-pub use etag::{EtagForm, candidate_part_sizes, multipart_digest};
+pub use etag::{EtagForm, candidate_part_sizes, likely_upload_part_size, multipart_digest};
 
 use checksums::verify_checksum;
 use etag::verify_etag;
@@ -101,9 +102,10 @@ pub struct Expected {
 pub struct StreamPlan {
     /// MD5 per part: the parts are the upload parts (or the whole object).
     pub md5: bool,
-    /// MD5 of the whole object, hashed in order as parts complete (a single-part ETag on an
-    /// object downloaded in several parts).
-    pub whole_md5: bool,
+    /// MD5s hashed in order as parts complete, one per this many bytes: the upload part size
+    /// of a multipart ETag, or the object size for a single-part ETag, when the download
+    /// parts are not the upload parts (see `ordered_md5`).
+    pub ordered_md5: Option<u64>,
     /// CRC per part, combined afterwards.
     pub crc: Option<ChecksumAlgo>,
     /// A CRC-64 of each part for no checksum but its own: parts that a resume state claims
@@ -120,22 +122,27 @@ impl StreamPlan {
         if mode == VerifyMode::Size {
             return Self::default();
         }
-        let form = expected.etag.as_deref().and_then(EtagForm::parse);
-        let md5 = match form {
-            Some(EtagForm::Single(_)) => expected.size <= part_size,
+        let size = expected.size;
+        let (md5, ordered_md5) = match expected.etag.as_deref().and_then(EtagForm::parse) {
+            Some(EtagForm::Single(_)) => (size <= part_size, (size > part_size).then_some(size)),
             Some(EtagForm::Multipart { parts, .. }) => {
-                candidate_part_sizes(expected.size, parts).contains(&part_size)
+                let aligned = candidate_part_sizes(size, parts).contains(&part_size);
+                let ordered = if aligned {
+                    None
+                } else {
+                    likely_upload_part_size(size, parts)
+                };
+                (aligned, ordered)
             }
-            None => false,
+            None => (false, None),
         };
-        let whole_md5 = matches!(form, Some(EtagForm::Single(_))) && expected.size > part_size;
         let crc = match &expected.checksum {
             Some(c) if mode == VerifyMode::Full && c.algo.crc().is_some() => Some(c.algo),
             _ => None,
         };
         Self {
             md5,
-            whole_md5,
+            ordered_md5,
             crc,
             check: !md5 && crc.is_none(),
         }
@@ -173,6 +180,11 @@ pub struct PartHasher {
     md5: Option<Md5>,
     crc: Option<crc_fast::Digest>,
     check: Option<crc_fast::Digest>,
+    /// While the object's checksum algorithm is not known yet (its HEAD runs beside the first
+    /// ranges): a digest of every CRC S3 may name, one of which [`PartHasher::finish_for`]
+    /// keeps. CRCs cost little next to the network; a SHA is never guessed (it needs a read
+    /// of the file anyway, see `checksums`).
+    undecided: Option<Vec<(ChecksumAlgo, crc_fast::Digest)>>,
 }
 
 impl PartHasher {
@@ -188,6 +200,27 @@ impl PartHasher {
             check: plan
                 .check
                 .then(|| crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme)),
+            undecided: None,
+        }
+    }
+
+    /// Starts the digests of `plan` whose checksum algorithm is still to learn: its MD5s, and
+    /// every CRC the checksum may turn out to be.
+    pub fn undecided(plan: StreamPlan) -> Self {
+        let undecided = [
+            ChecksumAlgo::Crc32,
+            ChecksumAlgo::Crc32c,
+            ChecksumAlgo::Crc64nvme,
+        ]
+        .into_iter()
+        .filter_map(|algo| Some((algo, crc_fast::Digest::new(algo.crc()?.0))))
+        .collect();
+        Self {
+            len: 0,
+            md5: plan.md5.then(Md5::new),
+            crc: None,
+            check: None,
+            undecided: Some(undecided),
         }
     }
 
@@ -215,6 +248,9 @@ impl PartHasher {
         if let Some(check) = &mut self.check {
             check.update(bytes);
         }
+        for (_, crc) in self.undecided.iter_mut().flatten() {
+            crc.update(bytes);
+        }
     }
 
     /// The part's digests.
@@ -224,6 +260,26 @@ impl PartHasher {
             md5: self.md5.map(|m| hex::encode(m.finish())),
             crc: self.crc.map(|c| c.finalize()),
             check: self.check.map(|c| c.finalize()),
+        }
+    }
+
+    /// The part's digests as `plan` (now known) wants them: for a hasher started undecided,
+    /// the CRC the plan names and the check CRC-64 if it wants one.
+    pub fn finish_for(self, plan: StreamPlan) -> PartDigest {
+        let Some(undecided) = &self.undecided else {
+            return self.finish();
+        };
+        let value = |wanted: ChecksumAlgo| {
+            undecided
+                .iter()
+                .find(|(algo, _)| *algo == wanted)
+                .map(|(_, crc)| crc.finalize())
+        };
+        PartDigest {
+            len: self.len,
+            crc: plan.crc.and_then(value),
+            check: plan.check.then(|| value(ChecksumAlgo::Crc64nvme)).flatten(),
+            md5: self.md5.map(|m| hex::encode(m.finish())),
         }
     }
 }
@@ -303,8 +359,8 @@ pub struct Streamed<'a> {
     pub part_size: u64,
     /// Each part's digests, in order.
     pub parts: &'a [PartDigest],
-    /// MD5 of the whole object, when it was hashed in order during the download.
-    pub whole_md5: Option<[u8; 16]>,
+    /// MD5s hashed in order during the download (see [`StreamPlan::ordered_md5`]).
+    pub ordered: Option<&'a OrderedMd5s>,
 }
 
 impl Streamed<'_> {
@@ -463,6 +519,38 @@ mod tests {
     }
 
     #[test]
+    fn an_undecided_hasher_keeps_the_crc_the_plan_names() {
+        let data = pattern(100_000);
+        for algo in [
+            ChecksumAlgo::Crc32,
+            ChecksumAlgo::Crc32c,
+            ChecksumAlgo::Crc64nvme,
+        ] {
+            let plan = StreamPlan {
+                crc: Some(algo),
+                ..StreamPlan::default()
+            };
+            let mut undecided = PartHasher::undecided(StreamPlan::default());
+            let mut decided = PartHasher::new(plan);
+            for chunk in data.chunks(7_000) {
+                undecided.update(chunk);
+                decided.update(chunk);
+            }
+            assert_eq!(undecided.finish_for(plan), decided.finish(), "{algo:?}");
+        }
+        // No checksum after all: only the check CRC-64, as a plan without one asks.
+        let plan = StreamPlan {
+            check: true,
+            ..StreamPlan::default()
+        };
+        let mut undecided = PartHasher::undecided(StreamPlan::default());
+        let mut decided = PartHasher::new(plan);
+        undecided.update(&data);
+        decided.update(&data);
+        assert_eq!(undecided.finish_for(plan), decided.finish());
+    }
+
+    #[test]
     fn streamed_part_digests_are_used_when_the_layout_matches() {
         let part = 5 * 1024 * 1024;
         let data = pattern(2 * part + 999);
@@ -487,7 +575,7 @@ mod tests {
             &Streamed {
                 part_size: part as u64,
                 parts: &digests,
-                whole_md5: None,
+                ordered: None,
             },
         )
         .unwrap();
@@ -505,7 +593,7 @@ mod tests {
                 &Streamed {
                     part_size: part as u64,
                     parts: &wrong,
-                    whole_md5: None
+                    ordered: None
                 }
             )
             .is_err()

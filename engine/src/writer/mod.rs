@@ -88,6 +88,8 @@ enum Command {
     Write {
         offset: u64,
         data: Bytes,
+        /// The chunk's room in the memory budget, given back once it is written.
+        room: Option<crate::memory::Reservation>,
     },
     PartDone {
         index: u64,
@@ -217,9 +219,15 @@ impl FileWriter {
         (Self { tx }, task)
     }
 
-    /// Queues `data` for `offset`. Fails only if the writer has stopped.
-    pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), String> {
-        self.send(Command::Write { offset, data }).await
+    /// Queues `data` for `offset`, holding `room` in the memory budget until it is written.
+    /// Fails only if the writer has stopped.
+    pub async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        room: Option<crate::memory::Reservation>,
+    ) -> Result<(), String> {
+        self.send(Command::Write { offset, data, room }).await
     }
 
     /// Declares part `index` complete, once all its bytes were queued.
@@ -267,7 +275,10 @@ impl Writer {
                 continue;
             }
             match command {
-                Command::Write { offset, data } => self.write(offset, &data),
+                Command::Write { offset, data, room } => {
+                    self.write(offset, &data);
+                    drop(room);
+                }
                 Command::PartDone { index, digest } => self.part_done(index, digest),
                 Command::Adopt { index, digest } => {
                     let mut record = self.shared.lock();
@@ -440,7 +451,10 @@ mod tests {
             }
             let end = (offset + size).min(bytes.len());
             let chunk = Bytes::copy_from_slice(&bytes[offset..end]);
-            writer.write(start + offset as u64, chunk).await.unwrap();
+            writer
+                .write(start + offset as u64, chunk, None)
+                .await
+                .unwrap();
             offset = end;
             if n % 3 == 0 {
                 tokio::task::yield_now().await;
@@ -563,7 +577,7 @@ mod tests {
         };
         let (writer, task) = FileWriter::start(Arc::new(file), None, state, io, None);
         writer
-            .write(0, Bytes::from(vec![1u8; 1 << 19]))
+            .write(0, Bytes::from(vec![1u8; 1 << 19]), None)
             .await
             .unwrap();
         let _ = writer

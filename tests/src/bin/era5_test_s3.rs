@@ -32,6 +32,10 @@ struct Args {
     /// Store files as multipart uploads of this many MiB (0: single PUTs, plain MD5 ETags).
     #[arg(long, default_value_t = 8)]
     part_mib: usize,
+    /// Inject the chaos mix of faults (SlowDown, resets, truncations, stalls, 500s and slow
+    /// bodies, three of each, see `tests::faults::chaos_mix`), for the chaos benchmark.
+    #[arg(long)]
+    chaos: bool,
 }
 
 fn load_dir(
@@ -99,6 +103,9 @@ fn main() {
                 std::process::exit(1);
             }
         }
+    }
+    if args.chaos {
+        s3.set_faults(tests::faults::chaos_mix());
     }
     println!(
         "era5-test-s3: serving {objects} objects of bucket {} at {}",
