@@ -39,6 +39,8 @@ const HEDGE_SHARE: usize = 8;
 const MIN_HEDGES: usize = 2;
 /// Object units admitted beyond the window, so the next object is ready when a request ends.
 const ADMIT_SLACK: usize = 2;
+/// Weight of a tick in the moving average of goodput (about half a second of ticks).
+const GOODPUT_EWMA: f64 = 0.3;
 
 /// How many requests the engine keeps in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +94,10 @@ struct State {
     busy_since: Option<Instant>,
     busy_total: Duration,
     peak_window: usize,
+    /// Bytes per second received lately (a moving average over ticks).
+    goodput: f64,
+    /// Requests dropped as slow, and when their count started (see `try_ask_again`).
+    asked_again: (usize, Option<Instant>),
 }
 
 impl State {
@@ -223,6 +229,8 @@ impl RequestScheduler {
                 busy_since: None,
                 busy_total: Duration::ZERO,
                 peak_window: 0,
+                goodput: 0.0,
+                asked_again: (0, None),
             }),
             received: AtomicU64::new(0),
             ticker_started: AtomicBool::new(false),
@@ -265,7 +273,7 @@ impl RequestScheduler {
 
     /// Starts the autotune ticker once, from inside the runtime; it ends with the scheduler.
     fn start_ticker(self: &Arc<Self>) {
-        if !self.autotune || self.ticker_started.swap(true, Ordering::AcqRel) {
+        if self.ticker_started.swap(true, Ordering::AcqRel) {
             return;
         }
         let scheduler = Arc::downgrade(self);
@@ -290,7 +298,13 @@ impl RequestScheduler {
                         busy: busy.saturating_sub(last_busy),
                     };
                     (last_at, last_bytes, last_busy) = (now, bytes, busy);
-                    let auto = state.auto.as_mut().expect("autotuned");
+                    if !sample.elapsed.is_zero() {
+                        let rate = sample.bytes as f64 / sample.elapsed.as_secs_f64();
+                        state.goodput += GOODPUT_EWMA * (rate - state.goodput);
+                    }
+                    let Some(auto) = state.auto.as_mut() else {
+                        continue;
+                    };
                     if let Some(latency) = first_byte {
                         auto.set_first_byte_latency(Duration::from_secs_f64(latency));
                     }
@@ -415,6 +429,32 @@ impl RequestScheduler {
         tracing::debug!(window = state.window, "slowdown: request window lowered");
     }
 
+    /// What one request in flight gets of the link now: recent goodput over the requests in
+    /// flight, bytes per second. A body far under it is slow against its peers of this
+    /// moment, whatever they got before (a link that filled up slows every body at once).
+    pub fn fair_share(&self) -> f64 {
+        let state = self.lock();
+        state.goodput / state.in_flight.max(1) as f64
+    }
+
+    /// Whether a slow request may be dropped and asked again now: at most an eighth of the
+    /// window (at least [`MIN_HEDGES`]) per second, so a misjudgement never empties the link.
+    pub fn try_ask_again(&self) -> bool {
+        let mut state = self.lock();
+        let allowed = (state.allowed(self.max) / HEDGE_SHARE).max(MIN_HEDGES);
+        let now = Instant::now();
+        let (count, since) = &mut state.asked_again;
+        if since.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            *count = 0;
+            *since = Some(now);
+        }
+        if *count >= allowed {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
     /// Requests admitted at once right now.
     pub fn window(&self) -> usize {
         let state = self.lock();
@@ -454,21 +494,32 @@ pub struct AdmissionGate {
     used: Mutex<usize>,
 }
 
-/// An admitted object's units, handed back when dropped.
+/// An admitted object's units: one is handed back as each of its parts completes (so an
+/// object waiting on its last, slow ranges holds up no other), the rest when dropped.
 #[must_use = "the object's units are released when dropped"]
 #[derive(Debug)]
 pub struct Admitted {
     gate: Arc<AdmissionGate>,
-    units: usize,
+    units: std::sync::atomic::AtomicUsize,
+}
+
+impl Admitted {
+    /// One of the object's requests is done for good.
+    pub fn part_done(&self) {
+        if self
+            .units
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1))
+            .is_ok()
+        {
+            self.gate.release(1);
+        }
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        {
-            let mut used = self.gate.used.lock_unpoisoned();
-            *used = used.saturating_sub(self.units);
-        }
-        self.gate.scheduler.room.notify_waiters();
+        let left = *self.units.get_mut();
+        self.gate.release(left);
     }
 }
 
@@ -486,8 +537,19 @@ impl AdmissionGate {
         (self.scheduler.window() + ADMIT_SLACK) * self.batches
     }
 
+    fn release(&self, units: usize) {
+        if units == 0 {
+            return;
+        }
+        {
+            let mut used = self.used.lock_unpoisoned();
+            *used = used.saturating_sub(units);
+        }
+        self.scheduler.room.notify_waiters();
+    }
+
     /// Waits until an object of `units` requests fits (one always does when none is in).
-    pub async fn admit(self: &Arc<Self>, units: usize) -> Admitted {
+    pub async fn admit(self: &Arc<Self>, units: usize) -> Arc<Admitted> {
         loop {
             let room = self.scheduler.room.notified();
             tokio::pin!(room);
@@ -498,10 +560,10 @@ impl AdmissionGate {
                 let mut used = self.used.lock_unpoisoned();
                 if *used == 0 || *used + units <= capacity {
                     *used += units;
-                    return Admitted {
+                    return Arc::new(Admitted {
                         gate: self.clone(),
-                        units,
-                    };
+                        units: units.into(),
+                    });
                 }
             }
             room.await;
@@ -652,10 +714,17 @@ mod tests {
         let blocked = tokio::time::timeout(Duration::from_millis(50), gate.admit(1)).await;
         assert!(blocked.is_err(), "admitted past the window");
         drop(big);
-        let _next = tokio::time::timeout(Duration::from_millis(500), gate.admit(5))
+        let next = tokio::time::timeout(Duration::from_millis(500), gate.admit(5))
             .await
             .expect("room came back");
+        // Parts done give their units back one by one.
+        assert_eq!(gate.used(), 9);
+        small.part_done();
+        small.part_done();
+        assert_eq!(gate.used(), 7);
         drop(small);
+        assert_eq!(gate.used(), 5);
+        drop(next);
         // An object larger than the capacity still gets in alone.
         let gate = AdmissionGate::new(RequestScheduler::fixed(2), 1);
         let huge = gate.admit(1000).await;

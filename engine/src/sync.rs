@@ -340,7 +340,12 @@ impl Mirrorer {
                 }
                 let fetched = self
                     .engine
-                    .fetch(&objects[index], first_seq + offset as u64, scope)
+                    .fetch_admitted(
+                        &objects[index],
+                        first_seq + offset as u64,
+                        scope,
+                        Some(permit.clone()),
+                    )
                     .await;
                 drop(permit);
                 Some((index, fetched.map(|done| Some(done.entry))))

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::task::JoinSet;
 
 use super::part::{PartJob, PlanSource};
-use super::{Engine, FetchError, FetchScope, PartError};
+use super::{Engine, FetchError, ObjectJob, PartError};
 use crate::direct_io::{self, ALIGN};
 use crate::disk::LocalIoError;
 use crate::mirror::{ResumeState, TempPaths};
@@ -68,21 +68,22 @@ impl Engine {
     /// Writes every missing part of the object into its temporary file (resuming a previous
     /// run's parts that read back intact) and returns the open file with every part's
     /// digests, in order.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one object's download: what it is, where it goes and what it may learn"
-    )]
     pub(super) async fn download(
         self: &Arc<Self>,
-        key: &str,
-        seq: u64,
-        expected: &Expected,
-        part_size: u64,
-        temp: &TempPaths,
-        scope: &FetchScope,
+        job: &ObjectJob<'_>,
         parts_plan: PlanSource,
         learn_checksum: Option<Arc<OnceLock<Option<ExpectedChecksum>>>>,
     ) -> Result<Downloaded, PartError> {
+        let ObjectJob {
+            key,
+            seq,
+            expected,
+            part_size,
+            temp,
+            scope,
+            admitted,
+        } = job;
+        let (key, seq, expected, part_size, temp) = (*key, *seq, *expected, *part_size, *temp);
         let dir = self.room_dir(temp);
         let local = |e: std::io::Error, needed: u64| {
             PartError::Fatal(FetchError::from_local(LocalIoError::from_io(
@@ -211,6 +212,7 @@ impl Engine {
             batch: scope.batch.clone(),
             // Only a part that is the whole object can learn the checksum from its GET.
             learn_checksum: learn_checksum.clone().filter(|_| part_count == 1),
+            admitted: admitted.clone(),
         };
         let window = self.scheduler.max() + PART_SLACK;
         let mut tasks = JoinSet::new();

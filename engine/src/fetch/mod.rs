@@ -59,7 +59,7 @@ use crate::manifest::{ManifestEntry, now_rfc3339};
 use crate::memory::BufferBudget;
 use crate::mirror::{Mirror, PromoteError, TempPaths};
 use crate::progress::Progress;
-use crate::scheduler::{Concurrency, RequestScheduler};
+use crate::scheduler::{Admitted, Concurrency, RequestScheduler};
 use crate::verify::{Expected, ExpectedChecksum, StreamPlan, Streamed, VerifyError, VerifyMode};
 
 pub use layout::DEFAULT_PART_SIZE;
@@ -411,6 +411,18 @@ impl Engine {
         seq: u64,
         scope: &FetchScope,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_admitted(object, seq, scope, None).await
+    }
+
+    /// [`Engine::fetch`] of an object admitted by an [`AdmissionGate`](crate::scheduler::AdmissionGate),
+    /// to which each completed part gives its unit back.
+    pub async fn fetch_admitted(
+        self: &Arc<Self>,
+        object: &RemoteObject,
+        seq: u64,
+        scope: &FetchScope,
+        admitted: Option<Arc<Admitted>>,
+    ) -> Result<Fetched, FetchError> {
         // A full or failing DEST starts nothing more.
         if let Some(failure) = self.health.failure() {
             return Err(FetchError::Local(LocalIoError {
@@ -454,25 +466,21 @@ impl Engine {
             let mut expected = current.expected();
             let whole = current.size <= part_size && !temp.state.exists();
             let learn_checksum = (full && !headed && whole).then(|| Arc::new(OnceLock::new()));
+            let job = ObjectJob {
+                key: &object.key,
+                seq,
+                expected: &expected,
+                part_size,
+                temp: &temp,
+                scope,
+                admitted: admitted.clone(),
+            };
             let attempted = if full && !headed && !whole {
-                Box::pin(self.download_beside_head(
-                    &object.key,
-                    seq,
-                    &expected,
-                    part_size,
-                    &temp,
-                    scope,
-                ))
-                .await
+                Box::pin(self.download_beside_head(&job)).await
             } else {
                 let plan = StreamPlan::new(&expected, self.config.verify, part_size);
                 let downloaded = Box::pin(self.download(
-                    &object.key,
-                    seq,
-                    &expected,
-                    part_size,
-                    &temp,
-                    scope,
+                    &job,
                     PlanSource::Ready(plan),
                     learn_checksum.clone(),
                 ))
@@ -654,35 +662,28 @@ impl Engine {
     /// which, and wait for its answer only once their bytes are in (see `part::PlanSource`).
     /// A HEAD that shows another version stops the download and restarts the object with
     /// that version.
-    async fn download_beside_head(
-        self: &Arc<Self>,
-        key: &str,
-        seq: u64,
-        expected: &Expected,
-        part_size: u64,
-        temp: &TempPaths,
-        scope: &FetchScope,
-    ) -> Attempted {
+    async fn download_beside_head(self: &Arc<Self>, job: &ObjectJob<'_>) -> Attempted {
+        let (expected, part_size) = (job.expected, job.part_size);
         let (plan_tx, plan_rx) = tokio::sync::watch::channel(None);
-        let cancel = scope.cancel.child_token();
+        let cancel = job.scope.cancel.child_token();
         let attempt_scope = FetchScope {
             cancel: cancel.clone(),
-            ..scope.clone()
+            ..job.scope.clone()
+        };
+        let attempt = ObjectJob {
+            scope: &attempt_scope,
+            admitted: job.admitted.clone(),
+            ..*job
         };
         let mut download = Box::pin(self.download(
-            key,
-            seq,
-            expected,
-            part_size,
-            temp,
-            &attempt_scope,
+            &attempt,
             PlanSource::AfterHead {
                 base: StreamPlan::new(expected, self.config.verify, part_size),
                 answer: plan_rx,
             },
             None,
         ));
-        let head = self.head(key, seq << 24, &cancel);
+        let head = self.head(job.key, job.seq << 24, &cancel);
         tokio::pin!(head);
         let mut answered: Option<HeadInfo> = None;
         loop {
@@ -728,6 +729,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// One download of one object: what it is, what its bytes must be, how it is cut, where it
+/// goes and whom it belongs to.
+pub(super) struct ObjectJob<'a> {
+    key: &'a str,
+    /// Orders objects: lower goes first.
+    seq: u64,
+    expected: &'a Expected,
+    part_size: u64,
+    temp: &'a TempPaths,
+    scope: &'a FetchScope,
+    /// Its admission, to which each completed part gives a unit back.
+    admitted: Option<Arc<Admitted>>,
 }
 
 /// How one download of an object ended.

@@ -42,7 +42,7 @@ use transport::retry::{Failure, RetryReason, chain, classify, classify_body_erro
 
 use super::{Engine, FetchError, PartError, until_cancelled};
 use crate::progress::Progress;
-use crate::scheduler::Slot;
+use crate::scheduler::{Admitted, Slot};
 use crate::verify::{ExpectedChecksum, PartHasher, StreamPlan};
 use crate::writer::FileWriter;
 
@@ -52,6 +52,8 @@ pub const DUPLICATE_SHARE: f64 = 0.05;
 const RATE_JUDGED_AFTER: Duration = Duration::from_millis(500);
 /// ... and only if this much of its range is left.
 const TAKEOVER_MIN_LEFT: u64 = 128 << 10;
+/// A body under this share of what a request gets now is slow (with `request_stats`' rule).
+const RATE_SLOW_NOW: f64 = 1.0 / 3.0;
 /// How often a streaming body's rate is judged.
 const RATE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
@@ -86,6 +88,8 @@ pub(super) struct PartJob {
     /// Set for the part of an object fetched whole when its checksum is wanted and unknown:
     /// filled with what the first whole-object response said (`None`: the server has none).
     pub(super) learn_checksum: Option<Arc<OnceLock<Option<ExpectedChecksum>>>>,
+    /// The object's admission, to which the part gives its unit back once done.
+    pub(super) admitted: Option<Arc<Admitted>>,
 }
 
 /// How one attempt of a part ended.
@@ -134,6 +138,9 @@ impl PartJob {
             match outcome {
                 Attempt::Complete => {
                     engine.scheduler.on_success();
+                    if let Some(admitted) = &self.admitted {
+                        admitted.part_done();
+                    }
                     // The request is over (its place is free), so waiting for the HEAD here
                     // holds up nothing.
                     let plan = self.plan().await?;
@@ -246,16 +253,23 @@ impl PartJob {
         let deadline = tokio::time::Instant::now() + stall;
         let route = Route::avoiding(avoid.take());
         let mut original = Box::pin(route.clone().run(self.request(from, learning)));
-        let hedge_after = engine.hedge_after();
         let first = tokio::select! {
             sent = &mut original => Some(sent),
-            () = sleep_or_never(hedge_after) => None,
+            () = engine.first_byte_late(started) => None,
             () = tokio::time::sleep_until(deadline) => return Err(no_headers()),
         };
         let (sent, route, latency) = if let Some(sent) = first {
             (sent, route, started.elapsed())
         } else {
-            let Some(hedge_slot) = engine.scheduler.try_acquire_hedge().await else {
+            let hedge_slot = engine.scheduler.try_acquire_hedge().await;
+            let Some(hedge_slot) = hedge_slot else {
+                if !engine.scheduler.try_ask_again() {
+                    // Too many asked again lately: wait for this one.
+                    let sent = tokio::time::timeout_at(deadline, original)
+                        .await
+                        .map_err(|_| no_headers())?;
+                    return self.checked(sent, slot, route, started.elapsed(), from);
+                }
                 // No room for a second copy: drop this one and ask again elsewhere.
                 *avoid = route.served_by();
                 return Err(Attempt::Failed(
@@ -529,11 +543,16 @@ impl PartJob {
             return Judged::Fine;
         };
         let rate = body_bytes as f64 / streaming.as_secs_f64();
-        if rate >= slow {
+        // Slow against what requests got before, and against what its peers get now.
+        let now_slow = engine.scheduler.fair_share() * RATE_SLOW_NOW;
+        if rate >= slow || rate >= now_slow {
             return Judged::Fine;
         }
         let Some(slot) = engine.scheduler.try_acquire_hedge().await else {
-            return Judged::AskAgain(rate);
+            if engine.scheduler.try_ask_again() {
+                return Judged::AskAgain(rate);
+            }
+            return Judged::Fine;
         };
         engine.progress.hedge_started();
         let at = self.start + written;
@@ -559,13 +578,6 @@ fn no_headers() -> Attempt {
     )
 }
 
-/// Sleeps for `after`, or forever when there is nothing to wait for.
-async fn sleep_or_never(after: Option<Duration>) {
-    match after {
-        Some(after) => tokio::time::sleep(after).await,
-        None => std::future::pending().await,
-    }
-}
 
 impl Engine {
     /// Sleeps before the next attempt, or turns the failure into the final error.
@@ -601,6 +613,28 @@ impl Engine {
             Failure::Permanent { message, .. } => {
                 Err(PartError::Fatal(FetchError::Permanent(message)))
             }
+        }
+    }
+
+    /// Returns once a request sent at `started` is late for its first byte: later than
+    /// [`Engine::hedge_after`], judged again as the figures it rests on change (a request sent
+    /// before any latency was known is not held to the cold threshold once they are). Never
+    /// returns with hedging off.
+    async fn first_byte_late(&self, started: Instant) {
+        const LOOK_AGAIN: Duration = Duration::from_millis(100);
+        if !self.config.hedge {
+            return std::future::pending().await;
+        }
+        loop {
+            let wait = match self.hedge_after() {
+                Some(after) => match after.checked_sub(started.elapsed()) {
+                    None => return,
+                    Some(left) => left.min(LOOK_AGAIN),
+                },
+                // Over the duplicate budget for now.
+                None => LOOK_AGAIN,
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
