@@ -335,15 +335,18 @@ def find_fields(value, names, found=None):
 
 
 def era5_summary(stdout_text):
-    """era5's JSON summary (--json), if it printed one on stdout."""
-    candidates = [stdout_text.strip()] + [line.strip() for line in reversed(stdout_text.splitlines())]
-    for text in candidates:
-        if text.startswith("{"):
-            try:
-                return json.loads(text)
-            except ValueError:
-                continue
-    return None
+    """era5's JSON summary (--json) on stdout, if it printed one: the last JSON object that
+    starts a line, on one line or several."""
+    decoder = json.JSONDecoder()
+    found = None
+    for match in re.finditer(r"^\s*\{", stdout_text, re.MULTILINE):
+        try:
+            value, _ = decoder.raw_decode(stdout_text[match.end() - 1:])
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found = value
+    return found
 
 
 def run_once(label, cmd, env, server, model, expected, out_dir):
@@ -567,6 +570,7 @@ def main():
 
     results, failed = {}, []
     started_all = time.monotonic()
+    load_before = os.getloadavg()
     for name in models:
         model = MODELS[name]
         server = Server(args.server, name, model, args.out)
@@ -613,11 +617,14 @@ def main():
     table = report(results, args)
     target_text, passed = targets(results, [b for b in builds])
     elapsed = time.monotonic() - started_all
+    load_after = os.getloadavg()
     text = (f"{table}\n\nTargets (era5 at defaults; a, b, c):\n{target_text}\n\n"
-            f"{args.rounds} round(s), {elapsed / 60:.1f} min; era5 = {builds.get('era5', '-')}\n")
+            f"{args.rounds} round(s), {elapsed / 60:.1f} min; era5 = {builds.get('era5', '-')}; "
+            f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after on {os.cpu_count()} cores\n")
     print(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"command": sys.argv, "era5": builds, "features": features, "results": results,
+        json.dump({"command": sys.argv, "era5": builds, "features": features, "cores": os.cpu_count(),
+                   "load_average": {"before": load_before, "after": load_after}, "results": results,
                    "targets_passed": passed, "failed": failed}, f, indent=2)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
