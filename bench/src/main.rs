@@ -11,15 +11,24 @@
 //!   about 0.8 M keys from 1940 to 2025, with deterministic bodies that are tiny or, with
 //!   `--scale F`, the modelled real sizes times F. Nothing is stored.
 //!
-//! It can model a remote S3: `--first-byte-ms MS` delays every answer (the time to first byte,
-//! default 0) and `--conn-rate BYTES/S` paces each response body to that rate per connection.
+//! It can model a remote S3 over a wide-area network (see `wan.rs`): `--first-byte-ms MS` delays
+//! every answer (the time to first byte, default 0); `--conn-rate BYTES/S` caps each
+//! connection's body bytes; `--link-rate BYTES/S` is one link shared by all connections;
+//! `--tail-fraction F --tail-delay-ms MS` make a fraction of object GETs (picked by `--seed`)
+//! wait longer before their first byte. `--listen` may be given several times (or with commas):
+//! every address is a front-end, `--slow-address ADDR` is one whose connections get
+//! `--slow-factor` (default 0.25) times the connection ceiling, and `--round-robin ADDR` is one
+//! more listener whose i-th connection is served as if accepted on front-end i mod n (DNS
+//! rotation, for clients that take one URL).
 //!
-//! `GET /_stats` returns the connection counters (`open`, `max_open`, `accepted`) and the
-//! requests served by kind (`list`, `head`, `get`, and `body_bytes`); `POST /_stats` restarts
-//! the peak and the request counts, so a benchmark can read each client's figures from the
-//! server side.
+//! `GET /_stats` returns the connection counters (`open`, `max_open` = `peak_open`, `accepted`),
+//! the requests served by kind (`list`, `head`, `get`, and `body_bytes`), `tail_delayed`, and
+//! per front-end address `{accepted, get, body_bytes, slow}` under `frontends`; `POST /_stats`
+//! restarts the peak, the request counts, the per-address counts and the tail's sequence, so a
+//! benchmark can read each client's figures from the server side (`accepted` keeps counting).
 
 mod archive;
+mod wan;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,11 +38,12 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use archive::{Archive, ArchiveOptions, Listed};
 use common::dates::YearMonth;
 use md5::{Digest, Md5};
+use wan::{Frontend, Link, Pacer, Route, Tail};
 
 struct Entry {
     path: PathBuf,
@@ -59,13 +69,41 @@ struct Requests {
     body_bytes: AtomicU64,
 }
 
-struct Server {
-    bucket: String,
-    backend: Backend,
+/// The modelled network between the clients and the server.
+struct Model {
     /// Delay before every S3 answer.
     first_byte: Duration,
     /// Body bytes per second per connection (0: unpaced).
     conn_rate: u64,
+    /// Body bytes per second of the link all connections share (0: none).
+    link_rate: u64,
+    /// The slow front-end's share of the connection ceiling.
+    slow_factor: f64,
+    /// Which object GETs wait longer.
+    tail: Tail,
+}
+
+#[cfg(test)]
+impl Model {
+    /// A remote S3 with a time to first byte and a ceiling per connection, and nothing else.
+    fn simple(first_byte: Duration, conn_rate: u64) -> Self {
+        Self {
+            first_byte,
+            conn_rate,
+            link_rate: 0,
+            slow_factor: 1.0,
+            tail: Tail::none(),
+        }
+    }
+}
+
+struct Server {
+    bucket: String,
+    backend: Backend,
+    model: Model,
+    link: Option<Link>,
+    /// The listen addresses, in `--listen` order.
+    frontends: Vec<Frontend>,
     open: AtomicUsize,
     max_open: AtomicUsize,
     accepted: AtomicUsize,
@@ -75,17 +113,24 @@ struct Server {
 /// Last-Modified of every generated object.
 const ARCHIVE_MODIFIED: &str = "Mon, 01 Sep 2025 00:00:00 GMT";
 
-const USAGE: &str = "usage: era5-bench-server (--dir DIR [--part-mib N] | --archive [--scale F] [--unconfirmed] [--first-month YYYY-MM] [--last-month YYYY-MM]) [--listen ADDR] [--bucket B] [--first-byte-ms MS] [--conn-rate BYTES/S]";
+const USAGE: &str = "usage: era5-bench-server (--dir DIR [--part-mib N] | --archive [--scale F] [--unconfirmed] [--first-month YYYY-MM] [--last-month YYYY-MM]) [--listen ADDR[,ADDR..]].. [--bucket B] [--first-byte-ms MS] [--conn-rate BYTES/S] [--link-rate BYTES/S] [--tail-fraction F --tail-delay-ms MS] [--seed N] [--slow-address ADDR [--slow-factor F]] [--round-robin ADDR]";
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let mut listen: SocketAddr = "127.0.0.1:9100".parse().expect("default address");
+    let mut listen: Vec<SocketAddr> = Vec::new();
     let mut dir = None;
     let mut bucket = "nsf-ncar-era5".to_string();
     let mut part_mib: u64 = 0;
     let mut archive: Option<ArchiveOptions> = None;
     let mut first_byte_ms: u64 = 0;
     let mut conn_rate: u64 = 0;
+    let mut link_rate: u64 = 0;
+    let mut tail_fraction = 0.0;
+    let mut tail_delay_ms: u64 = 0;
+    let mut seed: u64 = 1;
+    let mut slow_address: Option<SocketAddr> = None;
+    let mut slow_factor = 0.25;
+    let mut round_robin: Option<SocketAddr> = None;
     while let Some(flag) = args.next() {
         if flag == "--archive" {
             archive.get_or_insert_with(ArchiveOptions::default);
@@ -109,25 +154,46 @@ fn main() {
                 .and_then(|(y, m)| YearMonth::parse_compact(&format!("{y}{m}")))
                 .unwrap_or_else(|| fail(&format!("bad {flag} `{value}`: expected YYYY-MM")))
         };
+        let address = |flag: &str, text: &str| -> SocketAddr {
+            text.trim()
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("bad {flag} `{text}`: expected IP:PORT")))
+        };
+        let rate = |flag: &str| -> u64 {
+            common::units::parse_size(&value)
+                .filter(|rate| *rate > 0)
+                .unwrap_or_else(|| {
+                    fail(&format!(
+                        "bad {flag} `{value}`: expected bytes per second, e.g. 8MiB"
+                    ))
+                })
+        };
+        let fraction = |flag: &str| -> f64 {
+            value
+                .parse()
+                .ok()
+                .filter(|f: &f64| (0.0..=1.0).contains(f))
+                .unwrap_or_else(|| fail(&format!("bad {flag} `{value}`: expected 0 to 1")))
+        };
         match flag.as_str() {
-            "--listen" => {
-                listen = value
-                    .parse()
-                    .unwrap_or_else(|_| fail(&format!("bad --listen `{value}`")));
-            }
+            "--listen" => listen.extend(value.split(',').map(|a| address("--listen", a))),
             "--dir" => dir = Some(PathBuf::from(value)),
             "--bucket" => bucket = value,
             "--part-mib" => part_mib = number("--part-mib"),
             "--first-byte-ms" => first_byte_ms = number("--first-byte-ms"),
-            "--conn-rate" => {
-                conn_rate = common::units::parse_size(&value)
-                    .filter(|rate| *rate > 0)
-                    .unwrap_or_else(|| {
-                        fail(&format!(
-                            "bad --conn-rate `{value}`: expected bytes per second, e.g. 8MiB"
-                        ))
-                    });
+            "--conn-rate" => conn_rate = rate("--conn-rate"),
+            "--link-rate" => link_rate = rate("--link-rate"),
+            "--tail-fraction" => tail_fraction = fraction("--tail-fraction"),
+            "--tail-delay-ms" => tail_delay_ms = number("--tail-delay-ms"),
+            "--seed" => seed = number("--seed"),
+            "--slow-address" => slow_address = Some(address("--slow-address", &value)),
+            "--slow-factor" => {
+                slow_factor = fraction("--slow-factor");
+                if slow_factor == 0.0 {
+                    fail("bad --slow-factor `0`: a connection must move");
+                }
             }
+            "--round-robin" => round_robin = Some(address("--round-robin", &value)),
             "--scale" => {
                 let scale: f64 = value
                     .parse()
@@ -154,8 +220,38 @@ fn main() {
         ),
         (None, Some(options)) => Backend::Archive(Archive::new(options)),
     };
-    let listener = TcpListener::bind(listen)
-        .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
+    if listen.is_empty() {
+        listen.push("127.0.0.1:9100".parse().expect("default address"));
+    }
+    if let Some(slow) = slow_address {
+        if !listen.contains(&slow) {
+            fail(&format!(
+                "--slow-address {slow} is not one of the --listen addresses"
+            ));
+        }
+        if conn_rate == 0 {
+            fail("--slow-address needs --conn-rate: it slows the connection ceiling");
+        }
+    }
+    if (tail_fraction > 0.0) != (tail_delay_ms > 0) {
+        fail("--tail-fraction and --tail-delay-ms go together");
+    }
+    let bind = |addr: SocketAddr| {
+        TcpListener::bind(addr).unwrap_or_else(|e| fail(&format!("cannot listen on {addr}: {e}")))
+    };
+    let listeners: Vec<TcpListener> = listen.iter().map(|addr| bind(*addr)).collect();
+    let round_robin = round_robin.map(bind);
+    let local = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    };
+    let frontends: Vec<Frontend> = listeners
+        .iter()
+        .zip(&listen)
+        .map(|(listener, asked)| Frontend::new(local(listener), Some(*asked) == slow_address))
+        .collect();
     let (count, modelled) = match &backend {
         Backend::Dir(objects) => (objects.len() as u64, String::new()),
         Backend::Archive(archive) => (
@@ -166,29 +262,51 @@ fn main() {
             ),
         ),
     };
+    let urls: Vec<String> = frontends
+        .iter()
+        .map(|f| format!("http://{}", f.addr))
+        .collect();
+    let rotation = round_robin
+        .as_ref()
+        .map(|l| format!(", round robin at http://{}", local(l)))
+        .unwrap_or_default();
     println!(
-        "era5-bench-server: serving {count} objects of bucket {bucket} at http://{}{modelled}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
+        "era5-bench-server: serving {count} objects of bucket {bucket} at {}{rotation}{modelled}",
+        urls.join(", ")
     );
-    let server = Arc::new(Server::new(
-        bucket,
-        backend,
-        Duration::from_millis(first_byte_ms),
+    let model = Model {
+        first_byte: Duration::from_millis(first_byte_ms),
         conn_rate,
-    ));
-    accept(listener, server);
+        link_rate,
+        slow_factor,
+        tail: Tail::new(tail_fraction, Duration::from_millis(tail_delay_ms), seed),
+    };
+    let server = Arc::new(Server::new(bucket, backend, model, frontends));
+    let mut routes: Vec<(TcpListener, Route)> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| (listener, Route::Fixed(index)))
+        .collect();
+    if let Some(listener) = round_robin {
+        routes.push((listener, Route::RoundRobin(AtomicUsize::new(0))));
+    }
+    let (last, last_route) = routes.pop().expect("one listener at least");
+    for (listener, route) in routes {
+        let server = server.clone();
+        std::thread::spawn(move || accept(listener, server, route));
+    }
+    accept(last, server, last_route);
 }
 
 impl Server {
-    fn new(bucket: String, backend: Backend, first_byte: Duration, conn_rate: u64) -> Self {
+    fn new(bucket: String, backend: Backend, model: Model, frontends: Vec<Frontend>) -> Self {
+        let link = (model.link_rate > 0).then(|| Link::new(model.link_rate));
         Self {
             bucket,
             backend,
-            first_byte,
-            conn_rate,
+            model,
+            link,
+            frontends,
             open: AtomicUsize::new(0),
             max_open: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
@@ -197,16 +315,21 @@ impl Server {
     }
 }
 
-/// Serves every connection of `listener` on a thread of its own, forever.
-fn accept(listener: TcpListener, server: Arc<Server>) {
+/// Serves every connection of `listener` on a thread of its own, forever, as front-end
+/// `route` says.
+fn accept(listener: TcpListener, server: Arc<Server>, route: Route) {
     for stream in listener.incoming().flatten() {
         let open = server.open.fetch_add(1, Ordering::SeqCst) + 1;
         server.max_open.fetch_max(open, Ordering::SeqCst);
         server.accepted.fetch_add(1, Ordering::SeqCst);
+        let frontend = route.next(server.frontends.len());
+        if let Some(front) = server.frontends.get(frontend) {
+            front.accepted.fetch_add(1, Ordering::Relaxed);
+        }
         let server = server.clone();
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);
-            let _ = serve(&server, stream);
+            let _ = serve(&server, stream, frontend);
             server.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -415,11 +538,27 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn serve(server: &Server, stream: TcpStream) -> std::io::Result<()> {
+/// What a connection needs to know about where it was accepted.
+struct Connection<'a> {
+    /// Its front-end, if the server has any (tests may have none).
+    frontend: Option<&'a Frontend>,
+    /// Its body ceiling in bytes per second (0: none).
+    rate: u64,
+}
+
+fn serve(server: &Server, stream: TcpStream, frontend: usize) -> std::io::Result<()> {
+    let frontend = server.frontends.get(frontend);
+    let slow = frontend.is_some_and(|f| f.slow);
+    let rate = if slow {
+        ((server.model.conn_rate as f64 * server.model.slow_factor) as u64).max(1)
+    } else {
+        server.model.conn_rate
+    };
+    let connection = Connection { frontend, rate };
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader)? {
-        respond(server, &request, &mut writer)?;
+        respond(server, &connection, &request, &mut writer)?;
     }
     Ok(())
 }
@@ -432,7 +571,12 @@ fn param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::Result<()> {
+fn respond(
+    server: &Server,
+    connection: &Connection,
+    request: &Request,
+    out: &mut TcpStream,
+) -> std::io::Result<()> {
     if request.path == "/_stats" {
         let requests = &server.requests;
         if request.method == "POST" {
@@ -447,16 +591,22 @@ fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::
             ] {
                 counter.store(0, Ordering::SeqCst);
             }
+            server.model.tail.restart();
+            for frontend in &server.frontends {
+                frontend.restart();
+            }
         }
+        let peak = server.max_open.load(Ordering::SeqCst);
         let body = format!(
-            "{{\"open\":{},\"max_open\":{},\"accepted\":{},\"list\":{},\"head\":{},\"get\":{},\"body_bytes\":{}}}",
+            "{{\"open\":{},\"max_open\":{peak},\"peak_open\":{peak},\"accepted\":{},\"list\":{},\"head\":{},\"get\":{},\"body_bytes\":{},\"tail_delayed\":{},\"frontends\":{}}}",
             server.open.load(Ordering::SeqCst),
-            server.max_open.load(Ordering::SeqCst),
             server.accepted.load(Ordering::SeqCst),
             requests.list.load(Ordering::SeqCst),
             requests.head.load(Ordering::SeqCst),
             requests.get.load(Ordering::SeqCst),
             requests.body_bytes.load(Ordering::SeqCst),
+            server.model.tail.delayed(),
+            wan::frontends_json(&server.frontends),
         );
         return send(
             out,
@@ -468,8 +618,8 @@ fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::
         );
     }
     // The modelled time to first byte of a remote S3.
-    if !server.first_byte.is_zero() {
-        std::thread::sleep(server.first_byte);
+    if !server.model.first_byte.is_zero() {
+        std::thread::sleep(server.model.first_byte);
     }
     let rest = request.path.trim_start_matches('/');
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
@@ -491,13 +641,19 @@ fn respond(server: &Server, request: &Request, out: &mut TcpStream) -> std::io::
         }
         ("HEAD", "") => send(out, "200 OK", "application/xml", &[], b"", false),
         ("GET" | "HEAD", key) => {
-            let counter = if request.method == "HEAD" {
-                &server.requests.head
+            if request.method == "HEAD" {
+                server.requests.head.fetch_add(1, Ordering::Relaxed);
             } else {
-                &server.requests.get
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            object(server, key, request, out)
+                server.requests.get.fetch_add(1, Ordering::Relaxed);
+                if let Some(frontend) = connection.frontend {
+                    frontend.get.fetch_add(1, Ordering::Relaxed);
+                }
+                // The long tail: this GET's answer comes later still.
+                if let Some(extra) = server.model.tail.pick() {
+                    std::thread::sleep(extra);
+                }
+            }
+            object(server, connection, key, request, out)
         }
         _ => error(out, "405 Method Not Allowed", "MethodNotAllowed", &request.method),
     }
@@ -636,6 +792,7 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
 
 fn object(
     server: &Server,
+    connection: &Connection,
     key: &str,
     request: &Request,
     out: &mut TcpStream,
@@ -700,7 +857,10 @@ fn object(
         .requests
         .body_bytes
         .fetch_add(length, Ordering::Relaxed);
-    let mut pacer = Pacer::new(server.conn_rate);
+    if let Some(frontend) = connection.frontend {
+        frontend.body_bytes.fetch_add(length, Ordering::Relaxed);
+    }
+    let mut pacer = Pacer::new(connection.rate, server.link.as_ref());
     match (&server.backend, file) {
         (Backend::Archive(archive), _) => {
             let mut offset = first;
@@ -751,49 +911,6 @@ fn send_file(
     Ok(())
 }
 
-/// Paces one response body to a rate: bytes go out no faster than `rate` per second from the
-/// first one, in chunks small enough that the pacing is smooth.
-struct Pacer {
-    rate: u64,
-    started: Instant,
-    sent: u64,
-}
-
-impl Pacer {
-    /// Largest write when paced.
-    const CHUNK: usize = 64 << 10;
-
-    fn new(rate: u64) -> Self {
-        Self {
-            rate,
-            started: Instant::now(),
-            sent: 0,
-        }
-    }
-
-    /// How much to write next, out of `want`.
-    fn chunk(&self, want: usize) -> usize {
-        if self.rate == 0 {
-            want
-        } else {
-            want.min(Self::CHUNK)
-        }
-    }
-
-    /// Sleeps until `bytes` more may have gone out: the time the link would have taken to
-    /// carry them, so the body is never faster than the rate.
-    fn wait(&mut self, bytes: usize) {
-        if self.rate == 0 {
-            return;
-        }
-        self.sent += bytes as u64;
-        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
-        if let Some(early) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(early);
-        }
-    }
-}
-
 fn send(
     out: &mut TcpStream,
     status: &str,
@@ -834,6 +951,7 @@ fn error(out: &mut TcpStream, status: &str, code: &str, method: &str) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// A server on an ephemeral port, serving from a thread.
     fn start(backend: Backend, first_byte: Duration, conn_rate: u64) -> SocketAddr {
@@ -842,10 +960,10 @@ mod tests {
         let server = Arc::new(Server::new(
             "nsf-ncar-era5".into(),
             backend,
-            first_byte,
-            conn_rate,
+            Model::simple(first_byte, conn_rate),
+            Vec::new(),
         ));
-        std::thread::spawn(move || accept(listener, server));
+        std::thread::spawn(move || accept(listener, server, Route::Fixed(0)));
         addr
     }
 
@@ -1039,6 +1157,180 @@ mod tests {
             "the body came faster than the connection rate: {:?}",
             started.elapsed()
         );
+    }
+
+    /// A server with `fronts` front-ends on ephemeral ports of 127.0.0.1 (the one at `slow`
+    /// slow) and a round-robin listener: the front-ends' addresses, then the round robin's.
+    fn start_wan(
+        backend: Backend,
+        model: Model,
+        fronts: usize,
+        slow: Option<usize>,
+    ) -> (Vec<SocketAddr>, SocketAddr) {
+        let listeners: Vec<TcpListener> = (0..fronts)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let frontends = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Frontend::new(a.to_string(), Some(i) == slow))
+            .collect();
+        let server = Arc::new(Server::new(
+            "nsf-ncar-era5".into(),
+            backend,
+            model,
+            frontends,
+        ));
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let server = server.clone();
+            std::thread::spawn(move || accept(listener, server, Route::Fixed(index)));
+        }
+        let rotation = TcpListener::bind("127.0.0.1:0").unwrap();
+        let rotation_addr = rotation.local_addr().unwrap();
+        std::thread::spawn(move || {
+            accept(rotation, server, Route::RoundRobin(AtomicUsize::new(0)));
+        });
+        (addrs, rotation_addr)
+    }
+
+    /// The surface 2 m temperature of January 1979, an object of a few MiB at scale 1e-2.
+    const MONTH_2T: &str = "/nsf-ncar-era5/e5.oper.an.sfc/197901/e5.oper.an.sfc.128_167_2t.ll025sc.1979010100_1979013123.nc";
+
+    fn scaled_archive() -> Backend {
+        Backend::Archive(Archive::new(ArchiveOptions {
+            first: YearMonth {
+                year: 1979,
+                month: 1,
+            },
+            last: YearMonth {
+                year: 1979,
+                month: 1,
+            },
+            scale: Some(1e-2),
+            ..ArchiveOptions::default()
+        }))
+    }
+
+    fn stats(addr: SocketAddr, method: &str) -> serde_json::Value {
+        serde_json::from_str(&call(addr, method, "/_stats", None).text()).unwrap()
+    }
+
+    #[test]
+    fn the_shared_link_caps_the_connections_together() {
+        let model = Model {
+            link_rate: 2 << 20,
+            ..Model::simple(Duration::ZERO, 0)
+        };
+        let (addrs, _) = start_wan(scaled_archive(), model, 1, None);
+        let addr = addrs[0];
+        // Four connections of 1 MiB each through a link of 2 MiB/s: about 2 s in all, and each
+        // connection about as long, since they share the link fairly.
+        let started = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let reply = call(addr, "GET", MONTH_2T, Some("bytes=0-1048575"));
+                    assert_eq!(reply.body.len(), 1 << 20);
+                    started.elapsed()
+                })
+            })
+            .collect();
+        let each: Vec<Duration> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let all = started.elapsed();
+        assert!(
+            all >= Duration::from_millis(1500),
+            "4 MiB crossed a 2 MiB/s link in {all:?}"
+        );
+        let fastest = each.iter().min().unwrap();
+        assert!(
+            *fastest >= Duration::from_secs(1),
+            "one connection took the link for itself: {each:?}"
+        );
+        assert_eq!(stats(addr, "GET")["body_bytes"], 4 << 20);
+    }
+
+    #[test]
+    fn the_tail_delays_only_its_fraction_of_object_gets() {
+        let delay = Duration::from_millis(200);
+        let model = Model {
+            tail: Tail::new(0.25, delay, 1),
+            ..Model::simple(Duration::ZERO, 0)
+        };
+        let (addrs, _) = start_wan(january_1979(), model, 1, None);
+        let addr = addrs[0];
+        let key = "/nsf-ncar-era5/e5.oper.an.pl/197901/e5.oper.an.pl.128_130_t.ll025sc.1979010100_1979010123.nc";
+        let timed = |method: &str, target: &str| {
+            let started = Instant::now();
+            assert_eq!(call(addr, method, target, None).status, 200);
+            started.elapsed() >= delay
+        };
+        let gets = |count| -> Vec<bool> { (0..count).map(|_| timed("GET", key)).collect() };
+        let first = gets(40);
+        let delayed = first.iter().filter(|d| **d).count();
+        assert!((3..=20).contains(&delayed), "{delayed} of 40 delayed");
+        // HEADs and listings never wait for the tail.
+        for _ in 0..10 {
+            assert!(!timed("HEAD", key));
+            assert!(!timed(
+                "GET",
+                "/nsf-ncar-era5?list-type=2&prefix=e5.oper.an.pl%2F197901%2F&max-keys=5"
+            ));
+        }
+        let counted = stats(addr, "GET");
+        assert_eq!(counted["tail_delayed"], delayed as u64);
+        assert_eq!(counted["get"], 40);
+        // After a reset the same GETs are delayed again.
+        assert_eq!(stats(addr, "POST")["tail_delayed"], 0);
+        assert_eq!(gets(40), first);
+    }
+
+    #[test]
+    fn the_slow_address_is_slower_and_every_address_is_counted() {
+        let model = Model {
+            slow_factor: 0.25,
+            ..Model::simple(Duration::ZERO, 1 << 20)
+        };
+        let (addrs, rotation) = start_wan(scaled_archive(), model, 2, Some(1));
+        let timed = |addr| {
+            let started = Instant::now();
+            let reply = call(addr, "GET", MONTH_2T, Some("bytes=0-262143"));
+            assert_eq!(reply.body.len(), 256 << 10);
+            started.elapsed()
+        };
+        // 256 KiB at 1 MiB/s (a quarter of a second), and at a quarter of that.
+        let fast = timed(addrs[0]);
+        let slow = timed(addrs[1]);
+        assert!(fast >= Duration::from_millis(240), "{fast:?}");
+        assert!(
+            slow >= Duration::from_millis(900) && slow > fast,
+            "slow {slow:?}, fast {fast:?}"
+        );
+        // The round robin hands its connections to the front-ends in turn: 0, 1, 0, 1.
+        for _ in 0..4 {
+            let reply = call(rotation, "GET", MONTH_2T, Some("bytes=0-1023"));
+            assert_eq!(reply.body.len(), 1024);
+        }
+        let counted = stats(addrs[0], "GET");
+        let front = |i: usize| &counted["frontends"][addrs[i].to_string()];
+        for i in 0..2 {
+            // One direct GET, two through the rotation; the stats call itself on front-end 0.
+            assert_eq!(front(i)["get"], 3, "{counted}");
+            assert_eq!(
+                front(i)["accepted"],
+                if i == 0 { 4 } else { 3 },
+                "{counted}"
+            );
+            assert_eq!(front(i)["body_bytes"], (256 << 10) + 2048, "{counted}");
+        }
+        assert_eq!(front(1)["slow"], true);
+        assert_eq!(counted["get"], 6);
+        assert!(counted["peak_open"].as_u64().unwrap() >= 1);
+        // A reset zeroes the per-address counts.
+        stats(addrs[0], "POST");
+        let counted = stats(addrs[0], "GET");
+        assert_eq!(counted["frontends"][addrs[1].to_string()]["get"], 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
