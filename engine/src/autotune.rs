@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// How often the scheduler samples goodput for the controller.
 pub const TICK: Duration = Duration::from_millis(100);
 /// The window an autotuned engine starts with (or the maximum, if lower).
-pub const INITIAL_WINDOW: usize = 16;
+pub const INITIAL_WINDOW: usize = 32;
 /// Goodput a doubling must add, in slow start, to keep doubling.
 pub const SLOW_START_GAIN: f64 = 1.2;
 /// Below this gain, a doubling bought nothing and is undone.
@@ -36,7 +36,7 @@ const NO_GAIN: f64 = 1.05;
 /// Goodput a probe must add to be kept.
 pub const PROBE_GAIN: f64 = 1.08;
 /// How long a measurement lasts.
-const MEASURE: Duration = Duration::from_millis(300);
+const MEASURE: Duration = Duration::from_millis(250);
 /// Settling time after a change, at least; more with a long first-byte latency.
 const SETTLE_MIN: Duration = Duration::from_millis(100);
 /// ... and at most.
@@ -122,7 +122,7 @@ impl Autotune {
     /// The settling time follows the first-byte latency: new requests need a few of those
     /// before they stream.
     pub fn set_first_byte_latency(&mut self, first_byte: Duration) {
-        self.settle = (first_byte * 3).clamp(SETTLE_MIN, SETTLE_MAX);
+        self.settle = (first_byte * 2).clamp(SETTLE_MIN, SETTLE_MAX);
     }
 
     fn change(&mut self, window: f64, now: Instant) {

@@ -39,6 +39,10 @@ const HEDGE_SHARE: usize = 8;
 const MIN_HEDGES: usize = 2;
 /// Object units admitted beyond the window, so the next object is ready when a request ends.
 const ADMIT_SLACK: usize = 2;
+/// Windows' worth of object units admitted: objects start their first requests before the
+/// window frees up for them (they wait in the queue, behind earlier objects' parts), so the
+/// window never waits for an object to be admitted.
+const ADMIT_WINDOWS: usize = 2;
 /// Weight of a tick in the moving average of goodput (about half a second of ticks).
 const GOODPUT_EWMA: f64 = 0.3;
 
@@ -534,7 +538,7 @@ impl AdmissionGate {
     }
 
     fn capacity(&self) -> usize {
-        (self.scheduler.window() + ADMIT_SLACK) * self.batches
+        (ADMIT_WINDOWS * self.scheduler.window() + ADMIT_SLACK) * self.batches
     }
 
     fn release(&self, units: usize) {
@@ -707,10 +711,10 @@ mod tests {
     async fn objects_are_admitted_until_their_units_fill_the_window() {
         let scheduler = RequestScheduler::fixed(8);
         let gate = AdmissionGate::new(scheduler.clone(), 1);
-        // Capacity: window 8 + slack 2 = 10 units.
-        let big = gate.admit(6).await;
+        // Capacity: two windows of 8, plus slack 2 = 18 units.
+        let big = gate.admit(14).await;
         let small = gate.admit(4).await;
-        assert_eq!(gate.used(), 10);
+        assert_eq!(gate.used(), 18);
         let blocked = tokio::time::timeout(Duration::from_millis(50), gate.admit(1)).await;
         assert!(blocked.is_err(), "admitted past the window");
         drop(big);
@@ -728,7 +732,7 @@ mod tests {
         // An object larger than the capacity still gets in alone.
         let gate = AdmissionGate::new(RequestScheduler::fixed(2), 1);
         let huge = gate.admit(1000).await;
-        assert_eq!(gate.used(), 4);
+        assert_eq!(gate.used(), 6);
         drop(huge);
     }
 }

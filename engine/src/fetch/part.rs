@@ -106,6 +106,47 @@ struct Response {
     route: Route,
 }
 
+/// Copies of one request sent at most, the first included (see `PartJob::send`).
+const MAX_COPIES: usize = 4;
+
+/// One copy of a request racing for its first byte.
+struct Copy {
+    future: SentFuture,
+    route: Route,
+    started: Instant,
+    /// 0 for the first copy, then 1, 2... for hedges.
+    number: usize,
+    /// Failed retryably: no longer polled, the others still race.
+    failed: bool,
+}
+
+impl Copy {
+    fn new(request: SentFuture, route: Route, number: usize) -> Self {
+        Self {
+            future: Box::pin(route.clone().run(request)),
+            route,
+            started: Instant::now(),
+            number,
+            failed: false,
+        }
+    }
+}
+
+/// The first of `copies` (not failed yet) to answer, and its answer.
+fn first_answer(copies: &mut [Copy]) -> impl Future<Output = (usize, Sent)> + '_ {
+    std::future::poll_fn(move |cx| {
+        for (index, copy) in copies.iter_mut().enumerate() {
+            if copy.failed {
+                continue;
+            }
+            if let std::task::Poll::Ready(sent) = copy.future.as_mut().poll(cx) {
+                return std::task::Poll::Ready((index, sent));
+            }
+        }
+        std::task::Poll::Pending
+    })
+}
+
 /// What the judge of a streaming body decided.
 enum Judged {
     /// Not slower than its peers (or too early, or too little left, to tell).
@@ -238,8 +279,10 @@ impl PartJob {
         })
     }
 
-    /// Sends the request for `from..` and waits for its headers; a first byte later than its
-    /// peers' is raced by a hedge to another front-end, and the first answer wins.
+    /// Sends the request for `from..` and waits for its headers. A first byte later than its
+    /// peers' is raced by a second copy to another front-end; if that one is late too, the
+    /// older copy is dropped and another sent, up to [`MAX_COPIES`] in all (a tail hitting
+    /// one request in ten hits its hedge too, one time in ten). The first answer wins.
     async fn send(
         &self,
         slot: Slot,
@@ -248,72 +291,72 @@ impl PartJob {
         avoid: &mut Option<std::net::SocketAddr>,
     ) -> Result<Response, Attempt> {
         let engine = &self.engine;
-        let stall = engine.config.stall_timeout;
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + stall;
-        let route = Route::avoiding(avoid.take());
-        let mut original = Box::pin(route.clone().run(self.request(from, learning)));
-        let first = tokio::select! {
-            sent = &mut original => Some(sent),
-            () = engine.first_byte_late(started) => None,
-            () = tokio::time::sleep_until(deadline) => return Err(no_headers()),
-        };
-        let (sent, route, latency) = if let Some(sent) = first {
-            (sent, route, started.elapsed())
-        } else {
-            let hedge_slot = engine.scheduler.try_acquire_hedge().await;
-            let Some(hedge_slot) = hedge_slot else {
-                if !engine.scheduler.try_ask_again() {
-                    // Too many asked again lately: wait for this one.
-                    let sent = tokio::time::timeout_at(deadline, original)
-                        .await
-                        .map_err(|_| no_headers())?;
-                    return self.checked(sent, slot, route, started.elapsed(), from);
-                }
-                // No room for a second copy: drop this one and ask again elsewhere.
-                *avoid = route.served_by();
-                return Err(Attempt::Failed(
-                    Failure::Retry(RetryReason::Slow),
-                    format!(
-                        "no first byte after {:.1}s, far later than its peers'",
-                        started.elapsed().as_secs_f32()
-                    ),
-                ));
-            };
-            engine.progress.hedge_started();
-            let hedge_route = Route::avoiding(route.served_by());
-            let hedge_started = Instant::now();
-            let mut hedge = Box::pin(hedge_route.clone().run(self.request(from, learning)));
-            // The first success wins, and so does a failure that another copy cannot mend
-            // (the object changed, or is refused); a retryable one waits for the other copy.
-            let (mut original_done, mut hedge_done) = (None, None);
-            let winner = loop {
-                tokio::select! {
-                    sent = &mut original, if original_done.is_none() => {
-                        if !retryable(&sent) { break (sent, route.clone(), started.elapsed()); }
-                        original_done = Some(sent);
-                    }
-                    sent = &mut hedge, if hedge_done.is_none() => {
-                        if !retryable(&sent) {
-                            if sent.is_ok() {
-                                engine.progress.hedge_won();
-                            }
-                            break (sent, hedge_route.clone(), hedge_started.elapsed());
+        let deadline = tokio::time::Instant::now() + engine.config.stall_timeout;
+        let mut copies = vec![Copy::new(
+            self.request(from, learning),
+            Route::avoiding(avoid.take()),
+            0,
+        )];
+        let mut sent_copies = 1;
+        let mut hedge_slot = None;
+        let (sent, route, latency) = loop {
+            let newest = copies.last().expect("a copy is in flight").started;
+            tokio::select! {
+                (index, sent) = first_answer(&mut copies) => {
+                    // The first success wins, and so does a failure that another copy cannot
+                    // mend (the object changed, or is refused); a retryable one waits for the
+                    // other copy, if there is one.
+                    let alone = copies.iter().filter(|c| !c.failed).count() == 1;
+                    if !retryable(&sent) || alone {
+                        let copy = &copies[index];
+                        if sent.is_ok() && copy.number > 0 {
+                            engine.progress.hedge_won();
                         }
-                        hedge_done = Some(sent);
+                        break (sent, copy.route.clone(), copy.started.elapsed());
                     }
-                    () = tokio::time::sleep_until(deadline) => return Err(no_headers()),
+                    copies[index].failed = true;
                 }
-                if hedge_done.is_some()
-                    && let Some(failed) = original_done.take()
-                {
-                    break (failed, route.clone(), started.elapsed());
+                () = engine.first_byte_late(newest), if sent_copies < MAX_COPIES => {
+                    if hedge_slot.is_none() {
+                        hedge_slot = engine.scheduler.try_acquire_hedge().await;
+                    }
+                    if hedge_slot.is_none() {
+                        if !engine.scheduler.try_ask_again() {
+                            // Too many asked again lately: wait for what is in flight.
+                            sent_copies = MAX_COPIES;
+                            continue;
+                        }
+                        // No room for another copy: drop this one and ask again elsewhere.
+                        *avoid = copies.last().and_then(|c| c.route.served_by());
+                        return Err(Attempt::Failed(
+                            Failure::Retry(RetryReason::Slow),
+                            format!(
+                                "no first byte after {:.1}s, far later than its peers'",
+                                newest.elapsed().as_secs_f32()
+                            ),
+                        ));
+                    }
+                    // Two copies at most: the oldest, later still, is dropped unread.
+                    if copies.len() == 2 {
+                        copies.remove(0);
+                    }
+                    let avoid = copies.last().and_then(|c| c.route.served_by());
+                    tracing::debug!(key = %self.key, from, late = ?newest.elapsed(), copy = sent_copies, "first byte late: racing another copy");
+                    copies.push(Copy::new(
+                        self.request(from, learning),
+                        Route::avoiding(avoid),
+                        sent_copies,
+                    ));
+                    sent_copies += 1;
+                    engine.progress.hedge_started();
                 }
-            };
-            // Whichever lost is dropped here, unread: its connection closes.
-            drop(hedge_slot);
-            winner
+                () = tokio::time::sleep_until(deadline) => return Err(no_headers()),
+            }
         };
+        // Whichever copies lost are dropped here, unread: their connections close. The
+        // response keeps the window's place; the hedge's goes back.
+        drop(copies);
+        drop(hedge_slot);
         self.checked(sent, slot, route, latency, from)
     }
 
