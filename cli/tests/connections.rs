@@ -100,11 +100,11 @@ fn sync_everything(endpoint: &str, scratch: &Scratch) -> Vec<String> {
 
 /// Adaptive concurrency, counted from outside: every response body is paced to 512 KiB/s per
 /// connection and nothing else limits the link, so more requests in flight bring more bytes
-/// per second. The window leaves its start (16) and climbs, and the proxy never sees more
-/// connections than `--connections`.
+/// per second. The window leaves its start (`INITIAL_WINDOW`, 32) and climbs, and the proxy
+/// never sees more connections than `--connections`.
 #[test]
 fn the_window_climbs_above_its_start_when_the_link_allows_and_never_passes_the_cap() {
-    const CAP: usize = 40;
+    const CAP: usize = 3 * engine::scheduler::INITIAL_WINDOW;
     let (s3, seeded) = seeded_server();
     slow_bodies(&s3, 512 << 10);
     let proxy = CountingProxy::start(s3.addr());

@@ -242,18 +242,19 @@ async fn direct_and_buffered_writes_resume_broken_parts_to_the_same_verified_byt
     }
 }
 
-/// The autotuned window, in-process: 24 objects whose bodies are paced to 1 MiB/s per
+/// The autotuned window, in-process: 48 objects whose bodies are paced to 1 MiB/s per
 /// connection, so goodput grows with every request added. The window climbs above its
 /// start; the server never sees more GETs at once than the cap; a burst of SlowDown halves
 /// the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autotuned_window_climbs_while_goodput_rises_and_falls_on_slowdown() {
-    const CAP: usize = 64;
+    const CAP: usize = 4 * engine::scheduler::INITIAL_WINDOW;
     let s3 = TestS3::start("bucket");
-    let objects: Vec<RemoteObject> = (1..=24)
-        .map(|day| {
+    let objects: Vec<RemoteObject> = (1..=48)
+        .map(|n| {
+            let (variable, day) = if n <= 24 { ("128_130_t", n) } else { ("128_131_u", n - 24) };
             let key = format!(
-                "e5.oper.an.pl/202401/e5.oper.an.pl.128_130_t.ll025sc.202401{day:02}00_202401{day:02}23.nc"
+                "e5.oper.an.pl/202401/e5.oper.an.pl.{variable}.ll025sc.202401{day:02}00_202401{day:02}23.nc"
             );
             let data = tests::fixtures::object_bytes(&key, 2 << 20);
             s3.put_object(&key, data.clone());
@@ -307,7 +308,7 @@ async fn the_autotuned_window_climbs_while_goodput_rises_and_falls_on_slowdown()
         }
     });
     wait_for(Duration::from_secs(60), "the window to climb", || {
-        scheduler.window() > 2 * engine::scheduler::INITIAL_WINDOW
+        scheduler.window() > engine::scheduler::INITIAL_WINDOW
     })
     .await;
     let climbed = scheduler.window();
