@@ -441,6 +441,13 @@ impl RequestScheduler {
         state.goodput / state.in_flight.max(1) as f64
     }
 
+    /// Whether the link has room for more than it carries: nobody waits for a place and at
+    /// most half the window is in use (the end of a run, or of a burst of work).
+    pub fn has_room(&self) -> bool {
+        let state = self.lock();
+        state.waiters.is_empty() && state.in_flight * 2 <= state.allowed(self.max)
+    }
+
     /// Whether a slow request may be dropped and asked again now: at most an eighth of the
     /// window (at least [`MIN_HEDGES`]) per second, so a misjudgement never empties the link.
     pub fn try_ask_again(&self) -> bool {

@@ -11,10 +11,12 @@
 //!   `request_stats`) is sent again on another connection, to another front-end where there
 //!   are several; the first answer wins and the other request is dropped before any of its
 //!   body is read;
-//! - a body streaming at under a third of its peers' median rate is taken over: the rest of
-//!   its range is asked for on another connection, the slow body keeps streaming meanwhile,
-//!   and once the new one answers it continues from where the slow one got to (bytes both
-//!   delivered are discarded and counted as duplicates).
+//! - a body streaming at under a third of its peers' median rate (and of its share of what
+//!   they get now), or, in the end game when half the window is free, one that would take
+//!   twice as long as a fresh copy, is taken over: the rest of its range is asked for on
+//!   another connection, the slow body keeps streaming meanwhile, and once the new one answers
+//!   it continues from where the slow one got to (bytes both delivered are discarded and
+//!   counted as duplicates).
 //!
 //! Both requests carry `If-Match` with the object's ETag, so no object is ever assembled from
 //! two versions. Hedges take room beside the window, never past the connection cap, and none
@@ -54,8 +56,12 @@ const RATE_JUDGED_AFTER: Duration = Duration::from_millis(500);
 const TAKEOVER_MIN_LEFT: u64 = 128 << 10;
 /// A body under this share of what a request gets now is slow (with `request_stats`' rule).
 const RATE_SLOW_NOW: f64 = 1.0 / 3.0;
+/// In the end game (room beside the window), a body is judged after this long ...
+const END_GAME_JUDGED_AFTER: Duration = Duration::from_millis(150);
+/// ... and taken over when it would take this many times longer than a fresh copy.
+const END_GAME_FACTOR: f64 = 2.0;
 /// How often a streaming body's rate is judged.
-const RATE_CHECK_EVERY: Duration = Duration::from_millis(250);
+const RATE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// The digests a part computes: known when the part starts, or once the object's HEAD
 /// (running beside the first ranges) has said which checksum the object has. A part never
@@ -579,16 +585,32 @@ impl PartJob {
         let engine = &self.engine;
         let streaming = body_started.elapsed();
         let left = self.end - self.start - written;
-        if streaming < RATE_JUDGED_AFTER || left < TAKEOVER_MIN_LEFT || !engine.may_hedge() {
+        // The end game: nothing waits for a place and half the window is free, so the link
+        // has room for a second copy, and what matters is only which copy finishes first.
+        let end_game = engine.scheduler.has_room();
+        let judged_after = if end_game {
+            END_GAME_JUDGED_AFTER
+        } else {
+            RATE_JUDGED_AFTER
+        };
+        if streaming < judged_after || left < TAKEOVER_MIN_LEFT || !engine.may_hedge() {
             return Judged::Fine;
         }
-        let Some(slow) = engine.scheduler.stats().slow_rate() else {
+        let figures = engine.scheduler.stats().figures();
+        let (Some(slow), Some(median)) = (engine.scheduler.stats().slow_rate(), figures.rate_p50)
+        else {
             return Judged::Fine;
         };
         let rate = body_bytes as f64 / streaming.as_secs_f64();
-        // Slow against what requests got before, and against what its peers get now.
-        let now_slow = engine.scheduler.fair_share() * RATE_SLOW_NOW;
-        if rate >= slow || rate >= now_slow {
+        let is_slow = if end_game {
+            // A fresh copy needs a first byte, then streams at what requests usually get.
+            let fresh = figures.first_byte_p50.unwrap_or(0.0) + left as f64 / median;
+            left as f64 / rate.max(1.0) > END_GAME_FACTOR * fresh
+        } else {
+            // Slow against what requests got before, and against what its peers get now.
+            rate < slow && rate < engine.scheduler.fair_share() * RATE_SLOW_NOW
+        };
+        if !is_slow {
             return Judged::Fine;
         }
         let Some(slot) = engine.scheduler.try_acquire_hedge().await else {
