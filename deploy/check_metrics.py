@@ -11,7 +11,9 @@ import yaml
 
 EXPORTED = {
     "era5_bytes_downloaded_total", "era5_objects_completed_total",
-    "era5_s3_connections_open", "era5_s3_connections_in_use",
+    "era5_s3_connections_open", "era5_s3_connections_in_use", "era5_s3_concurrency",
+    "era5_s3_requests_in_flight", "era5_s3_hedged_requests_total", "era5_s3_hedges_won_total",
+    "era5_s3_duplicate_bytes_total",
     "era5_s3_retries_total", "era5_s3_stall_timeouts_total", "era5_verify_failures_total",
     "era5_leases", "era5_lease_renew_seconds_bucket", "era5_lease_renew_seconds_count",
     "era5_lease_renew_seconds_sum", "era5_workers_connected",

@@ -169,7 +169,12 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
         endpoint: Some(args.source.endpoint.clone()),
         region: args.source.region.clone(),
         sign: args.source.sign,
-        pool: PoolConfig::new(8),
+        pool: PoolConfig {
+            resolver: crate::config::resolver(&args.source.resolve)
+                .map_err(|e| Failure::Input(e.to_string()))?,
+            extra_roots: crate::config::ca_bundle().map_err(|e| Failure::Input(e.to_string()))?,
+            ..PoolConfig::new(8)
+        },
     };
     Ok(CoordinatorConfig {
         listen,
@@ -359,12 +364,14 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         .map_err(|e| Failure::Input(e.to_string()))?;
     let resolver =
         crate::config::resolver(&args.resolve).map_err(|e| Failure::Input(e.to_string()))?;
+    let extra_roots = crate::config::ca_bundle().map_err(|e| Failure::Input(e.to_string()))?;
     Ok(AgentConfig {
         channel,
         dest: args.dest.clone(),
         name,
         connections,
         resolver,
+        extra_roots,
         max_leases: args.max_leases as usize,
         engine,
     })

@@ -110,9 +110,27 @@ pub(crate) fn source(
         pool: PoolConfig {
             idle_timeout,
             resolver: resolver(&args.resolve)?,
+            extra_roots: ca_bundle()?,
             ..PoolConfig::new(connections)
         },
     })
+}
+
+/// The CA bundle named by `AWS_CA_BUNDLE` (as the AWS CLI and SDKs read it): extra roots for
+/// an `https://` endpoint whose certificate chains to a private CA.
+pub(crate) fn ca_bundle() -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, InputError> {
+    match std::env::var_os("AWS_CA_BUNDLE").filter(|path| !path.is_empty()) {
+        None => Ok(Vec::new()),
+        Some(path) => {
+            transport::pool::load_ca_bundle(std::path::Path::new(&path)).map_err(|reason| {
+                InputError::BadValue {
+                    flag: "AWS_CA_BUNDLE",
+                    value: path.to_string_lossy().into_owned(),
+                    reason,
+                }
+            })
+        }
+    }
 }
 
 /// `--resolve HOST:PORT:ADDR[,ADDR..]`, each.

@@ -257,3 +257,51 @@ fn front_ends() -> Vec<TestS3> {
     }
     panic!("no port free on 127.0.0.1, .2 and .3 at once");
 }
+
+/// HTTPS to an S3-compatible store whose certificate chains to a private CA: with the CA in
+/// `AWS_CA_BUNDLE` the sync verifies the server and mirrors exactly; without it, the
+/// handshake fails on the unknown issuer and nothing is mirrored.
+#[test]
+fn https_endpoints_are_verified_against_the_public_roots_and_aws_ca_bundle() {
+    let (s3, seeded) = seeded_server();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = tests::pki::TestCa::new(certs.path(), "s3");
+    let server = ca.server("s3-server");
+    let front = tests::tls_front::TlsFront::start(&server.cert, &server.key, s3.addr());
+    let selection = |scratch: &Scratch| {
+        sync_args(
+            &front.endpoint(),
+            &scratch.dest(),
+            "e5.oper.an.sfc",
+            "2t",
+            "2024-01",
+            "2024-02",
+        )
+    };
+
+    let untrusted = Scratch::new();
+    let refused = run_era5(&untrusted, &selection(&untrusted), LIMIT);
+    refused.expect_code(1);
+    assert!(
+        refused.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        refused.stderr
+    );
+
+    let scratch = Scratch::new();
+    let child = era5(&scratch.home())
+        .args(selection(&scratch))
+        .env("AWS_CA_BUNDLE", ca.ca_file())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_limit(child, LIMIT).expect_code(0);
+    let expected: Vec<_> = seeded
+        .iter()
+        .filter(|o| o.key.starts_with("e5.oper.an.sfc/") && o.key.contains("_2t."))
+        .filter(|o| o.key.contains("/202401/") || o.key.contains("/202402/"))
+        .collect();
+    assert_eq!(expected.len(), 2);
+    assert_mirrored(&scratch.dest(), &expected);
+}

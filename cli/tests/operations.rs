@@ -115,9 +115,16 @@ fn metrics_and_probes_carry_the_documented_names() {
         Some(2.0),
         "{text}"
     );
+    // The worker autotunes its window like a sync: the gauge shows it, within the cap.
+    let window = metric(&text, "era5_s3_concurrency").expect("era5_s3_concurrency");
+    assert!(window >= 1.0, "{text}");
     for series in [
         "era5_s3_connections_open",
         "era5_s3_connections_in_use",
+        "era5_s3_requests_in_flight",
+        "era5_s3_hedged_requests_total",
+        "era5_s3_hedges_won_total",
+        "era5_s3_duplicate_bytes_total",
         "era5_s3_stall_timeouts_total",
         "era5_verify_failures_total",
         "era5_lease_renew_seconds_count",

@@ -4,8 +4,8 @@
 //! - **Range size by time** ([`RequestStats::range_size`]): a range should stream for a few
 //!   hundred milliseconds at the rate requests get, and for several first-byte latencies, so
 //!   request overhead stays small while a few big objects still spread over many requests.
-//!   On real S3 (about 60 MiB/s per connection, tens of milliseconds to first byte) that is
-//!   the known sweet spot of 8–16 MiB; on a slower or scaled-down link it is smaller.
+//!   On real S3 (about 25-95 MiB/s per connection, tens of milliseconds to first byte) that
+//!   is the known sweet spot of 8–16 MiB; on a slower or scaled-down link it is smaller.
 //! - **When a request is slow** ([`RequestStats::hedge_after`], [`RequestStats::slow_rate`]):
 //!   a request whose first byte is later than a multiple of its peers' upper quartile (a few
 //!   seconds before any is known), or whose body streams at under a third of their median, is
@@ -33,7 +33,7 @@ pub const MIN_RANGE: u64 = 256 << 10;
 /// Largest range: beyond this, a few objects no longer spread over many connections.
 pub const MAX_RANGE: u64 = 16 << 20;
 /// How long a range should stream, at least.
-pub const RANGE_TIME: Duration = Duration::from_millis(250);
+pub const RANGE_TIME: Duration = Duration::from_millis(400);
 /// ... and in first-byte latencies, at least.
 const RANGE_LATENCIES: u32 = 4;
 /// A first byte later than this multiple of the upper quartile is slow.
@@ -188,8 +188,8 @@ mod tests {
         // Real S3: ~60 MiB/s per connection, 30 ms to first byte: 15 MiB.
         let s3 = with(30, 60.0).range_size();
         assert!((8 << 20..=16 << 20).contains(&s3), "{s3}");
-        // A scaled-down link: 2 MiB/s, 50 ms: half a MiB.
-        assert_eq!(with(50, 2.0).range_size(), 512 << 10);
+        // A scaled-down link: 2 MiB/s, 50 ms: 800 KiB.
+        assert_eq!(with(50, 2.0).range_size(), 832 << 10);
         // A long latency makes ranges longer, never below the floor nor above the ceiling.
         assert!(with(400, 2.0).range_size() > 3 << 20);
         assert_eq!(with(5, 0.1).range_size(), MIN_RANGE);

@@ -9,7 +9,8 @@
 //!   and cuts on congestion (see `autotune`). With `--no-autotune` it stays at the maximum,
 //!   halved by SlowDown and regrown by `1/window` per success (plain AIMD).
 //! - **Hedges** (a slow request asked again elsewhere, see `fetch::part`) are admitted beside
-//!   the window, never past the maximum and never more than an eighth of the window at once.
+//!   the window, never past the maximum and never more than an eighth of the window at once;
+//!   an autotuned window stops an eighth below the maximum to leave them room.
 //! - **Memory.** Every admitted request also holds its read buffer's room in the
 //!   [`BufferBudget`] while it runs.
 //! - **Objects** are admitted by an [`AdmissionGate`] in request units, so that the objects in
@@ -45,6 +46,17 @@ const ADMIT_SLACK: usize = 2;
 const ADMIT_WINDOWS: usize = 2;
 /// Weight of a tick in the moving average of goodput (about half a second of ticks).
 const GOODPUT_EWMA: f64 = 0.3;
+
+/// The most an autotuned window may reach under a cap of `max` connections: an eighth of the
+/// cap is kept for hedges (a cap of 16 or more), so a window at its cap can still race a
+/// slow request instead of only dropping it.
+pub fn autotuned_max(max: usize) -> usize {
+    if max >= 16 {
+        max - max / HEDGE_SHARE
+    } else {
+        max
+    }
+}
 
 /// How many requests the engine keeps in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +238,7 @@ impl RequestScheduler {
                 window: max as f64,
                 auto: concurrency
                     .autotune
-                    .then(|| Autotune::new(INITIAL_WINDOW, max, now)),
+                    .then(|| Autotune::new(INITIAL_WINDOW, autotuned_max(max), now)),
                 last_decrease: None,
                 next_seq: 0,
                 waiters: BinaryHeap::new(),
@@ -684,6 +696,8 @@ mod tests {
             budget.clone(),
         );
         assert_eq!(scheduler.max(), 64, "the budget holds 64 requests");
+        assert_eq!(autotuned_max(64), 56, "an eighth is kept for hedges");
+        assert_eq!(autotuned_max(8), 8, "small caps keep no room");
         assert_eq!(scheduler.window(), INITIAL_WINDOW);
         let slots: Vec<Slot> =
             futures_util::future::join_all((0..INITIAL_WINDOW).map(|_| scheduler.acquire(0))).await;

@@ -10,7 +10,8 @@
 //!   users, TLS);
 //! - [`pki`]: real certificates made in the test (CA, servers, workers, operators, and the
 //!   ones that must be refused);
-//! - [`fixtures`]: a synthetic bucket laid out exactly like `nsf-ncar-era5`.
+//! - [`fixtures`]: a synthetic bucket laid out exactly like `nsf-ncar-era5`;
+//! - [`tls_front::TlsFront`]: HTTPS in front of a test server, with a certificate of [`pki`].
 
 pub mod faults;
 pub mod fixtures;
@@ -19,3 +20,4 @@ pub mod proxy;
 pub mod redis_server;
 pub mod s3_server;
 mod store;
+pub mod tls_front;

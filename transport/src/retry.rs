@@ -131,6 +131,15 @@ where
     if let Some(guarded) = find_in_chain::<BodyError>(error) {
         return classify_guard(guarded);
     }
+    // A connection that can never be made (an untrusted certificate) is not retried.
+    if let Some(dial) = find_in_chain::<crate::pool::DialError>(error)
+        && dial.is_permanent()
+    {
+        return Failure::Permanent {
+            status: None,
+            message: dial.to_string(),
+        };
+    }
     match error {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();

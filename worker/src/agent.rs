@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub connections: usize,
     /// Where S3 endpoints' addresses come from (`--resolve` overrides).
     pub resolver: transport::Resolver,
+    /// Root certificates trusted besides the public ones (`AWS_CA_BUNDLE`).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Leases held at once.
     pub max_leases: usize,
     /// Engine settings.
@@ -96,6 +98,7 @@ pub async fn run(
             min_rate: config.engine.min_rate,
         },
         resolver: config.resolver.clone(),
+        extra_roots: config.extra_roots.clone(),
         ..PoolConfig::new(config.connections)
     });
     let progress = Arc::new(Progress::default());

@@ -479,12 +479,9 @@ impl Engine {
                 Box::pin(self.download_beside_head(&job)).await
             } else {
                 let plan = StreamPlan::new(&expected, self.config.verify, part_size);
-                let downloaded = Box::pin(self.download(
-                    &job,
-                    PlanSource::Ready(plan),
-                    learn_checksum.clone(),
-                ))
-                .await;
+                let downloaded =
+                    Box::pin(self.download(&job, PlanSource::Ready(plan), learn_checksum.clone()))
+                        .await;
                 match downloaded {
                     Ok(downloaded) => Attempted::Downloaded(downloaded, None),
                     Err(PartError::Changed) => Attempted::Changed(None),

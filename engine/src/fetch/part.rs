@@ -323,6 +323,10 @@ impl PartJob {
                     copies[index].failed = true;
                 }
                 () = engine.first_byte_late(newest), if sent_copies < MAX_COPIES => {
+                    // A censored sample (its first byte is later still): if every request
+                    // turns late because the link slowed, the threshold climbs after them
+                    // instead of dropping them all for ever.
+                    engine.scheduler.stats().first_byte(newest.elapsed());
                     if hedge_slot.is_none() {
                         hedge_slot = engine.scheduler.try_acquire_hedge().await;
                     }
@@ -455,6 +459,8 @@ impl PartJob {
         let mut judged = false;
         let mut check = tokio::time::interval(RATE_CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // No byte for the stall timeout ends the attempt, however often the loop wakes.
+        let mut stall_at = tokio::time::Instant::now() + stall;
         loop {
             let next = tokio::select! {
                 biased;
@@ -473,6 +479,7 @@ impl PartJob {
                             response.output = output;
                             response.route = route;
                             drop(hedge_slot);
+                            stall_at = tokio::time::Instant::now() + stall;
                             body_started = Instant::now();
                             body_bytes = 0;
                             engine.progress.hedge_won();
@@ -480,7 +487,8 @@ impl PartJob {
                     }
                     continue;
                 }
-                chunk = tokio::time::timeout(stall, body.next()) => chunk,
+                chunk = body.next() => Ok(chunk),
+                () = tokio::time::sleep_until(stall_at) => Err(()),
                 _ = check.tick(), if !judged && takeover.is_none() => {
                     match self.judge(body_started, body_bytes, *written, &response).await {
                         Judged::Fine => {}
@@ -500,7 +508,7 @@ impl PartJob {
                 }
             };
             let mut chunk = match next {
-                Err(_) => {
+                Err(()) => {
                     return Attempt::Failed(
                         Failure::Retry(RetryReason::Stall),
                         format!("no byte for {}s", stall.as_secs_f32()),
@@ -512,6 +520,7 @@ impl PartJob {
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            stall_at = tokio::time::Instant::now() + stall;
             body_bytes += chunk.len() as u64;
             engine.scheduler.received(chunk.len() as u64);
             if skip > 0 {
@@ -642,7 +651,6 @@ fn no_headers() -> Attempt {
         "no response headers in time".into(),
     )
 }
-
 
 impl Engine {
     /// Sleeps before the next attempt, or turns the failure into the final error.

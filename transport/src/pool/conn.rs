@@ -16,7 +16,8 @@ use std::time::Duration;
 use aws_smithy_types::body::SdkBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -29,6 +30,19 @@ use crate::frontends::FrontEnds;
 /// Largest read buffer of a connection: half-MiB reads mean fewer syscalls and wake-ups per
 /// byte than hyper's ~400 KB default, at a bounded cost per connection.
 pub const READ_BUFFER: usize = 512 << 10;
+
+/// The certificates of a PEM CA bundle (`AWS_CA_BUNDLE`), for S3-compatible stores whose
+/// certificates chain to a private CA; an error names the file and what is wrong with it.
+pub fn load_ca_bundle(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM bundle: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certificates)
+}
 
 /// Where a connection goes: the endpoint (scheme, host, port) and the address dialled.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -127,23 +141,59 @@ pub(crate) struct Dialer<'a> {
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DialError {
+pub enum DialError {
+    /// The TCP or TLS connect took too long.
     #[error("connecting to {addr} timed out after {after:?}")]
-    Timeout { addr: SocketAddr, after: Duration },
+    Timeout {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// The TCP or TLS connect failed.
     #[error("connecting to {addr} failed: {source}")]
     Io {
+        /// The address dialled.
         addr: SocketAddr,
+        /// What the socket said.
         #[source]
         source: std::io::Error,
     },
+    /// The host is no name TLS can check a certificate against.
     #[error("`{host}` is not a valid TLS server name")]
-    ServerName { host: String },
+    ServerName {
+        /// The endpoint's host.
+        host: String,
+    },
+    /// The server's certificate is not trusted (or not for this host): retrying cannot help.
+    #[error(
+        "the TLS certificate of {host} is refused: {reason} (for a private CA, set AWS_CA_BUNDLE)"
+    )]
+    Certificate {
+        /// The endpoint's host.
+        host: String,
+        /// What rustls said of it.
+        reason: String,
+    },
+    /// The HTTP/1.1 handshake failed.
     #[error("http/1.1 handshake with {addr} failed: {source}")]
     Handshake {
+        /// The address dialled.
         addr: SocketAddr,
+        /// What hyper said.
         #[source]
         source: hyper::Error,
     },
+}
+
+impl DialError {
+    /// Whether another attempt cannot succeed (a refused certificate, a bad name).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DialError::Certificate { .. } | DialError::ServerName { .. }
+        )
+    }
 }
 
 impl Dialer<'_> {
@@ -170,11 +220,21 @@ impl Dialer<'_> {
                 ServerName::try_from(endpoint.host.clone()).map_err(|_| DialError::ServerName {
                     host: endpoint.host.clone(),
                 })?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|source| DialError::Io { addr, source })?;
+            let tls = self.tls.connect(name, tcp).await.map_err(|source| {
+                match source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>())
+                {
+                    Some(
+                        refused @ (rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::NoCertificatesPresented),
+                    ) => DialError::Certificate {
+                        host: endpoint.host.clone(),
+                        reason: refused.to_string(),
+                    },
+                    _ => DialError::Io { addr, source },
+                }
+            })?;
             Ok(Stream::Tls(Box::new(tls)))
         };
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
@@ -212,11 +272,20 @@ impl Dialer<'_> {
     }
 }
 
-/// The TLS client configuration: rustls with the webpki roots, HTTP/1.1 only.
-pub(crate) fn tls_connector() -> TlsConnector {
-    let roots = rustls::RootCertStore {
+/// The TLS client configuration: rustls with the webpki roots plus `extra_roots` (a CA
+/// bundle), HTTP/1.1 only.
+pub(crate) fn tls_connector(extra_roots: &[CertificateDer<'static>]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    let (added, ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+    if ignored > 0 {
+        tracing::warn!(
+            added,
+            ignored,
+            "some certificates of the CA bundle are not usable roots"
+        );
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

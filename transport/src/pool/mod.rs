@@ -48,7 +48,7 @@ use common::sync::MutexExt;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{Notify, Semaphore};
 
-pub use conn::READ_BUFFER;
+pub use conn::{DialError, READ_BUFFER, load_ca_bundle};
 
 use crate::frontends::{Endpoints, FrontEndSnapshot, FrontEnds, InFlight, Resolver, Route};
 use crate::guard::{BodyError, BodyGuard, GuardedBody, UNRANGED_BODY_CAP, check_length};
@@ -78,6 +78,8 @@ pub struct PoolConfig {
     pub guard: BodyGuard,
     /// Where host names' addresses come from (`--resolve` overrides).
     pub resolver: Resolver,
+    /// Root certificates trusted besides the public ones (`AWS_CA_BUNDLE`).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl PoolConfig {
@@ -89,6 +91,7 @@ impl PoolConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             guard: BodyGuard::default(),
             resolver: Resolver::default(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -284,7 +287,7 @@ impl BoundedHttpClient {
                 endpoints: Endpoints::default(),
                 idle: Mutex::new(Vec::new()),
                 idle_returned: Notify::new(),
-                tls: conn::tls_connector(),
+                tls: conn::tls_connector(&config.extra_roots),
                 reaper_started: AtomicBool::new(false),
                 config,
             }),
