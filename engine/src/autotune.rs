@@ -13,7 +13,8 @@
 //!   the window grows by a quarter; it keeps the growth only if goodput rose by at least
 //!   [`PROBE_GAIN`], otherwise it returns to where it was.
 //! - **Congestion.** SlowDown, 503 and connection resets halve it (once per burst) and hold it
-//!   for a while: the multiplicative decrease of AIMD.
+//!   for a second: the multiplicative decrease of AIMD. Then it doubles again up to three
+//!   quarters of where it was, and probes beyond.
 //!
 //! A measurement counts only while demand filled the window (requests waiting, or every place
 //! taken) for most of it: a window that is not used tells nothing about the link. Each change
@@ -49,8 +50,8 @@ const PROBE_SOON: Duration = Duration::from_millis(500);
 const PROBE_AGAIN: Duration = Duration::from_secs(2);
 /// Longest wait between probes.
 const PROBE_LATE: Duration = Duration::from_secs(30);
-/// Hold after a congestion cut before probing again.
-const CONGESTION_HOLD: Duration = Duration::from_secs(3);
+/// Hold after a congestion cut before growing again.
+const CONGESTION_HOLD: Duration = Duration::from_secs(1);
 /// Minimum time between two cuts: one burst of throttling hits many requests at once.
 pub const DECREASE_COOLDOWN: Duration = Duration::from_millis(500);
 
@@ -67,8 +68,12 @@ pub struct Sample {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
-    /// Doubling; `last` is the goodput of the previous window.
-    SlowStart { last: Option<f64> },
+    /// Doubling; `last` is the goodput of the previous window, `ceiling` where doubling
+    /// stops (after a congestion cut: three quarters of the window before it).
+    SlowStart {
+        last: Option<f64>,
+        ceiling: Option<f64>,
+    },
     /// Staying; the next probe is due at `next_probe`, the one after a failure `backoff` later.
     Hold {
         next_probe: Instant,
@@ -105,7 +110,10 @@ impl Autotune {
         Self {
             window: (initial.max(1) as f64).min(max),
             max,
-            phase: Phase::SlowStart { last: None },
+            phase: Phase::SlowStart {
+                last: None,
+                ceiling: None,
+            },
             goodput: None,
             settle_until: now + SETTLE_MIN,
             settle: SETTLE_MIN,
@@ -155,14 +163,16 @@ impl Autotune {
 
     fn decide(&mut self, now: Instant, goodput: f64) {
         match self.phase {
-            Phase::SlowStart { last } => {
+            Phase::SlowStart { last, ceiling } => {
                 let rose = last.is_none_or(|last| goodput >= last * SLOW_START_GAIN);
-                if rose && self.window < self.max {
+                let limit = ceiling.unwrap_or(self.max).min(self.max);
+                if rose && self.window < limit {
                     self.goodput = Some(goodput);
                     self.phase = Phase::SlowStart {
                         last: Some(goodput),
+                        ceiling,
                     };
-                    self.change(self.window * 2.0, now);
+                    self.change((self.window * 2.0).min(limit), now);
                 } else {
                     self.phase = Phase::Hold {
                         next_probe: now + PROBE_SOON,
@@ -219,8 +229,9 @@ impl Autotune {
     }
 
     /// The server pushed back (SlowDown, 503, resets): halve the window, at most once per
-    /// [`DECREASE_COOLDOWN`], and hold before probing again. Returns the new window when it
-    /// changed.
+    /// [`DECREASE_COOLDOWN`], hold for [`CONGESTION_HOLD`], then double again up to three
+    /// quarters of where it was (as TCP's slow start does up to its threshold) and probe
+    /// carefully beyond. Returns the new window when it changed.
     pub fn on_congestion(&mut self, now: Instant) -> Option<usize> {
         if self
             .last_cut
@@ -231,11 +242,12 @@ impl Autotune {
         self.last_cut = Some(now);
         let before = self.window();
         self.goodput = None;
-        self.phase = Phase::Hold {
-            next_probe: now + CONGESTION_HOLD,
-            backoff: PROBE_AGAIN,
+        self.phase = Phase::SlowStart {
+            last: None,
+            ceiling: Some((self.window * 0.75).max(1.0)),
         };
         self.change(self.window / 2.0, now);
+        self.settle_until = now + CONGESTION_HOLD;
         (self.window() != before).then(|| self.window())
     }
 }
@@ -334,13 +346,19 @@ mod tests {
         assert_eq!(auto.on_congestion(start), Some(32));
         assert_eq!(auto.on_congestion(start + Duration::from_millis(10)), None);
         assert_eq!(auto.on_congestion(start + DECREASE_COOLDOWN * 2), Some(16));
-        // Held: no probe within the hold, however good the link.
+        // Held: nothing changes within the hold, however good the link...
         let link = Link {
             per_request: 1.0,
             width: 1e9,
         };
-        let windows = drive(&mut auto, &link, start + DECREASE_COOLDOWN * 2, 25);
+        let after_cut = start + DECREASE_COOLDOWN * 2;
+        let windows = drive(&mut auto, &link, after_cut, 9);
         assert!(windows.iter().all(|w| *w == 16), "{windows:?}");
+        // ...then it doubles back to three quarters of where it was (24 of 32), not beyond,
+        // and only probes carry it further.
+        let windows = drive(&mut auto, &link, after_cut + TICK * 9, 12);
+        assert!(windows.contains(&24), "{windows:?}");
+        assert!(windows.iter().all(|w| *w <= 24 * 5 / 4 + 2), "{windows:?}");
     }
 
     #[test]

@@ -137,10 +137,12 @@ async fn slowdown_lowers_the_request_window_of_the_whole_process() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = Arc::new(Mirror::open(dir.path()).unwrap());
     let progress = Arc::new(Progress::default());
+    // A fixed window (--no-autotune): plain AIMD, halved by SlowDown, regrown by successes.
     let config = EngineConfig {
         part_size: Some(64 << 10),
         verify: engine::VerifyMode::Etag,
         retry: quick_retries(),
+        autotune: false,
         ..EngineConfig::default()
     };
     let engine = Engine::new(

@@ -109,9 +109,10 @@ impl RetryReason {
     }
 
     /// Whether the failure is a sign of congestion, on which the request window is cut:
-    /// throttling, a 5xx (503 among them), or a connection reset mid-body.
+    /// throttling (SlowDown, which a 503 is, and 429) or a connection reset mid-body. A 500
+    /// says the server failed, not that it is overloaded.
     pub fn is_congestion(self) -> bool {
-        self.is_throttling() || matches!(self, RetryReason::ServerError | RetryReason::Reset)
+        self.is_throttling() || self == RetryReason::Reset
     }
 }
 

@@ -112,6 +112,8 @@ struct Response {
     route: Route,
 }
 
+/// Takeovers of one attempt's body at most (see `PartJob::attempt`).
+const MAX_TAKEOVERS: usize = 3;
 /// Copies of one request sent at most, the first included (see `PartJob::send`).
 const MAX_COPIES: usize = 4;
 
@@ -457,6 +459,7 @@ impl PartJob {
         let mut body_bytes = 0u64;
         let mut takeover: Option<(SentFuture, Route, Slot, u64)> = None;
         let mut judged = false;
+        let mut takeovers = 0;
         let mut check = tokio::time::interval(RATE_CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // No byte for the stall timeout ends the attempt, however often the loop wakes.
@@ -479,6 +482,10 @@ impl PartJob {
                             response.output = output;
                             response.route = route;
                             drop(hedge_slot);
+                            // The fresh body is judged in turn (a takeover can land on a slow
+                            // front-end too), a few times at most.
+                            takeovers += 1;
+                            judged = takeovers >= MAX_TAKEOVERS;
                             stall_at = tokio::time::Instant::now() + stall;
                             body_started = Instant::now();
                             body_bytes = 0;
@@ -605,19 +612,21 @@ impl PartJob {
         if streaming < judged_after || left < TAKEOVER_MIN_LEFT || !engine.may_hedge() {
             return Judged::Fine;
         }
-        let figures = engine.scheduler.stats().figures();
-        let (Some(slow), Some(median)) = (engine.scheduler.stats().slow_rate(), figures.rate_p50)
-        else {
-            return Judged::Fine;
-        };
+        let stats = engine.scheduler.stats();
+        let figures = stats.figures();
         let rate = body_bytes as f64 / streaming.as_secs_f64();
+        let fair = engine.scheduler.fair_share();
         let is_slow = if end_game {
             // A fresh copy needs a first byte, then streams at what requests usually get.
+            let Some(median) = figures.rate_p50 else {
+                return Judged::Fine;
+            };
             let fresh = figures.first_byte_p50.unwrap_or(0.0) + left as f64 / median;
             left as f64 / rate.max(1.0) > END_GAME_FACTOR * fresh
         } else {
-            // Slow against what requests got before, and against what its peers get now.
-            rate < slow && rate < engine.scheduler.fair_share() * RATE_SLOW_NOW
+            // Slow against what its peers get now, and against what requests got before
+            // (once anything is known of them: a stall early in a run is slow all the same).
+            rate < fair * RATE_SLOW_NOW && stats.slow_rate().is_none_or(|slow| rate < slow)
         };
         if !is_slow {
             return Judged::Fine;
@@ -630,7 +639,7 @@ impl PartJob {
         };
         engine.progress.hedge_started();
         let at = self.start + written;
-        tracing::debug!(key = %self.key, at, rate, slow, "slow body: taking over the rest of its range");
+        tracing::debug!(key = %self.key, at, rate, fair, "slow body: taking over the rest of its range");
         let route = Route::avoiding(response.route.served_by());
         // A takeover asks for a range, never for the whole object.
         let request = route.clone().run(self.request(at, false));
