@@ -247,7 +247,13 @@ fn sync_output_without_a_terminal_is_log_lines_and_a_summary() {
         "2024-02-27",
         "2024-03-02",
     );
-    args.extend(["--progress-interval".into(), "1".into()]);
+    // Four connections at 1 MiB/s each: long enough for progress lines every second.
+    args.extend([
+        "--progress-interval".into(),
+        "1".into(),
+        "--connections".into(),
+        "4".into(),
+    ]);
     let run = run_era5(&scratch, &args, LIMIT);
     run.expect_code(0);
     let progress_lines: Vec<&str> = run

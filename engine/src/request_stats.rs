@@ -26,7 +26,9 @@ const REFRESH: usize = 8;
 /// Samples needed before the figures are trusted.
 const MIN_SAMPLES: usize = 8;
 /// Range size before anything is measured: small, so a slow link's first objects do not get
-/// ranges that last many seconds (on a fast link the first few requests cost a little more).
+/// ranges that last many seconds. On a fast link the objects laid out before the first
+/// measurements keep these small parts, but their requests span several (see
+/// `fetch::layout`), so they cost no more requests.
 pub const INITIAL_RANGE: u64 = 1 << 20;
 /// Smallest range: below this, request overhead dominates on any link.
 pub const MIN_RANGE: u64 = 256 << 10;

@@ -44,6 +44,9 @@ const ADMIT_SLACK: usize = 2;
 /// window frees up for them (they wait in the queue, behind earlier objects' parts), so the
 /// window never waits for an object to be admitted.
 const ADMIT_WINDOWS: usize = 2;
+/// Objects admitted whatever their units, so objects' serial work (the in-order MD5, the
+/// fsync before promotion) overlaps even when one object's ranges could fill the window.
+const MIN_OBJECTS: usize = 4;
 /// Weight of a tick in the moving average of goodput (about half a second of ticks).
 const GOODPUT_EWMA: f64 = 0.3;
 
@@ -514,7 +517,8 @@ impl RequestScheduler {
 pub struct AdmissionGate {
     scheduler: Arc<RequestScheduler>,
     batches: usize,
-    used: Mutex<usize>,
+    /// Units in use, and objects in flight.
+    used: Mutex<(usize, usize)>,
 }
 
 /// An admitted object's units: one is handed back as each of its parts completes (so an
@@ -542,6 +546,10 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let left = *self.units.get_mut();
+        {
+            let mut used = self.gate.used.lock_unpoisoned();
+            used.1 = used.1.saturating_sub(1);
+        }
         self.gate.release(left);
     }
 }
@@ -552,7 +560,7 @@ impl AdmissionGate {
         Arc::new(Self {
             scheduler,
             batches: batches.max(1),
-            used: Mutex::new(0),
+            used: Mutex::new((0, 0)),
         })
     }
 
@@ -561,17 +569,15 @@ impl AdmissionGate {
     }
 
     fn release(&self, units: usize) {
-        if units == 0 {
-            return;
-        }
         {
             let mut used = self.used.lock_unpoisoned();
-            *used = used.saturating_sub(units);
+            used.0 = used.0.saturating_sub(units);
         }
         self.scheduler.room.notify_waiters();
     }
 
-    /// Waits until an object of `units` requests fits (one always does when none is in).
+    /// Waits until an object of `units` requests fits, or fewer than [`MIN_OBJECTS`] are in
+    /// flight.
     pub async fn admit(self: &Arc<Self>, units: usize) -> Arc<Admitted> {
         loop {
             let room = self.scheduler.room.notified();
@@ -581,8 +587,9 @@ impl AdmissionGate {
                 let capacity = self.capacity();
                 let units = units.clamp(1, capacity);
                 let mut used = self.used.lock_unpoisoned();
-                if *used == 0 || *used + units <= capacity {
-                    *used += units;
+                if used.1 < MIN_OBJECTS || used.0 + units <= capacity {
+                    used.0 += units;
+                    used.1 += 1;
                     return Arc::new(Admitted {
                         gate: self.clone(),
                         units: units.into(),
@@ -595,7 +602,7 @@ impl AdmissionGate {
 
     /// Units in use now.
     pub fn used(&self) -> usize {
-        *self.used.lock_unpoisoned()
+        self.used.lock_unpoisoned().0
     }
 }
 
@@ -732,28 +739,37 @@ mod tests {
     async fn objects_are_admitted_until_their_units_fill_the_window() {
         let scheduler = RequestScheduler::fixed(8);
         let gate = AdmissionGate::new(scheduler.clone(), 1);
-        // Capacity: two windows of 8, plus slack 2 = 18 units.
-        let big = gate.admit(14).await;
-        let small = gate.admit(4).await;
+        // Capacity: two windows of 8, plus slack 2 = 18 units. The first four objects get in
+        // whatever their size (a big one counts the whole capacity).
+        let mut held = vec![gate.admit(1000).await];
+        for _ in 0..3 {
+            held.push(gate.admit(6).await);
+        }
+        assert_eq!(gate.used(), 18 + 18);
+        let blocked = tokio::time::timeout(Duration::from_millis(50), gate.admit(1)).await;
+        assert!(
+            blocked.is_err(),
+            "admitted past the window with four objects in"
+        );
+        drop(held.remove(0));
         assert_eq!(gate.used(), 18);
         let blocked = tokio::time::timeout(Duration::from_millis(50), gate.admit(1)).await;
-        assert!(blocked.is_err(), "admitted past the window");
-        drop(big);
-        let next = tokio::time::timeout(Duration::from_millis(500), gate.admit(5))
-            .await
-            .expect("room came back");
-        // Parts done give their units back one by one.
-        assert_eq!(gate.used(), 9);
-        small.part_done();
-        small.part_done();
-        assert_eq!(gate.used(), 7);
-        drop(small);
-        assert_eq!(gate.used(), 5);
-        drop(next);
-        // An object larger than the capacity still gets in alone.
-        let gate = AdmissionGate::new(RequestScheduler::fixed(2), 1);
-        let huge = gate.admit(1000).await;
-        assert_eq!(gate.used(), 6);
-        drop(huge);
+        assert!(
+            blocked.is_ok() && gate.used() == 19,
+            "fewer than four objects are in"
+        );
+        // Parts done give their units back one by one, and the next object gets in.
+        drop(blocked);
+        let object = held.pop().unwrap();
+        object.part_done();
+        object.part_done();
+        assert_eq!(gate.used(), 16);
+        for _ in 0..10 {
+            object.part_done(); // more parts than units: nothing more to give back
+        }
+        assert_eq!(gate.used(), 12);
+        drop(object);
+        drop(held);
+        assert_eq!(gate.used(), 0);
     }
 }

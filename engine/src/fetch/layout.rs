@@ -196,15 +196,28 @@ impl Engine {
         // Parts are spawned lazily, a few more than there are connections: tasks stay bounded
         // whatever size the object claims. Claimed parts that do not read back intact join
         // the queue when the read-back ends.
-        let mut missing = (0..part_count).filter(move |i| !claimed.contains(i));
+        let mut missing = (0..part_count)
+            .filter(move |i| !claimed.contains(i))
+            .peekable();
         let mut refetch = std::collections::VecDeque::<u64>::new();
-        let part = |index: u64| PartJob {
+        // A request may span several consecutive missing parts when the range the link now
+        // calls for is longer than the part size chosen before it was known (never with
+        // --part-size, which fixes the request size).
+        let parts_per_request = || {
+            if self.config.part_size.is_some() {
+                1
+            } else {
+                (self.scheduler.stats().range_size() / part_size).max(1)
+            }
+        };
+        let part = |index: u64, count: u64| PartJob {
             engine: self.clone(),
             key: key.to_string(),
             etag: expected.etag.clone(),
             index,
+            part_size,
             start: index * part_size,
-            end: ((index + 1) * part_size).min(expected.size),
+            end: ((index + count) * part_size).min(expected.size),
             priority: (seq << 24) | index.min((1 << 24) - 1),
             plan: parts_plan.clone(),
             writer: writer.clone(),
@@ -216,8 +229,23 @@ impl Engine {
         };
         let window = self.scheduler.max() + PART_SLACK;
         let mut tasks = JoinSet::new();
-        for index in missing.by_ref().take(window) {
-            tasks.spawn(part(index).run());
+        // The next run of consecutive missing parts for one request.
+        let next_run = |missing: &mut std::iter::Peekable<_>| -> Option<(u64, u64)> {
+            let first: u64 = missing.next()?;
+            // Judged again for every request: later ones know more of the link.
+            let wanted = parts_per_request();
+            let mut count = 1;
+            while count < wanted && missing.peek() == Some(&(first + count)) {
+                missing.next();
+                count += 1;
+            }
+            Some((first, count))
+        };
+        while tasks.len() < window {
+            let Some((first, count)) = next_run(&mut missing) else {
+                break;
+            };
+            tasks.spawn(part(first, count).run());
         }
         let mut failed = None;
         loop {
@@ -262,9 +290,10 @@ impl Engine {
                 else => break,
             }
             while tasks.len() < window {
-                match missing.next().or_else(|| refetch.pop_front()) {
-                    Some(index) => {
-                        tasks.spawn(part(index).run());
+                let next = next_run(&mut missing).or_else(|| refetch.pop_front().map(|i| (i, 1)));
+                match next {
+                    Some((first, count)) => {
+                        tasks.spawn(part(first, count).run());
                     }
                     None => break,
                 }

@@ -78,12 +78,19 @@ pub(super) enum PlanSource {
     },
 }
 
-/// One ranged GET of one object, with its retries.
+/// One ranged GET of one object, with its retries: the consecutive parts `first..` of the
+/// object's layout, from byte `start` to `end`. A request may span several parts (a measured
+/// range several times the part size the object was laid out with before anything was known
+/// of the link): each part is hashed on its own and handed to the writer as done as soon as
+/// its last byte is, so digests, resume state and admission units stay per part.
 pub(super) struct PartJob {
     pub(super) engine: Arc<Engine>,
     pub(super) key: String,
     pub(super) etag: Option<String>,
+    /// The first part.
     pub(super) index: u64,
+    /// The layout's part size (parts start at its multiples).
+    pub(super) part_size: u64,
     pub(super) start: u64,
     pub(super) end: u64,
     pub(super) priority: u64,
@@ -96,6 +103,20 @@ pub(super) struct PartJob {
     pub(super) learn_checksum: Option<Arc<OnceLock<Option<ExpectedChecksum>>>>,
     /// The object's admission, to which the part gives its unit back once done.
     pub(super) admitted: Option<Arc<Admitted>>,
+}
+
+/// What a job carries from one attempt to the next.
+#[derive(Default)]
+struct JobState {
+    /// The digests of the part being received.
+    hasher: Option<PartHasher>,
+    /// Bytes of the job received and handed to the writer.
+    written: u64,
+    /// The front-end of an attempt dropped for being slow, which the next one avoids.
+    avoid: Option<std::net::SocketAddr>,
+    /// Parts received before the object's HEAD said which checksum to keep: declared done
+    /// once the attempt is over.
+    undigested: Vec<(u64, PartHasher)>,
 }
 
 /// How one attempt of a part ended.
@@ -169,43 +190,40 @@ type Sent = Result<GetObjectOutput, SdkError<GetObjectError, HttpResponse>>;
 type SentFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
 
 impl PartJob {
-    /// Downloads the part and hands it to the writer as done.
+    /// Downloads the parts and hands each to the writer as done.
     pub(super) async fn run(self) -> Result<(), PartError> {
         let engine = self.engine.clone();
-        let mut hasher = None;
-        let mut written = 0u64;
+        let mut state = JobState::default();
         let mut attempt = 0;
-        // The front-end of an attempt dropped for being slow, which the next one avoids.
-        let mut avoid = None;
         loop {
             attempt += 1;
             // Boxed: an attempt's state is 16 KiB, too much to move around on the stack.
-            let attempt_future = Box::pin(self.attempt(&mut hasher, &mut written, &mut avoid));
+            let attempt_future = Box::pin(self.attempt(&mut state));
             let outcome = until_cancelled(&self.cancel, attempt_future)
                 .await
                 .map_err(PartError::Fatal)?;
+            // The request is over (its place is free), so waiting for the HEAD here holds up
+            // nothing: parts that finished before it answered get their digests now.
+            let finished = std::mem::take(&mut state.undigested);
+            if !finished.is_empty() {
+                let plan = self.plan().await?;
+                for (index, hasher) in finished {
+                    self.part_done(index, hasher.finish_for(plan)).await?;
+                }
+            }
             match outcome {
                 Attempt::Complete => {
                     engine.scheduler.on_success();
-                    if let Some(admitted) = &self.admitted {
-                        admitted.part_done();
+                    if self.start == self.end {
+                        // An empty object: nothing was hashed, but its digests still count.
+                        let plan = self.plan().await?;
+                        self.part_done(self.index, PartHasher::new(plan).finish())
+                            .await?;
                     }
-                    // The request is over (its place is free), so waiting for the HEAD here
-                    // holds up nothing.
-                    let plan = self.plan().await?;
-                    let digest = match hasher {
-                        Some(hasher) => hasher.finish_for(plan),
-                        // An empty part: nothing was hashed, but its digests still count.
-                        None => PartHasher::new(plan).finish(),
-                    };
-                    return self
-                        .writer
-                        .part_done(self.index, digest)
-                        .await
-                        .map_err(|message| PartError::Fatal(FetchError::Io(message)));
+                    return Ok(());
                 }
                 Attempt::Failed(failure, detail) => {
-                    tracing::debug!(key = %self.key, start = self.start + written, detail, "part attempt failed");
+                    tracing::debug!(key = %self.key, start = self.start + state.written, detail, "part attempt failed");
                     engine
                         .backoff_or_fail(failure, attempt, &self.key, &self.cancel)
                         .await
@@ -224,6 +242,27 @@ impl PartJob {
         }
     }
 
+    /// Part `index` is complete and hashed: the writer records it, the admission gets its
+    /// unit back.
+    async fn part_done(
+        &self,
+        index: u64,
+        digest: crate::verify::PartDigest,
+    ) -> Result<(), PartError> {
+        if let Some(admitted) = &self.admitted {
+            admitted.part_done();
+        }
+        self.writer
+            .part_done(index, digest)
+            .await
+            .map_err(|message| PartError::Fatal(FetchError::Io(message)))
+    }
+
+    /// The last byte of the part holding `offset` (exclusive), within this job.
+    fn part_end(&self, offset: u64) -> u64 {
+        ((offset / self.part_size + 1) * self.part_size).min(self.end)
+    }
+
     /// The digests to compute, waiting for the object's HEAD if it has not answered yet.
     async fn plan(&self) -> Result<StreamPlan, PartError> {
         match &self.plan {
@@ -239,6 +278,14 @@ impl PartJob {
                     Err(_) => Err(PartError::Fatal(FetchError::Cancelled)),
                 }
             }
+        }
+    }
+
+    /// The final plan, if known now (never waiting).
+    fn known_plan(&self) -> Option<StreamPlan> {
+        match &self.plan {
+            PlanSource::Ready(plan) => Some(*plan),
+            PlanSource::AfterHead { answer, .. } => *answer.borrow(),
         }
     }
 
@@ -409,12 +456,13 @@ impl PartJob {
 
     /// One GET of the part's remaining bytes. Bytes received are kept even if the attempt
     /// fails, so the next one asks only for the rest.
-    async fn attempt(
-        &self,
-        hasher: &mut Option<PartHasher>,
-        written: &mut u64,
-        avoid: &mut Option<std::net::SocketAddr>,
-    ) -> Attempt {
+    async fn attempt(&self, state: &mut JobState) -> Attempt {
+        let JobState {
+            hasher,
+            written,
+            avoid,
+            undigested,
+        } = state;
         let engine = &self.engine;
         let stall = engine.config.stall_timeout;
         let from = self.start + *written;
@@ -545,30 +593,51 @@ impl PartJob {
                     "body longer than the range".into(),
                 );
             }
-            if hasher.is_none() {
-                *hasher = Some(self.start_hashing());
-            }
-            hasher.as_mut().expect("created").update(&chunk);
-            let length = chunk.len() as u64;
-            let room = engine.scheduler.budget().reserve_chunk(length).await;
-            if let Err(message) = self
-                .writer
-                .write(self.start + *written, chunk, Some(room))
-                .await
-            {
-                // The writer stopped on a write error; the object reports that error.
-                return Attempt::Failed(
-                    Failure::Permanent {
-                        status: None,
-                        message: message.clone(),
-                    },
-                    message,
-                );
-            }
-            *written += length;
-            engine.progress.add_downloaded(length);
-            if let Some(batch) = &self.batch {
-                batch.add_downloaded(length);
+            // Cut at part ends: each part is hashed, written and declared done on its own.
+            while !chunk.is_empty() {
+                let offset = self.start + *written;
+                let part_end = self.part_end(offset);
+                let piece = chunk.split_to(((part_end - offset) as usize).min(chunk.len()));
+                let length = piece.len() as u64;
+                hasher
+                    .get_or_insert_with(|| self.start_hashing())
+                    .update(&piece);
+                let room = engine.scheduler.budget().reserve_chunk(length).await;
+                if let Err(message) = self.writer.write(offset, piece, Some(room)).await {
+                    // The writer stopped on a write error; the object reports that error.
+                    return Attempt::Failed(
+                        Failure::Permanent {
+                            status: None,
+                            message: message.clone(),
+                        },
+                        message,
+                    );
+                }
+                *written += length;
+                engine.progress.add_downloaded(length);
+                if let Some(batch) = &self.batch {
+                    batch.add_downloaded(length);
+                }
+                if offset + length == part_end {
+                    let index = offset / self.part_size;
+                    let done = hasher.take().expect("a part being hashed");
+                    if let Some(plan) = self.known_plan() {
+                        if let Err(PartError::Fatal(error)) =
+                            self.part_done(index, done.finish_for(plan)).await
+                        {
+                            let message = error.to_string();
+                            return Attempt::Failed(
+                                Failure::Permanent {
+                                    status: None,
+                                    message: message.clone(),
+                                },
+                                message,
+                            );
+                        }
+                    } else {
+                        undigested.push((index, done));
+                    }
+                }
             }
         }
         if *written < self.end - self.start {
