@@ -967,18 +967,22 @@ mod tests {
         addr
     }
 
-    fn january_1979() -> Backend {
+    /// January 1979 of the archive, bodies scaled by `scale` (tiny when `None`).
+    fn january_1979_scaled(scale: Option<f64>) -> Backend {
+        let month = YearMonth {
+            year: 1979,
+            month: 1,
+        };
         Backend::Archive(Archive::new(ArchiveOptions {
-            first: YearMonth {
-                year: 1979,
-                month: 1,
-            },
-            last: YearMonth {
-                year: 1979,
-                month: 1,
-            },
+            first: month,
+            last: month,
+            scale,
             ..ArchiveOptions::default()
         }))
+    }
+
+    fn january_1979() -> Backend {
+        january_1979_scaled(None)
     }
 
     struct Reply {
@@ -1198,18 +1202,7 @@ mod tests {
     const MONTH_2T: &str = "/nsf-ncar-era5/e5.oper.an.sfc/197901/e5.oper.an.sfc.128_167_2t.ll025sc.1979010100_1979013123.nc";
 
     fn scaled_archive() -> Backend {
-        Backend::Archive(Archive::new(ArchiveOptions {
-            first: YearMonth {
-                year: 1979,
-                month: 1,
-            },
-            last: YearMonth {
-                year: 1979,
-                month: 1,
-            },
-            scale: Some(1e-2),
-            ..ArchiveOptions::default()
-        }))
+        january_1979_scaled(Some(1e-2))
     }
 
     fn stats(addr: SocketAddr, method: &str) -> serde_json::Value {

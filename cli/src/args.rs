@@ -95,16 +95,24 @@ pub struct SourceArgs {
     /// environment (requests are unsigned by default unless credentials are configured).
     #[arg(long, env = "ERA5_SIGN", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub sign: bool,
+    /// Addresses of the endpoint's host.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+}
+
+/// `--resolve`, for every command that talks to S3.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
     /// Use these addresses for the endpoint's host instead of DNS (as curl's --resolve), e.g.
     /// s3.example:443:10.0.0.1,10.0.0.2; repeatable. Connections are spread over every
     /// address and slow ones get fewer.
     #[arg(
-        long,
+        long = "resolve",
         env = "ERA5_RESOLVE",
         value_delimiter = ' ',
         value_name = "HOST:PORT:ADDR[,ADDR..]"
     )]
-    pub resolve: Vec<String>,
+    pub overrides: Vec<String>,
 }
 
 /// How many requests are in flight, and the memory they may hold.
@@ -399,13 +407,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub concurrency: ConcurrencyArgs,
     /// Where S3 endpoints' addresses come from (curl-style overrides).
-    #[arg(
-        long,
-        env = "ERA5_RESOLVE",
-        value_delimiter = ' ',
-        value_name = "HOST:PORT:ADDR[,ADDR..]"
-    )]
-    pub resolve: Vec<String>,
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
     /// Leases held at once.
     #[arg(long, env = "ERA5_MAX_LEASES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
     pub max_leases: u32,

@@ -170,7 +170,7 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
         region: args.source.region.clone(),
         sign: args.source.sign,
         pool: PoolConfig {
-            resolver: crate::config::resolver(&args.source.resolve)
+            resolver: crate::config::resolver(&args.source.resolve.overrides)
                 .map_err(|e| Failure::Input(e.to_string()))?,
             extra_roots: crate::config::ca_bundle().map_err(|e| Failure::Input(e.to_string()))?,
             ..PoolConfig::new(8)
@@ -362,8 +362,8 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
     };
     let connections = crate::config::concurrency(&args.concurrency, &mut engine)
         .map_err(|e| Failure::Input(e.to_string()))?;
-    let resolver =
-        crate::config::resolver(&args.resolve).map_err(|e| Failure::Input(e.to_string()))?;
+    let resolver = crate::config::resolver(&args.resolve.overrides)
+        .map_err(|e| Failure::Input(e.to_string()))?;
     let extra_roots = crate::config::ca_bundle().map_err(|e| Failure::Input(e.to_string()))?;
     Ok(AgentConfig {
         channel,

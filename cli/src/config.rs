@@ -109,7 +109,7 @@ pub(crate) fn source(
         sign: args.sign,
         pool: PoolConfig {
             idle_timeout,
-            resolver: resolver(&args.resolve)?,
+            resolver: resolver(&args.resolve.overrides)?,
             extra_roots: ca_bundle()?,
             ..PoolConfig::new(connections)
         },

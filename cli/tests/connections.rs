@@ -34,8 +34,10 @@ fn bounded(connections: usize) {
     ]);
     let run = run_era5(&scratch, &args, LIMIT);
     run.expect_code(0);
+    // The stalled bodies were cut by the stall timeout or, sooner, overtaken by a hedge.
+    let stalls_handled = run.stdout.contains("stall") || !run.stdout.contains("hedged requests: 0");
     assert!(
-        run.stdout.contains("slowdown") && run.stdout.contains("stall"),
+        run.stdout.contains("slowdown") && stalls_handled,
         "faults did not happen: {}",
         run.stdout
     );
@@ -66,16 +68,6 @@ fn open_connections_never_exceed_the_cap_under_mixed_faults() {
 #[test]
 fn a_cap_of_one_connection_still_completes_under_faults() {
     bounded(1);
-}
-
-/// The `--json` summary of a run.
-fn summary(run: &Run) -> serde_json::Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "the summary is not JSON ({e}):\n{}\n--- stderr\n{}",
-            run.stdout, run.stderr
-        )
-    })
 }
 
 /// The products [`sync_everything`] selects: every fixture object but the invariants.

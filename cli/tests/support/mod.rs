@@ -166,6 +166,16 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Run {
     }
 }
 
+/// The `--json` summary a sync printed (`sync_summary.rs`).
+pub fn summary(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the summary is not JSON ({e}):\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        )
+    })
+}
+
 /// Polls `condition` until it holds, failing after `limit` with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
