@@ -482,7 +482,11 @@ fn full_verification_takes_a_single_part_objects_checksum_from_its_one_get() {
         1,
         "{methods:?}"
     );
-    assert_ne!(methods.last().map(String::as_str), Some("HEAD"), "{methods:?}");
+    assert_ne!(
+        methods.last().map(String::as_str),
+        Some("HEAD"),
+        "{methods:?}"
+    );
     assert!(
         manifest(&scratch.dest())[key]["checksum"]
             .as_str()

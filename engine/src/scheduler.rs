@@ -9,7 +9,7 @@
 //!   and cuts on congestion (see `autotune`). With `--no-autotune` it stays at the maximum,
 //!   halved by SlowDown and regrown by `1/window` per success (plain AIMD).
 //! - **Hedges** (a slow request asked again elsewhere, see `fetch::part`) are admitted beside
-//!   the window, never past the maximum and never more than an eighth of the window at once;
+//!   the window, never past the maximum and never more than a quarter of the window at once;
 //!   an autotuned window stops an eighth below the maximum to leave them room.
 //! - **Memory.** Every admitted request also holds its read buffer's room in the
 //!   [`BufferBudget`] while it runs.
@@ -34,8 +34,12 @@ pub use crate::autotune::{DECREASE_COOLDOWN, INITIAL_WINDOW, TICK};
 use crate::memory::{BufferBudget, Reservation};
 use crate::request_stats::RequestStats;
 
-/// Hedges at once, as a share of the window (at least [`MIN_HEDGES`]).
+/// An autotuned window stops this share of the cap below it, for hedges.
 const HEDGE_SHARE: usize = 8;
+/// Hedges at once, and requests dropped as slow per second, at most: this share of the
+/// window (at least [`MIN_HEDGES`]). A tail hitting one request in ten, in bursts, needs
+/// that many.
+const HEDGE_WINDOW_SHARE: usize = 4;
 /// Hedges allowed at once whatever the window.
 const MIN_HEDGES: usize = 2;
 /// Object units admitted beyond the window, so the next object is ready when a request ends.
@@ -383,11 +387,11 @@ impl RequestScheduler {
     }
 
     /// A place for a hedged request, beside the window, if one is free now: never past the
-    /// maximum, never more hedges than an eighth of the window.
+    /// maximum, never more hedges than a quarter of the window.
     pub async fn try_acquire_hedge(self: &Arc<Self>) -> Option<Slot> {
         {
             let mut state = self.lock();
-            let allowed_hedges = (state.allowed(self.max) / HEDGE_SHARE).max(MIN_HEDGES);
+            let allowed_hedges = (state.allowed(self.max) / HEDGE_WINDOW_SHARE).max(MIN_HEDGES);
             if state.in_flight >= self.max || state.hedges >= allowed_hedges {
                 return None;
             }
@@ -463,11 +467,11 @@ impl RequestScheduler {
         state.waiters.is_empty() && state.in_flight * 2 <= state.allowed(self.max)
     }
 
-    /// Whether a slow request may be dropped and asked again now: at most an eighth of the
+    /// Whether a slow request may be dropped and asked again now: at most a quarter of the
     /// window (at least [`MIN_HEDGES`]) per second, so a misjudgement never empties the link.
     pub fn try_ask_again(&self) -> bool {
         let mut state = self.lock();
-        let allowed = (state.allowed(self.max) / HEDGE_SHARE).max(MIN_HEDGES);
+        let allowed = (state.allowed(self.max) / HEDGE_WINDOW_SHARE).max(MIN_HEDGES);
         let now = Instant::now();
         let (count, since) = &mut state.asked_again;
         if since.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {

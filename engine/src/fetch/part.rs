@@ -135,6 +135,8 @@ struct Response {
 
 /// Takeovers of one attempt's body at most (see `PartJob::attempt`).
 const MAX_TAKEOVERS: usize = 3;
+/// How long a late request waits before looking again for room to race or re-ask it.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
 /// Copies of one request sent at most, the first included (see `PartJob::send`).
 const MAX_COPIES: usize = 4;
 
@@ -181,9 +183,20 @@ enum Judged {
     /// Not slower than its peers (or too early, or too little left, to tell).
     Fine,
     /// Slow: the rest of its range is asked for on another connection.
-    TakenOver((SentFuture, Route, Slot, u64)),
+    TakenOver(Takeover),
     /// Slow, and no room for a second copy: drop it and ask again (its rate, bytes/s).
     AskAgain(f64),
+}
+
+/// A request for the rest of a slow body's range, on its way.
+struct Takeover {
+    request: SentFuture,
+    route: Route,
+    /// Its place beside the window.
+    slot: Slot,
+    /// Where in the object it starts.
+    at: u64,
+    sent_at: Instant,
 }
 
 type Sent = Result<GetObjectOutput, SdkError<GetObjectError, HttpResponse>>;
@@ -381,8 +394,9 @@ impl PartJob {
                     }
                     if hedge_slot.is_none() {
                         if !engine.scheduler.try_ask_again() {
-                            // Too many asked again lately: wait for what is in flight.
-                            sent_copies = MAX_COPIES;
+                            // No room for a copy, and many asked again lately: look again
+                            // in a moment (what is in flight may answer meanwhile).
+                            tokio::time::sleep(LOOK_AGAIN).await;
                             continue;
                         }
                         // No room for another copy: drop this one and ask again elsewhere.
@@ -505,7 +519,7 @@ impl PartJob {
         let mut skip = 0u64;
         let mut body_started = Instant::now();
         let mut body_bytes = 0u64;
-        let mut takeover: Option<(SentFuture, Route, Slot, u64)> = None;
+        let mut takeover: Option<Takeover> = None;
         let mut judged = false;
         let mut takeovers = 0;
         let mut check = tokio::time::interval(RATE_CHECK_EVERY);
@@ -513,11 +527,16 @@ impl PartJob {
         // No byte for the stall timeout ends the attempt, however often the loop wakes.
         let mut stall_at = tokio::time::Instant::now() + stall;
         loop {
+            let takeover_sent = takeover.as_ref().map(|t| t.sent_at);
             let next = tokio::select! {
                 biased;
-                sent = async { takeover.as_mut().expect("guarded").0.as_mut().await }, if takeover.is_some() => {
-                    let (_, route, slot, at) = takeover.take().expect("guarded");
-                    // A takeover that fails leaves the slow body to finish.
+                sent = async { takeover.as_mut().expect("guarded").request.as_mut().await }, if takeover.is_some() => {
+                    let Takeover { route, slot, at, .. } = takeover.take().expect("guarded");
+                    // The fresh body, or the slow one again if the takeover failed, is judged
+                    // in turn (a takeover can land on a slow front-end too), a few times at
+                    // most.
+                    takeovers += 1;
+                    judged = takeovers >= MAX_TAKEOVERS;
                     if let Ok(Response { mut output, slot: hedge_slot, route }) =
                         self.checked(sent, slot, route, Duration::ZERO, at)
                     {
@@ -530,16 +549,20 @@ impl PartJob {
                             response.output = output;
                             response.route = route;
                             drop(hedge_slot);
-                            // The fresh body is judged in turn (a takeover can land on a slow
-                            // front-end too), a few times at most.
-                            takeovers += 1;
-                            judged = takeovers >= MAX_TAKEOVERS;
                             stall_at = tokio::time::Instant::now() + stall;
                             body_started = Instant::now();
                             body_bytes = 0;
                             engine.progress.hedge_won();
                         }
                     }
+                    continue;
+                }
+                // A takeover whose own first byte is late is dropped; the slow body is judged
+                // again, and may be taken over once more.
+                () = engine.first_byte_late(takeover_sent.unwrap_or_else(Instant::now)), if takeover.is_some() => {
+                    takeover = None;
+                    takeovers += 1;
+                    judged = takeovers >= MAX_TAKEOVERS;
                     continue;
                 }
                 chunk = body.next() => Ok(chunk),
@@ -712,7 +735,13 @@ impl PartJob {
         let route = Route::avoiding(response.route.served_by());
         // A takeover asks for a range, never for the whole object.
         let request = route.clone().run(self.request(at, false));
-        Judged::TakenOver((Box::pin(request), route, slot, at))
+        Judged::TakenOver(Takeover {
+            request: Box::pin(request),
+            route,
+            slot,
+            at,
+            sent_at: Instant::now(),
+        })
     }
 }
 
