@@ -971,9 +971,10 @@ fn a_hedge_of_a_replaced_object_restarts_it_and_never_mixes_versions() {
     assert!(summary["restarts"].as_u64() >= Some(1), "{summary}");
 }
 
-/// One range's body crawls (32 KiB/s) while its peers stream at 4 MiB/s: after half a second
-/// it is taken over on another connection, whose answer is held back 400 ms, during which the
-/// crawling body keeps delivering. Those bytes, received twice, are discarded and counted,
+/// One range's body crawls (64 KiB/s) while its peers stream at 4 MiB/s: after half a second
+/// it is taken over on another connection, whose answer is held back 150 ms (less than the
+/// 250 ms after which a late takeover would itself be replaced), during which the crawling
+/// body keeps delivering. Those bytes, received twice, are discarded and counted,
 /// within 5% of the bytes received; the object is exact.
 #[test]
 fn a_slow_body_is_taken_over_and_its_duplicate_bytes_are_counted() {
@@ -984,7 +985,7 @@ fn a_slow_body_is_taken_over_and_its_duplicate_bytes_are_counted() {
         rule(
             &target.key,
             Fault::SlowBody {
-                bytes_per_sec: 32 << 10,
+                bytes_per_sec: 64 << 10,
             },
             Some(1),
         ),
@@ -992,7 +993,7 @@ fn a_slow_body_is_taken_over_and_its_duplicate_bytes_are_counted() {
         // other range.
         FaultRule {
             skip: parts - 1,
-            ..rule(&target.key, Fault::DelayResponse { millis: 400 }, Some(1))
+            ..rule(&target.key, Fault::DelayResponse { millis: 150 }, Some(1))
         },
     ]);
     slow_bodies(&s3, 4 << 20);
