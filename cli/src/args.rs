@@ -115,6 +115,15 @@ pub struct ResolveArgs {
     pub overrides: Vec<String>,
 }
 
+/// `--stall-timeout` of the commands that only list (plan, audit, catalog).
+#[derive(Debug, Args)]
+pub struct ListingArgs {
+    /// A listing request whose headers or next byte do not come within this many seconds is
+    /// retried; a folder's whole listing gives up after 8 of them.
+    #[arg(long, env = "ERA5_STALL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECS")]
+    pub stall_timeout: u64,
+}
+
 /// How many requests are in flight, and the memory they may hold.
 #[derive(Debug, Args)]
 pub struct ConcurrencyArgs {
@@ -149,6 +158,9 @@ pub struct CatalogArgs {
     /// Where to look up each product's latest month.
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Listing timeouts.
+    #[command(flatten)]
+    pub listing: ListingArgs,
     /// Do not ask the bucket for latest months (print the table only).
     #[arg(long, env = "ERA5_OFFLINE", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub offline: bool,
@@ -166,6 +178,9 @@ pub struct PlanArgs {
     /// Where from.
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Listing timeouts.
+    #[command(flatten)]
+    pub listing: ListingArgs,
     /// Print {"objects":[{"key","size","etag"}...],"total_bytes":N} instead of the table.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
@@ -248,6 +263,9 @@ pub struct AuditArgs {
     /// Where they come from.
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Listing timeouts.
+    #[command(flatten)]
+    pub listing: ListingArgs,
     /// The local mirror to audit (read only: nothing is written or locked).
     #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
     pub dest: PathBuf,

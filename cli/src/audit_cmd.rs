@@ -17,7 +17,7 @@ use transport::retry::RetryPolicy;
 use transport::{Source, SourceConfig, coverage, discover_detailed};
 
 use crate::args::AuditArgs;
-use crate::config::{check_endpoint, existing_mirror, selection, source};
+use crate::config::{check_endpoint, existing_mirror, selection};
 use crate::{ExitCode, Failure};
 
 /// Items of each list the text report shows; `--json` has them all.
@@ -45,7 +45,7 @@ impl TryFrom<&AuditArgs> for AuditConfig {
         let dest = existing_mirror(&args.dest)?;
         Ok(Self {
             selection,
-            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)?,
+            source: crate::config::listing_source(&args.source, &args.listing)?,
             dest,
             json: args.json,
         })

@@ -15,7 +15,7 @@ use transport::retry::RetryPolicy;
 use transport::{Source, SourceConfig, coverage};
 
 use crate::args::CatalogArgs;
-use crate::config::{check_endpoint, source};
+use crate::config::check_endpoint;
 use crate::{ExitCode, Failure};
 
 /// How long the latest-month lookups may take together: the catalog is useful offline, so an
@@ -57,7 +57,7 @@ impl TryFrom<&CatalogArgs> for CatalogConfig {
         Ok(Self {
             products,
             source: (!args.offline)
-                .then(|| source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT))
+                .then(|| crate::config::listing_source(&args.source, &args.listing))
                 .transpose()?,
             json: args.json,
         })

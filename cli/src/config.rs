@@ -116,6 +116,16 @@ pub(crate) fn source(
     })
 }
 
+/// `source` as a command that only lists reaches it: `--stall-timeout` on every response.
+pub(crate) fn listing_source(
+    args: &SourceArgs,
+    listing: &crate::args::ListingArgs,
+) -> Result<SourceConfig, InputError> {
+    let mut config = source(args, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)?;
+    config.pool.guard.stall_timeout = Duration::from_secs(listing.stall_timeout);
+    Ok(config)
+}
+
 /// The CA bundle named by `AWS_CA_BUNDLE` (as the AWS CLI and SDKs read it): extra roots for
 /// an `https://` endpoint whose certificate chains to a private CA.
 pub(crate) fn ca_bundle() -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, InputError> {
@@ -220,7 +230,7 @@ impl TryFrom<&PlanArgs> for PlanConfig {
         check_endpoint(&args.source.endpoint)?;
         Ok(Self {
             selection: selection(&args.selection)?,
-            source: source(&args.source, 8, transport::pool::DEFAULT_IDLE_TIMEOUT)?,
+            source: listing_source(&args.source, &args.listing)?,
             json: args.json,
         })
     }

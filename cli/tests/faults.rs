@@ -671,6 +671,7 @@ fn a_listing_page_over_16_mib_is_refused_with_bounded_memory() {
         let (s3, _) = seeded_server();
         s3.add_fault(any_get(
             Fault::HugeBody {
+                status: 200,
                 bytes: 1 << 30,
                 chunked,
             },
@@ -711,6 +712,82 @@ fn a_listing_page_over_16_mib_is_refused_with_bounded_memory() {
             );
         }
     }
+}
+
+/// A server that stalls every listing mid-page: `plan` gives up within its listing deadline
+/// (8 stall timeouts), whatever the retry policy would still allow, with exit 1 and a line
+/// that says why.
+#[test]
+fn a_listing_that_stalls_every_time_fails_within_its_deadline() {
+    let (s3, _) = seeded_server();
+    s3.add_fault(any_get(Fault::StallBody { after_bytes: 10 }, None));
+    let scratch = Scratch::new();
+    let started = std::time::Instant::now();
+    let run = run_era5(
+        &scratch,
+        &[
+            "plan".into(),
+            "--product".into(),
+            "e5.oper.invariant".into(),
+            "--start".into(),
+            "2024-01".into(),
+            "--end".into(),
+            "2024-01".into(),
+            "--endpoint".into(),
+            s3.endpoint(),
+            "--stall-timeout".into(),
+            "2".into(),
+        ],
+        BOUNDED,
+    );
+    run.expect_code(1);
+    assert!(run.stderr.contains("stall"), "{}", run.stderr);
+    assert!(
+        s3.list_count() >= 2,
+        "a stalled page was not asked for again"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2 * 8 + 5),
+        "plan took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Listing pages full of megabyte-long junk keys: none is kept (S3 keys are at most 1,024
+/// bytes), and once the folder's keys pass 64 MiB the listing is refused. `plan` stays small
+/// and says why, instead of holding every page.
+#[test]
+fn a_listing_of_junk_keys_is_dropped_as_it_arrives_and_refused_past_its_cap() {
+    let (s3, _) = seeded_server();
+    s3.add_fault(any_get(
+        Fault::JunkListing {
+            keys_per_page: 8,
+            key_bytes: 1 << 20,
+        },
+        None,
+    ));
+    let scratch = Scratch::new();
+    let mut command = era5(&scratch.home());
+    command.args([
+        "plan",
+        "--product",
+        "e5.oper.invariant",
+        "--start",
+        "2024-01",
+        "--end",
+        "2024-01",
+        "--endpoint",
+        &s3.endpoint(),
+    ]);
+    let (run, peak_mib) = run_measuring_peak_rss(command, BOUNDED);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("more than 64 MiB of keys"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s3.list_count(), 9, "pages listed past the cap");
+    assert!(peak_mib < 96, "era5 plan peaked at {peak_mib} MiB");
 }
 
 #[test]
@@ -1017,5 +1094,87 @@ fn a_slow_body_is_taken_over_and_its_duplicate_bytes_are_counted() {
     assert!(
         duplicates as f64 <= 0.05 * received as f64,
         "{duplicates} duplicate bytes of {received}"
+    );
+}
+
+/// Whole-object GETs are bounded by the object's own size, not by the 16 MiB cap of listings:
+/// a 40 MiB object with a one-part multipart ETag (`-1`) under the default flags, and a 40 MiB
+/// plain one fetched in one GET with `--part-size 64MiB`, both mirror exactly.
+#[test]
+fn objects_over_16_mib_fetched_whole_are_bounded_by_their_own_size() {
+    let s3 = TestS3::start(BUCKET);
+    let one_part =
+        "e5.oper.an.sfc/202401/e5.oper.an.sfc.128_167_2t.ll025sc.2024010100_2024013123.nc";
+    let plain = "e5.oper.an.sfc/202402/e5.oper.an.sfc.128_167_2t.ll025sc.2024020100_2024022923.nc";
+    let size = 40 << 20;
+    let one_part_data = tests::fixtures::object_bytes(one_part, size);
+    s3.put_object_with(
+        one_part,
+        one_part_data.clone(),
+        tests::s3_server::PutOptions {
+            part_size: Some(64 << 20),
+            multipart_always: true,
+            ..Default::default()
+        },
+    );
+    assert!(s3.object(one_part).unwrap().etag.ends_with("-1\""));
+    let plain_data = tests::fixtures::object_bytes(plain, size);
+    s3.put_object(plain, plain_data.clone());
+
+    let scratch = Scratch::new();
+    let args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.sfc",
+        "2t",
+        "2024-01",
+        "2024-01",
+    );
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert!(std::fs::read(scratch.dest().join(one_part)).unwrap() == one_part_data.as_ref());
+
+    let scratch = Scratch::new();
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.sfc",
+        "2t",
+        "2024-02",
+        "2024-02",
+    );
+    args.extend(["--part-size".into(), "64MiB".into()]);
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert!(std::fs::read(scratch.dest().join(plain)).unwrap() == plain_data.as_ref());
+    assert_eq!(get_ranges(&s3, plain), vec!["whole".to_string()]);
+}
+
+/// A 500 whose body is 768 MiB (a server that answers errors with garbage): the error
+/// document is read to 1 MiB and no further, the request is retried as a server error, the
+/// object is exact, and the process stays small.
+#[test]
+fn a_server_error_with_a_huge_body_is_cut_and_retried_with_bounded_memory() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    s3.add_fault(rule(
+        &target.key,
+        Fault::HugeBody {
+            status: 500,
+            bytes: 768 << 20,
+            chunked: false,
+        },
+        Some(1),
+    ));
+    let scratch = Scratch::new();
+    let mut command = era5(&scratch.home());
+    command.args(args_for(&s3, &scratch, &target.key));
+    let (run, peak_mib) = run_measuring_peak_rss(command, BOUNDED);
+    run.expect_code(0);
+    assert_mirrored(&scratch.dest(), &[target]);
+    assert!(run.stdout.contains("server_error 1"), "{}", run.stdout);
+    assert!(peak_mib < 128, "era5 sync peaked at {peak_mib} MiB");
+    assert!(
+        s3.body_bytes_sent() < (64 << 20),
+        "{} bytes of the error were sent",
+        s3.body_bytes_sent()
     );
 }

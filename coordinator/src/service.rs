@@ -506,7 +506,7 @@ async fn list_job(
 ) -> Result<Discovery, Error> {
     let retry = RetryPolicy::default();
     let mut months = futures_util::stream::iter(selection.list_prefixes())
-        .map(|prefix| list_prefix(source, prefix, &retry))
+        .map(|prefix| list_prefix(source, prefix, selection, &retry))
         .buffer_unordered(LISTING_CONCURRENCY);
     let mut discovery = Discovery::new(selection);
     while let Some(month) = months.next().await {
@@ -514,9 +514,7 @@ async fn list_job(
             ListError::Refused { .. } => Error::ListingRefused(e.to_string()),
             ListError::Exhausted { .. } => Error::ListingFailed(e.to_string()),
         })?;
-        for object in month {
-            discovery.add(selection, object);
-        }
+        discovery.merge(month);
         if discovery.objects.len() > max_objects {
             return Err(Error::ResourceExhausted(format!(
                 "the job selects more than {max_objects} objects (--max-job-objects); split it into smaller jobs"

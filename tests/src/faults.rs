@@ -70,9 +70,19 @@ pub enum Fault {
     /// A listing page with no key that says it is truncated, with a fresh token every time:
     /// pagination that never ends.
     EndlessListing,
-    /// A 200 response whose body is `bytes` long (XML whitespace inside a listing), sent with
-    /// its Content-Length or, with `chunked`, without one.
+    /// Listing pages of `keys_per_page` junk keys of `key_bytes` each, truncated with a fresh
+    /// token every time: a server that fills a listing with garbage.
+    JunkListing {
+        /// Keys on each page.
+        keys_per_page: usize,
+        /// Length of each key.
+        key_bytes: usize,
+    },
+    /// A response of `status` (200: a listing) whose body is `bytes` long (XML whitespace),
+    /// sent with its Content-Length or, with `chunked`, without one.
     HugeBody {
+        /// HTTP status (200, or an error's).
+        status: u16,
         /// Body length.
         bytes: u64,
         /// Leave out the Content-Length, so only the bytes themselves can tell.
@@ -95,6 +105,7 @@ impl Fault {
             Fault::DelayResponse { .. } => "delay",
             Fault::RepeatListingToken => "repeat_token",
             Fault::EndlessListing => "endless_listing",
+            Fault::JunkListing { .. } => "junk_listing",
             Fault::HugeBody { .. } => "huge_body",
         }
     }
@@ -217,6 +228,30 @@ pub(crate) fn empty_listing_page(bucket: &str, prefix: &str, token: &str) -> Byt
     Bytes::from(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
     ))
+}
+
+/// A truncated listing page of `keys` junk keys of `key_bytes` each (letters that name no
+/// object of the layout), continued by `token`.
+pub(crate) fn junk_listing_page(
+    bucket: &str,
+    prefix: &str,
+    token: &str,
+    keys: usize,
+    key_bytes: usize,
+) -> Bytes {
+    let mut page = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>{keys}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>"
+    );
+    for n in 0..keys {
+        let name = format!("{prefix}junk-{token}-{n}-");
+        let fill = key_bytes.saturating_sub(name.len());
+        page.push_str("<Contents><Key>");
+        page.push_str(&name);
+        page.extend(std::iter::repeat_n('x', fill));
+        page.push_str("</Key><Size>1</Size></Contents>");
+    }
+    page.push_str("</ListBucketResult>");
+    Bytes::from(page)
 }
 
 /// A body of `total` bytes: the start of a listing, then whitespace, generated as it is sent

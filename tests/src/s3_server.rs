@@ -21,7 +21,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::faults::{
     ArmedRule, BodyFault, BodyStats, Fault, FaultBody, FaultRule, HugeBody, empty_listing_page,
-    error_body,
+    error_body, junk_listing_page,
 };
 pub use crate::store::{ChecksumAlgo, PutOptions, StoredObject};
 use crate::store::{MemoryS3, Store};
@@ -452,9 +452,27 @@ async fn handle(
             let page = empty_listing_page(&shared.store.bucket, &list_prefix, &format!("t{n}"));
             Some(xml_response(page))
         }
-        Some(Fault::HugeBody { bytes, chunked }) => {
+        Some(Fault::JunkListing {
+            keys_per_page,
+            key_bytes,
+        }) if listing => {
+            let n = shared.endless_tokens.fetch_add(1, Ordering::Relaxed);
+            let page = junk_listing_page(
+                &shared.store.bucket,
+                &list_prefix,
+                &format!("j{n}"),
+                *keys_per_page,
+                *key_bytes,
+            );
+            Some(xml_response(page))
+        }
+        Some(Fault::HugeBody {
+            status,
+            bytes,
+            chunked,
+        }) => {
             let mut response = Response::builder()
-                .status(StatusCode::OK)
+                .status(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK))
                 .header("content-type", "application/xml");
             if !chunked {
                 response = response.header("content-length", bytes.to_string());
@@ -469,7 +487,8 @@ async fn handle(
             Some(response.body(body.boxed()).unwrap_or_default())
         }
         // Listing faults on a request that is not a listing, or no fault: served normally.
-        Some(Fault::RepeatListingToken | Fault::EndlessListing) | None => None,
+        Some(Fault::RepeatListingToken | Fault::EndlessListing | Fault::JunkListing { .. })
+        | None => None,
     };
     let response = if let Some(response) = response {
         response

@@ -98,13 +98,17 @@ pub struct PutOptions {
     pub checksum_override: Option<String>,
     /// Last-Modified to report (now by default).
     pub last_modified: Option<SystemTime>,
+    /// With `part_size`, a multipart upload even when the object fits in one part (ETag
+    /// `md5(md5(data))-1`, as a client that always uploads in parts gives).
+    pub multipart_always: bool,
 }
 
 impl StoredObject {
     /// Builds the stored form of `data`.
     pub fn new(data: Bytes, options: &PutOptions) -> Self {
+        let multipart = |part: usize| part > 0 && (data.len() > part || options.multipart_always);
         let etag = match options.part_size {
-            Some(part) if part > 0 && data.len() > part => {
+            Some(part) if multipart(part) => {
                 let mut outer = Md5::new();
                 let parts = data
                     .chunks(part)

@@ -407,18 +407,33 @@ pub struct Route {
 #[derive(Debug, Default)]
 struct RouteInner {
     avoid: Option<SocketAddr>,
+    /// The most an unranged body may hold (an object's own size), instead of the cap of
+    /// listings and error documents.
+    body_limit: Option<u64>,
     served_by: OnceLock<SocketAddr>,
 }
 
 impl Route {
     /// A route that prefers any address but `avoid`.
     pub fn avoiding(avoid: Option<SocketAddr>) -> Self {
+        Self::new(avoid, None)
+    }
+
+    /// A route that avoids `avoid` and whose unranged body may be `body_limit` bytes long
+    /// (the whole-object GET of an object of that size) rather than capped like a listing.
+    pub fn new(avoid: Option<SocketAddr>, body_limit: Option<u64>) -> Self {
         Self {
             inner: Arc::new(RouteInner {
                 avoid,
+                body_limit,
                 served_by: OnceLock::new(),
             }),
         }
+    }
+
+    /// The body limit the caller gave.
+    pub(crate) fn body_limit(&self) -> Option<u64> {
+        self.inner.body_limit
     }
 
     /// The address the request was sent to, once it was.

@@ -29,9 +29,17 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-/// Largest body accepted for a request without a `Range` header. A ListObjectsV2 page of
-/// 1000 keys is about 300 KiB; 16 MiB leaves a wide margin and still bounds memory.
+/// Largest body accepted for a request without a `Range` header that is not an object's
+/// whole-object GET (listings, HEADs). A ListObjectsV2 page of 1000 keys is about 300 KiB;
+/// 16 MiB leaves a wide margin and still bounds memory. A whole-object GET is bounded by the
+/// object's own size instead.
 pub const UNRANGED_BODY_CAP: u64 = 16 << 20;
+
+/// An error response (any status but 2xx) is read this far and no further: S3's error
+/// documents are a few hundred bytes, and the SDK reads them whole, so a hostile server's
+/// gigabyte of "error" must not reach it. The rest is cut off (its connection closed), and the
+/// status still decides what happens next.
+pub const ERROR_BODY_CAP: u64 = 1 << 20;
 
 /// The default `--stall-timeout`.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);

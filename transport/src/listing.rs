@@ -11,7 +11,12 @@
 //!   and 429 included);
 //! - a page body over 16 MiB is refused (the pool's cap on unranged bodies);
 //! - **pagination always ends**: a continuation token seen before, or more pages or keys than
-//!   the folder can hold ([`prefix_capacity`]), is a clear error, not an endless loop.
+//!   the folder can hold ([`prefix_capacity`]), is a clear error, not an endless loop;
+//! - a folder's whole listing, retries included, ends within [`LIST_DEADLINE_STALLS`] stall
+//!   timeouts;
+//! - **memory follows the selection, not the server**: each page is sorted as it arrives and
+//!   only the selected objects are kept; keys over S3's 1,024 bytes are dropped, and a folder
+//!   whose keys add up to more than [`LIST_KEY_BYTES_CAP`] is refused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -127,6 +132,19 @@ impl Discovery {
         }
     }
 
+    /// Adds what another discovery of the same selection found (another folder's).
+    pub fn merge(&mut self, other: Discovery) {
+        self.objects.extend(other.objects);
+        self.unknown.count += other.unknown.count;
+        self.unknown.sample.extend(other.unknown.sample);
+        self.unknown.sample.sort();
+        self.unknown.sample.dedup();
+        self.unknown.sample.truncate(SAMPLE_KEYS);
+        for (product, count) in other.in_range {
+            *self.in_range.entry(product).or_default() += count;
+        }
+    }
+
     /// Sorts the selected objects by key and drops duplicates.
     #[must_use]
     pub fn finish(mut self) -> Self {
@@ -157,14 +175,14 @@ pub async fn discover_detailed(
     retry: &RetryPolicy,
 ) -> Result<Discovery, ListError> {
     let prefixes = selection.list_prefixes();
-    let pages: Vec<Vec<RemoteObject>> = stream::iter(prefixes)
-        .map(|prefix| list_prefix(source, prefix, retry))
+    let folders: Vec<Discovery> = stream::iter(prefixes)
+        .map(|prefix| list_prefix(source, prefix, selection, retry))
         .buffer_unordered(LIST_CONCURRENCY)
         .try_collect()
         .await?;
     let mut discovery = Discovery::new(selection);
-    for object in pages.into_iter().flatten() {
-        discovery.add(selection, object);
+    for folder in folders {
+        discovery.merge(folder);
     }
     Ok(discovery.finish())
 }
@@ -191,19 +209,63 @@ pub fn prefix_capacity(prefix: &str) -> usize {
     }
 }
 
-/// Every object under one prefix, following continuation tokens.
+/// A prefix's whole listing, retries included, must be done within this many stall timeouts:
+/// a server that stalls every attempt fails the listing in bounded time (under a minute with
+/// `--stall-timeout 5`), however many attempts the retry policy would allow.
+pub const LIST_DEADLINE_STALLS: u32 = 8;
+
+/// S3's longest key, in bytes: a listed key over it is not an object of any bucket.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The most key bytes one folder's listing may carry, junk included, before it is refused
+/// (a real month folder carries well under 10 MiB).
+pub const LIST_KEY_BYTES_CAP: u64 = 64 << 20;
+
+/// What one folder holds for `selection`, following continuation tokens, within
+/// [`LIST_DEADLINE_STALLS`] stall timeouts. Each page is sorted as it arrives: only selected
+/// objects are kept (and counts and a few samples of the rest), keys longer than
+/// [`MAX_KEY_BYTES`] are dropped unread, so memory follows the selection, not what a server
+/// sends.
 pub async fn list_prefix(
     source: &Source,
     prefix: String,
+    selection: &Selection,
     retry: &RetryPolicy,
-) -> Result<Vec<RemoteObject>, ListError> {
+) -> Result<Discovery, ListError> {
+    let deadline = source.pool_config().guard.stall_timeout * LIST_DEADLINE_STALLS;
+    let (bucket, folder) = (source.bucket.clone(), prefix.clone());
+    tokio::time::timeout(
+        deadline,
+        list_prefix_pages(source, prefix, selection, retry),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ListError::Exhausted {
+            bucket,
+            prefix: folder,
+            attempts: retry.max_attempts,
+            last: format!(
+                "stall: no complete listing within {}s ({LIST_DEADLINE_STALLS} stall timeouts)",
+                deadline.as_secs()
+            ),
+        })
+    })
+}
+
+async fn list_prefix_pages(
+    source: &Source,
+    prefix: String,
+    selection: &Selection,
+    retry: &RetryPolicy,
+) -> Result<Discovery, ListError> {
     let capacity = prefix_capacity(&prefix);
     let endless = |problem: String| ListError::Refused {
         bucket: source.bucket.clone(),
         prefix: prefix.clone(),
         message: format!("{problem}; the server's pagination never ends"),
     };
-    let mut objects = Vec::new();
+    let mut discovery = Discovery::new(selection);
+    let (mut keys, mut key_bytes) = (0usize, 0u64);
     let mut token: Option<String> = None;
     let mut seen_tokens = HashSet::new();
     let mut pages = 0usize;
@@ -217,26 +279,44 @@ pub async fn list_prefix(
         let page = list_page(source, &prefix, token.as_deref(), retry).await?;
         for entry in page.contents() {
             let Some(key) = entry.key() else { continue };
-            objects.push(RemoteObject {
-                key: key.to_string(),
-                size: entry.size().unwrap_or_default().max(0) as u64,
-                etag: entry.e_tag().map(unquote_etag).filter(|e| !e.is_empty()),
-                last_modified: entry
-                    .last_modified()
-                    .and_then(|t| t.fmt(Format::DateTime).ok()),
-            });
+            keys += 1;
+            key_bytes += key.len() as u64;
+            if key.len() > MAX_KEY_BYTES {
+                continue;
+            }
+            discovery.add(
+                selection,
+                RemoteObject {
+                    key: key.to_string(),
+                    size: entry.size().unwrap_or_default().max(0) as u64,
+                    etag: entry.e_tag().map(unquote_etag).filter(|e| !e.is_empty()),
+                    last_modified: entry
+                        .last_modified()
+                        .and_then(|t| t.fmt(Format::DateTime).ok()),
+                },
+            );
         }
-        if objects.len() > capacity {
+        if keys > capacity {
             return Err(endless(format!(
                 "more than {capacity} keys, more than the folder can hold"
             )));
+        }
+        if key_bytes > LIST_KEY_BYTES_CAP {
+            return Err(ListError::Refused {
+                bucket: source.bucket.clone(),
+                prefix: prefix.clone(),
+                message: format!(
+                    "more than {} MiB of keys, more than the folder can hold",
+                    LIST_KEY_BYTES_CAP >> 20
+                ),
+            });
         }
         token = page.next_continuation_token().map(str::to_string);
         let Some(next) = token
             .as_ref()
             .filter(|_| page.is_truncated().unwrap_or(false))
         else {
-            return Ok(objects);
+            return Ok(discovery);
         };
         if !seen_tokens.insert(next.clone()) {
             return Err(endless(format!("continuation token `{next}` came back")));

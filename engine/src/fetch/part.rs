@@ -313,6 +313,12 @@ impl PartJob {
         }
     }
 
+    /// How a copy of the request is routed: away from `avoid`, and for a whole-object GET
+    /// with the object's own size as the bound of its body.
+    fn route(&self, avoid: Option<std::net::SocketAddr>, whole: bool) -> Route {
+        Route::new(avoid, whole.then_some(self.end - self.start))
+    }
+
     /// The GET of `from..end` (or of the whole object, while its checksum is to learn).
     fn request(&self, from: u64, learning: bool) -> SentFuture {
         let engine = &self.engine;
@@ -362,7 +368,7 @@ impl PartJob {
         let deadline = tokio::time::Instant::now() + engine.config.stall_timeout;
         let mut copies = vec![Copy::new(
             self.request(from, learning),
-            Route::avoiding(avoid.take()),
+            self.route(avoid.take(), learning),
             0,
         )];
         let mut sent_copies = 1;
@@ -417,7 +423,7 @@ impl PartJob {
                     tracing::debug!(key = %self.key, from, late = ?newest.elapsed(), copy = sent_copies, "first byte late: racing another copy");
                     copies.push(Copy::new(
                         self.request(from, learning),
-                        Route::avoiding(avoid),
+                        self.route(avoid, learning),
                         sent_copies,
                     ));
                     sent_copies += 1;

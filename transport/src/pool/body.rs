@@ -69,6 +69,8 @@ pub(crate) struct PoolBody {
     lease: Option<Lease>,
     bytes: u64,
     first_byte: Option<Instant>,
+    /// An error document ends here, whatever its length (see `guard::ERROR_BODY_CAP`).
+    cut_at: Option<u64>,
 }
 
 impl PoolBody {
@@ -77,6 +79,7 @@ impl PoolBody {
         permit: InUse,
         lease: Lease,
         in_flight: InFlight,
+        cut_at: Option<u64>,
     ) -> Self {
         Self {
             inner,
@@ -85,6 +88,7 @@ impl PoolBody {
             lease: Some(lease),
             bytes: 0,
             first_byte: None,
+            cut_at,
         }
     }
 
@@ -140,7 +144,20 @@ impl Body for PoolBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.cut_at.is_some_and(|cut| self.bytes >= cut) {
+            // What is left is never read: the connection goes, the body ends here.
+            self.failed(false);
+            return Poll::Ready(None);
+        }
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(cut), Poll::Ready(Some(Ok(frame)))) = (self.cut_at, &mut polled)
+            && let Some(data) = frame.data_mut()
+        {
+            let room = cut.saturating_sub(self.bytes) as usize;
+            if data.len() > room {
+                data.truncate(room);
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -163,11 +180,20 @@ impl Body for PoolBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut_at.is_some_and(|cut| self.bytes >= cut) || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        let Some(cut) = self.cut_at else {
+            return hint;
+        };
+        // What is left to read stops at the cut, whatever the server announced.
+        let room = cut.saturating_sub(self.bytes);
+        let mut cut_hint = SizeHint::new();
+        cut_hint.set_lower(hint.lower().min(room));
+        cut_hint.set_upper(hint.upper().map_or(room, |upper| upper.min(room)));
+        cut_hint
     }
 }
 

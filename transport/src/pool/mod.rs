@@ -51,7 +51,9 @@ use tokio::sync::{Notify, Semaphore};
 pub use conn::{DialError, READ_BUFFER, load_ca_bundle};
 
 use crate::frontends::{Endpoints, FrontEndSnapshot, FrontEnds, InFlight, Resolver, Route};
-use crate::guard::{BodyError, BodyGuard, GuardedBody, UNRANGED_BODY_CAP, check_length};
+use crate::guard::{
+    BodyError, BodyGuard, ERROR_BODY_CAP, GuardedBody, UNRANGED_BODY_CAP, check_length,
+};
 use body::{InUse, Lease, PoolBody};
 use conn::{Dialer, EndpointKey};
 
@@ -446,12 +448,18 @@ impl BoundedHttpClient {
             .map_err(|e| ConnectorError::user(e.into()))?;
         let endpoint = endpoint_of(request.uri())?;
         to_origin_form(&mut request, &endpoint)?;
-        // Ranged GETs carry object bytes, bounded by the range the engine checks; everything
-        // else (listings, error documents) is read whole by the SDK, so it is capped. A HEAD
-        // has no body, whatever length it announces.
+        // Ranged GETs carry object bytes, bounded by the range the engine checks; a whole-object
+        // GET by the object's size, which its route says; everything else (listings) is read
+        // whole by the SDK, so it is capped. A HEAD has no body, whatever length it announces.
         let unranged = !request.headers().contains_key(http::header::RANGE);
-        let cap = (unranged && request.method() != http::Method::HEAD).then_some(UNRANGED_BODY_CAP);
+        let head = request.method() == http::Method::HEAD;
         let route = Route::current();
+        let success_cap = (unranged && !head).then(|| {
+            route
+                .as_ref()
+                .and_then(Route::body_limit)
+                .unwrap_or(UNRANGED_BODY_CAP)
+        });
         let frontends = self.frontends_of(&endpoint).await?;
         let guard = self.inner.config.guard;
         let started = tokio::time::Instant::now();
@@ -474,12 +482,26 @@ impl BoundedHttpClient {
                 }
                 Ok(Ok(response)) => response,
             };
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
         let length = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // An error document is cut at its cap rather than refused: its status still decides.
+        let (cap, cut_at) = if parts.status.is_success() {
+            (success_cap, None)
+        } else {
+            (None, Some(ERROR_BODY_CAP))
+        };
+        // The SDK reads the document to its announced length: announce what it will get.
+        if let Some(cut) = cut_at
+            && length.is_some_and(|length| length > cut)
+        {
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(cut));
+        }
         // Dropping the body here closes the connection: it is never read.
         check_length(length, cap).map_err(|e| ConnectorError::other(Box::new(e), None))?;
         let lease = Lease {
@@ -494,6 +516,7 @@ impl BoundedHttpClient {
             in_use,
             lease,
             checked.in_flight,
+            cut_at,
         ));
         HttpResponse::try_from(http::Response::from_parts(parts, body))
             .map_err(|e| ConnectorError::other(e.into(), None))
