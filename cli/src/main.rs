@@ -18,7 +18,6 @@ mod sync_cmd;
 mod sync_summary;
 mod verify_cmd;
 
-use clap::Parser;
 use clap::error::ErrorKind;
 use transport::Source;
 
@@ -48,7 +47,7 @@ pub enum Failure {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error)
             if matches!(
@@ -112,6 +111,33 @@ fn flush_logs(writer: Option<tracing_appender::non_blocking::WorkerGuard>) {
             let _ = done.send(());
         });
     let _ = flushed.recv_timeout(std::time::Duration::from_millis(1500));
+}
+
+/// The command line, with every argument's environment value hidden from `--help` (clap shows
+/// them by default, and `ERA5_REDIS` or an endpoint URL may hold a password).
+fn command() -> clap::Command {
+    fn hide_env_values(command: clap::Command) -> clap::Command {
+        let subcommands: Vec<String> = command
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut command = command.mut_args(|arg| arg.hide_env_values(true));
+        for name in subcommands {
+            command = command.mut_subcommand(name, hide_env_values);
+        }
+        command
+    }
+    hide_env_values(<Cli as clap::CommandFactory>::command())
+}
+
+/// Parses `args` with [`command`].
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
@@ -275,7 +301,7 @@ mod tests {
 
     #[test]
     fn clap_errors_become_one_line() {
-        let error = Cli::try_parse_from(["era5", "sync", "--product", "x"]).unwrap_err();
+        let error = parse(["era5", "sync", "--product", "x"]).unwrap_err();
         let line = one_line(&error.render().to_string());
         assert!(!line.contains('\n'));
         assert!(
@@ -283,8 +309,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("--start"), "{line}");
-        let error =
-            Cli::try_parse_from(["era5", "sync", "--verify", "sha", "--product", "x"]).unwrap_err();
+        let error = parse(["era5", "sync", "--verify", "sha", "--product", "x"]).unwrap_err();
         let line = one_line(&error.render().to_string());
         assert!(
             line.contains("'sha'") && line.contains("--verify"),

@@ -982,3 +982,39 @@ fn live_bucket_matches_the_catalog() {
         problems.join("\n")
     );
 }
+
+/// `--help` names each flag's environment variable but never shows its value: `ERA5_REDIS`
+/// may hold the Redis password, an endpoint URL credentials.
+#[test]
+fn help_never_shows_the_values_of_environment_variables() {
+    let scratch = Scratch::new();
+    for (command, variable, value) in [
+        (
+            "coordinator",
+            "ERA5_REDIS",
+            "redis://era5:s3cr3t-pw@redis:6379/",
+        ),
+        ("sync", "ERA5_ENDPOINT", "https://user:s3cr3t-pw@s3.example"),
+        (
+            "worker",
+            "ERA5_COORDINATOR",
+            "https://user:s3cr3t-pw@coordinator:50051",
+        ),
+    ] {
+        let output = era5(&scratch.home())
+            .args([command, "--help"])
+            .env(variable, value)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            help.contains(variable),
+            "{command} --help does not name {variable}"
+        );
+        assert!(
+            !help.contains("s3cr3t-pw"),
+            "{command} --help shows {variable}'s value:\n{help}"
+        );
+    }
+}
