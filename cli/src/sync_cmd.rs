@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::selection::Selection;
 use engine::disk::DiskGate;
+use engine::manifest::Currency;
 use engine::sync::{Mirrorer, Outcome, SyncReport};
 use engine::{Mirror, Progress};
 use lease::model::{SelectionSpec, SourceSpec, random_id};
@@ -205,11 +206,7 @@ fn recorded_versions(mirrorer: &Mirrorer, listed: &[RemoteObject]) -> HashMap<St
         .iter()
         .filter_map(|object| {
             let record = mirrorer.recorded(&object.key)?;
-            let same = record.size == object.size
-                && object
-                    .etag
-                    .as_deref()
-                    .is_none_or(|etag| record.etag_is(etag));
+            let same = record.against(object) != Currency::Replaced;
             Some((object.key.clone(), same))
         })
         .collect()

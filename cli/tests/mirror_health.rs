@@ -206,6 +206,56 @@ fn audit_reports_a_deleted_file_a_replaced_object_an_unverified_file_and_a_stale
     assert_eq!(after["complete"], true);
 }
 
+/// A server that lists no ETags: audit and sync agree. A fresh, complete mirror audits
+/// complete (exit 0) and a sync downloads nothing; an object replaced by one of another size
+/// is found by both, and after the sync the audit is complete again.
+#[test]
+fn audit_and_sync_agree_when_the_listing_carries_no_etags() {
+    let (s3, _) = seeded_server();
+    s3.set_list_omits_etag(true);
+    let scratch = Scratch::new();
+    sync_sfc(&s3, &scratch, "2t");
+    let fresh = audit(&s3, &scratch, "2t", true);
+    fresh.expect_code(0);
+    assert_eq!(json(&fresh)["changed_upstream"], serde_json::json!([]));
+    s3.clear_requests();
+    sync_sfc(&s3, &scratch, "2t");
+    assert!(
+        !s3.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.key.is_some()),
+        "a sync of a complete mirror downloaded: {:?}",
+        s3.requests()
+    );
+
+    let replaced = month_key("202402", "2t", "29");
+    s3.put_object(
+        &replaced,
+        tests::fixtures::object_bytes("another version", 5000),
+    );
+    let run = audit(&s3, &scratch, "2t", true);
+    run.expect_code(1);
+    let report = json(&run);
+    assert_eq!(report["changed_upstream"][0]["key"], replaced.as_str());
+    assert_eq!(
+        report["changed_upstream"][0]["bucket_etag"],
+        serde_json::Value::Null
+    );
+    s3.clear_requests();
+    sync_sfc(&s3, &scratch, "2t");
+    let fetched: Vec<String> = s3
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.key.clone())
+        .collect();
+    assert!(
+        !fetched.is_empty() && fetched.iter().all(|k| *k == replaced),
+        "fetched {fetched:?}"
+    );
+    audit(&s3, &scratch, "2t", true).expect_code(0);
+}
+
 #[test]
 fn audit_refuses_bad_input_with_exit_2() {
     let s3 = TestS3::start(BUCKET);

@@ -14,7 +14,7 @@ use common::selection::Selection;
 use common::{ObjectKey, Product};
 use serde::Serialize;
 
-use crate::manifest::{FileIdentity, ManifestEntry};
+use crate::manifest::{Currency, FileIdentity, ManifestEntry, Recorded};
 
 /// An object the bucket has and DEST does not hold verified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -153,7 +153,7 @@ enum Held {
 /// Whether DEST holds `object` verified, from its record and the file's size.
 fn held(dest: &Path, object: &RemoteObject, record: Option<&ManifestEntry>) -> Held {
     if let Some(record) = record
-        && !same_version(record, object)
+        && Recorded::from(record).against(object) == Currency::Replaced
     {
         return Held::Changed(Changed {
             key: object.key.clone(),
@@ -193,21 +193,6 @@ fn held(dest: &Path, object: &RemoteObject, record: Option<&ManifestEntry>) -> H
         }
         Some(_) => Held::Verified,
         None => Held::Unrecorded,
-    }
-}
-
-/// Whether a record describes the listed version: same size, and the same ETag (or, when the
-/// listing has none, the same Last-Modified).
-fn same_version(record: &ManifestEntry, object: &RemoteObject) -> bool {
-    if record.size != object.size {
-        return false;
-    }
-    match (&record.etag, &object.etag) {
-        (Some(recorded), Some(listed)) => recorded == listed,
-        _ => match (&record.last_modified, &object.last_modified) {
-            (Some(recorded), Some(listed)) => recorded == listed,
-            _ => true,
-        },
     }
 }
 

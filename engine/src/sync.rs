@@ -24,7 +24,7 @@ use transport::{RemoteObject, Source};
 
 use crate::disk::{LocalIoError, LocalIoKind};
 use crate::fetch::{Engine, EngineConfig, FetchError, FetchScope};
-use crate::manifest::{FileIdentity, Manifest, ManifestEntry, Recorded, now_rfc3339};
+use crate::manifest::{Currency, FileIdentity, Manifest, ManifestEntry, Recorded, now_rfc3339};
 use crate::mirror::Mirror;
 use crate::progress::Progress;
 use crate::scheduler::AdmissionGate;
@@ -515,19 +515,14 @@ fn triage(mirror: &Mirror, manifest: &Manifest, object: &RemoteObject, mode: Ver
             head_first: object.etag.is_none() || mode == VerifyMode::Full,
         };
     }
-    let same_version = match (&object.etag, &object.last_modified) {
-        (Some(etag), _) => Some(entry.etag_is(etag)),
-        (None, Some(modified)) if entry.modified_is(modified) => Some(true),
-        // A terse listing: a HEAD decides.
-        (None, _) => None,
-    };
-    match same_version {
-        Some(false) => Plan::Fetch,
-        Some(true) if entry.verified >= mode => Plan::Present,
-        Some(true) => Plan::VerifyLocal {
+    match entry.against(object) {
+        Currency::Replaced => Plan::Fetch,
+        Currency::Current if entry.verified >= mode => Plan::Present,
+        Currency::Current => Plan::VerifyLocal {
             head_first: mode == VerifyMode::Full,
         },
-        None => Plan::VerifyLocal { head_first: true },
+        // A terse listing: a HEAD decides.
+        Currency::Undecided => Plan::VerifyLocal { head_first: true },
     }
 }
 

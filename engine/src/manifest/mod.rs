@@ -46,7 +46,7 @@ mod slot;
 mod writer;
 
 pub use read::{forget_records, read_records};
-use slot::{Tag, hash64};
+use slot::{Tag, modified_hash};
 pub use writer::Manifest;
 
 /// Records per appended batch.
@@ -127,9 +127,52 @@ impl Recorded {
         self.etag == Some(Tag::of(etag))
     }
 
-    /// Whether the record is of the version with this Last-Modified.
+    /// Whether the record is of the version with this Last-Modified (to the second).
     pub fn modified_is(&self, last_modified: &str) -> bool {
-        self.modified == Some(hash64(last_modified))
+        self.modified == Some(modified_hash(last_modified))
+    }
+
+    /// **The one decision of whether a record is of the version a listing entry describes**,
+    /// shared by sync, follow passes and audit, so that they never disagree. A size or ETag
+    /// that differs is another version. A listing without ETags (some S3-compatible servers
+    /// send none) is compared by what it does carry: the same Last-Modified is the same
+    /// version; otherwise only a HEAD can tell.
+    pub fn against(&self, listed: &common::RemoteObject) -> Currency {
+        if self.size != listed.size {
+            return Currency::Replaced;
+        }
+        match (&self.etag, listed.etag.as_deref()) {
+            (Some(_), Some(etag)) if self.etag_is(etag) => Currency::Current,
+            (Some(_), Some(_)) => Currency::Replaced,
+            _ => match listed.last_modified.as_deref() {
+                Some(modified) if self.modified_is(modified) => Currency::Current,
+                _ => Currency::Undecided,
+            },
+        }
+    }
+}
+
+/// How a record stands against a listing entry ([`Recorded::against`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Currency {
+    /// The record is of the listed version.
+    Current,
+    /// The listed object is another version: replaced upstream.
+    Replaced,
+    /// The listing does not carry what would tell (no ETag on one side, and no matching
+    /// Last-Modified): the sizes agree, and a HEAD decides where one may be sent.
+    Undecided,
+}
+
+impl From<&ManifestEntry> for Recorded {
+    fn from(entry: &ManifestEntry) -> Self {
+        Self {
+            size: entry.size,
+            verified: entry.verified,
+            file: entry.file,
+            etag: entry.etag.as_deref().map(Tag::of),
+            modified: entry.last_modified.as_deref().map(modified_hash),
+        }
     }
 }
 

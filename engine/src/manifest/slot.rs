@@ -37,6 +37,17 @@ pub(super) fn hash64(text: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
+/// A Last-Modified as the instant it names, to the second: a listing says
+/// `2024-01-01T00:00:00.000Z` where a HEAD's header, and so the record, says
+/// `2024-01-01T00:00:00Z`, and both are the same version. Text that is not a timestamp is
+/// compared as it is.
+pub(super) fn modified_hash(last_modified: &str) -> u64 {
+    match last_modified.parse::<jiff::Timestamp>() {
+        Ok(instant) => hash64(&instant.as_second().to_string()),
+        Err(_) => hash64(last_modified.trim()),
+    }
+}
+
 pub(super) fn key_hash(key: &str) -> [u8; 16] {
     Md5::digest(key.as_bytes())
 }
@@ -75,7 +86,7 @@ impl Slot {
         });
         let modified = view.last_modified.as_deref().map(|m| {
             flags |= HAS_MODIFIED;
-            hash64(m)
+            modified_hash(m)
         });
         if view.file.is_some() {
             flags |= HAS_FILE;
