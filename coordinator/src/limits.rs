@@ -6,11 +6,14 @@
 //! - [`LimitsLayer`]: a tower layer in front of both services: calls in flight past a cap are
 //!   refused at once (never queued), and every unary call has a deadline (SubmitJob the
 //!   listing's; the WorkerSession stream none, keepalive watches it instead).
-//! - [`limited_incoming`]: accepted connections past a cap are closed at once.
+//! - [`limited_incoming`]: accepted connections past a cap, in all or per peer address, are
+//!   closed at once, and a connection that sends nothing is closed after a deadline.
 //! - Checks of what a request may carry: ids, reports, failure reasons.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,6 +30,8 @@ use tonic::body::Body;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_layer::Layer;
 use tower_service::Service;
+
+use common::sync::MutexExt;
 
 use crate::error::Error;
 
@@ -182,10 +187,31 @@ where
     }
 }
 
-/// An accepted connection that holds one of the listener's connection slots while it lives.
+/// Connections one peer address may hold at once, so that one host cannot take every slot.
+/// Workers in a cluster each have an address of their own; 64 leaves room for several behind
+/// one NAT and for reconnects.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Time a new connection has to send its first byte (the TLS handshake or the HTTP/2 preface).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An accepted connection that holds one of the listener's connection slots (and one of its
+/// address's) while it lives. **A connection that moves no byte is closed**: within
+/// [`FIRST_BYTE_TIMEOUT`] of being accepted, and later within its idle deadline (three
+/// keepalive intervals: a live peer answers the server's pings well within that).
 pub struct LimitedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _address: AddressSlot,
+    /// When the connection is closed unless a byte moves first.
+    quiet_until: Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+}
+
+impl LimitedStream {
+    fn moved(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        self.quiet_until.as_mut().reset(deadline);
+    }
 }
 
 impl Connected for LimitedStream {
@@ -202,7 +228,21 @@ impl tokio::io::AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.moved();
+                Poll::Ready(Ok(()))
+            }
+            // The server always waits to read, so this is where a quiet peer is noticed.
+            Poll::Pending if self.quiet_until.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer sent nothing within its deadline",
+                )))
+            }
+            polled => polled,
+        }
     }
 }
 
@@ -236,31 +276,73 @@ impl tokio::io::AsyncWrite for LimitedStream {
     }
 }
 
-/// The connections of `listener`, at most `max` open at once; one past that is closed as soon
-/// as it is accepted. Accepted sockets get TCP keepalive (`keepalive`) and no Nagle delay.
+/// Connections held per peer address.
+type AddressCounts = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection counted against its address; the count drops with it.
+struct AddressSlot {
+    counts: AddressCounts,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `address`, unless it already holds `max`.
+    fn take(counts: &AddressCounts, address: IpAddr, max: usize) -> Option<Self> {
+        let mut held = counts.lock_unpoisoned();
+        let count = held.entry(address).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock_unpoisoned();
+        if let Some(count) = held.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The connections of `listener`, at most `max` open at once and
+/// [`MAX_CONNECTIONS_PER_ADDRESS`] per peer address; one past either is closed as soon as it
+/// is accepted. Accepted sockets get TCP keepalive (`keepalive`), no Nagle delay, and the
+/// deadlines of [`LimitedStream`].
 pub fn limited_incoming(
     listener: TcpListener,
     max: usize,
     keepalive: Duration,
 ) -> impl Stream<Item = std::io::Result<LimitedStream>> {
     let slots = Arc::new(Semaphore::new(max));
+    let addresses = AddressCounts::default();
     futures_util::stream::unfold(
-        (listener, slots, 0u64),
-        move |(listener, slots, mut refused)| async move {
+        (listener, slots, addresses, 0u64),
+        move |(listener, slots, addresses, mut refused)| async move {
             loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of descriptors, say: do not spin on it.
                         tokio::time::sleep(Duration::from_millis(20)).await;
-                        return Some((Err(error), (listener, slots, refused)));
+                        return Some((Err(error), (listener, slots, addresses, refused)));
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let address = AddressSlot::take(&addresses, peer.ip(), MAX_CONNECTIONS_PER_ADDRESS);
+                let (Some(address), Ok(slot)) = (address, slots.clone().try_acquire_owned()) else {
                     refused += 1;
                     if refused.is_power_of_two() {
                         tracing::warn!(
                             max,
+                            per_address = MAX_CONNECTIONS_PER_ADDRESS,
                             refused,
                             "connection limit reached: closing new connections"
                         );
@@ -276,8 +358,11 @@ pub fn limited_incoming(
                 let stream = LimitedStream {
                     stream,
                     _slot: slot,
+                    _address: address,
+                    quiet_until: Box::pin(tokio::time::sleep(FIRST_BYTE_TIMEOUT)),
+                    idle: keepalive * 3,
                 };
-                return Some((Ok(stream), (listener, slots, refused)));
+                return Some((Ok(stream), (listener, slots, addresses, refused)));
             }
         },
     )

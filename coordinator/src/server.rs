@@ -17,6 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use proto::http_port::{HttpPortLimits, serve_http_port};
 use proto::v1::operator_server::OperatorServer;
 use proto::v1::worker_server::WorkerServer;
 use tokio::net::TcpListener;
@@ -36,7 +37,7 @@ use crate::service::{
     Coordinator, DEFAULT_LEASE_PAGE, OperatorService, RECENT_JOBS, WorkerService,
 };
 use crate::status_page;
-use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
+use crate::tls::ServerTls;
 use lease::LeaseStore;
 use lease::model::ItemState;
 use lease::planner::ItemLimits;
@@ -45,8 +46,6 @@ use lease::planner::ItemLimits;
 const READINESS_EVERY: Duration = Duration::from_secs(1);
 /// Time in-flight calls get to finish once the coordinator is asked to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(4);
-/// Concurrent connections to the HTTP port (probes, scrapes, people).
-const MAX_HTTP_CONNECTIONS: usize = 256;
 /// Largest encoded Acquire response (the grant count is bounded before this matters).
 const MAX_WORKER_RESPONSE_BYTES: usize = 8 << 20;
 
@@ -229,8 +228,8 @@ struct HttpState {
     metrics: Arc<CoordinatorMetrics>,
 }
 
-/// Serves the HTTP port (https with `tls`) until `shutdown`: one task per connection, at most
-/// [`MAX_HTTP_CONNECTIONS`], each with a handshake and header-read timeout.
+/// Serves the HTTP port (https with `tls`) until `shutdown`, within the default
+/// [`HttpPortLimits`] (a connection cap, header and idle deadlines).
 async fn serve_http(
     listener: TcpListener,
     state: HttpState,
@@ -244,50 +243,7 @@ async fn serve_http(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::debug!(%error, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let app = app.clone();
-        let tls = tls.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let served = if let Some(acceptor) = tls {
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                else {
-                    return;
-                };
-                let connection =
-                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! { result = connection => result, () = stop.cancelled() => Ok(()) }
-            } else {
-                let connection =
-                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! { result = connection => result, () = stop.cancelled() => Ok(()) }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%error, "http connection ended with an error");
-            }
-        });
-    }
+    serve_http_port(listener, app, tls, HttpPortLimits::default(), shutdown).await;
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {

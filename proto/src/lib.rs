@@ -8,10 +8,13 @@
 //! - [`channel`]: how clients (workers, operator commands) reach the coordinator: `http://`
 //!   or `https://` with a client certificate (never one falling back to the other), deadlines
 //!   and HTTP/2 keepalive;
+//! - [`http_port`]: the operations HTTP port both roles serve (probes, metrics, the status
+//!   page), with a connection cap, a header deadline and an idle deadline;
 //! - [`Error`]: the crate's one error type.
 
 pub mod channel;
 pub mod error;
+pub mod http_port;
 pub mod identity;
 
 pub use error::Error;

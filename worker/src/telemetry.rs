@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use proto::http_port::{HttpPortLimits, serve_http_port};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use transport::ConnectionStats;
@@ -281,19 +282,15 @@ impl Telemetry {
         text
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+    /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`, bounded as the
+    /// coordinator's port is ([`HttpPortLimits`]: a connection cap, header and idle deadlines).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self);
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(%error, "http server failed");
-        }
+        serve_http_port(listener, app, None, HttpPortLimits::default(), shutdown).await;
     }
 }
 

@@ -339,3 +339,110 @@ fn status_strips_control_characters_from_what_the_server_says() {
         .to_string();
     assert!(reason.chars().all(|c| !c.is_control()), "{reason:?}");
 }
+
+/// Opens `count` TCP connections to `port` from `local` (a loopback address of its own), which
+/// then say nothing.
+async fn silent_connections(
+    local: std::net::Ipv4Addr,
+    port: u16,
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut streams = Vec::new();
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((local, 0).into()).unwrap();
+        streams.push(socket.connect(([127, 0, 0, 1], port).into()).await.unwrap());
+    }
+    streams
+}
+
+/// How many of `streams` the server has closed (EOF or reset) within `wait`.
+async fn closed_by_server(streams: &mut [tokio::net::TcpStream], wait: Duration) -> usize {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut closed = 0;
+    for stream in streams {
+        let mut sink = Vec::new();
+        if tokio::time::timeout_at(deadline, stream.read_to_end(&mut sink))
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
+    }
+    closed
+}
+
+/// Peers that connect to the gRPC port and say nothing: one address holds at most 64 slots
+/// (the rest are closed as they arrive), every other client is still served, `/healthz`
+/// answers throughout, and the silent ones lose their slots at the first-byte deadline.
+#[test]
+fn silent_grpc_peers_hold_few_slots_and_lose_them() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let cluster = Cluster::start(&s3.endpoint(), 30);
+    let url = cluster.coordinator_url(0);
+    let grpc_port = cluster.coordinators[0].1;
+    let http_port = cluster.coordinator_http[0];
+    let runtime = runtime();
+    runtime.block_on(async {
+        let started = Instant::now();
+        // 300 from one address, 250 from each of two more: past the coordinator's 264 slots.
+        let mut one = silent_connections([127, 0, 0, 2].into(), grpc_port, 300).await;
+        let mut two = silent_connections([127, 0, 0, 3].into(), grpc_port, 250).await;
+        let mut three = silent_connections([127, 0, 0, 4].into(), grpc_port, 250).await;
+        // Those past the per-address cap are closed at once.
+        let quick = Duration::from_secs(2);
+        let mut closed = closed_by_server(&mut one[64..], quick).await;
+        closed += closed_by_server(&mut two[64..], quick).await;
+        closed += closed_by_server(&mut three[64..], quick).await;
+        assert_eq!(
+            closed,
+            236 + 186 + 186,
+            "connections past 64 per address were kept"
+        );
+        // Another client is served, and probes answer.
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(grpc_channel(&url, None).await);
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "era5.v1.Worker".into(),
+            })
+            .await;
+        assert!(answer.is_ok(), "a client was locked out: {answer:?}");
+        assert_eq!(Cluster::http_status(http_port, "/healthz"), Some(200));
+        // The silent ones are closed at the first-byte deadline (10 s), not kept for ever.
+        let mut kept: Vec<_> = one
+            .drain(..64)
+            .chain(two.drain(..64))
+            .chain(three.drain(..64))
+            .collect();
+        let closed = closed_by_server(&mut kept, Duration::from_secs(20)).await;
+        assert_eq!(closed, 192, "silent connections kept their slots");
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "closed before their deadline"
+        );
+    });
+}
+
+/// The worker's HTTP port is bounded like the coordinator's: 1,200 sockets that say nothing
+/// get at most its 256 slots (the rest are closed at once), lose them at the header deadline,
+/// and the liveness probe answers again.
+#[test]
+fn the_workers_http_port_closes_silent_sockets() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let mut cluster = Cluster::start(&s3.endpoint(), 30);
+    cluster.add_worker("w1", 0, &[]);
+    let port = cluster.worker_http("w1");
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut silent = silent_connections([127, 0, 0, 5].into(), port, 1200).await;
+        let closed_at_once = closed_by_server(&mut silent[256..], Duration::from_secs(3)).await;
+        assert_eq!(closed_at_once, 1200 - 256, "sockets past the cap were kept");
+        let closed_later = closed_by_server(&mut silent[..256], Duration::from_secs(40)).await;
+        assert_eq!(closed_later, 256, "silent sockets kept their slots");
+    });
+    assert_eq!(Cluster::http_status(port, "/healthz"), Some(200));
+}
