@@ -32,17 +32,21 @@ pub enum LocalIoKind {
     ReadOnly,
     /// EIO: the device failed.
     Io,
+    /// EMFILE, ENFILE, ENOMEM: the process or the machine ran out of file descriptors or
+    /// memory. A local resource failure, not the object's: its lease is released.
+    Resources,
     /// Anything else (permissions, a vanished directory...).
     Other,
 }
 
 impl LocalIoKind {
     /// Every kind, for reports.
-    pub const ALL: [LocalIoKind; 5] = [
+    pub const ALL: [LocalIoKind; 6] = [
         LocalIoKind::NoSpace,
         LocalIoKind::Quota,
         LocalIoKind::ReadOnly,
         LocalIoKind::Io,
+        LocalIoKind::Resources,
         LocalIoKind::Other,
     ];
 
@@ -53,10 +57,12 @@ impl LocalIoKind {
             Some(libc::EDQUOT) => LocalIoKind::Quota,
             Some(libc::EROFS) => LocalIoKind::ReadOnly,
             Some(libc::EIO) => LocalIoKind::Io,
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => LocalIoKind::Resources,
             _ => match error.kind() {
                 std::io::ErrorKind::StorageFull => LocalIoKind::NoSpace,
                 std::io::ErrorKind::QuotaExceeded => LocalIoKind::Quota,
                 std::io::ErrorKind::ReadOnlyFilesystem => LocalIoKind::ReadOnly,
+                std::io::ErrorKind::OutOfMemory => LocalIoKind::Resources,
                 _ => LocalIoKind::Other,
             },
         }
@@ -69,6 +75,7 @@ impl LocalIoKind {
             LocalIoKind::Quota => "quota",
             LocalIoKind::ReadOnly => "read_only",
             LocalIoKind::Io => "io",
+            LocalIoKind::Resources => "resources",
             LocalIoKind::Other => "other",
         }
     }
@@ -81,8 +88,9 @@ impl LocalIoKind {
             .unwrap_or(0)
     }
 
-    /// Whether the disk itself is the problem (full, over quota, read-only, failing), so
-    /// that other objects would fail the same way: new work stops.
+    /// Whether DEST or the machine is the problem (full, over quota, read-only, failing, out
+    /// of file descriptors or memory), so that other objects would fail the same way: new
+    /// work stops and no lease is blamed.
     pub fn is_dest_failure(self) -> bool {
         self != LocalIoKind::Other
     }
@@ -147,6 +155,11 @@ impl fmt::Display for LocalIoError {
             }
             LocalIoKind::ReadOnly => write!(f, "DEST ({path}) is read-only: {}", self.detail),
             LocalIoKind::Io => write!(f, "i/o error writing DEST ({path}): {}", self.detail),
+            LocalIoKind::Resources => write!(
+                f,
+                "out of local resources writing DEST ({path}): {} (raise `ulimit -n`, or free memory)",
+                self.detail
+            ),
             LocalIoKind::Other => write!(f, "writing DEST ({path}) failed: {}", self.detail),
         }
     }
@@ -359,6 +372,11 @@ mod tests {
         assert_eq!(of(libc::EROFS), LocalIoKind::ReadOnly);
         assert_eq!(of(libc::EIO), LocalIoKind::Io);
         assert_eq!(of(libc::EACCES), LocalIoKind::Other);
+        // Out of descriptors or memory: the machine's failure, never the lease's.
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            assert_eq!(of(errno), LocalIoKind::Resources);
+            assert!(of(errno).is_dest_failure());
+        }
         // The message is never read.
         let lying = std::io::Error::other("No space left on device");
         assert_eq!(LocalIoKind::of(&lying), LocalIoKind::Other);
