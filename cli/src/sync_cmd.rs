@@ -189,6 +189,7 @@ async fn pass(
         .await;
     let manifest_error = mirrorer
         .flush_at_end()
+        .await
         .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
     let stopped_by = runner.stopped_by();
     Ok(SyncReport {

@@ -91,6 +91,66 @@ fn three_workers_complete_a_job() {
     assert_eq!(workers.len(), 3);
 }
 
+/// While the workers that did a job still run, `era5 audit` and `era5 verify` see what they
+/// verified: their journals are appended by a timer, not only at exit (issue 21 §7).
+#[test]
+fn audit_and_verify_see_what_live_workers_verified() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    cluster.add_worker("w1", 0, &[]);
+    let (code, job) = cluster.submit_and_wait("e5.oper.an.sfc", "2023-12", "2024-04", LIMIT);
+    assert_eq!(code, Some(0));
+    assert_eq!(state(&cluster.wait_final(&job, LIMIT)), "complete");
+    let done: Vec<_> = seeded
+        .iter()
+        .filter(|o| o.key.starts_with("e5.oper.an.sfc/"))
+        .filter(|o| cluster.dest().join(&o.key).exists())
+        .collect();
+    assert!(!done.is_empty());
+    let scratch = Scratch::new();
+    let dest = cluster.dest().display().to_string();
+    let audit: Vec<String> = [
+        "audit",
+        "--product",
+        "e5.oper.an.sfc",
+        "--start",
+        "2023-12",
+        "--end",
+        "2024-04",
+        "--dest",
+        &dest,
+        "--endpoint",
+        &s3.endpoint(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    // The journal's batch interval is 2 s: well within 10 s every record is there.
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        "audit to pass while the worker runs",
+        || {
+            let run = run_era5(&scratch, &audit, LIMIT);
+            last = format!("{}{}", run.stdout, run.stderr);
+            run.code == Some(0)
+        },
+    );
+    let verify: Vec<String> = ["verify", "--dest", &dest]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let run = run_era5(&scratch, &verify, LIMIT);
+    run.expect_code(0);
+    assert!(!run.stdout.contains("nothing to verify"), "{}", run.stdout);
+    // The worker was alive throughout: nothing was flushed by its exit.
+    assert!(
+        cluster.worker("w1").is_running(),
+        "the worker had exited: {last}"
+    );
+}
+
 #[test]
 fn a_killed_workers_lease_is_granted_again_after_expiry() {
     let _serial = serial();

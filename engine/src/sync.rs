@@ -430,7 +430,7 @@ impl Mirrorer {
     ) -> std::io::Result<SyncReport> {
         let started = Instant::now();
         let outcomes = self.mirror_objects(&objects, scope).await?;
-        let manifest_error = self.flush_at_end()?;
+        let manifest_error = self.flush_at_end().await?;
         Ok(SyncReport {
             results: objects.into_iter().zip(outcomes).collect(),
             elapsed: started.elapsed(),
@@ -444,16 +444,18 @@ impl Mirrorer {
         self.manifest().get(key)
     }
 
-    /// Makes every buffered manifest record durable.
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.manifest().flush()
+    /// Makes every buffered manifest record durable (the journal writer's fsync, awaited
+    /// without holding the manifest or a runtime thread).
+    pub async fn flush(&self) -> std::io::Result<()> {
+        let flushed = self.manifest().flush_soon();
+        flushed.await
     }
 
     /// The flush at the end of a sync: a manifest that a full or failing disk could not take
     /// is reported (`Ok(Some(why))`), not an error, since the files are in place and the next
     /// run verifies them from their bytes.
-    pub fn flush_at_end(&self) -> std::io::Result<Option<String>> {
-        match self.flush() {
+    pub async fn flush_at_end(&self) -> std::io::Result<Option<String>> {
+        match self.flush().await {
             Ok(()) => Ok(None),
             Err(error) => {
                 let local = LocalIoError::from_io(&error, self.mirror.state_dir(), None);

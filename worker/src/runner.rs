@@ -248,7 +248,7 @@ impl<C: LeaseClient> Runner<C> {
     /// Makes every buffered manifest record durable.
     pub async fn flush(&self) -> std::io::Result<()> {
         for mirrorer in self.mirrorers.all().await {
-            mirrorer.flush()?;
+            mirrorer.flush().await?;
         }
         Ok(())
     }

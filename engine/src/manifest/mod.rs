@@ -12,9 +12,11 @@
 //!   file (not `w/1` and `w_1`, not two sources of one worker, not a restarted worker and its
 //!   previous life). It holds an exclusive `flock` on it while it lives. `era5 sync`, which
 //!   holds DEST exclusively, appends to the snapshot.
-//! - **Batched.** Records are buffered and appended with one write and one `fdatasync` per batch
-//!   ([`BATCH_SIZE`] records or [`BATCH_INTERVAL`]), not once per file. A failed append is cut
-//!   back off the file, so a full disk never leaves a torn line in the middle.
+//! - **Batched, by a thread of its own.** Records are buffered and appended with one write and
+//!   one `fdatasync` per batch ([`BATCH_SIZE`] records, or when the oldest has waited
+//!   [`BATCH_INTERVAL`], by a real timer), not once per file, on the journal writer's thread,
+//!   never on the async runtime's. A failed append is cut back off the file, so a full disk
+//!   never leaves a torn line in the middle.
 //! - **Crash-safe.** A crash can only lose the unflushed tail or tear the last line; loading
 //!   skips a torn line. A record is written only after its file was promoted.
 //! - **A record is tied to the bytes at the path**: it carries the inode and mtime of the file

@@ -1,13 +1,24 @@
 //! The manifest a process writes: loaded on open (dead journals compacted into the snapshot
 //! first when they have grown), looked up by triage, and appended to in batches, each written
 //! and fsynced at once, to the process's own journal (to the snapshot for `era5 sync`).
+//!
+//! **Appends happen on a thread of their own** (the journal writer), never on the async
+//! runtime's threads: a record enters the index at once (so triage sees it) and goes to the
+//! writer, which appends a batch when it is full or when its oldest record has waited
+//! [`BATCH_INTERVAL`], by a real timer. So a live worker's journal is never more than a few
+//! seconds behind, and `era5 audit` and `era5 verify` see what it verified while it runs.
 
 use rustix::fs::FlockOperation;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
+
+use common::sync::MutexExt;
 
 use super::merge::{compact_dead_journals, load, write_snapshot};
 use super::slot::{EntryView, NO_SOURCE, Slot, key_hash};
@@ -25,12 +36,8 @@ pub struct Manifest {
     index: Vec<Slot>,
     /// Records of keys this process added that were not loaded.
     added: HashMap<[u8; 16], Slot>,
-    pending: Vec<ManifestEntry>,
-    /// Appended to; for a worker, its own journal, locked while it lives.
-    journal: File,
-    /// The journal's length after the last complete append.
-    journal_len: u64,
-    last_flush: Instant,
+    /// Appends to the journal (for a worker, its own, locked while it lives).
+    writer: JournalWriter,
 }
 
 impl Manifest {
@@ -109,14 +116,11 @@ impl Manifest {
         journal_len: u64,
     ) -> Self {
         Self {
+            writer: JournalWriter::start(&path, journal, journal_len),
             dest,
             path,
             index,
             added: HashMap::new(),
-            pending: Vec::new(),
-            journal,
-            journal_len,
-            last_flush: Instant::now(),
         }
     }
 
@@ -152,8 +156,9 @@ impl Manifest {
         self.len() == 0
     }
 
-    /// Records a verified object; appends the batch when it is full or old enough. On an
-    /// error the record stays buffered for the next flush.
+    /// Records a verified object: at once in the index, and in the journal with its batch (full,
+    /// or old enough). An error is the last append's that failed since the previous call (a
+    /// full disk): the records stay buffered and are appended again with the next batch.
     pub fn record(&mut self, entry: ManifestEntry) -> std::io::Result<()> {
         let view = EntryView {
             key: entry.key.as_str().into(),
@@ -170,18 +175,210 @@ impl Manifest {
                 self.added.insert(slot.key, slot);
             }
         }
-        self.pending.push(entry);
-        if self.pending.len() >= BATCH_SIZE || self.last_flush.elapsed() >= BATCH_INTERVAL {
-            self.flush()?;
+        self.writer.send(Command::Record(entry));
+        match self.writer.failure.lock_unpoisoned().take() {
+            Some(failure) => Err(failure.error()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Appends every buffered record and makes it durable. A failed append (a full disk) is
-    /// cut back off, and the records stay buffered.
+    /// Appends every buffered record and makes it durable, waiting for the writer (a blocking
+    /// call: async code awaits [`Manifest::flush_soon`] instead). A failed append (a full
+    /// disk) is cut back off, and the records stay buffered.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.last_flush = Instant::now();
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.writer.send(Command::Flush(Reply::Blocking(reply)));
+        answer.recv().unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// Asks the writer to append every buffered record; the answer comes when it is durable.
+    /// The manifest need not stay locked while it is awaited.
+    pub fn flush_soon(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer.send(Command::Flush(Reply::Async(reply)));
+        async move { answer.await.unwrap_or_else(|_| Err(writer_gone())) }
+    }
+}
+
+impl Drop for Manifest {
+    fn drop(&mut self) {
+        // The writer appends what is buffered (and logs a failure) when its channel closes.
+        self.writer.sender.take();
+        if let Some(thread) = self.writer.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn writer_gone() -> std::io::Error {
+    std::io::Error::other("the manifest's journal writer has stopped")
+}
+
+/// What the journal writer is asked to do.
+enum Command {
+    Record(ManifestEntry),
+    Flush(Reply),
+    /// Tests: write through this descriptor from now on (a read-only one makes appends fail).
+    #[cfg(test)]
+    SwapJournal(File),
+}
+
+/// Where a flush's result goes.
+enum Reply {
+    Blocking(SyncSender<std::io::Result<()>>),
+    Async(tokio::sync::oneshot::Sender<std::io::Result<()>>),
+}
+
+impl Reply {
+    fn send(self, result: std::io::Result<()>) {
+        match self {
+            Reply::Blocking(sender) => {
+                let _ = sender.send(result);
+            }
+            Reply::Async(sender) => {
+                let _ = sender.send(result);
+            }
+        }
+    }
+}
+
+/// A failed append, kept for the next `record` to report (io errors do not clone; the error
+/// number is what callers classify by).
+#[derive(Debug)]
+struct Failure {
+    raw: Option<i32>,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn of(error: &std::io::Error) -> Self {
+        Self {
+            raw: error.raw_os_error(),
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+
+    fn error(&self) -> std::io::Error {
+        match self.raw {
+            Some(raw) => std::io::Error::from_raw_os_error(raw),
+            None => std::io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+/// The handle of the journal writer thread.
+#[derive(Debug)]
+struct JournalWriter {
+    sender: Option<Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+    /// The last append that failed, until `record` reports it.
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl JournalWriter {
+    fn start(path: &Path, journal: File, journal_len: u64) -> Self {
+        let (sender, commands) = std::sync::mpsc::channel();
+        let failure = Arc::new(Mutex::new(None));
+        let mut batches = Batches {
+            path: path.to_path_buf(),
+            journal,
+            journal_len,
+            pending: Vec::new(),
+            due: None,
+            failure: failure.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("era5-manifest".into())
+            .spawn(move || batches.run(&commands))
+            .ok();
+        if thread.is_none() {
+            tracing::error!(path = %path.display(), "could not start the manifest's journal writer");
+        }
+        Self {
+            sender: Some(sender),
+            thread,
+            failure,
+        }
+    }
+
+    fn send(&self, command: Command) {
+        if let Some(sender) = &self.sender
+            && sender.send(command).is_err()
+        {
+            self.failure
+                .lock_unpoisoned()
+                .get_or_insert(Failure::of(&writer_gone()));
+        }
+    }
+}
+
+/// The writer thread's state: the journal and the batch being gathered.
+struct Batches {
+    path: PathBuf,
+    journal: File,
+    /// The journal's length after the last complete append.
+    journal_len: u64,
+    pending: Vec<ManifestEntry>,
+    /// When the oldest buffered record has waited long enough (or a failed append is tried
+    /// again).
+    due: Option<Instant>,
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+impl Batches {
+    fn run(&mut self, commands: &Receiver<Command>) {
+        loop {
+            let command = match self.due {
+                Some(due) => commands.recv_timeout(due.saturating_duration_since(Instant::now())),
+                None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match command {
+                Ok(Command::Record(entry)) => {
+                    self.pending.push(entry);
+                    self.due
+                        .get_or_insert_with(|| Instant::now() + BATCH_INTERVAL);
+                    if self.pending.len() >= BATCH_SIZE {
+                        self.append_unasked();
+                    }
+                }
+                Ok(Command::Flush(reply)) => reply.send(self.append()),
+                #[cfg(test)]
+                Ok(Command::SwapJournal(file)) => self.journal = file,
+                Err(RecvTimeoutError::Timeout) => self.append_unasked(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(error) = self.append() {
+                        tracing::error!(path = %self.path.display(), %error, "could not write the manifest");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An append nobody waits for (a full batch, the timer): its failure is kept for the
+    /// next `record` to report.
+    fn append_unasked(&mut self) {
+        if let Err(error) = self.append() {
+            *self.failure.lock_unpoisoned() = Some(Failure::of(&error));
+        }
+    }
+
+    /// Appends every buffered record with one write and one `fdatasync`. A failed append is
+    /// cut back off (never half a batch: the next would glue a record onto it); the records
+    /// stay buffered, to be tried again after [`BATCH_INTERVAL`].
+    fn append(&mut self) -> std::io::Result<()> {
         if self.pending.is_empty() {
+            self.due = None;
             return Ok(());
         }
         let mut batch = Vec::with_capacity(self.pending.len() * 256);
@@ -194,21 +391,14 @@ impl Manifest {
             .write_all(&batch)
             .and_then(|()| self.journal.sync_data());
         if let Err(error) = appended {
-            // Never leave half a batch: the next append would glue a record onto it.
             let _ = self.journal.set_len(self.journal_len);
+            self.due = Some(Instant::now() + BATCH_INTERVAL);
             return Err(error);
         }
         self.journal_len += batch.len() as u64;
         self.pending.clear();
+        self.due = None;
         Ok(())
-    }
-}
-
-impl Drop for Manifest {
-    fn drop(&mut self) {
-        if let Err(error) = self.flush() {
-            tracing::error!(path = %self.path.display(), %error, "could not write the manifest");
-        }
     }
 }
 
@@ -310,6 +500,18 @@ mod tests {
         assert!(manifest.get("c").is_some());
     }
 
+    /// Lines in `path` once they reach `want`, or what is there after `within`.
+    fn lines_within(path: &Path, want: usize, within: std::time::Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let lines = std::fs::read_to_string(path).unwrap().lines().count();
+            if lines >= want || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn records_are_written_in_batches() {
         let (_dir, state) = dest();
@@ -319,15 +521,36 @@ mod tests {
             manifest.record(entry(&format!("k{i}"), "1")).unwrap();
         }
         assert_eq!(
-            std::fs::read_to_string(&path).unwrap().lines().count(),
+            lines_within(&path, 1, BATCH_INTERVAL / 4),
             0,
-            "written before the batch filled"
+            "written before the batch filled or its time came"
         );
         manifest.record(entry("last", "1")).unwrap();
+        // A full batch goes at once, well before its time.
         assert_eq!(
-            std::fs::read_to_string(&path).unwrap().lines().count(),
+            lines_within(&path, BATCH_SIZE, BATCH_INTERVAL / 2),
             BATCH_SIZE
         );
+    }
+
+    /// A worker that records one object and then nothing more (a quiet job): its journal
+    /// still holds the record within the batch interval, without a flush or an exit, so that
+    /// audit and verify see it.
+    #[test]
+    fn a_lone_record_reaches_the_journal_by_the_timer() {
+        let (_dir, state) = dest();
+        let mut worker = Manifest::open(&state, Some("w1")).unwrap();
+        let started = Instant::now();
+        worker.record(entry("lonely", "1")).unwrap();
+        assert_eq!(lines_within(worker.path(), 1, BATCH_INTERVAL * 3), 1);
+        let waited = started.elapsed();
+        assert!(
+            waited >= BATCH_INTERVAL / 2,
+            "appended at once ({waited:?})"
+        );
+        let seen = crate::manifest::read_records(&state, |_| true).unwrap();
+        assert!(seen.contains_key("lonely"));
+        drop(worker);
     }
 
     #[test]
@@ -353,11 +576,17 @@ mod tests {
         manifest.flush().unwrap();
         // A write that cannot happen: the journal's descriptor swapped for a read-only one.
         let path = manifest.path().to_path_buf();
-        manifest.journal = File::open(&path).unwrap();
+        manifest
+            .writer
+            .send(Command::SwapJournal(File::open(&path).unwrap()));
         manifest.record(entry("b", "1")).unwrap();
         assert!(manifest.flush().is_err());
-        assert_eq!(manifest.pending.len(), 1, "the record stays buffered");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with('\n') && text.lines().count() == 1, "{text}");
+        // The record stayed buffered: with a writable journal again it is appended.
+        let writable = OpenOptions::new().append(true).open(&path).unwrap();
+        manifest.writer.send(Command::SwapJournal(writable));
+        manifest.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }
 }
