@@ -5,6 +5,8 @@
 //!   on Redis, and reading a bounded number of jobs however many ran before);
 //! - `era5_lease_renew_seconds`: time to handle a Renew (histogram);
 //! - `era5_workers_connected`: worker session streams open on this coordinator;
+//! - `era5_worker_reports_coalesced_total`: progress reports that came sooner than a
+//!   session's report interval and were folded into the next one (a flooding worker);
 //! - `era5_follow_passes_total{result}`: standing jobs' passes this coordinator ran (`ok`,
 //!   `failed`);
 //! - `era5_follow_last_success_timestamp_seconds`: the oldest last successful pass among the
@@ -44,6 +46,8 @@ pub struct CoordinatorMetrics {
     pub renew_seconds: Histogram,
     /// Open worker sessions.
     pub workers_connected: Gauge<i64, AtomicI64>,
+    /// Reports folded into a later one because they came too soon.
+    pub reports_coalesced: Counter,
     leases: Arc<LeaseCounts>,
     follow_passes: Family<PassResult, Counter>,
     follow_last_success: Gauge<f64, AtomicU64>,
@@ -97,6 +101,12 @@ impl Default for CoordinatorMetrics {
             "Worker session streams open on this coordinator",
             workers_connected.clone(),
         );
+        let reports_coalesced = Counter::default();
+        registry.register(
+            "era5_worker_reports_coalesced",
+            "Worker progress reports folded into a later one because they came too soon",
+            reports_coalesced.clone(),
+        );
         let leases = Arc::new(LeaseCounts::default());
         registry.register_collector(Box::new(leases.clone()));
         let follow_passes = Family::<PassResult, Counter>::default();
@@ -121,6 +131,7 @@ impl Default for CoordinatorMetrics {
             registry,
             renew_seconds,
             workers_connected,
+            reports_coalesced,
             leases,
             follow_passes,
             follow_last_success,

@@ -39,6 +39,10 @@ use lease::planner::{ItemLimits, plan_items, plan_job};
 const LISTING_CONCURRENCY: usize = 8;
 /// How often a worker session checks for commands to send.
 const SESSION_TICK: Duration = Duration::from_secs(1);
+/// Shortest time between two reports a session stores (workers send one a second); a report
+/// that comes sooner waits, and a newer one replaces it, so a flooding worker costs the store
+/// no more than a well-behaved one. Reports are cumulative: the newest says everything.
+pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// Cancel commands remembered per session (so each is sent once); older ones are forgotten.
 const CANCELS_REMEMBERED: usize = 1024;
 /// Follow intervals a standing job may have: from a second to 31 days.
@@ -787,6 +791,7 @@ impl Worker for WorkerService {
         let store = self.0.store.clone();
         let stopping = self.0.stopping.clone();
         let connected = SessionGauge::enter(self.0.metrics.clone());
+        let metrics = self.0.metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let _connected = connected;
@@ -794,8 +799,11 @@ impl Worker for WorkerService {
             let mut drain_sent = false;
             let mut cancels_sent: HashSet<LeaseRef> = HashSet::new();
             let mut tick = tokio::time::interval(SESSION_TICK);
+            // The report waiting for its turn, and when the next may be stored.
+            let mut waiting: Option<pb::WorkerReport> = None;
+            let mut next_store = tokio::time::Instant::now();
             loop {
-                tokio::select! {
+                let report = tokio::select! {
                     () = stopping.cancelled() => return,
                     report = reports.message() => {
                         let Ok(Some(report)) = report else { return };
@@ -806,18 +814,18 @@ impl Worker for WorkerService {
                                 return;
                             }
                         };
-                        worker = Some(name.clone());
-                        for lease in record_report(&*store, &name, report).await {
-                            if cancels_sent.len() >= CANCELS_REMEMBERED {
-                                cancels_sent.clear();
+                        worker = Some(name);
+                        if tokio::time::Instant::now() < next_store {
+                            if waiting.replace(report).is_some() {
+                                metrics.reports_coalesced.inc();
                             }
-                            if cancels_sent.insert(lease.clone()) {
-                                let command = pb::WorkerCommand { kind: Some(pb::worker_command::Kind::CancelLease(lease_to_pb(&lease))) };
-                                if commands.send(Ok(command)).await.is_err() {
-                                    return;
-                                }
-                            }
+                            continue;
                         }
+                        report
+                    }
+                    () = tokio::time::sleep_until(next_store), if waiting.is_some() => {
+                        let Some(report) = waiting.take() else { continue };
+                        report
                     }
                     _ = tick.tick() => {
                         let Some(name) = &worker else { continue };
@@ -827,6 +835,22 @@ impl Worker for WorkerService {
                             if commands.send(Ok(command)).await.is_err() {
                                 return;
                             }
+                        }
+                        continue;
+                    }
+                };
+                next_store = tokio::time::Instant::now() + MIN_REPORT_INTERVAL;
+                let Some(name) = worker.clone() else { continue };
+                for lease in record_report(&*store, &name, report).await {
+                    if cancels_sent.len() >= CANCELS_REMEMBERED {
+                        cancels_sent.clear();
+                    }
+                    if cancels_sent.insert(lease.clone()) {
+                        let command = pb::WorkerCommand {
+                            kind: Some(pb::worker_command::Kind::CancelLease(lease_to_pb(&lease))),
+                        };
+                        if commands.send(Ok(command)).await.is_err() {
+                            return;
                         }
                     }
                 }

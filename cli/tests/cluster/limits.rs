@@ -446,3 +446,55 @@ fn the_workers_http_port_closes_silent_sockets() {
     });
     assert_eq!(Cluster::http_status(port, "/healthz"), Some(200));
 }
+
+/// A worker that floods its session with progress reports costs the store no more than one
+/// that reports every second: reports that come sooner than the session's interval are folded
+/// into the next, and the newest one still wins.
+#[test]
+fn a_flood_of_progress_reports_is_folded_and_the_newest_wins() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let cluster = Cluster::start(&s3.endpoint(), 30);
+    let url = cluster.coordinator_url(0);
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut client = WorkerClient::new(grpc_channel(&url, None).await);
+        let (reports, outbound) = tokio::sync::mpsc::channel(512);
+        let report = |held: u32| pb::WorkerReport {
+            worker: "flooder".into(),
+            leases_held: held,
+            ..Default::default()
+        };
+        reports.send(report(0)).await.unwrap();
+        let _session = client
+            .worker_session(ReceiverStream::new(outbound))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for held in 1..=400 {
+            reports.send(report(held % 250)).await.unwrap();
+        }
+        let sent_in = started.elapsed();
+        // The newest report (400 % 250 = 150) is stored within the interval.
+        wait_until(
+            Duration::from_secs(5),
+            "the newest report to be stored",
+            || {
+                cluster.status(0, None)["workers"]
+                    .as_array()
+                    .and_then(|workers| workers.iter().find(|w| w["name"] == "flooder"))
+                    .is_some_and(|w| w["leases_held"] == 150)
+            },
+        );
+        let folded = cluster
+            .coordinator_metric(0, "era5_worker_reports_coalesced_total")
+            .unwrap_or(0.0);
+        // At most one report stored per 500 ms while they came, plus the first and the last.
+        let stored_at_most = 3.0 + (sent_in.as_millis() / 500) as f64;
+        assert!(
+            folded >= 400.0 - stored_at_most,
+            "{folded} of 400 reports folded in {sent_in:?}"
+        );
+        drop(reports);
+    });
+}
