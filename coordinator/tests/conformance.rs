@@ -1,6 +1,9 @@
 //! One state machine, two stores: every scenario of `lease::conformance` runs against the
 //! embedded store and against the Redis store on a real redis-server; the Redis store's own
-//! bounds (scan budget, constant work per report) are checked here too.
+//! bounds (scan budget, constant work per report) are checked here too; `redis_atomic.rs`
+//! checks that each of its state changes and status reads is one atomic step.
+
+mod support;
 
 use std::sync::Arc;
 
@@ -8,6 +11,7 @@ use coordinator::RedisStore;
 use lease::conformance::{job, policy};
 use lease::model::ItemState;
 use lease::{LeaseStore, MemoryStore};
+use support::{Command, commands_during};
 use tests::redis_server::RedisServer;
 
 /// Runs the scenario `$name` of `lease::conformance` against both stores, with lease TTL `$ttl`
@@ -110,50 +114,9 @@ fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {
     });
 }
 
-/// The commands (name and argument count) a Redis server runs while `work` runs, read from
-/// MONITOR; a marker command from another connection ends the capture.
-async fn commands_during<F: std::future::Future<Output = ()>>(
-    server: &RedisServer,
-    work: F,
-) -> Vec<(String, usize)> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut monitor = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    monitor.write_all(b"MONITOR\r\n").await.unwrap();
-    let mut lines = BufReader::new(monitor).lines();
-    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
-    work.await;
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ECHO")
-        .arg("end-of-capture")
-        .query_async::<String>(&mut conn)
-        .await
-        .unwrap();
-    let mut commands = Vec::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains("\"end-of-capture\"") {
-            return commands;
-        }
-        // +<time> [<db> <client>] "CMD" "arg" ...
-        let Some(at) = line.find("] \"") else {
-            continue;
-        };
-        let words: Vec<&str> = line[at + 2..].split("\" \"").collect();
-        let name = words[0].trim_matches('"').to_ascii_lowercase();
-        // The client's own connection set-up is not part of the work.
-        if ["client", "hello", "select", "ping"].contains(&name.as_str()) {
-            continue;
-        }
-        commands.push((name, words.len() - 1));
-    }
-    panic!("monitor stream ended before the marker");
-}
-
 /// The Redis commands one worker report with one progress entry costs while `held` leases of
 /// the job are live.
-fn report_commands(held: usize) -> Vec<(String, usize)> {
+fn report_commands(held: usize) -> Vec<Command> {
     let server = RedisServer::start();
     runtime().block_on(async {
         let store = RedisStore::connect(&server.url(), policy(60_000))
@@ -199,7 +162,7 @@ fn a_progress_report_costs_the_same_redis_work_whatever_the_live_leases() {
     let one = report_commands(1);
     let many = report_commands(300);
     assert!(
-        one.iter().any(|(name, _)| name == "evalsha"),
+        one.iter().any(|command| command.name == "evalsha"),
         "the capture saw no transition: {one:?}"
     );
     assert_eq!(

@@ -84,6 +84,8 @@ struct Scripts {
     reap: Script,
     progress: Script,
     retry_dead: Script,
+    /// Reads only: a job's status at one moment.
+    status: Script,
     /// On the standing set alone (no job keys), so without the prelude.
     claim_pass: Script,
 }
@@ -99,6 +101,7 @@ impl Scripts {
             reap: script(include_str!("scripts/reap.lua")),
             progress: script(include_str!("scripts/progress.lua")),
             retry_dead: script(include_str!("scripts/retry_dead.lua")),
+            status: script(include_str!("scripts/status.lua")),
             claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
         }
     }

@@ -1,0 +1,174 @@
+//! Every state change of the Redis store, and every status read, is one script: another
+//! client's change lands before it or after it, never in the middle.
+//!
+//! The races: a [`Gate`] between the store and redis-server holds the store's requests after
+//! `k` round trips, another connection makes its change meanwhile, then the store goes on.
+//! Every `k` is tried, from 0 to the whole of the operation, each time on a fresh server, and
+//! the outcome must be one that running the two one after the other could give. The shape:
+//! MONITOR shows that each operation sends one script and nothing else.
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coordinator::RedisStore;
+use lease::LeaseStore;
+use lease::conformance::{job, policy};
+use lease::model::{JobState, LeaseRef};
+use support::{Gate, commands_during};
+use tests::redis_server::RedisServer;
+
+type Step<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A race between an operation of the store (`victim`, through the gate) and another
+/// client's change (`interfere`, on a connection of its own), after `setup`; `check` judges
+/// the outcome.
+struct Race<S, V> {
+    setup: fn(Arc<RedisStore>) -> Step<S>,
+    victim: fn(Arc<RedisStore>, S) -> Step<V>,
+    interfere: fn(Arc<RedisStore>, S) -> Step<()>,
+    check: fn(Arc<RedisStore>, S, V) -> Step<()>,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `race` with the interference after each of the victim's round trips in turn, until
+/// the victim finishes without being held. Returns how many round trips the victim made.
+fn at_every_step<S, V>(race: &Race<S, V>) -> usize
+where
+    S: Clone + Send + 'static,
+    V: Send + 'static,
+{
+    for k in 0..64 {
+        let server = RedisServer::start();
+        let finished_unheld = runtime().block_on(async {
+            let gate = Gate::start(server.port()).await;
+            let direct = Arc::new(
+                RedisStore::connect(&server.url(), policy(60_000))
+                    .await
+                    .unwrap(),
+            );
+            let gated = Arc::new(
+                RedisStore::connect(&gate.url(), policy(60_000))
+                    .await
+                    .unwrap(),
+            );
+            let state = (race.setup)(direct.clone()).await;
+            gate.arm(k);
+            let victim = tokio::spawn((race.victim)(gated, state.clone()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !gate.holding() && !victim.is_finished() {
+                assert!(Instant::now() < deadline, "neither held nor finished");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let held = gate.holding();
+            (race.interfere)(direct.clone(), state.clone()).await;
+            gate.release();
+            let outcome = victim.await.expect("the victim panicked");
+            (race.check)(direct, state, outcome).await;
+            !held
+        });
+        if finished_unheld {
+            return k;
+        }
+    }
+    panic!("the operation was still going after 64 round trips");
+}
+
+/// A job of one item, leased to w1: its grant.
+fn one_leased_item(store: Arc<RedisStore>) -> Step<LeaseRef> {
+    Box::pin(async move {
+        store.create_job(&job("j", 1)).await.unwrap();
+        store.acquire("w1", 1).await.unwrap().remove(0).lease
+    })
+}
+
+#[test]
+fn a_status_read_never_sees_the_last_item_half_dead() {
+    // Before: the counters (done, dead) in one read, pending and leased in the next; the item
+    // dying in between made 0 of 0 items done, so `complete`, and `submit --wait` exited 0.
+    at_every_step(&Race {
+        setup: one_leased_item,
+        victim: |store, _| Box::pin(async move { store.job("j").await.unwrap() }),
+        interfere: |store, lease| {
+            Box::pin(async move {
+                let outcome = store.fail(&lease, "w1", "NoSuchKey", true).await.unwrap();
+                assert!(outcome.dead);
+            })
+        },
+        check: |_, _, status| {
+            Box::pin(async move {
+                assert_eq!(status.counts.total(), 1, "{:?}", status.counts);
+                assert!(
+                    matches!(status.state, JobState::Running | JobState::Failed),
+                    "{:?} with {:?}",
+                    status.state,
+                    status.counts
+                );
+            })
+        },
+    });
+}
+
+/// The commands one call of `work` sends, after a first call that loads the scripts.
+fn commands_of(
+    setup: fn(Arc<RedisStore>) -> Step<()>,
+    work: fn(Arc<RedisStore>) -> Step<()>,
+) -> Vec<support::Command> {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = Arc::new(
+            RedisStore::connect(&server.url(), policy(60_000))
+                .await
+                .unwrap(),
+        );
+        setup(store.clone()).await;
+        commands_during(&server, work(store))
+            .await
+            .into_iter()
+            .filter(|command| !command.in_script)
+            .collect()
+    })
+}
+
+fn evalsha_once(commands: &[support::Command]) {
+    assert!(
+        commands.len() == 1 && commands[0].name == "evalsha",
+        "{commands:?}"
+    );
+}
+
+#[test]
+fn a_status_read_is_one_script() {
+    evalsha_once(&commands_of(
+        |store| {
+            Box::pin(async move {
+                let mut spec = job("j", 3);
+                spec.follow = Some(lease::model::FollowSpec {
+                    interval_ms: 60_000,
+                    end: "latest".into(),
+                });
+                store.create_job(&spec).await.unwrap();
+                let grant = store.acquire("w1", 1).await.unwrap().remove(0);
+                store.progress(&grant.lease, "w1", 40).await.unwrap();
+                store.job("j").await.unwrap();
+            })
+        },
+        |store| {
+            Box::pin(async move {
+                let status = store.job("j").await.unwrap();
+                assert_eq!((status.counts.leased, status.bytes_done), (1, 40));
+                assert!(status.follow.unwrap().next_check_ms > 0);
+            })
+        },
+    ));
+}
