@@ -172,3 +172,79 @@ fn a_status_read_is_one_script() {
         },
     ));
 }
+
+/// A job of one item, which died: the job is failed, but still in the active set until an
+/// acquire or a reap sees it has nothing left to grant.
+fn one_dead_item(store: Arc<RedisStore>) -> Step<()> {
+    Box::pin(async move {
+        let lease = one_leased_item(store.clone()).await;
+        assert!(store.fail(&lease, "w1", "gone", true).await.unwrap().dead);
+        assert_eq!(store.job("j").await.unwrap().state, JobState::Failed);
+    })
+}
+
+/// The item retry-dead brought back is granted: to the victim, or to the next acquire.
+fn granted_once(store: Arc<RedisStore>, granted_to_victim: usize) -> Step<()> {
+    Box::pin(async move {
+        let granted_after = store.acquire("w3", 1).await.unwrap().len();
+        assert_eq!(
+            granted_to_victim + granted_after,
+            1,
+            "the retried item must be granted (victim {granted_to_victim}, after {granted_after})"
+        );
+        assert_eq!(store.job("j").await.unwrap().state, JobState::Running);
+    })
+}
+
+#[test]
+fn retry_dead_and_an_acquire_retiring_the_job_never_strand_the_retried_items() {
+    // Before: the acquire read "nothing pending or leased", retry-dead brought the item back
+    // and put the job in the active set, then the acquire took it out: the item was pending
+    // in a job no acquire looks at.
+    at_every_step(&Race {
+        setup: |store| one_dead_item(store),
+        victim: |store, ()| Box::pin(async move { store.acquire("w2", 1).await.unwrap().len() }),
+        interfere: |store, ()| {
+            Box::pin(async move { assert_eq!(store.retry_dead("j").await.unwrap(), 1) })
+        },
+        check: |store, (), granted| granted_once(store, granted),
+    });
+}
+
+#[test]
+fn retry_dead_and_a_reap_retiring_the_job_never_strand_the_retried_items() {
+    at_every_step(&Race {
+        setup: |store| one_dead_item(store),
+        victim: |store, ()| {
+            Box::pin(async move {
+                store.reap().await.unwrap();
+                0
+            })
+        },
+        interfere: |store, ()| {
+            Box::pin(async move { assert_eq!(store.retry_dead("j").await.unwrap(), 1) })
+        },
+        check: |store, (), granted| granted_once(store, granted),
+    });
+}
+
+#[test]
+fn retry_dead_is_one_script() {
+    evalsha_once(&commands_of(
+        |store| {
+            Box::pin(async move {
+                one_dead_item(store.clone()).await;
+                assert_eq!(store.retry_dead("j").await.unwrap(), 1);
+                let lease = store.acquire("w1", 1).await.unwrap().remove(0).lease;
+                assert!(store.fail(&lease, "w1", "gone", true).await.unwrap().dead);
+                store.reap().await.unwrap();
+                assert_eq!(store.active_jobs().await.unwrap(), 0, "retired");
+            })
+        },
+        |store| {
+            Box::pin(async move {
+                assert_eq!(store.retry_dead("j").await.unwrap(), 1);
+            })
+        },
+    ));
+}

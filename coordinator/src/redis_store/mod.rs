@@ -160,26 +160,6 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Drops a job from the active set once nothing of it is pending or leased (done, dead or
-    /// cancelled), so acquire stays fast however many jobs ran before.
-    async fn retire_if_final(&self, job_id: &str) -> Result<(), Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let (pending, leased, cancelled): (u64, u64, Option<String>) = redis::pipe()
-            .zcard(&keys.pending)
-            .zcard(&keys.leased)
-            .hget(&keys.meta, "cancelled")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if (pending == 0 && leased == 0) || cancelled.as_deref() == Some("1") {
-            conn.zrem::<_, _, ()>(ACTIVE, job_id)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
     async fn transition(
         &self,
         script: &Script,
@@ -334,7 +314,7 @@ impl LeaseStore for RedisStore {
                 .await
                 .map_err(unavailable)?;
             if granted.is_empty() {
-                self.retire_if_final(&job_id).await?;
+                // The script took the job out of the active set if it has nothing left.
                 continue;
             }
             let mut conn = self.conn()?;
@@ -425,9 +405,9 @@ impl LeaseStore for RedisStore {
                 .invoke_async(&mut self.conn()?)
                 .await
                 .map_err(unavailable)?;
+            // The script also retires a job with nothing left, which keeps the active set
+            // (and so `--max-active-jobs`) true when no worker asks.
             total += reaped;
-            // Keeps the active set (and so `--max-active-jobs`) true when no worker asks.
-            self.retire_if_final(&job_id).await?;
         }
         Ok(total)
     }
@@ -465,28 +445,12 @@ impl LeaseStore for RedisStore {
     }
 
     async fn retry_dead(&self, job_id: &str) -> Result<u32, Error> {
-        let keys = JobKeys::new(job_id);
-        let exists: bool = self.conn()?.exists(&keys.meta).await.map_err(unavailable)?;
-        if !exists {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        let retried: u32 = keys
+        let retried: i64 = JobKeys::new(job_id)
             .invocation(&self.scripts.retry_dead)
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        let created: Option<i64> = self
-            .conn()?
-            .zscore(JOBS, job_id)
-            .await
-            .map_err(unavailable)?;
-        if retried > 0 {
-            self.conn()?
-                .zadd::<_, _, _, ()>(ACTIVE, job_id, created.unwrap_or(0))
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(retried)
+        u32::try_from(retried).map_err(|_| Error::UnknownJob(job_id.to_string()))
     }
 
     async fn jobs(&self) -> Result<Vec<JobStatus>, Error> {

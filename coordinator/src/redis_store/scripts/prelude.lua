@@ -48,6 +48,21 @@ local function reap(now, max_expiries)
   end
   return #expired
 end
+-- Takes the job out of the active set once nothing of it is pending or leased (all done or
+-- dead) or it is cancelled, so acquire walks only jobs with work. In the script that saw it
+-- empty: a retry or an extension that brings work back comes before or after, not between.
+local function retire_if_final()
+  if cancelled() or (redis.call('ZCARD', KEYS[3]) == 0 and redis.call('ZCARD', KEYS[4]) == 0) then
+    redis.call('ZREM', KEYS[8], job_id())
+  end
+end
+-- Puts the job (back) in the active set, scored by its creation time like era5:jobs, unless it
+-- is cancelled.
+local function activate()
+  if cancelled() then return end
+  local created = redis.call('ZSCORE', KEYS[7], job_id()) or redis.call('HGET', KEYS[1], 'created') or 0
+  redis.call('ZADD', KEYS[8], created, job_id())
+end
 local function refusal(item)
   if get(item, 'state') == 'done' then return 'done' end
   return 'lost'
