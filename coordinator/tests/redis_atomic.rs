@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use coordinator::RedisStore;
 use lease::LeaseStore;
 use lease::conformance::{job, policy};
-use lease::model::{JobState, LeaseRef};
+use lease::model::{Ack, JobState, LeaseRef};
 use support::{Gate, commands_during};
 use tests::redis_server::RedisServer;
 
@@ -246,5 +246,69 @@ fn retry_dead_is_one_script() {
                 assert_eq!(store.retry_dead("j").await.unwrap(), 1);
             })
         },
+    ));
+}
+
+/// A job whose one item is done, a few milliseconds ago: prunable with a short retention.
+fn one_done_item(store: Arc<RedisStore>) -> Step<()> {
+    Box::pin(async move {
+        let lease = one_leased_item(store.clone()).await;
+        assert_eq!(store.complete(&lease, "w1").await.unwrap(), Ack::Ok);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    })
+}
+
+/// After a pruning raced another change: the job is gone, or it is there whole and cancelled;
+/// never a remnant (a meta without its spec reads as corrupt).
+fn gone_or_cancelled(store: Arc<RedisStore>, known_to_victim: bool) -> Step<()> {
+    Box::pin(async move {
+        match store.job("j").await {
+            Err(lease::Error::UnknownJob(_)) => {}
+            Ok(status) => {
+                assert!(known_to_victim, "the victim said unknown: {status:?}");
+                assert_eq!(status.state, JobState::Cancelled);
+            }
+            Err(other) => panic!("the job is left half there: {other}"),
+        }
+        assert!(store.acquire("w3", 5).await.unwrap().is_empty());
+        store.jobs().await.unwrap();
+    })
+}
+
+#[test]
+fn a_cancel_racing_the_pruning_of_its_job_leaves_no_remnant() {
+    // Before: cancel checked the job existed, then wrote `cancelled` and `ended` into its
+    // meta; a pruning in between left a meta of those two fields, which reads as corrupt.
+    at_every_step(&Race {
+        setup: |store| one_done_item(store),
+        victim: |store, ()| {
+            Box::pin(async move {
+                match store.cancel_job("j").await {
+                    Ok(()) => true,
+                    Err(lease::Error::UnknownJob(_)) => false,
+                    Err(other) => panic!("{other}"),
+                }
+            })
+        },
+        interfere: |store, ()| {
+            Box::pin(async move {
+                store.prune(Duration::from_millis(1)).await.unwrap();
+            })
+        },
+        check: |store, (), known| gone_or_cancelled(store, known),
+    });
+}
+
+#[test]
+fn a_cancel_is_one_script() {
+    evalsha_once(&commands_of(
+        |store| {
+            Box::pin(async move {
+                store.create_job(&job("j", 1)).await.unwrap();
+                store.create_job(&job("warm-up", 1)).await.unwrap();
+                store.cancel_job("warm-up").await.unwrap();
+            })
+        },
+        |store| Box::pin(async move { store.cancel_job("j").await.unwrap() }),
     ));
 }

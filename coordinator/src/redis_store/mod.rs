@@ -84,6 +84,7 @@ struct Scripts {
     reap: Script,
     progress: Script,
     retry_dead: Script,
+    cancel: Script,
     /// Reads only: a job's status at one moment.
     status: Script,
     /// On the standing set alone (no job keys), so without the prelude.
@@ -101,6 +102,7 @@ impl Scripts {
             reap: script(include_str!("scripts/reap.lua")),
             progress: script(include_str!("scripts/progress.lua")),
             retry_dead: script(include_str!("scripts/retry_dead.lua")),
+            cancel: script(include_str!("scripts/cancel.lua")),
             status: script(include_str!("scripts/status.lua")),
             claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
         }
@@ -424,24 +426,16 @@ impl LeaseStore for RedisStore {
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<(), Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
-        if !exists {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        redis::pipe()
-            .hset(&keys.meta, "cancelled", "1")
-            .ignore()
-            .hset(&keys.meta, "ended", now_ms())
-            .ignore()
-            .zrem(ACTIVE, job_id)
-            .ignore()
-            .zrem(STANDING, job_id)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let cancelled: i64 = JobKeys::new(job_id)
+            .invocation(&self.scripts.cancel)
+            .invoke_async(&mut self.conn()?)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if cancelled == 1 {
+            Ok(())
+        } else {
+            Err(Error::UnknownJob(job_id.to_string()))
+        }
     }
 
     async fn retry_dead(&self, job_id: &str) -> Result<u32, Error> {
