@@ -76,6 +76,15 @@ conformance!(
     a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_cancelled,
     10_000
 );
+conformance!(the_last_item_dying_fails_the_job, 10_000);
+conformance!(
+    an_unknown_job_is_unknown_to_every_call_and_none_creates_it,
+    10_000
+);
+conformance!(
+    retry_dead_grants_the_dead_items_again_and_the_job_is_active_again,
+    10_000
+);
 
 #[test]
 fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {

@@ -332,6 +332,10 @@ pub async fn progress_counts_for_live_grants_only(store: Arc<dyn LeaseStore>) {
     assert_eq!(store.items("j8").await.unwrap()[0].bytes_done, 40);
     store.complete(&grant.lease, "w1").await.unwrap();
     assert_eq!(store.job("j8").await.unwrap().bytes_done, 100);
+    // A report past the item's size counts as the item's size.
+    let second = store.acquire("w1", 1).await.unwrap().remove(0);
+    store.progress(&second.lease, "w1", 150).await.unwrap();
+    assert_eq!(store.job("j8").await.unwrap().bytes_done, 200);
 }
 
 /// A conformance scenario.
@@ -600,4 +604,125 @@ pub async fn a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_ca
         0
     );
     assert!(store.standing_jobs().await.unwrap().is_empty());
+}
+
+fn unknown<T: std::fmt::Debug>(result: Result<T, crate::Error>) -> bool {
+    matches!(result, Err(crate::Error::UnknownJob(_)))
+}
+
+/// A conformance scenario.
+pub async fn the_last_item_dying_fails_the_job(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("jd", 2)).await.unwrap();
+    let grants = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(
+        store.complete(&grants[0].lease, "w1").await.unwrap(),
+        Ack::Ok
+    );
+    let outcome = store
+        .fail(&grants[1].lease, "w1", "NoSuchKey", true)
+        .await
+        .unwrap();
+    assert!(outcome.dead);
+    let status = store.job("jd").await.unwrap();
+    assert_eq!(
+        status.state,
+        JobState::Failed,
+        "not complete: {:?}",
+        status.counts
+    );
+    assert_eq!(
+        (
+            status.counts.pending,
+            status.counts.leased,
+            status.counts.done,
+            status.counts.dead
+        ),
+        (0, 0, 1, 1)
+    );
+    assert_eq!(status.bytes_done, 100);
+    store.reap().await.unwrap();
+    assert_eq!(
+        store.active_jobs().await.unwrap(),
+        0,
+        "nothing left to grant"
+    );
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+}
+
+/// A conformance scenario.
+pub async fn an_unknown_job_is_unknown_to_every_call_and_none_creates_it(
+    store: Arc<dyn LeaseStore>,
+) {
+    let item = job("x", 1).items.remove(0);
+    assert!(unknown(store.cancel_job("nope").await));
+    assert!(unknown(store.retry_dead("nope").await));
+    assert!(unknown(store.extend_job("nope", &[item]).await));
+    assert!(unknown(store.extend_job("nope", &[]).await));
+    assert!(unknown(store.record_pass("nope", None).await));
+    assert!(unknown(
+        store.record_pass("nope", Some("listing failed")).await
+    ));
+    assert!(unknown(store.job_objects("nope").await));
+    assert!(unknown(store.job_cancelled("nope").await));
+    assert!(unknown(store.items("nope").await));
+    assert!(unknown(store.job("nope").await), "none of them made it");
+    assert!(store.jobs().await.unwrap().is_empty());
+    assert_eq!(store.recent_jobs(10).await.unwrap().total, 0);
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+
+    // A known job may be cancelled twice.
+    store.create_job(&job("jc", 1)).await.unwrap();
+    store.cancel_job("jc").await.unwrap();
+    store.cancel_job("jc").await.unwrap();
+    assert_eq!(store.job("jc").await.unwrap().state, JobState::Cancelled);
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+}
+
+/// A conformance scenario.
+pub async fn retry_dead_grants_the_dead_items_again_and_the_job_is_active_again(
+    store: Arc<dyn LeaseStore>,
+) {
+    store.create_job(&job("jr", 3)).await.unwrap();
+    let grants = store.acquire("w1", 3).await.unwrap();
+    assert_eq!(
+        store.complete(&grants[1].lease, "w1").await.unwrap(),
+        Ack::Ok
+    );
+    for grant in [&grants[0], &grants[2]] {
+        assert!(
+            store
+                .fail(&grant.lease, "w1", "gone", true)
+                .await
+                .unwrap()
+                .dead
+        );
+    }
+    store.reap().await.unwrap();
+    assert_eq!(store.job("jr").await.unwrap().state, JobState::Failed);
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+
+    assert_eq!(store.retry_dead("jr").await.unwrap(), 2);
+    let status = store.job("jr").await.unwrap();
+    assert_eq!(status.state, JobState::Running);
+    assert_eq!((status.counts.pending, status.counts.dead), (2, 0));
+    assert_eq!(store.active_jobs().await.unwrap(), 1, "active again");
+
+    let again = store.acquire("w2", 5).await.unwrap();
+    let ids: Vec<&str> = again.iter().map(|g| g.item.item_id.as_str()).collect();
+    assert_eq!(ids, ["000000", "000002"], "the dead items, in plan order");
+    assert!(again.iter().all(|g| g.lease.epoch == 2));
+    let items = store.items("jr").await.unwrap();
+    assert!(
+        items
+            .iter()
+            .all(|i| i.attempts == 0 && i.last_error == "gone" || i.state == ItemState::Done)
+    );
+    for grant in &again {
+        assert_eq!(store.complete(&grant.lease, "w2").await.unwrap(), Ack::Ok);
+    }
+    assert_eq!(store.job("jr").await.unwrap().state, JobState::Complete);
+    assert_eq!(store.retry_dead("jr").await.unwrap(), 0);
+    store.reap().await.unwrap();
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
 }

@@ -85,6 +85,7 @@ struct Scripts {
     progress: Script,
     retry_dead: Script,
     cancel: Script,
+    record_pass: Script,
     /// Reads only: a job's status at one moment.
     status: Script,
     /// On the standing set alone (no job keys), so without the prelude.
@@ -103,6 +104,7 @@ impl Scripts {
             progress: script(include_str!("scripts/progress.lua")),
             retry_dead: script(include_str!("scripts/retry_dead.lua")),
             cancel: script(include_str!("scripts/cancel.lua")),
+            record_pass: script(include_str!("scripts/record_pass.lua")),
             status: script(include_str!("scripts/status.lua")),
             claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
         }

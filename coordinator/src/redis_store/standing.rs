@@ -6,7 +6,7 @@
 use redis::AsyncCommands;
 
 use lease::Error;
-use lease::model::{FollowSpec, ItemSpec, JobStatus, ObjectSpec, now_ms};
+use lease::model::{FollowSpec, ItemSpec, JobStatus, ObjectSpec};
 
 use super::keys::{ACTIVE, JOBS, JobKeys, STANDING};
 use super::{PAGE_CHUNK, RedisStore, unavailable};
@@ -142,18 +142,16 @@ pub(super) async fn record_pass(
     job_id: &str,
     error: Option<&str>,
 ) -> Result<(), Error> {
-    let keys = JobKeys::new(job_id);
-    let mut pipe = redis::pipe();
-    pipe.hincr(&keys.meta, "follow_passes", 1).ignore();
-    match error {
-        None => pipe
-            .hset(&keys.meta, "follow_success", now_ms())
-            .ignore()
-            .hset(&keys.meta, "follow_error", "")
-            .ignore(),
-        Some(error) => pipe.hset(&keys.meta, "follow_error", error).ignore(),
-    };
-    pipe.query_async::<()>(&mut store.conn()?)
+    let recorded: i64 = JobKeys::new(job_id)
+        .invocation(&store.scripts.record_pass)
+        .arg(u8::from(error.is_none()))
+        .arg(error.unwrap_or_default())
+        .invoke_async(&mut store.conn()?)
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+    if recorded == 1 {
+        Ok(())
+    } else {
+        Err(Error::UnknownJob(job_id.to_string()))
+    }
 }
