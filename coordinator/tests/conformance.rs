@@ -85,6 +85,47 @@ conformance!(
     retry_dead_grants_the_dead_items_again_and_the_job_is_active_again,
     10_000
 );
+conformance!(grants_and_listings_follow_the_plan_order, 10_000);
+conformance!(an_item_id_twice_in_a_job_is_refused_whole, 10_000);
+
+#[test]
+fn a_job_from_before_the_order_index_keeps_every_item_in_view_when_it_grows() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), policy(60_000))
+            .await
+            .unwrap();
+        store.create_job(&job("old", 3)).await.unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DEL")
+            .arg("era5:{old}:order")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let mut early = job("x", 1).items.remove(0);
+        early.item_id = "000001a".into();
+        assert!(matches!(
+            store.extend_job("old", &[early]).await,
+            Err(lease::Error::InvalidArgument(_))
+        ));
+        let mut added = job("x", 1).items.remove(0);
+        added.item_id = "f1-000000".into();
+        added.objects[0].key = "k-new".into();
+        store.extend_job("old", &[added]).await.unwrap();
+        let page = store.items_page("old", None, "", 10).await.unwrap();
+        let ids: Vec<&str> = page.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids, ["000000", "000001", "000002", "f1-000000"]);
+        let objects: Vec<String> = store
+            .job_objects("old")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(objects, ["k0", "k1", "k2", "k-new"]);
+    });
+}
 
 #[test]
 fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {

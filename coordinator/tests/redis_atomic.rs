@@ -183,14 +183,15 @@ fn one_dead_item(store: Arc<RedisStore>) -> Step<()> {
     })
 }
 
-/// The item retry-dead brought back is granted: to the victim, or to the next acquire.
+/// The item brought back (by retry-dead or an extension) is granted: to the victim, or to the
+/// next acquire.
 fn granted_once(store: Arc<RedisStore>, granted_to_victim: usize) -> Step<()> {
     Box::pin(async move {
         let granted_after = store.acquire("w3", 1).await.unwrap().len();
         assert_eq!(
             granted_to_victim + granted_after,
             1,
-            "the retried item must be granted (victim {granted_to_victim}, after {granted_after})"
+            "the item brought back must be granted (victim {granted_to_victim}, after {granted_after})"
         );
         assert_eq!(store.job("j").await.unwrap().state, JobState::Running);
     })
@@ -310,5 +311,76 @@ fn a_cancel_is_one_script() {
             })
         },
         |store| Box::pin(async move { store.cancel_job("j").await.unwrap() }),
+    ));
+}
+
+/// A new item for job `j`, after its first ones in plan order.
+fn added_item() -> lease::model::ItemSpec {
+    let mut item = job("x", 1).items.remove(0);
+    item.item_id = "f1-000000".into();
+    item.objects[0].key = "k-new".into();
+    item
+}
+
+#[test]
+fn an_extension_and_an_acquire_retiring_the_job_never_strand_the_new_items() {
+    at_every_step(&Race {
+        setup: |store| one_done_item(store),
+        victim: |store, ()| Box::pin(async move { store.acquire("w2", 1).await.unwrap().len() }),
+        interfere: |store, ()| {
+            Box::pin(async move { store.extend_job("j", &[added_item()]).await.unwrap() })
+        },
+        check: |store, (), granted| granted_once(store, granted),
+    });
+}
+
+#[test]
+fn an_extension_racing_the_cancel_and_pruning_of_its_job_leaves_nothing_behind() {
+    // Before: extend checked the job, then wrote the items and added to its counters and to
+    // the active set; with the job pruned in between, that made a meta without a spec in the
+    // active set, and every acquire failed on it (corrupt) from then on.
+    at_every_step(&Race {
+        setup: |store| one_done_item(store),
+        victim: |store, ()| {
+            Box::pin(async move {
+                match store.extend_job("j", &[added_item()]).await {
+                    Ok(()) | Err(lease::Error::UnknownJob(_)) => {}
+                    Err(other) => panic!("{other}"),
+                }
+            })
+        },
+        interfere: |store, ()| {
+            Box::pin(async move {
+                store.cancel_job("j").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                assert_eq!(store.prune(Duration::from_millis(1)).await.unwrap().jobs, 1);
+            })
+        },
+        check: |store, (), ()| {
+            Box::pin(async move {
+                assert!(matches!(
+                    store.job("j").await,
+                    Err(lease::Error::UnknownJob(_))
+                ));
+                assert!(store.acquire("w3", 5).await.unwrap().is_empty());
+                assert_eq!(store.active_jobs().await.unwrap(), 0);
+                assert!(store.job_objects("j").await.is_err());
+            })
+        },
+    });
+}
+
+#[test]
+fn an_extension_is_one_script() {
+    evalsha_once(&commands_of(
+        |store| {
+            Box::pin(async move {
+                one_done_item(store.clone()).await;
+                let mut warm_up = added_item();
+                warm_up.item_id = "f0-000000".into();
+                store.extend_job("j", &[warm_up]).await.unwrap();
+            })
+        },
+        |store| Box::pin(async move { store.extend_job("j", &[added_item()]).await.unwrap() }),
     ));
 }

@@ -610,6 +610,10 @@ fn unknown<T: std::fmt::Debug>(result: Result<T, crate::Error>) -> bool {
     matches!(result, Err(crate::Error::UnknownJob(_)))
 }
 
+fn invalid<T: std::fmt::Debug>(result: Result<T, crate::Error>) -> bool {
+    matches!(result, Err(crate::Error::InvalidArgument(_)))
+}
+
 /// A conformance scenario.
 pub async fn the_last_item_dying_fails_the_job(store: Arc<dyn LeaseStore>) {
     store.create_job(&job("jd", 2)).await.unwrap();
@@ -725,4 +729,124 @@ pub async fn retry_dead_grants_the_dead_items_again_and_the_job_is_active_again(
     assert_eq!(store.retry_dead("jr").await.unwrap(), 0);
     store.reap().await.unwrap();
     assert_eq!(store.active_jobs().await.unwrap(), 0);
+}
+
+/// A conformance scenario.
+pub async fn grants_and_listings_follow_the_plan_order(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("jo", 5)).await.unwrap();
+    let ids = |grants: &[crate::model::Grant]| -> Vec<String> {
+        grants.iter().map(|g| g.item.item_id.clone()).collect()
+    };
+    let first = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(ids(&first), ["000000", "000001"]);
+    // Handed back: ready again, but after the items that were ready before it.
+    assert_eq!(store.release(&first[0].lease, "w1").await.unwrap(), Ack::Ok);
+    let mut added = Vec::new();
+    for n in 0..2 {
+        let mut item = job("x", 1).items.remove(0);
+        item.item_id = format!("f1-{n:06}");
+        item.objects[0].key = format!("k-new{n}");
+        added.push(item);
+    }
+    store.extend_job("jo", &added).await.unwrap();
+    let rest = store.acquire("w1", 10).await.unwrap();
+    assert_eq!(
+        ids(&rest),
+        [
+            "000002",
+            "000003",
+            "000004",
+            "f1-000000",
+            "f1-000001",
+            "000000"
+        ]
+    );
+
+    let listed: Vec<String> = store
+        .items("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    let plan = [
+        "000000",
+        "000001",
+        "000002",
+        "000003",
+        "000004",
+        "f1-000000",
+        "f1-000001",
+    ];
+    assert_eq!(listed, plan);
+    let paged: Vec<String> = walk(&*store, "jo", None, 3)
+        .await
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(paged, plan);
+    let objects: Vec<String> = store
+        .job_objects("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(objects, ["k0", "k1", "k2", "k3", "k4", "k-new0", "k-new1"]);
+
+    // Ids out of plan order are refused, whole.
+    let mut backwards = job("jb", 2);
+    backwards.items.reverse();
+    assert!(invalid(store.create_job(&backwards).await));
+    assert!(unknown(store.job("jb").await));
+    let mut early = job("x", 1).items.remove(0);
+    early.item_id = "000003a".into();
+    assert!(invalid(store.extend_job("jo", &[early]).await));
+    assert_eq!(store.job("jo").await.unwrap().counts.total(), 7);
+}
+
+/// A conformance scenario.
+pub async fn an_item_id_twice_in_a_job_is_refused_whole(store: Arc<dyn LeaseStore>) {
+    let mut twice = job("jt", 3);
+    twice.items[2].item_id = twice.items[1].item_id.clone();
+    assert!(invalid(store.create_job(&twice).await));
+    assert!(unknown(store.job("jt").await), "nothing of it was stored");
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+
+    store.create_job(&job("jt", 2)).await.unwrap();
+    let before = store.job("jt").await.unwrap();
+    let mut again = job("x", 1).items.remove(0);
+    again.item_id = "000001".into();
+    again.objects[0].key = "k-other".into();
+    assert!(invalid(store.extend_job("jt", &[again]).await));
+    let mut new = job("x", 1).items.remove(0);
+    new.item_id = "f1-000000".into();
+    assert!(invalid(
+        store.extend_job("jt", &[new.clone(), new.clone()]).await
+    ));
+    let after = store.job("jt").await.unwrap();
+    assert_eq!(
+        (after.counts, after.objects_total, after.bytes_total),
+        (before.counts, before.objects_total, before.bytes_total),
+        "a refused extension adds nothing"
+    );
+    let objects: Vec<String> = store
+        .job_objects("jt")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(objects, ["k0", "k1"]);
+    let grants = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(grants.len(), 2);
+    assert_eq!(
+        grants[1].item.objects[0].key, "k1",
+        "the item spec is the first one"
+    );
+
+    // The same item added once is fine, and only once.
+    store.extend_job("jt", &[new.clone()]).await.unwrap();
+    assert!(invalid(store.extend_job("jt", &[new]).await));
+    assert_eq!(store.job("jt").await.unwrap().counts.total(), 3);
 }

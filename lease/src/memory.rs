@@ -17,7 +17,7 @@ use crate::model::{
     JobStatus, LeasePolicy, LeaseRef, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample,
     WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
-use crate::store::{FailOutcome, LeaseStore, Pruned};
+use crate::store::{FailOutcome, LeaseStore, Pruned, check_item_order};
 
 /// The embedded store.
 pub struct MemoryStore {
@@ -263,6 +263,7 @@ impl LeaseStore for MemoryStore {
         if inner.jobs.iter().any(|j| j.spec.job_id == job.job_id) {
             return Ok(());
         }
+        check_item_order(&job.job_id, None, &job.items)?;
         inner.jobs.push(JobEntry {
             items: vec![ItemEntry::new(); job.items.len()],
             pending: (0..job.items.len()).map(|i| (0, i)).collect(),
@@ -525,14 +526,10 @@ impl LeaseStore for MemoryStore {
     async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error> {
         let mut inner = self.lock();
         let job = Self::job_mut(&mut inner, job_id)?;
-        for item in items {
-            if job.index.contains_key(&item.item_id) {
-                return Err(Error::InvalidArgument(format!(
-                    "item `{}` is already in job `{job_id}`",
-                    item.item_id
-                )));
-            }
-        }
+        // Ids after the last one keep positions in plan order (the pending and leased indexes
+        // break ties by position), and are new to the job.
+        let last = job.spec.items.last().map(|item| item.item_id.as_str());
+        check_item_order(job_id, last, items)?;
         for item in items {
             let position = job.items.len();
             job.index.insert(item.item_id.clone(), position);

@@ -85,6 +85,7 @@ struct Scripts {
     progress: Script,
     retry_dead: Script,
     cancel: Script,
+    extend: Script,
     record_pass: Script,
     /// Reads only: a job's status at one moment.
     status: Script,
@@ -104,6 +105,7 @@ impl Scripts {
             progress: script(include_str!("scripts/progress.lua")),
             retry_dead: script(include_str!("scripts/retry_dead.lua")),
             cancel: script(include_str!("scripts/cancel.lua")),
+            extend: script(include_str!("scripts/extend.lua")),
             record_pass: script(include_str!("scripts/record_pass.lua")),
             status: script(include_str!("scripts/status.lua")),
             claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
@@ -214,6 +216,7 @@ impl LeaseStore for RedisStore {
         if exists {
             return Ok(());
         }
+        lease::store::check_item_order(&job.job_id, None, &job.items)?;
         // Items and their states first; the job becomes visible (meta, index) last, so a
         // coordinator dying mid-way leaves nothing half-created that could be granted.
         self.write_items(&keys, &job.items).await?;

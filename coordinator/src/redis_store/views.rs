@@ -30,7 +30,7 @@ const PAGE_FIELDS: [&str; 9] = [
 ];
 
 /// How a job's items are walked in plan order.
-enum Order {
+pub(super) enum Order {
     /// The job's `order` index.
     Index,
     /// Every id, sorted (a job created before the index existed).
@@ -104,7 +104,7 @@ impl RedisStore {
     }
 
     /// How to walk `job_id`'s items in plan order; `UnknownJob` if there is no such job.
-    async fn order_of(&self, keys: &JobKeys, job_id: &str) -> Result<Order, Error> {
+    pub(super) async fn order_of(&self, keys: &JobKeys, job_id: &str) -> Result<Order, Error> {
         let mut conn = self.conn()?;
         let (exists, indexed): (bool, u64) = redis::pipe()
             .exists(&keys.meta)
@@ -124,7 +124,7 @@ impl RedisStore {
     }
 
     /// Up to `count` item ids after `after` in plan order.
-    async fn ids_after(
+    pub(super) async fn ids_after(
         &self,
         keys: &JobKeys,
         order: &Order,
