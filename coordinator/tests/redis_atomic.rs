@@ -25,12 +25,12 @@ type Step<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A race between an operation of the store (`victim`, through the gate) and another
 /// client's change (`interfere`, on a connection of its own), after `setup`; `check` judges
-/// the outcome.
-struct Race<S, V> {
+/// both outcomes.
+struct Race<S, V, I = ()> {
     setup: fn(Arc<RedisStore>) -> Step<S>,
     victim: fn(Arc<RedisStore>, S) -> Step<V>,
-    interfere: fn(Arc<RedisStore>, S) -> Step<()>,
-    check: fn(Arc<RedisStore>, S, V) -> Step<()>,
+    interfere: fn(Arc<RedisStore>, S) -> Step<I>,
+    check: fn(Arc<RedisStore>, S, V, I) -> Step<()>,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -43,7 +43,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs `race` with the interference after each of the victim's round trips in turn, until
 /// the victim finishes without being held. Returns how many round trips the victim made.
-fn at_every_step<S, V>(race: &Race<S, V>) -> usize
+fn at_every_step<S, V, I>(race: &Race<S, V, I>) -> usize
 where
     S: Clone + Send + 'static,
     V: Send + 'static,
@@ -71,10 +71,10 @@ where
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let held = gate.holding();
-            (race.interfere)(direct.clone(), state.clone()).await;
+            let interfered = (race.interfere)(direct.clone(), state.clone()).await;
             gate.release();
             let outcome = victim.await.expect("the victim panicked");
-            (race.check)(direct, state, outcome).await;
+            (race.check)(direct, state, outcome, interfered).await;
             !held
         });
         if finished_unheld {
@@ -105,7 +105,7 @@ fn a_status_read_never_sees_the_last_item_half_dead() {
                 assert!(outcome.dead);
             })
         },
-        check: |_, _, status| {
+        check: |_, _, status, ()| {
             Box::pin(async move {
                 assert_eq!(status.counts.total(), 1, "{:?}", status.counts);
                 assert!(
@@ -208,7 +208,7 @@ fn retry_dead_and_an_acquire_retiring_the_job_never_strand_the_retried_items() {
         interfere: |store, ()| {
             Box::pin(async move { assert_eq!(store.retry_dead("j").await.unwrap(), 1) })
         },
-        check: |store, (), granted| granted_once(store, granted),
+        check: |store, (), granted, ()| granted_once(store, granted),
     });
 }
 
@@ -225,7 +225,7 @@ fn retry_dead_and_a_reap_retiring_the_job_never_strand_the_retried_items() {
         interfere: |store, ()| {
             Box::pin(async move { assert_eq!(store.retry_dead("j").await.unwrap(), 1) })
         },
-        check: |store, (), granted| granted_once(store, granted),
+        check: |store, (), granted, ()| granted_once(store, granted),
     });
 }
 
@@ -296,7 +296,7 @@ fn a_cancel_racing_the_pruning_of_its_job_leaves_no_remnant() {
                 store.prune(Duration::from_millis(1)).await.unwrap();
             })
         },
-        check: |store, (), known| gone_or_cancelled(store, known),
+        check: |store, (), known, ()| gone_or_cancelled(store, known),
     });
 }
 
@@ -330,7 +330,7 @@ fn an_extension_and_an_acquire_retiring_the_job_never_strand_the_new_items() {
         interfere: |store, ()| {
             Box::pin(async move { store.extend_job("j", &[added_item()]).await.unwrap() })
         },
-        check: |store, (), granted| granted_once(store, granted),
+        check: |store, (), granted, ()| granted_once(store, granted),
     });
 }
 
@@ -356,7 +356,7 @@ fn an_extension_racing_the_cancel_and_pruning_of_its_job_leaves_nothing_behind()
                 assert_eq!(store.prune(Duration::from_millis(1)).await.unwrap().jobs, 1);
             })
         },
-        check: |store, (), ()| {
+        check: |store, (), (), ()| {
             Box::pin(async move {
                 assert!(matches!(
                     store.job("j").await,
@@ -383,4 +383,38 @@ fn an_extension_is_one_script() {
         },
         |store| Box::pin(async move { store.extend_job("j", &[added_item()]).await.unwrap() }),
     ));
+}
+
+#[test]
+fn a_pruning_never_deletes_a_job_that_retry_dead_brought_back() {
+    // Before: the pruning read the job as failed and old enough, retry-dead brought its item
+    // back (and said so), then the pruning deleted the job anyway.
+    at_every_step(&Race {
+        setup: |store| {
+            Box::pin(async move {
+                one_dead_item(store).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            })
+        },
+        victim: |store, ()| {
+            Box::pin(async move { store.prune(Duration::from_millis(1)).await.unwrap().jobs })
+        },
+        interfere: |store, ()| Box::pin(async move { store.retry_dead("j").await }),
+        check: |store, (), pruned, retried| {
+            Box::pin(async move {
+                match retried {
+                    Ok(1) => {
+                        assert_eq!(pruned, 0, "the job was retried, so not finished");
+                        assert_eq!(store.job("j").await.unwrap().state, JobState::Running);
+                        assert_eq!(store.acquire("w3", 1).await.unwrap().len(), 1);
+                    }
+                    Err(lease::Error::UnknownJob(_)) => {
+                        assert_eq!(pruned, 1);
+                        assert!(store.job("j").await.is_err());
+                    }
+                    other => panic!("retry-dead answered {other:?}"),
+                }
+            })
+        },
+    });
 }

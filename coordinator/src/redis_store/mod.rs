@@ -47,7 +47,7 @@ use lease::Error;
 use lease::model::{
     Ack, FollowSpec, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy,
     LeaseRef, MAX_ACQUIRE, ObjectSpec, Sample, SelectionSpec, SourceSpec, WorkerMetrics,
-    WorkerStatus, now_ms, random_id,
+    WorkerStatus, random_id,
 };
 use lease::store::{FailOutcome, ItemPage, LeaseStore, Pruned, RecentJobs};
 
@@ -58,7 +58,7 @@ mod upkeep;
 mod views;
 
 pub use connection::{RedisTarget, target};
-use keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, brief};
+use keys::{ACTIVE, DRAIN, JobKeys, brief};
 
 /// Items written per pipeline when a job is created (a million-object job has ~30 000).
 const CREATE_CHUNK: usize = 2_000;
@@ -87,10 +87,11 @@ struct Scripts {
     cancel: Script,
     extend: Script,
     record_pass: Script,
+    create: Script,
+    prune: Script,
+    claim_pass: Script,
     /// Reads only: a job's status at one moment.
     status: Script,
-    /// On the standing set alone (no job keys), so without the prelude.
-    claim_pass: Script,
 }
 
 impl Scripts {
@@ -107,8 +108,10 @@ impl Scripts {
             cancel: script(include_str!("scripts/cancel.lua")),
             extend: script(include_str!("scripts/extend.lua")),
             record_pass: script(include_str!("scripts/record_pass.lua")),
+            create: script(include_str!("scripts/create.lua")),
+            prune: script(include_str!("scripts/prune.lua")),
+            claim_pass: script(include_str!("scripts/claim_pass.lua")),
             status: script(include_str!("scripts/status.lua")),
-            claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
         }
     }
 }
@@ -217,65 +220,29 @@ impl LeaseStore for RedisStore {
             return Ok(());
         }
         lease::store::check_item_order(&job.job_id, None, &job.items)?;
-        // Items and their states first; the job becomes visible (meta, index) last, so a
-        // coordinator dying mid-way leaves nothing half-created that could be granted.
+        // Items and their states first; the job becomes visible (meta, indexes) last, in one
+        // script, so a coordinator dying mid-way leaves nothing half-created that could be
+        // granted or read.
         self.write_items(&keys, &job.items).await?;
         let spec = serde_json::to_string(&(&job.selection, &job.source))
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let created = now_ms();
-        let mut pipe = redis::pipe();
-        if let Some(follow) = &job.follow {
-            let follow_json =
-                serde_json::to_string(follow).map_err(|e| Error::Corrupt(e.to_string()))?;
-            pipe.hset_multiple(
-                &keys.meta,
-                &[
-                    ("follow", follow_json),
-                    ("follow_passes", "0".to_string()),
-                    ("follow_success", created.to_string()),
-                    ("follow_error", String::new()),
-                ],
-            )
-            .ignore()
-            .zadd(STANDING, &job.job_id, created + follow.interval_ms as i64)
-            .ignore();
-        }
-        pipe.hset_multiple(
-            &keys.meta,
-            &[
-                ("spec", spec),
-                ("created", created.to_string()),
-                ("cancelled", "0".to_string()),
-                ("done", "0".to_string()),
-                ("dead", "0".to_string()),
-                ("done_bytes", "0".to_string()),
-                ("items", job.items.len().to_string()),
-                (
-                    "objects_total",
-                    job.items
-                        .iter()
-                        .map(|i| i.objects.len())
-                        .sum::<usize>()
-                        .to_string(),
-                ),
-                (
-                    "bytes_total",
-                    job.items
-                        .iter()
-                        .map(ItemSpec::bytes)
-                        .sum::<u64>()
-                        .to_string(),
-                ),
-            ],
-        )
-        .ignore()
-        .zadd(JOBS, &job.job_id, created)
-        .ignore()
-        .zadd(ACTIVE, &job.job_id, created)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(unavailable)
+        let follow = match &job.follow {
+            Some(follow) => {
+                serde_json::to_string(follow).map_err(|e| Error::Corrupt(e.to_string()))?
+            }
+            None => String::new(),
+        };
+        keys.invocation(&self.scripts.create)
+            .arg(spec)
+            .arg(job.items.len())
+            .arg(job.items.iter().map(|i| i.objects.len()).sum::<usize>())
+            .arg(job.items.iter().map(ItemSpec::bytes).sum::<u64>())
+            .arg(follow)
+            .arg(job.follow.as_ref().map_or(0, |f| f.interval_ms))
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {

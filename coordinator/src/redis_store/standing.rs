@@ -33,30 +33,21 @@ pub(super) async fn claim_due_passes(
     let mut claimed = Vec::new();
     for job_id in due {
         let keys = JobKeys::new(&job_id);
-        let (follow, cancelled): (Option<String>, Option<String>) = redis::pipe()
-            .hget(&keys.meta, "follow")
-            .hget(&keys.meta, "cancelled")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        // Written once, at creation: read outside the script.
+        let follow: Option<String> = conn.hget(&keys.meta, "follow").await.map_err(unavailable)?;
         let follow = follow.and_then(|json| serde_json::from_str::<FollowSpec>(&json).ok());
-        let Some(follow) = follow.filter(|_| cancelled.as_deref() != Some("1")) else {
-            // Cancelled, or gone: it follows no more.
-            conn.zrem::<_, _, ()>(STANDING, &job_id)
-                .await
-                .map_err(unavailable)?;
-            continue;
-        };
-        let won: i32 = store
-            .scripts
-            .claim_pass
-            .key(STANDING)
-            .arg(&job_id)
-            .arg(follow.interval_ms)
+        let won: i32 = keys
+            .invocation(&store.scripts.claim_pass)
+            .arg(
+                follow
+                    .as_ref()
+                    .map(|f| f.interval_ms.to_string())
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if won == 1 {
+        if let (1, Some(follow)) = (won, follow) {
             claimed.push((job_id, follow));
         }
     }
