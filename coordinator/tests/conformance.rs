@@ -11,7 +11,7 @@ use coordinator::RedisStore;
 use lease::conformance::{job, policy};
 use lease::model::ItemState;
 use lease::{LeaseStore, MemoryStore};
-use support::{Command, commands_during};
+use support::{Command, acl_server, commands_during, era5_url};
 use tests::redis_server::RedisServer;
 
 /// Runs the scenario `$name` of `lease::conformance` against both stores, with lease TTL `$ttl`
@@ -51,9 +51,10 @@ fn run_redis<F: std::future::Future<Output = ()>>(
     ttl: u64,
     scenario: fn(Arc<dyn LeaseStore>) -> F,
 ) {
-    let server = RedisServer::start();
+    // As the deployment's ACL user: a script calling a command it does not allow fails here.
+    let server = acl_server();
     runtime().block_on(async {
-        let store = RedisStore::connect(&server.url(), policy(ttl))
+        let store = RedisStore::connect(&era5_url(&server), policy(ttl))
             .await
             .unwrap();
         scenario(Arc::new(store)).await;

@@ -5,7 +5,8 @@
 //! `k` round trips, another connection makes its change meanwhile, then the store goes on.
 //! Every `k` is tried, from 0 to the whole of the operation, each time on a fresh server, and
 //! the outcome must be one that running the two one after the other could give. The shape:
-//! MONITOR shows that each operation sends one script and nothing else.
+//! MONITOR shows that each operation sends one script and nothing else. The store connects as
+//! the deployment's `era5` ACL user, so the scripts call only commands it allows.
 
 mod support;
 
@@ -18,8 +19,7 @@ use coordinator::RedisStore;
 use lease::LeaseStore;
 use lease::conformance::{job, policy};
 use lease::model::{Ack, JobState, LeaseRef};
-use support::{Gate, commands_during};
-use tests::redis_server::RedisServer;
+use support::{Gate, acl_server, commands_during, era5_url};
 
 type Step<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -49,16 +49,16 @@ where
     V: Send + 'static,
 {
     for k in 0..64 {
-        let server = RedisServer::start();
+        let server = acl_server();
         let finished_unheld = runtime().block_on(async {
             let gate = Gate::start(server.port()).await;
             let direct = Arc::new(
-                RedisStore::connect(&server.url(), policy(60_000))
+                RedisStore::connect(&era5_url(&server), policy(60_000))
                     .await
                     .unwrap(),
             );
             let gated = Arc::new(
-                RedisStore::connect(&gate.url(), policy(60_000))
+                RedisStore::connect(&gate.era5_url(), policy(60_000))
                     .await
                     .unwrap(),
             );
@@ -124,10 +124,10 @@ fn commands_of(
     setup: fn(Arc<RedisStore>) -> Step<()>,
     work: fn(Arc<RedisStore>) -> Step<()>,
 ) -> Vec<support::Command> {
-    let server = RedisServer::start();
+    let server = acl_server();
     runtime().block_on(async {
         let store = Arc::new(
-            RedisStore::connect(&server.url(), policy(60_000))
+            RedisStore::connect(&era5_url(&server), policy(60_000))
                 .await
                 .unwrap(),
         );

@@ -1,5 +1,6 @@
-//! What the Redis store's own tests share: a relay that holds the store's requests at a chosen
-//! round trip, and a capture of the commands Redis runs (MONITOR).
+//! What the Redis store's own tests share: a redis-server with the deployment's `era5` ACL
+//! user, a relay that holds the store's requests at a chosen round trip, and a capture of the
+//! commands Redis runs (MONITOR).
 
 // Each test binary uses its part of this module.
 #![allow(dead_code)]
@@ -11,7 +12,34 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use tests::redis_server::RedisServer;
+use tests::redis_server::{RedisOptions, RedisServer};
+
+/// The password of the `era5` user in these tests.
+const ERA5_PASSWORD: &str = "era5-test-password";
+
+/// A redis-server with the deployment's `era5` ACL user (`deploy/base/redis-era5-user.acl`),
+/// so a script calling a command the deployment does not allow fails here first. The default
+/// user stays open for the tests' own inspection.
+pub fn acl_server() -> RedisServer {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/base/redis-era5-user.acl"
+    );
+    let text = std::fs::read_to_string(path).expect("read the deployment's Redis ACL");
+    let rules: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect();
+    RedisServer::start_with(RedisOptions {
+        users: vec![format!("era5 on >{ERA5_PASSWORD} {}", rules.join(" "))],
+        ..RedisOptions::default()
+    })
+}
+
+/// The URL the store connects to `server` with, as the `era5` user.
+pub fn era5_url(server: &RedisServer) -> String {
+    server.url_for("era5", ERA5_PASSWORD)
+}
 
 #[derive(Default)]
 struct GateState {
@@ -49,9 +77,9 @@ impl Gate {
         Gate { addr, state }
     }
 
-    /// The URL a store connects to.
-    pub fn url(&self) -> String {
-        format!("redis://{}/", self.addr)
+    /// The URL a store connects to, as the `era5` user of [`acl_server`].
+    pub fn era5_url(&self) -> String {
+        format!("redis://era5:{ERA5_PASSWORD}@{}/", self.addr)
     }
 
     /// From now on, lets `k` client writes through and holds the next.
