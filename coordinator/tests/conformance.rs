@@ -104,10 +104,10 @@ fn a_job_from_before_the_order_index_keeps_every_item_in_view_when_it_grows() {
             .query_async::<()>(&mut conn)
             .await
             .unwrap();
-        let mut early = job("x", 1).items.remove(0);
-        early.item_id = "000001a".into();
+        let mut again = job("x", 1).items.remove(0);
+        again.item_id = "000001".into();
         assert!(matches!(
-            store.extend_job("old", &[early]).await,
+            store.extend_job("old", &[again]).await,
             Err(lease::Error::InvalidArgument(_))
         ));
         let mut added = job("x", 1).items.remove(0);

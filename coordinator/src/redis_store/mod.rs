@@ -219,7 +219,7 @@ impl LeaseStore for RedisStore {
         if exists {
             return Ok(());
         }
-        lease::store::check_item_order(&job.job_id, None, &job.items)?;
+        lease::store::check_distinct_ids(&job.job_id, &job.items)?;
         // Items and their states first; the job becomes visible (meta, indexes) last, in one
         // script, so a coordinator dying mid-way leaves nothing half-created that could be
         // granted or read.

@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 
 use lease::Error;
 use lease::model::{FollowSpec, ItemSpec, JobStatus, ObjectSpec};
-use lease::store::{check_item_order, item_out_of_order};
+use lease::store::{check_distinct_ids, item_already_in_job};
 
 use super::keys::{JobKeys, STANDING, brief};
 use super::{PAGE_CHUNK, RedisStore, unavailable};
@@ -88,17 +88,17 @@ pub(super) async fn job_objects(
 }
 
 /// Adds a pass's items, a chunk per script (`extend.lua`): each chunk's items, the totals they
-/// add and the job's return to the active set are one step. The ids are checked here first
-/// (ascending), and by each script against the job's last id, so an out-of-order or repeated
-/// id is refused before anything is written (a pass runs on one coordinator; only a second
-/// extension of the same job at the same moment could make a later chunk refuse after an
-/// earlier one went in).
+/// add and the job's return to the active set are one step. The ids are checked here (none
+/// twice) and by each script (none the job holds) before the chunk is written; the order
+/// index keeps them in plan order, their ids' order. Only a second extension of the same job
+/// at the same moment with the same ids (a pass runs on one coordinator, ids name its time)
+/// could make a later chunk refuse after an earlier one went in.
 pub(super) async fn extend_job(
     store: &RedisStore,
     job_id: &str,
     items: &[ItemSpec],
 ) -> Result<(), Error> {
-    check_item_order(job_id, None, items)?;
+    check_distinct_ids(job_id, items)?;
     let keys = JobKeys::new(job_id);
     // An empty pass still asks, so an unknown job is reported as the embedded store does.
     let chunks: Vec<&[ItemSpec]> = if items.is_empty() {
@@ -128,8 +128,8 @@ pub(super) async fn extend_job(
             [unknown] if unknown == "unknown" => {
                 return Err(Error::UnknownJob(job_id.to_string()));
             }
-            [order, item, before] if order == "order" => {
-                return Err(item_out_of_order(job_id, item, before));
+            [exists, item] if exists == "exists" => {
+                return Err(item_already_in_job(job_id, item));
             }
             other => return Err(Error::Corrupt(format!("extend answered {other:?}"))),
         }

@@ -1,39 +1,16 @@
 -- Adds a chunk of new items to a job (a standing job's pass) in one step: the items, their
 -- pending states, the job's totals and its place in the active set (unless cancelled) change
 -- together, so the job is never seen with items its totals do not count, nor retired with
--- them pending. ARGV: 1 items, 2 objects, 3 bytes (the chunk's totals), then four per item in
--- plan order: id, spec (JSON), bytes, brief. Returns {'ok'}, {'unknown'} when there is no such
--- job, or {'order', item, before} when an item does not come after the job's last one (or the
--- chunk's one before it); nothing is written then.
-
--- Whether a sorts before b byte by byte, as the order index sorts (Lua's `<` follows the
--- server's locale).
-local function before(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
-
+-- them pending. ARGV: 1 items, 2 objects, 3 bytes (the chunk's totals), then four per item:
+-- id, spec (JSON), bytes, brief. Returns {'ok'}, {'unknown'} when there is no such job, or
+-- {'exists', item} when the job holds one of the ids already; nothing is written then.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-local indexed = redis.call('ZCARD', KEYS[6]) > 0
-local last = nil
-if indexed then
-  last = redis.call('ZRANGE', KEYS[6], -1, -1)[1]
-else
-  -- A job from before the order index: its greatest id from the items themselves.
-  for _, item in ipairs(redis.call('HKEYS', KEYS[5])) do
-    if not last or before(last, item) then last = item end
-  end
-end
 for i = 4, #ARGV, 4 do
-  local item = ARGV[i]
-  if last and not before(last, item) then return {'order', item, last} end
-  last = item
+  if redis.call('HEXISTS', KEYS[5], ARGV[i]) == 1 then return {'exists', ARGV[i]} end
 end
-if not indexed then
-  -- Index the earlier items first: a page walks the index once it has any entry.
+if redis.call('ZCARD', KEYS[6]) == 0 then
+  -- A job from before the order index: index its items first, since a page walks the index
+  -- as soon as it has an entry.
   for _, item in ipairs(redis.call('HKEYS', KEYS[5])) do
     redis.call('ZADD', KEYS[6], 0, item)
   end
