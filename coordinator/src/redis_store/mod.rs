@@ -7,8 +7,9 @@
 //!                                 done_bytes, objects_total, bytes_total, items, ended (last
 //!                                 time an item went dead or the job was cancelled)
 //! era5:{JOB}:items          HASH  item id -> item spec (JSON: product, days, objects)
-//! era5:{JOB}:order          ZSET  item ids, all scored 0: plan order, for paging (jobs
-//!                                 created before it existed are paged from HKEYS items)
+//! era5:{JOB}:order          ZSET  item ids, all scored 0: plan order (the ids' order),
+//!                                 for paging (jobs created before it existed are paged
+//!                                 from HKEYS items until an extension indexes them)
 //! era5:{JOB}:st             HASH  "<item>|state|lease|epoch|holder|exp|attempts|expiries|
 //!                                 error|done_lease|done_epoch|bytes|bytes_done|brief" -> value
 //!                                 (brief: "product<TAB>start<TAB>end<TAB>objects", so a page of
@@ -25,16 +26,23 @@
 //! ```
 //!
 //! Every key is under `era5:`, so a Redis ACL user restricted to `~era5:*` (see
-//! `deploy/base/redis/era5-user.acl`) can run the coordinator.
+//! `deploy/base/redis-era5-user.acl`) can run the coordinator.
 //!
 //! The code is split by concern: this module holds the store, its scripts and the lease
 //! transitions (create, acquire, renew, complete, fail, release, reap, progress, cancel,
 //! retry); `views` the reads; `standing` the standing jobs' passes; `upkeep` heartbeats and
 //! pruning; `keys` the key names; `connection` the checked URL and the connection.
 //!
+//! **Every state change of a job, and every status read, is one script**: a job's item
+//! states, its counters and its entries in `era5:jobs`, `era5:active` and `era5:standing`
+//! change together, and `status.lua` reads them at one moment, so another coordinator's
+//! change lands before or after, never in the middle. (A new job's items are written by
+//! pipelines before `create.lua` publishes the job; nothing reads them until then.) Each job
+//! script declares the job's keys and those three indexes, which lie outside the job's hash
+//! tag `{JOB}`: the store needs one Redis, not Redis Cluster.
+//!
 //! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
-//! All of a job's keys share the hash tag `{JOB}`, so each script touches one slot (Redis
-//! Cluster). Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
+//! Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
 
 use std::sync::Arc;
 use std::time::Duration;
