@@ -914,7 +914,7 @@ pub async fn grants_and_listings_follow_the_plan_order(store: Arc<dyn LeaseStore
 /// A conformance scenario.
 pub async fn an_item_id_twice_in_a_job_is_refused_whole(store: Arc<dyn LeaseStore>) {
     let mut twice = job("jt", 3);
-    twice.items[2].item_id = twice.items[1].item_id.clone();
+    twice.items[2].item_id = "000001".into();
     assert!(invalid(store.create_job(&twice).await));
     assert!(unknown(store.job("jt").await), "nothing of it was stored");
     assert!(store.acquire("w1", 5).await.unwrap().is_empty());
