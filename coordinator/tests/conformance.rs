@@ -1,6 +1,9 @@
 //! One state machine, two stores: every scenario of `lease::conformance` runs against the
 //! embedded store and against the Redis store on a real redis-server; the Redis store's own
-//! bounds (scan budget, constant work per report) are checked here too.
+//! bounds (scan budget, constant work per report) are checked here too; `redis_atomic.rs`
+//! checks that each of its state changes and status reads is one atomic step.
+
+mod support;
 
 use std::sync::Arc;
 
@@ -8,6 +11,7 @@ use coordinator::RedisStore;
 use lease::conformance::{job, policy};
 use lease::model::ItemState;
 use lease::{LeaseStore, MemoryStore};
+use support::{Command, acl_server, commands_during, era5_url};
 use tests::redis_server::RedisServer;
 
 /// Runs the scenario `$name` of `lease::conformance` against both stores, with lease TTL `$ttl`
@@ -47,9 +51,10 @@ fn run_redis<F: std::future::Future<Output = ()>>(
     ttl: u64,
     scenario: fn(Arc<dyn LeaseStore>) -> F,
 ) {
-    let server = RedisServer::start();
+    // As the deployment's ACL user: a script calling a command it does not allow fails here.
+    let server = acl_server();
     runtime().block_on(async {
-        let store = RedisStore::connect(&server.url(), policy(ttl))
+        let store = RedisStore::connect(&era5_url(&server), policy(ttl))
             .await
             .unwrap();
         scenario(Arc::new(store)).await;
@@ -72,6 +77,56 @@ conformance!(
     a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_cancelled,
     10_000
 );
+conformance!(the_last_item_dying_fails_the_job, 10_000);
+conformance!(
+    an_unknown_job_is_unknown_to_every_call_and_none_creates_it,
+    10_000
+);
+conformance!(
+    retry_dead_grants_the_dead_items_again_and_the_job_is_active_again,
+    10_000
+);
+conformance!(grants_and_listings_follow_the_plan_order, 10_000);
+conformance!(an_item_id_twice_in_a_job_is_refused_whole, 10_000);
+
+#[test]
+fn a_job_from_before_the_order_index_keeps_every_item_in_view_when_it_grows() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), policy(60_000))
+            .await
+            .unwrap();
+        store.create_job(&job("old", 3)).await.unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DEL")
+            .arg("era5:{old}:order")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let mut again = job("x", 1).items.remove(0);
+        again.item_id = "000001".into();
+        assert!(matches!(
+            store.extend_job("old", &[again]).await,
+            Err(lease::Error::InvalidArgument(_))
+        ));
+        let mut added = job("x", 1).items.remove(0);
+        added.item_id = "f1-000000".into();
+        added.objects[0].key = "k-new".into();
+        store.extend_job("old", &[added]).await.unwrap();
+        let page = store.items_page("old", None, "", 10).await.unwrap();
+        let ids: Vec<&str> = page.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids, ["000000", "000001", "000002", "f1-000000"]);
+        let objects: Vec<String> = store
+            .job_objects("old")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(objects, ["k0", "k1", "k2", "k-new"]);
+    });
+}
 
 #[test]
 fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {
@@ -110,50 +165,9 @@ fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {
     });
 }
 
-/// The commands (name and argument count) a Redis server runs while `work` runs, read from
-/// MONITOR; a marker command from another connection ends the capture.
-async fn commands_during<F: std::future::Future<Output = ()>>(
-    server: &RedisServer,
-    work: F,
-) -> Vec<(String, usize)> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut monitor = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    monitor.write_all(b"MONITOR\r\n").await.unwrap();
-    let mut lines = BufReader::new(monitor).lines();
-    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
-    work.await;
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ECHO")
-        .arg("end-of-capture")
-        .query_async::<String>(&mut conn)
-        .await
-        .unwrap();
-    let mut commands = Vec::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains("\"end-of-capture\"") {
-            return commands;
-        }
-        // +<time> [<db> <client>] "CMD" "arg" ...
-        let Some(at) = line.find("] \"") else {
-            continue;
-        };
-        let words: Vec<&str> = line[at + 2..].split("\" \"").collect();
-        let name = words[0].trim_matches('"').to_ascii_lowercase();
-        // The client's own connection set-up is not part of the work.
-        if ["client", "hello", "select", "ping"].contains(&name.as_str()) {
-            continue;
-        }
-        commands.push((name, words.len() - 1));
-    }
-    panic!("monitor stream ended before the marker");
-}
-
 /// The Redis commands one worker report with one progress entry costs while `held` leases of
 /// the job are live.
-fn report_commands(held: usize) -> Vec<(String, usize)> {
+fn report_commands(held: usize) -> Vec<Command> {
     let server = RedisServer::start();
     runtime().block_on(async {
         let store = RedisStore::connect(&server.url(), policy(60_000))
@@ -199,7 +213,7 @@ fn a_progress_report_costs_the_same_redis_work_whatever_the_live_leases() {
     let one = report_commands(1);
     let many = report_commands(300);
     assert!(
-        one.iter().any(|(name, _)| name == "evalsha"),
+        one.iter().any(|command| command.name == "evalsha"),
         "the capture saw no transition: {one:?}"
     );
     assert_eq!(

@@ -332,6 +332,10 @@ pub async fn progress_counts_for_live_grants_only(store: Arc<dyn LeaseStore>) {
     assert_eq!(store.items("j8").await.unwrap()[0].bytes_done, 40);
     store.complete(&grant.lease, "w1").await.unwrap();
     assert_eq!(store.job("j8").await.unwrap().bytes_done, 100);
+    // A report past the item's size counts as the item's size.
+    let second = store.acquire("w1", 1).await.unwrap().remove(0);
+    store.progress(&second.lease, "w1", 150).await.unwrap();
+    assert_eq!(store.job("j8").await.unwrap().bytes_done, 200);
 }
 
 /// A conformance scenario.
@@ -600,4 +604,355 @@ pub async fn a_standing_job_is_claimed_once_per_interval_grows_and_stops_when_ca
         0
     );
     assert!(store.standing_jobs().await.unwrap().is_empty());
+}
+
+fn unknown<T: std::fmt::Debug>(result: Result<T, crate::Error>) -> bool {
+    matches!(result, Err(crate::Error::UnknownJob(_)))
+}
+
+fn invalid<T: std::fmt::Debug>(result: Result<T, crate::Error>) -> bool {
+    matches!(result, Err(crate::Error::InvalidArgument(_)))
+}
+
+/// A conformance scenario.
+pub async fn the_last_item_dying_fails_the_job(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("jd", 2)).await.unwrap();
+    let grants = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(
+        store.complete(&grants[0].lease, "w1").await.unwrap(),
+        Ack::Ok
+    );
+    let outcome = store
+        .fail(&grants[1].lease, "w1", "NoSuchKey", true)
+        .await
+        .unwrap();
+    assert!(outcome.dead);
+    let status = store.job("jd").await.unwrap();
+    assert_eq!(
+        status.state,
+        JobState::Failed,
+        "not complete: {:?}",
+        status.counts
+    );
+    assert_eq!(
+        (
+            status.counts.pending,
+            status.counts.leased,
+            status.counts.done,
+            status.counts.dead
+        ),
+        (0, 0, 1, 1)
+    );
+    assert_eq!(status.bytes_done, 100);
+    store.reap().await.unwrap();
+    assert_eq!(
+        store.active_jobs().await.unwrap(),
+        0,
+        "nothing left to grant"
+    );
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+}
+
+/// A conformance scenario.
+pub async fn an_unknown_job_is_unknown_to_every_call_and_none_creates_it(
+    store: Arc<dyn LeaseStore>,
+) {
+    let item = job("x", 1).items.remove(0);
+    assert!(unknown(store.cancel_job("nope").await));
+    assert!(unknown(store.retry_dead("nope").await));
+    assert!(unknown(store.extend_job("nope", &[item]).await));
+    assert!(unknown(store.extend_job("nope", &[]).await));
+    assert!(unknown(store.record_pass("nope", None).await));
+    assert!(unknown(
+        store.record_pass("nope", Some("listing failed")).await
+    ));
+    assert!(unknown(store.job_objects("nope").await));
+    assert!(unknown(store.job_cancelled("nope").await));
+    assert!(unknown(store.items("nope").await));
+    assert!(unknown(store.job("nope").await), "none of them made it");
+    assert!(store.jobs().await.unwrap().is_empty());
+    assert_eq!(store.recent_jobs(10).await.unwrap().total, 0);
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+
+    // A known job may be cancelled twice.
+    store.create_job(&job("jc", 1)).await.unwrap();
+    store.cancel_job("jc").await.unwrap();
+    store.cancel_job("jc").await.unwrap();
+    assert_eq!(store.job("jc").await.unwrap().state, JobState::Cancelled);
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+}
+
+/// A conformance scenario.
+pub async fn retry_dead_grants_the_dead_items_again_and_the_job_is_active_again(
+    store: Arc<dyn LeaseStore>,
+) {
+    store.create_job(&job("jr", 3)).await.unwrap();
+    let grants = store.acquire("w1", 3).await.unwrap();
+    assert_eq!(
+        store.complete(&grants[1].lease, "w1").await.unwrap(),
+        Ack::Ok
+    );
+    for grant in [&grants[0], &grants[2]] {
+        assert!(
+            store
+                .fail(&grant.lease, "w1", "gone", true)
+                .await
+                .unwrap()
+                .dead
+        );
+    }
+    store.reap().await.unwrap();
+    assert_eq!(store.job("jr").await.unwrap().state, JobState::Failed);
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+
+    assert_eq!(store.retry_dead("jr").await.unwrap(), 2);
+    let status = store.job("jr").await.unwrap();
+    assert_eq!(status.state, JobState::Running);
+    assert_eq!((status.counts.pending, status.counts.dead), (2, 0));
+    assert_eq!(store.active_jobs().await.unwrap(), 1, "active again");
+
+    let again = store.acquire("w2", 5).await.unwrap();
+    let ids: Vec<&str> = again.iter().map(|g| g.item.item_id.as_str()).collect();
+    assert_eq!(ids, ["000000", "000002"], "the dead items, in plan order");
+    assert!(again.iter().all(|g| g.lease.epoch == 2));
+    let items = store.items("jr").await.unwrap();
+    assert!(
+        items
+            .iter()
+            .all(|i| i.attempts == 0 && i.last_error == "gone" || i.state == ItemState::Done)
+    );
+    for grant in &again {
+        assert_eq!(store.complete(&grant.lease, "w2").await.unwrap(), Ack::Ok);
+    }
+    assert_eq!(store.job("jr").await.unwrap().state, JobState::Complete);
+    assert_eq!(store.retry_dead("jr").await.unwrap(), 0);
+    store.reap().await.unwrap();
+    assert_eq!(store.active_jobs().await.unwrap(), 0);
+}
+
+/// A conformance scenario.
+pub async fn grants_and_listings_follow_the_plan_order(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("jo", 5)).await.unwrap();
+    let ids = |grants: &[crate::model::Grant]| -> Vec<String> {
+        grants.iter().map(|g| g.item.item_id.clone()).collect()
+    };
+    let first = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(ids(&first), ["000000", "000001"]);
+    // Handed back: ready again, but after the items that were ready before it.
+    assert_eq!(store.release(&first[0].lease, "w1").await.unwrap(), Ack::Ok);
+    let mut added = Vec::new();
+    for n in 0..2 {
+        let mut item = job("x", 1).items.remove(0);
+        item.item_id = format!("f1-{n:06}");
+        item.objects[0].key = format!("k-new{n}");
+        added.push(item);
+    }
+    store.extend_job("jo", &added).await.unwrap();
+    let rest = store.acquire("w1", 10).await.unwrap();
+    assert_eq!(
+        ids(&rest),
+        [
+            "000002",
+            "000003",
+            "000004",
+            "f1-000000",
+            "f1-000001",
+            "000000"
+        ]
+    );
+
+    let listed: Vec<String> = store
+        .items("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    let plan = [
+        "000000",
+        "000001",
+        "000002",
+        "000003",
+        "000004",
+        "f1-000000",
+        "f1-000001",
+    ];
+    assert_eq!(listed, plan);
+    let paged: Vec<String> = walk(&*store, "jo", None, 3)
+        .await
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(paged, plan);
+    let objects: Vec<String> = store
+        .job_objects("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(objects, ["k0", "k1", "k2", "k3", "k4", "k-new0", "k-new1"]);
+
+    // Ids that come out of order are granted and listed in their order all the same: a pass
+    // whose ids fall among the job's (the coordinator that ran it had a clock behind) and come
+    // unsorted, and a job created with its items reversed.
+    let mut among = Vec::new();
+    for id in ["000003b", "000003a"] {
+        let mut item = job("x", 1).items.remove(0);
+        item.objects[0].key = format!("k-{id}");
+        item.item_id = id.into();
+        among.push(item);
+    }
+    store.extend_job("jo", &among).await.unwrap();
+    // Distinct creation times keep "oldest job first" well defined.
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let mut backwards = job("jb", 2);
+    backwards.items.reverse();
+    store.create_job(&backwards).await.unwrap();
+    let granted: Vec<(String, String)> = store
+        .acquire("w1", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.lease.job_id, g.item.item_id))
+        .collect();
+    let pair = |job: &str, item: &str| (job.to_string(), item.to_string());
+    assert_eq!(
+        granted,
+        [
+            pair("jo", "000003a"),
+            pair("jo", "000003b"),
+            pair("jb", "000000"),
+            pair("jb", "000001")
+        ]
+    );
+    let plan = [
+        "000000",
+        "000001",
+        "000002",
+        "000003",
+        "000003a",
+        "000003b",
+        "000004",
+        "f1-000000",
+        "f1-000001",
+    ];
+    let listed: Vec<String> = store
+        .items("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(listed, plan);
+    let paged: Vec<String> = walk(&*store, "jo", None, 4)
+        .await
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(paged, plan);
+    let objects: Vec<String> = store
+        .job_objects("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        objects,
+        [
+            "k0",
+            "k1",
+            "k2",
+            "k3",
+            "k-000003a",
+            "k-000003b",
+            "k4",
+            "k-new0",
+            "k-new1"
+        ]
+    );
+    let listed: Vec<String> = store
+        .items("jb")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(listed, ["000000", "000001"]);
+
+    // The grants made before the items moved still name theirs.
+    for grant in &rest {
+        assert_eq!(store.complete(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+    }
+    let states: Vec<(String, ItemState)> = store
+        .items("jo")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.item_id, i.state))
+        .collect();
+    let leased = |id: &str| (id.to_string(), ItemState::Leased);
+    let done = |id: &str| (id.to_string(), ItemState::Done);
+    assert_eq!(
+        states,
+        [
+            done("000000"),
+            leased("000001"),
+            done("000002"),
+            done("000003"),
+            leased("000003a"),
+            leased("000003b"),
+            done("000004"),
+            done("f1-000000"),
+            done("f1-000001"),
+        ]
+    );
+}
+
+/// A conformance scenario.
+pub async fn an_item_id_twice_in_a_job_is_refused_whole(store: Arc<dyn LeaseStore>) {
+    let mut twice = job("jt", 3);
+    twice.items[2].item_id = "000001".into();
+    assert!(invalid(store.create_job(&twice).await));
+    assert!(unknown(store.job("jt").await), "nothing of it was stored");
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+
+    store.create_job(&job("jt", 2)).await.unwrap();
+    let before = store.job("jt").await.unwrap();
+    let mut again = job("x", 1).items.remove(0);
+    again.item_id = "000001".into();
+    again.objects[0].key = "k-other".into();
+    assert!(invalid(store.extend_job("jt", &[again]).await));
+    let mut new = job("x", 1).items.remove(0);
+    new.item_id = "f1-000000".into();
+    assert!(invalid(
+        store.extend_job("jt", &[new.clone(), new.clone()]).await
+    ));
+    let after = store.job("jt").await.unwrap();
+    assert_eq!(
+        (after.counts, after.objects_total, after.bytes_total),
+        (before.counts, before.objects_total, before.bytes_total),
+        "a refused extension adds nothing"
+    );
+    let objects: Vec<String> = store
+        .job_objects("jt")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(objects, ["k0", "k1"]);
+    let grants = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(grants.len(), 2);
+    assert_eq!(
+        grants[1].item.objects[0].key, "k1",
+        "the item spec is the first one"
+    );
+
+    // The same item added once is fine, and only once.
+    store.extend_job("jt", &[new.clone()]).await.unwrap();
+    assert!(invalid(store.extend_job("jt", &[new]).await));
+    assert_eq!(store.job("jt").await.unwrap().counts.total(), 3);
 }

@@ -17,7 +17,7 @@ use crate::model::{
     JobStatus, LeasePolicy, LeaseRef, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample,
     WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
-use crate::store::{FailOutcome, LeaseStore, Pruned};
+use crate::store::{FailOutcome, LeaseStore, Pruned, check_distinct_ids, item_already_in_job};
 
 /// The embedded store.
 pub struct MemoryStore {
@@ -88,6 +88,28 @@ impl JobEntry {
             ItemState::Leased => self.leased.insert((item.expires_ms, i)),
             _ => false,
         };
+    }
+
+    /// Puts the items back in plan order, their ids' order, where an extension left them
+    /// out of it; the indexes follow the new positions.
+    fn sort_by_id(&mut self) {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        order.sort_by(|&a, &b| self.spec.items[a].item_id.cmp(&self.spec.items[b].item_id));
+        let mut moved_to = vec![0; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            moved_to[old] = new;
+        }
+        self.spec.items = order.iter().map(|&i| self.spec.items[i].clone()).collect();
+        self.items = order.iter().map(|&i| self.items[i].clone()).collect();
+        self.index = (self.spec.items.iter().enumerate())
+            .map(|(i, item)| (item.item_id.clone(), i))
+            .collect();
+        self.pending = self
+            .pending
+            .iter()
+            .map(|&(t, i)| (t, moved_to[i]))
+            .collect();
+        self.leased = self.leased.iter().map(|&(t, i)| (t, moved_to[i])).collect();
     }
 
     /// Changes item `i` with `change`, keeping the indexes true.
@@ -263,6 +285,11 @@ impl LeaseStore for MemoryStore {
         if inner.jobs.iter().any(|j| j.spec.job_id == job.job_id) {
             return Ok(());
         }
+        check_distinct_ids(&job.job_id, &job.items)?;
+        // Positions follow the plan order, the ids' order (a planned job's ids already
+        // ascend): the pending and leased indexes break ties by position.
+        let mut job = job.clone();
+        job.items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
         inner.jobs.push(JobEntry {
             items: vec![ItemEntry::new(); job.items.len()],
             pending: (0..job.items.len()).map(|i| (0, i)).collect(),
@@ -273,7 +300,6 @@ impl LeaseStore for MemoryStore {
                 .enumerate()
                 .map(|(i, item)| (item.item_id.clone(), i))
                 .collect(),
-            spec: job.clone(),
             created_ms: now_ms(),
             started_ms: 0,
             finished_ms: 0,
@@ -286,6 +312,7 @@ impl LeaseStore for MemoryStore {
                 last_success_ms: now_ms(),
                 last_error: String::new(),
             }),
+            spec: job,
         });
         Ok(())
     }
@@ -525,20 +552,25 @@ impl LeaseStore for MemoryStore {
     async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error> {
         let mut inner = self.lock();
         let job = Self::job_mut(&mut inner, job_id)?;
-        for item in items {
-            if job.index.contains_key(&item.item_id) {
-                return Err(Error::InvalidArgument(format!(
-                    "item `{}` is already in job `{job_id}`",
-                    item.item_id
-                )));
-            }
+        check_distinct_ids(job_id, items)?;
+        if let Some(known) = items.iter().find(|i| job.index.contains_key(&i.item_id)) {
+            return Err(item_already_in_job(job_id, &known.item_id));
         }
+        let in_order = match (job.spec.items.last(), items.first()) {
+            (Some(last), Some(first)) => last.item_id < first.item_id,
+            _ => true,
+        };
         for item in items {
             let position = job.items.len();
             job.index.insert(item.item_id.clone(), position);
             job.items.push(ItemEntry::new());
             job.pending.insert((0, position));
             job.spec.items.push(item.clone());
+        }
+        // A pass's ids come after the job's (a prefix of the time it ran); a coordinator whose
+        // clock is behind may make them fall among them, or a caller may add them unsorted.
+        if !in_order || !items.is_sorted_by(|a, b| a.item_id < b.item_id) {
+            job.sort_by_id();
         }
         Ok(())
     }

@@ -58,13 +58,35 @@ pub struct RecentJobs {
 /// for, and a `next`): a page costs a bounded amount of store work however rare the state.
 pub const PAGE_SCAN_BUDGET: usize = 20_000;
 
+/// Checks that the ids of `items`, about to be stored in job `job_id`, differ from each other:
+/// an item is named by its id (grants, pages), so a job never holds an id twice. A job's plan
+/// order is its item ids' order (the planner makes them ascend); both stores grant ready items
+/// and list them in that order, whatever order `items` come in.
+pub fn check_distinct_ids(job_id: &str, items: &[ItemSpec]) -> Result<(), Error> {
+    let mut ids: Vec<&str> = items.iter().map(|item| item.item_id.as_str()).collect();
+    ids.sort_unstable();
+    match ids.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(Error::InvalidArgument(format!(
+            "item `{}` is twice in the items for job `{job_id}`",
+            pair[0]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The error for adding item `item_id` to job `job_id`, which holds it already.
+pub fn item_already_in_job(job_id: &str, item_id: &str) -> Error {
+    Error::InvalidArgument(format!("item `{item_id}` is already in job `{job_id}`"))
+}
+
 /// The lease state machine's operations. Every call is atomic.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
     /// The rules in force.
     fn policy(&self) -> &LeasePolicy;
 
-    /// Stores a planned job; all its items start pending.
+    /// Stores a planned job; all its items start pending. Its item ids must differ (see
+    /// [`check_distinct_ids`]); otherwise nothing is stored.
     async fn create_job(&self, job: &JobSpec) -> Result<(), Error>;
 
     /// Grants up to `max` ready items to `worker`, oldest job first. Expired leases are reaped
@@ -172,7 +194,8 @@ pub trait LeaseStore: Send + Sync {
     async fn job_objects(&self, job_id: &str) -> Result<Vec<ObjectSpec>, Error>;
 
     /// Adds pending items to a job (a standing job's pass): its totals grow and it is active
-    /// again. Item ids must be new to the job.
+    /// again. Item ids must differ from each other and be new to the job (see
+    /// [`check_distinct_ids`], [`item_already_in_job`]); otherwise nothing is added.
     async fn extend_job(&self, job_id: &str, items: &[ItemSpec]) -> Result<(), Error>;
 
     /// Records the end of a standing job's pass: counted, and a success (`error: None`) dated.

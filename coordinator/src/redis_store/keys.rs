@@ -29,6 +29,8 @@ pub(super) struct JobKeys {
 }
 
 impl JobKeys {
+    /// The keys of `job_id`. `prelude.lua` reads the job id back from the meta key's name
+    /// (`era5:{JOB}:meta`), so that name's shape is fixed.
     pub(super) fn new(job_id: &str) -> Self {
         let tag = format!("era5:{{{job_id}}}");
         Self {
@@ -41,14 +43,20 @@ impl JobKeys {
         }
     }
 
-    /// Prepares `script` with the five keys every transition declares.
+    /// Prepares `script` with the keys every job script declares, in the order `prelude.lua`
+    /// names them: the job's own keys, then the indexes a script may add the job to or take
+    /// it from.
     pub(super) fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
         let mut invocation = script.key(&self.meta);
         invocation
             .key(&self.state)
             .key(&self.pending)
             .key(&self.leased)
-            .key(&self.items);
+            .key(&self.items)
+            .key(&self.order)
+            .key(JOBS)
+            .key(ACTIVE)
+            .key(STANDING);
         invocation
     }
 }

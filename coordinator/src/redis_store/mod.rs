@@ -7,8 +7,9 @@
 //!                                 done_bytes, objects_total, bytes_total, items, ended (last
 //!                                 time an item went dead or the job was cancelled)
 //! era5:{JOB}:items          HASH  item id -> item spec (JSON: product, days, objects)
-//! era5:{JOB}:order          ZSET  item ids, all scored 0: plan order, for paging (jobs
-//!                                 created before it existed are paged from HKEYS items)
+//! era5:{JOB}:order          ZSET  item ids, all scored 0: plan order (the ids' order),
+//!                                 for paging (jobs created before it existed are paged
+//!                                 from HKEYS items until an extension indexes them)
 //! era5:{JOB}:st             HASH  "<item>|state|lease|epoch|holder|exp|attempts|expiries|
 //!                                 error|done_lease|done_epoch|bytes|bytes_done|brief" -> value
 //!                                 (brief: "product<TAB>start<TAB>end<TAB>objects", so a page of
@@ -25,16 +26,23 @@
 //! ```
 //!
 //! Every key is under `era5:`, so a Redis ACL user restricted to `~era5:*` (see
-//! `deploy/base/redis/era5-user.acl`) can run the coordinator.
+//! `deploy/base/redis-era5-user.acl`) can run the coordinator.
 //!
 //! The code is split by concern: this module holds the store, its scripts and the lease
 //! transitions (create, acquire, renew, complete, fail, release, reap, progress, cancel,
 //! retry); `views` the reads; `standing` the standing jobs' passes; `upkeep` heartbeats and
 //! pruning; `keys` the key names; `connection` the checked URL and the connection.
 //!
+//! **Every state change of a job, and every status read, is one script**: a job's item
+//! states, its counters and its entries in `era5:jobs`, `era5:active` and `era5:standing`
+//! change together, and `status.lua` reads them at one moment, so another coordinator's
+//! change lands before or after, never in the middle. (A new job's items are written by
+//! pipelines before `create.lua` publishes the job; nothing reads them until then.) Each job
+//! script declares the job's keys and those three indexes, which lie outside the job's hash
+//! tag `{JOB}`: the store needs one Redis, not Redis Cluster.
+//!
 //! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
-//! All of a job's keys share the hash tag `{JOB}`, so each script touches one slot (Redis
-//! Cluster). Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
+//! Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +55,7 @@ use lease::Error;
 use lease::model::{
     Ack, FollowSpec, Grant, ItemSpec, ItemState, ItemStatus, JobSpec, JobStatus, LeasePolicy,
     LeaseRef, MAX_ACQUIRE, ObjectSpec, Sample, SelectionSpec, SourceSpec, WorkerMetrics,
-    WorkerStatus, now_ms, random_id,
+    WorkerStatus, random_id,
 };
 use lease::store::{FailOutcome, ItemPage, LeaseStore, Pruned, RecentJobs};
 
@@ -58,7 +66,7 @@ mod upkeep;
 mod views;
 
 pub use connection::{RedisTarget, target};
-use keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, brief};
+use keys::{ACTIVE, DRAIN, JobKeys, brief};
 
 /// Items written per pipeline when a job is created (a million-object job has ~30 000).
 const CREATE_CHUNK: usize = 2_000;
@@ -84,8 +92,14 @@ struct Scripts {
     reap: Script,
     progress: Script,
     retry_dead: Script,
-    /// On the standing set alone (no job keys), so without the prelude.
+    cancel: Script,
+    extend: Script,
+    record_pass: Script,
+    create: Script,
+    prune: Script,
     claim_pass: Script,
+    /// Reads only: a job's status at one moment.
+    status: Script,
 }
 
 impl Scripts {
@@ -99,7 +113,13 @@ impl Scripts {
             reap: script(include_str!("scripts/reap.lua")),
             progress: script(include_str!("scripts/progress.lua")),
             retry_dead: script(include_str!("scripts/retry_dead.lua")),
-            claim_pass: Script::new(include_str!("scripts/claim_pass.lua")),
+            cancel: script(include_str!("scripts/cancel.lua")),
+            extend: script(include_str!("scripts/extend.lua")),
+            record_pass: script(include_str!("scripts/record_pass.lua")),
+            create: script(include_str!("scripts/create.lua")),
+            prune: script(include_str!("scripts/prune.lua")),
+            claim_pass: script(include_str!("scripts/claim_pass.lua")),
+            status: script(include_str!("scripts/status.lua")),
         }
     }
 }
@@ -157,26 +177,6 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Drops a job from the active set once nothing of it is pending or leased (done, dead or
-    /// cancelled), so acquire stays fast however many jobs ran before.
-    async fn retire_if_final(&self, job_id: &str) -> Result<(), Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let (pending, leased, cancelled): (u64, u64, Option<String>) = redis::pipe()
-            .zcard(&keys.pending)
-            .zcard(&keys.leased)
-            .hget(&keys.meta, "cancelled")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if (pending == 0 && leased == 0) || cancelled.as_deref() == Some("1") {
-            conn.zrem::<_, _, ()>(ACTIVE, job_id)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
     async fn transition(
         &self,
         script: &Script,
@@ -227,65 +227,30 @@ impl LeaseStore for RedisStore {
         if exists {
             return Ok(());
         }
-        // Items and their states first; the job becomes visible (meta, index) last, so a
-        // coordinator dying mid-way leaves nothing half-created that could be granted.
+        lease::store::check_distinct_ids(&job.job_id, &job.items)?;
+        // Items and their states first; the job becomes visible (meta, indexes) last, in one
+        // script, so a coordinator dying mid-way leaves nothing half-created that could be
+        // granted or read.
         self.write_items(&keys, &job.items).await?;
         let spec = serde_json::to_string(&(&job.selection, &job.source))
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let created = now_ms();
-        let mut pipe = redis::pipe();
-        if let Some(follow) = &job.follow {
-            let follow_json =
-                serde_json::to_string(follow).map_err(|e| Error::Corrupt(e.to_string()))?;
-            pipe.hset_multiple(
-                &keys.meta,
-                &[
-                    ("follow", follow_json),
-                    ("follow_passes", "0".to_string()),
-                    ("follow_success", created.to_string()),
-                    ("follow_error", String::new()),
-                ],
-            )
-            .ignore()
-            .zadd(STANDING, &job.job_id, created + follow.interval_ms as i64)
-            .ignore();
-        }
-        pipe.hset_multiple(
-            &keys.meta,
-            &[
-                ("spec", spec),
-                ("created", created.to_string()),
-                ("cancelled", "0".to_string()),
-                ("done", "0".to_string()),
-                ("dead", "0".to_string()),
-                ("done_bytes", "0".to_string()),
-                ("items", job.items.len().to_string()),
-                (
-                    "objects_total",
-                    job.items
-                        .iter()
-                        .map(|i| i.objects.len())
-                        .sum::<usize>()
-                        .to_string(),
-                ),
-                (
-                    "bytes_total",
-                    job.items
-                        .iter()
-                        .map(ItemSpec::bytes)
-                        .sum::<u64>()
-                        .to_string(),
-                ),
-            ],
-        )
-        .ignore()
-        .zadd(JOBS, &job.job_id, created)
-        .ignore()
-        .zadd(ACTIVE, &job.job_id, created)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(unavailable)
+        let follow = match &job.follow {
+            Some(follow) => {
+                serde_json::to_string(follow).map_err(|e| Error::Corrupt(e.to_string()))?
+            }
+            None => String::new(),
+        };
+        keys.invocation(&self.scripts.create)
+            .arg(spec)
+            .arg(job.items.len())
+            .arg(job.items.iter().map(|i| i.objects.len()).sum::<usize>())
+            .arg(job.items.iter().map(ItemSpec::bytes).sum::<u64>())
+            .arg(follow)
+            .arg(job.follow.as_ref().map_or(0, |f| f.interval_ms))
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {
@@ -331,7 +296,7 @@ impl LeaseStore for RedisStore {
                 .await
                 .map_err(unavailable)?;
             if granted.is_empty() {
-                self.retire_if_final(&job_id).await?;
+                // The script took the job out of the active set if it has nothing left.
                 continue;
             }
             let mut conn = self.conn()?;
@@ -422,9 +387,9 @@ impl LeaseStore for RedisStore {
                 .invoke_async(&mut self.conn()?)
                 .await
                 .map_err(unavailable)?;
+            // The script also retires a job with nothing left, which keeps the active set
+            // (and so `--max-active-jobs`) true when no worker asks.
             total += reaped;
-            // Keeps the active set (and so `--max-active-jobs`) true when no worker asks.
-            self.retire_if_final(&job_id).await?;
         }
         Ok(total)
     }
@@ -441,49 +406,25 @@ impl LeaseStore for RedisStore {
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<(), Error> {
-        let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
-        if !exists {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        redis::pipe()
-            .hset(&keys.meta, "cancelled", "1")
-            .ignore()
-            .hset(&keys.meta, "ended", now_ms())
-            .ignore()
-            .zrem(ACTIVE, job_id)
-            .ignore()
-            .zrem(STANDING, job_id)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let cancelled: i64 = JobKeys::new(job_id)
+            .invocation(&self.scripts.cancel)
+            .invoke_async(&mut self.conn()?)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if cancelled == 1 {
+            Ok(())
+        } else {
+            Err(Error::UnknownJob(job_id.to_string()))
+        }
     }
 
     async fn retry_dead(&self, job_id: &str) -> Result<u32, Error> {
-        let keys = JobKeys::new(job_id);
-        let exists: bool = self.conn()?.exists(&keys.meta).await.map_err(unavailable)?;
-        if !exists {
-            return Err(Error::UnknownJob(job_id.to_string()));
-        }
-        let retried: u32 = keys
+        let retried: i64 = JobKeys::new(job_id)
             .invocation(&self.scripts.retry_dead)
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        let created: Option<i64> = self
-            .conn()?
-            .zscore(JOBS, job_id)
-            .await
-            .map_err(unavailable)?;
-        if retried > 0 {
-            self.conn()?
-                .zadd::<_, _, _, ()>(ACTIVE, job_id, created.unwrap_or(0))
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(retried)
+        u32::try_from(retried).map_err(|_| Error::UnknownJob(job_id.to_string()))
     }
 
     async fn jobs(&self) -> Result<Vec<JobStatus>, Error> {

@@ -6,10 +6,15 @@
 use redis::AsyncCommands;
 
 use lease::Error;
-use lease::model::{FollowSpec, ItemSpec, JobStatus, ObjectSpec, now_ms};
+use lease::model::{FollowSpec, ItemSpec, JobStatus, ObjectSpec};
+use lease::store::{check_distinct_ids, item_already_in_job};
 
-use super::keys::{ACTIVE, JOBS, JobKeys, STANDING};
+use super::keys::{JobKeys, STANDING, brief};
 use super::{PAGE_CHUNK, RedisStore, unavailable};
+
+/// Items per extension script: a few megabytes of specs at most, so Redis is busy with one
+/// for milliseconds.
+const EXTEND_CHUNK: usize = 500;
 
 pub(super) async fn claim_due_passes(
     store: &RedisStore,
@@ -28,96 +33,108 @@ pub(super) async fn claim_due_passes(
     let mut claimed = Vec::new();
     for job_id in due {
         let keys = JobKeys::new(&job_id);
-        let (follow, cancelled): (Option<String>, Option<String>) = redis::pipe()
-            .hget(&keys.meta, "follow")
-            .hget(&keys.meta, "cancelled")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        // Written once, at creation: read outside the script.
+        let follow: Option<String> = conn.hget(&keys.meta, "follow").await.map_err(unavailable)?;
         let follow = follow.and_then(|json| serde_json::from_str::<FollowSpec>(&json).ok());
-        let Some(follow) = follow.filter(|_| cancelled.as_deref() != Some("1")) else {
-            // Cancelled, or gone: it follows no more.
-            conn.zrem::<_, _, ()>(STANDING, &job_id)
-                .await
-                .map_err(unavailable)?;
-            continue;
-        };
-        let won: i32 = store
-            .scripts
-            .claim_pass
-            .key(STANDING)
-            .arg(&job_id)
-            .arg(follow.interval_ms)
+        let won: i32 = keys
+            .invocation(&store.scripts.claim_pass)
+            .arg(
+                follow
+                    .as_ref()
+                    .map(|f| f.interval_ms.to_string())
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if won == 1 {
+        if let (1, Some(follow)) = (won, follow) {
             claimed.push((job_id, follow));
         }
     }
     Ok(claimed)
 }
 
+/// A job's objects in plan order: its items walked a chunk at a time (no reply holds the
+/// whole job), each chunk's specs in one read.
 pub(super) async fn job_objects(
     store: &RedisStore,
     job_id: &str,
 ) -> Result<Vec<ObjectSpec>, Error> {
     let keys = JobKeys::new(job_id);
-    let mut conn = store.conn()?;
-    let exists: bool = conn.exists(&keys.meta).await.map_err(unavailable)?;
-    if !exists {
-        return Err(Error::UnknownJob(job_id.to_string()));
-    }
-    // A cursor a thousand items at a time: no reply holds the whole job.
+    let order = store.order_of(&keys, job_id).await?;
     let mut objects = Vec::new();
-    let mut cursor: u64 = 0;
+    let mut after = String::new();
     loop {
-        let (next, fields): (u64, Vec<String>) = redis::cmd("HSCAN")
+        let ids = store.ids_after(&keys, &order, &after, PAGE_CHUNK).await?;
+        let Some(last) = ids.last() else {
+            return Ok(objects);
+        };
+        let specs: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&keys.items)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(PAGE_CHUNK)
-            .query_async(&mut conn)
+            .arg(&ids)
+            .query_async(&mut store.conn()?)
             .await
             .map_err(unavailable)?;
-        for spec in fields.chunks(2).filter_map(|pair| pair.get(1)) {
+        for spec in specs.into_iter().flatten() {
             let item: ItemSpec =
-                serde_json::from_str(spec).map_err(|e| Error::Corrupt(e.to_string()))?;
+                serde_json::from_str(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
             objects.extend(item.objects);
         }
-        if next == 0 {
+        if ids.len() < PAGE_CHUNK {
             return Ok(objects);
         }
-        cursor = next;
+        after.clone_from(last);
     }
 }
 
+/// Adds a pass's items, a chunk per script (`extend.lua`): each chunk's items, the totals they
+/// add and the job's return to the active set are one step. The ids are checked here (none
+/// twice) and by each script (none the job holds) before the chunk is written; the order
+/// index keeps them in plan order, their ids' order. Only a second extension of the same job
+/// at the same moment with the same ids (a pass runs on one coordinator, ids name its time)
+/// could make a later chunk refuse after an earlier one went in.
 pub(super) async fn extend_job(
     store: &RedisStore,
     job_id: &str,
     items: &[ItemSpec],
 ) -> Result<(), Error> {
+    check_distinct_ids(job_id, items)?;
     let keys = JobKeys::new(job_id);
-    let mut conn = store.conn()?;
-    let created: Option<i64> = conn.zscore(JOBS, job_id).await.map_err(unavailable)?;
-    let Some(created) = created else {
-        return Err(Error::UnknownJob(job_id.to_string()));
+    // An empty pass still asks, so an unknown job is reported as the embedded store does.
+    let chunks: Vec<&[ItemSpec]> = if items.is_empty() {
+        vec![items]
+    } else {
+        items.chunks(EXTEND_CHUNK).collect()
     };
-    store.write_items(&keys, items).await?;
-    let objects: usize = items.iter().map(|i| i.objects.len()).sum();
-    let bytes: u64 = items.iter().map(ItemSpec::bytes).sum();
-    redis::pipe()
-        .hincr(&keys.meta, "items", items.len())
-        .ignore()
-        .hincr(&keys.meta, "objects_total", objects)
-        .ignore()
-        .hincr(&keys.meta, "bytes_total", bytes)
-        .ignore()
-        .zadd(ACTIVE, job_id, created)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(unavailable)
+    for chunk in chunks {
+        let objects: usize = chunk.iter().map(|i| i.objects.len()).sum();
+        let bytes: u64 = chunk.iter().map(ItemSpec::bytes).sum();
+        let mut invocation = keys.invocation(&store.scripts.extend);
+        invocation.arg(chunk.len()).arg(objects).arg(bytes);
+        for item in chunk {
+            let spec = serde_json::to_string(item).map_err(|e| Error::Corrupt(e.to_string()))?;
+            invocation
+                .arg(&item.item_id)
+                .arg(spec)
+                .arg(item.bytes())
+                .arg(brief(item));
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut store.conn()?)
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [ok] if ok == "ok" => {}
+            [unknown] if unknown == "unknown" => {
+                return Err(Error::UnknownJob(job_id.to_string()));
+            }
+            [exists, item] if exists == "exists" => {
+                return Err(item_already_in_job(job_id, item));
+            }
+            other => return Err(Error::Corrupt(format!("extend answered {other:?}"))),
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn standing_jobs(store: &RedisStore) -> Result<Vec<JobStatus>, Error> {
@@ -142,18 +159,16 @@ pub(super) async fn record_pass(
     job_id: &str,
     error: Option<&str>,
 ) -> Result<(), Error> {
-    let keys = JobKeys::new(job_id);
-    let mut pipe = redis::pipe();
-    pipe.hincr(&keys.meta, "follow_passes", 1).ignore();
-    match error {
-        None => pipe
-            .hset(&keys.meta, "follow_success", now_ms())
-            .ignore()
-            .hset(&keys.meta, "follow_error", "")
-            .ignore(),
-        Some(error) => pipe.hset(&keys.meta, "follow_error", error).ignore(),
-    };
-    pipe.query_async::<()>(&mut store.conn()?)
+    let recorded: i64 = JobKeys::new(job_id)
+        .invocation(&store.scripts.record_pass)
+        .arg(u8::from(error.is_none()))
+        .arg(error.unwrap_or_default())
+        .invoke_async(&mut store.conn()?)
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+    if recorded == 1 {
+        Ok(())
+    } else {
+        Err(Error::UnknownJob(job_id.to_string()))
+    }
 }

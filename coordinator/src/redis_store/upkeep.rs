@@ -11,7 +11,7 @@ use lease::Error;
 use lease::model::{SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, WorkerMetrics, WorkerStatus, now_ms};
 use lease::store::Pruned;
 
-use super::keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, WORKERS, history_key};
+use super::keys::{DRAIN, JOBS, JobKeys, WORKERS, history_key};
 use super::{PRUNE_BATCH, RedisStore, unavailable};
 
 pub(super) async fn heartbeat(
@@ -75,47 +75,14 @@ pub(super) async fn prune(store: &RedisStore, retention: Duration) -> Result<Pru
         .await
         .map_err(unavailable)?;
     for job_id in old {
-        let keys = JobKeys::new(&job_id);
-        // A standing job waits between passes, finished; it is not done with.
-        let standing: Option<i64> = conn.zscore(STANDING, &job_id).await.map_err(unavailable)?;
-        if standing.is_some() {
-            continue;
-        }
-        let last = match store.status_of(&job_id).await {
-            Ok(status) if status.state.is_final() => {
-                let ended: Option<i64> =
-                    conn.hget(&keys.meta, "ended").await.map_err(unavailable)?;
-                status
-                    .created_ms
-                    .max(status.finished_ms)
-                    .max(ended.unwrap_or(0))
-            }
-            Ok(_) => continue,
-            // Indexed but without its meta (a half-created job): nothing to keep.
-            Err(Error::UnknownJob(_)) => i64::MIN,
-            Err(other) => return Err(other),
-        };
-        if last >= cutoff {
-            continue;
-        }
-        redis::pipe()
-            .del(&[
-                &keys.meta,
-                &keys.state,
-                &keys.pending,
-                &keys.leased,
-                &keys.items,
-                &keys.order,
-            ])
-            .ignore()
-            .zrem(JOBS, &job_id)
-            .ignore()
-            .zrem(ACTIVE, &job_id)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        // The check (finished, old enough, not following) and the deletion are one script.
+        let forgotten: u32 = JobKeys::new(&job_id)
+            .invocation(&store.scripts.prune)
+            .arg(cutoff)
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        pruned.jobs += 1;
+        pruned.jobs += forgotten;
     }
     let workers: HashMap<String, String> = conn.hgetall(WORKERS).await.map_err(unavailable)?;
     for (name, json) in workers {

@@ -13,7 +13,7 @@ use lease::model::{
 };
 use lease::store::{ItemPage, PAGE_SCAN_BUDGET, RecentJobs};
 
-use super::keys::{ACTIVE, DRAIN, JOBS, JobKeys, STANDING, WORKERS, history_key};
+use super::keys::{ACTIVE, DRAIN, JOBS, JobKeys, WORKERS, history_key};
 use super::{PAGE_CHUNK, RedisStore, unavailable};
 
 /// The per-item fields a page of leases shows, in the order `items_page` reads them.
@@ -30,7 +30,7 @@ const PAGE_FIELDS: [&str; 9] = [
 ];
 
 /// How a job's items are walked in plan order.
-enum Order {
+pub(super) enum Order {
     /// The job's `order` index.
     Index,
     /// Every id, sorted (a job created before the index existed).
@@ -42,34 +42,21 @@ impl RedisStore {
         self.conn()?.zrange(JOBS, 0, -1).await.map_err(unavailable)
     }
 
+    /// A job's status, from one script: the counters, the pending and leased sets and the
+    /// progress of leased items all at one moment, so an item changing state meanwhile is
+    /// counted once, before or after (two reads once showed a job whose last item died
+    /// between them as 0 of 0 items done: complete).
     pub(super) async fn status_of(&self, job_id: &str) -> Result<JobStatus, Error> {
         let keys = JobKeys::new(job_id);
-        let mut conn = self.conn()?;
-        let meta: HashMap<String, String> = conn.hgetall(&keys.meta).await.map_err(unavailable)?;
+        type Status = (HashMap<String, String>, u32, u32, u64, Option<i64>);
+        let (meta, pending, leased, leased_progress, next_check): Status = keys
+            .invocation(&self.scripts.status)
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
         if meta.is_empty() {
             return Err(Error::UnknownJob(job_id.to_string()));
         }
-        let (pending, leased_items): (u32, Vec<String>) = redis::pipe()
-            .zcard(&keys.pending)
-            .zrange(&keys.leased, 0, -1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let leased_progress: u64 = if leased_items.is_empty() {
-            0
-        } else {
-            let fields: Vec<String> = leased_items
-                .iter()
-                .map(|i| format!("{i}|bytes_done"))
-                .collect();
-            let values: Vec<Option<u64>> = redis::cmd("HMGET")
-                .arg(&keys.state)
-                .arg(fields)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            values.into_iter().flatten().sum()
-        };
         let number = |name: &str| {
             meta.get(name)
                 .and_then(|v| v.parse::<i64>().ok())
@@ -81,7 +68,7 @@ impl RedisStore {
             .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
         let counts = Counts {
             pending,
-            leased: leased_items.len() as u32,
+            leased,
             done: number("done") as u32,
             dead: number("dead") as u32,
         };
@@ -91,8 +78,6 @@ impl RedisStore {
             Some(json) => {
                 let spec: FollowSpec = serde_json::from_str(json)
                     .map_err(|e| Error::Corrupt(format!("job {job_id}: follow: {e}")))?;
-                let next_check: Option<i64> =
-                    conn.zscore(STANDING, job_id).await.map_err(unavailable)?;
                 Some(FollowStatus {
                     interval_ms: spec.interval_ms,
                     next_check_ms: next_check.unwrap_or(0),
@@ -119,7 +104,7 @@ impl RedisStore {
     }
 
     /// How to walk `job_id`'s items in plan order; `UnknownJob` if there is no such job.
-    async fn order_of(&self, keys: &JobKeys, job_id: &str) -> Result<Order, Error> {
+    pub(super) async fn order_of(&self, keys: &JobKeys, job_id: &str) -> Result<Order, Error> {
         let mut conn = self.conn()?;
         let (exists, indexed): (bool, u64) = redis::pipe()
             .exists(&keys.meta)
@@ -139,7 +124,7 @@ impl RedisStore {
     }
 
     /// Up to `count` item ids after `after` in plan order.
-    async fn ids_after(
+    pub(super) async fn ids_after(
         &self,
         keys: &JobKeys,
         order: &Order,

@@ -1,6 +1,10 @@
 -- ARGV: max, ttl_ms, max_expiries, worker, lease ids (max of them).
--- Returns a flat list: item, lease id, epoch, ... for each grant.
-if cancelled() then return {} end
+-- Returns a flat list: item, lease id, epoch, ... for each grant. A job with nothing left to
+-- grant leaves the active set.
+if cancelled() then
+  retire_if_final()
+  return {}
+end
 local now = now_ms()
 reap(now, tonumber(ARGV[3]))
 local max = tonumber(ARGV[1])
@@ -17,7 +21,9 @@ for i, item in ipairs(ready) do
   out[#out + 1] = ARGV[4 + i]
   out[#out + 1] = epoch
 end
-if #ready > 0 and redis.call('HEXISTS', KEYS[1], 'started') == 0 then
+if #ready == 0 then
+  retire_if_final()
+elseif redis.call('HEXISTS', KEYS[1], 'started') == 0 then
   redis.call('HSET', KEYS[1], 'started', now)
 end
 return out

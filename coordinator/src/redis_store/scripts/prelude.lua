@@ -1,10 +1,14 @@
--- Shared by every transition script. KEYS: 1 meta, 2 state, 3 pending, 4 leased, 5 items.
--- Item fields live in the state hash as "<item>|<field>", so every key a script touches is
--- declared and shares the job's hash tag (Redis Cluster safe).
+-- Shared by every job script. KEYS: the job's 1 meta, 2 state, 3 pending, 4 leased, 5 items,
+-- 6 order; then the indexes 7 jobs, 8 active, 9 standing (era5:jobs, era5:active,
+-- era5:standing). Item fields live in the state hash as "<item>|<field>", so every key a
+-- script touches is declared. A script is one atomic step: the job's state, its counters and
+-- the indexes it belongs to change together, and a read sees them at one moment.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The job's id, from its meta key's name (era5:{JOB}:meta, built by keys.rs).
+local function job_id() return string.sub(KEYS[1], 7, -7) end
 local function field(item, name) return item .. '|' .. name end
 local function get(item, name) return redis.call('HGET', KEYS[2], field(item, name)) end
 local function set(item, ...)
@@ -43,6 +47,21 @@ local function reap(now, max_expiries)
     end
   end
   return #expired
+end
+-- Takes the job out of the active set once nothing of it is pending or leased (all done or
+-- dead) or it is cancelled, so acquire walks only jobs with work. In the script that saw it
+-- empty: a retry or an extension that brings work back comes before or after, not between.
+local function retire_if_final()
+  if cancelled() or (redis.call('ZCARD', KEYS[3]) == 0 and redis.call('ZCARD', KEYS[4]) == 0) then
+    redis.call('ZREM', KEYS[8], job_id())
+  end
+end
+-- Puts the job (back) in the active set, scored by its creation time like era5:jobs, unless it
+-- is cancelled.
+local function activate()
+  if cancelled() then return end
+  local created = redis.call('ZSCORE', KEYS[7], job_id()) or redis.call('HGET', KEYS[1], 'created') or 0
+  redis.call('ZADD', KEYS[8], created, job_id())
 end
 local function refusal(item)
   if get(item, 'state') == 'done' then return 'done' end

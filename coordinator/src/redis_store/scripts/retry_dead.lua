@@ -1,4 +1,7 @@
--- Returns how many dead items went back to pending with fresh counts.
+-- Returns how many dead items went back to pending with fresh counts (-1: no such job). If
+-- any did, the job is active again (unless cancelled), in the same step: nothing can retire
+-- it in between.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local now = now_ms()
 local retried = 0
 for _, item in ipairs(redis.call('HKEYS', KEYS[5])) do
@@ -10,5 +13,6 @@ for _, item in ipairs(redis.call('HKEYS', KEYS[5])) do
 end
 if retried > 0 then
   redis.call('HINCRBY', KEYS[1], 'dead', 0 - retried)
+  activate()
 end
 return retried
