@@ -693,6 +693,8 @@ fn submit_warns_about_unmatched_variables_and_refuses_an_empty_selection() {
 }
 // Security, limits, partitions and start-up/shutdown scenarios, in this binary so they share
 // its build; each file says what it covers.
+#[path = "cluster/failover.rs"]
+mod failover;
 #[path = "cluster/lifecycle.rs"]
 mod lifecycle;
 #[path = "cluster/limits.rs"]

@@ -43,6 +43,8 @@ pub struct RedisOptions {
     pub tls: Option<RedisTls>,
     /// The plaintext port (default: a free ephemeral one).
     pub port: Option<u16>,
+    /// Start as a replica of the server on this port (authenticating with `password`).
+    pub replica_of: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -177,6 +179,12 @@ impl RedisServer {
                 .arg(&tls.ca)
                 .args(["--tls-auth-clients", "no"]);
         }
+        if let Some(primary) = self.options.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+            if let Some(password) = &self.options.password {
+                command.args(["--masterauth", password]);
+            }
+        }
         if self.options.aof_dir.is_some() {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -258,6 +266,16 @@ impl RedisServer {
         self.port
     }
 
+    /// `INFO section` as the default user (with its password, if any); empty if the server
+    /// does not answer.
+    pub fn info(&self, section: &str) -> String {
+        query_bulk(
+            self.port,
+            self.options.password.as_deref(),
+            &["INFO", section],
+        )
+    }
+
     /// SIGKILL, no shutdown.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -284,5 +302,133 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends `command` (after AUTH with `password`, if any) and returns its bulk-string reply,
+/// or an empty string.
+fn query_bulk(port: u16, password: Option<&str>, command: &[&str]) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let encode = |parts: &[&str]| {
+        let mut out = format!("*{}\r\n", parts.len());
+        for part in parts {
+            out.push_str(&format!("${}\r\n{part}\r\n", part.len()));
+        }
+        out
+    };
+    let mut request = String::new();
+    if let Some(password) = password {
+        request.push_str(&encode(&["AUTH", password]));
+    }
+    request.push_str(&encode(command));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    use std::io::BufRead;
+    if password.is_some() {
+        line.clear();
+        if reader.read_line(&mut line).is_err() || !line.starts_with("+OK") {
+            return String::new();
+        }
+    }
+    line.clear();
+    if reader.read_line(&mut line).is_err() {
+        return String::new();
+    }
+    let Some(length) = line
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return String::new();
+    };
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&body).to_string()
+}
+
+/// A real Redis Sentinel (`redis-server CONFIG --sentinel`) on an ephemeral port, watching
+/// one primary under a name; killed on drop. It notices a dead primary after 1 s and fails
+/// over within a few seconds.
+pub struct RedisSentinel {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// A sentinel watching the primary on `primary_port` as `name` (quorum 2), reaching the
+    /// data servers with `auth_pass` (their default user's password).
+    pub fn start(primary_port: u16, name: &str, auth_pass: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut config = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\nloglevel warning\n\
+                 dir {dir}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 4000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = dir.path().display()
+            );
+            if let Some(password) = auth_pass {
+                config.push_str(&format!("sentinel auth-pass {name} {password}\n"));
+            }
+            let path = dir.path().join(format!("sentinel-{port}.conf"));
+            std::fs::write(&path, config).expect("write the sentinel config");
+            let Ok(mut child) = Command::new("redis-server")
+                .arg(&path)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                continue;
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if ping(port, None) {
+                    return Self {
+                        child: Some(child),
+                        port,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server --sentinel did not start");
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `INFO sentinel` of this sentinel (what it knows of its primaries).
+    pub fn info(&self) -> String {
+        query_bulk(self.port, None, &["INFO", "sentinel"])
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::{BUCKET, Scratch, era5, send_signal};
 /// The password of the `era5` Redis user in tests.
 pub const REDIS_PASSWORD: &str = "era5-test-password";
 /// The password of Redis' default (admin) user in tests.
-const REDIS_ADMIN_PASSWORD: &str = "admin-test-password";
+pub const REDIS_ADMIN_PASSWORD: &str = "admin-test-password";
 
 /// The deployment's ACL rules of the `era5` user, one line (comments dropped).
 pub fn era5_acl_rules() -> String {
@@ -257,6 +257,25 @@ impl Cluster {
     ) -> Self {
         let url = redis.url();
         Self::assemble(scratch, redis, url, None, s3_endpoint, ttl, extra_flags)
+    }
+
+    /// A cluster whose coordinators reach Redis at `redis_url` (a Sentinel URL, say); `redis`
+    /// is the server the cluster holds on to (the first primary).
+    pub fn start_with_redis_url(
+        redis: RedisServer,
+        redis_url: String,
+        s3_endpoint: &str,
+        ttl: u64,
+    ) -> Self {
+        Self::assemble(
+            Scratch::new(),
+            redis,
+            redis_url,
+            None,
+            s3_endpoint,
+            ttl,
+            &[],
+        )
     }
 
     fn assemble(

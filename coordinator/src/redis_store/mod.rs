@@ -48,7 +48,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use lease::Error;
@@ -126,8 +125,9 @@ impl Scripts {
 
 /// The Redis store.
 pub struct RedisStore {
-    /// Set once the first connection succeeded; the manager then reconnects by itself.
-    connection: Arc<tokio::sync::OnceCell<ConnectionManager>>,
+    /// Set once the first connection succeeded; the manager then reconnects by itself, and
+    /// is replaced when Sentinel elects another primary.
+    connection: Arc<connection::Primary>,
     policy: LeasePolicy,
     scripts: Scripts,
     /// When set, only jobs of this source are granted (a coordinator's pinned source).
