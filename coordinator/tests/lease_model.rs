@@ -56,7 +56,6 @@ struct ModelItem {
     current: Option<usize>,
     done_by: Option<usize>,
     attempts: u32,
-    expiries: u32,
 }
 
 struct Model {
@@ -86,13 +85,11 @@ impl Model {
                 None => false,
             };
             if expired {
-                let item = &mut self.items[index];
-                item.expiries += 1;
-                item.state = if item.expiries > MAX_EXPIRIES {
-                    ItemState::Dead
-                } else {
-                    ItemState::Pending
-                };
+                // Time passes only in `Advance`, longer than a TTL with no call in between, so
+                // no holder is ever in contact when its renewal falls due: an expiry never
+                // counts here (lease::model::Contact; the conformance scenarios cover the
+                // expiries that count and the poison item).
+                self.items[index].state = ItemState::Pending;
             }
         }
     }
@@ -130,7 +127,6 @@ async fn run(store: &RedisStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 current: None,
                 done_by: None,
                 attempts: 0,
-                expiries: 0
             };
             ITEMS
         ],

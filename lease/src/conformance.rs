@@ -143,7 +143,8 @@ pub async fn an_expired_grant_is_never_brought_back(store: Arc<dyn LeaseStore>) 
     assert_eq!(store.complete(&second.lease, "w2").await.unwrap(), Ack::Ok);
     let items = store.items("j2").await.unwrap();
     assert_eq!(items[0].state, ItemState::Done);
-    assert_eq!(items[0].expiries, 1);
+    // The holder was silent from its grant until after the expiry: not counted.
+    assert_eq!(items[0].expiries, 0);
 }
 
 /// A conformance scenario.
@@ -230,13 +231,27 @@ pub async fn release_returns_work_without_an_attempt(store: Arc<dyn LeaseStore>)
     assert_eq!(again.lease.epoch, grant.lease.epoch + 1);
 }
 
-/// A conformance scenario.
+/// Keeps `worker` in contact with the store (a heartbeat every 10 ms) for `ms`.
+async fn stay_in_contact(store: &Arc<dyn LeaseStore>, worker: &str, ms: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while tokio::time::Instant::now() < until {
+        store
+            .heartbeat(worker, 1, &WorkerMetrics::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A conformance scenario (TTL 60 ms): a holder that stays in contact with the store but does
+/// not renew (it hangs on the item) lets its lease expire; past `max_expiries` such expiries
+/// the item is dead.
 pub async fn a_poison_item_dies_after_too_many_expiries(store: Arc<dyn LeaseStore>) {
     store.create_job(&job("j5", 1)).await.unwrap();
     for _ in 0..3 {
         let granted = store.acquire("w1", 1).await.unwrap();
         assert_eq!(granted.len(), 1);
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        stay_in_contact(&store, "w1", 90).await;
         store.reap().await.unwrap();
     }
     let items = store.items("j5").await.unwrap();
@@ -955,4 +970,32 @@ pub async fn an_item_id_twice_in_a_job_is_refused_whole(store: Arc<dyn LeaseStor
     store.extend_job("jt", &[new.clone()]).await.unwrap();
     assert!(invalid(store.extend_job("jt", &[new]).await));
     assert_eq!(store.job("jt").await.unwrap().counts.total(), 3);
+}
+
+/// A conformance scenario (TTL 60 ms): expiries that do not show the holder alive and
+/// reaching the store when it should have renewed never count, however many: a holder that
+/// went silent (killed, partitioned, or its coordinator down), one heard from only after the
+/// expiry (a store that came back), and an expiry reaped long after it (no reaper ran).
+pub async fn expiries_of_holders_out_of_contact_do_not_count(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("j-contact", 1)).await.unwrap();
+    for round in 0..6 {
+        let granted = store.acquire("w1", 1).await.unwrap();
+        assert_eq!(
+            granted.len(),
+            1,
+            "round {round}: the item was not granted again"
+        );
+        match round % 3 {
+            0 => tokio::time::sleep(Duration::from_millis(90)).await,
+            1 => {
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                stay_in_contact(&store, "w1", 15).await;
+            }
+            _ => stay_in_contact(&store, "w1", 200).await,
+        }
+        store.reap().await.unwrap();
+    }
+    let items = store.items("j-contact").await.unwrap();
+    assert_eq!(items[0].state, ItemState::Pending, "{:?}", items[0]);
+    assert!(!items[0].last_error.contains("poison"), "{:?}", items[0]);
 }

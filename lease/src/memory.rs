@@ -13,8 +13,8 @@ use async_trait::async_trait;
 
 use crate::error::Error;
 use crate::model::{
-    Ack, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus, JobSpec,
-    JobStatus, LeasePolicy, LeaseRef, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample,
+    Ack, Contact, Counts, FollowSpec, FollowStatus, Grant, ItemSpec, ItemState, ItemStatus,
+    JobSpec, JobStatus, LeasePolicy, LeaseRef, ObjectSpec, SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample,
     WorkerMetrics, WorkerStatus, now_ms, random_id,
 };
 use crate::store::{FailOutcome, LeaseStore, Pruned, check_distinct_ids, item_already_in_job};
@@ -30,6 +30,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     jobs: Vec<JobEntry>,
+    /// Each worker's streak of contact, which decides whether its expiries count.
+    contact: HashMap<String, Contact>,
     workers: BTreeMap<String, WorkerStatus>,
     draining: HashSet<String>,
     history: BTreeMap<String, VecDeque<Sample>>,
@@ -171,20 +173,30 @@ impl MemoryStore {
         self.inner.lock_unpoisoned()
     }
 
-    fn reap_job(&self, job: &mut JobEntry, now: i64) -> u32 {
+    /// Notes that `worker` reached the store at `now`.
+    fn touch(&self, inner: &mut Inner, worker: &str, now: i64) {
+        let ttl = self.policy.ttl.as_millis() as i64;
+        let previous = inner.contact.get(worker).copied();
+        inner
+            .contact
+            .insert(worker.to_string(), Contact::touched(previous, now, ttl));
+    }
+
+    fn reap_job(&self, job: &mut JobEntry, contact: &HashMap<String, Contact>, now: i64) -> u32 {
+        let ttl = self.policy.ttl.as_millis() as i64;
         let mut reaped = 0;
         let mut ended = false;
-        let expired: Vec<usize> = job
-            .leased
-            .range(..=(now, usize::MAX))
-            .map(|&(_, i)| i)
-            .collect();
-        for i in expired {
+        let expired: Vec<(i64, usize)> = job.leased.range(..=(now, usize::MAX)).copied().collect();
+        for (expired_ms, i) in expired {
             reaped += 1;
+            let holder = contact.get(&job.items[i].holder).copied();
+            let counted = Contact::expiry_counts(holder, expired_ms, now, ttl);
             ended |= job.update(i, |item| {
-                item.expiries += 1;
+                if counted {
+                    item.expiries += 1;
+                }
                 item.holder.clear();
-                if item.expiries > self.policy.max_expiries {
+                if counted && item.expiries > self.policy.max_expiries {
                     item.state = ItemState::Dead;
                     item.last_error =
                         format!("lease expired {} times (poison item)", item.expiries);
@@ -320,6 +332,7 @@ impl LeaseStore for MemoryStore {
     async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {
         let now = self.now();
         let mut inner = self.lock();
+        self.touch(&mut inner, worker, now);
         if inner.draining.contains(worker) {
             return Ok(Vec::new());
         }
@@ -328,11 +341,12 @@ impl LeaseStore for MemoryStore {
             if grants.len() >= max {
                 break;
             }
-            let job = &mut inner.jobs[index];
+            let Inner { jobs, contact, .. } = &mut *inner;
+            let job = &mut jobs[index];
             if job.cancelled {
                 continue;
             }
-            self.reap_job(job, now);
+            self.reap_job(job, contact, now);
             let ready: Vec<usize> = job
                 .pending
                 .range(..=(now, usize::MAX))
@@ -370,6 +384,10 @@ impl LeaseStore for MemoryStore {
 
     async fn renew(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {
         let ttl = self.policy.ttl.as_millis() as i64;
+        {
+            let now = self.now();
+            self.touch(&mut self.lock(), worker, now);
+        }
         Ok(self.with_item(lease, Ack::LeaseLost, |job, i, now| {
             let item = &job.items[i];
             if item.live_grant(lease, now) {
@@ -487,9 +505,10 @@ impl LeaseStore for MemoryStore {
     async fn reap(&self) -> Result<u32, Error> {
         let now = self.now();
         let mut inner = self.lock();
+        let Inner { jobs, contact, .. } = &mut *inner;
         let mut total = 0;
-        for job in inner.jobs.iter_mut().filter(|j| !j.cancelled) {
-            total += self.reap_job(job, now);
+        for job in jobs.iter_mut().filter(|j| !j.cancelled) {
+            total += self.reap_job(job, contact, now);
         }
         Ok(total)
     }
@@ -670,6 +689,8 @@ impl LeaseStore for MemoryStore {
     ) -> Result<(), Error> {
         let mut inner = self.lock();
         let draining = inner.draining.contains(worker);
+        let store_now = self.now();
+        self.touch(&mut inner, worker, store_now);
         let now = now_ms();
         let history = inner.history.entry(worker.to_string()).or_default();
         if history
@@ -762,6 +783,7 @@ impl LeaseStore for MemoryStore {
             inner.workers.remove(name);
             inner.history.remove(name);
             inner.draining.remove(name);
+            inner.contact.remove(name);
         }
         Ok(Pruned {
             jobs: (before.0 - inner.jobs.len()) as u32,

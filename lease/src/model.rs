@@ -489,6 +489,47 @@ impl Default for LeasePolicy {
     }
 }
 
+/// A worker's unbroken streak of contact with the store (store time, ms): its acquires,
+/// renewals and heartbeats. **An expiry counts against an item only when its holder was
+/// demonstrably alive and reaching the store when it should have renewed**
+/// ([`Contact::expiry_counts`]), so outages of the store or the coordinators, restarts and
+/// clock steps never make an item poison. The Redis store's `prelude.lua` applies the same
+/// rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contact {
+    /// When the streak began.
+    pub since: i64,
+    /// The latest contact.
+    pub last: i64,
+}
+
+impl Contact {
+    /// The streak after a contact at `now`: it goes on if the previous contact is at most half
+    /// a TTL old (renewals come every third), and starts again otherwise.
+    pub fn touched(previous: Option<Contact>, now: i64, ttl_ms: i64) -> Contact {
+        match previous {
+            Some(streak) if now - streak.last <= ttl_ms / 2 => Contact {
+                since: streak.since,
+                last: now,
+            },
+            _ => Contact {
+                since: now,
+                last: now,
+            },
+        }
+    }
+
+    /// Whether a grant that expired at `expired_ms`, reaped at `now`, counts against its
+    /// item: the holder was in unbroken contact from before its renewal was due (two thirds of
+    /// a TTL before the expiry) until after it, so it could have renewed and did not; and the
+    /// expiry is reaped within a TTL of it (the store and a reaper were up).
+    pub fn expiry_counts(contact: Option<Contact>, expired_ms: i64, now: i64, ttl_ms: i64) -> bool {
+        let due = expired_ms - 2 * ttl_ms / 3;
+        now - expired_ms <= ttl_ms
+            && contact.is_some_and(|streak| streak.since <= due && streak.last >= due)
+    }
+}
+
 impl LeasePolicy {
     /// A jittered delay before retrying after failed attempt number `attempts`.
     pub fn backoff(&self, attempts: u32) -> Duration {

@@ -17,6 +17,9 @@ pub(super) fn history_key(worker: &str) -> String {
     format!("era5:history:{worker}")
 }
 pub(super) const DRAIN: &str = "era5:drain";
+/// Per worker (`<worker>|since`, `<worker>|last`): its unbroken streak of contact with the
+/// store, in store time, which decides whether an expiry of its lease counts.
+pub(super) const CONTACT: &str = "era5:contact";
 
 /// The keys of one job.
 pub(super) struct JobKeys {
@@ -56,7 +59,8 @@ impl JobKeys {
             .key(&self.order)
             .key(JOBS)
             .key(ACTIVE)
-            .key(STANDING);
+            .key(STANDING)
+            .key(CONTACT);
         invocation
     }
 }

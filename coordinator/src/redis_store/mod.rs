@@ -99,6 +99,8 @@ struct Scripts {
     claim_pass: Script,
     /// Reads only: a job's status at one moment.
     status: Script,
+    /// A worker's heartbeat, as contact with the store.
+    contact: Script,
 }
 
 impl Scripts {
@@ -119,6 +121,7 @@ impl Scripts {
             prune: script(include_str!("scripts/prune.lua")),
             claim_pass: script(include_str!("scripts/claim_pass.lua")),
             status: script(include_str!("scripts/status.lua")),
+            contact: script(include_str!("scripts/contact.lua")),
         }
     }
 }
@@ -382,7 +385,9 @@ impl LeaseStore for RedisStore {
         for job_id in active {
             let keys = JobKeys::new(&job_id);
             let mut invocation = keys.invocation(&self.scripts.reap);
-            invocation.arg(self.policy.max_expiries);
+            invocation
+                .arg(self.policy.max_expiries)
+                .arg(self.policy.ttl.as_millis() as u64);
             let reaped: u32 = invocation
                 .invoke_async(&mut self.conn()?)
                 .await

@@ -11,7 +11,7 @@ use lease::Error;
 use lease::model::{SAMPLE_EVERY_MS, SAMPLES_KEPT, Sample, WorkerMetrics, WorkerStatus, now_ms};
 use lease::store::Pruned;
 
-use super::keys::{DRAIN, JOBS, JobKeys, WORKERS, history_key};
+use super::keys::{CONTACT, DRAIN, JOBS, JobKeys, WORKERS, history_key};
 use super::{PRUNE_BATCH, RedisStore, unavailable};
 
 pub(super) async fn heartbeat(
@@ -30,6 +30,15 @@ pub(super) async fn heartbeat(
     let json = serde_json::to_string(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
     let mut conn = store.conn()?;
     conn.hset::<_, _, _, ()>(WORKERS, worker, json)
+        .await
+        .map_err(unavailable)?;
+    store
+        .scripts
+        .contact
+        .key(CONTACT)
+        .arg(worker)
+        .arg(store.policy.ttl.as_millis() as u64)
+        .invoke_async::<i64>(&mut conn)
         .await
         .map_err(unavailable)?;
     let key = history_key(worker);
@@ -98,6 +107,8 @@ pub(super) async fn prune(store: &RedisStore, retention: Duration) -> Result<Pru
             .del(&[history.clone(), format!("{history}:gate")])
             .ignore()
             .srem(DRAIN, &name)
+            .ignore()
+            .hdel(CONTACT, &[format!("{name}|since"), format!("{name}|last")])
             .ignore()
             .query_async::<()>(&mut conn)
             .await

@@ -6,9 +6,10 @@ if cancelled() then
   return {}
 end
 local now = now_ms()
-reap(now, tonumber(ARGV[3]))
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+contact(KEYS[10], ARGV[4], now, ttl)
+reap(now, tonumber(ARGV[3]), ttl)
 local ready = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, max)
 local out = {}
 for i, item in ipairs(ready) do

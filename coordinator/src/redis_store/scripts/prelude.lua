@@ -1,6 +1,6 @@
 -- Shared by every job script. KEYS: the job's 1 meta, 2 state, 3 pending, 4 leased, 5 items,
 -- 6 order; then the indexes 7 jobs, 8 active, 9 standing (era5:jobs, era5:active,
--- era5:standing). Item fields live in the state hash as "<item>|<field>", so every key a
+-- era5:standing), and 10 contact (era5:contact: when each worker reached the store). Item fields live in the state hash as "<item>|<field>", so every key a
 -- script touches is declared. A script is one atomic step: the job's state, its counters and
 -- the indexes it belongs to change together, and a read sees them at one moment.
 local function now_ms()
@@ -30,14 +30,42 @@ end
 local function held_by(item, worker)
   return get(item, 'holder') == worker
 end
--- Expired grants go back to pending, or to dead past max_expiries (a poison item).
-local function reap(now, max_expiries)
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
-  for _, item in ipairs(expired) do
+-- A worker reached the store at `now`: its streak of contact goes on if its previous contact
+-- is at most half a TTL old, and starts again otherwise. `key` is era5:contact.
+local function contact(key, worker, now, ttl)
+  local last = tonumber(redis.call('HGET', key, worker .. '|last') or '')
+  if not last or now - last > ttl / 2 then
+    redis.call('HSET', key, worker .. '|since', now)
+  end
+  redis.call('HSET', key, worker .. '|last', now)
+end
+-- Whether an expiry at `exp` counts against its item: the holder was in unbroken contact with
+-- the store from before its renewal was due (two thirds of a TTL before the expiry) until
+-- after it, so it could have renewed and did not; and the expiry is reaped within a TTL (the
+-- store and a reaper were up). Outages of Redis or of the coordinators, restarts and clock
+-- steps break the contact or delay the reaping, so they never make an item poison.
+local function counts(holder, exp, now, ttl)
+  if holder == nil or holder == '' or now - exp > ttl then return false end
+  local due = exp - math.floor(2 * ttl / 3)
+  local since = tonumber(redis.call('HGET', KEYS[10], holder .. '|since') or '')
+  local last = tonumber(redis.call('HGET', KEYS[10], holder .. '|last') or '')
+  return since ~= nil and last ~= nil and since <= due and last >= due
+end
+-- Expired grants go back to pending, or to dead past max_expiries (a poison item); only the
+-- expiries that count (above) are counted.
+local function reap(now, max_expiries, ttl)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES')
+  for i = 1, #expired, 2 do
+    local item = expired[i]
+    local exp = tonumber(expired[i + 1])
     redis.call('ZREM', KEYS[4], item)
-    local expiries = redis.call('HINCRBY', KEYS[2], field(item, 'expiries'), 1)
+    local counted = counts(get(item, 'holder'), exp, now, ttl)
+    local expiries = tonumber(get(item, 'expiries') or '0')
+    if counted then
+      expiries = redis.call('HINCRBY', KEYS[2], field(item, 'expiries'), 1)
+    end
     set(item, 'holder', '')
-    if expiries > max_expiries then
+    if counted and expiries > max_expiries then
       set(item, 'state', 'dead', 'error', 'lease expired ' .. expiries .. ' times (poison item)')
       redis.call('HINCRBY', KEYS[1], 'dead', 1)
       redis.call('HSET', KEYS[1], 'ended', now)
@@ -46,7 +74,7 @@ local function reap(now, max_expiries)
       redis.call('ZADD', KEYS[3], now, item)
     end
   end
-  return #expired
+  return #expired / 2
 end
 -- Takes the job out of the active set once nothing of it is pending or leased (all done or
 -- dead) or it is cancelled, so acquire walks only jobs with work. In the script that saw it

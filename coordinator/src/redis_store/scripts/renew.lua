@@ -2,6 +2,7 @@
 -- live but held by another worker).
 if cancelled() then return 'lost' end
 local now = now_ms()
+contact(KEYS[10], ARGV[4], now, tonumber(ARGV[5]))
 local item = ARGV[1]
 if live(item, ARGV[2], tonumber(ARGV[3]), now) then
   if not held_by(item, ARGV[4]) then return 'denied' end
