@@ -15,6 +15,7 @@ EXPORTED = {
     "era5_s3_requests_in_flight", "era5_s3_hedged_requests_total", "era5_s3_hedges_won_total",
     "era5_s3_duplicate_bytes_total",
     "era5_s3_retries_total", "era5_s3_stall_timeouts_total", "era5_verify_failures_total",
+    "era5_checksum_contradictions_total",
     "era5_leases", "era5_lease_renew_seconds_bucket", "era5_lease_renew_seconds_count",
     "era5_lease_renew_seconds_sum", "era5_workers_connected",
     "era5_follow_passes_total", "era5_follow_last_success_timestamp_seconds",

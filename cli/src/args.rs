@@ -188,6 +188,10 @@ pub struct PlanArgs {
 
 /// `era5 sync`.
 #[derive(Debug, Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent on/off switches of the command line, each its own flag"
+)]
 pub struct SyncArgs {
     /// Which objects.
     #[command(flatten)]
@@ -223,6 +227,10 @@ pub struct SyncArgs {
     /// Verification: size, etag (size + MD5/multipart ETag) or full (etag + S3 checksums).
     #[arg(long, env = "ERA5_VERIFY", default_value = "full", value_parser = ["size", "etag", "full"], value_name = "MODE")]
     pub verify: String,
+    /// Fail an object whose S3 checksum contradicts the ETag that verified its bytes (by
+    /// default it is kept, recorded as verified by the ETag, with a warning).
+    #[arg(long, env = "ERA5_STRICT_CHECKSUMS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub strict_checksums: bool,
     /// No progress bar; print periodic log lines instead.
     #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
@@ -445,6 +453,9 @@ pub struct WorkerArgs {
     /// Verification: size, etag or full.
     #[arg(long, env = "ERA5_VERIFY", default_value = "full", value_parser = ["size", "etag", "full"], hide = true)]
     pub verify: String,
+    /// Fail an object whose S3 checksum contradicts the ETag that verified its bytes.
+    #[arg(long, env = "ERA5_STRICT_CHECKSUMS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new(), hide = true)]
+    pub strict_checksums: bool,
     /// First retry backoff ceiling, milliseconds.
     #[arg(long, env = "ERA5_RETRY_BASE_MS", default_value_t = 200, hide = true)]
     pub retry_base_ms: u64,

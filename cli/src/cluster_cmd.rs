@@ -354,6 +354,7 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         stall_timeout: Duration::from_secs(args.stall_timeout),
         min_rate,
         verify,
+        on_contradiction: crate::config::on_contradiction(args.strict_checksums),
         retry: transport::retry::RetryPolicy {
             base: Duration::from_millis(args.retry_base_ms),
             ..Default::default()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::error::InputError;
 use common::selection::Selection;
 use common::units::parse_size;
-use engine::{EngineConfig, VerifyMode};
+use engine::{EngineConfig, OnContradiction, VerifyMode};
 use transport::guard::{BodyGuard, MinRate};
 use transport::retry::RetryPolicy;
 use transport::{PoolConfig, ResolveOverride, Resolver, SourceConfig};
@@ -197,6 +197,15 @@ pub(crate) fn existing_mirror(dest: &std::path::Path) -> Result<PathBuf, InputEr
     }
 }
 
+/// What `--strict-checksums` asks of a server checksum that contradicts a verified ETag.
+pub fn on_contradiction(strict_checksums: bool) -> OnContradiction {
+    if strict_checksums {
+        OnContradiction::Fail
+    } else {
+        OnContradiction::Keep
+    }
+}
+
 /// `--min-rate SIZE` over `window` seconds; `0` turns the check off.
 pub fn min_rate(text: &str, window: u64) -> Result<MinRate, InputError> {
     let bytes_per_sec = parse_size(text).ok_or_else(|| InputError::BadValue {
@@ -294,6 +303,7 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             min_rate,
             save_every: Duration::from_millis(args.save_every_ms),
             verify,
+            on_contradiction: on_contradiction(args.strict_checksums),
             retry: RetryPolicy {
                 max_attempts: args.retries,
                 base: Duration::from_millis(args.retry_base_ms),

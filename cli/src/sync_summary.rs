@@ -7,7 +7,8 @@
 //! {"outcome": "complete" | "incomplete" | "interrupted", "dest", "verify",
 //!  "objects": {"total", "downloaded", "present", "verified_locally", "failed", "not_finished"},
 //!  "bytes_downloaded", "seconds", "bytes_per_second",
-//!  "retries": {"<reason>": n, ...}, "verification_failures", "restarts",
+//!  "retries": {"<reason>": n, ...}, "verification_failures", "checksum_contradictions",
+//!  "restarts",
 //!  "peak_connections",
 //!  "concurrency": {"autotune", "final", "peak", "max"},
 //!  "hedges": {"requests", "won"}, "duplicate_bytes",
@@ -38,6 +39,7 @@ pub struct Summary<'a> {
     bytes_per_second: u64,
     retries: BTreeMap<&'static str, u64>,
     verification_failures: u64,
+    checksum_contradictions: u64,
     restarts: u64,
     peak_connections: usize,
     concurrency: Concurrency,
@@ -132,6 +134,7 @@ impl<'a> Summary<'a> {
                 .map(|r| (r.label(), snapshot.retries_for(*r)))
                 .collect(),
             verification_failures: snapshot.verify_failures,
+            checksum_contradictions: snapshot.checksum_contradictions,
             restarts: snapshot.restarts,
             peak_connections: figures.peak_connections,
             concurrency: Concurrency {
@@ -191,6 +194,14 @@ impl<'a> Summary<'a> {
             self.restarts,
             self.peak_connections,
         )?;
+        if self.checksum_contradictions > 0 {
+            writeln!(
+                out,
+                "  checksum contradictions: {} (the server's S3 checksum disagreed with the ETag \
+                 that verified the bytes; see the warnings)",
+                self.checksum_contradictions
+            )?;
+        }
         let c = &self.concurrency;
         let tuning = if c.autotune {
             format!(

@@ -374,24 +374,63 @@ fn lsm_with_crc64(checksum_override: Option<&str>) -> (TestS3, bytes::Bytes) {
 }
 
 #[test]
-fn a_wrong_additional_checksum_fails_full_verification_only() {
+fn a_checksum_that_contradicts_a_verified_etag_warns_and_fails_only_when_strict() {
     let (s3, data) = lsm_with_crc64(Some("AAAAAAAAAAA="));
     let key = LSM_KEY;
+    // The bytes are the ETag's MD5: kept, with a warning and a count, recorded as verified by
+    // the ETag (what was verified), not by the checksum.
     let (scratch, args) = lsm_sync(&s3);
     let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("contradicts the ETag that verified the bytes")
+            && run.stderr.contains("crc64nvme checksum mismatch"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("checksum contradictions: 1"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        std::fs::read(scratch.dest().join(key)).unwrap(),
+        data.as_ref()
+    );
+    let record = &manifest(&scratch.dest())[key];
+    assert_eq!(record["verified"], "etag", "{record}");
+    assert!(record["checksum"].is_null(), "{record}");
+    // A rerun checks the file again (full verification was asked for and not reached) and
+    // keeps it: never failed for ever.
+    let mut json = args.clone();
+    json.push("--json".into());
+    let rerun = run_era5(&scratch, &json, LIMIT);
+    rerun.expect_code(0);
+    let figures = summary(&rerun);
+    assert_eq!(figures["objects"]["verified_locally"], 1, "{figures}");
+    assert_eq!(figures["checksum_contradictions"], 1, "{figures}");
+
+    // --strict-checksums fails it as a mismatch, and nothing is promoted.
+    let (strict_scratch, mut strict) = lsm_sync(&s3);
+    strict.push("--strict-checksums".into());
+    let run = run_era5(&strict_scratch, &strict, LIMIT);
     run.expect_code(1);
     assert!(
         run.stdout.contains("crc64nvme checksum mismatch"),
         "{}",
         run.stdout
     );
-    assert!(!scratch.dest().join(key).exists());
+    assert!(!strict_scratch.dest().join(key).exists());
 
-    let mut etag_only = args.clone();
+    // `--verify etag` never looks at the checksum.
+    let (etag_scratch, mut etag_only) = lsm_sync(&s3);
     etag_only.extend(["--verify".into(), "etag".into()]);
-    run_era5(&scratch, &etag_only, LIMIT).expect_code(0);
+    let run = run_era5(&etag_scratch, &etag_only, LIMIT);
+    run.expect_code(0);
+    assert!(!run.stderr.contains("contradicts"), "{}", run.stderr);
     assert_eq!(
-        std::fs::read(scratch.dest().join(key)).unwrap(),
+        std::fs::read(etag_scratch.dest().join(key)).unwrap(),
         data.as_ref()
     );
 }
@@ -514,9 +553,14 @@ fn a_wrong_composite_checksum_fails_with_the_streamed_and_the_read_layout() {
     s3.put_object_with(key, data.clone(), options(Some("AAAAAA==-4".into())));
     let (scratch, args) = lsm_sync(&s3);
     // Download parts equal to the upload parts (streamed CRCs), then larger ones (a re-read).
+    // The ETag verifies, so only --strict-checksums makes the wrong checksum fail the object.
     for part_size in ["1MiB", "8MiB"] {
         let mut with_parts = args.clone();
-        with_parts.extend(["--part-size".into(), part_size.into()]);
+        with_parts.extend([
+            "--part-size".into(),
+            part_size.into(),
+            "--strict-checksums".into(),
+        ]);
         let run = run_era5(&scratch, &with_parts, LIMIT);
         run.expect_code(1);
         assert!(

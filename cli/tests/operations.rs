@@ -127,6 +127,7 @@ fn metrics_and_probes_carry_the_documented_names() {
         "era5_s3_duplicate_bytes_total",
         "era5_s3_stall_timeouts_total",
         "era5_verify_failures_total",
+        "era5_checksum_contradictions_total",
         "era5_lease_renew_seconds_count",
     ] {
         assert!(

@@ -53,4 +53,4 @@ pub use mirror::Mirror;
 pub use progress::{Progress, ProgressSnapshot};
 pub use scheduler::{Concurrency, ConcurrencySnapshot};
 pub use sync::{Outcome, SyncReport};
-pub use verify::VerifyMode;
+pub use verify::{OnContradiction, VerifyMode};

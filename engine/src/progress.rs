@@ -23,6 +23,8 @@ pub struct Progress {
     pub bytes_downloaded: AtomicU64,
     /// Verification failures (each one triggers a new download).
     pub verify_failures: AtomicU64,
+    /// Objects whose server checksum contradicted the ETag that verified their bytes.
+    pub checksum_contradictions: AtomicU64,
     /// Objects restarted because they changed upstream mid-download (412).
     pub restarts: AtomicU64,
     /// Requests asked again elsewhere because they were slow (hedges).
@@ -50,6 +52,8 @@ pub struct ProgressSnapshot {
     pub bytes_downloaded: u64,
     /// Verification failures.
     pub verify_failures: u64,
+    /// Server checksums that contradicted an ETag that verified.
+    pub checksum_contradictions: u64,
     /// Restarts after an upstream change.
     pub restarts: u64,
     /// Requests hedged.
@@ -156,6 +160,7 @@ impl Progress {
             bytes_total: load(&self.bytes_total),
             bytes_downloaded: load(&self.bytes_downloaded),
             verify_failures: load(&self.verify_failures),
+            checksum_contradictions: load(&self.checksum_contradictions),
             restarts: load(&self.restarts),
             hedged_requests: load(&self.hedged_requests),
             hedges_won: load(&self.hedges_won),

@@ -567,6 +567,13 @@ async fn verify_local(
     })
     .await
     .map_err(|e| FetchError::Io(e.to_string()))?;
+    let checked = match checked {
+        (Ok(verified), identity) => {
+            engine.contradiction_seen(&object.key, &verified);
+            (verified.settle(engine.config().on_contradiction), identity)
+        }
+        failed => failed,
+    };
     match checked {
         (Ok(_), None) => Ok(None),
         (Ok(verified), Some(identity)) => Ok(Some(ManifestEntry {

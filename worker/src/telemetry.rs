@@ -6,7 +6,7 @@
 //! `era5_bytes_downloaded_total`, `era5_objects_completed_total`, `era5_s3_connections_open`,
 //! `era5_s3_connections_in_use`, `era5_s3_retries_total{reason}`,
 //! `era5_s3_stall_timeouts_total`, `era5_verify_failures_total`,
-//! `era5_local_io_errors_total{kind}`, `era5_dest_free_bytes` (statvfs of DEST), the request
+//! `era5_checksum_contradictions_total`, `era5_local_io_errors_total{kind}`, `era5_dest_free_bytes` (statvfs of DEST), the request
 //! window `era5_s3_concurrency` (autotuned, see `engine::autotune`) with
 //! `era5_s3_requests_in_flight`, the hedging counters `era5_s3_hedged_requests_total`,
 //! `era5_s3_hedges_won_total` and `era5_s3_duplicate_bytes_total`, and the histogram
@@ -193,6 +193,12 @@ impl Collector for EngineCollector {
             "Downloads that failed verification",
             progress.verify_failures,
         )?;
+        counter(
+            &mut encoder,
+            "era5_checksum_contradictions",
+            "Objects whose S3 checksum contradicted the ETag that verified their bytes",
+            progress.checksum_contradictions,
+        )?;
         let mut local = encoder.encode_descriptor(
             "era5_local_io_errors",
             "Local write failures by kind (no_space, quota, read_only, io, other)",
@@ -345,6 +351,7 @@ mod tests {
             "era5_s3_retries_total{reason=\"slowdown\"} 1",
             "era5_s3_stall_timeouts_total 1",
             "era5_verify_failures_total 0",
+            "era5_checksum_contradictions_total 0",
             "era5_lease_renew_seconds_count 1",
             "era5_local_io_errors_total{kind=\"no_space\"} 0",
             "era5_dest_free_bytes",

@@ -60,7 +60,9 @@ use crate::memory::BufferBudget;
 use crate::mirror::{Mirror, PromoteError, TempPaths};
 use crate::progress::Progress;
 use crate::scheduler::{Admitted, Concurrency, RequestScheduler};
-use crate::verify::{Expected, ExpectedChecksum, StreamPlan, Streamed, VerifyError, VerifyMode};
+use crate::verify::{
+    Expected, ExpectedChecksum, OnContradiction, StreamPlan, Streamed, VerifyError, VerifyMode,
+};
 
 pub use layout::DEFAULT_PART_SIZE;
 
@@ -82,6 +84,9 @@ pub struct EngineConfig {
     pub stall_timeout: Duration,
     /// Verification strength.
     pub verify: VerifyMode,
+    /// What a server's checksum that contradicts an ETag that verified does: keep the object
+    /// on its ETag (default) or fail it (`--strict-checksums`).
+    pub on_contradiction: OnContradiction,
     /// Per-request retry policy.
     pub retry: RetryPolicy,
     /// Write temporary files with direct I/O where the filesystem suits it (see `direct_io`).
@@ -107,6 +112,7 @@ impl Default for EngineConfig {
             part_size: None,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             verify: VerifyMode::Full,
+            on_contradiction: OnContradiction::Keep,
             retry: RetryPolicy::default(),
             direct_io: true,
             min_rate: MinRate::DEFAULT,
@@ -319,6 +325,23 @@ impl Engine {
         self.health.failed(error);
     }
 
+    /// Says so when the server's checksum contradicted an ETag that verified `key`'s bytes: a
+    /// warning and a count, whatever [`EngineConfig::on_contradiction`] then does.
+    pub fn contradiction_seen(&self, key: &str, verified: &crate::verify::Verified) {
+        if let Some(contradiction) = &verified.contradiction {
+            self.progress
+                .checksum_contradictions
+                .fetch_add(1, Ordering::Relaxed);
+            let outcome = match self.config.on_contradiction {
+                OnContradiction::Keep => {
+                    "recorded as verified by its ETag (--strict-checksums would fail it)"
+                }
+                OnContradiction::Fail => "failed (--strict-checksums)",
+            };
+            tracing::warn!(key, %contradiction, "the server's checksum contradicts the ETag that verified the bytes; {outcome}");
+        }
+    }
+
     /// The request scheduler (its window shows the concurrency in use).
     pub fn scheduler(&self) -> &Arc<RequestScheduler> {
         &self.scheduler
@@ -388,6 +411,8 @@ impl Engine {
                             head.checksum_crc64_nvme(),
                             head.checksum_sha1(),
                             head.checksum_sha256(),
+                            head.checksum_type()
+                                .map(aws_sdk_s3::types::ChecksumType::as_str),
                         ),
                     });
                 }
@@ -571,6 +596,10 @@ impl Engine {
                 .map_err(|e| FetchError::Io(e.to_string()))?
             };
             let (file, verified) = checked;
+            let verified = verified.and_then(|verified| {
+                self.contradiction_seen(&object.key, &verified);
+                verified.settle(self.config.on_contradiction)
+            });
             let verified = match verified {
                 Ok(verified) => verified,
                 Err(error) => {

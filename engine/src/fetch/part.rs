@@ -508,6 +508,9 @@ impl PartJob {
                 output.checksum_crc64_nvme(),
                 output.checksum_sha1(),
                 output.checksum_sha256(),
+                output
+                    .checksum_type()
+                    .map(aws_sdk_s3::types::ChecksumType::as_str),
             );
             // Nothing is hashed yet, so a CRC can still be computed as the body streams.
             if *written == 0

@@ -7,7 +7,14 @@
 //! - in `full` mode, an S3 additional checksum (CRC32, CRC32C, CRC64NVME, SHA1, SHA256) that
 //!   the server sent is checked too: a full-object one over all the bytes, a composite one
 //!   (`value-N`, the checksum of the N upload parts' checksums) with the upload part size
-//!   inferred as for a multipart ETag.
+//!   inferred as for a multipart ETag. One whose type the server does not state passes as
+//!   either (see [`checksums`]).
+//!
+//! **A server's checksum that contradicts an ETag that verified never fails the object by
+//! default**: the bytes are those the ETag's MD5s describe, so a new download would bring
+//! them again. [`Verified`] then records the ETag's level and no checksum, and carries the
+//! contradiction for the caller to report; [`OnContradiction::Fail`] (`--strict-checksums`)
+//! fails it instead. Without an ETag that verified, a checksum mismatch fails as always.
 //!
 //! Digests are computed while parts stream in whenever the download layout allows it (a part
 //! per upload part for multipart ETags; CRCs always, combined afterwards), so verifying usually
@@ -36,7 +43,7 @@ use thiserror::Error;
 mod checksums;
 mod etag;
 
-pub use checksums::{ChecksumAlgo, ExpectedChecksum};
+pub use checksums::{ChecksumAlgo, ChecksumKind, ExpectedChecksum};
 pub use etag::{EtagForm, candidate_part_sizes, likely_upload_part_size, multipart_digest};
 
 use checksums::verify_checksum;
@@ -348,8 +355,35 @@ pub enum VerifyError {
 pub struct Verified {
     /// The strongest check that passed.
     pub level: VerifyMode,
-    /// The checksum that was checked (`algo:value`), if any.
+    /// The checksum that was checked (`algo:value`, or `algo:value-N` when it verified as the
+    /// composite of N parts), if any.
     pub checksum: Option<String>,
+    /// The server's checksum, when it contradicted an ETag that verified the bytes: then
+    /// `level` is `etag` and `checksum` is `None`, since that is what was verified. The
+    /// caller says so (a warning, a counter) and keeps the object, or fails it under
+    /// [`OnContradiction::Fail`] (see [`Verified::settle`]).
+    pub contradiction: Option<VerifyError>,
+}
+
+/// What a server's checksum that contradicts an ETag that verified does to the object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnContradiction {
+    /// The object is kept, recorded as verified by its ETag (the default).
+    #[default]
+    Keep,
+    /// The object fails as on a checksum mismatch (`--strict-checksums`).
+    Fail,
+}
+
+impl Verified {
+    /// The outcome under `policy`: the contradiction as the error under
+    /// [`OnContradiction::Fail`], otherwise this.
+    pub fn settle(self, policy: OnContradiction) -> Result<Self, VerifyError> {
+        match (policy, &self.contradiction) {
+            (OnContradiction::Fail, Some(error)) => Err(error.clone()),
+            _ => Ok(self),
+        }
+    }
 }
 
 /// Digests computed while the object was downloaded.
@@ -392,13 +426,20 @@ pub fn verify(
         return Ok(Verified {
             level: VerifyMode::Size,
             checksum: None,
+            contradiction: None,
         });
     }
     let mut level = VerifyMode::Size;
+    let mut etag_verified = false;
+    let mut etag_parts = None;
     if let Some(etag) = expected.etag.as_deref() {
         if let Some(form) = EtagForm::parse(etag) {
             verify_etag(file, etag, &form, expected.size, streamed)?;
             level = mode;
+            etag_verified = true;
+            if let EtagForm::Multipart { parts, .. } = form {
+                etag_parts = Some(parts);
+            }
         } else {
             tracing::warn!(
                 etag,
@@ -407,14 +448,29 @@ pub fn verify(
         }
     }
     let mut checksum = None;
+    let mut contradiction = None;
     if mode == VerifyMode::Full
         && let Some(expected_checksum) = &expected.checksum
     {
-        verify_checksum(file, expected_checksum, expected.size, streamed)?;
-        checksum = Some(expected_checksum.label());
-        level = VerifyMode::Full;
+        match verify_checksum(file, expected_checksum, expected.size, etag_parts, streamed) {
+            Ok(label) => {
+                checksum = Some(label);
+                level = VerifyMode::Full;
+            }
+            // The bytes are the ETag's MD5s: the server's checksum disagrees with its own ETag,
+            // and downloading again would bring the same bytes. What stands is the ETag.
+            Err(error @ VerifyError::Checksum { .. }) if etag_verified => {
+                level = VerifyMode::Etag;
+                contradiction = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
     }
-    Ok(Verified { level, checksum })
+    Ok(Verified {
+        level,
+        checksum,
+        contradiction,
+    })
 }
 
 /// Block size of the verification read.
@@ -559,6 +615,7 @@ mod tests {
             size: data.len() as u64,
             etag: Some(multipart_etag(&data, part)),
             checksum: Some(ExpectedChecksum {
+                kind: None,
                 algo: ChecksumAlgo::Crc64nvme,
                 value: BASE64
                     .encode(crc_fast::checksum(CrcAlgorithm::Crc64Nvme, &data).to_be_bytes()),
