@@ -35,6 +35,9 @@ pub struct RedisTls {
 pub struct RedisOptions {
     /// Keep an append-only file (fsync always) in this directory.
     pub aof_dir: Option<PathBuf>,
+    /// With `aof_dir`: fsync the append-only file every second, as deployments do (a crash
+    /// may lose the last second), instead of at every write.
+    pub aof_everysec: bool,
     /// Password of the default user (the harness authenticates as it).
     pub password: Option<String>,
     /// ACL users, each the rest of a `user` directive: `NAME on >PASSWORD RULES...`.
@@ -186,7 +189,12 @@ impl RedisServer {
             }
         }
         if self.options.aof_dir.is_some() {
-            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            let fsync = if self.options.aof_everysec {
+                "everysec"
+            } else {
+                "always"
+            };
+            command.args(["--appendonly", "yes", "--appendfsync", fsync]);
         } else {
             command.args(["--appendonly", "no"]);
         }
@@ -259,6 +267,11 @@ impl RedisServer {
         let auth = replies.next().unwrap_or_default();
         assert_eq!(auth, "+OK", "AUTH as {user} failed");
         replies.next().unwrap_or_default().to_string()
+    }
+
+    /// The directory of its data (and append-only file).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The port.

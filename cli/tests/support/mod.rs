@@ -231,20 +231,25 @@ pub fn mirrored_keys(dest: &Path) -> Vec<String> {
     keys
 }
 
-/// Files under `dest/.era5/tmp`, at any depth.
-pub fn temp_files(dest: &Path) -> Vec<PathBuf> {
-    fn files_under(dir: &Path, found: &mut Vec<PathBuf>) {
+/// Files under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                files_under(&entry.path(), found);
+                walk(&entry.path(), found);
             } else {
                 found.push(entry.path());
             }
         }
     }
     let mut found = Vec::new();
-    files_under(&dest.join(".era5/tmp"), &mut found);
+    walk(dir, &mut found);
     found
+}
+
+/// Files under `dest/.era5/tmp`, at any depth.
+pub fn temp_files(dest: &Path) -> Vec<PathBuf> {
+    files_under(&dest.join(".era5/tmp"))
 }
 
 /// The manifest's records, by key.

@@ -203,6 +203,8 @@ fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, Error> {
 #[derive(Default)]
 pub(super) struct Primary {
     current: Mutex<Option<(ConnectionManager, redis::ConnectionAddr)>>,
+    /// When the connection moved to another primary (not the first connection).
+    switched: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Primary {
@@ -221,7 +223,18 @@ impl Primary {
     }
 
     fn set(&self, manager: ConnectionManager, address: redis::ConnectionAddr) {
-        *self.current.lock_unpoisoned() = Some((manager, address));
+        let previous = self.current.lock_unpoisoned().replace((manager, address));
+        if previous.is_some() {
+            *self.switched.lock_unpoisoned() = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// How long is left of `ttl` since the connection moved to another primary, if less than
+    /// `ttl` has passed: the promoted replica may lack the old primary's last writes.
+    pub(super) fn switched_within(&self, ttl: Duration) -> Option<Duration> {
+        let switched = (*self.switched.lock_unpoisoned())?;
+        ttl.checked_sub(switched.elapsed())
+            .filter(|left| !left.is_zero())
     }
 }
 
@@ -325,6 +338,7 @@ impl RedisStore {
             policy,
             scripts: Scripts::load(),
             source: None,
+            hold_logged: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

@@ -135,6 +135,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// When set, only jobs of this source are granted (a coordinator's pinned source).
     source: Option<SourceSpec>,
+    /// When a hold on grants was last logged (ms).
+    hold_logged: std::sync::atomic::AtomicI64,
 }
 
 fn unavailable(error: redis::RedisError) -> Error {
@@ -151,6 +153,20 @@ fn ack(status: &str) -> Ack {
 }
 
 impl RedisStore {
+    /// Says, at most every few seconds, why no lease is granted for now.
+    fn log_hold(&self, left_ms: u64, why: &str) {
+        let now = lease::model::now_ms();
+        let last = self.hold_logged.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 5_000 {
+            self.hold_logged
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                left_ms,
+                "{why}: holding new grants for a lease TTL, so that grants it may have lost cannot be made twice"
+            );
+        }
+    }
+
     /// Writes `items` and their pending states, a chunk per round trip.
     async fn write_items(&self, keys: &JobKeys, items: &[ItemSpec]) -> Result<(), Error> {
         let mut conn = self.conn()?;
@@ -262,6 +278,13 @@ impl LeaseStore for RedisStore {
         if max == 0 || self.is_draining(worker).await? {
             return Ok(Vec::new());
         }
+        if let Some(left) = self.connection.switched_within(self.policy.ttl) {
+            self.log_hold(
+                left.as_millis() as u64,
+                "the redis primary changed less than a lease TTL ago",
+            );
+            return Ok(Vec::new());
+        }
         let mut grants = Vec::new();
         let active: Vec<String> = self
             .conn()?
@@ -301,6 +324,13 @@ impl LeaseStore for RedisStore {
             if granted.is_empty() {
                 // The script took the job out of the active set if it has nothing left.
                 continue;
+            }
+            if let [status, left] = granted.as_slice()
+                && redis::from_redis_value::<String>(status.clone()).is_ok_and(|s| s == "held")
+            {
+                let left_ms: u64 = redis::from_redis_value(left.clone()).unwrap_or(0);
+                self.log_hold(left_ms, "redis started less than a lease TTL ago");
+                return Ok(grants);
             }
             let mut conn = self.conn()?;
             for triple in granted.chunks(3) {

@@ -1,5 +1,6 @@
 -- ARGV: max, ttl_ms, max_expiries, worker, lease ids (max of them).
--- Returns a flat list: item, lease id, epoch, ... for each grant. A job with nothing left to
+-- Returns a flat list: item, lease id, epoch, ... for each grant; or {'held', ms} while Redis
+-- is younger than a TTL. A job with nothing left to
 -- grant leaves the active set.
 if cancelled() then
   retire_if_final()
@@ -8,6 +9,15 @@ end
 local now = now_ms()
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+-- A job whose state came through a restart of Redis (created under another run id) may have
+-- come back older (an everysec AOF loses up to its last second, a crash what was not yet
+-- written): grants made just before may be lost while their holders still work. Nothing of
+-- it is granted until a TTL after the start, when every grant it could have lost has expired
+-- (the holders' renewals are refused meanwhile, so they stop).
+local run_id, uptime = server()
+if uptime and uptime * 1000 < ttl and redis.call('HGET', KEYS[1], 'run_id') ~= run_id then
+  return {'held', ttl - uptime * 1000}
+end
 contact(KEYS[10], ARGV[4], now, ttl)
 reap(now, tonumber(ARGV[3]), ttl)
 local ready = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, max)

@@ -14,6 +14,10 @@ end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'created', now, 'cancelled', 0, 'done', 0,
   'dead', 0, 'done_bytes', 0, 'items', ARGV[2], 'objects_total', ARGV[3],
   'bytes_total', ARGV[4])
+-- Which Redis process the job was created under: acquire holds grants of a job whose state
+-- came through a restart (see acquire.lua).
+local run_id = server()
+redis.call('HSET', KEYS[1], 'run_id', run_id or '')
 redis.call('ZADD', KEYS[7], now, job)
 redis.call('ZADD', KEYS[8], now, job)
 return 1

@@ -7,6 +7,11 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The Redis process's run id (new at every start) and uptime in seconds, from INFO server.
+local function server()
+  local info = redis.call('INFO', 'server')
+  return string.match(info, 'run_id:(%w+)'), tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+end
 -- The job's id, from its meta key's name (era5:{JOB}:meta, built by keys.rs).
 local function job_id() return string.sub(KEYS[1], 7, -7) end
 local function field(item, name) return item .. '|' .. name end
