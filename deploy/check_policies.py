@@ -12,8 +12,10 @@ era5's own rules:
 - The coordinator serves either mTLS (all three ERA5_TLS_* files) or, knowingly, plaintext
   (ERA5_INSECURE_PLAINTEXT); with TLS the workers speak https with certificates of their own.
 - With --tls (the prod overlay): cert-manager Issuers and Certificates for the coordinator
-  (DNS SAN), Redis and an operator (URI SAN spiffe://<td>/era5/operator/<name>), worker
-  certificates from cert-manager's CSI driver named by the pod (.../era5/worker/${POD_NAME}),
+  (DNS SAN) and Redis, worker certificates from cert-manager's CSI driver named by the pod
+  (.../era5/worker/${POD_NAME}, at most 24 h); who may obtain which identity
+  (approver-policy: an Issuer per kind of identity, each bounded by a policy, operator
+  identities usable by no ServiceAccount, the coordinator pinned to the policies' trust domain),
   every Certificate issued by an Issuer that exists, every mounted secret provided, Redis on
   TLS only and the coordinator on rediss://, probes over https. cert-manager resources (which
   the schema validator does not know) are checked field by field.
@@ -191,6 +193,7 @@ def check_era5(docs, tls):
                 problems.append("worker: the coordinator is plaintext but the worker's URL is not http://")
     if tls:
         problems += check_cert_manager(docs, secrets_provided)
+        problems += check_identities(docs)
     return problems
 
 
@@ -237,9 +240,11 @@ def check_cert_manager(docs, secrets_provided):
         problems.append("no server Certificate with the DNS SAN `coordinator` mounted by the coordinator")
     if not any("redis" in c["spec"].get("dnsNames", []) for c in certificates):
         problems.append("no server Certificate with the DNS SAN `redis`")
-    if not any(any(SPIFFE_OPERATOR.match(u) for u in c["spec"].get("uris", []))
-               and "client auth" in c["spec"].get("usages", []) for c in certificates):
-        problems.append("no operator Certificate (URI SAN spiffe://<td>/era5/operator/<name>, client auth)")
+    for cert in certificates:
+        if any(SPIFFE_OPERATOR.match(u) for u in cert["spec"].get("uris", [])):
+            problems.append(f"certificate {cert['metadata']['name']}: an operator identity issued by cert-manager's"
+                            " controller, which any Certificate in the namespace could ask for; operators request"
+                            " their own (docs/operations.md)")
     for worker in workloads(docs, "era5-worker"):
         csi = [v["csi"] for v in worker["spec"]["template"]["spec"].get("volumes", [])
                if v.get("csi", {}).get("driver") == "csi.cert-manager.io"]
@@ -252,9 +257,151 @@ def check_cert_manager(docs, secrets_provided):
                 problems.append(f"worker: its certificate's URI SAN {uri!r} is not spiffe://<td>/era5/worker/${{POD_NAME}}")
             if attributes.get("csi.cert-manager.io/issuer-name") not in issuers:
                 problems.append("worker: its CSI certificate's issuer does not exist")
+            if hours(attributes.get("csi.cert-manager.io/duration", "2160h")) > 24:
+                problems.append("worker: its CSI certificate lives longer than 24 h")
             if "client auth" not in attributes.get("csi.cert-manager.io/key-usages", ""):
                 problems.append("worker: its CSI certificate is not for client auth")
     return problems
+
+
+def hours(duration):
+    """Hours in a Go duration such as 24h or 90m (0 if unreadable)."""
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", duration or ""):
+        total += float(number) * {"h": 1, "m": 1 / 60, "s": 1 / 3600}[unit]
+    return total
+
+
+POLICY_KEYS = {"allowed", "constraints", "selector", "plugins"}
+
+
+def check_identities(docs):
+    """Who may obtain which identity (approver-policy): workers, operators and servers each
+    from an Issuer of their own, every signing Issuer under a CertificateRequestPolicy that
+    allows only its kind of name, the operator policy usable by no ServiceAccount, and the
+    coordinator pinned to the trust domain the policies name."""
+    problems = []
+    issuers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Issuer"}
+    policies = [d for d in docs if d["kind"] == "CertificateRequestPolicy"]
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    by_issuer = {}
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        spec = policy.get("spec", {})
+        if set(spec) - POLICY_KEYS:
+            problems.append(f"policy {name}: unknown fields {sorted(set(spec) - POLICY_KEYS)}")
+        issuer = spec.get("selector", {}).get("issuerRef", {}).get("name")
+        if issuer not in issuers:
+            problems.append(f"policy {name}: selects issuer {issuer}, which does not exist")
+        by_issuer.setdefault(issuer, []).append(policy)
+
+    def users_of(policy_name):
+        """The subjects bound to a role that may `use` this policy."""
+        subjects = []
+        for binding in bindings:
+            role = roles.get(binding["roleRef"]["name"], {})
+            if any("use" in rule.get("verbs", []) and "certificaterequestpolicies" in rule.get("resources", [])
+                   and policy_name in rule.get("resourceNames", [policy_name]) for rule in role.get("rules", [])):
+                subjects += binding.get("subjects", [])
+        return subjects
+
+    for name, issuer in issuers.items():
+        if "ca" in issuer.get("spec", {}) and name not in by_issuer:
+            problems.append(f"issuer {name}: signs with the CA but no CertificateRequestPolicy bounds it")
+    domains = set()
+    role_issuers = {}
+    for issuer, selected in by_issuer.items():
+        for policy in selected:
+            allowed = policy["spec"].get("allowed", {})
+            uris = allowed.get("uris", {}).get("values", [])
+            usages = set(allowed.get("usages", []))
+            name = policy["metadata"]["name"]
+            if uris:
+                kinds = {re.sub(r"^spiffe://[^/]+/era5/(worker|operator)/\*$", r"\1", u) for u in uris}
+                if not kinds <= {"worker", "operator"} or len(kinds) != 1:
+                    problems.append(f"policy {name}: URI SANs {uris} are not all spiffe://<td>/era5/<worker|operator>/*")
+                    continue
+                kind = kinds.pop()
+                role_issuers.setdefault(kind, set()).add(issuer)
+                domains |= {u.split("/")[2] for u in uris}
+                if not allowed.get("uris", {}).get("required"):
+                    problems.append(f"policy {name}: a {kind} certificate may omit its URI SAN")
+                if allowed.get("dnsNames") or usages - {"digital signature", "client auth"}:
+                    problems.append(f"policy {name}: a {kind} identity may also be a server")
+                most = 24 if kind == "worker" else 720
+                if hours(policy["spec"].get("constraints", {}).get("maxDuration")) > most or \
+                        not policy["spec"].get("constraints", {}).get("maxDuration"):
+                    problems.append(f"policy {name}: {kind} certificates may live longer than {most} h")
+                subjects = users_of(name)
+                if kind == "operator" and any(s.get("kind") == "ServiceAccount" for s in subjects):
+                    problems.append(f"policy {name}: a ServiceAccount (so a pod) may obtain an operator identity")
+                if not subjects:
+                    problems.append(f"policy {name}: nobody may use it")
+            elif allowed.get("dnsNames"):
+                role_issuers.setdefault("server", set()).add(issuer)
+                if usages - {"digital signature", "key encipherment", "server auth"}:
+                    problems.append(f"policy {name}: a server certificate may also be a client")
+    for kind in ("worker", "operator", "server"):
+        if kind not in role_issuers:
+            problems.append(f"no CertificateRequestPolicy for {kind} identities")
+    for a, b in (("worker", "operator"), ("worker", "server"), ("operator", "server")):
+        if role_issuers.get(a, set()) & role_issuers.get(b, set()):
+            problems.append(f"one issuer signs both {a} and {b} identities")
+    for worker in workloads(docs, "era5-worker"):
+        for volume in worker["spec"]["template"]["spec"].get("volumes", []):
+            issuer = volume.get("csi", {}).get("volumeAttributes", {}).get("csi.cert-manager.io/issuer-name")
+            if issuer and issuer not in role_issuers.get("worker", set()):
+                problems.append(f"worker: its certificates come from {issuer}, not the workers' issuer")
+    for coordinator in workloads(docs, "era5-coordinator"):
+        pinned = env_of(coordinator["spec"]["template"]["spec"]["containers"][0]).get("ERA5_TRUST_DOMAIN")
+        if not pinned:
+            problems.append("coordinator: ERA5_TRUST_DOMAIN is not set: it would accept any trust domain the CA signed")
+        elif domains and domains != {pinned}:
+            problems.append(f"coordinator: trust domain {pinned} is not the policies' {sorted(domains)}")
+    return problems
+
+
+def self_test(docs):
+    """The identity rules catch what they are for, on mutated copies of a good rendering."""
+    import copy
+
+    def mutated(change):
+        docs_copy = copy.deepcopy(docs)
+        for doc in docs_copy:
+            change(doc)
+        return check_identities(docs_copy)
+
+    def operator_to_pods(doc):
+        if doc["kind"] == "RoleBinding" and doc["metadata"]["name"] == "era5-operator-identities":
+            doc["subjects"] = [{"kind": "ServiceAccount", "name": "default", "namespace": "era5"}]
+
+    def unpinned(doc):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "coordinator":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["env"] = [e for e in container["env"] if e["name"] != "ERA5_TRUST_DOMAIN"]
+
+    def shared_issuer(doc):
+        if doc["kind"] == "CertificateRequestPolicy" and doc["metadata"]["name"] == "era5-operators":
+            doc["spec"]["selector"]["issuerRef"]["name"] = "era5-workers"
+
+    def long_lived(doc):
+        if doc["kind"] == "CertificateRequestPolicy" and doc["metadata"]["name"] == "era5-workers":
+            doc["spec"]["constraints"]["maxDuration"] = "2160h"
+
+    failures = []
+    for name, change, expected in [
+        ("operator identities usable by pods", operator_to_pods, "may obtain an operator identity"),
+        ("an unpinned trust domain", unpinned, "ERA5_TRUST_DOMAIN is not set"),
+        ("one issuer for workers and operators", shared_issuer, "signs both worker and operator"),
+        ("long-lived worker certificates", long_lived, "longer than 24 h"),
+    ]:
+        found = mutated(change)
+        if not any(expected in problem for problem in found):
+            failures.append(f"self-test: {name} was not caught ({found})")
+    if check_identities(docs):
+        failures.append(f"self-test: the rendering itself fails: {check_identities(docs)}")
+    return failures
 
 
 def main():
@@ -262,6 +409,8 @@ def main():
         docs = [d for d in yaml.safe_load_all(f) if d]
     tls = "--tls" in sys.argv[2:]
     problems = check(docs) + check_era5(docs, tls)
+    if "--self-test" in sys.argv[2:]:
+        problems += self_test(docs)
     for problem in problems:
         print(f"{sys.argv[1]}: {problem}", file=sys.stderr)
     sys.exit(1 if problems else 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders every overlay with kustomize and validates the output offline: against the
-# Kubernetes schemas (kubernetes-validate, strict; cert-manager's kinds, which it does not
-# know, are checked field by field by check_policies.py) and against the project's own rules
+# Kubernetes schemas (kubernetes-validate, strict; cert-manager's and approver-policy's kinds,
+# which it does not know, are checked field by field by check_policies.py) and against the project's own rules
 # (restricted pod security, no service-account tokens, probes, resources, Redis memory and
 # ACL, disruption budgets, and mTLS in prod: see check_policies.py). Any failure exits
 # non-zero. Needs kubectl (for `kubectl kustomize`) and `pip install kubernetes-validate`.
@@ -18,13 +18,13 @@ for overlay in overlays/*/; do
     python3 - "$out/$name.yaml" "$out/$name.core.yaml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-core = [d for d in docs if not d["apiVersion"].startswith("cert-manager.io/")]
+core = [d for d in docs if not d["apiVersion"].startswith(("cert-manager.io/", "policy.cert-manager.io/"))]
 yaml.safe_dump_all(core, open(sys.argv[2], "w"), sort_keys=False)
 PY
     kubernetes-validate --strict --quiet --kubernetes-version "$version" "$out/$name.core.yaml"
     # prod runs mTLS end to end; dev opts into plaintext inside its namespace.
     if [ "$name" = prod ]; then
-        python3 check_policies.py "$out/$name.yaml" --tls
+        python3 check_policies.py "$out/$name.yaml" --tls --self-test
     else
         python3 check_policies.py "$out/$name.yaml"
     fi

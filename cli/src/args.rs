@@ -361,6 +361,10 @@ pub struct CoordinatorArgs {
     /// https with the same certificate.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// TLS: accept only identities of this SPIFFE trust domain
+    /// (spiffe://<trust-domain>/era5/...), whatever else the CA signed.
+    #[arg(long, env = "ERA5_TRUST_DOMAIN", value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
     /// Serve plaintext gRPC on a non-loopback address: anyone who reaches the port can then
     /// take and complete leases, cancel jobs and drain workers.
     #[arg(long, env = "ERA5_INSECURE_PLAINTEXT", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]

@@ -133,6 +133,31 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
         }
         _ => {}
     }
+    let trust_domain = match (&args.trust_domain, &tls) {
+        (None, _) => None,
+        (Some(domain), None) => {
+            return Err(bad(
+                "--trust-domain",
+                domain,
+                "it pins the identities of client certificates: give --tls-cert, --tls-key and --tls-ca too",
+            ));
+        }
+        (Some(domain), Some(_)) => {
+            let valid = !domain.is_empty()
+                && domain.len() <= 255
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
+            if !valid {
+                return Err(bad(
+                    "--trust-domain",
+                    domain,
+                    "expected a SPIFFE trust domain such as era5.example.org (lowercase letters, digits, '.', '-', '_')",
+                ));
+            }
+            Some(domain.clone())
+        }
+    };
     let server_tls = tls
         .as_ref()
         .map(ServerTls::new)
@@ -203,6 +228,7 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
             },
             keepalive: Duration::from_secs(args.keepalive_interval),
             tls: server_tls,
+            trust_domain,
         },
     })
 }

@@ -6,6 +6,8 @@
 //!   **operator** only the Operator service; anything else is PERMISSION_DENIED. gRPC health is
 //!   open to every peer. The identity goes into the request's extensions as a [`Peer`], where
 //!   handlers find the worker's name: with TLS it is never taken from a request body.
+//! - **With `--trust-domain`, only identities of that trust domain are accepted**: a
+//!   certificate the CA signed for another domain is PERMISSION_DENIED, naming both.
 //! - Without TLS (a loopback address, or `--insecure-plaintext`), every peer is
 //!   [`Peer::Plaintext`]: it may call both services and names itself in the request body.
 
@@ -79,10 +81,12 @@ fn allowed(role: Role, path: &str) -> bool {
 }
 
 /// The layer; `tls` says whether connections carry client certificates.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AuthorizeLayer {
     /// Whether the server speaks TLS (and so requires client certificates).
     pub tls: bool,
+    /// The only SPIFFE trust domain accepted, when pinned (`--trust-domain`).
+    pub trust_domain: Option<std::sync::Arc<str>>,
 }
 
 impl<S> Layer<S> for AuthorizeLayer {
@@ -92,6 +96,7 @@ impl<S> Layer<S> for AuthorizeLayer {
         Authorize {
             inner,
             tls: self.tls,
+            trust_domain: self.trust_domain.clone(),
         }
     }
 }
@@ -101,6 +106,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     tls: bool,
+    trust_domain: Option<std::sync::Arc<str>>,
 }
 
 /// A refusal as a gRPC response (gRPC errors travel in a 200 with `grpc-status`).
@@ -141,6 +147,18 @@ impl<S> Authorize<S> {
             return Ok(identity.map_or(Peer::Plaintext, Peer::Certified));
         }
         let identity = identity?;
+        if let Some(pinned) = &self.trust_domain
+            && identity.trust_domain != **pinned
+        {
+            return Err(Error::PermissionDenied(format!(
+                "{identity} is of trust domain `{}`; this coordinator accepts only `{pinned}` (--trust-domain)",
+                identity
+                    .trust_domain
+                    .escape_debug()
+                    .take(253)
+                    .collect::<String>()
+            )));
+        }
         if !allowed(identity.role, path) {
             let service = match identity.role {
                 Role::Worker => "workers may call only the Worker service",

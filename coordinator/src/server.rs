@@ -62,6 +62,8 @@ pub struct Settings {
     pub keepalive: Duration,
     /// TLS for both ports; `None` serves plaintext (the caller checked that it may).
     pub tls: Option<ServerTls>,
+    /// The only SPIFFE trust domain whose identities are accepted (with TLS), when pinned.
+    pub trust_domain: Option<String>,
 }
 
 /// The coordinator's listeners and store.
@@ -130,6 +132,7 @@ impl Server {
             .layer(LimitsLayer::new(caps.clone()))
             .layer(AuthorizeLayer {
                 tls: settings.tls.is_some(),
+                trust_domain: settings.trust_domain.as_deref().map(Into::into),
             })
             .add_service(health_service)
             .add_service(

@@ -409,3 +409,69 @@ fn plaintext_is_served_only_on_loopback_unless_asked_for() {
     });
     assert_eq!(coordinator.terminate(Duration::from_secs(10)), Some(0));
 }
+
+/// `--trust-domain` pins the identities the coordinator accepts: with another domain pinned,
+/// the operator's certificate (spiffe://era5.test/...), though the CA signed it, is refused
+/// with PERMISSION_DENIED naming both domains; with its own domain pinned it is served. The
+/// flag without TLS, or with a malformed domain, is refused at start.
+#[test]
+fn a_pinned_trust_domain_refuses_identities_of_any_other() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let mut cluster = Cluster::start_tls(&s3.endpoint(), 10);
+    let status = |cluster: &Cluster| {
+        cluster
+            .operator("status", 0)
+            .output()
+            .expect("run era5 status")
+    };
+    cluster.coordinator_flags = vec!["--trust-domain".into(), "elsewhere.example".into()];
+    cluster.restart_coordinator(0);
+    let refused = status(&cluster);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "served an identity of another trust domain"
+    );
+    assert!(
+        stderr.contains("era5.test") && stderr.contains("elsewhere.example"),
+        "{stderr}"
+    );
+    cluster.coordinator_flags = vec!["--trust-domain".into(), "era5.test".into()];
+    cluster.restart_coordinator(0);
+    let served = status(&cluster);
+    assert!(
+        served.status.success(),
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+
+    let scratch = Scratch::new();
+    for (flags, why) in [
+        (vec!["--trust-domain", "era5.test"], "--tls-cert"),
+        (
+            vec!["--trust-domain", "Bad Domain"],
+            "expected a SPIFFE trust domain",
+        ),
+    ] {
+        let mut args: Vec<String> = vec![
+            "coordinator".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--redis".into(),
+            cluster.redis_url.clone(),
+        ];
+        if why != "--tls-cert" {
+            let pki = cluster.pki.as_ref().unwrap();
+            args.extend(pki.server.flags());
+        }
+        args.extend(flags.iter().map(ToString::to_string));
+        let run = run_era5(&scratch, &args, LIMIT);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("--trust-domain") && run.stderr.contains(why),
+            "{}",
+            run.stderr
+        );
+    }
+}
