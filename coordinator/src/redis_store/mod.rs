@@ -21,6 +21,10 @@
 //!                                 follow_success and follow_error
 //! era5:workers              HASH  worker -> last report (JSON)
 //! era5:drain                SET   workers asked to drain
+//! era5:held                 ZSET  "<worker>|<job>|<item>" -> expiry (ms): every live grant,
+//!                                 counted against its holder's lease cap until settled,
+//!                                 lost with its cancelled job, or expired
+//! era5:held_count           HASH  worker -> its members of era5:held
 //! era5:history:<worker>     LIST  the last hour of rate and connections (newest first);
 //!                                 a `:gate` key (SET NX PX) admits one point per period
 //! ```
@@ -34,12 +38,13 @@
 //! pruning; `keys` the key names; `connection` the checked URL and the connection.
 //!
 //! **Every state change of a job, and every status read, is one script**: a job's item
-//! states, its counters and its entries in `era5:jobs`, `era5:active` and `era5:standing`
-//! change together, and `status.lua` reads them at one moment, so another coordinator's
-//! change lands before or after, never in the middle. (A new job's items are written by
-//! pipelines before `create.lua` publishes the job; nothing reads them until then.) Each job
-//! script declares the job's keys and those three indexes, which lie outside the job's hash
-//! tag `{JOB}`: the store needs one Redis, not Redis Cluster.
+//! states, its counters, its entries in `era5:jobs`, `era5:active` and `era5:standing`, and
+//! its grants in the lease cap's ledger (`era5:held`, `era5:held_count`) change together, and
+//! `status.lua` reads them at one moment, so another coordinator's change lands before or
+//! after, never in the middle. (A new job's items are written by pipelines before
+//! `create.lua` publishes the job; nothing reads them until then.) Each job script declares
+//! the job's keys and those shared keys (with `era5:contact`), which lie outside the job's
+//! hash tag `{JOB}`: the store needs one Redis, not Redis Cluster.
 //!
 //! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
 //! Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
@@ -290,7 +295,8 @@ impl LeaseStore for RedisStore {
                 .arg(want)
                 .arg(self.policy.ttl.as_millis() as u64)
                 .arg(self.policy.max_expiries)
-                .arg(worker);
+                .arg(worker)
+                .arg(self.policy.max_leases_per_worker);
             for _ in 0..want {
                 invocation.arg(random_id());
             }
