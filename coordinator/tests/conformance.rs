@@ -251,3 +251,27 @@ fn a_progress_report_costs_the_same_redis_work_whatever_the_live_leases() {
         "the commands of one report (name, argument count) depend on the live leases"
     );
 }
+
+#[test]
+fn an_acquire_at_the_lease_cap_runs_one_script_whatever_the_active_jobs() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), lease::conformance::capped_policy(60_000))
+            .await
+            .unwrap();
+        for name in ["a", "b", "c", "d", "e"] {
+            store.create_job(&job(name, 4)).await.unwrap();
+        }
+        let cap = lease::conformance::SCENARIO_LEASE_CAP as usize;
+        assert_eq!(store.acquire("w1", 10).await.unwrap().len(), cap);
+        let commands = commands_during(&server, async {
+            assert!(store.acquire("w1", 10).await.unwrap().is_empty());
+        })
+        .await;
+        let scripts = commands.iter().filter(|c| c.name == "evalsha").count();
+        assert_eq!(
+            scripts, 1,
+            "the first job's script says the worker is at its cap: {commands:?}"
+        );
+    });
+}

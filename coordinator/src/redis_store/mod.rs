@@ -300,14 +300,16 @@ impl LeaseStore for RedisStore {
             for _ in 0..want {
                 invocation.arg(random_id());
             }
-            let granted: Vec<redis::Value> = invocation
+            let answer: Vec<redis::Value> = invocation
                 .invoke_async(&mut self.conn()?)
                 .await
                 .map_err(unavailable)?;
-            if granted.is_empty() {
-                // The script took the job out of the active set if it has nothing left.
-                continue;
-            }
+            let Some((room, granted)) = answer.split_first() else {
+                return Err(Error::Corrupt("acquire answered nothing".into()));
+            };
+            let room: i64 =
+                redis::from_redis_value(room.clone()).map_err(|e| Error::Corrupt(e.to_string()))?;
+            // The script took the job out of the active set if it has nothing left.
             let mut conn = self.conn()?;
             for triple in granted.chunks(3) {
                 let item_id: String = redis::from_redis_value(triple[0].clone())
@@ -333,6 +335,10 @@ impl LeaseStore for RedisStore {
                     source: source.clone(),
                     ttl: self.policy.ttl,
                 });
+            }
+            if room == 0 {
+                // At its lease cap: no other job would grant it anything either.
+                break;
             }
         }
         Ok(grants)

@@ -1,10 +1,11 @@
 -- ARGV: max, ttl_ms, max_expiries, worker, the lease cap per worker, lease ids (max of them).
--- Returns a flat list: item, lease id, epoch, ... for each grant: at most the cap less what the
--- worker holds live in every job (nothing at its cap). A job with nothing left to grant leaves
--- the active set.
+-- Returns a flat list: the room the worker has left under its cap after these grants (-1: not
+-- looked at, the job is cancelled), then item, lease id, epoch, ... for each grant: at most the
+-- cap less what the worker holds live in every job (nothing at its cap). A job with nothing
+-- left to grant leaves the active set.
 if cancelled() then
   retire_if_final()
-  return {}
+  return {-1}
 end
 local now = now_ms()
 local max = tonumber(ARGV[1])
@@ -15,10 +16,10 @@ local room = tonumber(ARGV[5]) - held(ARGV[4], now)
 if room < max then max = room end
 if max <= 0 then
   retire_if_final()
-  return {}
+  return {0}
 end
 local ready = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, max)
-local out = {}
+local out = {room - #ready}
 for i, item in ipairs(ready) do
   local epoch = redis.call('HINCRBY', KEYS[2], field(item, 'epoch'), 1)
   local expires = now + ttl
