@@ -66,7 +66,8 @@ local function held_drop(member)
     end
   end
 end
--- The item's grant to `worker` counts until `expires` (a grant, or a renewal).
+-- The item's grant to `worker` counts until `expires` (a grant, or a renewal: a grant made
+-- before the ledger existed, by an older coordinator, starts counting at its first renewal).
 local function hold(item, worker, expires)
   if redis.call('ZADD', KEYS[11], expires, held_member(item, worker)) == 1 then
     redis.call('HINCRBY', KEYS[12], worker, 1)
