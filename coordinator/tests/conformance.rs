@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use coordinator::RedisStore;
 use lease::conformance::{job, policy};
-use lease::model::{ItemState, LeasePolicy};
+use lease::model::{Ack, ItemState, LeasePolicy};
 use lease::{LeaseStore, MemoryStore};
 use support::{Command, acl_server, commands_during, era5_url};
 use tests::redis_server::RedisServer;
@@ -273,5 +273,45 @@ fn an_acquire_at_the_lease_cap_runs_one_script_whatever_the_active_jobs() {
             scripts, 1,
             "the first job's script says the worker is at its cap: {commands:?}"
         );
+    });
+}
+
+#[test]
+fn grants_from_before_the_lease_ledger_count_from_their_first_renewal() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), lease::conformance::capped_policy(60_000))
+            .await
+            .unwrap();
+        store.create_job(&job("old", 10)).await.unwrap();
+        let old = store.acquire("w1", 10).await.unwrap();
+        // As if granted by a coordinator from before the ledger: no trace in it.
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DEL")
+            .arg("era5:held")
+            .arg("era5:held_count")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let new = store.acquire("w1", 10).await.unwrap();
+        assert_eq!(
+            new.len(),
+            old.len(),
+            "the unrecorded grants do not count yet"
+        );
+        for grant in &old {
+            assert_eq!(store.renew(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+        }
+        assert!(store.acquire("w1", 1).await.unwrap().is_empty());
+        for grant in &old {
+            assert_eq!(store.complete(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+        }
+        assert!(
+            store.acquire("w1", 1).await.unwrap().is_empty(),
+            "renewed, they counted; the later grants still fill the cap"
+        );
+        assert_eq!(store.complete(&new[0].lease, "w1").await.unwrap(), Ack::Ok);
+        assert_eq!(store.acquire("w1", 5).await.unwrap().len(), 1);
     });
 }
