@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use coordinator::RedisStore;
 use lease::conformance::{job, policy};
-use lease::model::ItemState;
+use lease::model::{Ack, ItemState, LeasePolicy};
 use lease::{LeaseStore, MemoryStore};
 use support::{Command, acl_server, commands_during, era5_url};
 use tests::redis_server::RedisServer;
@@ -19,14 +19,35 @@ use tests::redis_server::RedisServer;
 macro_rules! conformance {
     ($name:ident, $ttl:expr) => {
         mod $name {
+            use lease::conformance::policy;
+
             #[test]
             fn memory() {
-                super::run_memory($ttl, lease::conformance::$name);
+                super::run_memory(policy($ttl), lease::conformance::$name);
             }
 
             #[test]
             fn redis() {
-                super::run_redis($ttl, lease::conformance::$name);
+                super::run_redis(policy($ttl), lease::conformance::$name);
+            }
+        }
+    };
+}
+
+/// The same, for a scenario that runs with `lease::conformance::capped_policy`.
+macro_rules! conformance_capped {
+    ($name:ident, $ttl:expr) => {
+        mod $name {
+            use lease::conformance::capped_policy;
+
+            #[test]
+            fn memory() {
+                super::run_memory(capped_policy($ttl), lease::conformance::$name);
+            }
+
+            #[test]
+            fn redis() {
+                super::run_redis(capped_policy($ttl), lease::conformance::$name);
             }
         }
     };
@@ -41,20 +62,20 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run_memory<F: std::future::Future<Output = ()>>(
-    ttl: u64,
+    policy: LeasePolicy,
     scenario: fn(Arc<dyn LeaseStore>) -> F,
 ) {
-    runtime().block_on(scenario(Arc::new(MemoryStore::new(policy(ttl)))));
+    runtime().block_on(scenario(Arc::new(MemoryStore::new(policy))));
 }
 
 fn run_redis<F: std::future::Future<Output = ()>>(
-    ttl: u64,
+    policy: LeasePolicy,
     scenario: fn(Arc<dyn LeaseStore>) -> F,
 ) {
     // As the deployment's ACL user: a script calling a command it does not allow fails here.
     let server = acl_server();
     runtime().block_on(async {
-        let store = RedisStore::connect(&era5_url(&server), policy(ttl))
+        let store = RedisStore::connect(&era5_url(&server), policy)
             .await
             .unwrap();
         scenario(Arc::new(store)).await;
@@ -89,6 +110,11 @@ conformance!(
 );
 conformance!(grants_and_listings_follow_the_plan_order, 10_000);
 conformance!(an_item_id_twice_in_a_job_is_refused_whole, 10_000);
+conformance_capped!(
+    a_worker_at_its_lease_cap_gets_nothing_until_one_is_settled,
+    10_000
+);
+conformance_capped!(an_expired_grant_frees_a_slot_of_its_workers_cap, 300);
 
 #[test]
 fn a_job_from_before_the_order_index_keeps_every_item_in_view_when_it_grows() {
@@ -171,9 +197,12 @@ fn a_page_filtered_by_state_stops_at_its_scan_budget_and_resumes() {
 fn report_commands(held: usize) -> Vec<Command> {
     let server = RedisServer::start();
     runtime().block_on(async {
-        let store = RedisStore::connect(&server.url(), policy(60_000))
-            .await
-            .unwrap();
+        // More live leases than the default cap per worker, to show they cost nothing.
+        let policy = LeasePolicy {
+            max_leases_per_worker: 1_000,
+            ..policy(60_000)
+        };
+        let store = RedisStore::connect(&server.url(), policy).await.unwrap();
         store.create_job(&job("p", held)).await.unwrap();
         // Acquire grants at most 64 at a time.
         let mut grants = Vec::new();
@@ -221,4 +250,68 @@ fn a_progress_report_costs_the_same_redis_work_whatever_the_live_leases() {
         one, many,
         "the commands of one report (name, argument count) depend on the live leases"
     );
+}
+
+#[test]
+fn an_acquire_at_the_lease_cap_runs_one_script_whatever_the_active_jobs() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), lease::conformance::capped_policy(60_000))
+            .await
+            .unwrap();
+        for name in ["a", "b", "c", "d", "e"] {
+            store.create_job(&job(name, 4)).await.unwrap();
+        }
+        let cap = lease::conformance::SCENARIO_LEASE_CAP as usize;
+        assert_eq!(store.acquire("w1", 10).await.unwrap().len(), cap);
+        let commands = commands_during(&server, async {
+            assert!(store.acquire("w1", 10).await.unwrap().is_empty());
+        })
+        .await;
+        let scripts = commands.iter().filter(|c| c.name == "evalsha").count();
+        assert_eq!(
+            scripts, 1,
+            "the first job's script says the worker is at its cap: {commands:?}"
+        );
+    });
+}
+
+#[test]
+fn grants_from_before_the_lease_ledger_count_from_their_first_renewal() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&server.url(), lease::conformance::capped_policy(60_000))
+            .await
+            .unwrap();
+        store.create_job(&job("old", 10)).await.unwrap();
+        let old = store.acquire("w1", 10).await.unwrap();
+        // As if granted by a coordinator from before the ledger: no trace in it.
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DEL")
+            .arg("era5:held")
+            .arg("era5:held_count")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let new = store.acquire("w1", 10).await.unwrap();
+        assert_eq!(
+            new.len(),
+            old.len(),
+            "the unrecorded grants do not count yet"
+        );
+        for grant in &old {
+            assert_eq!(store.renew(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+        }
+        assert!(store.acquire("w1", 1).await.unwrap().is_empty());
+        for grant in &old {
+            assert_eq!(store.complete(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+        }
+        assert!(
+            store.acquire("w1", 1).await.unwrap().is_empty(),
+            "renewed, they counted; the later grants still fill the cap"
+        );
+        assert_eq!(store.complete(&new[0].lease, "w1").await.unwrap(), Ack::Ok);
+        assert_eq!(store.acquire("w1", 5).await.unwrap().len(), 1);
+    });
 }

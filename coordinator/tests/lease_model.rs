@@ -284,6 +284,7 @@ proptest! {
                 max_expiries: MAX_EXPIRIES,
                 backoff_base: Duration::ZERO,
                 backoff_cap: Duration::ZERO,
+                ..LeasePolicy::default()
             };
             let store = RedisStore::connect(&server.url(), policy).await.unwrap();
             store.create_job(&job()).await.unwrap();

@@ -24,6 +24,19 @@ pub fn policy(ttl_ms: u64) -> LeasePolicy {
         max_expiries: 2,
         backoff_base: Duration::from_millis(1),
         backoff_cap: Duration::from_millis(2),
+        max_leases_per_worker: crate::model::DEFAULT_MAX_LEASES_PER_WORKER,
+    }
+}
+
+/// The lease cap per worker of the scenarios that say they run with a cap
+/// ([`capped_policy`]).
+pub const SCENARIO_LEASE_CAP: u32 = 3;
+
+/// [`policy`] with the lease cap per worker at [`SCENARIO_LEASE_CAP`].
+pub fn capped_policy(ttl_ms: u64) -> LeasePolicy {
+    LeasePolicy {
+        max_leases_per_worker: SCENARIO_LEASE_CAP,
+        ..policy(ttl_ms)
     }
 }
 
@@ -998,4 +1011,107 @@ pub async fn expiries_of_holders_out_of_contact_do_not_count(store: Arc<dyn Leas
     let items = store.items("j-contact").await.unwrap();
     assert_eq!(items[0].state, ItemState::Pending, "{:?}", items[0]);
     assert!(!items[0].last_error.contains("poison"), "{:?}", items[0]);
+}
+
+/// A conformance scenario (lease cap [`SCENARIO_LEASE_CAP`], see [`capped_policy`]): a worker
+/// holds at most the cap over every job; at it, an acquire grants nothing (no error) until one
+/// of its grants is completed, released, failed or lost with its cancelled job; a renewal
+/// changes nothing; another worker is not affected.
+pub async fn a_worker_at_its_lease_cap_gets_nothing_until_one_is_settled(
+    store: Arc<dyn LeaseStore>,
+) {
+    let cap = SCENARIO_LEASE_CAP as usize;
+    store.create_job(&job("cap", 10)).await.unwrap();
+    let held = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(held.len(), cap, "one acquire grants up to the cap");
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+    assert_eq!(
+        store.acquire("w2", 2).await.unwrap().len(),
+        2,
+        "another worker has its own cap"
+    );
+    assert_eq!(store.renew(&held[0].lease, "w1").await.unwrap(), Ack::Ok);
+    assert!(
+        store.acquire("w1", 1).await.unwrap().is_empty(),
+        "a renewal frees nothing"
+    );
+    assert_eq!(
+        store.complete(&held[1].lease, "w2").await.unwrap(),
+        Ack::NotHolder
+    );
+    assert!(
+        store.acquire("w1", 1).await.unwrap().is_empty(),
+        "a refused call frees nothing"
+    );
+
+    assert_eq!(store.complete(&held[0].lease, "w1").await.unwrap(), Ack::Ok);
+    let after_complete = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(after_complete.len(), 1, "a completion frees one slot");
+    assert_eq!(
+        store.complete(&held[0].lease, "w1").await.unwrap(),
+        Ack::Ok,
+        "a retried completion"
+    );
+    assert!(
+        store.acquire("w1", 5).await.unwrap().is_empty(),
+        "a retried completion frees nothing more"
+    );
+    assert_eq!(store.release(&held[1].lease, "w1").await.unwrap(), Ack::Ok);
+    let after_release = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(after_release.len(), 1, "a release frees one slot");
+    let failed = store
+        .fail(&held[2].lease, "w1", "boom", false)
+        .await
+        .unwrap();
+    assert_eq!(failed.ack, Ack::Ok);
+    assert_eq!(
+        store.acquire("w1", 5).await.unwrap().len(),
+        1,
+        "a failure frees one slot"
+    );
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+
+    // The cap is over every job: a new job grants w1 nothing while it holds the cap elsewhere,
+    // until the job of its grants is cancelled (they are lost, so they stop counting).
+    store.create_job(&job("cap-b", 5)).await.unwrap();
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+    store.cancel_job("cap").await.unwrap();
+    let elsewhere = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(
+        elsewhere.len(),
+        cap,
+        "a cancelled job's grants stop counting"
+    );
+    assert!(elsewhere.iter().all(|g| g.lease.job_id == "cap-b"));
+    counts_sum(&*store, "cap-b", 5).await;
+}
+
+/// A conformance scenario (TTL 300 ms, lease cap [`SCENARIO_LEASE_CAP`]): a grant that expires
+/// stops counting against its worker's cap at once, reaped or not, while its worker's live
+/// grants in other jobs go on counting.
+pub async fn an_expired_grant_frees_a_slot_of_its_workers_cap(store: Arc<dyn LeaseStore>) {
+    let cap = SCENARIO_LEASE_CAP as usize;
+    store.create_job(&job("exp-a", 2)).await.unwrap();
+    let early = store.acquire("w1", 2).await.unwrap();
+    assert_eq!(early.len(), 2);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    store.create_job(&job("exp-b", 5)).await.unwrap();
+    let late = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(late.len(), cap - 2, "up to the cap");
+    assert!(late.iter().all(|g| g.lease.job_id == "exp-b"));
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
+    // Past the early grants' expiry (300 ms), before the late one's (about 450 ms).
+    tokio::time::sleep(Duration::from_millis(190)).await;
+    assert_eq!(
+        store.renew(&early[0].lease, "w1").await.unwrap(),
+        Ack::LeaseLost
+    );
+    let again = store.acquire("w1", 5).await.unwrap();
+    assert_eq!(
+        again.len(),
+        2,
+        "the two expired grants free two slots; the live one still counts"
+    );
+    assert_eq!(store.renew(&late[0].lease, "w1").await.unwrap(), Ack::Ok);
+    assert!(store.acquire("w1", 5).await.unwrap().is_empty());
 }

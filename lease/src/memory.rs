@@ -277,6 +277,23 @@ impl MemoryStore {
         }
     }
 
+    /// The live grants `worker` holds: leased to it, unexpired, in jobs not cancelled (a
+    /// cancelled job's grants are lost). Settled and expired grants do not count, reaped or
+    /// not.
+    fn held(inner: &Inner, worker: &str, now: i64) -> usize {
+        inner
+            .jobs
+            .iter()
+            .filter(|job| !job.cancelled)
+            .map(|job| {
+                job.leased
+                    .range((now + 1, 0)..)
+                    .filter(|&&(_, i)| job.items[i].held_by(worker))
+                    .count()
+            })
+            .sum()
+    }
+
     fn job_mut<'a>(inner: &'a mut Inner, job_id: &str) -> Result<&'a mut JobEntry, Error> {
         inner
             .jobs
@@ -336,6 +353,10 @@ impl LeaseStore for MemoryStore {
         if inner.draining.contains(worker) {
             return Ok(Vec::new());
         }
+        // The per-worker cap: what the worker holds live now, over every job, counts first.
+        let room = (self.policy.max_leases_per_worker as usize)
+            .saturating_sub(Self::held(&inner, worker, now));
+        let max = max.min(room);
         let mut grants = Vec::new();
         for index in 0..inner.jobs.len() {
             if grants.len() >= max {

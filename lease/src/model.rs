@@ -462,6 +462,9 @@ pub const SAMPLE_EVERY_MS: i64 = 10_000;
 /// Points kept per worker.
 pub const SAMPLES_KEPT: usize = 360;
 
+/// Live grants one worker may hold at once unless the policy says otherwise.
+pub const DEFAULT_MAX_LEASES_PER_WORKER: u32 = 256;
+
 /// Rules of the state machine.
 #[derive(Clone, Debug)]
 pub struct LeasePolicy {
@@ -475,6 +478,10 @@ pub struct LeasePolicy {
     pub backoff_base: Duration,
     /// Largest backoff.
     pub backoff_cap: Duration,
+    /// Most live grants one worker may hold at once, over all jobs: an acquire grants at
+    /// most this minus what the worker holds (nothing at the cap). A grant stops counting
+    /// when it is completed, failed, released, cancelled with its job, or expires.
+    pub max_leases_per_worker: u32,
 }
 
 impl Default for LeasePolicy {
@@ -485,6 +492,7 @@ impl Default for LeasePolicy {
             max_expiries: 5,
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(120),
+            max_leases_per_worker: DEFAULT_MAX_LEASES_PER_WORKER,
         }
     }
 }

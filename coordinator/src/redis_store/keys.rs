@@ -20,6 +20,11 @@ pub(super) const DRAIN: &str = "era5:drain";
 /// Per worker (`<worker>|since`, `<worker>|last`): its unbroken streak of contact with the
 /// store, in store time, which decides whether an expiry of its lease counts.
 pub(super) const CONTACT: &str = "era5:contact";
+/// Every live grant as `<worker>|<job>|<item>`, scored by its expiry (ms): what counts against
+/// a worker's lease cap.
+pub(super) const HELD: &str = "era5:held";
+/// Per worker: how many members of `HELD` are its.
+pub(super) const HELD_COUNT: &str = "era5:held_count";
 
 /// The keys of one job.
 pub(super) struct JobKeys {
@@ -60,7 +65,9 @@ impl JobKeys {
             .key(JOBS)
             .key(ACTIVE)
             .key(STANDING)
-            .key(CONTACT);
+            .key(CONTACT)
+            .key(HELD)
+            .key(HELD_COUNT);
         invocation
     }
 }

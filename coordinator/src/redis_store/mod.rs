@@ -21,6 +21,10 @@
 //!                                 follow_success and follow_error
 //! era5:workers              HASH  worker -> last report (JSON)
 //! era5:drain                SET   workers asked to drain
+//! era5:held                 ZSET  "<worker>|<job>|<item>" -> expiry (ms): every live grant,
+//!                                 counted against its holder's lease cap until settled,
+//!                                 lost with its cancelled job, or expired
+//! era5:held_count           HASH  worker -> its members of era5:held
 //! era5:history:<worker>     LIST  the last hour of rate and connections (newest first);
 //!                                 a `:gate` key (SET NX PX) admits one point per period
 //! ```
@@ -34,12 +38,13 @@
 //! pruning; `keys` the key names; `connection` the checked URL and the connection.
 //!
 //! **Every state change of a job, and every status read, is one script**: a job's item
-//! states, its counters and its entries in `era5:jobs`, `era5:active` and `era5:standing`
-//! change together, and `status.lua` reads them at one moment, so another coordinator's
-//! change lands before or after, never in the middle. (A new job's items are written by
-//! pipelines before `create.lua` publishes the job; nothing reads them until then.) Each job
-//! script declares the job's keys and those three indexes, which lie outside the job's hash
-//! tag `{JOB}`: the store needs one Redis, not Redis Cluster.
+//! states, its counters, its entries in `era5:jobs`, `era5:active` and `era5:standing`, and
+//! its grants in the lease cap's ledger (`era5:held`, `era5:held_count`) change together, and
+//! `status.lua` reads them at one moment, so another coordinator's change lands before or
+//! after, never in the middle. (A new job's items are written by pipelines before
+//! `create.lua` publishes the job; nothing reads them until then.) Each job script declares
+//! the job's keys and those shared keys (with `era5:contact`), which lie outside the job's
+//! hash tag `{JOB}`: the store needs one Redis, not Redis Cluster.
 //!
 //! Time comes from Redis `TIME` inside the scripts, so coordinators need no clock agreement.
 //! Scripts are sent by EVALSHA and reloaded on NOSCRIPT (a Redis restart).
@@ -313,25 +318,28 @@ impl LeaseStore for RedisStore {
                 .arg(want)
                 .arg(self.policy.ttl.as_millis() as u64)
                 .arg(self.policy.max_expiries)
-                .arg(worker);
+                .arg(worker)
+                .arg(self.policy.max_leases_per_worker);
             for _ in 0..want {
                 invocation.arg(random_id());
             }
-            let granted: Vec<redis::Value> = invocation
+            let answer: Vec<redis::Value> = invocation
                 .invoke_async(&mut self.conn()?)
                 .await
                 .map_err(unavailable)?;
-            if granted.is_empty() {
-                // The script took the job out of the active set if it has nothing left.
-                continue;
-            }
-            if let [status, left] = granted.as_slice()
+            if let [status, left] = answer.as_slice()
                 && redis::from_redis_value::<String>(status.clone()).is_ok_and(|s| s == "held")
             {
                 let left_ms: u64 = redis::from_redis_value(left.clone()).unwrap_or(0);
                 self.log_hold(left_ms, "redis started less than a lease TTL ago");
                 return Ok(grants);
             }
+            let Some((room, granted)) = answer.split_first() else {
+                return Err(Error::Corrupt("acquire answered nothing".into()));
+            };
+            let room: i64 =
+                redis::from_redis_value(room.clone()).map_err(|e| Error::Corrupt(e.to_string()))?;
+            // The script took the job out of the active set if it has nothing left.
             let mut conn = self.conn()?;
             for triple in granted.chunks(3) {
                 let item_id: String = redis::from_redis_value(triple[0].clone())
@@ -357,6 +365,10 @@ impl LeaseStore for RedisStore {
                     source: source.clone(),
                     ttl: self.policy.ttl,
                 });
+            }
+            if room == 0 {
+                // At its lease cap: no other job would grant it anything either.
+                break;
             }
         }
         Ok(grants)

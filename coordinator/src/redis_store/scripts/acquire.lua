@@ -1,10 +1,12 @@
--- ARGV: max, ttl_ms, max_expiries, worker, lease ids (max of them).
--- Returns a flat list: item, lease id, epoch, ... for each grant; or {'held', ms} while Redis
--- is younger than a TTL. A job with nothing left to
--- grant leaves the active set.
+-- ARGV: max, ttl_ms, max_expiries, worker, the lease cap per worker, lease ids (max of them).
+-- Returns a flat list: the room the worker has left under its cap after these grants (-1: not
+-- looked at, the job is cancelled), then item, lease id, epoch, ... for each grant: at most the
+-- cap less what the worker holds live in every job (nothing at its cap). A job with nothing
+-- left to grant leaves the active set. While Redis is younger than a TTL and the job's state
+-- came through its restart, it returns {'held', ms left} and grants nothing.
 if cancelled() then
   retire_if_final()
-  return {}
+  return {-1}
 end
 local now = now_ms()
 local max = tonumber(ARGV[1])
@@ -20,16 +22,23 @@ if uptime and uptime * 1000 < ttl and redis.call('HGET', KEYS[1], 'run_id') ~= r
 end
 contact(KEYS[10], ARGV[4], now, ttl)
 reap(now, tonumber(ARGV[3]), ttl)
+local room = tonumber(ARGV[5]) - held(ARGV[4], now)
+if room < max then max = room end
+if max <= 0 then
+  retire_if_final()
+  return {0}
+end
 local ready = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, max)
-local out = {}
+local out = {room - #ready}
 for i, item in ipairs(ready) do
   local epoch = redis.call('HINCRBY', KEYS[2], field(item, 'epoch'), 1)
   local expires = now + ttl
-  set(item, 'state', 'leased', 'lease', ARGV[4 + i], 'holder', ARGV[4], 'exp', expires, 'bytes_done', 0)
+  set(item, 'state', 'leased', 'lease', ARGV[5 + i], 'holder', ARGV[4], 'exp', expires, 'bytes_done', 0)
   redis.call('ZREM', KEYS[3], item)
   redis.call('ZADD', KEYS[4], expires, item)
+  hold(item, ARGV[4], expires)
   out[#out + 1] = item
-  out[#out + 1] = ARGV[4 + i]
+  out[#out + 1] = ARGV[5 + i]
   out[#out + 1] = epoch
 end
 if #ready == 0 then

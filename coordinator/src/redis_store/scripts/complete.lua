@@ -14,6 +14,7 @@ if not live(item, ARGV[2], tonumber(ARGV[3]), now) then return 'lost' end
 if not held_by(item, ARGV[4]) then return 'denied' end
 set(item, 'state', 'done', 'done_lease', ARGV[2], 'done_epoch', ARGV[3])
 redis.call('ZREM', KEYS[4], item)
+unhold(item, ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'done', 1)
 redis.call('HINCRBY', KEYS[1], 'done_bytes', tonumber(get(item, 'bytes') or '0'))
 redis.call('HSET', KEYS[1], 'finished', now)

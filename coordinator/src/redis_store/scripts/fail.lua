@@ -8,6 +8,7 @@ if not held_by(item, ARGV[4]) then return {'denied', 0} end
 local attempts = redis.call('HINCRBY', KEYS[2], field(item, 'attempts'), 1)
 set(item, 'error', ARGV[5], 'holder', '')
 redis.call('ZREM', KEYS[4], item)
+unhold(item, ARGV[4])
 if ARGV[6] == '1' or attempts >= tonumber(ARGV[7]) then
   set(item, 'state', 'dead')
   redis.call('HINCRBY', KEYS[1], 'dead', 1)

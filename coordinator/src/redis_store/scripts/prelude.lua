@@ -1,7 +1,9 @@
 -- Shared by every job script. KEYS: the job's 1 meta, 2 state, 3 pending, 4 leased, 5 items,
 -- 6 order; then the indexes 7 jobs, 8 active, 9 standing (era5:jobs, era5:active,
--- era5:standing), and 10 contact (era5:contact: when each worker reached the store). Item fields live in the state hash as "<item>|<field>", so every key a
--- script touches is declared. A script is one atomic step: the job's state, its counters and
+-- era5:standing), 10 contact (era5:contact: when each worker reached the store), 11 held
+-- (era5:held: every live grant as "<worker>|<job>|<item>", scored by its expiry) and 12 held
+-- count (era5:held_count: worker -> how many of those are its). Item fields live in the state
+-- hash as "<item>|<field>", so every key a script touches is declared. A script is one atomic step: the job's state, its counters and
 -- the indexes it belongs to change together, and a read sees them at one moment.
 local function now_ms()
   local t = redis.call('TIME')
@@ -56,6 +58,38 @@ local function counts(holder, exp, now, ttl)
   local last = tonumber(redis.call('HGET', KEYS[10], holder .. '|last') or '')
   return since ~= nil and last ~= nil and since <= due and last >= due
 end
+-- The lease cap's ledger. A grant counts against its holder from its grant until it is settled
+-- (complete, fail, release), lost with its cancelled job, or expires; its member's score is
+-- its expiry, so expiry needs no script of its job: `held` drops every expired member first.
+-- Worker names have no '|' (the service checks them), so a member's worker is its first field.
+local function held_member(item, worker) return worker .. '|' .. job_id() .. '|' .. item end
+local function held_drop(member)
+  if redis.call('ZREM', KEYS[11], member) == 1 then
+    local worker = string.match(member, '^([^|]*)|')
+    if redis.call('HINCRBY', KEYS[12], worker, -1) <= 0 then
+      redis.call('HDEL', KEYS[12], worker)
+    end
+  end
+end
+-- The item's grant to `worker` counts until `expires` (a grant, or a renewal: a grant made
+-- before the ledger existed, by an older coordinator, starts counting at its first renewal).
+local function hold(item, worker, expires)
+  if redis.call('ZADD', KEYS[11], expires, held_member(item, worker)) == 1 then
+    redis.call('HINCRBY', KEYS[12], worker, 1)
+  end
+end
+-- The item's grant to `worker` no longer counts (settled, lost or reaped).
+local function unhold(item, worker)
+  if worker and worker ~= '' then held_drop(held_member(item, worker)) end
+end
+-- How many live grants `worker` holds, over every job, once the expired ones are dropped
+-- (whoever held them: an expiry stops counting at once, reaped or not).
+local function held(worker, now)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now)) do
+    held_drop(member)
+  end
+  return tonumber(redis.call('HGET', KEYS[12], worker) or '0')
+end
 -- Expired grants go back to pending, or to dead past max_expiries (a poison item); only the
 -- expiries that count (above) are counted.
 local function reap(now, max_expiries, ttl)
@@ -64,7 +98,9 @@ local function reap(now, max_expiries, ttl)
     local item = expired[i]
     local exp = tonumber(expired[i + 1])
     redis.call('ZREM', KEYS[4], item)
-    local counted = counts(get(item, 'holder'), exp, now, ttl)
+    local holder = get(item, 'holder')
+    unhold(item, holder)
+    local counted = counts(holder, exp, now, ttl)
     local expiries = tonumber(get(item, 'expiries') or '0')
     if counted then
       expiries = redis.call('HINCRBY', KEYS[2], field(item, 'expiries'), 1)

@@ -9,6 +9,7 @@ if live(item, ARGV[2], tonumber(ARGV[3]), now) then
   local expires = now + tonumber(ARGV[5])
   set(item, 'exp', expires)
   redis.call('ZADD', KEYS[4], expires, item)
+  hold(item, ARGV[4], expires)
   return 'ok'
 end
 return refusal(item)
