@@ -415,6 +415,10 @@ pub struct CoordinatorArgs {
     /// Failed attempts before a lease is dead.
     #[arg(long, env = "ERA5_LEASE_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100), hide = true)]
     pub lease_attempts: u32,
+    /// Most live leases one worker may hold at once, over every job; at its cap a worker is
+    /// granted nothing more until one of its leases ends.
+    #[arg(long, env = "ERA5_MAX_LEASES_PER_WORKER", default_value_t = lease::model::DEFAULT_MAX_LEASES_PER_WORKER, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_leases_per_worker: u32,
 }
 
 /// `era5 worker`.

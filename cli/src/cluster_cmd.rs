@@ -209,6 +209,7 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
         policy: LeasePolicy {
             ttl: Duration::from_secs(args.lease_ttl),
             max_attempts: args.lease_attempts,
+            max_leases_per_worker: args.max_leases_per_worker,
             ..LeasePolicy::default()
         },
         settings: Settings {

@@ -498,3 +498,56 @@ fn a_flood_of_progress_reports_is_folded_and_the_newest_wins() {
         drop(reports);
     });
 }
+
+/// `--max-leases-per-worker` bounds what one worker holds, whatever it asks for: at the cap an
+/// Acquire answers nothing (not an error) for that worker, another worker is still served, and
+/// a completion frees a slot.
+#[test]
+fn a_worker_is_granted_no_more_than_the_coordinators_lease_cap() {
+    let _serial = serial();
+    let (s3, _) = seeded_server();
+    let cluster = Cluster::start_with_coordinator_flags(
+        &s3.endpoint(),
+        30,
+        &["--lease-objects", "1", "--max-leases-per-worker", "3"],
+    );
+    cluster.submit(PRODUCTS, "", "2023-12", "2024-04");
+    let url = cluster.coordinator_url(0);
+    runtime().block_on(async {
+        let mut client = WorkerClient::new(grpc_channel(&url, None).await);
+        let mut acquire = async |worker: &str| {
+            client
+                .acquire(pb::AcquireRequest {
+                    worker: worker.into(),
+                    max: 64,
+                })
+                .await
+                .expect("acquire")
+                .into_inner()
+                .leases
+        };
+        let first = acquire("greedy").await;
+        assert_eq!(first.len(), 3, "granted past the cap");
+        assert!(acquire("greedy").await.is_empty(), "granted past the cap");
+        assert_eq!(
+            acquire("other").await.len(),
+            3,
+            "another worker was not served"
+        );
+        let lease = first[0].lease.clone();
+        let mut worker = WorkerClient::new(grpc_channel(&url, None).await);
+        worker
+            .complete(pb::CompleteRequest {
+                worker: "greedy".into(),
+                lease,
+                ..Default::default()
+            })
+            .await
+            .expect("complete");
+        assert_eq!(
+            acquire("greedy").await.len(),
+            1,
+            "a completion freed no slot"
+        );
+    });
+}
