@@ -884,6 +884,28 @@ fn a_standing_job_mirrors_what_appears_survives_a_restart_and_stops_when_cancell
         adding_pass <= passes_before + 2,
         "added in pass {adding_pass}, injected after pass {passes_before}"
     );
+    // Later passes compare with the newest item of each key: the replaced object is not added
+    // again and again (each pass would otherwise see the first version's ETag and re-add it).
+    wait_until(LIMIT, "three more passes", || {
+        follow(&cluster)["passes"].as_u64().unwrap_or(0) >= adding_pass + 3
+    });
+    let log = cluster.coordinators[0].0.log_text();
+    let pass_of = |line: &str| -> u64 {
+        line.split("pass=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let re_added: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("follow pass done") && pass_of(l) > adding_pass)
+        .filter(|l| !l.contains("objects_added=0"))
+        .collect();
+    assert!(
+        re_added.is_empty(),
+        "later passes added objects again: {re_added:#?}"
+    );
     assert!(
         cluster
             .coordinator_metric(0, "era5_follow_passes_total{result=\"ok\"}")

@@ -470,6 +470,9 @@ impl Coordinator {
         let _planning = self.planning_permit().await?;
         let source_client = Source::connect(&self.source).await;
         let found = self.list_selection(&source_client, &selection).await?;
+        // `job_objects` is in plan order, where a pass's items come after every earlier one:
+        // a later item of a key (a replaced object) overwrites the earlier, so the pass
+        // compares with the newest version the job holds, never re-adding a replaced object.
         let known: HashMap<String, (u64, String)> = self
             .store
             .job_objects(job_id)
