@@ -418,3 +418,31 @@ fn a_pruning_never_deletes_a_job_that_retry_dead_brought_back() {
         },
     });
 }
+
+/// Grants made in Redis are never thrown away: when a later job of an acquire fails (here its
+/// spec is unreadable), the grants already made in earlier jobs are returned, not dropped in
+/// an error (they would only expire, and count towards nothing but delay).
+#[test]
+fn an_acquire_returns_the_grants_it_made_when_a_later_job_fails() {
+    let server = acl_server();
+    runtime().block_on(async {
+        let store = RedisStore::connect(&era5_url(&server), policy(60_000))
+            .await
+            .unwrap();
+        // Named so that even a tie in creation time orders them: the good job first.
+        store.create_job(&job("a-first", 2)).await.unwrap();
+        store.create_job(&job("b-broken", 2)).await.unwrap();
+        let answer = server.command_as(
+            "default",
+            "",
+            &["HSET", "era5:{b-broken}:meta", "spec", "not json"],
+        );
+        assert!(answer.starts_with(':'), "{answer}");
+        let granted = store
+            .acquire("w1", 10)
+            .await
+            .expect("the grants made so far");
+        assert_eq!(granted.len(), 2, "{granted:?}");
+        assert!(granted.iter().all(|g| g.lease.job_id == "a-first"));
+    });
+}

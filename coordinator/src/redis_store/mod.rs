@@ -131,6 +131,12 @@ impl Scripts {
     }
 }
 
+/// Whether an acquire goes on to the next job.
+enum JobStep {
+    Next,
+    Stop,
+}
+
 /// The Redis store.
 pub struct RedisStore {
     /// Set once the first connection succeeded; the manager then reconnects by itself, and
@@ -158,6 +164,87 @@ fn ack(status: &str) -> Ack {
 }
 
 impl RedisStore {
+    /// One job's part of an acquire: up to `want` grants to `worker`, appended to `grants`.
+    /// Whether to go on to the next job.
+    async fn acquire_in_job(
+        &self,
+        job_id: &str,
+        worker: &str,
+        want: usize,
+        grants: &mut Vec<Grant>,
+    ) -> Result<JobStep, Error> {
+        let keys = JobKeys::new(job_id);
+        let meta_spec: Option<String> = self
+            .conn()?
+            .hget(&keys.meta, "spec")
+            .await
+            .map_err(unavailable)?;
+        let (_, source): (SelectionSpec, SourceSpec) = meta_spec
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
+        if self.source.as_ref().is_some_and(|pinned| *pinned != source) {
+            return Ok(JobStep::Next);
+        }
+        let mut invocation = keys.invocation(&self.scripts.acquire);
+        invocation
+            .arg(want)
+            .arg(self.policy.ttl.as_millis() as u64)
+            .arg(self.policy.max_expiries)
+            .arg(worker)
+            .arg(self.policy.max_leases_per_worker);
+        for _ in 0..want {
+            invocation.arg(random_id());
+        }
+        let answer: Vec<redis::Value> = invocation
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        if let [status, left] = answer.as_slice()
+            && redis::from_redis_value::<String>(status.clone()).is_ok_and(|s| s == "held")
+        {
+            let left_ms: u64 = redis::from_redis_value(left.clone()).unwrap_or(0);
+            self.log_hold(left_ms, "redis started less than a lease TTL ago");
+            return Ok(JobStep::Stop);
+        }
+        let Some((room, granted)) = answer.split_first() else {
+            return Err(Error::Corrupt("acquire answered nothing".into()));
+        };
+        let room: i64 =
+            redis::from_redis_value(room.clone()).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // The script took the job out of the active set if it has nothing left.
+        let mut conn = self.conn()?;
+        for triple in granted.chunks(3) {
+            let item_id: String = redis::from_redis_value(triple[0].clone())
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let lease_id: String = redis::from_redis_value(triple[1].clone())
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let epoch: u64 = redis::from_redis_value(triple[2].clone())
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let spec: String = conn
+                .hget(&keys.items, &item_id)
+                .await
+                .map_err(unavailable)?;
+            let item: ItemSpec =
+                serde_json::from_str(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
+            grants.push(Grant {
+                lease: LeaseRef {
+                    job_id: job_id.to_string(),
+                    item_id,
+                    lease_id,
+                    epoch,
+                },
+                item,
+                source: source.clone(),
+                ttl: self.policy.ttl,
+            });
+        }
+        if room == 0 {
+            // At its lease cap: no other job would grant it anything either.
+            return Ok(JobStep::Stop);
+        }
+        Ok(JobStep::Next)
+    }
+
     /// Says, at most every few seconds, why no lease is granted for now.
     fn log_hold(&self, left_ms: u64, why: &str) {
         let now = lease::model::now_ms();
@@ -301,74 +388,19 @@ impl LeaseStore for RedisStore {
                 break;
             }
             let want = max - grants.len();
-            let keys = JobKeys::new(&job_id);
-            let meta_spec: Option<String> = self
-                .conn()?
-                .hget(&keys.meta, "spec")
+            match self
+                .acquire_in_job(&job_id, worker, want, &mut grants)
                 .await
-                .map_err(unavailable)?;
-            let (_, source): (SelectionSpec, SourceSpec) = meta_spec
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
-            if self.source.as_ref().is_some_and(|pinned| *pinned != source) {
-                continue;
-            }
-            let mut invocation = keys.invocation(&self.scripts.acquire);
-            invocation
-                .arg(want)
-                .arg(self.policy.ttl.as_millis() as u64)
-                .arg(self.policy.max_expiries)
-                .arg(worker)
-                .arg(self.policy.max_leases_per_worker);
-            for _ in 0..want {
-                invocation.arg(random_id());
-            }
-            let answer: Vec<redis::Value> = invocation
-                .invoke_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?;
-            if let [status, left] = answer.as_slice()
-                && redis::from_redis_value::<String>(status.clone()).is_ok_and(|s| s == "held")
             {
-                let left_ms: u64 = redis::from_redis_value(left.clone()).unwrap_or(0);
-                self.log_hold(left_ms, "redis started less than a lease TTL ago");
-                return Ok(grants);
-            }
-            let Some((room, granted)) = answer.split_first() else {
-                return Err(Error::Corrupt("acquire answered nothing".into()));
-            };
-            let room: i64 =
-                redis::from_redis_value(room.clone()).map_err(|e| Error::Corrupt(e.to_string()))?;
-            // The script took the job out of the active set if it has nothing left.
-            let mut conn = self.conn()?;
-            for triple in granted.chunks(3) {
-                let item_id: String = redis::from_redis_value(triple[0].clone())
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-                let lease_id: String = redis::from_redis_value(triple[1].clone())
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-                let epoch: u64 = redis::from_redis_value(triple[2].clone())
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-                let spec: String = conn
-                    .hget(&keys.items, &item_id)
-                    .await
-                    .map_err(unavailable)?;
-                let item: ItemSpec =
-                    serde_json::from_str(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
-                grants.push(Grant {
-                    lease: LeaseRef {
-                        job_id: job_id.clone(),
-                        item_id,
-                        lease_id,
-                        epoch,
-                    },
-                    item,
-                    source: source.clone(),
-                    ttl: self.policy.ttl,
-                });
-            }
-            if room == 0 {
-                // At its lease cap: no other job would grant it anything either.
-                break;
+                Ok(JobStep::Next) => {}
+                Ok(JobStep::Stop) => break,
+                // Grants made in Redis are never thrown away: those made so far are returned,
+                // and the caller asks again for the rest.
+                Err(error) if !grants.is_empty() => {
+                    tracing::warn!(%error, granted = grants.len(), "acquire stopped early; returning the grants made so far");
+                    break;
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok(grants)
