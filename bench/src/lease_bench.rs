@@ -137,6 +137,7 @@ async fn throughput(coordinator: String, redis: String, workers: usize, items: u
                     .acquire(pb::AcquireRequest {
                         worker: name.clone(),
                         max: 1,
+                        ..Default::default()
                     })
                     .await
                     .expect("acquire")

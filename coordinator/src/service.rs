@@ -678,7 +678,14 @@ impl Worker for WorkerService {
                 draining: true,
             }));
         }
-        let grants = store.acquire(&worker, max).await.map_err(status)?;
+        let request_id = &request.get_ref().request_id;
+        let grants = if request_id.is_empty() {
+            store.acquire(&worker, max).await
+        } else {
+            check_id("request", request_id).map_err(Status::from)?;
+            store.acquire_for_request(&worker, max, request_id).await
+        }
+        .map_err(status)?;
         let source = source_spec(&self.0.source);
         Ok(Response::new(pb::AcquireResponse {
             leases: grants

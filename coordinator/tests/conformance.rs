@@ -88,6 +88,10 @@ conformance!(failures_back_off_then_die_with_their_reason, 10_000);
 conformance!(release_returns_work_without_an_attempt, 10_000);
 conformance!(a_poison_item_dies_after_too_many_expiries, 60);
 conformance!(expiries_of_holders_out_of_contact_do_not_count, 60);
+conformance!(
+    a_repeated_acquire_request_answers_its_grants_and_grants_no_more,
+    60_000
+);
 conformance!(cancel_stops_grants_and_loses_live_leases, 10_000);
 conformance!(jobs_are_served_oldest_first_and_workers_can_drain, 10_000);
 conformance!(progress_counts_for_live_grants_only, 10_000);

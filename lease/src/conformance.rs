@@ -1115,3 +1115,43 @@ pub async fn an_expired_grant_frees_a_slot_of_its_workers_cap(store: Arc<dyn Lea
     assert_eq!(store.renew(&late[0].lease, "w1").await.unwrap(), Ack::Ok);
     assert!(store.acquire("w1", 5).await.unwrap().is_empty());
 }
+
+/// A conformance scenario (TTL 60 s): an acquire request repeated with its id (its answer
+/// was lost) answers the grants it made, still live, and grants nothing more; a grant that
+/// ended since is not answered again; the same id from another worker is another request.
+pub async fn a_repeated_acquire_request_answers_its_grants_and_grants_no_more(
+    store: Arc<dyn LeaseStore>,
+) {
+    let ids = |grants: &[crate::model::Grant]| -> Vec<String> {
+        let mut ids: Vec<String> = grants.iter().map(|g| g.lease.lease_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    store.create_job(&job("j-request", 5)).await.unwrap();
+    let first = store.acquire_for_request("w1", 2, "r1").await.unwrap();
+    assert_eq!(first.len(), 2);
+    let again = store.acquire_for_request("w1", 2, "r1").await.unwrap();
+    assert_eq!(ids(&again), ids(&first), "a repeat granted something else");
+    let ttl = store.policy().ttl;
+    assert!(again.iter().all(|g| g.ttl <= ttl && g.ttl >= ttl / 2));
+    assert_eq!(store.job("j-request").await.unwrap().counts.leased, 2);
+    assert_eq!(
+        store.complete(&first[0].lease, "w1").await.unwrap(),
+        Ack::Ok
+    );
+    let after = store.acquire_for_request("w1", 2, "r1").await.unwrap();
+    assert_eq!(
+        ids(&after),
+        vec![first[1].lease.lease_id.clone()],
+        "a completed grant was answered again"
+    );
+    let other = store.acquire_for_request("w2", 2, "r1").await.unwrap();
+    assert_eq!(
+        other.len(),
+        2,
+        "another worker's request was taken for a repeat"
+    );
+    let fresh = store.acquire_for_request("w1", 5, "r2").await.unwrap();
+    assert_eq!(fresh.len(), 1, "a new request did not grant what was left");
+    assert_eq!(store.job("j-request").await.unwrap().counts.leased, 4);
+}

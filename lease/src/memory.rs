@@ -30,6 +30,9 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     jobs: Vec<JobEntry>,
+    /// The grants of each acquire request (worker, request id), until the time given, for
+    /// [`LeaseStore::acquire_for_request`].
+    requests: HashMap<(String, String), (Vec<LeaseRef>, i64)>,
     /// Each worker's streak of contact, which decides whether its expiries count.
     contact: HashMap<String, Contact>,
     workers: BTreeMap<String, WorkerStatus>,
@@ -400,6 +403,48 @@ impl LeaseStore for MemoryStore {
                 });
             }
         }
+        Ok(grants)
+    }
+
+    async fn acquire_for_request(
+        &self,
+        worker: &str,
+        max: usize,
+        request_id: &str,
+    ) -> Result<Vec<Grant>, Error> {
+        let key = (worker.to_string(), request_id.to_string());
+        let ttl = self.policy.ttl.as_millis() as i64;
+        {
+            let now = self.now();
+            let mut inner = self.lock();
+            inner.requests.retain(|_, (_, until)| *until > now);
+            if let Some((leases, _)) = inner.requests.get(&key) {
+                let leases = leases.clone();
+                return Ok(leases
+                    .iter()
+                    .filter_map(|lease| {
+                        let job = inner.jobs.iter().find(|j| j.spec.job_id == lease.job_id)?;
+                        let &i = job.index.get(&lease.item_id)?;
+                        let item = &job.items[i];
+                        let left = item.expires_ms - now;
+                        (!job.cancelled
+                            && item.live_grant(lease, now)
+                            && item.held_by(worker)
+                            && left >= ttl / 2)
+                            .then(|| Grant {
+                                lease: lease.clone(),
+                                item: job.spec.items[i].clone(),
+                                source: job.spec.source.clone(),
+                                ttl: Duration::from_millis(left as u64),
+                            })
+                    })
+                    .collect());
+            }
+        }
+        let grants = self.acquire(worker, max).await?;
+        let until = self.now() + 2 * ttl;
+        let leases = grants.iter().map(|g| g.lease.clone()).collect();
+        self.lock().requests.insert(key, (leases, until));
         Ok(grants)
     }
 

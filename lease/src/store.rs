@@ -93,6 +93,18 @@ pub trait LeaseStore: Send + Sync {
     /// first, so their items can be granted again (with a higher epoch).
     async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error>;
 
+    /// Like [`LeaseStore::acquire`], idempotent by `request_id` (a worker repeats a request
+    /// whose answer it never got: lost to a timeout or to its deadline). **A repeated request
+    /// grants nothing new**: it answers the grants the first one made that are still live and
+    /// held by `worker` with at least half a TTL left (their TTL is what is left of it), so no
+    /// grant is lost to a lost answer. A request id is remembered for two TTLs.
+    async fn acquire_for_request(
+        &self,
+        worker: &str,
+        max: usize,
+        request_id: &str,
+    ) -> Result<Vec<Grant>, Error>;
+
     /// Extends a live grant. Like every call on a grant below, only `worker`, the worker it
     /// was granted to, may make it: anyone else gets [`Ack::NotHolder`].
     async fn renew(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error>;

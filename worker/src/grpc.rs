@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use common::sync::MutexExt;
+
 use engine::sync::Outcome;
 use lease::model::{Ack, LeaseRef, SourceSpec};
 use proto::channel::CoordinatorChannel;
@@ -37,6 +39,8 @@ pub fn connect(channel: &CoordinatorChannel) -> Result<WorkerClient<Channel>, pr
 pub struct Coordinator {
     client: WorkerClient<Channel>,
     worker: String,
+    /// The id of an acquire request whose answer never came, to repeat it with.
+    unanswered_acquire: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Coordinator {
@@ -45,6 +49,7 @@ impl Coordinator {
         Self {
             client,
             worker: worker.to_string(),
+            unanswered_acquire: std::sync::Arc::default(),
         }
     }
 
@@ -110,17 +115,23 @@ fn client_error(status: &tonic::Status) -> ClientError {
 
 impl LeaseClient for Coordinator {
     async fn acquire(&self, max: usize) -> Result<Acquired, ClientError> {
+        // A request whose answer never came is repeated with its id, so the coordinator
+        // answers the grants it made then instead of granting more (they would only expire).
+        let request_id = self
+            .unanswered_acquire
+            .lock_unpoisoned()
+            .get_or_insert_with(lease::model::random_id)
+            .clone();
         let request = pb::AcquireRequest {
             worker: self.worker.clone(),
             max: u32::try_from(max).unwrap_or(u32::MAX),
+            request_id,
         };
-        let response = self
-            .client
-            .clone()
-            .acquire(request)
-            .await
-            .map_err(|s| client_error(&s))?
-            .into_inner();
+        let answer = self.client.clone().acquire(request).await;
+        if answer.is_ok() {
+            self.unanswered_acquire.lock_unpoisoned().take();
+        }
+        let response = answer.map_err(|s| client_error(&s))?.into_inner();
         Ok(Acquired {
             grants: response
                 .leases

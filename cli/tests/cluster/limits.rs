@@ -48,6 +48,7 @@ fn acquire_names_and_reports_are_bounded() {
                 .acquire(pb::AcquireRequest {
                     worker: format!("greedy-{call}"),
                     max: u32::MAX,
+                    ..Default::default()
                 })
                 .await
                 .expect("acquire")
@@ -77,7 +78,17 @@ fn acquire_names_and_reports_are_bounded() {
         // Worker names: at most 63 characters of [a-z0-9._-].
         let named = |worker: String| {
             let mut client = client.clone();
-            async move { code_of(client.acquire(pb::AcquireRequest { worker, max: 1 }).await) }
+            async move {
+                code_of(
+                    client
+                        .acquire(pb::AcquireRequest {
+                            worker,
+                            max: 1,
+                            ..Default::default()
+                        })
+                        .await,
+                )
+            }
         };
         assert_eq!(named("a".repeat(64)).await, tonic::Code::ResourceExhausted);
         assert_eq!(named("a".repeat(63)).await, tonic::Code::Ok);
@@ -300,6 +311,7 @@ fn status_strips_control_characters_from_what_the_server_says() {
             .acquire(pb::AcquireRequest {
                 worker: "w1".into(),
                 max: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -520,6 +532,7 @@ fn a_worker_is_granted_no_more_than_the_coordinators_lease_cap() {
                 .acquire(pb::AcquireRequest {
                     worker: worker.into(),
                     max: 64,
+                    ..Default::default()
                 })
                 .await
                 .expect("acquire")

@@ -168,6 +168,7 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
                 .acquire(pb::AcquireRequest {
                     worker: "a".into(),
                     max: 1,
+                    ..Default::default()
                 })
                 .await,
         );
@@ -179,6 +180,7 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
             .acquire(pb::AcquireRequest {
                 worker: "b".into(),
                 max: u32::MAX,
+                ..Default::default()
             })
             .await
             .expect("worker a acquires")

@@ -20,6 +20,14 @@ pub(super) const DRAIN: &str = "era5:drain";
 /// Per worker (`<worker>|since`, `<worker>|last`): its unbroken streak of contact with the
 /// store, in store time, which decides whether an expiry of its lease counts.
 pub(super) const CONTACT: &str = "era5:contact";
+/// The key acquire declares when it records no request (it writes nothing there).
+pub(super) const NO_REQUEST: &str = "era5:acquired:-";
+
+/// The grants one acquire request made (`job|item|lease|epoch`), kept two TTLs so that a
+/// repeat of the request answers them again instead of granting more.
+pub(super) fn request_key(worker: &str, request_id: &str) -> String {
+    format!("era5:acquired:{worker}:{request_id}")
+}
 /// Every live grant as `<worker>|<job>|<item>`, scored by its expiry (ms): what counts against
 /// a worker's lease cap.
 pub(super) const HELD: &str = "era5:held";

@@ -70,7 +70,7 @@ mod upkeep;
 mod views;
 
 pub use connection::{RedisTarget, target};
-use keys::{ACTIVE, DRAIN, JobKeys, brief};
+use keys::{ACTIVE, DRAIN, JobKeys, NO_REQUEST, brief, request_key};
 
 /// Items written per pipeline when a job is created (a million-object job has ~30 000).
 const CREATE_CHUNK: usize = 2_000;
@@ -131,6 +131,15 @@ impl Scripts {
     }
 }
 
+/// An item's grant as its state hash holds it: state, lease id, epoch, expiry, holder.
+type GrantFields = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
 /// Whether an acquire goes on to the next job.
 enum JobStep {
     Next,
@@ -164,6 +173,118 @@ fn ack(status: &str) -> Ack {
 }
 
 impl RedisStore {
+    /// Acquire's body: up to `max` grants to `worker`, each job's written under `record` (a
+    /// request's key, see `acquire_for_request`) in the script that makes them.
+    async fn acquire_recorded(
+        &self,
+        worker: &str,
+        max: usize,
+        record: Option<&str>,
+    ) -> Result<Vec<Grant>, Error> {
+        // Lease ids are made per grant asked for, so the count is bounded here too.
+        let max = max.min(MAX_ACQUIRE);
+        if max == 0 || self.is_draining(worker).await? {
+            return Ok(Vec::new());
+        }
+        if let Some(left) = self.connection.switched_within(self.policy.ttl) {
+            self.log_hold(
+                left.as_millis() as u64,
+                "the redis primary changed less than a lease TTL ago",
+            );
+            return Ok(Vec::new());
+        }
+        let mut grants = Vec::new();
+        let active: Vec<String> = self
+            .conn()?
+            .zrange(ACTIVE, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        for job_id in active {
+            if grants.len() >= max {
+                break;
+            }
+            let want = max - grants.len();
+            match self
+                .acquire_in_job(&job_id, worker, want, record, &mut grants)
+                .await
+            {
+                Ok(JobStep::Next) => {}
+                Ok(JobStep::Stop) => break,
+                // Grants made in Redis are never thrown away: those made so far are returned,
+                // and the caller asks again for the rest.
+                Err(error) if !grants.is_empty() => {
+                    tracing::warn!(%error, granted = grants.len(), "acquire stopped early; returning the grants made so far");
+                    break;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(grants)
+    }
+
+    /// What a repeated acquire request answers: the grants its first answer carried that are
+    /// still live, held by `worker`, with at least half a TTL left (and that TTL left).
+    async fn replay(&self, worker: &str, recorded: &[String]) -> Result<Vec<Grant>, Error> {
+        let mut conn = self.conn()?;
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let now = seconds * 1000 + micros / 1000;
+        let ttl = self.policy.ttl.as_millis() as i64;
+        let mut grants = Vec::new();
+        for entry in recorded {
+            let [job_id, item_id, lease_id, epoch] = entry.splitn(4, '|').collect::<Vec<_>>()[..]
+            else {
+                continue;
+            };
+            let keys = JobKeys::new(job_id);
+            let fields: Vec<String> = ["state", "lease", "epoch", "exp", "holder"]
+                .iter()
+                .map(|name| format!("{item_id}|{name}"))
+                .collect();
+            let (state, lease, granted_epoch, expires, holder): GrantFields = redis::cmd("HMGET")
+                .arg(&keys.state)
+                .arg(&fields)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let (spec, cancelled): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(&keys.meta)
+                .arg(&["spec", "cancelled"])
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let live = state.as_deref() == Some("leased")
+                && lease.as_deref() == Some(lease_id)
+                && granted_epoch.as_deref() == Some(epoch)
+                && holder.as_deref() == Some(worker)
+                && cancelled.as_deref() != Some("1");
+            let left = expires.unwrap_or(0) - now;
+            if !live || left < ttl / 2 {
+                continue;
+            }
+            let (_, source): (SelectionSpec, SourceSpec) = spec
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .ok_or_else(|| Error::Corrupt(format!("job {job_id} has no readable spec")))?;
+            let item: String = conn.hget(&keys.items, item_id).await.map_err(unavailable)?;
+            let item: ItemSpec =
+                serde_json::from_str(&item).map_err(|e| Error::Corrupt(e.to_string()))?;
+            grants.push(Grant {
+                lease: LeaseRef {
+                    job_id: job_id.to_string(),
+                    item_id: item_id.to_string(),
+                    lease_id: lease_id.to_string(),
+                    epoch: epoch.parse().unwrap_or(0),
+                },
+                item,
+                source,
+                ttl: Duration::from_millis(left as u64),
+            });
+        }
+        Ok(grants)
+    }
+
     /// One job's part of an acquire: up to `want` grants to `worker`, appended to `grants`.
     /// Whether to go on to the next job.
     async fn acquire_in_job(
@@ -171,6 +292,7 @@ impl RedisStore {
         job_id: &str,
         worker: &str,
         want: usize,
+        record: Option<&str>,
         grants: &mut Vec<Grant>,
     ) -> Result<JobStep, Error> {
         let keys = JobKeys::new(job_id);
@@ -187,11 +309,13 @@ impl RedisStore {
         }
         let mut invocation = keys.invocation(&self.scripts.acquire);
         invocation
+            .key(record.unwrap_or(NO_REQUEST))
             .arg(want)
             .arg(self.policy.ttl.as_millis() as u64)
             .arg(self.policy.max_expiries)
             .arg(worker)
-            .arg(self.policy.max_leases_per_worker);
+            .arg(self.policy.max_leases_per_worker)
+            .arg(if record.is_some() { "1" } else { "" });
         for _ in 0..want {
             invocation.arg(random_id());
         }
@@ -365,45 +489,25 @@ impl LeaseStore for RedisStore {
     }
 
     async fn acquire(&self, worker: &str, max: usize) -> Result<Vec<Grant>, Error> {
-        // Lease ids are made per grant asked for, so the count is bounded here too.
-        let max = max.min(MAX_ACQUIRE);
-        if max == 0 || self.is_draining(worker).await? {
-            return Ok(Vec::new());
-        }
-        if let Some(left) = self.connection.switched_within(self.policy.ttl) {
-            self.log_hold(
-                left.as_millis() as u64,
-                "the redis primary changed less than a lease TTL ago",
-            );
-            return Ok(Vec::new());
-        }
-        let mut grants = Vec::new();
-        let active: Vec<String> = self
+        self.acquire_recorded(worker, max, None).await
+    }
+
+    async fn acquire_for_request(
+        &self,
+        worker: &str,
+        max: usize,
+        request_id: &str,
+    ) -> Result<Vec<Grant>, Error> {
+        let record = request_key(worker, request_id);
+        let recorded: Vec<String> = self
             .conn()?
-            .zrange(ACTIVE, 0, -1)
+            .lrange(&record, 0, -1)
             .await
             .map_err(unavailable)?;
-        for job_id in active {
-            if grants.len() >= max {
-                break;
-            }
-            let want = max - grants.len();
-            match self
-                .acquire_in_job(&job_id, worker, want, &mut grants)
-                .await
-            {
-                Ok(JobStep::Next) => {}
-                Ok(JobStep::Stop) => break,
-                // Grants made in Redis are never thrown away: those made so far are returned,
-                // and the caller asks again for the rest.
-                Err(error) if !grants.is_empty() => {
-                    tracing::warn!(%error, granted = grants.len(), "acquire stopped early; returning the grants made so far");
-                    break;
-                }
-                Err(error) => return Err(error),
-            }
+        if recorded.is_empty() {
+            return self.acquire_recorded(worker, max, Some(&record)).await;
         }
-        Ok(grants)
+        self.replay(worker, &recorded).await
     }
 
     async fn renew(&self, lease: &LeaseRef, worker: &str) -> Result<Ack, Error> {

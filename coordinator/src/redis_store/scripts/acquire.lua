@@ -1,4 +1,5 @@
--- ARGV: max, ttl_ms, max_expiries, worker, the lease cap per worker, lease ids (max of them).
+-- KEYS[13]: where this request's grants are recorded. ARGV: max, ttl_ms, max_expiries,
+-- worker, the lease cap per worker, '1' to record the grants under KEYS[13], lease ids (max).
 -- Returns a flat list: the room the worker has left under its cap after these grants (-1: not
 -- looked at, the job is cancelled), then item, lease id, epoch, ... for each grant: at most the
 -- cap less what the worker holds live in every job (nothing at its cap). A job with nothing
@@ -33,13 +34,22 @@ local out = {room - #ready}
 for i, item in ipairs(ready) do
   local epoch = redis.call('HINCRBY', KEYS[2], field(item, 'epoch'), 1)
   local expires = now + ttl
-  set(item, 'state', 'leased', 'lease', ARGV[5 + i], 'holder', ARGV[4], 'exp', expires, 'bytes_done', 0)
+  set(item, 'state', 'leased', 'lease', ARGV[6 + i], 'holder', ARGV[4], 'exp', expires, 'bytes_done', 0)
   redis.call('ZREM', KEYS[3], item)
   redis.call('ZADD', KEYS[4], expires, item)
   hold(item, ARGV[4], expires)
   out[#out + 1] = item
-  out[#out + 1] = ARGV[5 + i]
+  out[#out + 1] = ARGV[6 + i]
   out[#out + 1] = epoch
+end
+-- A request's grants are recorded with them, so that its repeat (its answer was lost)
+-- answers them again instead of granting more.
+if ARGV[6] == '1' and #ready > 0 then
+  for i, item in ipairs(ready) do
+    redis.call('LPUSH', KEYS[13], job_id() .. '|' .. item .. '|' .. ARGV[6 + i] .. '|' ..
+      get(item, 'epoch'))
+  end
+  redis.call('PEXPIRE', KEYS[13], 2 * ttl)
 end
 if #ready == 0 then
   retire_if_final()
