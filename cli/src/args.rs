@@ -446,6 +446,10 @@ pub struct WorkerArgs {
     /// Leases held at once.
     #[arg(long, env = "ERA5_MAX_LEASES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
     pub max_leases: u32,
+    /// TLS: how often (seconds) the certificate files are read again; a renewed certificate
+    /// is used for every later connection, without a restart.
+    #[arg(long, env = "ERA5_TLS_RELOAD_EVERY", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), hide = true)]
+    pub tls_reload_every: u64,
     /// HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, env = "ERA5_HTTP", value_name = "ADDR")]
     pub http: Option<String>,

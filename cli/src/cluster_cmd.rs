@@ -401,6 +401,7 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
         resolver,
         extra_roots,
         max_leases: args.max_leases as usize,
+        tls_reload_every: Duration::from_secs(args.tls_reload_every),
         engine,
     })
 }

@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Leases held at once.
     pub max_leases: usize,
+    /// How often the TLS files are read again (a renewed certificate is then used).
+    pub tls_reload_every: Duration,
     /// Engine settings.
     pub engine: EngineConfig,
 }
@@ -90,6 +92,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let coordinator = Coordinator::new(connect(&config.channel)?, &config.name);
+    if config.channel.tls.is_some() {
+        tokio::spawn(coordinator.clone().follow_certificate_renewals(
+            config.channel.clone(),
+            config.tls_reload_every,
+            shutdown.clone(),
+        ));
+    }
     // Checks DEST and the lock now, so a bad destination fails at start-up.
     drop(Mirror::open_shared(&config.dest, &config.name)?);
     let pool = BoundedHttpClient::new(PoolConfig {

@@ -37,7 +37,8 @@ pub fn connect(channel: &CoordinatorChannel) -> Result<WorkerClient<Channel>, pr
 /// The coordinator, for one worker.
 #[derive(Clone)]
 pub struct Coordinator {
-    client: WorkerClient<Channel>,
+    /// Replaced when the certificate is renewed (see `follow_certificate_renewals`).
+    client: std::sync::Arc<std::sync::Mutex<WorkerClient<Channel>>>,
     worker: String,
     /// The id of an acquire request whose answer never came, to repeat it with.
     unanswered_acquire: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -47,7 +48,7 @@ impl Coordinator {
     /// Calls as `worker` over `client`.
     pub fn new(client: WorkerClient<Channel>, worker: &str) -> Self {
         Self {
-            client,
+            client: std::sync::Arc::new(std::sync::Mutex::new(client)),
             worker: worker.to_string(),
             unanswered_acquire: std::sync::Arc::default(),
         }
@@ -55,7 +56,62 @@ impl Coordinator {
 
     /// The gRPC client (the session stream uses it too).
     pub fn grpc(&self) -> WorkerClient<Channel> {
-        self.client.clone()
+        self.client.lock_unpoisoned().clone()
+    }
+
+    /// Reads the TLS files of `channel` again every `every` until `stop`. When they changed,
+    /// still name this worker, and read well, every later call goes over a new channel that
+    /// presents them: a renewed certificate (cert-manager's CSI driver renews short-lived
+    /// ones on disk) is used without a restart. Established connections keep theirs.
+    pub async fn follow_certificate_renewals(
+        self,
+        mut channel: CoordinatorChannel,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(files) = channel.tls.as_ref().map(|tls| tls.files.clone()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let material = match files.read() {
+                Ok(material) => material,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the renewed TLS files; keeping the current ones");
+                    continue;
+                }
+            };
+            let current = channel.tls.as_ref();
+            if current.is_some_and(|c| {
+                c.cert_pem == material.cert_pem
+                    && c.key_pem == material.key_pem
+                    && c.ca_pem == material.ca_pem
+            }) {
+                continue;
+            }
+            match proto::identity::identity_of_pem(&material.cert_pem) {
+                Ok(identity) if identity.name == self.worker => {}
+                Ok(identity) => {
+                    tracing::error!(%identity, worker = %self.worker, "the renewed certificate names another worker; keeping the current one");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the renewed certificate has no worker identity; keeping the current one");
+                    continue;
+                }
+            }
+            channel.tls = Some(material);
+            match connect(&channel) {
+                Ok(client) => {
+                    *self.client.lock_unpoisoned() = client;
+                    tracing::info!(worker = %self.worker, "client certificate renewed: new connections present it");
+                }
+                Err(error) => tracing::warn!(%error, "cannot use the renewed TLS files"),
+            }
+        }
     }
 }
 
@@ -127,7 +183,7 @@ impl LeaseClient for Coordinator {
             max: u32::try_from(max).unwrap_or(u32::MAX),
             request_id,
         };
-        let answer = self.client.clone().acquire(request).await;
+        let answer = self.grpc().acquire(request).await;
         if answer.is_ok() {
             self.unanswered_acquire.lock_unpoisoned().take();
         }
@@ -149,8 +205,7 @@ impl LeaseClient for Coordinator {
             worker: self.worker.clone(),
         };
         let response = self
-            .client
-            .clone()
+            .grpc()
             .renew(request)
             .await
             .map_err(|s| client_error(&s))?;
@@ -163,7 +218,7 @@ impl LeaseClient for Coordinator {
         end: &LeaseEnd,
         _outcomes: &[Outcome],
     ) -> Result<Ack, ClientError> {
-        let mut client = self.client.clone();
+        let mut client = self.grpc();
         let (lease, worker) = (Some(to_pb(lease)), self.worker.clone());
         let status = match end {
             LeaseEnd::Complete => client

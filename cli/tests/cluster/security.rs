@@ -477,3 +477,59 @@ fn a_pinned_trust_domain_refuses_identities_of_any_other() {
         );
     }
 }
+
+/// A worker whose certificate is renewed on disk (as cert-manager's CSI driver does) uses the
+/// new one without a restart: it starts with an expired certificate, which the coordinator
+/// refuses, and once valid files replace it the worker connects and completes a job.
+#[test]
+fn a_renewed_worker_certificate_is_used_without_a_restart() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    let mut cluster = Cluster::start_tls(&s3.endpoint(), 10);
+    let pki = cluster.pki.as_ref().unwrap();
+    let expired = pki.ca.expired_worker("renewed");
+    let valid = pki.ca.worker("renewed");
+    let dir = cluster.scratch.dir.path().join("worker-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = CertFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        ca: dir.join("ca.crt"),
+    };
+    let install = |from: &CertFiles| {
+        // As the CSI driver does: whole files, swapped in.
+        for (source, target) in [
+            (&from.cert, &files.cert),
+            (&from.key, &files.key),
+            (&from.ca, &files.ca),
+        ] {
+            let staged = target.with_extension("new");
+            std::fs::copy(source, &staged).unwrap();
+            std::fs::rename(&staged, target).unwrap();
+        }
+    };
+    install(&expired);
+    let url = cluster.coordinator_url(0);
+    cluster.add_worker_with("renewed", &url, Some(&files), &["--tls-reload-every", "1"]);
+    let job = cluster.submit("e5.oper.an.sfc", "", "2023-12", "2024-04");
+    wait_until(
+        Duration::from_secs(20),
+        "the expired certificate to be refused",
+        || cluster.worker("renewed").log_text().contains("unreachable"),
+    );
+    assert_eq!(
+        cluster.status(0, Some(&job))["jobs"][0]["leases"]["done"].as_u64(),
+        Some(0),
+        "a worker with an expired certificate was served"
+    );
+    install(&valid);
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete", "{status:#}");
+    assert_mirrored(&cluster.dest(), &under(&seeded, &["e5.oper.an.sfc/"]));
+    assert!(
+        cluster
+            .worker("renewed")
+            .log_text()
+            .contains("client certificate renewed")
+    );
+}

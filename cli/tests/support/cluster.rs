@@ -419,11 +419,23 @@ impl Cluster {
     /// Starts a worker talking to the coordinator at `url` (through a proxy, say). With TLS it
     /// gets a certificate of its own, which names it.
     pub fn add_worker_via(&mut self, name: &str, url: &str, extra: &[&str]) {
+        let files = self.pki.as_ref().map(|pki| pki.ca.worker(name));
+        self.add_worker_with(name, url, files.as_ref(), extra);
+    }
+
+    /// Starts a worker talking to the coordinator at `url`, presenting `files` (TLS).
+    pub fn add_worker_with(
+        &mut self,
+        name: &str,
+        url: &str,
+        files: Option<&tests::pki::CertFiles>,
+        extra: &[&str],
+    ) {
         let log = self.log(&format!("worker-{name}"));
         let mut command = era5(&self.scratch.home());
         command.args(["worker", "--coordinator", url]);
-        if let Some(pki) = &self.pki {
-            command.args(pki.ca.worker(name).flags());
+        if let Some(files) = files {
+            command.args(files.flags());
         }
         command
             .arg("--dest")
