@@ -17,9 +17,11 @@ local ttl = tonumber(ARGV[2])
 -- written): grants made just before may be lost while their holders still work. Nothing of
 -- it is granted until a TTL after the start, when every grant it could have lost has expired
 -- (the holders' renewals are refused meanwhile, so they stop).
+-- Redis counts its uptime in whole seconds of its wall clock, from a start time in whole
+-- seconds: it may read a second more than has passed, hence the second added here.
 local run_id, uptime = server()
-if uptime and uptime * 1000 < ttl and redis.call('HGET', KEYS[1], 'run_id') ~= run_id then
-  return {'held', ttl - uptime * 1000}
+if uptime and (uptime - 1) * 1000 < ttl and redis.call('HGET', KEYS[1], 'run_id') ~= run_id then
+  return {'held', ttl - (uptime - 1) * 1000}
 end
 contact(KEYS[10], ARGV[4], now, ttl)
 reap(now, tonumber(ARGV[3]), ttl)
