@@ -421,6 +421,8 @@ impl<C: LeaseClient> Runner<C> {
             }
             Err(error) => (None, Err(error)),
         };
+        // Nothing is promoted under this grant from here on; only its report remains.
+        tracing::debug!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "lease work ended");
         keeper.abort();
         self.held().remove(&lease.lease_id);
         if lost.load(Ordering::SeqCst) || fence.is_lost() {
