@@ -14,8 +14,9 @@
 //! - every grant (job, item, epoch) is logged by one worker incarnation only, and an item's
 //!   epochs grow with time;
 //! - at most one holder per item at a time: two incarnations' holding intervals of one item
-//!   (grant received until the lease finished, was lost or self-fenced, or the process was
-//!   killed) overlap by no more than [`GRACE`];
+//!   (grant received until its work ended, it was lost or self-fenced, or the process was
+//!   killed) overlap by no more than [`GRACE`]; a holder cut off while reporting its
+//!   completion holds nothing it can act on, so its interval ends with its work;
 //! - every promotion happened under a grant its incarnation held at that time, never after a
 //!   later epoch of the item was granted, and with an ETag the bucket served for that key;
 //! - no completion acknowledged for a non-holder: a `complete` acked `Ok` comes from an
@@ -26,9 +27,10 @@
 //!   else is in the mirror (no object lost, none extra);
 //! - GET bodies in progress at the S3 server never exceed the workers' connection caps.
 //!
-//! `ERA5_HISTORY_SEED` picks the seed (printed at the start and on failure),
+//! `ERA5_HISTORY_LOGS=DIR` keeps every process's log there. `ERA5_HISTORY_SEED` picks the seed (printed at the start and on failure),
 //! `ERA5_HISTORY_SECS` the length of the faulty part (default 75 s, about 90 s in all; `scripts/soak` runs an
-//! hour). Not checked yet: a skewed worker clock (libfaketime), partitions between workers and
+//! hour). One worker's wall clock is skewed by minutes (libfaketime, when installed); the checker
+//! corrects its log timestamps by the known offset. Not checked yet: partitions between workers and
 //! S3 or Redis, more than one coordinator, connection caps per worker (the server sees them
 //! all together).
 
@@ -46,6 +48,9 @@ use tests::proxy::{Blackhole, CountingProxy};
 
 const PRODUCTS: &str = "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu";
 const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
+/// The worker whose wall clock is skewed (libfaketime), by a seeded offset; its monotonic
+/// clock, which leases use, is not. The checker takes the offset off its log timestamps.
+const SKEWED: &str = "w3";
 /// `--connections` of every worker (the cluster's default).
 const CONNECTIONS: usize = 4;
 /// Lease TTL, seconds.
@@ -77,6 +82,19 @@ impl Rng {
     fn millis(&mut self, from: u64, to: u64) -> Duration {
         Duration::from_millis(from + self.below(to - from + 1))
     }
+}
+
+/// libfaketime, when installed (`scripts/test` installs it).
+fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -138,12 +156,26 @@ struct Run {
     versions: BTreeMap<String, Vec<(String, Bytes)>>,
     faults: Faults,
     rng: Rng,
+    /// libfaketime and the offset of [`SKEWED`]'s wall clock, seconds.
+    skew: Option<(PathBuf, i64)>,
 }
 
 impl Run {
     fn start_worker(&mut self, name: &'static str) {
         let url = self.proxies[name].endpoint();
-        self.cluster.add_worker_via(name, &url, &[]);
+        match (&self.skew, name == SKEWED) {
+            (Some((library, seconds)), true) => {
+                let library = library.display().to_string();
+                let offset = format!("{seconds:+}");
+                let env = [
+                    ("LD_PRELOAD", library.as_str()),
+                    ("FAKETIME", offset.as_str()),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                ];
+                self.cluster.add_worker_with_env(name, &url, &[], &env);
+            }
+            _ => self.cluster.add_worker_via(name, &url, &[]),
+        }
     }
 
     fn kill_worker(&mut self, name: &'static str) {
@@ -374,6 +406,7 @@ struct History {
     promotions: Vec<Promotion>,
     completions: Vec<Completion>,
     fenced: usize,
+    self_fenced: usize,
     lost: usize,
     finished: BTreeMap<String, usize>,
     lines: usize,
@@ -407,7 +440,7 @@ fn lease_span(value: &serde_json::Value) -> Option<(String, String, u64)> {
 }
 
 impl History {
-    fn read(logs: &Path, killed: &HashMap<PathBuf, Timestamp>) -> Self {
+    fn read(logs: &Path, killed: &HashMap<PathBuf, Timestamp>, skewed: i64) -> Self {
         let mut history = Self::default();
         let mut files: Vec<PathBuf> = std::fs::read_dir(logs)
             .expect("the logs")
@@ -420,12 +453,19 @@ impl History {
             .collect();
         files.sort();
         for file in files {
-            history.read_worker(&file, killed.get(&file).copied());
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            let skew = if name.starts_with(&format!("worker-{SKEWED}.")) {
+                skewed
+            } else {
+                0
+            };
+            history.read_worker(&file, killed.get(&file).copied(), skew);
         }
         history
     }
 
-    fn read_worker(&mut self, file: &Path, killed: Option<Timestamp>) {
+    /// `skew`: seconds the worker's wall clock was ahead (taken off its timestamps).
+    fn read_worker(&mut self, file: &Path, killed: Option<Timestamp>, skew: i64) {
         let incarnation = file.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(file).unwrap_or_default();
         // Open holdings of this incarnation: grant -> index in `holdings`.
@@ -439,6 +479,7 @@ impl History {
             let Some(at) = value["timestamp"]
                 .as_str()
                 .and_then(|t| t.parse::<Timestamp>().ok())
+                .map(|t| t - jiff::SignedDuration::from_secs(skew))
             else {
                 self.unparsed += 1;
                 continue;
@@ -475,9 +516,15 @@ impl History {
                 open.insert(grant, holdings.len() - 1);
             } else if message.contains("(self-fencing)") || message.starts_with("lease lost") {
                 if message.contains("(self-fencing)") {
+                    self.self_fenced += 1;
+                } else {
                     self.lost += 1;
                 }
                 end(true, self);
+            } else if message == "lease work ended" {
+                // Its work is over (a report may follow, late if partitioned): it holds
+                // nothing it can act on any more.
+                end(false, self);
             } else if message == "lease finished" {
                 let action = field(&value, "action").unwrap_or_default();
                 let ack = field(&value, "ack").unwrap_or_default();
@@ -683,7 +730,23 @@ fn run(seed: u64, secs: u64) {
         versions,
         faults: Faults::default(),
         rng: Rng(seed),
+        skew: None,
     };
+    // Minutes ahead or behind, seeded.
+    let seconds = 30 + run.rng.below(600) as i64;
+    let seconds = if run.rng.below(2) == 0 {
+        seconds
+    } else {
+        -seconds
+    };
+    run.skew = libfaketime().map(|library| (library, seconds));
+    match &run.skew {
+        Some(_) => run.faults.note(
+            "skewed clock",
+            format!("{SKEWED}'s wall clock {seconds:+} s"),
+        ),
+        None => eprintln!("history: libfaketime not installed: no skewed clock"),
+    }
     for name in WORKERS {
         run.start_worker(name);
     }
@@ -715,7 +778,16 @@ fn run(seed: u64, secs: u64) {
 
     let dest = run.cluster.dest();
     let logs = run.cluster.scratch.dir.path().join("logs");
-    let history = History::read(&logs, &run.faults.killed);
+    if let Ok(keep) = std::env::var("ERA5_HISTORY_LOGS") {
+        // Every process's log, kept for a look after the run.
+        std::fs::create_dir_all(&keep).expect("ERA5_HISTORY_LOGS is a directory");
+        for entry in std::fs::read_dir(&logs).expect("the logs").flatten() {
+            std::fs::copy(entry.path(), Path::new(&keep).join(entry.file_name()))
+                .expect("copy a log");
+        }
+    }
+    let skewed = run.skew.as_ref().map_or(0, |(_, seconds)| *seconds);
+    let history = History::read(&logs, &run.faults.killed, skewed);
     let (mut violations, widest) = history.check(&run.versions, run_end);
 
     // The mirror: every selected key at its newest version, nothing else.
@@ -763,7 +835,7 @@ fn run(seed: u64, secs: u64) {
         "history: seed={seed:#x} {rounds} faulty rounds + 1 settling, {:?}\n\
          history: faults {:?}\n\
          history: {} log lines ({} not JSON), {holdings} grants of {} items, lease ends {:?}, \
-         {} self-fenced, {} promotions, {} refused by the fence, {} completions acked; {replaced} object \
+         {} self-fenced, {} stopped as lost, {} promotions, {} refused by the fence, {} completions acked; {replaced} object \
          versions replaced; widest overlap {widest:?}; peak GET bodies {peak}/{cap}",
         started.elapsed(),
         run.faults.counts,
@@ -771,6 +843,7 @@ fn run(seed: u64, secs: u64) {
         history.unparsed,
         history.holdings.len(),
         history.finished,
+        history.self_fenced,
         history.lost,
         history.promotions.len(),
         history.fenced,
