@@ -360,10 +360,9 @@ fn check_job(status: &serde_json::Value) {
     );
     let leases = &job["leases"];
     let done = leases["done"].as_u64().unwrap_or(0);
-    let total: u64 = leases
-        .as_object()
-        .map(|o| o.values().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0);
+    let total: u64 = leases.as_object().map_or(0, |o| {
+        o.values().filter_map(serde_json::Value::as_u64).sum()
+    });
     assert!(
         done > 0 && done == total,
         "job complete with items not done: {leases}"
@@ -836,7 +835,8 @@ fn run(seed: u64, secs: u64) {
          history: faults {:?}\n\
          history: {} log lines ({} not JSON), {holdings} grants of {} items, lease ends {:?}, \
          {} self-fenced, {} stopped as lost, {} promotions, {} refused by the fence, {} completions acked; {replaced} object \
-         versions replaced; widest overlap {widest:?}; peak GET bodies {peak}/{cap}",
+         versions replaced; {} MiB served by S3; widest overlap {widest:?}; peak GET bodies \
+         {peak}/{cap}",
         started.elapsed(),
         run.faults.counts,
         history.lines,
@@ -848,6 +848,7 @@ fn run(seed: u64, secs: u64) {
         history.promotions.len(),
         history.fenced,
         history.completions.len(),
+        run.s3.body_bytes_sent() >> 20,
     );
     assert!(holdings > 0, "no grant in the logs");
     assert!(
