@@ -411,8 +411,13 @@ impl<C: LeaseClient> Runner<C> {
         };
         let (mirrorer, outcomes) = match self.mirrorers.get(&grant.source).await {
             Ok(mirrorer) => {
-                // Every engine event under the lease (a promotion, say) names its grant.
-                let span = tracing::info_span!("lease", job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch);
+                // A cluster worker's engine events (a promotion, say) name their grant; those
+                // of `era5 sync` (`until_idle`), whose leases are its own batches, do not.
+                let span = if self.config.until_idle {
+                    tracing::Span::none()
+                } else {
+                    tracing::info_span!("lease", job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch)
+                };
                 let outcomes = mirrorer
                     .mirror_objects(&grant.objects, &scope)
                     .instrument(span)
