@@ -42,6 +42,7 @@ use lease::model::{Ack, LeaseRef, SourceSpec};
 use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use transport::retry::RetryPolicy;
 use transport::{BoundedHttpClient, Source, SourceConfig};
 
@@ -410,15 +411,27 @@ impl<C: LeaseClient> Runner<C> {
         };
         let (mirrorer, outcomes) = match self.mirrorers.get(&grant.source).await {
             Ok(mirrorer) => {
-                let outcomes = mirrorer.mirror_objects(&grant.objects, &scope).await;
+                // A cluster worker's engine events (a promotion, say) name their grant; those
+                // of `era5 sync` (`until_idle`), whose leases are its own batches, do not.
+                let span = if self.config.until_idle {
+                    tracing::Span::none()
+                } else {
+                    tracing::info_span!("lease", job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch)
+                };
+                let outcomes = mirrorer
+                    .mirror_objects(&grant.objects, &scope)
+                    .instrument(span)
+                    .await;
                 (Some(mirrorer), outcomes)
             }
             Err(error) => (None, Err(error)),
         };
+        // Nothing is promoted under this grant from here on; only its report remains.
+        tracing::debug!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "lease work ended");
         keeper.abort();
         self.held().remove(&lease.lease_id);
         if lost.load(Ordering::SeqCst) || fence.is_lost() {
-            tracing::warn!(item = %lease.item_id, epoch = lease.epoch, "lease lost; its work was stopped");
+            tracing::warn!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "lease lost; its work was stopped");
             return;
         }
         let stopping = stop.shutdown.is_cancelled() || stop.drain.is_cancelled();
@@ -470,7 +483,7 @@ impl<C: LeaseClient> Runner<C> {
     ) {
         // Self-fencing: the fence refuses the promotion, the token stops the parts.
         let stop_work = |why: &str| {
-            tracing::warn!(item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
+            tracing::warn!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
             fence.lose();
             lost.store(true, Ordering::SeqCst);
             cancel.cancel();
@@ -539,7 +552,7 @@ impl<C: LeaseClient> Runner<C> {
                 .unwrap_or_else(|_| Err(ClientError::Unavailable("no answer in time".into())));
             match result {
                 Ok(ack) => {
-                    tracing::info!(item = %lease.item_id, epoch = lease.epoch, action = end.name(), ?ack, "lease finished");
+                    tracing::info!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, action = end.name(), ?ack, "lease finished");
                     return;
                 }
                 Err(error) if Instant::now() < deadline => {

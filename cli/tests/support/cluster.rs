@@ -419,8 +419,19 @@ impl Cluster {
     /// Starts a worker talking to the coordinator at `url` (through a proxy, say). With TLS it
     /// gets a certificate of its own, which names it.
     pub fn add_worker_via(&mut self, name: &str, url: &str, extra: &[&str]) {
+        self.add_worker_with_env(name, url, extra, &[]);
+    }
+
+    /// Like [`Cluster::add_worker_via`], with environment variables (libfaketime's, say).
+    pub fn add_worker_with_env(
+        &mut self,
+        name: &str,
+        url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let files = self.pki.as_ref().map(|pki| pki.ca.worker(name));
-        self.add_worker_with(name, url, files.as_ref(), extra);
+        self.spawn_worker(name, url, files.as_ref(), extra, env);
     }
 
     /// Starts a worker talking to the coordinator at `url`, presenting `files` (TLS).
@@ -431,8 +442,20 @@ impl Cluster {
         files: Option<&tests::pki::CertFiles>,
         extra: &[&str],
     ) {
+        self.spawn_worker(name, url, files, extra, &[]);
+    }
+
+    fn spawn_worker(
+        &mut self,
+        name: &str,
+        url: &str,
+        files: Option<&tests::pki::CertFiles>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let log = self.log(&format!("worker-{name}"));
         let mut command = era5(&self.scratch.home());
+        command.envs(env.iter().copied());
         command.args(["worker", "--coordinator", url]);
         if let Some(files) = files {
             command.args(files.flags());

@@ -621,6 +621,8 @@ impl Engine {
             let identity = self
                 .promote(&object.key, file, &temp, &final_path, scope, current.size)
                 .await?;
+            // One line per object: debug. Under a worker's lease span it names the grant.
+            tracing::debug!(key = %object.key, etag = current.etag.as_deref().unwrap_or(""), size = current.size, "object promoted");
             return Ok(Fetched {
                 entry: ManifestEntry {
                     key: object.key.clone(),
