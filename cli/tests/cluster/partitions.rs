@@ -5,7 +5,8 @@
 //! - longer than the TTL, both ways or only the answers: the worker fences itself, another
 //!   worker finishes the object, the stale grant's late Complete is refused, and the object
 //!   is mirrored exactly once in effect;
-//! - a blackholed session is closed by HTTP/2 keepalive well within a minute.
+//! - a blackholed session is closed by HTTP/2 keepalive well within a minute;
+//! - an acquire whose answer is lost is repeated with its request id and keeps its grant.
 //!
 //! Short TTLs and keepalive intervals (hidden flags) keep them fast; the defaults are in the
 //! operations guide.
@@ -204,4 +205,41 @@ fn a_blackholed_session_is_closed_by_keepalive_within_a_minute() {
     wait_until(Duration::from_secs(30), "the worker to come back", || {
         connected(1.0)
     });
+}
+
+/// An acquire whose answer is lost (the coordinator granted, the answer vanished on the way
+/// back) is repeated with its request id, and the coordinator answers the grant it made: the
+/// worker works under it (epoch 1), instead of the item staying leased to nobody until the
+/// TTL and being granted again.
+#[test]
+fn an_acquire_whose_answer_is_lost_is_repeated_and_its_grant_kept() {
+    let _serial = super::serial();
+    let (s3, seeded) = seeded_server();
+    let mut cluster = Cluster::start(&s3.endpoint(), 30);
+    let upstream = format!("127.0.0.1:{}", cluster.coordinators[0].1)
+        .parse()
+        .unwrap();
+    let proxy = CountingProxy::start(upstream);
+    cluster.add_worker_via("far", &proxy.endpoint(), &["--rpc-timeout", "2"]);
+    wait_until(Duration::from_secs(20), "far to be heard from", || {
+        cluster.status(0, None)["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["name"] == "far"))
+    });
+    // Answers to far vanish from now on; its requests still arrive and are acted on.
+    proxy.blackhole(Blackhole::ToClient);
+    let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
+    cluster.wait_for(&job, LIMIT, "the coordinator to grant far the lease", |s| {
+        leases(s).iter().any(|l| l["holder"] == "far")
+    });
+    proxy.heal();
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(state(&status), "complete", "{status:#}");
+    let lease = &leases(&status)[0];
+    assert_eq!(
+        (lease["holder"].as_str(), lease["epoch"].as_u64()),
+        (Some("far"), Some(1)),
+        "the lost grant was not answered again: {status:#}"
+    );
+    assert_mirrored(&cluster.dest(), &[target(&seeded)]);
 }
