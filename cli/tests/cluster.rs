@@ -29,20 +29,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Every object of the standard selection (Dec 2023 to Apr 2024 of three products), by the
 /// catalog's own rule.
 fn selected(seeded: &[SeededObject]) -> Vec<&SeededObject> {
-    let products: Vec<String> = PRODUCTS.split(',').map(str::to_string).collect();
-    let selection = common::Selection::parse(
-        &products,
-        &[],
-        &[],
-        "2023-12",
-        "2024-04",
-        jiff::civil::date(2026, 1, 1),
-    )
-    .unwrap();
-    seeded
-        .iter()
-        .filter(|o| common::ObjectKey::parse(&o.key).is_some_and(|k| selection.selects(&k)))
-        .collect()
+    selected_from(seeded, PRODUCTS)
 }
 
 fn leases(status: &serde_json::Value) -> Vec<serde_json::Value> {

@@ -721,20 +721,7 @@ fn a_listing_page_over_16_mib_is_refused_with_bounded_memory() {
             },
             None,
         ));
-        let scratch = Scratch::new();
-        let mut command = era5(&scratch.home());
-        command.args([
-            "plan",
-            "--product",
-            "e5.oper.invariant",
-            "--start",
-            "2024-01",
-            "--end",
-            "2024-01",
-            "--endpoint",
-            &s3.endpoint(),
-        ]);
-        let (run, peak_mib) = run_measuring_peak_rss(command, BOUNDED);
+        let (run, peak_mib) = plan_invariant_measuring_peak_rss(&s3);
         run.expect_code(1);
         assert!(
             run.stderr
@@ -810,20 +797,7 @@ fn a_listing_of_junk_keys_is_dropped_as_it_arrives_and_refused_past_its_cap() {
         },
         None,
     ));
-    let scratch = Scratch::new();
-    let mut command = era5(&scratch.home());
-    command.args([
-        "plan",
-        "--product",
-        "e5.oper.invariant",
-        "--start",
-        "2024-01",
-        "--end",
-        "2024-01",
-        "--endpoint",
-        &s3.endpoint(),
-    ]);
-    let (run, peak_mib) = run_measuring_peak_rss(command, BOUNDED);
+    let (run, peak_mib) = plan_invariant_measuring_peak_rss(&s3);
     run.expect_code(1);
     assert!(
         run.stderr.contains("more than 64 MiB of keys"),
@@ -1221,4 +1195,22 @@ fn a_server_error_with_a_huge_body_is_cut_and_retried_with_bounded_memory() {
         "{} bytes of the error were sent",
         s3.body_bytes_sent()
     );
+}
+
+/// `era5 plan` of the invariant fields for January 2024 against `s3`, with its peak RSS (MiB).
+fn plan_invariant_measuring_peak_rss(s3: &TestS3) -> (Run, u64) {
+    let scratch = Scratch::new();
+    let mut command = era5(&scratch.home());
+    command.args([
+        "plan",
+        "--product",
+        "e5.oper.invariant",
+        "--start",
+        "2024-01",
+        "--end",
+        "2024-01",
+        "--endpoint",
+        &s3.endpoint(),
+    ]);
+    run_measuring_peak_rss(command, BOUNDED)
 }

@@ -114,19 +114,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Every selected object of the standard fixture, by the catalog's own rule.
 fn selected(seeded: &[SeededObject]) -> Vec<SeededObject> {
-    let products: Vec<String> = PRODUCTS.split(',').map(str::to_string).collect();
-    let selection = common::Selection::parse(
-        &products,
-        &[],
-        &[],
-        "2023-12",
-        "2024-04",
-        jiff::civil::date(2026, 1, 1),
-    )
-    .unwrap();
-    seeded
-        .iter()
-        .filter(|o| common::ObjectKey::parse(&o.key).is_some_and(|k| selection.selects(&k)))
+    selected_from(seeded, PRODUCTS)
+        .into_iter()
         .cloned()
         .collect()
 }

@@ -416,3 +416,22 @@ pub fn send_signal(pid: u32, signal: i32) {
     // The process may have exited already; the caller's assertions tell.
     let _ = rustix::process::kill_process(pid, signal);
 }
+
+/// The objects of `seeded` that `products` select from December 2023 to April 2024 (the
+/// standard selection of the cluster scenarios), by the catalog's own rule.
+pub fn selected_from<'a>(seeded: &'a [SeededObject], products: &str) -> Vec<&'a SeededObject> {
+    let products: Vec<String> = products.split(',').map(str::to_string).collect();
+    let selection = common::Selection::parse(
+        &products,
+        &[],
+        &[],
+        "2023-12",
+        "2024-04",
+        jiff::civil::date(2026, 1, 1),
+    )
+    .unwrap();
+    seeded
+        .iter()
+        .filter(|o| common::ObjectKey::parse(&o.key).is_some_and(|k| selection.selects(&k)))
+        .collect()
+}

@@ -173,6 +173,14 @@ fn ack(status: &str) -> Ack {
 }
 
 impl RedisStore {
+    /// The jobs that may still have work, oldest first (what acquire and the reaper walk).
+    async fn active_job_ids(&self) -> Result<Vec<String>, Error> {
+        self.conn()?
+            .zrange(ACTIVE, 0, -1)
+            .await
+            .map_err(unavailable)
+    }
+
     /// Acquire's body: up to `max` grants to `worker`, each job's written under `record` (a
     /// request's key, see `acquire_for_request`) in the script that makes them.
     async fn acquire_recorded(
@@ -194,12 +202,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut grants = Vec::new();
-        let active: Vec<String> = self
-            .conn()?
-            .zrange(ACTIVE, 0, -1)
-            .await
-            .map_err(unavailable)?;
-        for job_id in active {
+        for job_id in self.active_job_ids().await? {
             if grants.len() >= max {
                 break;
             }
@@ -555,12 +558,7 @@ impl LeaseStore for RedisStore {
 
     async fn reap(&self) -> Result<u32, Error> {
         let mut total = 0;
-        let active: Vec<String> = self
-            .conn()?
-            .zrange(ACTIVE, 0, -1)
-            .await
-            .map_err(unavailable)?;
-        for job_id in active {
+        for job_id in self.active_job_ids().await? {
             let keys = JobKeys::new(&job_id);
             let mut invocation = keys.invocation(&self.scripts.reap);
             invocation
