@@ -262,7 +262,8 @@ fn log_pass(number: u64, report: &SyncReport, before: &HashMap<String, bool>, in
     let (mut new, mut changed, mut unchanged, mut failed) = (0, 0, 0, 0);
     for (object, outcome) in &report.results {
         match outcome {
-            Outcome::Present => unchanged += 1,
+            // Superseded: a newer version was already in place, so this pass changed nothing.
+            Outcome::Present | Outcome::Superseded => unchanged += 1,
             Outcome::Failed { .. } | Outcome::Local { .. } => failed += 1,
             Outcome::Cancelled => {}
             Outcome::Downloaded | Outcome::VerifiedLocally => match before.get(&object.key) {

@@ -107,7 +107,8 @@ impl<'a> Summary<'a> {
         let objects = Objects {
             total: report.results.len(),
             downloaded: report.count(|o| *o == Outcome::Downloaded),
-            present: report.count(|o| *o == Outcome::Present),
+            // Superseded: a newer version of the key was in place before this one could be.
+            present: report.count(|o| matches!(o, Outcome::Present | Outcome::Superseded)),
             verified_locally: report.count(|o| *o == Outcome::VerifiedLocally),
             failed: report.count(|o| matches!(o, Outcome::Failed { .. } | Outcome::Local { .. })),
             not_finished: report.count(|o| *o == Outcome::Cancelled),

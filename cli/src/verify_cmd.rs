@@ -295,6 +295,7 @@ async fn repair(
             Outcome::Downloaded => (true, "downloaded".to_string()),
             Outcome::VerifiedLocally => (true, "verified locally".to_string()),
             Outcome::Present => (true, "present".to_string()),
+            Outcome::Superseded => (true, "a newer version is in place".to_string()),
             Outcome::Failed { reason, .. } | Outcome::Local { reason, .. } => (false, reason),
             Outcome::Cancelled => (false, "interrupted".to_string()),
         };

@@ -4,6 +4,9 @@
 //!   with its clock two hours behind (libfaketime), wakes after its lease was granted again and
 //!   the object replaced upstream; it does not promote, the file is the current object, and a
 //!   later `era5 sync` agrees without downloading anything.
+//! - **Older bytes never replace newer ones**: a holder of an older version's item, frozen
+//!   with a valid lease while an overlapping job's newer item completes, wakes and does not
+//!   rename its verified older bytes over the newer file (the per-key version stamp).
 //! - **A full disk** (a real tmpfs in a mount namespace): the worker releases its lease without
 //!   counting an attempt, is not ready, reports `era5_dest_free_bytes` and
 //!   `era5_local_io_errors_total{kind}`, takes no lease while the disk is full, and finishes
@@ -278,6 +281,89 @@ fn a_stale_holder_woken_after_the_new_holder_completed_does_not_promote() {
         "the sync downloaded the object again"
     );
     assert!(std::fs::read(&final_path).unwrap() == new.as_ref());
+}
+
+#[test]
+fn a_holder_of_an_older_version_with_a_valid_lease_does_not_replace_a_newer_one() {
+    let _serial = serial();
+    let s3 = TestS3::start(BUCKET);
+    let size = 600_000;
+    let old = tests::fixtures::object_bytes("version one", size);
+    let new = tests::fixtures::object_bytes("version two", size);
+    let modified = |seconds| tests::s3_server::PutOptions {
+        last_modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)),
+        ..Default::default()
+    };
+    s3.put_object_with(LSM, old.clone(), modified(1_700_000_000));
+    // A long TTL: the old holder's lease stays valid through the whole scenario, so only the
+    // per-key fence can stop it (the lease fence is the other test's subject).
+    let cluster = Cluster::start(&s3.endpoint(), 120);
+
+    let mut stale_command = era5(&cluster.scratch.home());
+    stale_command.env("ERA5_TEST_STOP_BEFORE_PROMOTE", "128_172_lsm");
+    let mut stale = Worker::start(&cluster, stale_command, "stale");
+    let first = cluster.submit("e5.oper.invariant", "lsm", "2024-01", "2024-01");
+    wait_until(LIMIT, "the first holder to stop before promoting", || {
+        stale.is_stopped()
+    });
+
+    // Upstream replaces the object; an overlapping job adds the new version as a new item,
+    // which another worker completes while the old holder is frozen with a valid lease.
+    s3.put_object_with(LSM, new.clone(), modified(1_700_000_060));
+    let second = cluster.submit("e5.oper.invariant", "lsm", "2024-01", "2024-01");
+    let mut fresh = Worker::start(&cluster, era5(&cluster.scratch.home()), "fresh");
+    let status = cluster.wait_final(&second, LIMIT);
+    assert_eq!(job_state(&status), "complete", "{status:#}");
+    let final_path = cluster.dest().join(LSM);
+    assert!(std::fs::read(&final_path).unwrap() == new.as_ref());
+
+    // The old holder wakes with its lease still valid and verified bytes of the older
+    // version: it must not rename them over the newer file, and its item is done.
+    stale.signal(libc::SIGCONT);
+    let status = cluster.wait_final(&first, LIMIT);
+    assert_eq!(job_state(&status), "complete", "{status:#}");
+    assert!(
+        leases(&status)
+            .iter()
+            .all(|l| l["epoch"].as_u64() == Some(1)),
+        "the old holder's lease lapsed, so this test proved nothing: {status:#}"
+    );
+    assert!(
+        std::fs::read(&final_path).unwrap() == new.as_ref(),
+        "the old holder renamed older bytes over the newer version"
+    );
+    assert!(
+        stale.log_text().contains("a newer version is in place"),
+        "{}",
+        stale.log_text()
+    );
+    assert_eq!(stale.terminate(), Some(0));
+    assert_eq!(fresh.terminate(), Some(0));
+    assert!(
+        temp_files(&cluster.dest()).is_empty(),
+        "{:?}",
+        temp_files(&cluster.dest())
+    );
+
+    // A later sync agrees, from the manifest alone: nothing is downloaded again.
+    let gets = s3.get_count(LSM);
+    let scratch = Scratch::new();
+    let args = sync_args(
+        &s3.endpoint(),
+        &cluster.dest(),
+        "e5.oper.invariant",
+        "lsm",
+        "2024-01",
+        "2024-01",
+    );
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert!(run.stdout.contains("1 already present"), "{}", run.stdout);
+    assert_eq!(
+        s3.get_count(LSM),
+        gets,
+        "the sync downloaded the object again"
+    );
 }
 
 #[test]

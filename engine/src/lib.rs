@@ -20,6 +20,7 @@
 //! - [`disk`]: local write failures by kind, free space, and the state that stops new work
 //!   on a full or failing disk.
 //! - [`fence`]: when a lease holder may still promote (its monotonic lease validity).
+//! - [`version_stamp`]: the per-key fence: never rename older bytes over a newer version.
 //! - [`sync`]: one batch of objects: skip, verify locally, or fetch ([`sync::Mirrorer`]).
 //! - [`recheck`]: re-reading a mirrored file against its manifest record.
 //! - [`audit`]: what a mirror holds against what the catalog expects and the bucket lists.
@@ -44,6 +45,7 @@ pub mod request_stats;
 pub mod scheduler;
 pub mod sync;
 pub mod verify;
+pub mod version_stamp;
 pub mod writer;
 
 pub use fetch::{

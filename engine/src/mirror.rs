@@ -5,6 +5,7 @@
 //! DEST/.era5/lock                     flock: exclusive for `era5 sync`, shared by cluster workers
 //! DEST/.era5/manifest.jsonl           the manifest snapshot (see `manifest`)
 //! DEST/.era5/journals/<id>.jsonl      one manifest journal per process incarnation
+//! DEST/.era5/locks/promote.NN         flock per key stripe around a promotion (`version_stamp`)
 //! DEST/.era5/tmp/<name>.<hash>.part   an object being downloaded by `era5 sync`, written in place
 //! DEST/.era5/tmp/<name>.<hash>.state  which parts of it are done, with digests
 //! DEST/.era5/tmp/leases/<name>.<hash>.<lease>.part   the same for one cluster grant (no state)
@@ -41,6 +42,7 @@ use thiserror::Error;
 
 use crate::manifest::FileIdentity;
 use crate::verify::PartDigest;
+use crate::version_stamp::{self, ObjectVersion, PromotionLocks};
 
 /// The mirror could not be opened.
 #[derive(Debug, Error)]
@@ -112,6 +114,16 @@ pub enum PromoteError {
     /// The holder may no longer write (its lease lapsed or was lost).
     #[error("not promoted: {0}")]
     Fenced(String),
+    /// The file in place holds a newer version than these bytes (see `version_stamp`).
+    #[error(
+        "not promoted: the file in place holds a newer version ({recorded}) than these bytes ({ours})"
+    )]
+    Superseded {
+        /// The version of the verified bytes.
+        ours: ObjectVersion,
+        /// The version stamped on the file in place.
+        recorded: ObjectVersion,
+    },
 }
 
 /// An opened destination.
@@ -125,6 +137,8 @@ pub struct Mirror {
     tmp_device: u64,
     /// Who writes: `None` for `era5 sync`, the worker's name in the cluster.
     writer: Option<String>,
+    /// One lock per key stripe around "compare with the version in place, then rename".
+    promotion_locks: PromotionLocks,
     /// Held for the life of the mirror; the flock goes with the descriptor.
     _lock: File,
 }
@@ -168,6 +182,7 @@ impl Mirror {
         }
         let mirror = Self {
             dest: dest.to_path_buf(),
+            promotion_locks: PromotionLocks::new(state_dir.join("locks")),
             state_dir,
             tmp_dir,
             lease_tmp_dir,
@@ -331,20 +346,33 @@ impl Mirror {
         }
     }
 
-    /// Makes a verified temporary file durable and moves it to `final_path` atomically, if
-    /// `may_promote` still allows it right before the rename. Returns the identity of the
-    /// file now at the final path, for the manifest.
+    /// Makes a verified temporary file of `key` durable, stamped with its `version`, and
+    /// moves it to `final_path` atomically, if `may_promote` still allows it right before the
+    /// rename and the file in place is not of a newer version (both checked under the key's
+    /// promotion lock). Returns the identity of the file now at the final path, for the
+    /// manifest.
     pub fn promote(
         &self,
+        key: &str,
         file: &File,
         temp: &Path,
         final_path: &Path,
+        version: Option<ObjectVersion>,
         may_promote: impl FnOnce() -> Result<(), String>,
     ) -> Result<FileIdentity, PromoteError> {
+        if let Some(version) = version {
+            version_stamp::stamp(file, version)?;
+        }
         file.sync_all()?;
         let parent = final_path.parent().unwrap_or(&self.dest);
         std::fs::create_dir_all(parent)?;
+        let _key_locked = self.promotion_locks.lock(key)?;
         may_promote().map_err(PromoteError::Fenced)?;
+        if let (Some(ours), Some(recorded)) = (version, version_stamp::stamped(final_path))
+            && recorded > ours
+        {
+            return Err(PromoteError::Superseded { ours, recorded });
+        }
         std::fs::rename(temp, final_path)?;
         File::open(parent)?.sync_all()?;
         Ok(FileIdentity::of(&file.metadata()?))
@@ -613,7 +641,7 @@ mod tests {
         let file = File::open(&temp.data).unwrap();
         let target = mirror.final_path("p/202401/x.nc").unwrap();
         mirror
-            .promote(&file, &temp.data, &target, || Ok(()))
+            .promote("p/202401/x.nc", &file, &temp.data, &target, None, || Ok(()))
             .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"verified");
         // Lease temporaries there are swept too.
@@ -646,10 +674,58 @@ mod tests {
         let file = File::open(&temp.data).unwrap();
         let target = mirror.final_path("a/b/c.nc").unwrap();
         mirror
-            .promote(&file, &temp.data, &target, || Ok(()))
+            .promote("a/b/c.nc", &file, &temp.data, &target, None, || Ok(()))
             .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello");
         assert!(!temp.data.exists());
         assert!(mirror.final_path("../escape").is_err());
+    }
+
+    #[test]
+    fn older_bytes_never_replace_a_newer_version_and_equal_or_unknown_ones_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open_shared(dir.path(), "w1").unwrap();
+        let key = "a/b/c.nc";
+        let target = mirror.final_path(key).unwrap();
+        let version = |text: &str| ObjectVersion::from_last_modified(Some(text));
+        let promote = |bytes: &[u8], version: Option<ObjectVersion>| {
+            let temp = mirror.temp_paths(key, "lease");
+            std::fs::write(&temp.data, bytes).unwrap();
+            let file = File::open(&temp.data).unwrap();
+            let promoted = mirror.promote(key, &file, &temp.data, &target, version, || Ok(()));
+            temp.remove();
+            promoted
+        };
+        // A file without a stamp (an older era5, or by hand) refuses nothing.
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, b"unstamped").unwrap();
+        promote(b"newer", version("2024-02-01T00:00:00Z")).unwrap();
+        assert_eq!(
+            version_stamp::stamped(&target),
+            version("2024-02-01T00:00:00Z")
+        );
+        let refused = promote(b"older", version("2024-01-01T00:00:00Z")).unwrap_err();
+        assert!(
+            matches!(refused, PromoteError::Superseded { .. }),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("2024-02-01T00:00:00Z"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"newer");
+        // The same version again (a repair) and bytes of unknown version are promoted.
+        promote(b"repaired", version("2024-02-01T00:00:00.000Z")).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"repaired");
+        promote(b"unknown", None).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"unknown");
+        // The fence's own refusal still comes first.
+        let temp = mirror.temp_paths(key, "lease");
+        std::fs::write(&temp.data, b"late").unwrap();
+        let file = File::open(&temp.data).unwrap();
+        let fenced = mirror.promote(key, &file, &temp.data, &target, None, || {
+            Err("the lease was lost".into())
+        });
+        assert!(matches!(fenced, Err(PromoteError::Fenced(_))));
     }
 }

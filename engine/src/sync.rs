@@ -57,6 +57,9 @@ pub enum Outcome {
     },
     /// Not finished because the sync was stopped (or, in the cluster, the lease was lost).
     Cancelled,
+    /// Verified but not promoted: a newer version of the key was already in place (a newer
+    /// item for the same key finished first). The key is mirrored; this item has nothing to do.
+    Superseded,
 }
 
 impl Outcome {
@@ -77,7 +80,7 @@ impl Outcome {
     pub fn is_verified(&self) -> bool {
         matches!(
             self,
-            Outcome::Present | Outcome::VerifiedLocally | Outcome::Downloaded
+            Outcome::Present | Outcome::VerifiedLocally | Outcome::Downloaded | Outcome::Superseded
         )
     }
 }
@@ -411,6 +414,12 @@ impl Mirrorer {
             Err(FetchError::Fenced(reason)) => {
                 tracing::warn!(key = %object.key, %reason, "not promoted: the lease is gone");
                 Outcome::Cancelled
+            }
+            Err(FetchError::Superseded(_)) => {
+                for progress in std::iter::once(&self.progress).chain(scope.batch.as_ref()) {
+                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Superseded
             }
             Err(error) => {
                 self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);

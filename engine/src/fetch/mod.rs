@@ -63,6 +63,7 @@ use crate::scheduler::{Admitted, Concurrency, RequestScheduler};
 use crate::verify::{
     Expected, ExpectedChecksum, OnContradiction, StreamPlan, Streamed, VerifyError, VerifyMode,
 };
+use crate::version_stamp::ObjectVersion;
 
 pub use layout::DEFAULT_PART_SIZE;
 
@@ -156,6 +157,10 @@ pub enum FetchError {
     /// Not promoted because the lease that allowed it lapsed or was lost.
     #[error("{0}")]
     Fenced(String),
+    /// Verified but not promoted: the file in place holds a newer version of the key (a
+    /// newer item for the same key finished first). Nothing to do for this item.
+    #[error("{0}")]
+    Superseded(String),
     /// The key cannot be a path under DEST.
     #[error("{0}")]
     UnsafeKey(#[from] UnsafeKey),
@@ -619,7 +624,7 @@ impl Engine {
                 }
             };
             let identity = self
-                .promote(&object.key, file, &temp, &final_path, scope, current.size)
+                .promote(&object.key, file, &temp, &final_path, scope, &current)
                 .await?;
             // One line per object: debug. Under a worker's lease span it names the grant.
             tracing::debug!(key = %object.key, etag = current.etag.as_deref().unwrap_or(""), size = current.size, "object promoted");
@@ -638,7 +643,8 @@ impl Engine {
         }
     }
 
-    /// Renames a verified temporary file into place, if the fence allows.
+    /// Renames a verified temporary file of version `current` into place, if the lease fence
+    /// and the version in place allow.
     async fn promote(
         &self,
         key: &str,
@@ -646,20 +652,32 @@ impl Engine {
         temp: &TempPaths,
         final_path: &std::path::Path,
         scope: &FetchScope,
-        size: u64,
+        current: &HeadInfo,
     ) -> Result<crate::manifest::FileIdentity, FetchError> {
         stop_before_promotion_if_asked(key);
+        let (size, version) = (
+            current.size,
+            ObjectVersion::from_last_modified(current.last_modified.as_deref()),
+        );
         // The resume state goes first: a crash after it leaves a temporary file that the
         // next run starts afresh, never a state file that outlives its data.
         temp.remove_state();
         let mirror = self.mirror.clone();
         let fence = scope.fence.clone();
         let (temp_data, target) = (temp.data.clone(), final_path.to_path_buf());
+        let owned_key = key.to_string();
         let promoted = tokio::task::spawn_blocking(move || {
-            mirror.promote(&file, &temp_data, &target, || match &fence {
-                Some(fence) => fence.check(),
-                None => Ok(()),
-            })
+            mirror.promote(
+                &owned_key,
+                &file,
+                &temp_data,
+                &target,
+                version,
+                || match &fence {
+                    Some(fence) => fence.check(),
+                    None => Ok(()),
+                },
+            )
         })
         .await
         .map_err(|e| FetchError::Io(e.to_string()))?;
@@ -669,6 +687,11 @@ impl Engine {
                 tracing::warn!(key, %reason, "verified but not promoted: the lease no longer allows it");
                 temp.remove();
                 Err(FetchError::Fenced(reason))
+            }
+            Err(superseded @ PromoteError::Superseded { .. }) => {
+                tracing::info!(key, reason = %superseded, "verified but not promoted: a newer version is in place");
+                temp.remove();
+                Err(FetchError::Superseded(superseded.to_string()))
             }
             Err(PromoteError::Io(error)) => {
                 temp.remove();
