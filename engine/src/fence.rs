@@ -9,11 +9,15 @@
 //! started no earlier). The margin covers the rename and the `complete` call that follow the
 //! check: a worker that is paused exactly between the check and the rename is the residual
 //! case, which the manifest's file identities catch (triage re-verifies the file).
+//!
+//! The clock is tokio's `Instant`, the monotonic clock in production, so that tests of the
+//! lease loop can run it with paused time.
 
 use common::sync::MutexExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// When a lease holder may still promote.
 #[derive(Debug)]

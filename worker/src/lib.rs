@@ -5,6 +5,8 @@
 //! - [`runner`]: the lease loop (acquire, renew, fence, complete, fail, release) over any
 //!   [`client::LeaseClient`], mirroring each lease through the engine's
 //!   [`engine::sync::Mirrorer`].
+//! - [`keep_alive`]: one lease's renewals and self-fencing, on tokio's clock (tested with
+//!   paused time).
 //! - [`client`]: what the loop asks of a lease service, in the lease model's types.
 //! - [`grpc`]: the coordinator as that service.
 //! - [`embedded`]: a `lease::MemoryStore` as that service, for `era5 sync`.
@@ -16,5 +18,6 @@ pub mod agent;
 pub mod client;
 pub mod embedded;
 pub mod grpc;
+pub mod keep_alive;
 pub mod runner;
 pub mod telemetry;

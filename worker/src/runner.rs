@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sync::MutexExt;
 use engine::disk::{DiskGate, LocalIoError};
@@ -38,15 +38,17 @@ use engine::fetch::{EngineConfig, FetchScope};
 use engine::mirror::Mirror;
 use engine::progress::Progress;
 use engine::sync::{Mirrorer, Outcome};
-use lease::model::{Ack, LeaseRef, SourceSpec};
+use lease::model::{LeaseRef, SourceSpec};
 use rand::Rng;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use transport::retry::RetryPolicy;
 use transport::{BoundedHttpClient, Source, SourceConfig};
 
 use crate::client::{ClientError, Granted, LeaseClient, LeaseEnd};
+use crate::keep_alive::{LeaseStop, keep_alive};
 use crate::telemetry::Telemetry;
 
 /// Time a stopping holder gives its releases, all together (its leases expire anyway).
@@ -392,13 +394,18 @@ impl<C: LeaseClient> Runner<C> {
         // Lease ids name a grant that only its holder may complete: debug level only.
         tracing::debug!(job = %lease.job_id, item = %lease.item_id, lease = %lease.lease_id, epoch = lease.epoch, "lease id");
         let lost = Arc::new(AtomicBool::new(false));
-        let keeper = tokio::spawn(self.clone().keep_alive(
-            lease.clone(),
-            grant.ttl,
-            cancel.clone(),
-            lost.clone(),
-            fence.clone(),
-        ));
+        let stop_lease = LeaseStop {
+            cancel: cancel.clone(),
+            lost: lost.clone(),
+            fence: fence.clone(),
+        };
+        let keeper = tokio::spawn({
+            let (runner, lease, ttl) = (self.clone(), lease.clone(), grant.ttl);
+            async move {
+                let telemetry = runner.telemetry.as_deref();
+                keep_alive(&runner.client, telemetry, &lease, granted, ttl, &stop_lease).await;
+            }
+        });
         let scope = FetchScope {
             cancel: cancel.clone(),
             drain: stop.drain.clone(),
@@ -466,73 +473,6 @@ impl<C: LeaseClient> Runner<C> {
         };
         let outcomes = outcomes.unwrap_or_default();
         self.finish(&lease, &end, &outcomes).await;
-    }
-
-    /// Renews every third of the TTL until cancelled. A failed attempt (service or its store
-    /// unreachable, a partition) is retried soon, each attempt bounded to a sixth of the TTL,
-    /// so a partition shorter than the TTL costs no lease. Fences itself when the lease is lost
-    /// (refused, or another holder's) or its local deadline (the last successful renewal's
-    /// sending time plus the TTL) passes.
-    async fn keep_alive(
-        self: Arc<Self>,
-        lease: LeaseRef,
-        ttl: Duration,
-        cancel: CancellationToken,
-        lost: Arc<AtomicBool>,
-        fence: Arc<LeaseFence>,
-    ) {
-        // Self-fencing: the fence refuses the promotion, the token stops the parts.
-        let stop_work = |why: &str| {
-            tracing::warn!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
-            fence.lose();
-            lost.store(true, Ordering::SeqCst);
-            cancel.cancel();
-        };
-        let attempt_limit = (ttl / 6).max(Duration::from_millis(200));
-        let retry_after = (ttl / 15).max(Duration::from_millis(200));
-        let mut deadline = Instant::now() + ttl;
-        let mut next = Instant::now() + ttl / 3;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    return stop_work("no renewal within the lease time");
-                }
-                () = tokio::time::sleep_until(next.into()) => {}
-            }
-            let sent = Instant::now();
-            let attempt = tokio::time::timeout(attempt_limit, self.client.renew(&lease));
-            let renewed = tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    return stop_work("no renewal within the lease time");
-                }
-                renewed = attempt => renewed,
-            };
-            if let Ok(Ok(_)) = &renewed
-                && let Some(telemetry) = &self.telemetry
-            {
-                telemetry
-                    .renew_seconds
-                    .observe(sent.elapsed().as_secs_f64());
-                telemetry.contact();
-            }
-            match renewed {
-                Ok(Ok(Ack::Ok)) => {
-                    deadline = sent + ttl;
-                    fence.renewed(sent, ttl);
-                    next = sent + ttl / 3;
-                }
-                Ok(Ok(_)) => return stop_work("the lease was lost"),
-                Ok(Err(ClientError::NotHolder(_))) => {
-                    return stop_work("the lease service says the lease is not ours");
-                }
-                // The service or its store is unreachable: keep working, try again soon.
-                _ => {
-                    next = Instant::now() + retry_after.mul_f64(rand::rng().random_range(0.5..1.0));
-                }
-            }
-        }
     }
 
     /// Reports the end of a lease, retrying while the service is unreachable. Gives up after
