@@ -48,6 +48,9 @@ pub struct RedisOptions {
     pub port: Option<u16>,
     /// Start as a replica of the server on this port (authenticating with `password`).
     pub replica_of: Option<u16>,
+    /// Replicate over TLS (`replica_of` is then the primary's TLS port), and announce the TLS
+    /// port to the primary, so Sentinel hands clients the TLS address after a failover.
+    pub tls_replication: bool,
 }
 
 fn free_port() -> u16 {
@@ -181,6 +184,9 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(&tls.ca)
                 .args(["--tls-auth-clients", "no"]);
+            if self.options.tls_replication {
+                command.args(["--tls-replication", "yes"]);
+            }
         }
         if let Some(primary) = self.options.replica_of {
             command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
@@ -228,6 +234,11 @@ impl RedisServer {
     /// `redis://USER:PASSWORD@127.0.0.1:PORT/` (an ACL user).
     pub fn url_for(&self, user: &str, password: &str) -> String {
         format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    /// The TLS port, when the server listens with TLS.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// `rediss://USER:PASSWORD@127.0.0.1:TLS_PORT/`, when the server listens with TLS.
@@ -373,6 +384,7 @@ fn query_bulk(port: u16, password: Option<&str>, command: &[&str]) -> String {
 pub struct RedisSentinel {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -380,9 +392,22 @@ impl RedisSentinel {
     /// A sentinel watching the primary on `primary_port` as `name` (quorum 2), reaching the
     /// data servers with `auth_pass` (their default user's password).
     pub fn start(primary_port: u16, name: &str, auth_pass: Option<&str>) -> Self {
+        Self::start_with(primary_port, name, auth_pass, None)
+    }
+
+    /// Like [`RedisSentinel::start`]; with `tls`, the sentinel also listens with TLS (clients
+    /// and other sentinels use that port) and reaches the data servers over TLS, so
+    /// `primary_port` is the primary's TLS port.
+    pub fn start_with(
+        primary_port: u16,
+        name: &str,
+        auth_pass: Option<&str>,
+        tls: Option<&RedisTls>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
             let port = free_port();
+            let tls_port = tls.map(|_| free_port());
             let mut config = format!(
                 "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\nloglevel warning\n\
                  dir {dir}\n\
@@ -394,6 +419,15 @@ impl RedisSentinel {
             );
             if let Some(password) = auth_pass {
                 config.push_str(&format!("sentinel auth-pass {name} {password}\n"));
+            }
+            if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+                config.push_str(&format!(
+                    "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    tls.cert.display(),
+                    tls.key.display(),
+                    tls.ca.display()
+                ));
             }
             let path = dir.path().join(format!("sentinel-{port}.conf"));
             std::fs::write(&path, config).expect("write the sentinel config");
@@ -415,6 +449,7 @@ impl RedisSentinel {
                     return Self {
                         child: Some(child),
                         port,
+                        tls_port,
                         _dir: dir,
                     };
                 }
@@ -424,6 +459,11 @@ impl RedisSentinel {
             let _ = child.wait();
         }
         panic!("redis-server --sentinel did not start");
+    }
+
+    /// The TLS port, when the sentinel listens with TLS.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// The port.

@@ -52,6 +52,30 @@ pub struct ClusterPki {
     pub operator: CertFiles,
 }
 
+impl ClusterPki {
+    /// A CA in `scratch`, a server certificate (coordinators and Redis, naming 127.0.0.1) and
+    /// an operator's.
+    pub fn new(scratch: &Scratch) -> Self {
+        let ca = TestCa::new(&scratch.dir.path().join("pki"), "cluster");
+        let server = ca.server("server");
+        let operator = ca.operator("admin");
+        Self {
+            ca,
+            server,
+            operator,
+        }
+    }
+
+    /// The server certificate as Redis (and Sentinel) take it.
+    pub fn redis_tls(&self) -> RedisTls {
+        RedisTls {
+            cert: self.server.cert.clone(),
+            key: self.server.key.clone(),
+            ca: self.server.ca.clone(),
+        }
+    }
+}
+
 /// A child process with its log.
 pub struct Proc {
     child: Option<Child>,
@@ -224,26 +248,29 @@ impl Cluster {
     /// `era5` ACL user.
     pub fn start_tls(s3_endpoint: &str, ttl: u64) -> Self {
         let scratch = Scratch::new();
-        let ca = TestCa::new(&scratch.dir.path().join("pki"), "cluster");
-        let server = ca.server("server");
-        let operator = ca.operator("admin");
+        let pki = ClusterPki::new(&scratch);
         let redis = RedisServer::start_with(RedisOptions {
-            tls: Some(RedisTls {
-                cert: server.cert.clone(),
-                key: server.key.clone(),
-                ca: server.ca.clone(),
-            }),
+            tls: Some(pki.redis_tls()),
             ..acl_redis_options()
         });
         let url = redis
             .tls_url_for("era5", REDIS_PASSWORD)
             .expect("redis listens with TLS");
-        let pki = ClusterPki {
-            ca,
-            server,
-            operator,
-        };
         Self::assemble(scratch, redis, url, Some(pki), s3_endpoint, ttl, &[])
+    }
+
+    /// The whole cluster with TLS (certificates from `pki`, made in `scratch`), its
+    /// coordinators reaching Redis at `redis_url` (a `rediss+sentinel://` URL, say) with the
+    /// cluster's CA; `redis` is the server the cluster holds on to.
+    pub fn start_tls_with_redis_url(
+        scratch: Scratch,
+        pki: ClusterPki,
+        redis: RedisServer,
+        redis_url: String,
+        s3_endpoint: &str,
+        ttl: u64,
+    ) -> Self {
+        Self::assemble(scratch, redis, redis_url, Some(pki), s3_endpoint, ttl, &[])
     }
 
     /// A cluster over a given Redis (its default user), every process started with
