@@ -2,8 +2,8 @@
 //! triggers it injected by the test server: SlowDown, 429, 5xx, RequestTimeout, resets and
 //! truncated bodies mid-part, stalled, trickling and slow bodies, permanent 403/404, an object
 //! replaced mid-download, corrupted bytes and a wrong checksum; listings that stall, trickle,
-//! never end or are far too large; sizes no object can have; and a disk that fills up (a real
-//! tmpfs in a mount namespace). Each hostile case asserts bounded time, and memory where a
+//! never end or are far too large; sizes no object can have; a disk that fills up (a real
+//! tmpfs in a mount namespace); and a process out of file descriptors (a real `ulimit -n`). Each hostile case asserts bounded time, and memory where a
 //! server could make it grow.
 
 mod support;
@@ -932,6 +932,90 @@ fn a_full_disk_stops_the_sync_at_once_and_the_rerun_completes_once_there_is_room
     run.expect_code(0);
     assert_mirrored(&inside, &selected);
     assert!(temp_files(&inside).is_empty());
+}
+
+/// Out of file descriptors (a real EMFILE: `ulimit -n` in the child's shell) at every point a
+/// run can reach it, from opening the manifest to the temporary files of the objects: each run
+/// completes or stops with one clear line naming the cause, never panics, never leaves a wrong
+/// or temporary file, and a run with the usual limit completes from there.
+#[test]
+fn running_out_of_file_descriptors_anywhere_stops_cleanly_and_the_rerun_completes() {
+    let (s3, seeded) = seeded_server();
+    let selected = under(&seeded, &["e5.oper.an.sfc/202401/"]);
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.an.sfc",
+        "",
+        "2024-01",
+        "2024-01",
+    );
+    let under_limit = |limit: u32| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &limit.to_string()])
+            .arg(env!("CARGO_BIN_EXE_era5"))
+            .args(&args)
+            .args(["--connections", "2"])
+            .env("HOME", scratch.home())
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        wait_with_limit(command.spawn().unwrap(), BOUNDED)
+    };
+    let mut resources_at = None;
+    for limit in 10..=40 {
+        let run = under_limit(limit);
+        assert!(
+            !run.stderr.contains("panicked"),
+            "limit {limit}: {}",
+            run.stderr
+        );
+        if run.code != Some(0) {
+            let errors: Vec<&str> = run
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("era5: error:"))
+                .collect();
+            assert_eq!(errors.len(), 1, "limit {limit}: {}", run.stderr);
+            assert!(
+                errors[0].contains("Too many open files"),
+                "limit {limit}: {}",
+                run.stderr
+            );
+            if errors[0].contains("out of local resources writing DEST") {
+                resources_at.get_or_insert(limit);
+            }
+        }
+        assert!(
+            temp_files(&dest).is_empty(),
+            "limit {limit}: {:?}",
+            temp_files(&dest)
+        );
+        let present = mirrored_keys(&dest);
+        let present_objects: Vec<&SeededObject> = selected
+            .iter()
+            .copied()
+            .filter(|o| present.contains(&o.key))
+            .collect();
+        assert_eq!(
+            present_objects.len(),
+            present.len(),
+            "limit {limit}: {present:?}"
+        );
+        assert_mirrored(&dest, &present_objects);
+        // Start each limit from an empty mirror, so every limit meets the same first files.
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+    let resources_at = resources_at
+        .expect("no limit reached the objects' files: the sweep injected nothing there");
+    // Stopped there, then resumed with the usual limit: complete and exact.
+    assert_ne!(under_limit(resources_at).code, Some(0));
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert_mirrored(&dest, &selected);
 }
 
 #[test]
