@@ -142,6 +142,11 @@ pub struct ConcurrencyArgs {
     /// Do not ask slow requests again on another connection.
     #[arg(long, env = "ERA5_NO_HEDGE", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new(), hide = true)]
     pub no_hedge: bool,
+    /// Cap the bytes this process receives per second, across all connections, in rclone's
+    /// syntax: 10M, 512K, off, or a timetable such as "08:00,512K 19:00,off" or
+    /// "Mon-00:00,1M Sat-00:00,off" (local time). No cap by default.
+    #[arg(long, env = "ERA5_BWLIMIT", value_name = "RATE")]
+    pub bwlimit: Option<String>,
 }
 
 /// `era5 catalog`.
@@ -184,6 +189,26 @@ pub struct PlanArgs {
     /// Print {"objects":[{"key","size","etag"}...],"total_bytes":N} instead of the table.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
+    /// Prices of the cost estimate.
+    #[command(flatten)]
+    pub cost: CostArgs,
+}
+
+/// What requests and bytes cost, for the estimates of `plan` and `sync`.
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// Prices for the cost estimate, overriding S3 Standard's (us-west-2):
+    /// KIND=DOLLARS,... with KIND one of list, head, get, put, create_upload, upload_part,
+    /// complete, abort, other (dollars per 1,000 requests) or gb (dollars per GB moved, 0 by
+    /// default: the ERA5 bucket's requests and transfer are sponsored).
+    #[arg(
+        long,
+        env = "ERA5_PRICES",
+        default_value = "",
+        hide_default_value = true,
+        value_name = "PRICES"
+    )]
+    pub prices: String,
 }
 
 /// `era5 sync`.
@@ -237,6 +262,16 @@ pub struct SyncArgs {
     /// Print the summary as one JSON object on stdout instead of text.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
+    /// Prices of the cost estimate.
+    #[command(flatten)]
+    pub cost: CostArgs,
+    /// Stop once this many bytes were received (e.g. 500GiB): the objects in flight stop,
+    /// finished files are kept, interrupted ones resume next run; exit 3.
+    #[arg(long, env = "ERA5_MAX_TRANSFER", value_name = "SIZE")]
+    pub max_transfer: Option<String>,
+    /// Stop after this long (e.g. 8h, 90m), like --max-transfer; exit 3.
+    #[arg(long, env = "ERA5_MAX_DURATION", value_name = "DUR")]
+    pub max_duration: Option<String>,
     /// Keep running after the first pass: list again every --interval and mirror what is new
     /// or changed; SIGTERM or Ctrl-C ends it after the objects in flight, with exit 0.
     #[arg(long, env = "ERA5_FOLLOW", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]

@@ -2,17 +2,20 @@
 //! happens here, before any request is sent or any file is written.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::error::InputError;
 use common::selection::Selection;
 use common::units::parse_size;
+use engine::bandwidth::{Bandwidth, BwLimit};
 use engine::{EngineConfig, OnContradiction, VerifyMode};
+use transport::cost::Prices;
 use transport::guard::{BodyGuard, MinRate};
 use transport::retry::RetryPolicy;
 use transport::{PoolConfig, ResolveOverride, Resolver, SourceConfig};
 
-use crate::args::{ConcurrencyArgs, PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
+use crate::args::{ConcurrencyArgs, CostArgs, PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
 
 /// Smallest and largest accepted `--part-size`.
 const PART_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(5 << 30);
@@ -26,6 +29,8 @@ pub struct PlanConfig {
     pub source: SourceConfig,
     /// JSON output.
     pub json: bool,
+    /// `--prices`: what the estimate charges.
+    pub prices: Prices,
 }
 
 /// How `sync` shows progress.
@@ -54,6 +59,19 @@ pub struct SyncConfig {
     pub follow: Option<FollowConfig>,
     /// `--json`: the summary as JSON.
     pub json: bool,
+    /// `--prices`: what the summary's cost estimate charges.
+    pub prices: Prices,
+    /// `--max-transfer` and `--max-duration`.
+    pub limits: RunLimits,
+}
+
+/// Where a sync stops by itself (`--max-transfer`, `--max-duration`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Bytes received.
+    pub max_transfer: Option<u64>,
+    /// Time since the start.
+    pub max_duration: Option<Duration>,
 }
 
 /// How a follow-mode sync repeats.
@@ -70,8 +88,13 @@ pub const DEFAULT_INTERVAL: &str = "6h";
 
 /// Parses `--interval` (`6h`, `30m`, `90s`, `1h30m`): at least a second, at most 31 days.
 pub fn parse_interval(text: &str) -> Result<Duration, InputError> {
+    parse_duration("--interval", text)
+}
+
+/// Parses a duration flag (`6h`, `30m`, `90s`, `1h30m`): at least a second, at most 31 days.
+fn parse_duration(flag: &'static str, text: &str) -> Result<Duration, InputError> {
     let bad = |reason: &str| InputError::BadValue {
-        flag: "--interval",
+        flag,
         value: text.to_string(),
         reason: reason.to_string(),
     };
@@ -164,8 +187,8 @@ pub(crate) fn resolver(overrides: &[String]) -> Result<Resolver, InputError> {
 /// Smallest accepted `--memory-budget`: room for a few requests and their chunks.
 const MIN_MEMORY_BUDGET: u64 = 8 << 20;
 
-/// `--connections`, `--no-autotune`, `--memory-budget` and `--no-hedge`, into the engine's
-/// settings; the connection cap is the pool's.
+/// `--connections`, `--no-autotune`, `--memory-budget`, `--no-hedge` and `--bwlimit`, into
+/// the engine's settings; the connection cap is the pool's.
 pub(crate) fn concurrency(
     args: &ConcurrencyArgs,
     engine: &mut EngineConfig,
@@ -181,6 +204,14 @@ pub(crate) fn concurrency(
     }
     engine.autotune = !args.no_autotune;
     engine.hedge = !args.no_hedge;
+    if let Some(text) = &args.bwlimit {
+        let limit = BwLimit::parse(text).map_err(|error| InputError::BadValue {
+            flag: "--bwlimit",
+            value: text.clone(),
+            reason: error.to_string(),
+        })?;
+        engine.bandwidth = Arc::new(Bandwidth::new(limit));
+    }
     Ok(args.connections as usize)
 }
 
@@ -241,8 +272,18 @@ impl TryFrom<&PlanArgs> for PlanConfig {
             selection: selection(&args.selection)?,
             source: listing_source(&args.source, &args.listing)?,
             json: args.json,
+            prices: prices(&args.cost)?,
         })
     }
+}
+
+/// `--prices`: S3 Standard's prices with the overrides given.
+fn prices(args: &CostArgs) -> Result<Prices, InputError> {
+    Prices::parse(&args.prices).map_err(|error| InputError::BadValue {
+        flag: "--prices",
+        value: error.0,
+        reason: "expected KIND=DOLLARS (per 1,000 requests of KIND: list, head, get, put, create_upload, upload_part, complete, abort, other; or gb=DOLLARS per GB)".into(),
+    })
 }
 
 impl TryFrom<&SyncArgs> for SyncConfig {
@@ -321,6 +362,7 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             stall_timeout,
             min_rate,
         };
+        source.pool.receive_buffer = engine.bandwidth.receive_buffer(connections);
         Ok(Self {
             follow,
             selection,
@@ -329,6 +371,27 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             engine,
             progress,
             json: args.json,
+            prices: prices(&args.cost)?,
+            limits: RunLimits {
+                max_transfer: args
+                    .max_transfer
+                    .as_deref()
+                    .map(|text| {
+                        parse_size(text)
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| InputError::BadValue {
+                                flag: "--max-transfer",
+                                value: text.to_string(),
+                                reason: "expected a size above zero, e.g. 500GiB or 2T".into(),
+                            })
+                    })
+                    .transpose()?,
+                max_duration: args
+                    .max_duration
+                    .as_deref()
+                    .map(|text| parse_duration("--max-duration", text))
+                    .transpose()?,
+            },
         })
     }
 }

@@ -33,6 +33,9 @@ pub enum ExitCode {
     Failed = 1,
     /// Bad input; nothing was written.
     BadInput = 2,
+    /// Stopped at `--max-transfer` or `--max-duration`: finished files are kept, interrupted
+    /// ones resume next run.
+    LimitReached = 3,
     /// Stopped by Ctrl-C or SIGTERM.
     Interrupted = 130,
 }
@@ -229,11 +232,15 @@ async fn plan(config: PlanConfig) -> Result<ExitCode, Failure> {
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     discovery::check(&source, &config.selection, &found, &retry).await?;
+    let listing = source.connection_stats().snapshot().traffic;
+    let cost = plan_cmd::PlanCost::new(&listing, found.objects.len(), &config.prices);
     let mut stdout = std::io::stdout().lock();
     let written = if config.json {
-        plan_cmd::write_json(&mut stdout, &found)
+        plan_cmd::write_json(&mut stdout, &found, &cost)
     } else {
-        plan_cmd::write_table(&mut stdout, &found)
+        let written = plan_cmd::write_table(&mut stdout, &found);
+        eprintln!("{cost}");
+        written
     };
     written.map_err(|e| Failure::Runtime(format!("writing the plan failed: {e}")))?;
     Ok(ExitCode::Success)

@@ -1,6 +1,8 @@
 //! `era5 plan`: list the selection and print objects and bytes per product, variable and grid,
 //! or the object list as JSON; either way, say how many keys of the layout the catalog does not
-//! know.
+//! know, and what the run costs in requests (on stderr below the table, in `cost` of the JSON):
+//! the LISTs this listing sent (exact) and the GETs a fresh sync sends at least (one per object;
+//! a ranged download sends one per part, and a HEAD), priced with `--prices`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,7 +10,34 @@ use std::io::Write;
 use common::units::human_bytes;
 use common::{ObjectKey, catalog};
 use serde::Serialize;
+use transport::cost::{Cost, Prices, RequestKind, Traffic};
 use transport::{Discovery, KeySample, RemoteObject};
+
+/// What a plan's run costs, as far as a listing can tell.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PlanCost {
+    /// LIST requests this plan sent.
+    list: u64,
+    /// GET requests a fresh sync sends at least: one per object.
+    get_at_least: u64,
+    /// The listing's cost plus those GETs', at `--prices`.
+    cost_usd_at_least: f64,
+}
+
+impl PlanCost {
+    /// From the listing's traffic and the objects it found.
+    pub fn new(listing: &Traffic, objects: usize, prices: &Prices) -> Self {
+        let list = listing.requests(RequestKind::List);
+        let get_at_least = objects as u64;
+        let listed: Cost = prices.estimate(listing);
+        Self {
+            list,
+            get_at_least,
+            cost_usd_at_least: listed.total
+                + get_at_least as f64 / 1000.0 * prices.per_thousand(RequestKind::Get),
+        }
+    }
+}
 
 /// Writes the per product, variable and grid table, then the catalog's unknown keys. A variable
 /// the catalog does not know is marked `*`.
@@ -65,20 +94,38 @@ pub fn write_table(out: &mut impl Write, discovery: &Discovery) -> std::io::Resu
     Ok(())
 }
 
+impl std::fmt::Display for PlanCost {
+    /// The line `plan` prints on stderr below its table (stdout keeps the table's format).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "era5: plan: cost: this listing sent {} LIST requests; a fresh sync sends at least {} GET requests (one per object); at least ${:.4} in all at the given prices (S3 Standard's unless --prices)",
+            self.list, self.get_at_least, self.cost_usd_at_least
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct PlanJson<'a> {
     objects: &'a [RemoteObject],
     total_bytes: u64,
     unknown_keys: &'a KeySample,
+    cost: &'a PlanCost,
 }
 
 /// Writes `{"objects":[{"key":…,"size":…,"etag":…}, …], "total_bytes":…,
-/// "unknown_keys":{"count":…,"sample":[…]}}`.
-pub fn write_json(out: &mut impl Write, discovery: &Discovery) -> std::io::Result<()> {
+/// "unknown_keys":{"count":…,"sample":[…]},
+/// "cost":{"list":…,"get_at_least":…,"cost_usd_at_least":…}}`.
+pub fn write_json(
+    out: &mut impl Write,
+    discovery: &Discovery,
+    cost: &PlanCost,
+) -> std::io::Result<()> {
     let plan = PlanJson {
         objects: &discovery.objects,
         total_bytes: discovery.objects.iter().map(|o| o.size).sum(),
         unknown_keys: &discovery.unknown,
+        cost,
     };
     serde_json::to_writer(&mut *out, &plan)?;
     writeln!(out)
@@ -157,19 +204,46 @@ mod tests {
                 && lines[5].contains("0_5_0_0_0_t"),
             "{text}"
         );
+        assert!(
+            no_cost()
+                .to_string()
+                .starts_with("era5: plan: cost: this listing sent 0 LIST"),
+            "{}",
+            no_cost()
+        );
+    }
+
+    fn no_cost() -> PlanCost {
+        PlanCost::new(&Traffic::default(), 0, &Prices::default())
+    }
+
+    #[test]
+    fn the_cost_prices_the_listing_and_one_get_per_object() {
+        let counters = transport::cost::TrafficCounters::default();
+        for _ in 0..4 {
+            counters.request(RequestKind::List);
+        }
+        let prices = Prices::parse("list=10,get=1").unwrap();
+        let cost = PlanCost::new(&counters.snapshot(), 2000, &prices);
+        assert_eq!((cost.list, cost.get_at_least), (4, 2000));
+        assert!(
+            (cost.cost_usd_at_least - (0.04 + 2.0)).abs() < 1e-12,
+            "{cost:?}"
+        );
     }
 
     #[test]
     fn json_has_the_documented_shape() {
         let mut out = Vec::new();
-        write_json(&mut out, &discovery(vec![object("k", 5)])).unwrap();
+        write_json(&mut out, &discovery(vec![object("k", 5)]), &no_cost()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             value,
             serde_json::json!({
                 "objects":[{"key":"k","size":5,"etag":"abc"}],
                 "total_bytes":5,
-                "unknown_keys":{"count":0,"sample":[]}
+                "unknown_keys":{"count":0,"sample":[]},
+                "cost":{"list":0,"get_at_least":0,"cost_usd_at_least":0.0}
             })
         );
     }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::selection::Selection;
+use common::units::human_bytes;
 use engine::disk::DiskGate;
 use engine::manifest::Currency;
 use engine::sync::{Mirrorer, Outcome, SyncReport};
@@ -28,7 +29,7 @@ use transport::{RemoteObject, Source};
 use worker::embedded::{Embedded, sync_policy};
 use worker::runner::{Mirrorers, OnDestFailure, Runner, RunnerConfig, Temps};
 
-use crate::config::{FollowConfig, SyncConfig};
+use crate::config::{FollowConfig, RunLimits, SyncConfig};
 use crate::progress_display::{Network, Reporter};
 use crate::sync_summary::{Figures, Summary};
 use crate::{ExitCode, Failure};
@@ -56,6 +57,7 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     let stop = Stop::default();
     spawn_signal_handler(stop.clone(), config.follow.is_some());
     let progress = Arc::new(Progress::default());
+    let limit_reached = watch_limits(config.limits, progress.clone(), stop.clone());
     let connections = source.connection_stats();
     let mirrorer = Mirrorer::new(
         source.clone(),
@@ -88,6 +90,8 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
         peak_connections: connections.snapshot().peak_open,
         memory_budget: scheduler.budget().capacity(),
         memory_peak: scheduler.budget().peak(),
+        traffic: connections.snapshot().traffic,
+        limit_reached: limit_reached.get().is_some(),
     };
     let summary = Summary::new(&report, &figures, &config);
     let mut stdout = std::io::stdout().lock();
@@ -99,7 +103,7 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     written.map_err(|e| Failure::Runtime(e.to_string()))?;
     drop(stdout);
     report_local_errors(&report);
-    match &config.follow {
+    let code = match &config.follow {
         None => Ok(if report.cancelled {
             ExitCode::Interrupted
         } else if report.all_verified() && report.manifest_error.is_none() {
@@ -111,7 +115,62 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
             log_pass(1, &report, &before, follow.interval);
             follow_passes(&mirrorer, &source, &config, follow, &stop).await
         }
+    };
+    match limit_reached.get() {
+        Some(limit) if code.is_ok() => {
+            eprintln!("era5: {limit}");
+            Ok(ExitCode::LimitReached)
+        }
+        _ => code,
     }
+}
+
+/// How often the limits are checked: a loopback transfer overshoots `--max-transfer` by at most
+/// what arrives in this long, plus what is in flight when the objects stop.
+const LIMIT_CHECK_EVERY: Duration = Duration::from_millis(10);
+
+/// Stops the sync (its objects in flight too, whose parts resume next run) once
+/// `--max-transfer` bytes were received or `--max-duration` passed. What stopped it, once
+/// something did, is in the cell returned.
+fn watch_limits(
+    limits: RunLimits,
+    progress: Arc<Progress>,
+    stop: Stop,
+) -> Arc<std::sync::OnceLock<String>> {
+    let reached = Arc::new(std::sync::OnceLock::new());
+    if limits == RunLimits::default() {
+        return reached;
+    }
+    let cell = reached.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.abort.cancelled() => return,
+                () = tokio::time::sleep(LIMIT_CHECK_EVERY) => {}
+            }
+            let received = progress.snapshot().bytes_downloaded;
+            let why = match (limits.max_transfer, limits.max_duration) {
+                (Some(max), _) if received >= max => format!(
+                    "stopped at --max-transfer {} ({} received)",
+                    human_bytes(max),
+                    human_bytes(received)
+                ),
+                (_, Some(max)) if started.elapsed() >= max => format!(
+                    "stopped at --max-duration {}s ({} received)",
+                    max.as_secs(),
+                    human_bytes(received)
+                ),
+                _ => continue,
+            };
+            let _ = cell.set(format!(
+                "{why}: finished files are kept, interrupted ones resume next run (exit 3)"
+            ));
+            stop.abort.cancel();
+            return;
+        }
+    });
+    reached
 }
 
 /// What went wrong with DEST itself, after the summary: a full or failing disk, or a manifest

@@ -4,7 +4,7 @@
 //! The JSON object (`era5 sync --json`):
 //!
 //! ```text
-//! {"outcome": "complete" | "incomplete" | "interrupted", "dest", "verify",
+//! {"outcome": "complete" | "incomplete" | "interrupted" | "limit_reached", "dest", "verify",
 //!  "objects": {"total", "downloaded", "present", "verified_locally", "failed", "not_finished"},
 //!  "bytes_downloaded", "seconds", "bytes_per_second",
 //!  "retries": {"<reason>": n, ...}, "verification_failures", "checksum_contradictions",
@@ -13,8 +13,16 @@
 //!  "concurrency": {"autotune", "final", "peak", "max"},
 //!  "hedges": {"requests", "won"}, "duplicate_bytes",
 //!  "memory": {"budget", "peak"},
+//!  "requests": {"list", "head", "get", "put", "create_upload", "upload_part", "complete",
+//!               "abort", "other"},
+//!  "bytes_in", "bytes_out",
+//!  "cost_usd": {"requests", "transfer", "total"},
 //!  "failures": [{"key", "reason"}, ...]}
 //! ```
+//!
+//! `requests` counts every request written to a connection, retries and hedges included (what
+//! the server received); `bytes_in`/`bytes_out` are the bytes on the sockets; `cost_usd` prices
+//! them with `--prices` (S3 Standard's request prices by default; see `transport::cost`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,6 +31,7 @@ use common::units::human_bytes;
 use engine::sync::{Outcome, SyncReport};
 use engine::{ConcurrencySnapshot, ProgressSnapshot};
 use serde::Serialize;
+use transport::cost::{Cost, RequestKind, Traffic};
 use transport::retry::RetryReason;
 
 use crate::config::SyncConfig;
@@ -46,6 +55,10 @@ pub struct Summary<'a> {
     hedges: Hedges,
     duplicate_bytes: u64,
     memory: Memory,
+    requests: BTreeMap<&'static str, u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    cost_usd: Cost,
     failures: Vec<Failed<'a>>,
 }
 
@@ -98,6 +111,10 @@ pub struct Figures {
     pub memory_budget: u64,
     /// ... its peak use.
     pub memory_peak: u64,
+    /// Requests by kind and bytes on the sockets.
+    pub traffic: Traffic,
+    /// Stopped at `--max-transfer` or `--max-duration`.
+    pub limit_reached: bool,
 }
 
 impl<'a> Summary<'a> {
@@ -116,6 +133,8 @@ impl<'a> Summary<'a> {
         let seconds = report.elapsed.as_secs_f64().max(0.001);
         let outcome = if report.all_verified() {
             "complete"
+        } else if figures.limit_reached {
+            "limit_reached"
         } else if report.cancelled {
             "interrupted"
         } else {
@@ -153,6 +172,13 @@ impl<'a> Summary<'a> {
                 budget: figures.memory_budget,
                 peak: figures.memory_peak,
             },
+            requests: RequestKind::ALL
+                .iter()
+                .map(|kind| (kind.label(), figures.traffic.requests(*kind)))
+                .collect(),
+            bytes_in: figures.traffic.bytes_in,
+            bytes_out: figures.traffic.bytes_out,
+            cost_usd: config.prices.estimate(&figures.traffic),
             failures: report
                 .failures()
                 .map(|(key, reason)| Failed { key, reason })
@@ -170,6 +196,11 @@ impl<'a> Summary<'a> {
             ),
             "interrupted" => format!(
                 "sync interrupted: {} of {} objects present and verified",
+                o.downloaded + o.present + o.verified_locally,
+                o.total
+            ),
+            "limit_reached" => format!(
+                "sync stopped at its limit: {} of {} objects present and verified",
                 o.downloaded + o.present + o.verified_locally,
                 o.total
             ),
@@ -223,6 +254,26 @@ impl<'a> Summary<'a> {
             self.hedges.requests,
             self.hedges.won,
             human_bytes(self.duplicate_bytes),
+        )?;
+        let sent: Vec<String> = RequestKind::ALL
+            .iter()
+            .filter_map(|kind| {
+                let count = self.requests.get(kind.label()).copied().unwrap_or(0);
+                (count > 0).then(|| format!("{count} {}", kind.label()))
+            })
+            .collect();
+        writeln!(
+            out,
+            "  requests: {} ({} in all); {} in, {} out; estimated cost {}",
+            if sent.is_empty() {
+                "none".to_string()
+            } else {
+                sent.join(", ")
+            },
+            self.requests.values().sum::<u64>(),
+            human_bytes(self.bytes_in),
+            human_bytes(self.bytes_out),
+            self.cost_usd,
         )?;
         for failed in &self.failures {
             writeln!(out, "FAILED {}: {}", failed.key, failed.reason)?;

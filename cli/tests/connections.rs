@@ -1,6 +1,7 @@
 //! The connection cap, proven from outside the client: a counting TCP proxy between `era5` and
 //! the test server sees every connection, and its peak never exceeds `--connections`, even with
-//! throttling, resets, truncations, stalls and slow bodies all happening at once.
+//! throttling, resets, truncations, stalls and slow bodies all happening at once. The same
+//! proxy counts the bytes per second that `--bwlimit` lets through.
 
 mod support;
 
@@ -296,4 +297,91 @@ fn https_endpoints_are_verified_against_the_public_roots_and_aws_ca_bundle() {
         .collect();
     assert_eq!(expected.len(), 2);
     assert_mirrored(&scratch.dest(), &expected);
+}
+
+/// `--bwlimit` holds from outside the client: once the sockets' buffers are full, the bytes
+/// the proxy passes to `era5` in every two seconds stay within 5% of the cap, over several
+/// connections. Bytes are counted per window, the run is not timed. Bad syntax is refused.
+/// Objects are large and fetched in parts, as ERA5's are: a request lasts seconds at the cap,
+/// so kernel buffers fill once rather than at every new request.
+#[test]
+fn bwlimit_holds_the_bytes_per_second_seen_from_outside() {
+    let s3 = TestS3::start(BUCKET);
+    let mut objects = Vec::new();
+    for variable in ["128_167_2t", "128_151_msl", "128_134_sp"] {
+        let key = format!(
+            "e5.oper.an.sfc/202401/e5.oper.an.sfc.{variable}.ll025sc.2024010100_2024013123.nc"
+        );
+        let data = tests::fixtures::object_bytes(&key, 12 << 20);
+        s3.put_object(&key, data.clone());
+        objects.push((key, data));
+    }
+    let total: u64 = objects.iter().map(|(_, data)| data.len() as u64).sum();
+    let proxy = CountingProxy::start(s3.addr());
+    // About twelve seconds at the cap.
+    let cap = (total / 12) >> 10 << 10;
+    let scratch = Scratch::new();
+    let mut args = sync_args(
+        &proxy.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.sfc",
+        "",
+        "2024-01",
+        "2024-01",
+    );
+    args.extend(["--connections", "8", "--part-size", "4MiB", "--bwlimit"].map(String::from));
+    args.push(format!("{}K", cap >> 10));
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    for (key, data) in &objects {
+        assert!(
+            std::fs::read(scratch.dest().join(key)).unwrap() == data.as_ref(),
+            "{key}"
+        );
+    }
+
+    // Two-second windows from the first byte (the proxy counts per 100 ms).
+    let buckets = proxy.bytes_to_client_per(Duration::from_millis(100));
+    let first = buckets.iter().position(|b| *b > 0).unwrap();
+    let windows: Vec<u64> = buckets[first..]
+        .chunks(20)
+        .map(|c| c.iter().sum())
+        .collect();
+    let per_window = cap * 2;
+    eprintln!("bytes per 2 s at the proxy: {windows:?} (cap {per_window} per 2 s)");
+    // The first window fills the sockets' buffers (the kernel's and the proxy's); in the
+    // last ones the parts end together and find their bytes already buffered: the steady
+    // windows are between.
+    assert!(windows[0] <= per_window * 3 / 2, "{windows:?}");
+    let steady = &windows[1..windows.len().saturating_sub(1)];
+    assert!(steady.len() >= 4, "{windows:?}");
+    for bytes in &steady[..4] {
+        let off = (*bytes as f64 - per_window as f64).abs() / per_window as f64;
+        assert!(
+            off <= 0.05,
+            "{bytes} bytes in two seconds against a cap of {cap}/s: {windows:?}"
+        );
+    }
+
+    let fresh = Scratch::new();
+    for bad in ["fast", "10X", "25:00,1M", "Mox-08:00,1M"] {
+        let mut args = sync_args(
+            &proxy.endpoint(),
+            &fresh.dest(),
+            "e5.oper.an.sfc",
+            "",
+            "2024-01",
+            "2024-01",
+        );
+        args.extend(["--bwlimit".to_string(), bad.to_string()]);
+        let run = run_era5(&fresh, &args, LIMIT);
+        run.expect_code(2);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("--bwlimit") && run.stderr.contains(bad),
+            "{}",
+            run.stderr
+        );
+        assert!(!fresh.dest().exists());
+    }
 }

@@ -120,6 +120,116 @@ fn server_errors_and_request_timeouts_are_retried() {
     );
 }
 
+/// The cost report counts what the server received, exactly: listings, HEADs and GETs of a
+/// whole month, with SlowDown and 500s on some of them (each retried request is a request
+/// billed), priced at the defaults and at `--prices`.
+#[test]
+fn the_cost_report_counts_exactly_the_requests_the_server_received() {
+    let (s3, seeded) = seeded_server();
+    let target = multipart_target(&seeded);
+    s3.add_fault(rule(&target.key, Fault::SlowDown, Some(3)));
+    s3.add_fault(rule(
+        &target.key,
+        Fault::Status {
+            status: 500,
+            code: "InternalError".into(),
+        },
+        Some(2),
+    ));
+    let scratch = Scratch::new();
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.sfc,e5.oper.an.pl",
+        "",
+        "2023-12",
+        "2024-04",
+    );
+    args.extend(["--json", "--prices", "get=1,list=10,head=100,gb=1000"].map(String::from));
+    s3.clear_requests();
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    let summary = summary(&run);
+    let received = s3.requests();
+    let count = |wanted: &dyn Fn(&tests::s3_server::RequestRecord) -> bool| {
+        received.iter().filter(|r| wanted(r)).count() as u64
+    };
+    let lists = count(&|r| r.method == "GET" && r.key.is_none());
+    let gets = count(&|r| r.method == "GET" && r.key.is_some());
+    let heads = count(&|r| r.method == "HEAD");
+    assert!(lists >= 2 && gets > 10, "{lists} lists, {gets} gets");
+    let requests = &summary["requests"];
+    assert_eq!(requests["list"].as_u64(), Some(lists), "{summary:#}");
+    assert_eq!(requests["get"].as_u64(), Some(gets), "{summary:#}");
+    assert_eq!(requests["head"].as_u64(), Some(heads), "{summary:#}");
+    for kind in [
+        "put",
+        "create_upload",
+        "upload_part",
+        "complete",
+        "abort",
+        "other",
+    ] {
+        assert_eq!(requests[kind].as_u64(), Some(0), "{kind}: {summary:#}");
+    }
+    // The faulted requests are among them: 3 SlowDown and 2 errors, each one more GET.
+    assert_eq!(
+        count(&|r| r.fault.is_some() && r.key.as_deref() == Some(target.key.as_str())),
+        5
+    );
+    // Bytes on the socket: every body and the responses' headers; requests carry no body.
+    let bytes_in = summary["bytes_in"].as_u64().unwrap();
+    let bodies = s3.body_bytes_sent();
+    let total = lists + gets + heads;
+    assert!(
+        bytes_in >= bodies && bytes_in < bodies + total * 4096,
+        "{bytes_in} bytes in for {bodies} body bytes and {total} responses"
+    );
+    let bytes_out = summary["bytes_out"].as_u64().unwrap();
+    assert!(
+        bytes_out > total * 50 && bytes_out < total * 4096,
+        "{bytes_out}"
+    );
+    // Priced per 1,000 requests and per GB, as --prices said.
+    let expected_requests = (gets as f64 + 10.0 * lists as f64 + 100.0 * heads as f64) / 1000.0;
+    let cost = &summary["cost_usd"];
+    assert!(
+        (cost["requests"].as_f64().unwrap() - expected_requests).abs() < 1e-9,
+        "{cost}"
+    );
+    let expected_transfer = (bytes_in + bytes_out) as f64 / 1e9 * 1000.0;
+    assert!(
+        (cost["transfer"].as_f64().unwrap() - expected_transfer).abs() < 1e-9,
+        "{cost}"
+    );
+
+    // The text summary says the same; a bad --prices is refused before anything is written.
+    let text_args: Vec<String> = args.iter().filter(|a| *a != "--json").cloned().collect();
+    let run = run_era5(&scratch, &text_args, LIMIT);
+    run.expect_code(0);
+    assert!(run.stdout.contains("  requests: "), "{}", run.stdout);
+    assert!(run.stdout.contains("estimated cost $"), "{}", run.stdout);
+    let fresh = Scratch::new();
+    let mut bad = sync_args(
+        &s3.endpoint(),
+        &fresh.dest(),
+        "e5.oper.an.sfc",
+        "",
+        "2024-01",
+        "2024-01",
+    );
+    bad.extend(["--prices", "get=cheap"].map(String::from));
+    let run = run_era5(&fresh, &bad, LIMIT);
+    run.expect_code(2);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--prices") && run.stderr.contains("get=cheap"),
+        "{}",
+        run.stderr
+    );
+    assert!(!fresh.dest().exists(), "a refused run wrote into DEST");
+}
+
 #[test]
 fn a_reset_mid_body_resumes_the_part_from_the_last_byte_received() {
     let (s3, seeded) = seeded_server();
@@ -509,7 +619,14 @@ fn full_verification_takes_a_single_part_objects_checksum_from_its_one_get() {
         },
     );
     s3.clear_requests();
-    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    // Two connections and slow bodies: the four ranges go two by two, each pair for a while,
+    // so a HEAD sent with the first ones is answered long before the last range is asked,
+    // however the machine schedules the tasks.
+    slow_bodies(&s3, 4 << 20);
+    let mut two_at_a_time = args.clone();
+    two_at_a_time.extend(["--connections", "2"].map(String::from));
+    run_era5(&scratch, &two_at_a_time, LIMIT).expect_code(0);
+    s3.clear_faults();
     let methods: Vec<String> = s3
         .requests()
         .into_iter()
@@ -861,6 +978,20 @@ fn standard_selection(seeded: &[SeededObject]) -> Vec<&SeededObject> {
         .collect()
 }
 
+/// After a run that stopped early: every file at a final path is a selected object, byte for
+/// byte. Returns how many there are.
+fn exact_where_present(dest: &std::path::Path, selected: &[&SeededObject]) -> usize {
+    let present = mirrored_keys(dest);
+    let present_objects: Vec<&SeededObject> = selected
+        .iter()
+        .copied()
+        .filter(|o| present.contains(&o.key))
+        .collect();
+    assert_eq!(present_objects.len(), present.len(), "{present:?}");
+    assert_mirrored(dest, &present_objects);
+    present.len()
+}
+
 #[test]
 fn a_full_disk_stops_the_sync_at_once_and_the_rerun_completes_once_there_is_room() {
     let (s3, seeded) = seeded_server();
@@ -911,15 +1042,7 @@ fn a_full_disk_stops_the_sync_at_once_and_the_rerun_completes_once_there_is_room
         temp_files(&inside)
     );
     // What is at a final path is right, and the rest was not downloaded regardless.
-    let present = mirrored_keys(&inside);
-    assert!(present.len() < selected.len());
-    let present_objects: Vec<&SeededObject> = selected
-        .iter()
-        .copied()
-        .filter(|o| present.contains(&o.key))
-        .collect();
-    assert_eq!(present_objects.len(), present.len(), "{present:?}");
-    assert_mirrored(&inside, &present_objects);
+    assert!(exact_where_present(&inside, &selected) < selected.len());
     assert!(
         s3.body_bytes_sent() < total / 2,
         "{} of {total} bytes fetched for a 4 MiB disk",
@@ -995,18 +1118,7 @@ fn running_out_of_file_descriptors_anywhere_stops_cleanly_and_the_rerun_complete
             "limit {limit}: {:?}",
             temp_files(&dest)
         );
-        let present = mirrored_keys(&dest);
-        let present_objects: Vec<&SeededObject> = selected
-            .iter()
-            .copied()
-            .filter(|o| present.contains(&o.key))
-            .collect();
-        assert_eq!(
-            present_objects.len(),
-            present.len(),
-            "limit {limit}: {present:?}"
-        );
-        assert_mirrored(&dest, &present_objects);
+        exact_where_present(&dest, &selected);
         // Start each limit from an empty mirror, so every limit meets the same first files.
         std::fs::remove_dir_all(&dest).unwrap();
     }
@@ -1016,6 +1128,97 @@ fn running_out_of_file_descriptors_anywhere_stops_cleanly_and_the_rerun_complete
     assert_ne!(under_limit(resources_at).code, Some(0));
     run_era5(&scratch, &args, LIMIT).expect_code(0);
     assert_mirrored(&dest, &selected);
+}
+
+/// `--max-transfer` and `--max-duration` stop a sync cleanly (exit 3, one line saying which,
+/// what is at a final path exact, the summary's outcome `limit_reached`), and the next run
+/// without them resumes and completes. Bad values are refused before anything is written.
+#[test]
+fn max_transfer_and_max_duration_stop_cleanly_with_exit_3_and_the_rerun_completes() {
+    let (s3, seeded) = seeded_server();
+    // Slow bodies, so that the limits bind long before the selection is done.
+    slow_bodies(&s3, 2 << 20);
+    let selected = standard_selection(&seeded);
+    let total: u64 = selected.iter().map(|o| o.data.len() as u64).sum();
+    assert!(total > (16 << 20), "the selection is too small: {total}");
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let args = sync_args(
+        &s3.endpoint(),
+        &dest,
+        "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu",
+        "",
+        "2023-12",
+        "2024-04",
+    );
+    let limited = |extra: &[&str]| {
+        let mut limited = args.clone();
+        limited.extend(["--json", "--connections", "4"].map(String::from));
+        limited.extend(extra.iter().map(|a| (*a).to_string()));
+        run_era5(&scratch, &limited, LIMIT)
+    };
+    let check_stopped = |run: &Run, flag: &str| {
+        run.expect_code(3);
+        let errors: Vec<&str> = run.stderr.lines().filter(|l| l.contains(flag)).collect();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+        assert!(errors[0].contains("resume next run"), "{}", run.stderr);
+        let summary = summary(run);
+        assert_eq!(summary["outcome"], "limit_reached", "{summary:#}");
+        assert!(exact_where_present(&dest, &selected) < selected.len());
+        summary["bytes_downloaded"].as_u64().unwrap()
+    };
+
+    let run = limited(&["--max-transfer", "3MiB"]);
+    let received = check_stopped(&run, "stopped at --max-transfer 3.0 MiB");
+    assert!(received >= 3 << 20 && received < total / 2, "{received}");
+
+    let started = std::time::Instant::now();
+    let run = limited(&["--max-duration", "2s"]);
+    check_stopped(&run, "stopped at --max-duration 2s");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Without limits the next run completes; the interrupted parts were resumed, not fetched
+    // again whole (at most the parts in flight at each stop are fetched twice).
+    s3.clear_faults();
+    let before = s3.body_bytes_sent();
+    run_era5(&scratch, &args, LIMIT).expect_code(0);
+    assert_mirrored(&dest, &selected);
+    assert!(temp_files(&dest).is_empty());
+    assert!(
+        s3.body_bytes_sent() - before < total,
+        "everything was fetched again"
+    );
+
+    for (flag, value) in [
+        ("--max-transfer", "0"),
+        ("--max-transfer", "lots"),
+        ("--max-duration", "soon"),
+        ("--max-duration", "0s"),
+    ] {
+        let fresh = Scratch::new();
+        let mut bad = sync_args(
+            &s3.endpoint(),
+            &fresh.dest(),
+            "e5.oper.an.sfc",
+            "",
+            "2024-01",
+            "2024-01",
+        );
+        bad.extend([flag.to_string(), value.to_string()]);
+        let run = run_era5(&fresh, &bad, LIMIT);
+        run.expect_code(2);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains(flag) && run.stderr.contains(value),
+            "{}",
+            run.stderr
+        );
+        assert!(!fresh.dest().exists());
+    }
 }
 
 #[test]

@@ -83,6 +83,18 @@ fn json_plan_lists_exactly_the_selected_objects_with_sizes_and_etags() {
         stored.etag.trim_matches('"')
     );
     assert_eq!(value["total_bytes"], expected.data.len());
+    // The cost: exactly the listings the server answered, and one GET per object at least.
+    let lists = s3
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.key.is_none())
+        .count();
+    assert!(lists >= 1);
+    assert_eq!(value["cost"]["list"], lists, "{}", run.stdout);
+    assert_eq!(value["cost"]["get_at_least"], 1, "{}", run.stdout);
+    let expected_cost = (lists as f64 * 0.005 + 0.0004) / 1000.0;
+    let cost = value["cost"]["cost_usd_at_least"].as_f64().unwrap();
+    assert!((cost - expected_cost).abs() < 1e-12, "{}", run.stdout);
 }
 
 #[test]

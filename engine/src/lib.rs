@@ -10,6 +10,7 @@
 //! - [`request_stats`]: recent first-byte latencies and body rates: range sizes by time and
 //!   the thresholds of hedging.
 //! - [`memory`]: the budget of in-flight buffers (`--memory-budget`).
+//! - [`bandwidth`]: `--bwlimit`, the process-wide cap on bytes received, with timetables.
 //! - [`fast_md5`]: MD5 through the `md-5` crate's x86-64 assembly.
 //! - [`verify`]: size, ETag (single and multipart) and additional-checksum verification.
 //! - [`ordered_md5`]: MD5s (whole object, or per upload part) hashed in order while parts
@@ -30,6 +31,7 @@
 
 pub mod audit;
 pub mod autotune;
+pub mod bandwidth;
 pub mod direct_io;
 pub mod disk;
 pub mod fast_md5;

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::autotune::{Autotune, Sample};
 pub use crate::autotune::{DECREASE_COOLDOWN, INITIAL_WINDOW, TICK};
+use crate::bandwidth::Bandwidth;
 use crate::memory::{BufferBudget, Reservation};
 use crate::request_stats::RequestStats;
 
@@ -102,6 +103,9 @@ pub struct RequestScheduler {
     room: Notify,
     stats: RequestStats,
     budget: Arc<BufferBudget>,
+    /// `--bwlimit`: while it binds, goodput says nothing about the link, so the autotuner
+    /// measures nothing and the window does not grow.
+    bandwidth: Arc<Bandwidth>,
 }
 
 #[derive(Debug)]
@@ -234,6 +238,15 @@ impl RequestScheduler {
     /// A scheduler of `concurrency` whose requests hold room in `budget`; the maximum is
     /// also bounded by the requests the budget holds.
     pub fn new(concurrency: Concurrency, budget: Arc<BufferBudget>) -> Arc<Self> {
+        Self::capped(concurrency, budget, Arc::new(Bandwidth::unlimited()))
+    }
+
+    /// Like [`RequestScheduler::new`], under a `--bwlimit` cap.
+    pub fn capped(
+        concurrency: Concurrency,
+        budget: Arc<BufferBudget>,
+        bandwidth: Arc<Bandwidth>,
+    ) -> Arc<Self> {
         let max = concurrency.max.max(1).min(budget.requests());
         let now = Instant::now();
         Arc::new(Self {
@@ -260,6 +273,7 @@ impl RequestScheduler {
             room: Notify::new(),
             stats: RequestStats::default(),
             budget,
+            bandwidth,
         })
     }
 
@@ -315,11 +329,15 @@ impl RequestScheduler {
                 let changed = {
                     let mut state = scheduler.lock();
                     let busy = state.busy_until(now);
-                    let sample = Sample {
+                    let mut sample = Sample {
                         elapsed: now.saturating_duration_since(last_at),
                         bytes: bytes - last_bytes,
                         busy: busy.saturating_sub(last_busy),
                     };
+                    if scheduler.bandwidth.binding(TICK) {
+                        // The cap, not the window, limits goodput: not a measurement.
+                        sample.busy = Duration::ZERO;
+                    }
                     (last_at, last_bytes, last_busy) = (now, bytes, busy);
                     if !sample.elapsed.is_zero() {
                         let rate = sample.bytes as f64 / sample.elapsed.as_secs_f64();

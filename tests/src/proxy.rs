@@ -3,6 +3,9 @@
 //! or an error from the client side; then both sides are torn down. An upstream reset is
 //! passed on as a reset.
 //!
+//! It also counts the bytes it passes to clients per 100 ms ([`CountingProxy::bytes_to_client_per`]),
+//! so a test can check a rate cap from outside the client without timing the run.
+//!
 //! **Blackholes** ([`CountingProxy::blackhole`]): bytes in one direction, or both, are read and
 //! dropped, on open connections and new ones alike, with no FIN and no reset: what a peer
 //! sees when a network path silently fails. [`CountingProxy::heal`] lets bytes through
@@ -41,6 +44,29 @@ struct Counters {
     drop_to_client: AtomicBool,
     /// Descriptors of the client sockets whose relay is running.
     live: std::sync::Mutex<std::collections::HashMap<u64, RawFd>>,
+    /// Bytes passed to clients, per [`BUCKET`] since the proxy started.
+    to_client: std::sync::Mutex<Vec<u64>>,
+    /// When the proxy started.
+    started: std::sync::OnceLock<std::time::Instant>,
+}
+
+/// The proxy's send buffer towards each client (the kernel doubles it).
+const CLIENT_SEND_BUFFER: usize = 32 << 10;
+
+/// The time resolution of [`CountingProxy::bytes_to_client_per`].
+const BUCKET: Duration = Duration::from_millis(100);
+
+impl Counters {
+    /// Counts `bytes` passed to a client now.
+    fn passed_to_client(&self, bytes: usize) {
+        let started = *self.started.get_or_init(std::time::Instant::now);
+        let index = (started.elapsed().as_millis() / BUCKET.as_millis()) as usize;
+        let mut buckets = self.to_client.lock_unpoisoned();
+        if buckets.len() <= index {
+            buckets.resize(index + 1, 0);
+        }
+        buckets[index] += bytes as u64;
+    }
 }
 
 /// Linux `TCP_ESTABLISHED`: neither FIN nor RST has arrived from the client.
@@ -86,6 +112,7 @@ impl CountingProxy {
     /// Proxies 127.0.0.1:0 to `upstream`.
     pub fn start(upstream: SocketAddr) -> CountingProxy {
         let counters = Arc::new(Counters::default());
+        counters.started.get_or_init(std::time::Instant::now);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let thread_counters = counters.clone();
@@ -153,6 +180,19 @@ impl CountingProxy {
         self.counters.accepted.load(Ordering::SeqCst)
     }
 
+    /// Bytes passed to clients in each consecutive `window` (a multiple of 100 ms) since the
+    /// proxy started, up to the last one with any: what the client received, counted outside
+    /// it.
+    pub fn bytes_to_client_per(&self, window: Duration) -> Vec<u64> {
+        let per = (window.as_millis() / BUCKET.as_millis()).max(1) as usize;
+        self.counters
+            .to_client
+            .lock_unpoisoned()
+            .chunks(per)
+            .map(|chunk| chunk.iter().sum())
+            .collect()
+    }
+
     /// Restarts the peak from the current value.
     pub fn reset_max(&self) {
         self.counters.max_open.store(self.open(), Ordering::SeqCst);
@@ -214,6 +254,9 @@ async fn run(
 /// dropping what a blackhole swallows.
 async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
     let _ = client.set_nodelay(true);
+    // A small send buffer towards the client: what is counted as passed to the client is
+    // then what the client took, not megabytes the kernel holds for it.
+    let _ = socket2::SockRef::from(&client).set_send_buffer_size(CLIENT_SEND_BUFFER);
     let client_fd = client.as_raw_fd();
     let reset_client = || {
         // SAFETY: called while the client socket halves are still alive in this function.
@@ -264,6 +307,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
                     if client_write.write_all(&buffer[..n]).await.is_err() {
                         return (false, client_write);
                     }
+                    counters.passed_to_client(n);
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! never retried by the SDK, so the fetch engine retries every request itself, per part, with
 //! one policy ([`retry::RetryPolicy`]) and one classification ([`retry::classify`]).
 
+pub mod cost;
 pub mod coverage;
 pub mod frontends;
 pub mod guard;

@@ -108,6 +108,7 @@ pub async fn run(
         },
         resolver: config.resolver.clone(),
         extra_roots: config.extra_roots.clone(),
+        receive_buffer: config.engine.bandwidth.receive_buffer(config.connections),
         ..PoolConfig::new(config.connections)
     });
     let progress = Arc::new(Progress::default());

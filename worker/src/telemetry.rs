@@ -10,8 +10,10 @@
 //! window `era5_s3_concurrency` (autotuned, see `engine::autotune`) with
 //! `era5_s3_requests_in_flight`, the hedging counters `era5_s3_hedged_requests_total`,
 //! `era5_s3_hedges_won_total` and `era5_s3_duplicate_bytes_total`, and the histogram
-//! `era5_lease_renew_seconds` of renewal round trips. The only labels are the retry reason and
-//! the kind of local failure, both fixed sets.
+//! `era5_lease_renew_seconds` of renewal round trips, and what the traffic costs:
+//! `era5_s3_requests_total{kind}` (as S3 bills them, see `transport::cost`) and
+//! `era5_s3_socket_bytes_total{direction}`. The only labels are the retry reason, the kind of
+//! local failure, the request kind and the direction, all fixed sets.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -34,6 +36,7 @@ use proto::http_port::{HttpPortLimits, serve_http_port};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use transport::ConnectionStats;
+use transport::cost::RequestKind;
 use transport::retry::RetryReason;
 
 use common::sync::MutexExt;
@@ -90,6 +93,19 @@ fn counter(
         None,
         MetricType::Counter,
     )?)
+}
+
+/// One counter family with one label: `(name, help, label)` and the value of each label value.
+fn labelled_counters(
+    encoder: &mut DescriptorEncoder,
+    (name, help, label): (&str, &str, &str),
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 fn gauge(
@@ -170,17 +186,32 @@ impl Collector for EngineCollector {
             "Bytes received twice and discarded because of hedging",
             progress.duplicate_bytes,
         )?;
-        let mut retries = encoder.encode_descriptor(
-            "era5_s3_retries",
-            "Retried S3 requests by reason",
-            None,
-            MetricType::Counter,
+        labelled_counters(
+            &mut encoder,
+            ("era5_s3_retries", "Retried S3 requests by reason", "reason"),
+            RetryReason::ALL.map(|r| (r.label(), progress.retries_for(r))),
         )?;
-        for reason in RetryReason::ALL {
-            let labels = [("reason", reason.label())];
-            ConstCounter::new(progress.retries_for(reason))
-                .encode(retries.encode_family(&labels)?)?;
-        }
+        labelled_counters(
+            &mut encoder,
+            (
+                "era5_s3_requests",
+                "S3 requests sent, by the kind S3 bills them as (retries and hedges included)",
+                "kind",
+            ),
+            RequestKind::ALL.map(|k| (k.label(), pool.traffic.requests(k))),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            (
+                "era5_s3_socket_bytes",
+                "Bytes on the S3 sockets, headers included, by direction",
+                "direction",
+            ),
+            [
+                ("in", pool.traffic.bytes_in),
+                ("out", pool.traffic.bytes_out),
+            ],
+        )?;
         counter(
             &mut encoder,
             "era5_s3_stall_timeouts",
@@ -199,17 +230,15 @@ impl Collector for EngineCollector {
             "Objects whose S3 checksum contradicted the ETag that verified their bytes",
             progress.checksum_contradictions,
         )?;
-        let mut local = encoder.encode_descriptor(
-            "era5_local_io_errors",
-            "Local write failures by kind (no_space, quota, read_only, io, other)",
-            None,
-            MetricType::Counter,
+        labelled_counters(
+            &mut encoder,
+            (
+                "era5_local_io_errors",
+                "Local write failures by kind (no_space, quota, read_only, io, other)",
+                "kind",
+            ),
+            LocalIoKind::ALL.map(|k| (k.label(), progress.local_io_errors_for(k))),
         )?;
-        for kind in LocalIoKind::ALL {
-            let labels = [("kind", kind.label())];
-            ConstCounter::new(progress.local_io_errors_for(kind))
-                .encode(local.encode_family(&labels)?)?;
-        }
         if let Some(watch) = self.dest.get()
             && let Some(free) = free_bytes(&watch.dest)
         {
@@ -350,6 +379,9 @@ mod tests {
             "era5_s3_connections_in_use 0",
             "era5_s3_retries_total{reason=\"slowdown\"} 1",
             "era5_s3_stall_timeouts_total 1",
+            "era5_s3_requests_total{kind=\"get\"} 0",
+            "era5_s3_requests_total{kind=\"list\"} 0",
+            "era5_s3_socket_bytes_total{direction=\"in\"} 0",
             "era5_verify_failures_total 0",
             "era5_checksum_contradictions_total 0",
             "era5_lease_renew_seconds_count 1",

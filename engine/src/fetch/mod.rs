@@ -52,6 +52,7 @@ use transport::listing::unquote_etag;
 use transport::retry::{Failure, RetryPolicy, RetryReason, classify};
 use transport::{RemoteObject, Source};
 
+use crate::bandwidth::Bandwidth;
 use crate::direct_io::IoPool;
 use crate::disk::{DestHealth, LocalIoError, SpaceBudget};
 use crate::fence::LeaseFence;
@@ -105,6 +106,9 @@ pub struct EngineConfig {
     pub hedge: bool,
     /// Bytes of in-flight buffers (`--memory-budget`, see `memory`).
     pub memory_budget: u64,
+    /// `--bwlimit`: one cap for every engine made from this configuration (a worker's, one
+    /// per source, share it).
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +125,7 @@ impl Default for EngineConfig {
             autotune: true,
             hedge: true,
             memory_budget: crate::memory::default_budget(),
+            bandwidth: Arc::new(Bandwidth::unlimited()),
         }
     }
 }
@@ -283,12 +288,13 @@ impl Engine {
         progress: Arc<Progress>,
         config: EngineConfig,
     ) -> Arc<Self> {
-        let scheduler = RequestScheduler::new(
+        let scheduler = RequestScheduler::capped(
             Concurrency {
                 max: source.pool_config().max_connections,
                 autotune: config.autotune,
             },
             BufferBudget::new(config.memory_budget),
+            config.bandwidth.clone(),
         );
         Arc::new(Self {
             source,

@@ -50,6 +50,8 @@ use crate::writer::FileWriter;
 
 /// Duplicate bytes hedges may cost, as a share of the bytes received.
 pub const DUPLICATE_SHARE: f64 = 0.05;
+/// `--bwlimit` held a reader back this recently: the cap binds (no hedges, no window growth).
+pub const BWLIMIT_RECENT: Duration = Duration::from_secs(1);
 /// A body is judged for slowness only after this long ...
 const RATE_JUDGED_AFTER: Duration = Duration::from_millis(500);
 /// ... and only if this much of its range is left.
@@ -607,9 +609,13 @@ impl PartJob {
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
-            stall_at = tokio::time::Instant::now() + stall;
             body_bytes += chunk.len() as u64;
             engine.scheduler.received(chunk.len() as u64);
+            // `--bwlimit`: wait off this chunk before reading on. The body is not polled
+            // meanwhile, so the pool's guards do not count the wait against the server; the
+            // stall clock starts again after it.
+            engine.config.bandwidth.take(chunk.len()).await;
+            stall_at = tokio::time::Instant::now() + stall;
             if skip > 0 {
                 let dropped = skip.min(chunk.len() as u64);
                 skip -= dropped;
@@ -842,10 +848,13 @@ impl Engine {
         )
     }
 
-    /// Whether a hedge may start: hedging is on and duplicates are within their share.
+    /// Whether a hedge may start: hedging is on, duplicates are within their share, and
+    /// `--bwlimit` is not what holds bodies back (then a slow body is the cap's doing, and a
+    /// second copy would only spend the budget twice).
     fn may_hedge(&self) -> bool {
         self.config.hedge
             && (self.progress.duplicate_bytes() as f64)
                 <= DUPLICATE_SHARE * self.progress.downloaded() as f64
+            && !self.config.bandwidth.binding(BWLIMIT_RECENT)
     }
 }

@@ -80,10 +80,17 @@ impl AsyncRead for CountedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match &mut self.stream {
+        let before = buf.filled().len();
+        let read = match &mut self.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = read {
+            self.stats
+                .traffic
+                .received(buf.filled().len().saturating_sub(before));
         }
+        read
     }
 }
 
@@ -93,10 +100,14 @@ impl AsyncWrite for CountedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.stream {
+        let written = match &mut self.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = written {
+            self.stats.traffic.sent(n);
         }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -118,10 +129,14 @@ impl AsyncWrite for CountedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.stream {
+        let written = match &mut self.stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(n)) = written {
+            self.stats.traffic.sent(n);
         }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -137,6 +152,7 @@ pub(crate) struct Dialer<'a> {
     pub(crate) tls: &'a TlsConnector,
     pub(crate) stats: &'a Arc<ConnectionStats>,
     pub(crate) connect_timeout: Duration,
+    pub(crate) receive_buffer: Option<usize>,
 }
 
 /// Why a connection could not be made.
@@ -213,6 +229,9 @@ impl Dialer<'_> {
             let _ = tcp.set_nodelay(true);
             let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
             let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            if let Some(bytes) = self.receive_buffer {
+                let _ = socket2::SockRef::from(&tcp).set_recv_buffer_size(bytes);
+            }
             if !endpoint.https {
                 return Ok(Stream::Plain(tcp));
             }
@@ -256,8 +275,13 @@ impl Dialer<'_> {
             frontends: frontends.clone(),
             addr,
         };
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(READ_BUFFER)
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder.max_buf_size(READ_BUFFER);
+        if let Some(bytes) = self.receive_buffer {
+            // Under a cap, read no further ahead of the body's reader than the socket holds.
+            builder.read_buf_exact_size(Some(bytes.clamp(8 << 10, 64 << 10)));
+        }
+        let (sender, connection) = builder
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| DialError::Handshake { addr, source })?;

@@ -50,6 +50,7 @@ use tokio::sync::{Notify, Semaphore};
 
 pub use conn::{DialError, READ_BUFFER, load_ca_bundle};
 
+use crate::cost::{RequestKind, Traffic, TrafficCounters};
 use crate::frontends::{Endpoints, FrontEndSnapshot, FrontEnds, InFlight, Resolver, Route};
 use crate::guard::{
     BodyError, BodyGuard, ERROR_BODY_CAP, GuardedBody, UNRANGED_BODY_CAP, check_length,
@@ -82,6 +83,9 @@ pub struct PoolConfig {
     pub resolver: Resolver,
     /// Root certificates trusted besides the public ones (`AWS_CA_BUNDLE`).
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Each socket's receive buffer (`SO_RCVBUF`), instead of the kernel's autotuning: under a
+    /// `--bwlimit` cap, so that the link carries the cap rather than bursts into buffers.
+    pub receive_buffer: Option<usize>,
 }
 
 impl PoolConfig {
@@ -94,6 +98,7 @@ impl PoolConfig {
             guard: BodyGuard::default(),
             resolver: Resolver::default(),
             extra_roots: Vec::new(),
+            receive_buffer: None,
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct ConnectionStats {
     connects: AtomicU64,
     /// Connection attempts that failed or timed out.
     connect_failures: AtomicU64,
+    /// Requests by kind, bytes in and out (`cost`).
+    pub(crate) traffic: TrafficCounters,
 }
 
 /// A copy of [`ConnectionStats`] at one moment.
@@ -128,6 +135,8 @@ pub struct ConnectionSnapshot {
     pub connects: u64,
     /// Connection attempts that failed.
     pub connect_failures: u64,
+    /// Requests sent by kind, bytes on the sockets.
+    pub traffic: Traffic,
 }
 
 impl ConnectionStats {
@@ -142,6 +151,7 @@ impl ConnectionStats {
             peak_open: self.peak_open.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            traffic: self.traffic.snapshot(),
         }
     }
 
@@ -417,6 +427,7 @@ impl BoundedHttpClient {
                 tls: &inner.tls,
                 stats: &inner.stats,
                 connect_timeout: inner.config.connect_timeout,
+                receive_buffer: inner.config.receive_buffer,
             };
             return match dialer.dial(endpoint, addr, slot, frontends).await {
                 Ok(sender) => Ok(CheckedOut {
@@ -473,6 +484,11 @@ impl BoundedHttpClient {
         if let Some(route) = &route {
             route.record(checked.addr);
         }
+        // Counted as it is written to a connection: what the server receives (`cost`).
+        self.inner
+            .stats
+            .traffic
+            .request(RequestKind::of(request.method(), request.uri().query()));
         let response =
             match tokio::time::timeout_at(deadline, checked.sender.send_request(request)).await {
                 Err(_) => return Err(no_headers(guard)),
