@@ -961,21 +961,11 @@ fn sizes_no_object_can_have_are_refused_and_bound_nothing() {
 }
 
 /// Every object of the standard selection of three products over five months.
+/// The products of the standard selection.
+const STANDARD_PRODUCTS: &str = "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu";
+
 fn standard_selection(seeded: &[SeededObject]) -> Vec<&SeededObject> {
-    let products = ["e5.oper.an.sfc", "e5.oper.an.pl", "e5.oper.fc.sfc.accumu"];
-    let selection = common::Selection::parse(
-        &products.map(String::from),
-        &[],
-        &[],
-        "2023-12",
-        "2024-04",
-        jiff::civil::date(2026, 1, 1),
-    )
-    .unwrap();
-    seeded
-        .iter()
-        .filter(|o| common::ObjectKey::parse(&o.key).is_some_and(|k| selection.selects(&k)))
-        .collect()
+    selected_from(seeded, STANDARD_PRODUCTS)
 }
 
 /// After a run that stopped early: every file at a final path is a selected object, byte for
@@ -1005,7 +995,7 @@ fn a_full_disk_stops_the_sync_at_once_and_the_rerun_completes_once_there_is_room
     let args = sync_args(
         &s3.endpoint(),
         &dest,
-        "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu",
+        STANDARD_PRODUCTS,
         "",
         "2023-12",
         "2024-04",
@@ -1146,7 +1136,7 @@ fn max_transfer_and_max_duration_stop_cleanly_with_exit_3_and_the_rerun_complete
     let args = sync_args(
         &s3.endpoint(),
         &dest,
-        "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu",
+        STANDARD_PRODUCTS,
         "",
         "2023-12",
         "2024-04",

@@ -206,6 +206,34 @@ fn job_state(status: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// Both workers are gone and left no temporary file, and a later `era5 sync` of the object
+/// agrees with the mirror from the manifest alone: nothing is downloaded again.
+fn a_later_sync_agrees_without_downloading(s3: &TestS3, cluster: &Cluster) {
+    assert!(
+        temp_files(&cluster.dest()).is_empty(),
+        "{:?}",
+        temp_files(&cluster.dest())
+    );
+    let gets = s3.get_count(LSM);
+    let scratch = Scratch::new();
+    let args = sync_args(
+        &s3.endpoint(),
+        &cluster.dest(),
+        "e5.oper.invariant",
+        "lsm",
+        "2024-01",
+        "2024-01",
+    );
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    assert!(run.stdout.contains("1 already present"), "{}", run.stdout);
+    assert_eq!(
+        s3.get_count(LSM),
+        gets,
+        "the sync downloaded the object again"
+    );
+}
+
 const LSM: &str =
     "e5.oper.invariant/197901/e5.oper.invariant.128_172_lsm.ll025sc.1979010100_1979010100.nc";
 
@@ -255,31 +283,7 @@ fn a_stale_holder_woken_after_the_new_holder_completed_does_not_promote() {
     );
     assert_eq!(stale.terminate(), Some(0));
     assert_eq!(fresh.terminate(), Some(0));
-    assert!(
-        temp_files(&cluster.dest()).is_empty(),
-        "{:?}",
-        temp_files(&cluster.dest())
-    );
-
-    // A later sync agrees, from the manifest alone: nothing is downloaded again.
-    let gets = s3.get_count(LSM);
-    let scratch = Scratch::new();
-    let args = sync_args(
-        &s3.endpoint(),
-        &cluster.dest(),
-        "e5.oper.invariant",
-        "lsm",
-        "2024-01",
-        "2024-01",
-    );
-    let run = run_era5(&scratch, &args, LIMIT);
-    run.expect_code(0);
-    assert!(run.stdout.contains("1 already present"), "{}", run.stdout);
-    assert_eq!(
-        s3.get_count(LSM),
-        gets,
-        "the sync downloaded the object again"
-    );
+    a_later_sync_agrees_without_downloading(&s3, &cluster);
     assert!(std::fs::read(&final_path).unwrap() == new.as_ref());
 }
 
@@ -339,31 +343,7 @@ fn a_holder_of_an_older_version_with_a_valid_lease_does_not_replace_a_newer_one(
     );
     assert_eq!(stale.terminate(), Some(0));
     assert_eq!(fresh.terminate(), Some(0));
-    assert!(
-        temp_files(&cluster.dest()).is_empty(),
-        "{:?}",
-        temp_files(&cluster.dest())
-    );
-
-    // A later sync agrees, from the manifest alone: nothing is downloaded again.
-    let gets = s3.get_count(LSM);
-    let scratch = Scratch::new();
-    let args = sync_args(
-        &s3.endpoint(),
-        &cluster.dest(),
-        "e5.oper.invariant",
-        "lsm",
-        "2024-01",
-        "2024-01",
-    );
-    let run = run_era5(&scratch, &args, LIMIT);
-    run.expect_code(0);
-    assert!(run.stdout.contains("1 already present"), "{}", run.stdout);
-    assert_eq!(
-        s3.get_count(LSM),
-        gets,
-        "the sync downloaded the object again"
-    );
+    a_later_sync_agrees_without_downloading(&s3, &cluster);
 }
 
 #[test]

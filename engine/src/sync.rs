@@ -390,6 +390,11 @@ impl Mirrorer {
         result: Result<Option<ManifestEntry>, FetchError>,
         success: Outcome,
     ) -> std::io::Result<Outcome> {
+        // A newer version was in place: done like any success, with nothing to record.
+        let (result, success) = match result {
+            Err(FetchError::Superseded(_)) => (Ok(None), Outcome::Superseded),
+            result => (result, success),
+        };
         Ok(match result {
             Ok(entry) => {
                 if let Some(entry) = entry
@@ -414,12 +419,6 @@ impl Mirrorer {
             Err(FetchError::Fenced(reason)) => {
                 tracing::warn!(key = %object.key, %reason, "not promoted: the lease is gone");
                 Outcome::Cancelled
-            }
-            Err(FetchError::Superseded(_)) => {
-                for progress in std::iter::once(&self.progress).chain(scope.batch.as_ref()) {
-                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Superseded
             }
             Err(error) => {
                 self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,6 @@
 //! millisecond without a real sleep.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use engine::fence::LeaseFence;
@@ -25,14 +24,12 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientError, LeaseClient};
 use crate::telemetry::Telemetry;
 
-/// What stops a lease's work when it is lost: the fence refuses promotions, the token stops the
-/// parts, the flag tells the loop that nothing is to be reported.
+/// What stops a lease's work when it is lost: the fence refuses promotions (and, lost, tells the
+/// loop that nothing is to be reported), the token stops the parts.
 #[derive(Clone, Debug)]
 pub struct LeaseStop {
     /// Cancels the lease's downloads.
     pub cancel: CancellationToken,
-    /// Set when the lease was lost.
-    pub lost: Arc<AtomicBool>,
     /// The lease's promotion fence.
     pub fence: Arc<LeaseFence>,
 }
@@ -41,7 +38,6 @@ impl LeaseStop {
     fn fence_self(&self, lease: &LeaseRef, why: &str) {
         tracing::warn!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "{why}: stopping the work (self-fencing)");
         self.fence.lose();
-        self.lost.store(true, Ordering::SeqCst);
         self.cancel.cancel();
     }
 }
@@ -181,7 +177,6 @@ mod tests {
         });
         let stop = LeaseStop {
             cancel: CancellationToken::new(),
-            lost: Arc::new(AtomicBool::new(false)),
             fence: Arc::new(LeaseFence::new(granted, TTL)),
         };
         let keeper = tokio::spawn({
@@ -197,7 +192,7 @@ mod tests {
     }
 
     fn fenced(stop: &LeaseStop) -> bool {
-        stop.cancel.is_cancelled() && stop.lost.load(Ordering::SeqCst) && stop.fence.is_lost()
+        stop.cancel.is_cancelled() && stop.fence.is_lost()
     }
 
     #[tokio::test(start_paused = true)]
@@ -212,7 +207,7 @@ mod tests {
         assert!(stop.fence.check().is_ok());
         stop.cancel.cancel();
         keeper.await.unwrap();
-        assert!(!stop.lost.load(Ordering::SeqCst), "a cancel is not a loss");
+        assert!(!stop.fence.is_lost(), "a cancel is not a loss");
     }
 
     #[tokio::test(start_paused = true)]

@@ -393,10 +393,8 @@ impl<C: LeaseClient> Runner<C> {
         tracing::info!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, objects = grant.objects.len(), "lease granted");
         // Lease ids name a grant that only its holder may complete: debug level only.
         tracing::debug!(job = %lease.job_id, item = %lease.item_id, lease = %lease.lease_id, epoch = lease.epoch, "lease id");
-        let lost = Arc::new(AtomicBool::new(false));
         let stop_lease = LeaseStop {
             cancel: cancel.clone(),
-            lost: lost.clone(),
             fence: fence.clone(),
         };
         let keeper = tokio::spawn({
@@ -437,7 +435,7 @@ impl<C: LeaseClient> Runner<C> {
         tracing::debug!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "lease work ended");
         keeper.abort();
         self.held().remove(&lease.lease_id);
-        if lost.load(Ordering::SeqCst) || fence.is_lost() {
+        if fence.is_lost() {
             tracing::warn!(job = %lease.job_id, item = %lease.item_id, epoch = lease.epoch, "lease lost; its work was stopped");
             return;
         }
