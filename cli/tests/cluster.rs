@@ -220,6 +220,8 @@ fn a_stopped_worker_cannot_complete_its_stale_lease() {
         method: Some(http::Method::GET),
         key_contains: Some("_2t.".into()),
         object_gets_only: false,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times: Some(1),
         fault: Fault::StallBody { after_bytes: 1024 },
@@ -481,6 +483,8 @@ fn a_missing_object_kills_its_lease_with_the_reason_and_the_rest_completes() {
         method: Some(http::Method::GET),
         key_contains: Some(missing.clone()),
         object_gets_only: false,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times: None,
         fault: Fault::Status {

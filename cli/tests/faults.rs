@@ -53,6 +53,8 @@ fn rule(key: &str, fault: Fault, times: Option<usize>) -> FaultRule {
         method: Some(http::Method::GET),
         key_contains: Some(key.to_string()),
         object_gets_only: false,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times,
         fault,
@@ -377,6 +379,8 @@ fn an_object_replaced_mid_download_restarts_with_the_new_version() {
     let new_data = tests::fixtures::object_bytes("a different version", target.data.len() + 12345);
     s3.add_fault(FaultRule {
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         ..rule(
             &target.key,
             Fault::ReplaceAfterResponse {
@@ -709,6 +713,8 @@ fn any_get(fault: Fault, times: Option<usize>) -> FaultRule {
         method: Some(http::Method::GET),
         key_contains: None,
         object_gets_only: false,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times,
         fault,

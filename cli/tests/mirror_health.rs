@@ -525,6 +525,8 @@ fn verify_repair_refetches_what_fails_and_replaces_a_file_only_with_a_verified_o
         method: Some(http::Method::GET),
         key_contains: Some(refused.clone()),
         object_gets_only: false,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times: None,
         fault: tests::faults::Fault::CorruptBody { at: 1000 },

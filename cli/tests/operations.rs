@@ -62,6 +62,8 @@ fn metrics_and_probes_carry_the_documented_names() {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper".into()),
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times: Some(2),
         fault: Fault::SlowDown,

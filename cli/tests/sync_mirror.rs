@@ -232,6 +232,8 @@ fn sync_output_without_a_terminal_is_log_lines_and_a_summary() {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper.an.pl/".into()),
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times: None,
         fault: tests::faults::Fault::SlowBody {
@@ -296,6 +298,8 @@ fn single_part_etags_are_verified_when_the_object_comes_in_many_parts() {
         method: Some(http::Method::GET),
         key_contains: Some(victim.key.clone()),
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         skip: 1,
         times: Some(1),
         fault: tests::faults::Fault::CorruptBody { at: 1000 },

@@ -4,7 +4,13 @@
 //! whose pagination never ends (a repeated or an endless continuation token), and bodies far
 //! larger than any listing page.
 //!
-//! A [`FaultRule`] counts the requests it matches and fires on matches `skip+1 ..= skip+times`.
+//! For uploads: a connection reset without an answer, before or after the write is carried
+//! out ([`Fault::Reset`]), and a write that stores the object but reports another ETag
+//! ([`Fault::WrongEtag`]); error statuses answer a PUT only after its body is read, so a
+//! client sees them rather than a broken pipe.
+//!
+//! A [`FaultRule`] counts the requests it matches (by method, key, S3 operation and query) and
+//! fires on matches `skip+1 ..= skip+times`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +22,8 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
+
+use crate::s3_server::Operation;
 
 /// What to do to a matching request.
 #[derive(Clone, Debug)]
@@ -29,7 +37,9 @@ pub enum Fault {
         /// S3 error code.
         code: String,
     },
-    /// Headers and `after_bytes` of the body, then a TCP reset (SO_LINGER 0).
+    /// Headers and `after_bytes` of the body, then a TCP reset (SO_LINGER 0). An answer
+    /// without a body (a PUT's) may be complete before the reset: [`Fault::Reset`] is the
+    /// reset for uploads.
     ResetMidBody {
         /// Body bytes sent first.
         after_bytes: u64,
@@ -88,6 +98,18 @@ pub enum Fault {
         /// Leave out the Content-Length, so only the bytes themselves can tell.
         chunked: bool,
     },
+    /// No answer: the request's body is read, then the connection is reset (SO_LINGER 0).
+    /// With `processed`, the request is carried out first (the upload stored, the multipart
+    /// upload completed), as when a server commits a write and the answer is lost; without,
+    /// nothing is stored.
+    Reset {
+        /// Carry the request out before the reset.
+        processed: bool,
+    },
+    /// Carry the request out normally, but report another ETag of the same shape: in the
+    /// `ETag` header (PutObject, UploadPart, HEAD, GET) or in CompleteMultipartUpload's XML
+    /// `<ETag>`. The stored object keeps its real ETag.
+    WrongEtag,
 }
 
 impl Fault {
@@ -107,6 +129,9 @@ impl Fault {
             Fault::EndlessListing => "endless_listing",
             Fault::JunkListing { .. } => "junk_listing",
             Fault::HugeBody { .. } => "huge_body",
+            Fault::Reset { processed: false } => "reset_unprocessed",
+            Fault::Reset { processed: true } => "reset_processed",
+            Fault::WrongEtag => "wrong_etag",
         }
     }
 }
@@ -118,14 +143,37 @@ pub struct FaultRule {
     pub method: Option<Method>,
     /// Only keys containing this (None: any request, listings included).
     pub key_contains: Option<String>,
-    /// Only GETs of an object's bytes, ranged or whole: not HEADs, not listings.
+    /// Only GETs of an object's bytes, ranged or whole: not HEADs, not listings, not
+    /// ListParts.
     pub object_gets_only: bool,
+    /// Only requests whose raw query string contains this (`partNumber=`, `uploadId=`,
+    /// `partNumber=3&`...); None: any.
+    pub query_contains: Option<String>,
+    /// Only this S3 operation (UploadPart, CompleteMultipartUpload...); None: any.
+    pub operation: Option<Operation>,
     /// Matching requests let through first.
     pub skip: usize,
     /// Then fire this many times (None: forever).
     pub times: Option<usize>,
     /// The fault.
     pub fault: Fault,
+}
+
+impl FaultRule {
+    /// `fault` on every request, forever: the base to narrow with struct update syntax,
+    /// `FaultRule { operation: Some(Operation::UploadPart), times: Some(1), ..FaultRule::new(f) }`.
+    pub fn new(fault: Fault) -> Self {
+        Self {
+            method: None,
+            key_contains: None,
+            object_gets_only: false,
+            query_contains: None,
+            operation: None,
+            skip: 0,
+            times: None,
+            fault,
+        }
+    }
 }
 
 /// The chaos mix of faults on object GETs (keys containing `e5.oper`), three of each, spread
@@ -137,6 +185,8 @@ pub fn chaos_mix() -> Vec<FaultRule> {
         method: Some(Method::GET),
         key_contains: Some("e5.oper".into()),
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         skip,
         times: Some(3),
         fault,
@@ -196,7 +246,13 @@ impl ArmedRule {
     }
 
     /// Whether this request triggers the fault (and counts the match).
-    pub(crate) fn fires(&self, method: &Method, key: Option<&str>) -> Option<Fault> {
+    pub(crate) fn fires(
+        &self,
+        method: &Method,
+        key: Option<&str>,
+        query: Option<&str>,
+        operation: Operation,
+    ) -> Option<Fault> {
         let rule = &self.rule;
         if rule.method.as_ref().is_some_and(|m| m != method) {
             return None;
@@ -206,7 +262,15 @@ impl ArmedRule {
         {
             return None;
         }
-        if rule.object_gets_only && (method != Method::GET || key.is_none()) {
+        if rule.object_gets_only && operation != Operation::GetObject {
+            return None;
+        }
+        if let Some(needle) = &rule.query_contains
+            && !query.is_some_and(|q| q.contains(needle.as_str()))
+        {
+            return None;
+        }
+        if rule.operation.is_some_and(|wanted| wanted != operation) {
             return None;
         }
         let number = self.matched.fetch_add(1, Ordering::SeqCst);

@@ -1,13 +1,18 @@
 //! `TestS3`: a real S3-protocol server (s3s over hyper) on an ephemeral port, holding an
 //! in-memory bucket, with the fault layer in front. It runs on its own thread and runtime, so
 //! plain `#[test]` functions can drive child processes while it serves; dropping it stops it.
+//!
+//! It is a source to download from (seeded with [`TestS3::put_object_with`]) and a destination
+//! to upload to: PutObject and multipart uploads are checked as S3 checks them, the open
+//! uploads can be inspected and aged ([`TestS3::uploads`], [`TestS3::set_upload_initiated`]),
+//! and every request is recorded with its S3 [`Operation`].
 
 use common::sync::MutexExt;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -25,11 +30,82 @@ use crate::faults::{
 };
 pub use crate::store::{ChecksumAlgo, PutOptions, StoredObject};
 use crate::store::{MemoryS3, Store};
+pub use crate::uploads::{MIN_PART_SIZE, PartInfo, UploadInfo};
+use crate::uploads::{StoredPart, wrong_etag};
 
 /// Access key the server accepts for signed requests (unsigned ones are accepted too).
 pub const ACCESS_KEY: &str = "era5test";
 /// Secret key the server accepts for signed requests.
 pub const SECRET_KEY: &str = "era5testsecret";
+
+/// The S3 operation of a request, told from its method, path and query as S3 tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// GET of an object's bytes, ranged or whole.
+    GetObject,
+    /// HEAD of an object.
+    HeadObject,
+    /// PUT of a whole object.
+    PutObject,
+    /// DELETE of an object.
+    DeleteObject,
+    /// POST `?uploads`.
+    CreateMultipartUpload,
+    /// PUT `?partNumber=N&uploadId=U`.
+    UploadPart,
+    /// GET `?uploadId=U` on an object.
+    ListParts,
+    /// POST `?uploadId=U`.
+    CompleteMultipartUpload,
+    /// DELETE `?uploadId=U`.
+    AbortMultipartUpload,
+    /// GET `?list-type=2` on the bucket.
+    ListObjectsV2,
+    /// GET `?uploads` on the bucket.
+    ListMultipartUploads,
+    /// Anything else (bucket HEAD and location, ListBuckets, subresources such as `?acl`).
+    Other,
+}
+
+impl Operation {
+    /// The operation of a request with this method, on an object or not, with this query.
+    pub fn of(method: &http::Method, on_object: bool, query: Option<&str>) -> Self {
+        let has = |name: &str| {
+            query.is_some_and(|q| {
+                q.split('&')
+                    .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == name)
+            })
+        };
+        // Object subresources this server does not serve; `x-id`, which the SDK adds to every
+        // request, is not one of them.
+        let subresource = [
+            "acl",
+            "tagging",
+            "attributes",
+            "retention",
+            "legal-hold",
+            "torrent",
+        ]
+        .into_iter()
+        .any(has);
+        match (method.as_str(), on_object) {
+            ("GET", true) if has("uploadId") => Operation::ListParts,
+            ("GET", true) if !subresource => Operation::GetObject,
+            ("HEAD", true) => Operation::HeadObject,
+            ("PUT", true) if has("uploadId") && has("partNumber") => Operation::UploadPart,
+            ("PUT", true) if !subresource => Operation::PutObject,
+            ("POST", true) if has("uploads") => Operation::CreateMultipartUpload,
+            ("POST", true) if has("uploadId") => Operation::CompleteMultipartUpload,
+            ("DELETE", true) if has("uploadId") => Operation::AbortMultipartUpload,
+            ("DELETE", true) if !subresource => Operation::DeleteObject,
+            ("GET", false) if has("uploads") => Operation::ListMultipartUploads,
+            ("GET", false) if query_param(query, "list-type").as_deref() == Some("2") => {
+                Operation::ListObjectsV2
+            }
+            _ => Operation::Other,
+        }
+    }
+}
 
 /// One request as the server saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,18 +114,21 @@ pub struct RequestRecord {
     pub method: String,
     /// Object key, for object requests (None for bucket requests such as listings).
     pub key: Option<String>,
+    /// The raw query string (`uploadId=...&partNumber=2`, `list-type=2&prefix=...`).
+    pub query: Option<String>,
+    /// The S3 operation.
+    pub operation: Operation,
     /// The Range header.
     pub range: Option<String>,
     /// The If-Match header.
     pub if_match: Option<String>,
-    /// Response status.
+    /// Response status; 0 when the connection was reset without an answer.
     pub status: u16,
     /// The fault injected, if any.
     pub fault: Option<String>,
 }
 
 /// State shared by the server tasks and the handle.
-#[derive(Default)]
 struct Shared {
     store: Arc<Store>,
     rules: Mutex<Vec<Arc<ArmedRule>>>,
@@ -74,7 +153,8 @@ pub struct TestS3 {
 }
 
 impl TestS3 {
-    /// Starts a server holding an empty bucket named `bucket`, on an ephemeral port.
+    /// Starts a server holding an empty bucket named `bucket`, on an ephemeral port: a
+    /// source once seeded, or as it is, a destination to upload to.
     pub fn start(bucket: &str) -> TestS3 {
         Self::start_on(bucket, SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0")
     }
@@ -84,11 +164,12 @@ impl TestS3 {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
-            store: Arc::new(Store {
-                bucket: bucket.to_string(),
-                ..Store::default()
-            }),
-            ..Shared::default()
+            store: Arc::new(Store::new(bucket)),
+            rules: Mutex::default(),
+            requests: Mutex::default(),
+            listed_prefixes: Mutex::default(),
+            stats: Arc::default(),
+            endless_tokens: std::sync::atomic::AtomicU64::new(0),
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -189,12 +270,62 @@ impl TestS3 {
         };
     }
 
-    /// Listing requests so far.
+    /// Listing requests so far (ListMultipartUploads excepted).
     pub fn list_count(&self) -> usize {
         lock(&self.shared.requests)
             .iter()
-            .filter(|r| r.method == "GET" && r.key.is_none())
+            .filter(|r| {
+                r.method == "GET"
+                    && r.key.is_none()
+                    && r.operation != Operation::ListMultipartUploads
+            })
             .count()
+    }
+
+    /// Requests of `operation` so far, answered or not.
+    pub fn count(&self, operation: Operation) -> usize {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.operation == operation)
+            .count()
+    }
+
+    /// The open multipart uploads, by key, then in creation order.
+    pub fn uploads(&self) -> Vec<UploadInfo> {
+        let mut uploads: Vec<UploadInfo> = lock(&self.shared.store.uploads)
+            .values()
+            .map(crate::uploads::Upload::info)
+            .collect();
+        uploads.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+        uploads
+    }
+
+    /// Opens a multipart upload of `key` with `parts` already uploaded (numbered from 1), as
+    /// a run that stopped midway leaves one; returns its upload id.
+    pub fn create_upload(&self, key: &str, parts: Vec<Bytes>) -> String {
+        self.shared.store.create_upload(key, |upload| {
+            for (number, data) in (1..).zip(parts) {
+                upload.parts.insert(number, StoredPart::new(data, None));
+            }
+        })
+    }
+
+    /// Moves an upload's initiated time, to make it stale (or fresh); false when there is no
+    /// such open upload.
+    pub fn set_upload_initiated(&self, upload_id: &str, initiated: SystemTime) -> bool {
+        lock(&self.shared.store.uploads)
+            .get_mut(upload_id)
+            .map(|upload| upload.initiated = initiated)
+            .is_some()
+    }
+
+    /// The smallest size of every part but the last that CompleteMultipartUpload accepts
+    /// ([`MIN_PART_SIZE`], S3's 5 MiB, by default); smaller makes tests of many parts cheap.
+    pub fn set_min_part_size(&self, bytes: u64) {
+        self.shared
+            .store
+            .min_part_size
+            .store(bytes, Ordering::Relaxed);
     }
 
     /// The `bytes=` ranges of every GET of `key`, in order; a GET without a Range header
@@ -202,7 +333,7 @@ impl TestS3 {
     pub fn get_ranges(&self, key: &str) -> Vec<(u64, u64)> {
         lock(&self.shared.requests)
             .iter()
-            .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
+            .filter(|r| r.operation == Operation::GetObject && r.key.as_deref() == Some(key))
             .filter_map(|r| {
                 let Some(range) = r.range.as_deref() else {
                     return Some((0, u64::MAX));
@@ -224,11 +355,11 @@ impl TestS3 {
         lock(&self.shared.listed_prefixes).clear();
     }
 
-    /// GETs of `key`.
+    /// GETs of `key`'s bytes.
     pub fn get_count(&self, key: &str) -> usize {
         lock(&self.shared.requests)
             .iter()
-            .filter(|r| r.method == "GET" && r.key.as_deref() == Some(key))
+            .filter(|r| r.operation == Operation::GetObject && r.key.as_deref() == Some(key))
             .count()
     }
 
@@ -380,6 +511,44 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
+/// Reads a request body to its end (or its first error), discarding it.
+async fn drain(body: &mut Incoming) {
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+}
+
+/// A response whose `ETag` (header, or CompleteMultipartUpload's XML `<ETag>`) is replaced by
+/// another of the same shape.
+async fn with_wrong_etag(response: Response<s3s::Body>) -> Response<s3s::Body> {
+    let (mut parts, body) = response.into_parts();
+    if let Some(etag) = parts
+        .headers
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(wrong_etag)
+        && let Ok(value) = http::HeaderValue::from_str(&etag)
+    {
+        parts.headers.insert(http::header::ETAG, value);
+        return Response::from_parts(parts, body);
+    }
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, s3s::Body::empty());
+    };
+    let xml = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    let rewritten = match xml.split_once("<ETag>") {
+        Some((head, rest)) => match rest.split_once("</ETag>") {
+            Some((etag, tail)) => format!("{head}<ETag>{}</ETag>{tail}", wrong_etag(etag)),
+            None => xml,
+        },
+        None => xml,
+    };
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, s3s::Body::from(Bytes::from(rewritten)))
+}
+
 async fn handle(
     request: Request<Incoming>,
     shared: &Shared,
@@ -388,6 +557,8 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let method = request.method().clone();
     let key = object_key(&shared.store.bucket, request.uri().path());
+    let query = request.uri().query().map(str::to_string);
+    let operation = Operation::of(&method, key.is_some(), query.as_deref());
     let header = |name: &str| {
         request
             .headers()
@@ -397,18 +568,45 @@ async fn handle(
     };
     let range = header("range");
     let if_match = header("if-match");
-    let listing =
-        key.is_none() && query_param(request.uri().query(), "list-type").as_deref() == Some("2");
-    let list_prefix = query_param(request.uri().query(), "prefix").unwrap_or_default();
-    let list_token = query_param(request.uri().query(), "continuation-token");
+    let listing = operation == Operation::ListObjectsV2;
+    let list_prefix = query_param(query.as_deref(), "prefix").unwrap_or_default();
+    let list_token = query_param(query.as_deref(), "continuation-token");
     if listing {
         lock(&shared.listed_prefixes).push(list_prefix.clone());
     }
     let rules: Vec<Arc<ArmedRule>> = lock(&shared.rules).clone();
     let fault = rules
         .iter()
-        .find_map(|rule| rule.fires(&method, key.as_deref()));
+        .find_map(|rule| rule.fires(&method, key.as_deref(), query.as_deref(), operation));
+    let mut record = RequestRecord {
+        method: method.to_string(),
+        key: key.clone(),
+        query,
+        operation,
+        range,
+        if_match,
+        status: 0,
+        fault: fault.as_ref().map(|f| f.name().to_string()),
+    };
+    let (parts, mut body) = request.into_parts();
 
+    // Faults that answer in place of the service read the request's body first: a client
+    // still sending an upload must see the answer, not a broken pipe.
+    let answers_early = match &fault {
+        Some(
+            Fault::SlowDown
+            | Fault::Status { .. }
+            | Fault::HugeBody { .. }
+            | Fault::Reset { processed: false },
+        ) => true,
+        Some(Fault::RepeatListingToken | Fault::EndlessListing | Fault::JunkListing { .. }) => {
+            listing
+        }
+        _ => false,
+    };
+    if answers_early {
+        drain(&mut body).await;
+    }
     let mut body_fault = BodyFault::None;
     let mut replace_with = None;
     let response = match &fault {
@@ -486,14 +684,34 @@ async fn handle(
             );
             Some(response.body(body.boxed()).unwrap_or_default())
         }
-        // Listing faults on a request that is not a listing, or no fault: served normally.
-        Some(Fault::RepeatListingToken | Fault::EndlessListing | Fault::JunkListing { .. })
+        Some(Fault::Reset { processed }) => {
+            if *processed {
+                // Carried out, answer dropped: the write is in the store, the client never
+                // hears of it.
+                let _ = service
+                    .call(Request::from_parts(parts, s3s::Body::from(body)))
+                    .await;
+            }
+            lock(&shared.requests).push(record);
+            reset.notify_one();
+            // The connection task resets the socket and drops this handler with it.
+            return std::future::pending().await;
+        }
+        // Listing faults on a request that is not a listing, WrongEtag (applied to the
+        // service's answer below), or no fault: served normally.
+        Some(
+            Fault::RepeatListingToken
+            | Fault::EndlessListing
+            | Fault::JunkListing { .. }
+            | Fault::WrongEtag,
+        )
         | None => None,
     };
     let response = if let Some(response) = response {
         response
     } else {
-        let response = match service.call(request.map(s3s::Body::from)).await {
+        let request = Request::from_parts(parts, s3s::Body::from(body));
+        let mut response = match service.call(request).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(?error, "s3s failed");
@@ -503,7 +721,10 @@ async fn handle(
                     .unwrap_or_default()
             }
         };
-        let is_get = method == http::Method::GET && key.is_some() && response.status().is_success();
+        if matches!(fault, Some(Fault::WrongEtag)) && response.status().is_success() {
+            response = with_wrong_etag(response).await;
+        }
+        let is_get = operation == Operation::GetObject && response.status().is_success();
         let (parts, body) = response.into_parts();
         let body = FaultBody::new(body, body_fault, shared.stats.clone(), is_get, Some(reset));
         Response::from_parts(parts, body.boxed())
@@ -512,14 +733,8 @@ async fn handle(
         let object = StoredObject::new(data, &PutOptions::default());
         lock(&shared.store.objects).insert(key.clone(), object);
     }
-    lock(&shared.requests).push(RequestRecord {
-        method: method.to_string(),
-        key,
-        range,
-        if_match,
-        status: response.status().as_u16(),
-        fault: fault.map(|f| f.name().to_string()),
-    });
+    record.status = response.status().as_u16();
+    lock(&shared.requests).push(record);
     response
 }
 

@@ -41,14 +41,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn rule(fault: Fault) -> FaultRule {
-    FaultRule {
-        method: None,
-        key_contains: None,
-        object_gets_only: false,
-        skip: 0,
-        times: None,
-        fault,
-    }
+    FaultRule::new(fault)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -570,6 +563,8 @@ fn rules_fire_after_skip_for_times_on_matching_requests_only() {
         method: Some(http::Method::GET),
         key_contains: Some("a.".into()),
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         skip: 1,
         times: Some(2),
         fault: Fault::SlowDown,

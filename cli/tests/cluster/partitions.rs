@@ -50,6 +50,8 @@ impl Partitioned {
             method: Some(http::Method::GET),
             key_contains: Some(object.key.clone()),
             object_gets_only: false,
+            query_contains: None,
+            operation: None,
             skip: 0,
             times: Some(1),
             fault: Fault::SlowBody {

@@ -19,6 +19,8 @@ pub fn slow_bodies(s3: &TestS3, bytes_per_sec: u64) {
         method: Some(http::Method::GET),
         key_contains: Some("e5.oper".into()),
         object_gets_only: true,
+        query_contains: None,
+        operation: None,
         skip: 0,
         times: None,
         fault: tests::faults::Fault::SlowBody { bytes_per_sec },
