@@ -1,6 +1,7 @@
 //! `era5-test-s3`: the test S3 server as a standalone process, for trying `era5 sync` without
 //! the real bucket and for benchmarks. It serves an in-memory bucket seeded with the
-//! ERA5-shaped fixture or with the files of a directory.
+//! ERA5-shaped fixture or with the files of a directory, or an empty one to upload to
+//! (PutObject and multipart uploads, checked as S3 checks them).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use clap::Parser;
 use tests::fixtures::{SizeRange, seed_standard};
 use tests::s3_server::{PutOptions, TestS3};
 
-/// A local S3 server holding an ERA5-shaped bucket.
+/// A local S3 server holding an ERA5-shaped bucket, or, with neither --fixture nor --dir, an
+/// empty bucket: a destination for uploads.
 #[derive(Debug, Parser)]
 #[command(name = "era5-test-s3", version)]
 struct Args {
@@ -36,6 +38,10 @@ struct Args {
     /// bodies, three of each, see `tests::faults::chaos_mix`), for the chaos benchmark.
     #[arg(long)]
     chaos: bool,
+    /// Smallest part, in KiB, that CompleteMultipartUpload accepts for every part but the
+    /// last (S3: 5 MiB); smaller lets a destination take small multipart uploads.
+    #[arg(long, default_value_t = 5 << 10)]
+    min_part_kib: u64,
 }
 
 fn load_dir(
@@ -107,6 +113,7 @@ fn main() {
     if args.chaos {
         s3.set_faults(tests::faults::chaos_mix());
     }
+    s3.set_min_part_size(args.min_part_kib << 10);
     println!(
         "era5-test-s3: serving {objects} objects of bucket {} at {}",
         args.bucket,
