@@ -27,8 +27,11 @@ pub enum Command {
     Catalog(CatalogArgs),
     /// Show what a selection contains: objects and bytes per product, variable and grid.
     Plan(PlanArgs),
-    /// Download a selection into a local mirror, verified, resumable and skipping what is done.
+    /// Mirror a selection into a directory or another object store, verified, resumable and
+    /// skipping what is done.
     Sync(SyncArgs),
+    /// List (and with --abort, abort) stale multipart uploads under an s3:// destination.
+    Uploads(UploadsArgs),
     /// Check that a mirror holds every object the bucket has for a selection (listing only).
     Audit(AuditArgs),
     /// Re-read every mirrored file and check it against its manifest record.
@@ -224,9 +227,13 @@ pub struct SyncArgs {
     /// Where from.
     #[command(flatten)]
     pub source: SourceArgs,
-    /// The local mirror; objects land at DIR/<key>.
-    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    /// Where objects land: a directory (objects at DIR/<key>), or another object store,
+    /// s3://BUCKET[/PREFIX] (objects at PREFIX/<key>, credentials from the standard AWS chain).
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR|s3://BUCKET[/PREFIX]")]
+    pub dest: String,
+    /// How to reach an s3:// destination.
+    #[command(flatten)]
+    pub dest_store: DestStoreArgs,
     /// Connections, requests in flight and their memory.
     #[command(flatten)]
     pub concurrency: ConcurrencyArgs,
@@ -295,6 +302,53 @@ pub struct SyncArgs {
     /// Seconds between progress log lines when there is no progress bar.
     #[arg(long, env = "ERA5_PROGRESS_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub progress_interval: u64,
+}
+
+/// How to reach an `s3://` destination: its own endpoint, region and addressing. Its
+/// credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID..., AWS_PROFILE, web
+/// identity); the source stays anonymous unless --sign.
+#[derive(Debug, Args)]
+pub struct DestStoreArgs {
+    /// S3 endpoint of the destination (default: AWS), e.g. https://minio.example:9000.
+    #[arg(long, env = "ERA5_DEST_ENDPOINT", value_name = "URL")]
+    pub dest_endpoint: Option<String>,
+    /// Region of the destination bucket, for signing.
+    #[arg(
+        long,
+        env = "ERA5_DEST_REGION",
+        default_value = "us-east-1",
+        value_name = "REGION"
+    )]
+    pub dest_region: String,
+    /// Address the destination path-style (ENDPOINT/BUCKET/KEY), as MinIO and Ceph expect;
+    /// the default with --dest-endpoint.
+    #[arg(long, env = "ERA5_DEST_PATH_STYLE", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub dest_path_style: bool,
+}
+
+/// `era5 uploads`.
+#[derive(Debug, Args)]
+pub struct UploadsArgs {
+    /// The destination whose open multipart uploads to list: s3://BUCKET[/PREFIX].
+    #[arg(long, env = "ERA5_DEST", value_name = "s3://BUCKET[/PREFIX]")]
+    pub dest: String,
+    /// How to reach it.
+    #[command(flatten)]
+    pub dest_store: DestStoreArgs,
+    /// Only uploads started at least this long ago (e.g. 24h, 90m, 0s).
+    #[arg(
+        long,
+        env = "ERA5_OLDER_THAN",
+        default_value = "24h",
+        value_name = "DUR"
+    )]
+    pub older_than: String,
+    /// Abort them (without it they are only listed).
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub abort: bool,
+    /// Print one JSON object per upload instead of a table.
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
 }
 
 /// `era5 audit`.

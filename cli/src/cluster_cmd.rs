@@ -194,6 +194,7 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
         endpoint: Some(args.source.endpoint.clone()),
         region: args.source.region.clone(),
         sign: args.source.sign,
+        env_credentials: true,
         pool: PoolConfig {
             resolver: crate::config::resolver(&args.source.resolve.overrides)
                 .map_err(|e| Failure::Input(e.to_string()))?,

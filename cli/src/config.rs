@@ -15,7 +15,11 @@ use transport::guard::{BodyGuard, MinRate};
 use transport::retry::RetryPolicy;
 use transport::{PoolConfig, ResolveOverride, Resolver, SourceConfig};
 
-use crate::args::{ConcurrencyArgs, CostArgs, PlanArgs, SelectionArgs, SourceArgs, SyncArgs};
+use s3dest::{DestConfig, S3Target, is_s3_url};
+
+use crate::args::{
+    ConcurrencyArgs, CostArgs, DestStoreArgs, PlanArgs, SelectionArgs, SourceArgs, SyncArgs,
+};
 
 /// Smallest and largest accepted `--part-size`.
 const PART_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(5 << 30);
@@ -49,8 +53,8 @@ pub struct SyncConfig {
     pub selection: Selection,
     /// Where from.
     pub source: SourceConfig,
-    /// The mirror directory.
-    pub dest: PathBuf,
+    /// Where objects land.
+    pub dest: DestSpec,
     /// Engine tunables.
     pub engine: EngineConfig,
     /// Progress display.
@@ -63,6 +67,55 @@ pub struct SyncConfig {
     pub prices: Prices,
     /// `--max-transfer` and `--max-duration`.
     pub limits: RunLimits,
+}
+
+/// Where a sync writes: a directory, or another object store.
+#[derive(Clone, Debug)]
+pub enum DestSpec {
+    /// A directory (the mirror with its manifest).
+    Local(PathBuf),
+    /// `s3://BUCKET[/PREFIX]` and how to reach it.
+    S3(Box<DestConfig>),
+}
+
+impl std::fmt::Display for DestSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DestSpec::Local(dir) => write!(f, "{}", dir.display()),
+            DestSpec::S3(dest) => write!(f, "{}", dest.target),
+        }
+    }
+}
+
+/// `--dest s3://BUCKET[/PREFIX]` with `--dest-endpoint`, `--dest-region` and
+/// `--dest-path-style`, checked; the pool gets `connections`.
+pub(crate) fn dest_store(
+    dest: &str,
+    args: &DestStoreArgs,
+    connections: usize,
+) -> Result<DestConfig, InputError> {
+    let target = S3Target::parse(dest).map_err(|reason| InputError::BadValue {
+        flag: "--dest",
+        value: dest.to_string(),
+        reason,
+    })?;
+    if let Some(endpoint) = &args.dest_endpoint {
+        check_url("--dest-endpoint", endpoint)?;
+    }
+    if args.dest_region.trim().is_empty() {
+        return Err(InputError::BadValue {
+            flag: "--dest-region",
+            value: args.dest_region.clone(),
+            reason: "expected a region such as us-east-1".into(),
+        });
+    }
+    Ok(DestConfig {
+        target,
+        path_style: args.dest_path_style || args.dest_endpoint.is_some(),
+        endpoint: args.dest_endpoint.clone(),
+        region: args.dest_region.clone(),
+        pool: PoolConfig::new(connections),
+    })
 }
 
 /// Where a sync stops by itself (`--max-transfer`, `--max-duration`).
@@ -130,6 +183,7 @@ pub(crate) fn source(
         endpoint: Some(args.endpoint.clone()),
         region: args.region.clone(),
         sign: args.sign,
+        env_credentials: true,
         pool: PoolConfig {
             idle_timeout,
             resolver: resolver(&args.resolve.overrides)?,
@@ -251,8 +305,13 @@ pub fn min_rate(text: &str, window: u64) -> Result<MinRate, InputError> {
 }
 
 pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
+    check_url("--endpoint", endpoint)
+}
+
+/// An S3 endpoint URL of `flag`: http or https, with a host.
+fn check_url(flag: &'static str, endpoint: &str) -> Result<(), InputError> {
     let bad = |reason: &str| InputError::BadValue {
-        flag: "--endpoint",
+        flag,
         value: endpoint.to_string(),
         reason: reason.to_string(),
     };
@@ -304,13 +363,6 @@ impl TryFrom<&SyncArgs> for SyncConfig {
                     })?,
             ),
         };
-        if args.dest.exists() && !args.dest.is_dir() {
-            return Err(InputError::BadValue {
-                flag: "--dest",
-                value: args.dest.display().to_string(),
-                reason: "exists and is not a directory".into(),
-            });
-        }
         let verify: VerifyMode = args.verify.parse().map_err(|reason| InputError::BadValue {
             flag: "--verify",
             value: args.verify.clone(),
@@ -358,6 +410,25 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             connections,
             Duration::from_secs(args.idle_timeout),
         )?;
+        let dest = if is_s3_url(&args.dest) {
+            // The environment's AWS credentials are the destination's.
+            source.env_credentials = false;
+            DestSpec::S3(Box::new(dest_store(
+                &args.dest,
+                &args.dest_store,
+                connections,
+            )?))
+        } else {
+            let dir = PathBuf::from(&args.dest);
+            if dir.exists() && !dir.is_dir() {
+                return Err(InputError::BadValue {
+                    flag: "--dest",
+                    value: args.dest.clone(),
+                    reason: "exists and is not a directory".into(),
+                });
+            }
+            DestSpec::Local(dir)
+        };
         source.pool.guard = BodyGuard {
             stall_timeout,
             min_rate,
@@ -367,7 +438,7 @@ impl TryFrom<&SyncArgs> for SyncConfig {
             follow,
             selection,
             source,
-            dest: args.dest.clone(),
+            dest,
             engine,
             progress,
             json: args.json,

@@ -16,6 +16,7 @@ mod progress_display;
 mod signals;
 mod sync_cmd;
 mod sync_summary;
+mod uploads_cmd;
 mod verify_cmd;
 
 use clap::error::ErrorKind;
@@ -157,6 +158,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Sync(args) => {
             let config = SyncConfig::try_from(&args).map_err(|e| Failure::Input(e.to_string()))?;
             runtime()?.block_on(sync_cmd::run(config))
+        }
+        Command::Uploads(args) => {
+            let config = uploads_cmd::UploadsConfig::try_from(&args)
+                .map_err(|e| Failure::Input(e.to_string()))?;
+            runtime()?.block_on(uploads_cmd::run(config))
         }
         Command::Audit(args) => {
             let config = audit_cmd::AuditConfig::try_from(&args)

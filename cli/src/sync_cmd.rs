@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 use common::selection::Selection;
 use common::units::human_bytes;
 use engine::disk::DiskGate;
-use engine::manifest::Currency;
 use engine::sync::{Mirrorer, Outcome, SyncReport};
-use engine::{Mirror, Progress};
+use engine::{Destination, Mirror, Progress};
 use lease::model::{SelectionSpec, SourceSpec, random_id};
 use lease::planner::{ItemLimits, plan_job};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +28,7 @@ use transport::{RemoteObject, Source};
 use worker::embedded::{Embedded, sync_policy};
 use worker::runner::{Mirrorers, OnDestFailure, Runner, RunnerConfig, Temps};
 
-use crate::config::{FollowConfig, RunLimits, SyncConfig};
+use crate::config::{DestSpec, FollowConfig, RunLimits, SyncConfig};
 use crate::progress_display::{Network, Reporter};
 use crate::sync_summary::{Figures, Summary};
 use crate::{ExitCode, Failure};
@@ -51,46 +50,53 @@ const SYNC_LEASES: usize = 4;
 /// Runs the whole command.
 pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
+    let progress = Arc::new(Progress::default());
+    // An object store is reached (credentials, bucket) before anything is listed; a directory
+    // is made only once the listing succeeded.
+    let s3 = match &config.dest {
+        DestSpec::S3(dest) => Some(
+            crate::uploads_cmd::open_s3(dest, &source, &config.engine, progress.clone()).await?,
+        ),
+        DestSpec::Local(_) => None,
+    };
     let listed = list(&source, &config.selection, &config).await?;
-    let mirror = Mirror::open(&config.dest).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let (mirrorer, dest_connections): (Arc<dyn Destination>, _) = match s3 {
+        Some((mirror, connections)) => (mirror, Some(connections)),
+        None => (open_local(&config, &source, progress.clone())?, None),
+    };
 
     let stop = Stop::default();
     spawn_signal_handler(stop.clone(), config.follow.is_some());
-    let progress = Arc::new(Progress::default());
     let limit_reached = watch_limits(config.limits, progress.clone(), stop.clone());
     let connections = source.connection_stats();
-    let mirrorer = Mirrorer::new(
-        source.clone(),
-        mirror,
-        config.engine.clone(),
-        progress.clone(),
-    )
-    .map_err(|e| Failure::Runtime(format!("opening the manifest failed: {e}")))?;
     let reporter = Reporter::start(
         config.progress,
         progress.clone(),
         Some(Network {
             connections: connections.clone(),
-            scheduler: mirrorer.engine().scheduler().clone(),
+            scheduler: mirrorer.scheduler().clone(),
         }),
     );
     // Only follow mode's log line needs it, and on the whole archive it is a map of 0.8 M keys.
     let before = if config.follow.is_some() {
-        recorded_versions(&mirrorer, &listed)
+        recorded_versions(mirrorer.as_ref(), &listed)
     } else {
         HashMap::new()
     };
     let report = pass(&mirrorer, &config, &config.selection, listed, &stop).await?;
     reporter.stop().await;
 
-    let scheduler = mirrorer.engine().scheduler();
+    let scheduler = mirrorer.scheduler();
     let figures = Figures {
         progress: progress.snapshot(),
         concurrency: scheduler.snapshot(),
         peak_connections: connections.snapshot().peak_open,
         memory_budget: scheduler.budget().capacity(),
         memory_peak: scheduler.budget().peak(),
-        traffic: connections.snapshot().traffic,
+        traffic: connections.snapshot().traffic
+            + dest_connections
+                .map(|c| c.snapshot().traffic)
+                .unwrap_or_default(),
         limit_reached: limit_reached.get().is_some(),
     };
     let summary = Summary::new(&report, &figures, &config);
@@ -123,6 +129,21 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
         }
         _ => code,
     }
+}
+
+/// The directory mirror of `config.dest`, its manifest opened.
+fn open_local(
+    config: &SyncConfig,
+    source: &Source,
+    progress: Arc<Progress>,
+) -> Result<Arc<dyn Destination>, Failure> {
+    let DestSpec::Local(dir) = &config.dest else {
+        return Err(Failure::Runtime("not a directory destination".into()));
+    };
+    let mirror = Mirror::open(dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mirrorer = Mirrorer::new(source.clone(), mirror, config.engine.clone(), progress)
+        .map_err(|e| Failure::Runtime(format!("opening the manifest failed: {e}")))?;
+    Ok(mirrorer)
 }
 
 /// How often the limits are checked: a loopback transfer overshoots `--max-transfer` by at most
@@ -204,7 +225,7 @@ async fn list(
 /// planner, lease state machine, renewals, fencing and outcome rules, over a store embedded in
 /// the process (`worker::embedded`) in which this sync is the one holder.
 async fn pass(
-    mirrorer: &Arc<Mirrorer>,
+    mirrorer: &Arc<dyn Destination>,
     config: &SyncConfig,
     selection: &Selection,
     listed: Vec<RemoteObject>,
@@ -228,7 +249,11 @@ async fn pass(
     let runner = Runner::new(
         embedded,
         RunnerConfig {
-            dest: config.dest.clone(),
+            dest: match &config.dest {
+                DestSpec::Local(dir) => dir.clone(),
+                // No disk to watch: the lease loop only names it in messages.
+                DestSpec::S3(dest) => dest.target.to_string().into(),
+            },
             name: SYNC_HOLDER.to_string(),
             max_leases: SYNC_LEASES,
             temps: Temps::Resumable,
@@ -261,20 +286,16 @@ async fn pass(
 
 /// Whether each listed object's version is already recorded (`Some(true)`), recorded in
 /// another version (`Some(false)`: replaced upstream) or not recorded (`None`), by key.
-fn recorded_versions(mirrorer: &Mirrorer, listed: &[RemoteObject]) -> HashMap<String, bool> {
+fn recorded_versions(mirrorer: &dyn Destination, listed: &[RemoteObject]) -> HashMap<String, bool> {
     listed
         .iter()
-        .filter_map(|object| {
-            let record = mirrorer.recorded(&object.key)?;
-            let same = record.against(object) != Currency::Replaced;
-            Some((object.key.clone(), same))
-        })
+        .filter_map(|object| Some((object.key.clone(), mirrorer.recorded_version(object)?)))
         .collect()
 }
 
 /// Passes after the first, every `interval`, until a signal.
 async fn follow_passes(
-    mirrorer: &Arc<Mirrorer>,
+    mirrorer: &Arc<dyn Destination>,
     source: &Source,
     config: &SyncConfig,
     follow: &FollowConfig,
@@ -304,7 +325,7 @@ async fn follow_passes(
                 continue;
             }
         };
-        let before = recorded_versions(mirrorer, &listed);
+        let before = recorded_versions(mirrorer.as_ref(), &listed);
         let report = pass(mirrorer, config, &selection, listed, stop).await?;
         report_local_errors(&report);
         log_pass(number, &report, &before, follow.interval);

@@ -142,7 +142,7 @@ impl<'a> Summary<'a> {
         };
         Self {
             outcome,
-            dest: config.dest.display().to_string(),
+            dest: config.dest.to_string(),
             verify: config.engine.verify.name(),
             objects,
             bytes_downloaded: snapshot.bytes_downloaded,

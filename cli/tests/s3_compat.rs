@@ -11,11 +11,9 @@
 
 mod support;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::moto::{Moto, python};
 use support::*;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -23,91 +21,6 @@ const UPLOADER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/s3_compat/upload_boto3.py"
 );
-
-/// moto's S3 server on a loopback port, stopped when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Moto {
-    fn start(scratch: &Scratch) -> Self {
-        for module in ["moto.server", "boto3"] {
-            let imports = python(scratch)
-                .args(["-c", &format!("import {module}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                imports,
-                "python3 cannot import {module}: run scripts/test, which installs moto[server] \
-                 and boto3 from PyPI"
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = scratch.dir.path().join("moto.log");
-        let out = std::fs::File::create(&log).expect("moto log");
-        let child = python(scratch)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn moto's server");
-        let mut moto = Moto { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto's server exited ({status}):\n{}", moto.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto's server did not listen within 60 s:\n{}",
-                moto.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        moto
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `python3` with no AWS settings of the developer's (boto3's defaults are what is tested).
-fn python(scratch: &Scratch) -> Command {
-    let mut command = Command::new("python3");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AWS_") {
-            command.env_remove(&name);
-        }
-    }
-    command.env("HOME", scratch.home()).stdin(Stdio::null());
-    command
-}
 
 #[test]
 fn default_flags_mirror_boto3_uploads_to_moto_exactly() {

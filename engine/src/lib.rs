@@ -22,7 +22,11 @@
 //!   on a full or failing disk.
 //! - [`fence`]: when a lease holder may still promote (its monotonic lease validity).
 //! - [`version_stamp`]: the per-key fence: never rename older bytes over a newer version.
-//! - [`sync`]: one batch of objects: skip, verify locally, or fetch ([`sync::Mirrorer`]).
+//! - [`destination`]: the seam the lease loop mirrors through ([`destination::Destination`]),
+//!   with a directory ([`sync::Mirrorer`]) and another object store (the `s3dest` crate) as
+//!   its implementations.
+//! - [`sync`]: one batch of objects into a directory: skip, verify locally, or fetch
+//!   ([`sync::Mirrorer`]).
 //! - [`recheck`]: re-reading a mirrored file against its manifest record.
 //! - [`audit`]: what a mirror holds against what the catalog expects and the bucket lists.
 //! - [`writer`]: one writer thread per temporary file (no lock contention on the inode).
@@ -32,6 +36,7 @@
 pub mod audit;
 pub mod autotune;
 pub mod bandwidth;
+pub mod destination;
 pub mod direct_io;
 pub mod disk;
 pub mod fast_md5;
@@ -50,6 +55,7 @@ pub mod verify;
 pub mod version_stamp;
 pub mod writer;
 
+pub use destination::Destination;
 pub use fetch::{
     DEFAULT_PART_SIZE, DEFAULT_STALL_TIMEOUT, Engine, EngineConfig, FetchError, FetchScope,
 };

@@ -22,12 +22,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use transport::{RemoteObject, Source};
 
-use crate::disk::{LocalIoError, LocalIoKind};
+use crate::destination::Destination;
+use crate::disk::{DestHealth, LocalIoError, LocalIoKind};
 use crate::fetch::{Engine, EngineConfig, FetchError, FetchScope};
 use crate::manifest::{Currency, FileIdentity, Manifest, ManifestEntry, Recorded, now_rfc3339};
 use crate::mirror::Mirror;
 use crate::progress::Progress;
-use crate::scheduler::AdmissionGate;
+use crate::scheduler::{AdmissionGate, RequestScheduler};
 use crate::verify::{Expected, VerifyMode, verify_file};
 
 /// What happened to one object.
@@ -473,6 +474,48 @@ impl Mirrorer {
                 Ok(Some(local.to_string()))
             }
         }
+    }
+}
+
+/// A directory as the lease loop's destination: each call is the inherent method of the same
+/// name, and the manifest's record decides what is already mirrored.
+#[async_trait::async_trait]
+impl Destination for Mirrorer {
+    async fn mirror_objects(
+        &self,
+        objects: &[RemoteObject],
+        scope: &FetchScope,
+    ) -> std::io::Result<Vec<Outcome>> {
+        Mirrorer::mirror_objects(self, objects, scope).await
+    }
+
+    fn count_up_front(&self, objects: &[RemoteObject]) {
+        Mirrorer::count_up_front(self, objects);
+    }
+
+    fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    fn scheduler(&self) -> &Arc<RequestScheduler> {
+        self.engine.scheduler()
+    }
+
+    fn health(&self) -> &Arc<DestHealth> {
+        self.engine.dest_health()
+    }
+
+    fn recorded_version(&self, object: &RemoteObject) -> Option<bool> {
+        let record = self.recorded(&object.key)?;
+        Some(record.against(object) != Currency::Replaced)
+    }
+
+    async fn flush(&self) -> std::io::Result<()> {
+        Mirrorer::flush(self).await
+    }
+
+    async fn flush_at_end(&self) -> std::io::Result<Option<String>> {
+        Mirrorer::flush_at_end(self).await
     }
 }
 

@@ -18,6 +18,7 @@ async fn source(s3: &TestS3, connections: usize, idle_timeout: Duration) -> Sour
         endpoint: Some(s3.endpoint()),
         region: "us-east-1".into(),
         sign: false,
+        env_credentials: true,
         pool: PoolConfig {
             idle_timeout,
             ..PoolConfig::new(connections)

@@ -232,6 +232,11 @@ impl TestS3 {
         lock(&self.shared.store.objects).get(key).cloned()
     }
 
+    /// Every key the bucket holds, in order (an upload destination's contents).
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.shared.store.objects).keys().cloned().collect()
+    }
+
     /// Replaces the fault rules.
     pub fn set_faults(&self, rules: Vec<FaultRule>) {
         *lock(&self.shared.rules) = rules

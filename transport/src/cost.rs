@@ -147,6 +147,20 @@ pub struct Traffic {
     pub bytes_out: u64,
 }
 
+/// Two pools' traffic together (a sync's source and its `s3://` destination).
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+
+    fn add(mut self, other: Traffic) -> Traffic {
+        for (mine, theirs) in self.requests.iter_mut().zip(other.requests) {
+            *mine += theirs;
+        }
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self
+    }
+}
+
 impl Traffic {
     /// Requests of `kind`.
     pub fn requests(&self, kind: RequestKind) -> u64 {

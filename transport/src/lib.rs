@@ -49,6 +49,10 @@ pub struct SourceConfig {
     /// Sign requests even when no credentials are configured in the environment (then the
     /// full default chain, including instance metadata, is consulted).
     pub sign: bool,
+    /// Sign when the environment configures credentials (the default). Off when those
+    /// credentials belong to an `s3://` destination: **the source stays anonymous unless
+    /// `sign`, and the two never share credentials**.
+    pub env_credentials: bool,
     /// Connection pool limits.
     pub pool: PoolConfig,
 }
@@ -61,6 +65,7 @@ impl SourceConfig {
             endpoint: None,
             region: DEFAULT_REGION.to_string(),
             sign: false,
+            env_credentials: true,
             pool: PoolConfig::new(connections),
         }
     }
@@ -95,7 +100,7 @@ impl Source {
     /// Like [`Source::connect`], through an existing pool, so several sources (buckets or
     /// endpoints) share one process-wide connection cap. `config.pool` is then ignored.
     pub async fn connect_with(config: &SourceConfig, http: BoundedHttpClient) -> Self {
-        let signed = config.sign || credentials_configured();
+        let signed = config.sign || (config.env_credentials && credentials_configured());
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http.clone())
             .region(Region::new(config.region.clone()));

@@ -230,6 +230,9 @@ pub fn classify_status(status: u16, code: &str, message: &str) -> Failure {
         (429, _) | (_, "TooManyRequests") => Failure::Retry(RetryReason::TooManyRequests),
         (500 | 502 | 504, _) | (_, "InternalError") => Failure::Retry(RetryReason::ServerError),
         (_, "RequestTimeout") => Failure::Retry(RetryReason::RequestTimeout),
+        // An upload's bytes did not give the Content-MD5 sent with them: damaged on the way,
+        // so sending them again can succeed.
+        (_, "BadDigest") => Failure::Retry(RetryReason::BadResponse),
         (412, _) | (_, "PreconditionFailed") => Failure::Changed,
         _ => Failure::Permanent {
             status: Some(status),

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::sync::MutexExt;
+use engine::Destination;
 use engine::disk::{DiskGate, LocalIoError};
 use engine::fence::LeaseFence;
 use engine::fetch::{EngineConfig, FetchScope};
@@ -96,8 +97,9 @@ pub struct RunnerConfig {
 
 /// Where the mirrorer for a lease's source comes from.
 pub enum Mirrorers {
-    /// One mirrorer for every lease (`era5 sync`: one source, one DEST).
-    One(Arc<Mirrorer>),
+    /// One destination for every lease (`era5 sync`: one source, one DEST, a directory or
+    /// another object store).
+    One(Arc<dyn Destination>),
     /// One per (bucket, endpoint), made on first use, sharing one HTTP pool (a worker).
     PerSource(Box<SourceMirrorers>),
 }
@@ -125,7 +127,7 @@ pub struct SourceMirrorers {
 }
 
 impl Mirrorers {
-    async fn get(&self, source: &SourceSpec) -> std::io::Result<Arc<Mirrorer>> {
+    async fn get(&self, source: &SourceSpec) -> std::io::Result<Arc<dyn Destination>> {
         let by_source = match self {
             Mirrorers::One(mirrorer) => return Ok(mirrorer.clone()),
             Mirrorers::PerSource(by_source) => by_source,
@@ -133,7 +135,7 @@ impl Mirrorers {
         let key = (source.bucket.clone(), source.endpoint.clone());
         let mut made = by_source.made.lock().await;
         if let Some(existing) = made.get(&key) {
-            return Ok(existing.clone());
+            return Ok(existing.clone() as Arc<dyn Destination>);
         }
         let config = SourceConfig {
             bucket: source.bucket.clone(),
@@ -155,16 +157,20 @@ impl Mirrorers {
             .schedulers
             .lock_unpoisoned()
             .push(mirrorer.engine().scheduler().clone());
-        Ok(mirrorer)
+        Ok(mirrorer as Arc<dyn Destination>)
     }
 
     /// Every mirrorer made so far.
-    pub async fn all(&self) -> Vec<Arc<Mirrorer>> {
+    pub async fn all(&self) -> Vec<Arc<dyn Destination>> {
         match self {
             Mirrorers::One(mirrorer) => vec![mirrorer.clone()],
-            Mirrorers::PerSource(by_source) => {
-                by_source.made.lock().await.values().cloned().collect()
-            }
+            Mirrorers::PerSource(by_source) => by_source
+                .made
+                .lock()
+                .await
+                .values()
+                .map(|mirrorer| mirrorer.clone() as Arc<dyn Destination>)
+                .collect(),
         }
     }
 }
@@ -340,7 +346,7 @@ impl<C: LeaseClient> Runner<C> {
             .unwrap_or(false);
         if open {
             for mirrorer in self.mirrorers.all().await {
-                mirrorer.engine().dest_health().clear();
+                mirrorer.health().clear();
             }
         }
         open
@@ -350,7 +356,7 @@ impl<C: LeaseClient> Runner<C> {
     /// met it recorded it (with what was needed and free), or as the outcome tells it.
     fn dest_failure(
         &self,
-        mirrorer: Option<&Arc<Mirrorer>>,
+        mirrorer: Option<&Arc<dyn Destination>>,
         outcomes: &std::io::Result<Vec<Outcome>>,
     ) -> Option<LocalIoError> {
         match outcomes {
@@ -359,7 +365,7 @@ impl<C: LeaseClient> Runner<C> {
                     Outcome::Local { reason, kind } => Some((reason.clone(), *kind)),
                     _ => None,
                 })?;
-                let recorded = mirrorer.and_then(|m| m.engine().dest_health().failure());
+                let recorded = mirrorer.and_then(|m| m.health().failure());
                 Some(recorded.unwrap_or(LocalIoError {
                     kind,
                     path: self.config.dest.clone(),

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod checksums;
-mod etag;
+pub mod etag;
 
 pub use checksums::{ChecksumAlgo, ChecksumKind, ExpectedChecksum};
 pub use etag::{EtagForm, candidate_part_sizes, likely_upload_part_size, multipart_digest};

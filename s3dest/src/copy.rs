@@ -1,0 +1,827 @@
+//! One object streamed from the source into the destination, verified end to end.
+//!
+//! Each upload part is one ranged GET of the source (with `If-Match` on the source's ETag, so
+//! a replaced object is noticed), held in memory, hashed, and sent as `UploadPart` with its
+//! `Content-MD5`, which the destination checks. The parts' MD5s then verify the source against
+//! its ETag (see `layout`), and the ETag the destination answers at completion must be the one
+//! those MD5s give.
+//!
+//! **An object appears at its key only complete and verified**: it is a multipart upload
+//! (one PUT for a small single-part object) completed only after the source check passed; a
+//! completion that answers another ETag than expected is deleted at once and fails.
+//!
+//! **Resumable**: an interrupted copy leaves its upload open. The next attempt finds it
+//! (`ListMultipartUploads` of the key), reuses the listed parts whose size fits the plan and
+//! whose MD5 the source check can use, and aborts the other open uploads of the key.
+//!
+//! Bounded: an object's parts take a request slot and their bytes' room in the memory budget
+//! *in part order* before they start, so a part waiting to feed the ordered whole-object MD5
+//! always has its predecessors running.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use common::sync::MutexExt;
+use engine::Progress;
+use engine::bandwidth::Bandwidth;
+use engine::fast_md5::Md5;
+use engine::fence::LeaseFence;
+use engine::scheduler::RequestScheduler;
+use engine::verify::etag::{EtagForm, multipart_digest};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use transport::retry::{Failure, RetryPolicy, RetryReason, chain, classify, retrying};
+use transport::{RemoteObject, Source};
+
+use crate::S3Target;
+use crate::layout::{SourceCheck, UploadLayout};
+
+/// User metadata every copy carries: the source version it holds.
+pub const SOURCE_ETAG_META: &str = "era5-source-etag";
+/// The source's Last-Modified, RFC 3339.
+pub const SOURCE_LAST_MODIFIED_META: &str = "era5-source-last-modified";
+
+/// Why a copy did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CopyError {
+    /// Stopped; an open upload stays for the next attempt.
+    #[error("cancelled")]
+    Cancelled,
+    /// Not completed: the lease it was copied under is no longer held (the upload stays open
+    /// for whoever holds it now, who resumes it).
+    #[error("not completed: {0}")]
+    Fenced(String),
+    /// The copy failed.
+    #[error("{reason}")]
+    Failed {
+        /// What went wrong, for people.
+        reason: String,
+        /// Whether another attempt is pointless.
+        permanent: bool,
+    },
+}
+
+impl CopyError {
+    fn retryable(reason: impl Into<String>) -> Self {
+        CopyError::Failed {
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
+
+    fn permanent(reason: impl Into<String>) -> Self {
+        CopyError::Failed {
+            reason: reason.into(),
+            permanent: true,
+        }
+    }
+
+    fn gave_up(what: &str, gave_up: &transport::retry::GaveUp) -> Self {
+        let reason = format!(
+            "{what} failed after {} attempts: {}",
+            gave_up.attempts, gave_up.detail
+        );
+        match gave_up.failure {
+            Failure::Permanent { .. } => CopyError::permanent(reason),
+            Failure::Retry(_) | Failure::Changed => CopyError::retryable(reason),
+        }
+    }
+}
+
+/// Completes nothing under a lease that is no longer valid.
+fn fence_check(fence: Option<&LeaseFence>) -> Result<(), CopyError> {
+    match fence {
+        Some(fence) => fence.check().map_err(CopyError::Fenced),
+        None => Ok(()),
+    }
+}
+
+/// What copies share: both clients, the request window, the memory budget, the bandwidth cap.
+pub struct Copier {
+    /// The source (anonymous unless asked).
+    pub source: Source,
+    /// The destination client (its own credentials).
+    pub dest: aws_sdk_s3::Client,
+    /// Bucket and prefix.
+    pub target: S3Target,
+    /// Per-request retries.
+    pub retry: RetryPolicy,
+    /// Longest wait for a response's headers or next byte.
+    pub stall_timeout: Duration,
+    /// `--bwlimit`, charged for every source byte.
+    pub bandwidth: Arc<Bandwidth>,
+    /// Parts in flight (one slot covers a part's GET and its upload).
+    pub scheduler: Arc<RequestScheduler>,
+    /// Bytes of parts held in memory, in MiB permits.
+    pub memory: Arc<Semaphore>,
+    /// Counters.
+    pub progress: Arc<Progress>,
+    /// The memory budget's whole size, in MiB: a part larger than that still runs, alone.
+    pub memory_mib: u32,
+}
+
+/// One part's result.
+#[derive(Clone, Debug)]
+struct PartDone {
+    /// The upload part's MD5 (its ETag).
+    md5: [u8; 16],
+    /// MD5s of the source parts it holds, in order (for a multipart source check).
+    source_md5s: Vec<[u8; 16]>,
+}
+
+/// The whole object's MD5, fed by parts in order.
+struct OrderedHash {
+    next: watch::Sender<u64>,
+    md5: Mutex<Md5>,
+}
+
+impl OrderedHash {
+    fn new() -> Self {
+        Self {
+            next: watch::Sender::new(0),
+            md5: Mutex::new(Md5::new()),
+        }
+    }
+
+    async fn feed(&self, index: u64, bytes: &[u8]) {
+        let mut turn = self.next.subscribe();
+        // The sender lives in `self`: waiting ends only at this part's turn.
+        let _ = turn.wait_for(|next| *next == index).await;
+        self.md5.lock_unpoisoned().update(bytes);
+        self.next.send_replace(index + 1);
+    }
+
+    fn finish(&self) -> [u8; 16] {
+        self.md5.lock_unpoisoned().clone().finish()
+    }
+}
+
+fn quoted(etag: &str) -> String {
+    format!("\"{}\"", etag.trim_matches('"'))
+}
+
+fn unquoted(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_string()
+}
+
+fn base64_md5(md5: &[u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5)
+}
+
+/// An SDK error as the retry loop wants it.
+fn failure<E>(
+    error: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> (Failure, String)
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    (classify(error), chain(error))
+}
+
+impl Copier {
+    fn key_of(&self, object: &RemoteObject) -> String {
+        self.target.key_of(&object.key)
+    }
+
+    /// Copies `object` (listed with `etag`, unquoted) to its key in the destination.
+    pub async fn copy(
+        self: &Arc<Self>,
+        object: &RemoteObject,
+        etag: Option<&str>,
+        priority: u64,
+        fence: Option<&LeaseFence>,
+    ) -> Result<(), CopyError> {
+        let layout = UploadLayout::plan(object.size, etag)
+            .map_err(|why| CopyError::permanent(format!("cannot copy {}: {why}", object.key)))?;
+        if layout.single_put {
+            self.put_whole(object, etag, &layout, priority, fence).await
+        } else {
+            self.upload_in_parts(object, etag, &layout, priority, fence)
+                .await
+        }
+    }
+
+    /// One PUT: a small single-part object, or an empty one.
+    async fn put_whole(
+        self: &Arc<Self>,
+        object: &RemoteObject,
+        etag: Option<&str>,
+        layout: &UploadLayout,
+        priority: u64,
+        fence: Option<&LeaseFence>,
+    ) -> Result<(), CopyError> {
+        let (slot, room) = self.admit(priority, layout.size).await;
+        let bytes = self.read_source(object, etag, 0, layout.size).await?;
+        let digest = Md5::digest(&bytes);
+        if let SourceCheck::WholeMd5(expected) = layout.check
+            && digest != expected
+        {
+            return Err(CopyError::retryable(format!(
+                "{}: the source's bytes have MD5 {}, not their ETag {}",
+                object.key,
+                hex::encode(digest),
+                hex::encode(expected)
+            )));
+        }
+        let key = self.key_of(object);
+        fence_check(fence)?;
+        let answered = retrying(
+            &self.retry,
+            |_| {
+                let request = self
+                    .dest
+                    .put_object()
+                    .bucket(&self.target.bucket)
+                    .key(&key)
+                    .content_md5(base64_md5(&digest))
+                    .content_length(bytes.len() as i64)
+                    .set_metadata(Some(Self::metadata(object, etag)))
+                    .body(ByteStream::from(bytes.clone()));
+                let length = bytes.len() as u64;
+                async move {
+                    match self.bounded(request.send(), length).await? {
+                        Ok(done) => Ok(unquoted(done.e_tag())),
+                        Err(error) => Err(failure(&error)),
+                    }
+                }
+            },
+            |reason| self.progress.retry(reason),
+        )
+        .await
+        .map_err(|gave_up| CopyError::gave_up(&format!("PutObject of {key}"), &gave_up))?;
+        drop((slot, room));
+        self.check_completed(&key, &answered, &hex::encode(digest))
+            .await
+    }
+
+    /// A multipart upload, resumed from an open one when there is one.
+    async fn upload_in_parts(
+        self: &Arc<Self>,
+        object: &RemoteObject,
+        etag: Option<&str>,
+        layout: &UploadLayout,
+        priority: u64,
+        fence: Option<&LeaseFence>,
+    ) -> Result<(), CopyError> {
+        let key = self.key_of(object);
+        let (upload_id, listed) = match self.resumable_upload(&key, layout).await? {
+            Some(found) => found,
+            None => (
+                self.create_upload(object, etag, &key).await?,
+                BTreeMap::new(),
+            ),
+        };
+        let ordered = Arc::new(OrderedHash::new());
+        let mut done: Vec<Option<PartDone>> = vec![None; layout.parts() as usize];
+        let mut running: JoinSet<(u64, Result<PartDone, CopyError>)> = JoinSet::new();
+        let mut failed = None;
+        for index in 0..layout.parts() {
+            if let Some(reused) = listed.get(&index) {
+                done[index as usize] = Some(reused.clone());
+                continue;
+            }
+            let (start, end) = layout.range(index);
+            // Take this part's resources in part order, settling finished parts meanwhile.
+            let admit = self.admit(priority, end - start);
+            tokio::pin!(admit);
+            let resources = loop {
+                tokio::select! {
+                    biased;
+                    Some(joined) = running.join_next(), if !running.is_empty() => {
+                        match joined {
+                            Ok((index, Ok(part))) => done[index as usize] = Some(part),
+                            Ok((_, Err(error))) => { failed = Some(error); break None; }
+                            Err(panicked) => { failed = Some(CopyError::retryable(panicked.to_string())); break None; }
+                        }
+                    }
+                    resources = &mut admit => break Some(resources),
+                }
+            };
+            let Some(resources) = resources else { break };
+            let part = PartJob {
+                copier: self.clone(),
+                object: object.clone(),
+                etag: etag.map(str::to_string),
+                key: key.clone(),
+                upload_id: upload_id.clone(),
+                index,
+                range: (start, end),
+                check: layout.check.clone(),
+                ordered: ordered.clone(),
+            };
+            running.spawn(async move {
+                let result = part.run().await;
+                drop(resources);
+                (index, result)
+            });
+        }
+        while failed.is_none()
+            && let Some(joined) = running.join_next().await
+        {
+            match joined {
+                Ok((index, Ok(part))) => done[index as usize] = Some(part),
+                Ok((_, Err(error))) => failed = Some(error),
+                Err(panicked) => failed = Some(CopyError::retryable(panicked.to_string())),
+            }
+        }
+        if let Some(error) = failed {
+            // Parts still running stop here; the upload stays open for the next attempt.
+            running.abort_all();
+            return Err(error);
+        }
+        let parts: Vec<PartDone> = done.into_iter().flatten().collect();
+        if let Err(mismatch) = source_check(&layout.check, &parts, &ordered) {
+            self.abort(&key, &upload_id).await;
+            return Err(CopyError::retryable(format!(
+                "{}: {mismatch}; the upload was aborted",
+                object.key
+            )));
+        }
+        let md5s: Vec<[u8; 16]> = parts.iter().map(|p| p.md5).collect();
+        let expected = format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len());
+        fence_check(fence)?;
+        let answered = self.complete(&key, &upload_id, &md5s, &expected).await?;
+        self.check_completed(&key, &answered, &expected).await
+    }
+
+    /// The object's metadata: the source version it holds.
+    fn metadata(
+        object: &RemoteObject,
+        etag: Option<&str>,
+    ) -> std::collections::HashMap<String, String> {
+        let mut metadata = std::collections::HashMap::new();
+        if let Some(etag) = etag {
+            metadata.insert(SOURCE_ETAG_META.to_string(), etag.to_string());
+        }
+        if let Some(modified) = &object.last_modified {
+            metadata.insert(SOURCE_LAST_MODIFIED_META.to_string(), modified.clone());
+        }
+        metadata
+    }
+
+    async fn create_upload(
+        &self,
+        object: &RemoteObject,
+        etag: Option<&str>,
+        key: &str,
+    ) -> Result<String, CopyError> {
+        retrying(
+            &self.retry,
+            |_| {
+                let request = self
+                    .dest
+                    .create_multipart_upload()
+                    .bucket(&self.target.bucket)
+                    .key(key)
+                    .set_metadata(Some(Self::metadata(object, etag)));
+                async move {
+                    match self.bounded(request.send(), 0).await? {
+                        Ok(created) => created.upload_id().map(str::to_string).ok_or((
+                            Failure::Retry(RetryReason::BadResponse),
+                            "CreateMultipartUpload answered no upload id".to_string(),
+                        )),
+                        Err(error) => Err(failure(&error)),
+                    }
+                }
+            },
+            |reason| self.progress.retry(reason),
+        )
+        .await
+        .map_err(|gave_up| CopyError::gave_up(&format!("CreateMultipartUpload of {key}"), &gave_up))
+    }
+
+    /// The newest open upload of `key` and its parts that fit `layout` (by part index); every
+    /// other open upload of the key is aborted.
+    async fn resumable_upload(
+        &self,
+        key: &str,
+        layout: &UploadLayout,
+    ) -> Result<Option<(String, BTreeMap<u64, PartDone>)>, CopyError> {
+        let mut open = crate::uploads::list(&self.dest, &self.target.bucket, key, &self.retry)
+            .await
+            .map_err(|why| CopyError::retryable(format!("listing open uploads of {key}: {why}")))?;
+        open.retain(|upload| upload.key == key);
+        open.sort_by(|a, b| b.initiated.cmp(&a.initiated));
+        let Some(newest) = open.first().cloned() else {
+            return Ok(None);
+        };
+        for stale in &open[1..] {
+            self.abort(key, &stale.upload_id).await;
+        }
+        let listed = match crate::uploads::parts(
+            &self.dest,
+            &self.target.bucket,
+            key,
+            &newest.upload_id,
+            &self.retry,
+        )
+        .await
+        {
+            Ok(listed) => listed,
+            // Gone meanwhile (completed or aborted elsewhere): start a new one.
+            Err(why) => {
+                tracing::info!(key, %why, "open upload not resumable; starting a new one");
+                return Ok(None);
+            }
+        };
+        let mut reusable = BTreeMap::new();
+        for part in listed {
+            let index = u64::from(part.number).saturating_sub(1);
+            let Some(EtagForm::Single(md5)) = EtagForm::parse(part.etag.trim_matches('"')) else {
+                continue;
+            };
+            if index < layout.parts() && layout.reusable(index, part.size) {
+                reusable.insert(
+                    index,
+                    PartDone {
+                        md5,
+                        source_md5s: vec![md5],
+                    },
+                );
+            }
+        }
+        tracing::info!(key, upload = %newest.upload_id, reused = reusable.len(), parts = layout.parts(), "resuming an open upload");
+        Ok(Some((newest.upload_id, reusable)))
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        md5s: &[[u8; 16]],
+        expected: &str,
+    ) -> Result<String, CopyError> {
+        let parts: Vec<CompletedPart> = md5s
+            .iter()
+            .enumerate()
+            .map(|(index, md5)| {
+                CompletedPart::builder()
+                    .part_number(index as i32 + 1)
+                    .e_tag(quoted(&hex::encode(md5)))
+                    .build()
+            })
+            .collect();
+        let upload = CompletedMultipartUpload::builder()
+            .set_parts(Some(parts))
+            .build();
+        let completed = retrying(
+            &self.retry,
+            |_| {
+                let request = self
+                    .dest
+                    .complete_multipart_upload()
+                    .bucket(&self.target.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .multipart_upload(upload.clone());
+                async move {
+                    match self.bounded(request.send(), 0).await? {
+                        Ok(done) => Ok(Some(unquoted(done.e_tag()))),
+                        // A retry after a completion whose answer was lost: the upload is
+                        // gone, and the object tells whether it was ours.
+                        Err(error) if error.code() == Some(crate::uploads::NO_SUCH_UPLOAD) => {
+                            Ok(None)
+                        }
+                        Err(error) => Err(failure(&error)),
+                    }
+                }
+            },
+            |reason| self.progress.retry(reason),
+        )
+        .await;
+        match completed {
+            Ok(Some(etag)) => Ok(etag),
+            Ok(None) => match self.head_etag(key).await {
+                Some(etag) if etag == expected => Ok(etag),
+                _ => Err(CopyError::retryable(format!(
+                    "CompleteMultipartUpload of {key}: the upload is gone and the object is not the one its parts give"
+                ))),
+            },
+            // An answer that could not be read (moto 5.2 names its XML root
+            // `CompleteMultipartUploadResponse`): the object itself says whether it completed.
+            Err(gave_up) => match self.head_etag(key).await {
+                Some(etag) if etag == expected => {
+                    tracing::debug!(
+                        key,
+                        detail = gave_up.detail,
+                        "completion answer unreadable; the object is complete"
+                    );
+                    Ok(etag)
+                }
+                _ => Err(CopyError::gave_up(
+                    &format!("CompleteMultipartUpload of {key}"),
+                    &gave_up,
+                )),
+            },
+        }
+    }
+
+    /// The completed object must carry the ETag its parts give; one that does not is removed.
+    async fn check_completed(
+        &self,
+        key: &str,
+        answered: &str,
+        expected: &str,
+    ) -> Result<(), CopyError> {
+        if EtagForm::parse(answered).is_none() {
+            // Not an MD5 form (an encrypting store): each part's Content-MD5 was checked.
+            tracing::debug!(
+                key,
+                answered,
+                "destination ETag is not an MD5; parts were checked on upload"
+            );
+            return Ok(());
+        }
+        if answered == expected {
+            return Ok(());
+        }
+        let removed = self
+            .dest
+            .delete_object()
+            .bucket(&self.target.bucket)
+            .key(key)
+            .send()
+            .await;
+        let outcome = match removed {
+            Ok(_) => "it was deleted".to_string(),
+            Err(error) => format!("deleting it failed too: {}", chain(&error)),
+        };
+        Err(CopyError::retryable(format!(
+            "{key}: the destination completed it with ETag {answered}, not the {expected} its verified parts give; {outcome}"
+        )))
+    }
+
+    async fn head_etag(&self, key: &str) -> Option<String> {
+        let head = self
+            .dest
+            .head_object()
+            .bucket(&self.target.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(unquoted(head.e_tag()))
+    }
+
+    /// Aborts an upload (best effort: an upload that survives is listed by `era5 uploads`).
+    async fn abort(&self, key: &str, upload_id: &str) {
+        if let Err(why) =
+            crate::uploads::abort(&self.dest, &self.target.bucket, key, upload_id, &self.retry)
+                .await
+        {
+            tracing::warn!(key, %why, "could not abort an upload; `era5 uploads --abort` removes it");
+        }
+    }
+
+    /// A request slot and the room of `bytes` in the memory budget.
+    async fn admit(
+        &self,
+        priority: u64,
+        bytes: u64,
+    ) -> (engine::scheduler::Slot, Option<OwnedSemaphorePermit>) {
+        let slot = self.scheduler.acquire(priority).await;
+        let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, 1 << 20);
+        let room = self
+            .memory
+            .clone()
+            .acquire_many_owned(mib.min(self.memory_mib.max(1)))
+            .await
+            .ok();
+        (slot, room)
+    }
+
+    /// A request bounded in time: the stall timeout, plus the time its body may take at
+    /// 64 KiB/s (the slowest an upload may be before it is given up and retried).
+    async fn bounded<T>(
+        &self,
+        request: impl std::future::Future<Output = T>,
+        body_bytes: u64,
+    ) -> Result<T, (Failure, String)> {
+        let within = self.stall_timeout + Duration::from_secs(body_bytes / (64 << 10));
+        // Boxed: the SDK's request futures are kilobytes, and every caller would carry them.
+        tokio::time::timeout(within, Box::pin(request))
+            .await
+            .map_err(|_| {
+                (
+                    Failure::Retry(RetryReason::Stall),
+                    format!("no answer within {}s", within.as_secs()),
+                )
+            })
+    }
+
+    /// Bytes `[start, end)` of the source object, resuming from the byte reached on a retry,
+    /// charged to the bandwidth cap and the counters as they arrive.
+    async fn read_source(
+        &self,
+        object: &RemoteObject,
+        etag: Option<&str>,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, CopyError> {
+        let length = (end - start) as usize;
+        if length == 0 {
+            return Ok(Bytes::new());
+        }
+        let buffer = Mutex::new(BytesMut::with_capacity(length));
+        retrying(
+            &self.retry,
+            |_| {
+                let from = start + buffer.lock_unpoisoned().len() as u64;
+                let mut request = self
+                    .source
+                    .client
+                    .get_object()
+                    .bucket(&self.source.bucket)
+                    .key(&object.key)
+                    .range(format!("bytes={from}-{}", end - 1));
+                if let Some(etag) = etag {
+                    request = request.if_match(quoted(etag));
+                }
+                let buffer = &buffer;
+                async move {
+                    let mut body = match self.bounded(request.send(), 0).await? {
+                        Ok(answer) => answer.body,
+                        Err(error) => return Err(failure(&error)),
+                    };
+                    loop {
+                        let chunk = tokio::time::timeout(self.stall_timeout, body.next())
+                            .await
+                            .map_err(|_| {
+                                (
+                                    Failure::Retry(RetryReason::Stall),
+                                    "body stalled".to_string(),
+                                )
+                            })?;
+                        match chunk {
+                            None => break,
+                            Some(Ok(chunk)) => {
+                                let fits = {
+                                    let mut held = buffer.lock_unpoisoned();
+                                    let fits = held.len() + chunk.len() <= length;
+                                    if fits {
+                                        held.extend_from_slice(&chunk);
+                                    } else {
+                                        held.truncate(0);
+                                    }
+                                    fits
+                                };
+                                if !fits {
+                                    return Err((
+                                        Failure::Retry(RetryReason::BadResponse),
+                                        "the source sent more bytes than the range".into(),
+                                    ));
+                                }
+                                self.progress.add_downloaded(chunk.len() as u64);
+                                self.bandwidth.take(chunk.len()).await;
+                            }
+                            Some(Err(error)) => {
+                                return Err((
+                                    transport::retry::classify_body_error(&error),
+                                    chain(&error),
+                                ));
+                            }
+                        }
+                    }
+                    let held = buffer.lock_unpoisoned().len();
+                    if held == length {
+                        Ok(())
+                    } else {
+                        Err((
+                            Failure::Retry(RetryReason::Truncated),
+                            format!("the source's body ended at {held} of {length} bytes"),
+                        ))
+                    }
+                }
+            },
+            |reason| self.progress.retry(reason),
+        )
+        .await
+        .map_err(|gave_up| match gave_up.failure {
+            Failure::Changed => CopyError::retryable(format!(
+                "{} changed at the source during the copy",
+                object.key
+            )),
+            _ => CopyError::gave_up(&format!("GET of {}", object.key), &gave_up),
+        })?;
+        Ok(buffer.into_inner().unwrap_or_default().freeze())
+    }
+}
+
+/// One upload part: its source range read, hashed and uploaded.
+struct PartJob {
+    copier: Arc<Copier>,
+    object: RemoteObject,
+    etag: Option<String>,
+    key: String,
+    upload_id: String,
+    index: u64,
+    range: (u64, u64),
+    check: SourceCheck,
+    ordered: Arc<OrderedHash>,
+}
+
+impl PartJob {
+    async fn run(self) -> Result<PartDone, CopyError> {
+        let copier = &self.copier;
+        let (start, end) = self.range;
+        let bytes = copier
+            .read_source(&self.object, self.etag.as_deref(), start, end)
+            .await?;
+        let part_md5 = Md5::digest(&bytes);
+        let source_md5s = match &self.check {
+            SourceCheck::Multipart { part_size, .. } if *part_size < end - start => {
+                bytes.chunks(*part_size as usize).map(Md5::digest).collect()
+            }
+            _ => vec![part_md5],
+        };
+        if matches!(self.check, SourceCheck::WholeMd5(_)) {
+            self.ordered.feed(self.index, &bytes).await;
+        }
+        let number = self.index as i32 + 1;
+        let answered = retrying(
+            &copier.retry,
+            |_| {
+                let request = copier
+                    .dest
+                    .upload_part()
+                    .bucket(&copier.target.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .part_number(number)
+                    .content_md5(base64_md5(&part_md5))
+                    .content_length(bytes.len() as i64)
+                    .body(ByteStream::from(bytes.clone()));
+                let length = bytes.len() as u64;
+                async move {
+                    match copier.bounded(request.send(), length).await? {
+                        Ok(done) => Ok(unquoted(done.e_tag())),
+                        Err(error) => Err(failure(&error)),
+                    }
+                }
+            },
+            |reason| copier.progress.retry(reason),
+        )
+        .await
+        .map_err(|gave_up| {
+            CopyError::gave_up(&format!("UploadPart {number} of {}", self.key), &gave_up)
+        })?;
+        // The destination checked our Content-MD5; an answer naming other bytes is a lie.
+        if EtagForm::parse(&answered).is_some() && answered != hex::encode(part_md5) {
+            return Err(CopyError::retryable(format!(
+                "{}: part {number} stored with ETag {answered}, not its MD5 {}",
+                self.key,
+                hex::encode(part_md5)
+            )));
+        }
+        Ok(PartDone {
+            md5: part_md5,
+            source_md5s,
+        })
+    }
+}
+
+/// Whether the parts' digests give the source's ETag.
+fn source_check(
+    check: &SourceCheck,
+    parts: &[PartDone],
+    ordered: &OrderedHash,
+) -> Result<(), String> {
+    match check {
+        SourceCheck::Multipart { digest, .. } => {
+            let source_md5s: Vec<[u8; 16]> = parts
+                .iter()
+                .flat_map(|p| p.source_md5s.iter().copied())
+                .collect();
+            let actual = multipart_digest(&source_md5s);
+            if actual == *digest {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the source's bytes give the multipart ETag {}-{}, not {}",
+                    hex::encode(actual),
+                    source_md5s.len(),
+                    hex::encode(digest)
+                ))
+            }
+        }
+        SourceCheck::WholeMd5(expected) => {
+            let actual = ordered.finish();
+            if actual == *expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the source's bytes have MD5 {}, not their ETag {}",
+                    hex::encode(actual),
+                    hex::encode(expected)
+                ))
+            }
+        }
+        SourceCheck::SizeOnly => Ok(()),
+    }
+}
