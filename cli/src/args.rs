@@ -363,9 +363,13 @@ pub struct AuditArgs {
     /// Listing timeouts.
     #[command(flatten)]
     pub listing: ListingArgs,
-    /// The local mirror to audit (read only: nothing is written or locked).
-    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    /// The mirror to audit (read only: nothing is written or locked): a directory, or
+    /// s3://BUCKET[/PREFIX] (its listing, and a HEAD per copy whose ETag differs).
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR|s3://BUCKET[/PREFIX]")]
+    pub dest: String,
+    /// How to reach an s3:// destination.
+    #[command(flatten)]
+    pub dest_store: DestStoreArgs,
     /// Print the whole report as one JSON document.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,

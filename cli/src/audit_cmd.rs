@@ -11,14 +11,42 @@ use std::time::Duration;
 
 use common::error::InputError;
 use common::selection::Selection;
-use engine::audit::{AuditInput, AuditReport, audit};
+use engine::audit::{AuditInput, AuditReport, Held, Holdings, LocalHoldings, audit};
+use engine::manifest::ManifestEntry;
+use s3dest::audit::StoreHoldings;
+use s3dest::is_s3_url;
 use serde::Serialize;
+use transport::RemoteObject;
 use transport::retry::RetryPolicy;
 use transport::{Source, SourceConfig, coverage, discover_detailed};
 
 use crate::args::AuditArgs;
-use crate::config::{check_endpoint, existing_mirror, selection};
+use crate::config::{DestSpec, check_endpoint, dest_store, existing_mirror, selection};
 use crate::{ExitCode, Failure};
+
+/// A directory and the manifest records read from it, as the audit's holdings.
+struct OwnedLocal {
+    dir: PathBuf,
+    records: HashMap<String, ManifestEntry>,
+}
+
+impl Holdings for OwnedLocal {
+    fn held(&self, object: &RemoteObject) -> Held {
+        LocalHoldings {
+            dest: &self.dir,
+            records: &self.records,
+        }
+        .held(object)
+    }
+
+    fn keys(&self, selection: &Selection) -> Vec<String> {
+        LocalHoldings {
+            dest: &self.dir,
+            records: &self.records,
+        }
+        .keys(selection)
+    }
+}
 
 /// Items of each list the text report shows; `--json` has them all.
 const SHOWN: usize = 10;
@@ -31,7 +59,7 @@ pub struct AuditConfig {
     /// Where it comes from.
     pub source: SourceConfig,
     /// The mirror.
-    pub dest: PathBuf,
+    pub dest: DestSpec,
     /// JSON output.
     pub json: bool,
 }
@@ -42,10 +70,17 @@ impl TryFrom<&AuditArgs> for AuditConfig {
     fn try_from(args: &AuditArgs) -> Result<Self, InputError> {
         check_endpoint(&args.source.endpoint)?;
         let selection = selection(&args.selection)?;
-        let dest = existing_mirror(&args.dest)?;
+        let mut source = crate::config::listing_source(&args.source, &args.listing)?;
+        let dest = if is_s3_url(&args.dest) {
+            // The environment's AWS credentials are the destination's.
+            source.env_credentials = false;
+            DestSpec::S3(Box::new(dest_store(&args.dest, &args.dest_store, 8)?))
+        } else {
+            DestSpec::Local(existing_mirror(std::path::Path::new(&args.dest))?)
+        };
         Ok(Self {
             selection,
-            source: crate::config::listing_source(&args.source, &args.listing)?,
+            source,
             dest,
             json: args.json,
         })
@@ -84,27 +119,50 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
             }
         }
     }
-    let records = engine::manifest::read_records(&config.dest.join(".era5"), |key| {
-        common::ObjectKey::parse(key).is_some_and(|k| config.selection.selects(&k))
-    })
-    .map_err(|e| {
-        Failure::Runtime(format!(
-            "reading the manifest in {} failed: {e}",
-            config.dest.display()
-        ))
-    })?;
+    let holdings: Box<dyn Holdings> = match &config.dest {
+        DestSpec::Local(dir) => {
+            let records = engine::manifest::read_records(&dir.join(".era5"), |key| {
+                common::ObjectKey::parse(key).is_some_and(|k| config.selection.selects(&k))
+            })
+            .map_err(|e| {
+                Failure::Runtime(format!(
+                    "reading the manifest in {} failed: {e}",
+                    dir.display()
+                ))
+            })?;
+            Box::new(OwnedLocal {
+                dir: dir.clone(),
+                records,
+            })
+        }
+        DestSpec::S3(dest) => {
+            let (client, _http) = crate::uploads_cmd::connect(dest, &retry).await?;
+            Box::new(
+                StoreHoldings::read(
+                    &client,
+                    &dest.target,
+                    &config.selection,
+                    &found.objects,
+                    &retry,
+                )
+                .await
+                .map_err(|why| {
+                    Failure::Runtime(format!("reading {} failed: {why}", dest.target))
+                })?,
+            )
+        }
+    };
     let report = audit(AuditInput {
         selection: &config.selection,
         expected: config.selection.expected_keys(|p| latest.get(&p).copied()),
         bucket: &found.objects,
-        records: &records,
-        dest: &config.dest,
+        holdings: holdings.as_ref(),
         latest: &latest,
     });
     let mut stdout = std::io::stdout().lock();
     let written = if config.json {
         let document = AuditJson {
-            dest: config.dest.display().to_string(),
+            dest: config.dest.to_string(),
             bucket: &source.bucket,
             products: config.selection.products.iter().map(|p| p.name()).collect(),
             start: config.selection.range.start.to_string(),
@@ -136,7 +194,7 @@ fn write_text(
     writeln!(
         out,
         "audit of {} against s3://{bucket} for {}, {}",
-        config.dest.display(),
+        config.dest,
         products.join(","),
         config.selection.describe_range()
     )?;

@@ -51,7 +51,7 @@ pub async fn open_s3(
 }
 
 /// The destination's client, once its bucket answered a one-key listing under the prefix.
-async fn connect(
+pub(crate) async fn connect(
     dest: &DestConfig,
     retry: &RetryPolicy,
 ) -> Result<(aws_sdk_s3::Client, transport::BoundedHttpClient), Failure> {

@@ -162,6 +162,23 @@ fn a_month_copies_into_the_test_server_exactly_and_a_rerun_reads_nothing_from_th
         0,
         "a re-run over a complete destination read from the source"
     );
+
+    // The audit reads the destination's listing (and a HEAD per copy whose ETag differs).
+    let audit = |scratch: &Scratch| {
+        let mut audit = args(&source, &dest.endpoint(), &[]);
+        audit[0] = "audit".into();
+        audit.retain(|a| a != "--no-progress" && a != "--retry-base-ms" && a != "20");
+        era5_with_keys(scratch, &audit, LIMIT)
+    };
+    let complete = audit(&scratch);
+    complete.expect_code(0);
+    assert_eq!(summary(&complete)["held_verified"], month.len());
+    dest.delete_object(&dest_key(SINGLE_KEY));
+    let incomplete = audit(&scratch);
+    incomplete.expect_code(1);
+    let report = summary(&incomplete);
+    assert_eq!(report["missing_in_dest"][0]["key"], SINGLE_KEY, "{report}");
+    assert_eq!(report["held_verified"], month.len() - 1, "{report}");
 }
 
 #[test]

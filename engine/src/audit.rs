@@ -92,12 +92,51 @@ pub struct AuditInput<'a> {
     pub expected: Vec<String>,
     /// The bucket's objects for the selection.
     pub bucket: &'a [RemoteObject],
-    /// The manifest's records.
-    pub records: &'a HashMap<String, ManifestEntry>,
-    /// The mirror directory.
-    pub dest: &'a Path,
+    /// What the destination holds: a directory and its manifest ([`LocalHoldings`]), or an
+    /// object store's listing (`s3dest::audit`).
+    pub holdings: &'a dyn Holdings,
     /// Each product's latest month in the bucket, when known.
     pub latest: &'a HashMap<Product, common::YearMonth>,
+}
+
+/// How a destination holds one listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Held, verified, in the listed version.
+    Verified,
+    /// Held in another version than the bucket lists now.
+    Changed(Changed),
+    /// Not held, and why.
+    Missing(String),
+    /// Present with the listed size, but nothing vouches for its bytes yet.
+    Unrecorded,
+}
+
+/// What a destination holds, as the audit asks it (read only).
+pub trait Holdings {
+    /// How `object` is held.
+    fn held(&self, object: &RemoteObject) -> Held;
+    /// The keys the destination holds under `selection`'s month folders that it selects,
+    /// sorted (the audit reports those the bucket no longer lists).
+    fn keys(&self, selection: &Selection) -> Vec<String>;
+}
+
+/// A mirror directory and its manifest's records.
+pub struct LocalHoldings<'a> {
+    /// The mirror directory.
+    pub dest: &'a Path,
+    /// The manifest's records.
+    pub records: &'a HashMap<String, ManifestEntry>,
+}
+
+impl Holdings for LocalHoldings<'_> {
+    fn held(&self, object: &RemoteObject) -> Held {
+        held(self.dest, object, self.records.get(&object.key))
+    }
+
+    fn keys(&self, selection: &Selection) -> Vec<String> {
+        local_files(self.dest, selection)
+    }
 }
 
 /// Compares the three sets. Reads file metadata under DEST, nothing else.
@@ -116,7 +155,7 @@ pub fn audit(input: AuditInput<'_>) -> AuditReport {
         ..AuditReport::default()
     };
     for object in input.bucket {
-        match held(input.dest, object, input.records.get(&object.key)) {
+        match input.holdings.held(object) {
             Held::Verified => report.held_verified += 1,
             Held::Changed(changed) => report.changed_upstream.push(changed),
             Held::Missing(reason) => report.missing_in_dest.push(Missing {
@@ -126,7 +165,9 @@ pub fn audit(input: AuditInput<'_>) -> AuditReport {
             Held::Unrecorded => report.unrecorded.push(object.key.clone()),
         }
     }
-    report.not_in_bucket = local_files(input.dest, input.selection)
+    report.not_in_bucket = input
+        .holdings
+        .keys(input.selection)
         .into_iter()
         .filter(|key| !listed.contains_key(key.as_str()))
         .collect();
@@ -141,13 +182,6 @@ pub fn audit(input: AuditInput<'_>) -> AuditReport {
         }
     }
     report
-}
-
-enum Held {
-    Verified,
-    Changed(Changed),
-    Missing(String),
-    Unrecorded,
 }
 
 /// Whether DEST holds `object` verified, from its record and the file's size.
@@ -303,8 +337,10 @@ mod tests {
             selection: &selection,
             expected: vec![held.clone(), upstream_gap.clone()],
             bucket: &bucket,
-            records: &records,
-            dest,
+            holdings: &LocalHoldings {
+                dest,
+                records: &records,
+            },
             latest: &HashMap::new(),
         });
         assert_eq!(report.held_verified, 1);

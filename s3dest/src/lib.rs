@@ -6,6 +6,7 @@
 //! ETag as the bytes pass, and the completed object's ETag is checked against what was read.
 //! It is the second implementation of `engine::Destination` beside the directory mirror.
 //!
+//! - [`audit`]: what the destination holds, for `era5 audit` (read only).
 //! - [`target`]: `s3://BUCKET[/PREFIX]`, and where a source key lands under it.
 //! - [`client`]: the destination's own client and credentials (never the source's).
 //! - [`layout`]: how an object is cut into upload parts, and how its source is checked.
@@ -13,6 +14,7 @@
 //! - [`uploads`]: open multipart uploads: listing, parts, abort (`era5 uploads`).
 //! - [`mirror`]: [`mirror::S3Mirror`], the lease loop's destination: triage by listing.
 
+pub mod audit;
 pub mod client;
 pub mod copy;
 pub mod layout;
