@@ -70,7 +70,8 @@ fn hash_in_order(
     let parts = size.div_ceil(part_size);
     let mut md5s = Vec::with_capacity(size.div_ceil(boundary).max(1) as usize);
     let mut md5 = Md5::new();
-    let mut buffer = vec![0u8; 1 << 20];
+    // Small blocks, and no bigger than the object: see `READ_BLOCK` for why it matters.
+    let mut buffer = vec![0u8; crate::verify::READ_BLOCK.min(size.max(1) as usize)];
     let mut next = 0;
     loop {
         while done.remove(&next) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tests::pki::{CertFiles, TestCa};
 use tests::redis_server::{RedisOptions, RedisServer, RedisTls};
 
-use super::{BUCKET, Scratch, era5, send_signal};
+use super::{BUCKET, Scratch, era5, era5_via, send_signal};
 
 /// The password of the `era5` Redis user in tests.
 pub const REDIS_PASSWORD: &str = "era5-test-password";
@@ -481,7 +481,10 @@ impl Cluster {
         env: &[(&str, &str)],
     ) {
         let log = self.log(&format!("worker-{name}"));
-        let mut command = era5(&self.scratch.home());
+        // `ERA5_TEST_WORKER_WRAPPER`, read here because children never see `ERA5_*`: a
+        // command the workers are started through (a heap profiler, for a soak).
+        let wrapper = std::env::var("ERA5_TEST_WORKER_WRAPPER").ok();
+        let mut command = era5_via(&self.scratch.home(), wrapper.as_deref());
         command.envs(env.iter().copied());
         command.args(["worker", "--coordinator", url]);
         if let Some(files) = files {

@@ -41,7 +41,24 @@ pub fn seeded_server() -> (TestS3, Vec<SeededObject>) {
 /// `era5` with an environment that cannot leak the developer's settings into the test: no
 /// `ERA5_*` or `AWS_*` variables and an empty HOME (no credential files).
 pub fn era5(home: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_era5"));
+    era5_via(home, None)
+}
+
+/// [`era5`] started through `wrapper` when given: its words come first and the binary is its
+/// last argument (a profiler such as `heaptrack`, or a script that `exec`s the binary so that
+/// it keeps the child's pid and the tests' signals reach it). The wrapper comes from the
+/// harness's own environment, since the child's is scrubbed.
+pub fn era5_via(home: &Path, wrapper: Option<&str>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_era5");
+    let words: Vec<&str> = wrapper.map_or_else(Vec::new, |w| w.split_whitespace().collect());
+    let mut command = match words.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().to_string();
         if name.starts_with("ERA5_") || name.starts_with("AWS_") || name == "RUST_LOG" {
