@@ -378,9 +378,13 @@ pub struct AuditArgs {
 /// `era5 verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The local mirror to verify.
-    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    /// The mirror to verify: a directory (against its manifest), or s3://BUCKET[/PREFIX]
+    /// (each copy read back against its ETag and the source version it records).
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR|s3://BUCKET[/PREFIX]")]
+    pub dest: String,
+    /// How to reach an s3:// destination.
+    #[command(flatten)]
+    pub dest_store: DestStoreArgs,
     /// Only these products, comma separated (default: every record of the manifest).
     #[arg(
         long,
@@ -523,9 +527,13 @@ pub struct WorkerArgs {
     /// TLS: the worker's certificate names it (spiffe://<trust-domain>/era5/worker/<name>).
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// The shared mirror directory.
-    #[arg(long, env = "ERA5_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    /// The shared destination: a mirror directory, or s3://BUCKET[/PREFIX] (an object store
+    /// every worker copies into; credentials from the standard AWS chain).
+    #[arg(long, env = "ERA5_DEST", value_name = "DIR|s3://BUCKET[/PREFIX]")]
+    pub dest: String,
+    /// How to reach an s3:// destination.
+    #[command(flatten)]
+    pub dest_store: DestStoreArgs,
     /// Worker name, unique in the cluster, at most 63 characters of [a-z0-9._-] (default:
     /// the host name; with TLS, the certificate's name, which this must match if given).
     #[arg(long, env = "ERA5_NAME", value_name = "NAME")]

@@ -368,13 +368,22 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
     if let Some(http) = &args.http {
         socket_addr("--http", http)?;
     }
-    if args.dest.exists() && !args.dest.is_dir() {
-        return Err(bad(
-            "--dest",
-            &args.dest.display().to_string(),
-            "exists and is not a directory",
-        ));
-    }
+    let store = if s3dest::is_s3_url(&args.dest) {
+        Some(
+            crate::config::dest_store(
+                &args.dest,
+                &args.dest_store,
+                args.concurrency.connections as usize,
+            )
+            .map_err(|e| Failure::Input(e.to_string()))?,
+        )
+    } else {
+        let dir = std::path::Path::new(&args.dest);
+        if dir.exists() && !dir.is_dir() {
+            return Err(bad("--dest", &args.dest, "exists and is not a directory"));
+        }
+        None
+    };
     let verify: VerifyMode = args.verify.parse().map_err(Failure::Input)?;
     let min_rate = crate::config::min_rate(&args.min_rate, args.min_rate_window)
         .map_err(|e| Failure::Input(e.to_string()))?;
@@ -396,7 +405,8 @@ pub fn worker_config(args: &WorkerArgs) -> Result<AgentConfig, Failure> {
     let extra_roots = crate::config::ca_bundle().map_err(|e| Failure::Input(e.to_string()))?;
     Ok(AgentConfig {
         channel,
-        dest: args.dest.clone(),
+        dest: args.dest.clone().into(),
+        store,
         name,
         connections,
         resolver,

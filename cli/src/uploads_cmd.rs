@@ -10,12 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use common::error::InputError;
-use engine::scheduler::RequestScheduler;
 use engine::{Destination, EngineConfig, Progress};
 use s3dest::{ConnectError, Copier, DestConfig, S3Mirror};
-use transport::retry::{RetryPolicy, chain, classify, retrying};
+use transport::retry::RetryPolicy;
 use transport::{ConnectionStats, Source};
 
 use crate::args::UploadsArgs;
@@ -33,70 +31,30 @@ pub async fn open_s3(
 ) -> Result<(Arc<dyn Destination>, Arc<ConnectionStats>), Failure> {
     let (client, http) = connect(dest, &engine.retry).await?;
     let connections = dest.pool.max_connections;
-    let memory_mib = (engine.memory_budget >> 20).clamp(8, u64::from(u32::MAX >> 4)) as u32;
-    let copier = Copier {
-        source: source.clone(),
-        dest: client,
-        target: dest.target.clone(),
-        retry: engine.retry,
-        stall_timeout: engine.stall_timeout,
-        bandwidth: engine.bandwidth.clone(),
-        scheduler: RequestScheduler::fixed(connections),
-        memory: Arc::new(tokio::sync::Semaphore::new(memory_mib as usize)),
+    let copier = Copier::new(
+        source.clone(),
+        client,
+        dest.target.clone(),
+        engine,
+        connections,
         progress,
-        memory_mib,
-    };
+    );
     let mirror: Arc<dyn Destination> = S3Mirror::new(copier, connections + 2);
     Ok((mirror, http.stats()))
 }
 
-/// The destination's client, once its bucket answered a one-key listing under the prefix.
+/// The destination's client (`s3dest::connect`): missing credentials are bad input (exit 2),
+/// a bucket that is not there or not ours a runtime failure (exit 1).
 pub(crate) async fn connect(
     dest: &DestConfig,
     retry: &RetryPolicy,
 ) -> Result<(aws_sdk_s3::Client, transport::BoundedHttpClient), Failure> {
-    let (client, http) = s3dest::connect(dest).await.map_err(|error| match error {
-        ConnectError::NoCredentials { .. } => Failure::Input(error.to_string()),
-        ConnectError::Unusable { .. } => Failure::Runtime(error.to_string()),
-    })?;
-    let probed = retrying(
-        retry,
-        |_| {
-            let request = client
-                .list_objects_v2()
-                .bucket(&dest.target.bucket)
-                .prefix(&dest.target.prefix)
-                .max_keys(1);
-            async move {
-                request.send().await.map_err(|error| {
-                    let why = match error.code() {
-                        Some("NoSuchBucket") => format!(
-                            "bucket `{}` does not exist",
-                            dest.target.bucket
-                        ),
-                        Some("AccessDenied") => format!(
-                            "access denied to bucket `{}` (check the destination's credentials and policy)",
-                            dest.target.bucket
-                        ),
-                        _ => chain(&error),
-                    };
-                    (classify(&error), why)
-                })
-            }
-        },
-        |_| {},
-    )
-    .await;
-    if let Err(gave_up) = probed {
-        return Err(Failure::Runtime(
-            ConnectError::Unusable {
-                target: dest.target.to_string(),
-                detail: gave_up.detail,
-            }
-            .to_string(),
-        ));
-    }
-    Ok((client, http))
+    s3dest::connect(dest, retry)
+        .await
+        .map_err(|error| match error {
+            ConnectError::NoCredentials { .. } => Failure::Input(error.to_string()),
+            ConnectError::Unusable { .. } => Failure::Runtime(error.to_string()),
+        })
 }
 
 /// `era5 uploads`, validated.

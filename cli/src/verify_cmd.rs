@@ -24,20 +24,21 @@ use engine::recheck::{Finding, Problem, recheck};
 use engine::sync::{Mirrorer, Outcome};
 use engine::{EngineConfig, FetchScope, Mirror, Progress};
 use futures_util::{StreamExt, stream};
+use s3dest::{DestConfig, is_s3_url};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use transport::{RemoteObject, Source, SourceConfig};
 
 use crate::args::VerifyArgs;
-use crate::config::{ProgressStyle, existing_mirror};
+use crate::config::{DestSpec, ProgressStyle, dest_store, existing_mirror};
 use crate::progress_display::Reporter;
 use crate::{ExitCode, Failure};
 
 /// `era5 verify`, validated.
 #[derive(Debug)]
 pub struct VerifyConfig {
-    /// The mirror.
-    pub dest: PathBuf,
+    /// The mirror: a directory and its manifest, or an object store's copies.
+    pub dest: DestSpec,
     /// Which records; `None` checks every record.
     pub selection: Option<Selection>,
     /// Files checked at once.
@@ -54,7 +55,18 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
     type Error = InputError;
 
     fn try_from(args: &VerifyArgs) -> Result<Self, InputError> {
-        let dest = existing_mirror(&args.dest)?;
+        let dest = if is_s3_url(&args.dest) {
+            if args.repair {
+                return Err(InputError::BadValue {
+                    flag: "--repair",
+                    value: args.dest.clone(),
+                    reason: "repairs a directory; for an s3:// destination run `era5 sync`, which copies again what is missing or different".into(),
+                });
+            }
+            DestSpec::S3(Box::new(dest_store(&args.dest, &args.dest_store, 8)?))
+        } else {
+            DestSpec::Local(existing_mirror(std::path::Path::new(&args.dest))?)
+        };
         let filtered = !(args.product.is_empty()
             && args.var.is_empty()
             && args.grid.is_empty()
@@ -130,84 +142,15 @@ struct Repair {
 
 /// Runs the command.
 pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
-    let in_selection = |key: &str| match &config.selection {
-        None => true,
-        Some(selection) => ObjectKey::parse(key).is_some_and(|k| selection.selects(&k)),
+    let mut report = match &config.dest {
+        DestSpec::Local(dir) => check_files(&config, dir).await?,
+        DestSpec::S3(dest) => check_copies(&config, dest).await?,
     };
-    let records = engine::manifest::read_records(&config.dest.join(".era5"), in_selection)
-        .map_err(|e| {
-            Failure::Runtime(format!(
-                "reading the manifest in {} failed: {e}",
-                config.dest.display()
-            ))
-        })?;
-    let mut records: Vec<ManifestEntry> = records.into_values().collect();
-    if records.is_empty() {
-        return Err(Failure::Runtime(format!(
-            "nothing to verify: no manifest record in {} matches the selection",
-            config.dest.display()
-        )));
-    }
-    records.sort_by(|a, b| a.key.cmp(&b.key));
-
-    let progress = Arc::new(Progress::default());
-    progress
-        .objects_total
-        .store(records.len() as u64, Ordering::Relaxed);
-    progress
-        .bytes_total
-        .store(records.iter().map(|r| r.size).sum(), Ordering::Relaxed);
-    let reporter = Reporter::start(config.progress, progress.clone(), None);
-    let cancel = CancellationToken::new();
-    spawn_interrupt(cancel.clone());
-
-    let started = Instant::now();
-    let dest = Arc::new(config.dest.clone());
-    let mut report = VerifyReport::default();
-    // One blocking check per core: each reads its file sequentially in bounded chunks, so
-    // memory stays at jobs × the read buffer whatever the files' sizes.
-    let mut checks = stream::iter(records)
-        .take_until(Box::pin(cancel.clone().cancelled_owned()))
-        .map(|record| {
-            let dest = dest.clone();
-            async move {
-                let size = record.size;
-                let result = tokio::task::spawn_blocking(move || recheck(&dest, &record)).await;
-                (size, result)
-            }
-        })
-        .buffer_unordered(config.jobs.max(1));
-    while let Some((size, result)) = checks.next().await {
-        report.checked += 1;
-        report.bytes += size;
-        progress.bytes_downloaded.fetch_add(size, Ordering::Relaxed);
-        match result {
-            Ok(Ok(())) => {
-                report.ok += 1;
-                progress.objects_done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(finding)) => {
-                progress.objects_failed.fetch_add(1, Ordering::Relaxed);
-                report.findings.push(finding);
-            }
-            Err(join) => {
-                return Err(Failure::Runtime(format!(
-                    "a verification task failed: {join}"
-                )));
-            }
-        }
-    }
-    drop(checks);
-    reporter.stop().await;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.interrupted = cancel.is_cancelled();
-    report.findings.sort_by(|a, b| a.key.cmp(&b.key));
-
-    if let Some(source) = &config.repair
+    if let (Some(source), DestSpec::Local(dir)) = (&config.repair, &config.dest)
         && !report.findings.is_empty()
         && !report.interrupted
     {
-        report.repairs = Some(repair(&config, source, &report.findings).await?);
+        report.repairs = Some(repair(dir, source, &report.findings).await?);
     }
 
     let mut stdout = std::io::stdout().lock();
@@ -232,14 +175,158 @@ pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
     })
 }
 
+/// Whether `key` is in the selection (every key without one).
+fn in_selection(config: &VerifyConfig, key: &str) -> bool {
+    match &config.selection {
+        None => true,
+        Some(selection) => ObjectKey::parse(key).is_some_and(|k| selection.selects(&k)),
+    }
+}
+
+/// Every copy under an `s3://` destination in the selection, read back and checked against
+/// its own ETag and the source version it records (`s3dest::recheck`), `--jobs` at once.
+async fn check_copies(config: &VerifyConfig, dest: &DestConfig) -> Result<VerifyReport, Failure> {
+    let retry = transport::retry::RetryPolicy::default();
+    let (client, _http) = crate::uploads_cmd::connect(dest, &retry).await?;
+    let folders: Vec<String> = match &config.selection {
+        Some(selection) => selection.list_prefixes(),
+        None => Product::ALL
+            .iter()
+            .map(|p| format!("{}/", p.name()))
+            .collect(),
+    };
+    let mut copies = s3dest::audit::list_copies(&client, &dest.target, &folders, &retry)
+        .await
+        .map_err(|why| Failure::Runtime(format!("listing {} failed: {why}", dest.target)))?;
+    copies.retain(|copy| ObjectKey::parse(&copy.key).is_some() && in_selection(config, &copy.key));
+    if copies.is_empty() {
+        return Err(Failure::Runtime(format!(
+            "nothing to verify: no copy under {} matches the selection",
+            dest.target
+        )));
+    }
+    let (progress, reporter, cancel) = start_progress(config, copies.iter().map(|c| c.size));
+    let started = Instant::now();
+    let mut report = VerifyReport::default();
+    let (client, target) = (&client, &dest.target);
+    let mut checks = stream::iter(copies)
+        .take_until(Box::pin(cancel.clone().cancelled_owned()))
+        .map(|copy| async move {
+            let checked = s3dest::recheck::recheck_copy(client, target, &copy).await;
+            let size = copy.size;
+            (
+                size,
+                checked.map_err(|problem| Finding {
+                    path: PathBuf::from(format!("{target}{}", copy.key)),
+                    key: copy.key,
+                    problem,
+                }),
+            )
+        })
+        .buffer_unordered(config.jobs.max(1));
+    while let Some((size, checked)) = checks.next().await {
+        tally(&mut report, &progress, size, checked);
+    }
+    drop(checks);
+    reporter.stop().await;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.interrupted = cancel.is_cancelled();
+    report.findings.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(report)
+}
+
+/// The totals, the progress display and the interrupt that stops a run.
+fn start_progress(
+    config: &VerifyConfig,
+    sizes: impl Iterator<Item = u64>,
+) -> (Arc<Progress>, Reporter, CancellationToken) {
+    let progress = Arc::new(Progress::default());
+    let (count, bytes) = sizes.fold((0u64, 0u64), |(n, b), size| (n + 1, b + size));
+    progress.objects_total.store(count, Ordering::Relaxed);
+    progress.bytes_total.store(bytes, Ordering::Relaxed);
+    let reporter = Reporter::start(config.progress, progress.clone(), None);
+    let cancel = CancellationToken::new();
+    spawn_interrupt(cancel.clone());
+    (progress, reporter, cancel)
+}
+
+/// Counts one checked object into the report and the progress.
+fn tally(report: &mut VerifyReport, progress: &Progress, size: u64, checked: Result<(), Finding>) {
+    report.checked += 1;
+    report.bytes += size;
+    progress.bytes_downloaded.fetch_add(size, Ordering::Relaxed);
+    match checked {
+        Ok(()) => {
+            report.ok += 1;
+            progress.objects_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(finding) => {
+            progress.objects_failed.fetch_add(1, Ordering::Relaxed);
+            report.findings.push(finding);
+        }
+    }
+}
+
+/// Every mirrored file of a directory in the selection, checked against its manifest record,
+/// one blocking check per `--jobs`.
+async fn check_files(
+    config: &VerifyConfig,
+    dir: &std::path::Path,
+) -> Result<VerifyReport, Failure> {
+    let records =
+        engine::manifest::read_records(&dir.join(".era5"), |key| in_selection(config, key))
+            .map_err(|e| {
+                Failure::Runtime(format!(
+                    "reading the manifest in {} failed: {e}",
+                    dir.display()
+                ))
+            })?;
+    let mut records: Vec<ManifestEntry> = records.into_values().collect();
+    if records.is_empty() {
+        return Err(Failure::Runtime(format!(
+            "nothing to verify: no manifest record in {} matches the selection",
+            dir.display()
+        )));
+    }
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    let (progress, reporter, cancel) = start_progress(config, records.iter().map(|r| r.size));
+    let started = Instant::now();
+    let dest = Arc::new(dir.to_path_buf());
+    let mut report = VerifyReport::default();
+    // One blocking check per core: each reads its file sequentially in bounded chunks, so
+    // memory stays at jobs × the read buffer whatever the files' sizes.
+    let mut checks = stream::iter(records)
+        .take_until(Box::pin(cancel.clone().cancelled_owned()))
+        .map(|record| {
+            let dest = dest.clone();
+            async move {
+                let size = record.size;
+                let result = tokio::task::spawn_blocking(move || recheck(&dest, &record)).await;
+                (size, result)
+            }
+        })
+        .buffer_unordered(config.jobs.max(1));
+    while let Some((size, result)) = checks.next().await {
+        let checked = result
+            .map_err(|join| Failure::Runtime(format!("a verification task failed: {join}")))?;
+        tally(&mut report, &progress, size, checked);
+    }
+    drop(checks);
+    reporter.stop().await;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.interrupted = cancel.is_cancelled();
+    report.findings.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(report)
+}
+
 /// Takes the failing objects out of the manifest and fetches them again. DEST is taken
 /// exclusively first, as `era5 sync` takes it, so no other writer races the repair.
 async fn repair(
-    config: &VerifyConfig,
+    dir: &std::path::Path,
     source: &SourceConfig,
     findings: &[Finding],
 ) -> Result<Vec<Repair>, Failure> {
-    let mirror = Mirror::open(&config.dest).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mirror = Mirror::open(dir).map_err(|e| Failure::Runtime(e.to_string()))?;
     let keys: HashSet<String> = findings.iter().map(|f| f.key.clone()).collect();
     engine::manifest::forget_records(mirror.state_dir(), &keys).map_err(|e| {
         Failure::Runtime(format!(

@@ -79,6 +79,69 @@ fn three_workers_complete_a_job() {
     assert_eq!(workers.len(), 3);
 }
 
+/// Workers with an `s3://` destination copy a job into an object store (issue 22 §1), and a
+/// copy of a newer version already at a key is never replaced by an older one: the item that
+/// finds it ends superseded and the job completes.
+#[test]
+fn workers_copy_a_job_into_an_object_store_never_over_a_newer_version() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    let dest = TestS3::start("era5-copy");
+    let selected = selected(&seeded);
+    let newer = &selected[0].key;
+    let newer_copy = bytes::Bytes::from_static(b"a copy of a newer version");
+    dest.put_object_with(
+        &format!("m/{newer}"),
+        newer_copy.clone(),
+        tests::s3_server::PutOptions {
+            metadata: [(
+                "era5-source-last-modified".to_string(),
+                "2099-01-01T00:00:00Z".to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        },
+    );
+    let mut cluster = Cluster::start(&s3.endpoint(), 10);
+    cluster.worker_dest = Some(
+        [
+            "--dest",
+            "s3://era5-copy/m",
+            "--dest-endpoint",
+            &dest.endpoint(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    let url = cluster.coordinator_url(0);
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", tests::s3_server::ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", tests::s3_server::SECRET_KEY),
+    ];
+    for name in ["w1", "w2"] {
+        cluster.add_worker_with_env(name, &url, &[], &keys);
+    }
+    let (code, job) = cluster.submit_and_wait(PRODUCTS, "2023-12", "2024-04", LIMIT);
+    let status = cluster.wait_final(&job, LIMIT);
+    assert_eq!(code, Some(0), "{status:#}");
+    for object in &selected {
+        let stored = dest
+            .object(&format!("m/{}", object.key))
+            .unwrap_or_else(|| panic!("{} missing in the destination", object.key));
+        if &object.key == newer {
+            assert!(stored.data == newer_copy, "the newer copy was replaced");
+        } else {
+            assert!(stored.data == object.data, "{} differs", object.key);
+        }
+    }
+    assert_eq!(dest.keys().len(), selected.len(), "{:?}", dest.keys());
+    assert!(dest.uploads().is_empty(), "an upload was left open");
+    assert!(
+        std::fs::read_dir(cluster.dest()).map_or(true, |mut d| d.next().is_none()),
+        "a worker with an s3:// destination wrote into the directory"
+    );
+}
+
 /// While the workers that did a job still run, `era5 audit` and `era5 verify` see what they
 /// verified: their journals are appended by a timer, not only at exit (issue 21 §7).
 #[test]

@@ -170,6 +170,36 @@ fn a_month_copies_into_the_test_server_exactly_and_a_rerun_reads_nothing_from_th
         audit.retain(|a| a != "--no-progress" && a != "--retry-base-ms" && a != "20");
         era5_with_keys(scratch, &audit, LIMIT)
     };
+    // Verify reads every copy back: its own ETag, and the source's that it records.
+    let verify = |scratch: &Scratch| {
+        let args: Vec<String> = [
+            "verify",
+            "--dest",
+            &format!("s3://{DEST_BUCKET}/{PREFIX}"),
+            "--dest-endpoint",
+            &dest.endpoint(),
+            "--no-progress",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec();
+        era5_with_keys(scratch, &args, LIMIT)
+    };
+    let verified = verify(&scratch);
+    verified.expect_code(0);
+    assert_eq!(summary(&verified)["ok"], month.len());
+    dest.add_fault(FaultRule {
+        key_contains: Some("128_134_sp".into()),
+        operation: Some(Operation::GetObject),
+        ..FaultRule::new(Fault::CorruptBody { at: 6 * MIB as u64 })
+    });
+    let rotten = verify(&scratch);
+    rotten.expect_code(1);
+    let report = summary(&rotten);
+    assert_eq!(report["findings"][0]["key"], MULTIPART_KEY, "{report}");
+    assert_eq!(report["findings"][0]["problem"], "mismatch", "{report}");
+    dest.clear_faults();
+
     let complete = audit(&scratch);
     complete.expect_code(0);
     assert_eq!(summary(&complete)["held_verified"], month.len());

@@ -9,9 +9,11 @@ use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::{
     Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use transport::pool::{BoundedHttpClient, PoolConfig};
+use transport::retry::{RetryPolicy, chain, classify, retrying};
 
 use crate::S3Target;
 
@@ -29,6 +31,16 @@ pub struct DestConfig {
     pub path_style: bool,
     /// The destination pool's limits.
     pub pool: PoolConfig,
+}
+
+/// A connected destination: its client and where it writes. Cheap to clone (the SDK client
+/// is shared).
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// The destination's client (its own credentials and pool).
+    pub client: aws_sdk_s3::Client,
+    /// Bucket and prefix.
+    pub target: S3Target,
 }
 
 /// Why the destination cannot be used at all.
@@ -58,9 +70,11 @@ pub enum ConnectError {
 const CREDENTIALS_WITHIN: Duration = Duration::from_secs(5);
 
 /// The destination client: credentials resolved, requests signed, no SDK retries (the copy
-/// retries each request itself with the engine's policy).
+/// retries each request itself with the engine's policy), once the bucket answered a one-key
+/// listing under the prefix, so a missing bucket or a refusal is named before any work.
 pub async fn connect(
     config: &DestConfig,
+    retry: &RetryPolicy,
 ) -> Result<(aws_sdk_s3::Client, BoundedHttpClient), ConnectError> {
     let http = BoundedHttpClient::new(config.pool.clone());
     let shared = aws_config::defaults(BehaviorVersion::latest())
@@ -101,5 +115,47 @@ pub async fn connect(
     if let Some(endpoint) = &config.endpoint {
         builder = builder.endpoint_url(endpoint.trim_end_matches('/'));
     }
-    Ok((aws_sdk_s3::Client::from_conf(builder.build()), http))
+    let client = aws_sdk_s3::Client::from_conf(builder.build());
+    probe(&client, &config.target, retry).await?;
+    Ok((client, http))
+}
+
+/// One-key listing under the prefix: the bucket exists and lets us in.
+async fn probe(
+    client: &aws_sdk_s3::Client,
+    target: &S3Target,
+    retry: &RetryPolicy,
+) -> Result<(), ConnectError> {
+    retrying(
+        retry,
+        |_| {
+            let request = client
+                .list_objects_v2()
+                .bucket(&target.bucket)
+                .prefix(&target.prefix)
+                .max_keys(1);
+            async move {
+                request.send().await.map_err(|error| {
+                    let why = match error.code() {
+                        Some("NoSuchBucket") => {
+                            format!("bucket `{}` does not exist", target.bucket)
+                        }
+                        Some("AccessDenied") => format!(
+                            "access denied to bucket `{}` (check the destination's credentials and policy)",
+                            target.bucket
+                        ),
+                        _ => chain(&error),
+                    };
+                    (classify(&error), why)
+                })
+            }
+        },
+        |_| {},
+    )
+    .await
+    .map(|_| ())
+    .map_err(|gave_up| ConnectError::Unusable {
+        target: target.to_string(),
+        detail: gave_up.detail,
+    })
 }

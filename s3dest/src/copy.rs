@@ -57,6 +57,10 @@ pub enum CopyError {
     /// for whoever holds it now, who resumes it).
     #[error("not completed: {0}")]
     Fenced(String),
+    /// Not completed: the key already holds a newer version of the object (an overlapping
+    /// job's copy). The upload is aborted; the key is mirrored.
+    #[error("a newer version is already at the key")]
+    Superseded,
     /// The copy failed.
     #[error("{reason}")]
     Failed {
@@ -124,7 +128,99 @@ pub struct Copier {
     pub progress: Arc<Progress>,
     /// The memory budget's whole size, in MiB: a part larger than that still runs, alone.
     pub memory_mib: u32,
+    /// Check, and complete conditionally on, the version at the key before completing (a
+    /// cluster worker, where another holder may write the same key; see `version_fence`).
+    pub fence_versions: bool,
+    /// Set once the store answered a conditional write 501: writes go without conditions.
+    pub unconditional: std::sync::atomic::AtomicBool,
 }
+
+impl Copier {
+    /// A copier from `source` into `target` through `dest`, with the engine's retries, stall
+    /// timeout, bandwidth cap and memory budget, `connections` parts in flight.
+    pub fn new(
+        source: Source,
+        dest: aws_sdk_s3::Client,
+        target: S3Target,
+        engine: &engine::EngineConfig,
+        connections: usize,
+        progress: Arc<Progress>,
+    ) -> Self {
+        let memory_mib = (engine.memory_budget >> 20).clamp(8, u64::from(u32::MAX >> 4)) as u32;
+        Self {
+            source,
+            dest,
+            target,
+            retry: engine.retry,
+            stall_timeout: engine.stall_timeout,
+            bandwidth: engine.bandwidth.clone(),
+            scheduler: RequestScheduler::fixed(connections),
+            memory: Arc::new(Semaphore::new(memory_mib as usize)),
+            progress,
+            memory_mib,
+            fence_versions: false,
+            unconditional: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// What a completion is conditional on: the key's state when the version fence looked, so a
+/// writer that slipped in between makes the completion fail (412) instead of being overwritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Condition {
+    /// No condition (no other writer is possible: `era5 sync` holds its destination alone).
+    None,
+    /// The key was empty: `If-None-Match: *`.
+    Absent,
+    /// The key held this ETag: `If-Match`.
+    Holds(String),
+}
+
+impl Condition {
+    /// `If-None-Match`, unless the store refused conditional writes once (`unconditional`).
+    fn if_none_match(&self, unconditional: bool) -> Option<String> {
+        (*self == Condition::Absent && !unconditional).then(|| "*".into())
+    }
+
+    /// `If-Match`, unless the store refused conditional writes once.
+    fn if_match(&self, unconditional: bool) -> Option<String> {
+        match self {
+            Condition::Holds(etag) if !unconditional => Some(quoted(etag)),
+            _ => None,
+        }
+    }
+}
+
+/// A store that answers a conditional write 501 (not implemented): noted, and the write sent
+/// again without its condition (the version fence's look still refuses older versions).
+fn refused_condition<E>(
+    copier: &Copier,
+    condition: &Condition,
+    error: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> Option<(Failure, String)> {
+    let refused = *condition != Condition::None
+        && error
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 501);
+    if !refused {
+        return None;
+    }
+    if !copier
+        .unconditional
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "the destination does not implement conditional writes (501); completing without them"
+        );
+    }
+    Some((
+        Failure::Retry(RetryReason::BadResponse),
+        "conditional write not implemented; sending it without".into(),
+    ))
+}
+
+/// Completions retried after a precondition failed, each after looking again.
+const FENCE_ROUNDS: u32 = 4;
 
 /// One part's result.
 #[derive(Clone, Debug)]
@@ -230,31 +326,47 @@ impl Copier {
             )));
         }
         let key = self.key_of(object);
-        fence_check(fence)?;
-        let answered = retrying(
-            &self.retry,
-            |_| {
-                let request = self
-                    .dest
-                    .put_object()
-                    .bucket(&self.target.bucket)
-                    .key(&key)
-                    .content_md5(base64_md5(&digest))
-                    .content_length(bytes.len() as i64)
-                    .set_metadata(Some(Self::metadata(object, etag)))
-                    .body(ByteStream::from(bytes.clone()));
-                let length = bytes.len() as u64;
-                async move {
-                    match self.bounded(request.send(), length).await? {
-                        Ok(done) => Ok(unquoted(done.e_tag())),
-                        Err(error) => Err(failure(&error)),
+        let mut round = 0;
+        let answered = loop {
+            round += 1;
+            fence_check(fence)?;
+            let condition = self.version_fence(&key, object).await?;
+            let put = retrying(
+                &self.retry,
+                |_| {
+                    let request = self
+                        .dest
+                        .put_object()
+                        .bucket(&self.target.bucket)
+                        .key(&key)
+                        .content_md5(base64_md5(&digest))
+                        .content_length(bytes.len() as i64)
+                        .set_metadata(Some(Self::metadata(object, etag)))
+                        .set_if_none_match(condition.if_none_match(self.is_unconditional()))
+                        .set_if_match(condition.if_match(self.is_unconditional()))
+                        .body(ByteStream::from(bytes.clone()));
+                    let length = bytes.len() as u64;
+                    let condition = &condition;
+                    async move {
+                        match self.bounded(request.send(), length).await? {
+                            Ok(done) => Ok(unquoted(done.e_tag())),
+                            Err(error) => Err(refused_condition(self, condition, &error)
+                                .unwrap_or_else(|| failure(&error))),
+                        }
                     }
+                },
+                |reason| self.progress.retry(reason),
+            )
+            .await;
+            match put {
+                Ok(answered) => break answered,
+                // Another writer came between the look and the write: look again.
+                Err(gave_up) if gave_up.failure == Failure::Changed && round < FENCE_ROUNDS => {}
+                Err(gave_up) => {
+                    return Err(CopyError::gave_up(&format!("PutObject of {key}"), &gave_up));
                 }
-            },
-            |reason| self.progress.retry(reason),
-        )
-        .await
-        .map_err(|gave_up| CopyError::gave_up(&format!("PutObject of {key}"), &gave_up))?;
+            }
+        };
         drop((slot, room));
         self.check_completed(&key, &answered, &hex::encode(digest))
             .await
@@ -345,8 +457,28 @@ impl Copier {
         }
         let md5s: Vec<[u8; 16]> = parts.iter().map(|p| p.md5).collect();
         let expected = format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len());
-        fence_check(fence)?;
-        let answered = self.complete(&key, &upload_id, &md5s, &expected).await?;
+        let mut round = 0;
+        let answered = loop {
+            round += 1;
+            fence_check(fence)?;
+            let condition = match self.version_fence(&key, object).await {
+                Ok(condition) => condition,
+                Err(CopyError::Superseded) => {
+                    self.abort(&key, &upload_id).await;
+                    return Err(CopyError::Superseded);
+                }
+                Err(error) => return Err(error),
+            };
+            match self
+                .complete(&key, &upload_id, &md5s, &expected, &condition)
+                .await
+            {
+                Ok(answered) => break answered,
+                // Another writer came between the look and the completion: look again.
+                Err(CopyError::Failed { .. }) if round < FENCE_ROUNDS && self.fence_versions => {}
+                Err(error) => return Err(error),
+            }
+        };
         self.check_completed(&key, &answered, &expected).await
     }
 
@@ -456,6 +588,7 @@ impl Copier {
         upload_id: &str,
         md5s: &[[u8; 16]],
         expected: &str,
+        condition: &Condition,
     ) -> Result<String, CopyError> {
         let parts: Vec<CompletedPart> = md5s
             .iter()
@@ -479,7 +612,9 @@ impl Copier {
                     .bucket(&self.target.bucket)
                     .key(key)
                     .upload_id(upload_id)
-                    .multipart_upload(upload.clone());
+                    .multipart_upload(upload.clone())
+                    .set_if_none_match(condition.if_none_match(self.is_unconditional()))
+                    .set_if_match(condition.if_match(self.is_unconditional()));
                 async move {
                     match self.bounded(request.send(), 0).await? {
                         Ok(done) => Ok(Some(unquoted(done.e_tag()))),
@@ -488,7 +623,8 @@ impl Copier {
                         Err(error) if error.code() == Some(crate::uploads::NO_SUCH_UPLOAD) => {
                             Ok(None)
                         }
-                        Err(error) => Err(failure(&error)),
+                        Err(error) => Err(refused_condition(self, condition, &error)
+                            .unwrap_or_else(|| failure(&error))),
                     }
                 }
             },
@@ -520,6 +656,69 @@ impl Copier {
                 )),
             },
         }
+    }
+
+    fn is_unconditional(&self) -> bool {
+        self.unconditional
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The per-key version fence of a cluster worker: the copy at the key, if any, must not hold
+    /// a newer source version than `object` (its recorded Last-Modified, to the second, as the
+    /// directory's `version_stamp` compares them); the completion is then made conditional on
+    /// what the key holds, so **a stale holder never completes over a newer copy**, even one
+    /// written after this look. `era5 sync` holds its destination alone: no look, no condition.
+    async fn version_fence(
+        &self,
+        key: &str,
+        object: &RemoteObject,
+    ) -> Result<Condition, CopyError> {
+        if !self.fence_versions {
+            return Ok(Condition::None);
+        }
+        let head = self
+            .dest
+            .head_object()
+            .bucket(&self.target.bucket)
+            .key(key)
+            .send()
+            .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(error)
+                if error.as_service_error().is_some_and(
+                    aws_sdk_s3::operation::head_object::HeadObjectError::is_not_found,
+                ) =>
+            {
+                return Ok(Condition::Absent);
+            }
+            Err(error) => {
+                return Err(CopyError::retryable(format!(
+                    "HEAD of {key} before completing it: {}",
+                    chain(&error)
+                )));
+            }
+        };
+        let second = |text: &str| {
+            text.parse::<jiff::Timestamp>()
+                .ok()
+                .map(jiff::Timestamp::as_second)
+        };
+        let theirs = head
+            .metadata()
+            .and_then(|meta| meta.get(SOURCE_LAST_MODIFIED_META))
+            .and_then(|text| second(text));
+        let ours = object.last_modified.as_deref().and_then(second);
+        if let (Some(theirs), Some(ours)) = (theirs, ours)
+            && theirs > ours
+        {
+            tracing::info!(
+                key,
+                "a newer version is already at the key; not completing this one"
+            );
+            return Err(CopyError::Superseded);
+        }
+        Ok(Condition::Holds(unquoted(head.e_tag())))
     }
 
     /// The completed object must carry the ETag its parts give; one that does not is removed.

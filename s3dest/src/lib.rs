@@ -11,6 +11,7 @@
 //! - [`client`]: the destination's own client and credentials (never the source's).
 //! - [`layout`]: how an object is cut into upload parts, and how its source is checked.
 //! - [`copy`]: one object's verified, resumable streaming copy ([`copy::Copier`]).
+//! - [`recheck`]: a copy read back and checked (`era5 verify`).
 //! - [`uploads`]: open multipart uploads: listing, parts, abort (`era5 uploads`).
 //! - [`mirror`]: [`mirror::S3Mirror`], the lease loop's destination: triage by listing.
 
@@ -19,10 +20,11 @@ pub mod client;
 pub mod copy;
 pub mod layout;
 pub mod mirror;
+pub mod recheck;
 pub mod target;
 pub mod uploads;
 
-pub use client::{ConnectError, DestConfig, connect};
+pub use client::{ConnectError, DestConfig, Store, connect};
 pub use copy::{Copier, CopyError};
 pub use mirror::S3Mirror;
 pub use target::{S3Target, is_s3_url};

@@ -223,6 +223,14 @@ impl S3Mirror {
                 outcome
             }
             Err(CopyError::Cancelled) => Outcome::Cancelled,
+            // A newer version was in place: done like any success, with nothing written.
+            Err(CopyError::Superseded) => {
+                let counters = std::iter::once(&self.copier.progress).chain(scope.batch.as_ref());
+                for progress in counters {
+                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Superseded
+            }
             Err(CopyError::Fenced(reason)) => {
                 tracing::warn!(key = %object.key, %reason, "not completed: the lease is gone");
                 Outcome::Cancelled

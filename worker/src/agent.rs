@@ -43,8 +43,10 @@ use engine::progress::Progress;
 pub struct AgentConfig {
     /// How to reach the coordinator: URL, TLS, deadlines, keepalive.
     pub channel: CoordinatorChannel,
-    /// The shared destination.
+    /// The shared destination directory (unused with `store`).
     pub dest: PathBuf,
+    /// An `s3://` destination instead of the directory.
+    pub store: Option<s3dest::DestConfig>,
     /// This worker's name (unique in the cluster; with TLS, its certificate's).
     pub name: String,
     /// Process-wide cap on S3 connections.
@@ -73,6 +75,9 @@ pub enum AgentError {
     /// Writing the manifest failed.
     #[error("cannot write the manifest: {0}")]
     Manifest(#[from] std::io::Error),
+    /// The `s3://` destination cannot be used (credentials, bucket, permissions).
+    #[error(transparent)]
+    Store(#[from] s3dest::ConnectError),
 }
 
 /// What the worker shares between its tasks.
@@ -99,8 +104,18 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    // Checks DEST and the lock now, so a bad destination fails at start-up.
-    drop(Mirror::open_shared(&config.dest, &config.name)?);
+    // Checks DEST and the lock (or the object store's credentials and bucket) now, so a bad
+    // destination fails at start-up.
+    let store = if let Some(dest) = &config.store {
+        let (client, _pool) = s3dest::connect(dest, &config.engine.retry).await?;
+        Some(s3dest::Store {
+            client,
+            target: dest.target.clone(),
+        })
+    } else {
+        drop(Mirror::open_shared(&config.dest, &config.name)?);
+        None
+    };
     let pool = BoundedHttpClient::new(PoolConfig {
         guard: BodyGuard {
             stall_timeout: config.engine.stall_timeout,
@@ -115,7 +130,9 @@ pub async fn run(
     let schedulers = crate::telemetry::Schedulers::default();
     let telemetry = Telemetry::new(progress.clone(), pool.stats(), schedulers.clone());
     let disk = Arc::new(DiskGate::default());
-    telemetry.watch_dest(config.dest.clone(), disk.clone());
+    if store.is_none() {
+        telemetry.watch_dest(config.dest.clone(), disk.clone());
+    }
     let http_addr = http
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -131,6 +148,7 @@ pub async fn run(
         engine: config.engine.clone(),
         leases: config.max_leases,
         progress: progress.clone(),
+        store: store.clone(),
         made: tokio::sync::Mutex::new(HashMap::new()),
         schedulers,
     }));
@@ -157,11 +175,13 @@ pub async fn run(
     });
     let session_stop = CancellationToken::new();
     tokio::spawn(agent.clone().session(session_stop.clone()));
-    tokio::spawn(sweep_abandoned_temps(
-        agent.config.dest.clone(),
-        agent.config.name.clone(),
-        session_stop.clone(),
-    ));
+    if store.is_none() {
+        tokio::spawn(sweep_abandoned_temps(
+            agent.config.dest.clone(),
+            agent.config.name.clone(),
+            session_stop.clone(),
+        ));
+    }
     tracing::info!(worker = %agent.config.name, http = %http_addr, "worker started");
     runner
         .run(&Stop {

@@ -120,8 +120,10 @@ pub struct SourceMirrorers {
     pub leases: usize,
     /// Counters shared by every mirrorer.
     pub progress: Arc<Progress>,
-    /// The mirrorers made so far.
-    pub made: tokio::sync::Mutex<HashMap<(String, String), Arc<Mirrorer>>>,
+    /// An `s3://` destination, when the worker copies into an object store instead of DEST.
+    pub store: Option<s3dest::Store>,
+    /// The destinations made so far, one per source.
+    pub made: tokio::sync::Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
     /// Their engines' schedulers, for the telemetry's concurrency gauge.
     pub schedulers: crate::telemetry::Schedulers,
 }
@@ -135,29 +137,45 @@ impl Mirrorers {
         let key = (source.bucket.clone(), source.endpoint.clone());
         let mut made = by_source.made.lock().await;
         if let Some(existing) = made.get(&key) {
-            return Ok(existing.clone() as Arc<dyn Destination>);
+            return Ok(existing.clone());
         }
         let config = SourceConfig {
             bucket: source.bucket.clone(),
             endpoint: (!source.endpoint.is_empty()).then(|| source.endpoint.clone()),
+            // The environment's AWS credentials are an object store destination's.
+            env_credentials: by_source.store.is_none(),
             ..SourceConfig::era5(by_source.connections)
         };
         let connected = Source::connect_with(&config, by_source.http.clone()).await;
-        let mirror =
-            Mirror::open_shared(&by_source.dest, &by_source.name).map_err(std::io::Error::other)?;
-        let mirrorer = Mirrorer::with_batches(
-            connected,
-            mirror,
-            by_source.engine.clone(),
-            by_source.progress.clone(),
-            by_source.leases,
-        )?;
-        made.insert(key, mirrorer.clone());
+        let destination: Arc<dyn Destination> = if let Some(store) = &by_source.store {
+            let mut copier = s3dest::Copier::new(
+                connected,
+                store.client.clone(),
+                store.target.clone(),
+                &by_source.engine,
+                by_source.connections,
+                by_source.progress.clone(),
+            );
+            // Other workers (and overlapping jobs) write the same bucket.
+            copier.fence_versions = true;
+            s3dest::S3Mirror::new(copier, by_source.connections + 2)
+        } else {
+            let mirror = Mirror::open_shared(&by_source.dest, &by_source.name)
+                .map_err(std::io::Error::other)?;
+            Mirrorer::with_batches(
+                connected,
+                mirror,
+                by_source.engine.clone(),
+                by_source.progress.clone(),
+                by_source.leases,
+            )?
+        };
+        made.insert(key, destination.clone());
         by_source
             .schedulers
             .lock_unpoisoned()
-            .push(mirrorer.engine().scheduler().clone());
-        Ok(mirrorer as Arc<dyn Destination>)
+            .push(destination.scheduler().clone());
+        Ok(destination)
     }
 
     /// Every mirrorer made so far.

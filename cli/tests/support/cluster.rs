@@ -198,6 +198,9 @@ pub struct Cluster {
     pub workers: Vec<(String, Proc)>,
     /// Lease TTL in seconds.
     pub ttl: u64,
+    /// The flags naming workers' destination, when not the scratch mirror directory (an
+    /// `s3://` destination and its endpoint, say).
+    pub worker_dest: Option<Vec<String>>,
     s3_endpoint: String,
 }
 
@@ -237,6 +240,7 @@ impl Cluster {
             coordinator_flags: flags.iter().map(std::string::ToString::to_string).collect(),
             workers: Vec::new(),
             ttl,
+            worker_dest: None,
             s3_endpoint: s3_endpoint.to_string(),
         };
         cluster.add_coordinator(None);
@@ -328,6 +332,7 @@ impl Cluster {
             coordinator_flags: Vec::new(),
             workers: Vec::new(),
             ttl,
+            worker_dest: None,
             s3_endpoint: s3_endpoint.to_string(),
         };
         cluster.add_coordinator(None);
@@ -490,9 +495,11 @@ impl Cluster {
         if let Some(files) = files {
             command.args(files.flags());
         }
+        match &self.worker_dest {
+            Some(flags) => command.args(flags),
+            None => command.arg("--dest").arg(self.dest()),
+        };
         command
-            .arg("--dest")
-            .arg(self.dest())
             .args([
                 "--name",
                 name,
