@@ -130,6 +130,23 @@ struct VerifyReport {
     repairs: Option<Vec<Repair>>,
 }
 
+impl VerifyReport {
+    /// The report once every check ran (or the run was interrupted): the display stopped,
+    /// the time taken, the findings in key order.
+    async fn finished(
+        mut self,
+        reporter: Reporter,
+        started: Instant,
+        cancel: &CancellationToken,
+    ) -> Self {
+        reporter.stop().await;
+        self.seconds = started.elapsed().as_secs_f64();
+        self.interrupted = cancel.is_cancelled();
+        self.findings.sort_by(|a, b| a.key.cmp(&b.key));
+        self
+    }
+}
+
 /// What `--repair` did for one finding.
 #[derive(Debug, Serialize)]
 struct Repair {
@@ -195,7 +212,7 @@ async fn check_copies(config: &VerifyConfig, dest: &DestConfig) -> Result<Verify
             .map(|p| format!("{}/", p.name()))
             .collect(),
     };
-    let mut copies = s3dest::audit::list_copies(&client, &dest.target, &folders, &retry)
+    let mut copies = s3dest::listing::list_copies(&client, &dest.target, &folders, &retry)
         .await
         .map_err(|why| Failure::Runtime(format!("listing {} failed: {why}", dest.target)))?;
     copies.retain(|copy| ObjectKey::parse(&copy.key).is_some() && in_selection(config, &copy.key));
@@ -228,11 +245,7 @@ async fn check_copies(config: &VerifyConfig, dest: &DestConfig) -> Result<Verify
         tally(&mut report, &progress, size, checked);
     }
     drop(checks);
-    reporter.stop().await;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.interrupted = cancel.is_cancelled();
-    report.findings.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(report)
+    Ok(report.finished(reporter, started, &cancel).await)
 }
 
 /// The totals, the progress display and the interrupt that stops a run.
@@ -312,11 +325,7 @@ async fn check_files(
         tally(&mut report, &progress, size, checked);
     }
     drop(checks);
-    reporter.stop().await;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.interrupted = cancel.is_cancelled();
-    report.findings.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(report)
+    Ok(report.finished(reporter, started, &cancel).await)
 }
 
 /// Takes the failing objects out of the manifest and fetches them again. DEST is taken

@@ -62,17 +62,19 @@ impl UploadLayout {
             let least = size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
             DEFAULT_UPLOAD_PART.max(least)
         };
-        let layout = match form {
-            Some(EtagForm::Single(md5)) => Self {
-                size,
-                part_size: if size <= SINGLE_PUT_MAX {
-                    size.max(1)
-                } else {
-                    spread()
-                },
-                single_put: size <= SINGLE_PUT_MAX,
-                check: SourceCheck::WholeMd5(md5),
+        // One PUT up to SINGLE_PUT_MAX, parts of the spread size above.
+        let whole_or_spread = |check| Self {
+            size,
+            part_size: if size <= SINGLE_PUT_MAX {
+                size.max(1)
+            } else {
+                spread()
             },
+            single_put: size <= SINGLE_PUT_MAX,
+            check,
+        };
+        let layout = match form {
+            Some(EtagForm::Single(md5)) => whole_or_spread(SourceCheck::WholeMd5(md5)),
             Some(EtagForm::Multipart { digest, parts }) => {
                 let source_part = candidate_part_sizes(size, parts)
                     .into_iter()
@@ -97,16 +99,7 @@ impl UploadLayout {
                     },
                 }
             }
-            None => Self {
-                size,
-                part_size: if size <= SINGLE_PUT_MAX {
-                    size.max(1)
-                } else {
-                    spread()
-                },
-                single_put: size <= SINGLE_PUT_MAX,
-                check: SourceCheck::SizeOnly,
-            },
+            None => whole_or_spread(SourceCheck::SizeOnly),
         };
         if layout.part_size > MAX_BUFFERED_PART {
             return Err(format!(

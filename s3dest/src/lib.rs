@@ -10,6 +10,7 @@
 //! - [`target`]: `s3://BUCKET[/PREFIX]`, and where a source key lands under it.
 //! - [`client`]: the destination's own client and credentials (never the source's).
 //! - [`layout`]: how an object is cut into upload parts, and how its source is checked.
+//! - [`listing`]: the destination's copies under a folder, every page.
 //! - [`copy`]: one object's verified, resumable streaming copy ([`copy::Copier`]).
 //! - [`recheck`]: a copy read back and checked (`era5 verify`).
 //! - [`uploads`]: open multipart uploads: listing, parts, abort (`era5 uploads`).
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod client;
 pub mod copy;
 pub mod layout;
+pub mod listing;
 pub mod mirror;
 pub mod recheck;
 pub mod target;

@@ -25,9 +25,7 @@ use transport::RemoteObject;
 use transport::retry::{chain, classify, retrying};
 
 use crate::copy::{Copier, CopyError, SOURCE_ETAG_META};
-
-/// Most listing pages one batch may read (a batch's keys share a folder).
-const MAX_LIST_PAGES: usize = 100;
+use crate::listing::{ListedCopy, list_copies};
 
 /// An object store written through a [`Copier`].
 pub struct S3Mirror {
@@ -62,60 +60,24 @@ impl S3Mirror {
         &self.copier
     }
 
-    /// Size and ETag (unquoted) of the destination's objects among `keys`, from one listing
-    /// of their common prefix.
-    async fn listed(&self, keys: &[String]) -> Result<HashMap<String, (u64, String)>, String> {
+    /// The destination's copies of `objects`, by source key, from one listing of their
+    /// common folder.
+    async fn listed(
+        &self,
+        objects: &[RemoteObject],
+    ) -> Result<HashMap<String, ListedCopy>, String> {
         let copier = &self.copier;
-        let prefix = common_prefix(keys);
+        let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
         let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
-        let mut found = HashMap::new();
-        let mut token: Option<String> = None;
-        for _ in 0..MAX_LIST_PAGES {
-            let page = retrying(
-                &copier.retry,
-                |_| {
-                    let request = copier
-                        .dest
-                        .list_objects_v2()
-                        .bucket(&copier.target.bucket)
-                        .prefix(&prefix)
-                        .set_continuation_token(token.clone());
-                    async move { request.send().await.map_err(|e| (classify(&e), chain(&e))) }
-                },
-                |reason| copier.progress.retry(reason),
-            )
-            .await
-            .map_err(|gave_up| gave_up.detail)?;
-            for object in page.contents() {
-                let (Some(key), Some(size)) = (object.key(), object.size()) else {
-                    continue;
-                };
-                if wanted.contains(key) {
-                    found.insert(
-                        key.to_string(),
-                        (
-                            u64::try_from(size).unwrap_or(u64::MAX),
-                            object
-                                .e_tag()
-                                .unwrap_or_default()
-                                .trim_matches('"')
-                                .to_string(),
-                        ),
-                    );
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                return Ok(found);
-            }
-            let next = page.next_continuation_token().map(str::to_string);
-            if next.is_none() || next == token {
-                return Err("the destination listing repeated its continuation token".into());
-            }
-            token = next;
-        }
-        Err(format!(
-            "more than {MAX_LIST_PAGES} pages under the destination prefix {prefix}"
-        ))
+        let folder = common_prefix(&keys);
+        Ok(
+            list_copies(&copier.dest, &copier.target, &[folder], &copier.retry)
+                .await?
+                .into_iter()
+                .filter(|copy| wanted.contains(copy.key.as_str()))
+                .map(|copy| (copy.key.clone(), copy))
+                .collect(),
+        )
     }
 
     /// The source version the destination's copy at `key` recorded, by a HEAD.
@@ -177,13 +139,9 @@ impl S3Mirror {
         &self,
         objects: &[RemoteObject],
     ) -> Result<Vec<Result<Plan, CopyError>>, String> {
-        let keys: Vec<String> = objects
-            .iter()
-            .map(|o| self.copier.target.key_of(&o.key))
-            .collect();
-        let listed = self.listed(&keys).await?;
+        let listed = self.listed(objects).await?;
         let mut plans = Vec::with_capacity(objects.len());
-        for (object, key) in objects.iter().zip(&keys) {
+        for object in objects {
             let etag = match self.source_etag(object).await {
                 Ok(etag) => etag,
                 Err(error) => {
@@ -191,10 +149,14 @@ impl S3Mirror {
                     continue;
                 }
             };
-            let plan = match (listed.get(key), &etag) {
-                (Some((size, dest_etag)), Some(source_etag)) if *size == object.size => {
-                    if dest_etag == source_etag
-                        || self.recorded_source_etag(key).await?.as_ref() == Some(source_etag)
+            let plan = match (listed.get(&object.key), &etag) {
+                (Some(copy), Some(source_etag)) if copy.size == object.size => {
+                    if &copy.etag == source_etag
+                        || self
+                            .recorded_source_etag(&self.copier.target.key_of(&object.key))
+                            .await?
+                            .as_ref()
+                            == Some(source_etag)
                     {
                         Plan::Present
                     } else {

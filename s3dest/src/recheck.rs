@@ -14,9 +14,9 @@ use engine::recheck::Problem;
 use engine::verify::etag::{EtagForm, candidate_part_sizes, multipart_digest};
 
 use crate::S3Target;
-use crate::audit::ListedCopy;
 use crate::copy::SOURCE_ETAG_META;
 use crate::layout::{SourceCheck, UploadLayout};
+use crate::listing::ListedCopy;
 
 /// MD5s of consecutive parts of one size, fed in order.
 struct PartMd5s {
