@@ -39,7 +39,8 @@ pub async fn open_s3(
         connections,
         progress,
     );
-    let mirror: Arc<dyn Destination> = S3Mirror::new(copier, connections + 2);
+    let window = copier.scheduler.max();
+    let mirror: Arc<dyn Destination> = S3Mirror::new(copier, window + 2);
     Ok((mirror, http.stats()))
 }
 

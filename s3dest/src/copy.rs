@@ -32,15 +32,19 @@ use engine::Progress;
 use engine::bandwidth::Bandwidth;
 use engine::fast_md5::Md5;
 use engine::fence::LeaseFence;
+use engine::memory::{BufferBudget, Reservation};
 use engine::scheduler::RequestScheduler;
 use engine::verify::etag::{EtagForm, multipart_digest};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use transport::retry::{Failure, RetryPolicy, RetryReason, chain, classify, retrying};
 use transport::{RemoteObject, Source};
 
 use crate::S3Target;
 use crate::layout::{SourceCheck, UploadLayout};
+
+/// Parts in flight by default (`--connections` caps it; `--no-autotune` sets it).
+pub const COPY_WINDOW: usize = 32;
 
 /// User metadata every copy carries: the source version it holds.
 pub const SOURCE_ETAG_META: &str = "era5-source-etag";
@@ -120,14 +124,11 @@ pub struct Copier {
     pub stall_timeout: Duration,
     /// `--bwlimit`, charged for every source byte.
     pub bandwidth: Arc<Bandwidth>,
-    /// Parts in flight (one slot covers a part's GET and its upload).
+    /// Parts in flight (one slot covers a part's GET and its upload), and the memory budget
+    /// (`--memory-budget`) their bytes are held in.
     pub scheduler: Arc<RequestScheduler>,
-    /// Bytes of parts held in memory, in MiB permits.
-    pub memory: Arc<Semaphore>,
     /// Counters.
     pub progress: Arc<Progress>,
-    /// The memory budget's whole size, in MiB: a part larger than that still runs, alone.
-    pub memory_mib: u32,
     /// Check, and complete conditionally on, the version at the key before completing (a
     /// cluster worker, where another holder may write the same key; see `version_fence`).
     pub fence_versions: bool,
@@ -146,7 +147,14 @@ impl Copier {
         connections: usize,
         progress: Arc<Progress>,
     ) -> Self {
-        let memory_mib = (engine.memory_budget >> 20).clamp(8, u64::from(u32::MAX >> 4)) as u32;
+        // With autotune on (the default), `--connections` is a cap, and the copy keeps a
+        // fixed window under it: copying is bound by hashing and the destination, and a
+        // window of 256 parts only started every object at once (bench/RESULTS.md).
+        let window = if engine.autotune {
+            connections.min(COPY_WINDOW)
+        } else {
+            connections
+        };
         Self {
             source,
             dest,
@@ -154,10 +162,14 @@ impl Copier {
             retry: engine.retry,
             stall_timeout: engine.stall_timeout,
             bandwidth: engine.bandwidth.clone(),
-            scheduler: RequestScheduler::fixed(connections),
-            memory: Arc::new(Semaphore::new(memory_mib as usize)),
+            scheduler: RequestScheduler::new(
+                engine::Concurrency {
+                    max: window,
+                    autotune: false,
+                },
+                BufferBudget::new(engine.memory_budget),
+            ),
             progress,
-            memory_mib,
             fence_versions: false,
             unconditional: std::sync::atomic::AtomicBool::new(false),
         }
@@ -348,7 +360,10 @@ impl Copier {
                     let length = bytes.len() as u64;
                     let condition = &condition;
                     async move {
-                        match self.bounded(request.send(), length).await? {
+                        // The body is protected by its Content-MD5, which the store checks;
+                        // a SHA-256 of it for the signature would only hash it twice more.
+                        let send = request.customize().disable_payload_signing().send();
+                        match self.bounded(send, length).await? {
                             Ok(done) => Ok(unquoted(done.e_tag())),
                             Err(error) => Err(refused_condition(self, condition, &error)
                                 .unwrap_or_else(|| failure(&error))),
@@ -779,19 +794,10 @@ impl Copier {
     }
 
     /// A request slot and the room of `bytes` in the memory budget.
-    async fn admit(
-        &self,
-        priority: u64,
-        bytes: u64,
-    ) -> (engine::scheduler::Slot, Option<OwnedSemaphorePermit>) {
+    async fn admit(&self, priority: u64, bytes: u64) -> (engine::scheduler::Slot, Reservation) {
         let slot = self.scheduler.acquire(priority).await;
-        let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, 1 << 20);
-        let room = self
-            .memory
-            .clone()
-            .acquire_many_owned(mib.min(self.memory_mib.max(1)))
-            .await
-            .ok();
+        // A part larger than the budget's half still runs, alone.
+        let room = self.scheduler.budget().reserve_chunk(bytes).await;
         (slot, room)
     }
 
@@ -958,7 +964,9 @@ impl PartJob {
                     .body(ByteStream::from(bytes.clone()));
                 let length = bytes.len() as u64;
                 async move {
-                    match copier.bounded(request.send(), length).await? {
+                    // Protected by its Content-MD5 (see `put_whole`).
+                    let send = request.customize().disable_payload_signing().send();
+                    match copier.bounded(send, length).await? {
                         Ok(done) => Ok(unquoted(done.e_tag())),
                         Err(error) => Err(failure(&error)),
                     }

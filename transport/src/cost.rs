@@ -68,7 +68,11 @@ impl RequestKind {
         };
         match *method {
             http::Method::HEAD => RequestKind::Head,
-            http::Method::GET if has("list-type") => RequestKind::List,
+            // ListObjectsV2, ListMultipartUploads (`?uploads`) and ListParts (`?uploadId`):
+            // all billed as LIST.
+            http::Method::GET if has("list-type") || has("uploads") || has("uploadId") => {
+                RequestKind::List
+            }
             http::Method::GET => RequestKind::Get,
             http::Method::PUT if has("partNumber") && has("uploadId") => RequestKind::UploadPart,
             http::Method::PUT => RequestKind::Put,
@@ -304,6 +308,9 @@ mod tests {
         assert_eq!(kind("POST", Some("uploads")), RequestKind::CreateUpload);
         assert_eq!(kind("POST", Some("uploadId=abc")), RequestKind::Complete);
         assert_eq!(kind("DELETE", Some("uploadId=abc")), RequestKind::Abort);
+        // ListMultipartUploads and ListParts are billed as LIST, not GET.
+        assert_eq!(kind("GET", Some("uploads&prefix=k")), RequestKind::List);
+        assert_eq!(kind("GET", Some("uploadId=abc")), RequestKind::List);
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl Mirrorers {
             );
             // Other workers (and overlapping jobs) write the same bucket.
             copier.fence_versions = true;
-            s3dest::S3Mirror::new(copier, by_source.connections + 2)
+            let window = copier.scheduler.max();
+            s3dest::S3Mirror::new(copier, window + 2)
         } else {
             let mirror = Mirror::open_shared(&by_source.dest, &by_source.name)
                 .map_err(std::io::Error::other)?;
