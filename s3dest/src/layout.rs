@@ -129,15 +129,18 @@ impl UploadLayout {
     }
 
     /// Whether a part listed by the destination can stand for part `index`: its size is the
-    /// plan's, and its MD5 is also what the source check needs (true unless the whole object's
-    /// MD5 must be hashed in order, or one upload part holds several source parts).
+    /// plan's, and its MD5 is what the source check needs, so parts of an earlier version of
+    /// the object fail that check (only a multipart source copied in its own part size: not
+    /// when the whole object's MD5 must be hashed in order, one upload part holds several
+    /// source parts, or the source has no MD5 ETag).
     pub fn reusable(&self, index: u64, listed_size: u64) -> bool {
         let (start, end) = self.range(index);
-        let whole_source_parts = match &self.check {
-            SourceCheck::Multipart { part_size, .. } => *part_size == self.part_size,
-            SourceCheck::SizeOnly => true,
-            SourceCheck::WholeMd5(_) => false,
-        };
+        // Without a multipart digest nothing would catch listed parts of an earlier version of
+        // the same size, and the whole object's MD5 needs every byte read in order anyway.
+        let whole_source_parts = matches!(
+            &self.check,
+            SourceCheck::Multipart { part_size, .. } if *part_size == self.part_size
+        );
         !self.single_put && whole_source_parts && listed_size == end - start
     }
 }
@@ -199,6 +202,13 @@ mod tests {
         let empty = UploadLayout::plan(0, Some("d41d8cd98f00b204e9800998ecf8427e")).unwrap();
         assert!(empty.single_put);
         assert_eq!(empty.range(0), (0, 0));
+    }
+
+    #[test]
+    fn parts_of_a_source_without_an_md5_etag_are_never_reused() {
+        let layout = UploadLayout::plan(40 * MIB, Some("opaque-etag-of-another-store")).unwrap();
+        assert_eq!(layout.check, SourceCheck::SizeOnly);
+        assert!(!layout.reusable(0, layout.part_size));
     }
 
     #[test]
