@@ -70,6 +70,13 @@ def make_data(data_dir):
         key = f"{MONTH_PREFIX}e5.oper.an.sfc.{code}_{short}.ll025sc.2024010100_2024013123.nc"
         wanted[key] = rng.randint(130, 170) * MIB + rng.randint(0, MIB)
     wanted[BIG_KEY] = 2 * GIB
+    write_objects(data_dir, wanted)
+    return wanted
+
+
+def write_objects(data_dir, wanted, log=log):
+    """Writes each {key: size} under `data_dir` that is not there at its size yet: random bytes
+    behind an HDF5 signature."""
     for key, size in wanted.items():
         path = os.path.join(data_dir, key)
         if os.path.exists(path) and os.path.getsize(path) == size:
@@ -83,7 +90,6 @@ def make_data(data_dir):
                 block = os.urandom(min(left, 4 * MIB))
                 out.write(block)
                 left -= len(block)
-    return wanted
 
 
 def free_port():

@@ -91,9 +91,7 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
-import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402
@@ -148,19 +146,7 @@ def make_data(data_dir):
             if key not in wanted and not name.startswith(".era5-bench-etags"):
                 log(f"removing {key}, not part of the dataset")
                 os.remove(os.path.join(root, name))
-    for key, size in wanted.items():
-        path = os.path.join(data_dir, key)
-        if os.path.exists(path) and os.path.getsize(path) == size:
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        log(f"writing {key} ({size / MIB:.0f} MiB)")
-        with open(path, "wb") as out:
-            out.write(b"\x89HDF\r\n\x1a\n")
-            left = size - 8
-            while left > 0:
-                block = os.urandom(min(left, 4 * MIB))
-                out.write(block)
-                left -= len(block)
+    bench.write_objects(data_dir, wanted, log=log)
     return wanted
 
 
@@ -226,23 +212,6 @@ class Process:
     def stop(self):
         self.proc.kill()
         self.proc.wait()
-
-
-def list_bucket(url, bucket, prefix=""):
-    """{key: size} of every object under `prefix`, by unsigned ListObjectsV2 pages."""
-    objects, token = {}, None
-    ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-    while True:
-        query = f"list-type=2&prefix={urllib.parse.quote(prefix, safe='')}"
-        if token:
-            query += f"&continuation-token={urllib.parse.quote(token, safe='')}"
-        with urllib.request.urlopen(f"{url}/{bucket}?{query}", timeout=60) as reply:
-            root = ET.fromstring(reply.read())
-        for item in root.iter(f"{ns}Contents"):
-            objects[item.find(f"{ns}Key").text] = int(item.find(f"{ns}Size").text)
-        token = root.findtext(f"{ns}NextContinuationToken")
-        if not token:
-            return objects
 
 
 def check_bucket(found, expected):
@@ -357,7 +326,7 @@ def run_once(label, tool, settings, args, source, expected, out_dir):
         stats = source_stats(source)
         with open(stdout_path) as f:
             stdout_text = f.read()
-        found = list_bucket(dest.url, DEST_BUCKET)
+        found = wan.list_bucket(dest.url, DEST_BUCKET)
     finally:
         dest.stop()
     problem = check_bucket(found, expected)
@@ -563,7 +532,7 @@ def main():
                           "--part-mib", str(ETAG_PART_MIB[form])],
                          os.path.join(args.out, f"source-{form}.log"), "era5-bench-server")
         try:
-            listed = list_bucket(source.url, SOURCE_BUCKET)
+            listed = wan.list_bucket(source.url, SOURCE_BUCKET)
             if listed != expected:
                 raise SystemExit(f"s3copy: the source lists {check_bucket(listed, expected)}")
             log(f"{form} ETags: {len(expected)} objects, {total / MIB:.0f} MiB; source on port {source.port}")

@@ -179,6 +179,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def list_bucket(url, bucket, prefix="", timeout=60):
+    """{key: size} of every object under `prefix`, by unsigned ListObjectsV2 pages."""
+    objects, token = {}, None
+    ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+    while True:
+        query = f"list-type=2&prefix={urllib.parse.quote(prefix, safe='')}"
+        if token:
+            query += f"&continuation-token={urllib.parse.quote(token, safe='')}"
+        with urllib.request.urlopen(f"{url}/{bucket}?{query}", timeout=timeout) as reply:
+            root = ET.fromstring(reply.read())
+        for item in root.iter(f"{ns}Contents"):
+            objects[item.find(f"{ns}Key").text] = int(item.find(f"{ns}Size").text)
+        token = root.findtext(f"{ns}NextContinuationToken")
+        if not token:
+            return objects
+
+
 class Server:
     """One era5-bench-server for one model."""
 
@@ -232,19 +249,7 @@ class Server:
 
     def list_objects(self, prefix):
         """Every key under `prefix` with its size, by ListObjectsV2 pages."""
-        objects, token = {}, None
-        ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-        while True:
-            query = f"list-type=2&prefix={urllib.parse.quote(prefix, safe='')}"
-            if token:
-                query += f"&continuation-token={urllib.parse.quote(token, safe='')}"
-            with urllib.request.urlopen(f"{self.direct_url}/{BUCKET}?{query}", timeout=30) as reply:
-                root = ET.fromstring(reply.read())
-            for item in root.iter(f"{ns}Contents"):
-                objects[item.find(f"{ns}Key").text] = int(item.find(f"{ns}Size").text)
-            token = root.findtext(f"{ns}NextContinuationToken")
-            if not token:
-                return objects
+        return list_bucket(self.direct_url, BUCKET, prefix, timeout=30)
 
     def stop(self):
         self.proc.kill()
