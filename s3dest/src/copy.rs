@@ -327,15 +327,9 @@ impl Copier {
         let (slot, room) = self.admit(priority, layout.size).await;
         let bytes = self.read_source(object, etag, 0, layout.size).await?;
         let digest = Md5::digest(&bytes);
-        if let SourceCheck::WholeMd5(expected) = layout.check
-            && digest != expected
-        {
-            return Err(CopyError::retryable(format!(
-                "{}: the source's bytes have MD5 {}, not their ETag {}",
-                object.key,
-                hex::encode(digest),
-                hex::encode(expected)
-            )));
+        if let SourceCheck::WholeMd5(expected) = layout.check {
+            whole_md5_check(digest, expected)
+                .map_err(|mismatch| CopyError::retryable(format!("{}: {mismatch}", object.key)))?;
         }
         let key = self.key_of(object);
         let mut round = 0;
@@ -1017,18 +1011,20 @@ fn source_check(
                 ))
             }
         }
-        SourceCheck::WholeMd5(expected) => {
-            let actual = ordered.finish();
-            if actual == *expected {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the source's bytes have MD5 {}, not their ETag {}",
-                    hex::encode(actual),
-                    hex::encode(expected)
-                ))
-            }
-        }
+        SourceCheck::WholeMd5(expected) => whole_md5_check(ordered.finish(), *expected),
         SourceCheck::SizeOnly => Ok(()),
+    }
+}
+
+/// Whether the whole object's MD5 is its single-part ETag's.
+fn whole_md5_check(actual: [u8; 16], expected: [u8; 16]) -> Result<(), String> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "the source's bytes have MD5 {}, not their ETag {}",
+            hex::encode(actual),
+            hex::encode(expected)
+        ))
     }
 }
