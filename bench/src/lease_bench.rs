@@ -121,6 +121,7 @@ async fn throughput(coordinator: String, redis: String, workers: usize, items: u
             })
             .collect(),
         follow: None,
+        bwlimit: None,
     };
     store.create_job(&job).await.expect("create the job");
     let ops = Arc::new(AtomicU64::new(0));
@@ -313,6 +314,7 @@ async fn sessions(coordinator: String, redis: String, count: usize, leases: usiz
             })
             .collect(),
         follow: None,
+        bwlimit: None,
     };
     store.create_job(&job).await.expect("create the job");
     let ttl = store.policy().ttl;

@@ -628,6 +628,11 @@ pub struct SubmitArgs {
     /// Time between a standing job's passes (e.g. 6h, 30m, 90s; default 6h).
     #[arg(long, env = "ERA5_INTERVAL", value_name = "DUR")]
     pub interval: Option<String>,
+    /// A fleet-wide budget for this job: the coordinator shares RATE among the workers that
+    /// hold the job's leases, as they come and go. `--bwlimit`'s syntax, timetables included
+    /// (in the coordinator's local time). No budget by default.
+    #[arg(long, env = "ERA5_JOB_BWLIMIT", value_name = "RATE")]
+    pub bwlimit: Option<String>,
 }
 
 /// `era5 status`.

@@ -535,6 +535,16 @@ fn follow_interval(args: &SubmitArgs) -> Result<Option<u64>, Failure> {
     }
 }
 
+/// `submit --bwlimit`, checked here so that a bad one is a bad-input exit before any call;
+/// empty when there is none.
+fn job_budget(text: Option<&str>) -> Result<String, Failure> {
+    let Some(text) = text else {
+        return Ok(String::new());
+    };
+    common::bwlimit::BwLimit::parse(text).map_err(|error| bad("--bwlimit", text, error))?;
+    Ok(text.trim().to_string())
+}
+
 /// Writes `text` and a newline to stdout; a closed stdout ends the command quietly (`| head`).
 fn print_line(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
@@ -565,6 +575,7 @@ pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<Exi
             endpoint: args.source.endpoint.clone().unwrap_or_default(),
         }),
         follow_interval_ms: follow_interval(&args)?,
+        bwlimit: job_budget(args.bwlimit.as_deref())?,
     });
     request.set_timeout(SUBMIT_DEADLINE);
     let response = operator
@@ -791,6 +802,12 @@ async fn job_summary(
         let mut text = jobs_table(std::slice::from_ref(&job));
         if let Some(follow) = &job.follow {
             text.push_str(&follow_line(follow));
+        }
+        if !job.bwlimit.is_empty() {
+            text.push_str(&format!(
+                "fleet bandwidth budget: {}, shared among the workers holding its leases\n",
+                clean(&job.bwlimit)
+            ));
         }
         text.push_str(&format!(
             "({} leases: --leases lists them, --state STATE only those in one state)\n",

@@ -857,6 +857,8 @@ fn submit_warns_about_unmatched_variables_and_refuses_an_empty_selection() {
 }
 // Security, limits, partitions and start-up/shutdown scenarios, in this binary so they share
 // its build; each file says what it covers.
+#[path = "cluster/budget.rs"]
+mod budget;
 #[path = "cluster/failover.rs"]
 mod failover;
 #[path = "cluster/lifecycle.rs"]

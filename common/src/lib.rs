@@ -3,6 +3,7 @@
 //! Every role builds on it; it knows nothing of S3, leases or the network (the `transport`
 //! crate holds the S3 source).
 
+pub mod bwlimit;
 pub mod catalog;
 pub mod dates;
 pub mod error;

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod redis_store;
 pub mod server;
 pub mod service;
+pub mod shares;
 pub mod status_page;
 pub mod tls;
 

@@ -93,6 +93,7 @@ impl Server {
             caps: caps.clone(),
             planning: Semaphore::new(1),
             stopping: shutdown.clone(),
+            shares: crate::shares::Shares::default(),
         });
         let (health, health_service) = tonic_health::server::health_reporter();
         let tasks = CancellationToken::new();

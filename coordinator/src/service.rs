@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::selection::Selection;
 use futures_util::{Stream, StreamExt};
@@ -82,6 +82,8 @@ pub struct Coordinator {
     pub planning: Semaphore,
     /// Ends the worker sessions when the coordinator stops.
     pub stopping: CancellationToken,
+    /// Fleet-wide bandwidth budgets and the workers' shares of them.
+    pub shares: crate::shares::Shares,
 }
 
 /// `source` as jobs record it: the endpoint empty when it is the default one.
@@ -192,6 +194,7 @@ fn summary(job: &JobStatus) -> pb::JobSummary {
             last_success_unix_ms: follow.last_success_ms,
             last_error: shorten(follow.last_error.clone(), MAX_ERROR_SHOWN),
         }),
+        bwlimit: job.bwlimit.clone().unwrap_or_default(),
     }
 }
 
@@ -343,6 +346,14 @@ impl Coordinator {
                 )));
             }
         };
+        let bwlimit = match request.bwlimit.trim() {
+            "" => None,
+            text => {
+                common::bwlimit::BwLimit::parse(text)
+                    .map_err(|e| Error::InvalidArgument(format!("invalid bandwidth budget {e}")))?;
+                Some(text.to_string())
+            }
+        };
         let source = self.check_source(request.source)?;
         let active = self.store.active_jobs().await?;
         if active >= self.caps.max_active_jobs {
@@ -377,6 +388,7 @@ impl Coordinator {
             self.limits,
         );
         job.follow = follow;
+        job.bwlimit = bwlimit;
         self.store.create_job(&job).await?;
         tracing::info!(job = %job.job_id, items = job.items.len(), "job submitted");
         Ok(pb::SubmitJobResponse {
@@ -390,6 +402,34 @@ impl Coordinator {
 }
 
 impl Coordinator {
+    /// `worker`'s bandwidth share now, after it was granted leases of `granted` (if any):
+    /// reads who holds what from the store when due, and the budgets of jobs not seen yet. A
+    /// store that does not answer leaves the last holdings, and a budget it cannot give is
+    /// asked again next time (the job counts as having none meanwhile).
+    pub async fn share_after(&self, worker: &str, granted: &[&str]) -> Option<u64> {
+        let shares = &self.shares;
+        if !granted.is_empty() {
+            shares.learn_grants(worker, granted.iter().copied(), Instant::now());
+        }
+        if shares.holdings_due(Instant::now()) {
+            let _reading = shares.reading.lock().await;
+            if shares.holdings_due(Instant::now()) {
+                match self.store.holdings().await {
+                    Ok(held) => shares.learn_holdings(held, Instant::now()),
+                    Err(error) => tracing::debug!(%error, "could not read the holdings"),
+                }
+            }
+        }
+        for job in shares.unknown_budgets() {
+            match self.store.job(&job).await {
+                Ok(status) => shares.learn_budget(&job, status.bwlimit.as_deref()),
+                Err(lease::Error::UnknownJob(_)) => shares.learn_budget(&job, None),
+                Err(_) => {}
+            }
+        }
+        shares.share_for(worker, Instant::now())
+    }
+
     /// The selection's listing from this coordinator's source, capped in objects and bounded
     /// in time, with any credentials of the endpoint scrubbed from errors.
     async fn list_selection(
@@ -676,6 +716,7 @@ impl Worker for WorkerService {
             return Ok(Response::new(pb::AcquireResponse {
                 leases: Vec::new(),
                 draining: true,
+                bandwidth: None,
             }));
         }
         let request_id = &request.get_ref().request_id;
@@ -686,6 +727,8 @@ impl Worker for WorkerService {
             store.acquire_for_request(&worker, max, request_id).await
         }
         .map_err(status)?;
+        let jobs: Vec<&str> = grants.iter().map(|g| g.lease.job_id.as_str()).collect();
+        let share = self.0.share_after(&worker, &jobs).await;
         let source = source_spec(&self.0.source);
         Ok(Response::new(pb::AcquireResponse {
             leases: grants
@@ -693,6 +736,9 @@ impl Worker for WorkerService {
                 .map(|grant| grant_to_pb(grant, &source))
                 .collect(),
             draining: false,
+            bandwidth: Some(pb::BandwidthShare {
+                bytes_per_sec: share,
+            }),
         }))
     }
 
@@ -711,9 +757,14 @@ impl Worker for WorkerService {
             .metrics
             .renew_seconds
             .observe(started.elapsed().as_secs_f64());
+        let status = lease_status(renewed.map_err(status)?)?;
+        let share = self.0.share_after(&worker, &[]).await;
         Ok(Response::new(pb::RenewResponse {
-            status: lease_status(renewed.map_err(status)?)?,
+            status,
             ttl_ms: self.0.store.policy().ttl.as_millis() as u64,
+            bandwidth: Some(pb::BandwidthShare {
+                bytes_per_sec: share,
+            }),
         }))
     }
 
@@ -802,11 +853,14 @@ impl Worker for WorkerService {
         let stopping = self.0.stopping.clone();
         let connected = SessionGauge::enter(self.0.metrics.clone());
         let metrics = self.0.metrics.clone();
+        let coordinator = self.0.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let _connected = connected;
             let mut worker: Option<String> = None;
             let mut drain_sent = false;
+            // The bandwidth share this session last sent (None: none yet).
+            let mut share_sent: Option<Option<u64>> = None;
             let mut cancels_sent: HashSet<LeaseRef> = HashSet::new();
             let mut tick = tokio::time::interval(SESSION_TICK);
             // The report waiting for its turn, and when the next may be stored.
@@ -839,6 +893,16 @@ impl Worker for WorkerService {
                     }
                     _ = tick.tick() => {
                         let Some(name) = &worker else { continue };
+                        let share = coordinator.share_after(name, &[]).await;
+                        if share_sent != Some(share) {
+                            share_sent = Some(share);
+                            let command = pb::WorkerCommand {
+                                kind: Some(pb::worker_command::Kind::Bandwidth(pb::BandwidthShare { bytes_per_sec: share })),
+                            };
+                            if commands.send(Ok(command)).await.is_err() {
+                                return;
+                            }
+                        }
                         if !drain_sent && store.is_draining(name).await.unwrap_or(false) {
                             drain_sent = true;
                             let command = pb::WorkerCommand { kind: Some(pb::worker_command::Kind::Drain(true)) };

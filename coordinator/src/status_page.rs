@@ -318,6 +318,7 @@ mod tests {
             selection: SelectionSpec::default(),
             source: SourceSpec::default(),
             follow: None,
+            bwlimit: None,
         };
         let worker = WorkerStatus {
             name: "w\"1".into(),

@@ -93,6 +93,7 @@ conformance!(
     60_000
 );
 conformance!(cancel_stops_grants_and_loses_live_leases, 10_000);
+conformance!(holdings_are_the_live_grants_by_worker_and_job, 150);
 conformance!(jobs_are_served_oldest_first_and_workers_can_drain, 10_000);
 conformance!(progress_counts_for_live_grants_only, 10_000);
 conformance!(only_the_holder_acts_on_a_grant, 10_000);

@@ -115,6 +115,7 @@ fn job() -> JobSpec {
             })
             .collect(),
         follow: None,
+        bwlimit: None,
     }
 }
 

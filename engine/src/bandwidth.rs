@@ -1,17 +1,5 @@
-//! `--bwlimit`: one cap on the bytes a process receives, across all its connections, with
-//! rclone's syntax and timetables.
-//!
-//! ```text
-//! 10M                                   10 MiB/s (suffix B, K, M, G, T; no suffix: KiB/s)
-//! off                                   no cap
-//! 4M:10M                                upload:download; era5 receives, so 10M applies
-//! "08:00,512K 19:00,off"                512 KiB/s from 08:00, no cap from 19:00, every day
-//! "Mon-00:00,512K Fri-23:59,10M Sun-20:00,off"   by day of the week
-//! ```
-//!
-//! A timetable entry holds from its time until the next entry's; before the first entry of the
-//! day (or week), the last one of the previous day (or week) holds. Times are the machine's
-//! local time, as rclone's are.
+//! `--bwlimit`: one cap on the bytes a process receives, across all its connections (the
+//! language of rates and timetables is `common::bwlimit`'s).
 //!
 //! **How the cap is kept**: a token bucket that may go into debt. Each chunk a body delivers
 //! is charged when it arrives, and the reader waits until the debt is paid before it reads the
@@ -19,14 +7,15 @@
 //! [`BURST`] worth of the rate. Waiting readers do not poll their bodies: the stall and
 //! minimum-rate guards count only time spent waiting on the server (`transport::guard`), and
 //! TCP holds the server back. Hand-written rather than `governor`: a chunk may be larger than
-//! any burst, and the rate changes with the timetable, which the debt form makes trivial.
+//! any burst, and the rate changes with the timetable and the fleet share, which the debt form
+//! makes trivial.
 
-use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use common::bwlimit::{BadBwLimit, BwLimit, Rate};
 use common::sync::MutexExt;
-use jiff::civil::Weekday;
 use tokio::time::Instant;
 
 /// Credit a quiet bucket may save: this long at the current rate.
@@ -34,214 +23,71 @@ pub const BURST: Duration = Duration::from_millis(20);
 /// How often the timetable is looked at again.
 const TIMETABLE_EVERY: Duration = Duration::from_secs(1);
 
-/// A rate: bytes per second, or no cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rate {
-    /// At most this many bytes per second.
-    Limited(u64),
-    /// No cap.
-    Off,
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rate::Limited(bytes) => write!(f, "{}/s", common::units::human_bytes(*bytes)),
-            Rate::Off => f.write_str("off"),
-        }
-    }
-}
-
-/// A `--bwlimit` that cannot be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{item}`: {reason}")]
-pub struct BadBwLimit {
-    /// The part that is wrong.
-    pub item: String,
-    /// Why.
-    pub reason: &'static str,
-}
-
-/// Minutes in a week.
-const WEEK: u32 = 7 * 24 * 60;
-
-/// `--bwlimit`: a rate, or a timetable of rates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BwLimit {
-    /// Sorted by minute of the week (Monday 00:00 is 0); never empty.
-    entries: Vec<(u32, Rate)>,
-}
-
-impl BwLimit {
-    /// No cap.
-    pub fn off() -> Self {
-        Self {
-            entries: vec![(0, Rate::Off)],
-        }
-    }
-
-    /// Parses rclone's syntax (see the module doc).
-    pub fn parse(text: &str) -> Result<Self, BadBwLimit> {
-        let items: Vec<&str> = text.split_whitespace().collect();
-        if items.is_empty() {
-            return Err(BadBwLimit {
-                item: text.to_string(),
-                reason: "expected a rate (e.g. 10M, off) or a timetable (e.g. \"08:00,512K 19:00,off\")",
-            });
-        }
-        if items.len() == 1 && !items[0].contains(',') {
-            return Ok(Self {
-                entries: vec![(0, parse_rate(items[0])?)],
-            });
-        }
-        let mut entries = Vec::new();
-        for item in items {
-            let bad = |reason| BadBwLimit {
-                item: item.to_string(),
-                reason,
-            };
-            let (when, rate) = item
-                .split_once(',')
-                .ok_or_else(|| bad("a timetable entry is TIME,RATE or DAY-TIME,RATE"))?;
-            let rate = parse_rate(rate)?;
-            let (day, time) = match when.split_once('-') {
-                Some((day, time)) => (
-                    Some(parse_day(day).ok_or_else(|| {
-                        bad("the day is one of Mon, Tue, Wed, Thu, Fri, Sat, Sun")
-                    })?),
-                    time,
-                ),
-                None => (None, when),
-            };
-            let minute =
-                parse_time(time).ok_or_else(|| bad("the time is HH:MM, from 00:00 to 23:59"))?;
-            match day {
-                Some(day) => entries.push((day * 24 * 60 + minute, rate)),
-                // A time without a day holds every day.
-                None => entries.extend((0..7).map(|day| (day * 24 * 60 + minute, rate))),
-            }
-        }
-        entries.sort_by_key(|(minute, _)| *minute);
-        if entries.windows(2).any(|pair| pair[0].0 == pair[1].0) {
-            return Err(BadBwLimit {
-                item: text.to_string(),
-                reason: "two entries of the timetable start at the same time",
-            });
-        }
-        Ok(Self { entries })
-    }
-
-    /// The rate at `minute` of the week (Monday 00:00 is 0).
-    pub fn rate_at_minute(&self, minute: u32) -> Rate {
-        let minute = minute % WEEK;
-        self.entries
-            .iter()
-            .rev()
-            .find(|(start, _)| *start <= minute)
-            .or_else(|| self.entries.last())
-            .map_or(Rate::Off, |(_, rate)| *rate)
-    }
-
-    /// The rate now, by the machine's local time.
-    pub fn rate_now(&self) -> Rate {
-        if self.entries.len() == 1 {
-            return self.entries[0].1;
-        }
-        let now = jiff::ZonedDateTime::now();
-        let day = u32::from(now.weekday().to_monday_zero_offset().unsigned_abs());
-        let minute =
-            u32::from(now.hour().unsigned_abs()) * 60 + u32::from(now.minute().unsigned_abs());
-        self.rate_at_minute(day * 24 * 60 + minute)
-    }
-
-    /// The highest rate of the timetable, if every period has one (no `off`).
-    pub fn highest_rate(&self) -> Option<u64> {
-        self.entries
-            .iter()
-            .map(|(_, rate)| match rate {
-                Rate::Limited(bytes) => Some(*bytes),
-                Rate::Off => None,
-            })
-            .try_fold(0, |highest, rate| rate.map(|rate| rate.max(highest)))
-    }
-
-    /// Whether it never caps anything.
-    pub fn is_off(&self) -> bool {
-        self.entries.iter().all(|(_, rate)| *rate == Rate::Off)
-    }
-}
-
-/// `10M`, `512K`, `1.5G`, `100` (KiB), `off`; `UP:DOWN` takes DOWN (era5 receives).
-fn parse_rate(text: &str) -> Result<Rate, BadBwLimit> {
-    let bad = || BadBwLimit {
-        item: text.to_string(),
-        reason: "a rate is a number with an optional suffix B, K, M, G or T (KiB by default), or off",
-    };
-    let text = match text.split_once(':') {
-        Some((_up, down)) => down,
-        None => text,
-    };
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(Rate::Off);
-    }
-    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((at, _)) => text.split_at(at),
-        None => (text, "K"),
-    };
-    let scale: u64 = match unit.to_ascii_uppercase().as_str() {
-        "B" => 1,
-        "K" | "KI" | "KIB" => 1 << 10,
-        "M" | "MI" | "MIB" => 1 << 20,
-        "G" | "GI" | "GIB" => 1 << 30,
-        "T" | "TI" | "TIB" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let bytes = number * scale as f64;
-    if !(1.0..=1e15).contains(&bytes) {
-        return Err(bad());
-    }
-    Ok(Rate::Limited(bytes as u64))
-}
-
-fn parse_day(text: &str) -> Option<u32> {
-    let days = [
-        (Weekday::Monday, "mon"),
-        (Weekday::Tuesday, "tue"),
-        (Weekday::Wednesday, "wed"),
-        (Weekday::Thursday, "thu"),
-        (Weekday::Friday, "fri"),
-        (Weekday::Saturday, "sat"),
-        (Weekday::Sunday, "sun"),
-    ];
-    let lower = text.to_ascii_lowercase();
-    days.iter()
-        .find(|(_, name)| lower.starts_with(name))
-        .map(|(day, _)| u32::from(day.to_monday_zero_offset().unsigned_abs()))
-}
-
-fn parse_time(text: &str) -> Option<u32> {
-    let (hours, minutes) = text.split_once(':')?;
-    let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
-    (hours < 24 && minutes < 60 && text.len() <= 5).then_some(hours * 60 + minutes)
-}
-
-/// The process-wide cap, shared by every engine of the process.
+/// The process-wide cap, shared by every engine of the process: the process's own `--bwlimit`
+/// and, on a cluster worker, the share of a job's fleet-wide budget that the coordinator gives
+/// it (`submit --bwlimit`), whichever is lower.
 #[derive(Debug)]
 pub struct Bandwidth {
     limit: BwLimit,
+    /// The fleet share in bytes per second; [`NO_SHARE`]: none. Read without the lock, so a
+    /// process with no cap of either kind never takes it.
+    share: AtomicU64,
     state: Mutex<Bucket>,
 }
+
+/// [`Bandwidth::share`] when no fleet share applies.
+const NO_SHARE: u64 = u64::MAX;
+/// Longest a reader sleeps before it looks at the rate again: a share may change (or be
+/// lifted) while readers wait off a debt run up at the old rate.
+const RECHECK_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 struct Bucket {
     rate: Rate,
-    /// Bytes that may pass now; negative: a debt the next reader waits off.
-    tokens: f64,
+    /// Bytes charged since the start, and credit earned at the rate in force meanwhile. A
+    /// reader waits until the credit covers everything charged up to and including its own
+    /// bytes, so readers are served in the order they charged, at whatever rate holds while
+    /// they wait.
+    charged: f64,
+    earned: f64,
     refilled: Instant,
     looked_up: Option<Instant>,
+    /// The rate that applied at the last refill when it was a limit (the lower of
+    /// `--bwlimit`'s and the share), bytes per second.
+    held_rate: u64,
     /// Until when readers were held back: the cap binds while this is recent.
     held_until: Option<Instant>,
+}
+
+impl Bucket {
+    /// Looks the timetable up again when due, then adds the credit earned since the last
+    /// refill; a quiet bucket saves at most [`BURST`] at the current rate.
+    fn refill(&mut self, limit: &BwLimit, share: u64, now: Instant) {
+        if self
+            .looked_up
+            .is_none_or(|at| now.duration_since(at) >= TIMETABLE_EVERY)
+        {
+            self.rate = limit.rate_now();
+            self.looked_up = Some(now);
+        }
+        let rate = match (self.rate, share) {
+            (rate, NO_SHARE) => rate,
+            (Rate::Off, share) => Rate::Limited(share),
+            (Rate::Limited(own), share) => Rate::Limited(own.min(share)),
+        };
+        match rate {
+            Rate::Off => self.earned = self.charged,
+            Rate::Limited(rate) => {
+                let rate = rate as f64;
+                let earned = now.duration_since(self.refilled).as_secs_f64() * rate;
+                self.earned = (self.earned + earned).min(self.charged + rate * BURST.as_secs_f64());
+            }
+        }
+        self.refilled = now;
+        if let Rate::Limited(rate) = rate {
+            self.held_rate = rate;
+        }
+    }
 }
 
 impl Bandwidth {
@@ -249,11 +95,14 @@ impl Bandwidth {
     pub fn new(limit: BwLimit) -> Self {
         Self {
             limit,
+            share: AtomicU64::new(NO_SHARE),
             state: Mutex::new(Bucket {
                 rate: Rate::Off,
-                tokens: 0.0,
+                charged: 0.0,
+                earned: 0.0,
                 refilled: Instant::now(),
                 looked_up: None,
+                held_rate: 0,
                 held_until: None,
             }),
         }
@@ -264,45 +113,70 @@ impl Bandwidth {
         Self::new(BwLimit::off())
     }
 
+    /// Whether neither a `--bwlimit` nor a fleet share caps anything.
+    fn uncapped(&self) -> bool {
+        self.limit.is_off() && self.share.load(Ordering::Relaxed) == NO_SHARE
+    }
+
+    /// Sets this process's share of a fleet-wide budget (`None`: no share applies). Readers
+    /// already waiting pick the new rate up within [`RECHECK_EVERY`]. A share of 0 holds every
+    /// reader until a share is given.
+    pub fn set_share(&self, bytes_per_sec: Option<u64>) {
+        let share = bytes_per_sec.map_or(NO_SHARE, |bytes| bytes.min(NO_SHARE - 1));
+        self.share.store(share, Ordering::Relaxed);
+    }
+
+    /// The fleet share in force, if any.
+    pub fn share(&self) -> Option<u64> {
+        match self.share.load(Ordering::Relaxed) {
+            NO_SHARE => None,
+            share => Some(share),
+        }
+    }
+
     /// Charges `bytes` just received and waits until the cap allows reading on.
     pub async fn take(&self, bytes: usize) {
-        if self.limit.is_off() {
+        if self.uncapped() {
             return;
         }
-        let wait = {
+        let owed = {
             let mut bucket = self.state.lock_unpoisoned();
-            let now = Instant::now();
-            if bucket
-                .looked_up
-                .is_none_or(|at| now.duration_since(at) >= TIMETABLE_EVERY)
-            {
-                bucket.rate = self.limit.rate_now();
-                bucket.looked_up = Some(now);
-            }
-            let Rate::Limited(rate) = bucket.rate else {
-                bucket.tokens = 0.0;
-                bucket.refilled = now;
-                return;
-            };
-            let rate = rate as f64;
-            let earned = now.duration_since(bucket.refilled).as_secs_f64() * rate;
-            bucket.tokens = (bucket.tokens + earned).min(rate * BURST.as_secs_f64());
-            bucket.refilled = now;
-            bucket.tokens -= bytes as f64;
-            if bucket.tokens >= 0.0 {
-                return;
-            }
-            let wait = Duration::from_secs_f64(-bucket.tokens / rate);
-            bucket.held_until = Some(now + wait);
-            wait
+            bucket.refill(
+                &self.limit,
+                self.share.load(Ordering::Relaxed),
+                Instant::now(),
+            );
+            bucket.charged += bytes as f64;
+            bucket.charged
         };
-        tokio::time::sleep(wait).await;
+        loop {
+            let wait = {
+                let mut bucket = self.state.lock_unpoisoned();
+                let now = Instant::now();
+                bucket.refill(&self.limit, self.share.load(Ordering::Relaxed), now);
+                // Less than a byte short is paid: a float residue must not make a wait of
+                // zero that earns nothing and spins.
+                let short = owed - bucket.earned;
+                if short < 1.0 {
+                    return;
+                }
+                // At a rate of 0 (a share not yet given) the reader only looks again later.
+                let wait = if bucket.held_rate > 0 {
+                    Duration::from_secs_f64(short / bucket.held_rate as f64)
+                } else {
+                    RECHECK_EVERY
+                };
+                bucket.held_until = Some(now + wait);
+                wait.clamp(Duration::from_millis(1), RECHECK_EVERY)
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Whether the cap held a reader back within the last `within`: while it binds, more
     /// requests in flight cannot add goodput, and a slow body is the cap's doing.
     pub fn binding(&self, within: Duration) -> bool {
-        if self.limit.is_off() {
+        if self.uncapped() {
             return false;
         }
         let bucket = self.state.lock_unpoisoned();
@@ -311,9 +185,13 @@ impl Bandwidth {
             .is_some_and(|until| until + within >= Instant::now())
     }
 
-    /// The rate in force now.
+    /// The rate in force now: the lower of `--bwlimit`'s and the fleet share.
     pub fn rate_now(&self) -> Rate {
-        self.limit.rate_now()
+        match (self.limit.rate_now(), self.share()) {
+            (rate, None) => rate,
+            (Rate::Off, Some(share)) => Rate::Limited(share),
+            (Rate::Limited(own), Some(share)) => Rate::Limited(own.min(share)),
+        }
     }
 
     /// Each socket's receive buffer under the cap: a quarter of a second of the highest rate,
@@ -330,73 +208,6 @@ impl Bandwidth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rate(text: &str) -> Rate {
-        BwLimit::parse(text).unwrap().rate_at_minute(0)
-    }
-
-    #[test]
-    fn rates_read_as_rclone_reads_them() {
-        assert_eq!(rate("10M"), Rate::Limited(10 << 20));
-        assert_eq!(rate("512K"), Rate::Limited(512 << 10));
-        assert_eq!(
-            rate("512"),
-            Rate::Limited(512 << 10),
-            "KiB without a suffix"
-        );
-        assert_eq!(rate("1.5G"), Rate::Limited(3 << 29));
-        assert_eq!(rate("100B"), Rate::Limited(100));
-        assert_eq!(rate("off"), Rate::Off);
-        assert_eq!(rate("4M:10M"), Rate::Limited(10 << 20), "upload:download");
-        for bad in [
-            "",
-            "fast",
-            "10X",
-            "-1M",
-            "0",
-            "08:00",
-            "25:00,1M",
-            "Mox-08:00,1M",
-            "08:00,1M 08:00,2M",
-        ] {
-            let error = BwLimit::parse(bad).unwrap_err();
-            assert!(!error.reason.is_empty(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_daily_timetable_holds_from_each_time_to_the_next_and_wraps_at_midnight() {
-        let limit = BwLimit::parse("08:00,512K 19:00,off").unwrap();
-        let at = |day: u32, hour: u32, minute: u32| {
-            limit.rate_at_minute(day * 1440 + hour * 60 + minute)
-        };
-        assert_eq!(
-            at(0, 7, 59),
-            Rate::Off,
-            "before 08:00: the previous evening's"
-        );
-        assert_eq!(at(0, 8, 0), Rate::Limited(512 << 10));
-        assert_eq!(at(3, 18, 59), Rate::Limited(512 << 10));
-        assert_eq!(at(6, 19, 0), Rate::Off);
-    }
-
-    #[test]
-    fn a_weekly_timetable_wraps_around_the_week() {
-        let limit = BwLimit::parse("Mon-00:00,512 Fri-23:59,10M Sun-20:00,off").unwrap();
-        assert_eq!(limit.rate_at_minute(0), Rate::Limited(512 << 10));
-        assert_eq!(
-            limit.rate_at_minute(4 * 1440 + 23 * 60 + 59),
-            Rate::Limited(10 << 20)
-        );
-        assert_eq!(limit.rate_at_minute(5 * 1440), Rate::Limited(10 << 20));
-        assert_eq!(limit.rate_at_minute(6 * 1440 + 21 * 60), Rate::Off);
-        let late_start = BwLimit::parse("Wed-12:00,1M Thu-12:00,2M").unwrap();
-        assert_eq!(
-            late_start.rate_at_minute(0),
-            Rate::Limited(2 << 20),
-            "Monday: Thursday's"
-        );
-    }
 
     #[tokio::test(start_paused = true)]
     async fn the_bucket_passes_the_cap_per_second_whatever_the_chunks() {
@@ -433,5 +244,54 @@ mod tests {
         bandwidth.take(1 << 30).await;
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert!(!bandwidth.binding(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_share_below_the_own_cap_binds_and_a_changed_share_applies_to_waiting_readers()
+    {
+        let bandwidth = Bandwidth::new(BwLimit::parse("4M").unwrap());
+        bandwidth.set_share(Some(1 << 20));
+        assert_eq!(bandwidth.rate_now(), Rate::Limited(1 << 20));
+        let started = Instant::now();
+        bandwidth.take(2 << 20).await;
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            (seconds - 2.0).abs() < 0.15,
+            "{seconds} s for 2 MiB at 1 MiB/s"
+        );
+
+        // A reader owing 4 MiB at 1 MiB/s; after a second the share rises to 3 MiB/s, so the
+        // remaining 3 MiB take one more second, not three.
+        let started = Instant::now();
+        let raise = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            bandwidth.set_share(Some(3 << 20));
+        };
+        tokio::join!(bandwidth.take(4 << 20), raise);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!((seconds - 2.0).abs() < 0.25, "{seconds} s");
+
+        // Lifted: the own --bwlimit of 4 MiB/s is what remains.
+        bandwidth.set_share(None);
+        assert_eq!(bandwidth.rate_now(), Rate::Limited(4 << 20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_zero_holds_readers_until_a_share_is_given() {
+        let bandwidth = Bandwidth::unlimited();
+        bandwidth.set_share(Some(0));
+        let started = Instant::now();
+        let give = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            bandwidth.set_share(Some(1 << 20));
+        };
+        tokio::join!(bandwidth.take(1 << 20), give);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!((5.9..6.3).contains(&seconds), "{seconds} s");
+        assert!(bandwidth.binding(Duration::from_millis(200)));
+        bandwidth.set_share(None);
+        let started = Instant::now();
+        bandwidth.take(1 << 30).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "no cap of either kind");
     }
 }

@@ -70,6 +70,7 @@ pub fn job(id: &str, items: usize) -> JobSpec {
             })
             .collect(),
         follow: None,
+        bwlimit: None,
     }
 }
 
@@ -78,10 +79,21 @@ async fn counts_sum(store: &dyn LeaseStore, job_id: &str, total: u32) {
     assert_eq!(status.counts.total(), total, "{:?}", status.counts);
 }
 
-/// A conformance scenario.
+/// A conformance scenario. A job's fleet bandwidth budget is kept as submitted.
 pub async fn grants_in_plan_order_then_completes_idempotently(store: Arc<dyn LeaseStore>) {
     store.create_job(&job("j1", 3)).await.unwrap();
     assert_eq!(store.job("j1").await.unwrap().state, JobState::Pending);
+    assert_eq!(store.job("j1").await.unwrap().bwlimit, None);
+    let budgeted = JobSpec {
+        bwlimit: Some("08:00,512K 19:00,off".into()),
+        ..job("j0", 1)
+    };
+    store.create_job(&budgeted).await.unwrap();
+    assert_eq!(
+        store.job("j0").await.unwrap().bwlimit.as_deref(),
+        Some("08:00,512K 19:00,off")
+    );
+    store.cancel_job("j0").await.unwrap();
     let grants = store.acquire("w1", 2).await.unwrap();
     assert_eq!(
         grants
@@ -1154,4 +1166,35 @@ pub async fn a_repeated_acquire_request_answers_its_grants_and_grants_no_more(
     let fresh = store.acquire_for_request("w1", 5, "r2").await.unwrap();
     assert_eq!(fresh.len(), 1, "a new request did not grant what was left");
     assert_eq!(store.job("j-request").await.unwrap().counts.leased, 4);
+}
+
+/// A conformance scenario (TTL 150 ms): the holdings are each live grant's (worker, job),
+/// once; a completed, released, expired or cancelled grant holds nothing.
+pub async fn holdings_are_the_live_grants_by_worker_and_job(store: Arc<dyn LeaseStore>) {
+    store.create_job(&job("ja", 4)).await.unwrap();
+    store.create_job(&job("jb", 1)).await.unwrap();
+    assert!(store.holdings().await.unwrap().is_empty());
+    let first = store.acquire("w1", 2).await.unwrap();
+    let second = store.acquire("w2", 3).await.unwrap();
+    assert_eq!(second.len(), 3, "two of ja, one of jb");
+    let pair = |w: &str, j: &str| (w.to_string(), j.to_string());
+    assert_eq!(
+        store.holdings().await.unwrap(),
+        [pair("w1", "ja"), pair("w2", "ja"), pair("w2", "jb")]
+    );
+    for grant in &first {
+        assert_eq!(store.complete(&grant.lease, "w1").await.unwrap(), Ack::Ok);
+    }
+    let of_jb = second.iter().find(|g| g.lease.job_id == "jb").unwrap();
+    assert_eq!(store.release(&of_jb.lease, "w2").await.unwrap(), Ack::Ok);
+    assert_eq!(store.holdings().await.unwrap(), [pair("w2", "ja")]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store.holdings().await.unwrap().is_empty(),
+        "expired grants hold nothing, reaped or not"
+    );
+    let again = store.acquire("w3", 1).await.unwrap();
+    assert_eq!(again.len(), 1);
+    store.cancel_job(&again[0].lease.job_id).await.unwrap();
+    assert!(store.holdings().await.unwrap().is_empty(), "cancelled");
 }

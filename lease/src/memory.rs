@@ -277,6 +277,7 @@ impl MemoryStore {
             selection: job.spec.selection.clone(),
             source: job.spec.source.clone(),
             follow: job.follow.clone(),
+            bwlimit: job.spec.bwlimit.clone(),
         }
     }
 
@@ -783,6 +784,24 @@ impl LeaseStore for MemoryStore {
             },
         );
         Ok(())
+    }
+
+    async fn holdings(&self) -> Result<Vec<(String, String)>, Error> {
+        let inner = self.lock();
+        let now = now_ms();
+        let mut held: Vec<(String, String)> = inner
+            .jobs
+            .iter()
+            .filter(|job| !job.cancelled)
+            .flat_map(|job| {
+                job.leased
+                    .range((now + 1, 0)..)
+                    .map(|&(_, i)| (job.items[i].holder.clone(), job.spec.job_id.clone()))
+            })
+            .collect();
+        held.sort();
+        held.dedup();
+        Ok(held)
     }
 
     async fn workers(&self) -> Result<Vec<WorkerStatus>, Error> {

@@ -139,6 +139,11 @@ pub struct JobSpec {
     /// objects. `None` for a one-off job.
     #[serde(default)]
     pub follow: Option<FollowSpec>,
+    /// `submit --bwlimit`: the fleet-wide budget of the job's transfers, in `--bwlimit`'s
+    /// syntax (checked when submitted), which the coordinator shares among the workers that
+    /// hold the job's leases. `None`: no budget.
+    #[serde(default)]
+    pub bwlimit: Option<String>,
 }
 
 /// How a standing job follows the archive.
@@ -343,6 +348,8 @@ pub struct JobStatus {
     pub source: SourceSpec,
     /// The follow state of a standing job.
     pub follow: Option<FollowStatus>,
+    /// The job's fleet-wide bandwidth budget, as submitted (`submit --bwlimit`).
+    pub bwlimit: Option<String>,
 }
 
 impl JobStatus {

@@ -51,6 +51,7 @@ pub fn plan_job(
         source,
         items: plan_items(objects, limits, ""),
         follow: None,
+        bwlimit: None,
     }
 }
 

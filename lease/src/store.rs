@@ -234,6 +234,11 @@ pub trait LeaseStore: Send + Sync {
     /// Every worker heard from.
     async fn workers(&self) -> Result<Vec<WorkerStatus>, Error>;
 
+    /// Who holds leases of which job now: each (worker, job) with a live grant, once. Costs
+    /// the live grants (bounded by the lease cap per worker), not the jobs; the coordinators
+    /// share a job's bandwidth budget among these holders.
+    async fn holdings(&self) -> Result<Vec<(String, String)>, Error>;
+
     /// The last hour of each worker's rate and open connections (a point every
     /// `SAMPLE_EVERY_MS`, recorded by `heartbeat`), oldest point first.
     async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, Error>;

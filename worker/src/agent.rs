@@ -96,7 +96,11 @@ pub async fn run(
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let coordinator = Coordinator::new(connect(&config.channel)?, &config.name);
+    let coordinator = Coordinator::new(
+        connect(&config.channel)?,
+        &config.name,
+        config.engine.bandwidth.clone(),
+    );
     if config.channel.tls.is_some() {
         tokio::spawn(coordinator.clone().follow_certificate_renewals(
             config.channel.clone(),
@@ -235,6 +239,9 @@ impl Agent {
                 if !already_draining {
                     tracing::info!("drain requested: finishing held leases, taking no more");
                 }
+            }
+            Some(pb::worker_command::Kind::Bandwidth(share)) => {
+                self.runner.client().apply_share(Some(&share));
             }
             Some(pb::worker_command::Kind::CancelLease(lease)) => {
                 if let Some(held) = self.runner.held().get(&lease.lease_id) {

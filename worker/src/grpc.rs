@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::sync::MutexExt;
 
+use engine::bandwidth::Bandwidth;
 use engine::sync::Outcome;
 use lease::model::{Ack, LeaseRef, SourceSpec};
 use proto::channel::CoordinatorChannel;
@@ -42,15 +43,39 @@ pub struct Coordinator {
     worker: String,
     /// The id of an acquire request whose answer never came, to repeat it with.
     unanswered_acquire: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The process's cap, which takes the fleet bandwidth share the coordinator answers with.
+    bandwidth: std::sync::Arc<Bandwidth>,
 }
 
 impl Coordinator {
-    /// Calls as `worker` over `client`.
-    pub fn new(client: WorkerClient<Channel>, worker: &str) -> Self {
+    /// Calls as `worker` over `client`; the bandwidth shares it is given cap `bandwidth`.
+    pub fn new(
+        client: WorkerClient<Channel>,
+        worker: &str,
+        bandwidth: std::sync::Arc<Bandwidth>,
+    ) -> Self {
         Self {
             client: std::sync::Arc::new(std::sync::Mutex::new(client)),
             worker: worker.to_string(),
             unanswered_acquire: std::sync::Arc::default(),
+            bandwidth,
+        }
+    }
+
+    /// Applies a bandwidth share the coordinator sent (with a grant, a renewal or on the
+    /// session); `None`: the coordinator said nothing about it, the share stays.
+    pub fn apply_share(&self, share: Option<&pb::BandwidthShare>) {
+        let Some(share) = share else { return };
+        if self.bandwidth.share() != share.bytes_per_sec {
+            if let Some(bytes) = share.bytes_per_sec {
+                tracing::info!(
+                    share = %common::units::human_bytes(bytes),
+                    "fleet bandwidth share per second"
+                );
+            } else {
+                tracing::info!("no fleet bandwidth budget applies");
+            }
+            self.bandwidth.set_share(share.bytes_per_sec);
         }
     }
 
@@ -188,6 +213,7 @@ impl LeaseClient for Coordinator {
             self.unanswered_acquire.lock_unpoisoned().take();
         }
         let response = answer.map_err(|s| client_error(&s))?.into_inner();
+        self.apply_share(response.bandwidth.as_ref());
         Ok(Acquired {
             grants: response
                 .leases
@@ -209,6 +235,7 @@ impl LeaseClient for Coordinator {
             .renew(request)
             .await
             .map_err(|s| client_error(&s))?;
+        self.apply_share(response.get_ref().bandwidth.as_ref());
         Ok(ack_of(response.get_ref().status))
     }
 

@@ -162,6 +162,7 @@ pub fn job_json(job: &pb::JobSummary) -> serde_json::Value {
             "last_success_unix_ms": follow.last_success_unix_ms,
             "last_error": clean(&follow.last_error),
         })),
+        "bwlimit": (!job.bwlimit.is_empty()).then(|| clean(&job.bwlimit)),
     })
 }
 

@@ -485,6 +485,7 @@ impl LeaseStore for RedisStore {
             .arg(job.items.iter().map(ItemSpec::bytes).sum::<u64>())
             .arg(follow)
             .arg(job.follow.as_ref().map_or(0, |f| f.interval_ms))
+            .arg(job.bwlimit.as_deref().unwrap_or_default())
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|_| ())
@@ -677,6 +678,10 @@ impl LeaseStore for RedisStore {
 
     async fn workers(&self) -> Result<Vec<WorkerStatus>, Error> {
         self.workers_view().await
+    }
+
+    async fn holdings(&self) -> Result<Vec<(String, String)>, Error> {
+        self.holdings_view().await
     }
 
     async fn history(&self) -> Result<Vec<(String, Vec<Sample>)>, Error> {

@@ -13,7 +13,7 @@ use lease::model::{
 };
 use lease::store::{ItemPage, PAGE_SCAN_BUDGET, RecentJobs};
 
-use super::keys::{ACTIVE, DRAIN, JOBS, JobKeys, WORKERS, history_key};
+use super::keys::{ACTIVE, DRAIN, HELD, JOBS, JobKeys, WORKERS, history_key};
 use super::{PAGE_CHUNK, RedisStore, unavailable};
 
 /// The per-item fields a page of leases shows, in the order `items_page` reads them.
@@ -89,6 +89,7 @@ impl RedisStore {
         };
         Ok(JobStatus {
             follow,
+            bwlimit: meta.get("bwlimit").cloned(),
             job_id: job_id.to_string(),
             state: counts.job_state(number("cancelled") == 1, started > 0),
             counts,
@@ -406,6 +407,33 @@ impl RedisStore {
             }
         }
         Ok(RecentJobs { jobs, total })
+    }
+
+    /// Every live grant's (worker, job), once, from `HELD` (`<worker>|<job>|<item>` scored by
+    /// expiry in store time): one read of the live grants, whatever the jobs.
+    pub(super) async fn holdings_view(&self) -> Result<Vec<(String, String)>, Error> {
+        let mut conn = self.conn()?;
+        let ((seconds, micros), members): ((i64, i64), Vec<(String, i64)>) = redis::pipe()
+            .cmd("TIME")
+            .zrange_withscores(HELD, 0, -1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let mut held: Vec<(String, String)> = members
+            .into_iter()
+            .filter(|(_, expires)| *expires > now_ms)
+            .filter_map(|(member, _)| {
+                // Job and item ids hold no `|`; a worker's name is checked likewise, but it
+                // is taken as the rest all the same.
+                let mut parts = member.rsplitn(3, '|');
+                let (_item, job, worker) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((worker.to_string(), job.to_string()))
+            })
+            .collect();
+        held.sort();
+        held.dedup();
+        Ok(held)
     }
 
     pub(super) async fn workers_view(&self) -> Result<Vec<WorkerStatus>, Error> {
