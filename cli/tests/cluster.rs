@@ -87,7 +87,43 @@ fn workers_copy_a_job_into_an_object_store_never_over_a_newer_version() {
     let _serial = serial();
     let (s3, seeded) = seeded_server();
     let dest = TestS3::start("era5-copy");
-    let selected = selected(&seeded);
+    let (cluster, _) = copy_into_store(&s3, &dest, &selected(&seeded), PRODUCTS, 2);
+    assert!(
+        std::fs::read_dir(cluster.dest()).map_or(true, |mut d| d.next().is_none()),
+        "a worker with an s3:// destination wrote into the directory"
+    );
+}
+
+/// A destination without conditional writes (older MinIO, Ceph) answers them 501: the workers
+/// say so once, complete without conditions, and the look before each write still keeps the
+/// newer copy.
+#[test]
+fn workers_copy_into_a_store_without_conditional_writes() {
+    let _serial = serial();
+    let (s3, seeded) = seeded_server();
+    let dest = TestS3::start("era5-copy");
+    dest.set_refuse_conditional_writes(true);
+    let product = "e5.oper.an.sfc";
+    let (mut cluster, _) =
+        copy_into_store(&s3, &dest, &selected_from(&seeded, product), product, 1);
+    let log = cluster.worker("w1").log_text();
+    assert_eq!(
+        log.matches("does not implement conditional writes").count(),
+        1,
+        "{log}"
+    );
+}
+
+/// Workers (`workers` of them) with an `s3://` destination copy `products` into `dest`, where
+/// the first of `selected` already has a copy of a newer source version, which must stay.
+/// Every other object arrives exact, and no upload is left open.
+fn copy_into_store(
+    s3: &TestS3,
+    dest: &TestS3,
+    selected: &[&SeededObject],
+    products: &str,
+    workers: usize,
+) -> (Cluster, String) {
     let newer = &selected[0].key;
     let newer_copy = bytes::Bytes::from_static(b"a copy of a newer version");
     dest.put_object_with(
@@ -118,13 +154,13 @@ fn workers_copy_a_job_into_an_object_store_never_over_a_newer_version() {
         ("AWS_ACCESS_KEY_ID", tests::s3_server::ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", tests::s3_server::SECRET_KEY),
     ];
-    for name in ["w1", "w2"] {
+    for name in ["w1", "w2", "w3"].into_iter().take(workers) {
         cluster.add_worker_with_env(name, &url, &[], &keys);
     }
-    let (code, job) = cluster.submit_and_wait(PRODUCTS, "2023-12", "2024-04", LIMIT);
+    let (code, job) = cluster.submit_and_wait(products, "2023-12", "2024-04", LIMIT);
     let status = cluster.wait_final(&job, LIMIT);
     assert_eq!(code, Some(0), "{status:#}");
-    for object in &selected {
+    for object in selected {
         let stored = dest
             .object(&format!("m/{}", object.key))
             .unwrap_or_else(|| panic!("{} missing in the destination", object.key));
@@ -136,10 +172,7 @@ fn workers_copy_a_job_into_an_object_store_never_over_a_newer_version() {
     }
     assert_eq!(dest.keys().len(), selected.len(), "{:?}", dest.keys());
     assert!(dest.uploads().is_empty(), "an upload was left open");
-    assert!(
-        std::fs::read_dir(cluster.dest()).map_or(true, |mut d| d.next().is_none()),
-        "a worker with an s3:// destination wrote into the directory"
-    );
+    (cluster, job)
 }
 
 /// While the workers that did a job still run, `era5 audit` and `era5 verify` see what they

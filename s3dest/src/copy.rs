@@ -231,6 +231,16 @@ fn refused_condition<E>(
     ))
 }
 
+/// What one fenced write came to.
+enum Written {
+    /// Written; the store's ETag.
+    Done(String),
+    /// Another writer came between the look and the write (its precondition failed).
+    Raced(CopyError),
+    /// Failed otherwise.
+    Failed(CopyError),
+}
+
 /// Completions retried after a precondition failed, each after looking again.
 const FENCE_ROUNDS: u32 = 4;
 
@@ -332,50 +342,56 @@ impl Copier {
                 .map_err(|mismatch| CopyError::retryable(format!("{}: {mismatch}", object.key)))?;
         }
         let key = self.key_of(object);
-        let mut round = 0;
-        let answered = loop {
-            round += 1;
-            fence_check(fence)?;
-            let condition = self.version_fence(&key, object).await?;
-            let put = retrying(
-                &self.retry,
-                |_| {
-                    let request = self
-                        .dest
-                        .put_object()
-                        .bucket(&self.target.bucket)
-                        .key(&key)
-                        .content_md5(base64_md5(&digest))
-                        .content_length(bytes.len() as i64)
-                        .set_metadata(Some(Self::metadata(object, etag)))
-                        .set_if_none_match(condition.if_none_match(self.is_unconditional()))
-                        .set_if_match(condition.if_match(self.is_unconditional()))
-                        .body(ByteStream::from(bytes.clone()));
-                    let length = bytes.len() as u64;
-                    let condition = &condition;
-                    async move {
-                        // The body is protected by its Content-MD5, which the store checks;
-                        // a SHA-256 of it for the signature would only hash it twice more.
-                        let send = request.customize().disable_payload_signing().send();
-                        match self.bounded(send, length).await? {
-                            Ok(done) => Ok(unquoted(done.e_tag())),
-                            Err(error) => Err(refused_condition(self, condition, &error)
-                                .unwrap_or_else(|| failure(&error))),
+        let answered = self
+            .fenced(&key, object, fence, |condition| {
+                let (key, bytes) = (&key, &bytes);
+                async move {
+                    let put = retrying(
+                        &self.retry,
+                        |_| {
+                            let request = self
+                                .dest
+                                .put_object()
+                                .bucket(&self.target.bucket)
+                                .key(key)
+                                .content_md5(base64_md5(&digest))
+                                .content_length(bytes.len() as i64)
+                                .set_metadata(Some(Self::metadata(object, etag)))
+                                .set_if_none_match(condition.if_none_match(self.is_unconditional()))
+                                .set_if_match(condition.if_match(self.is_unconditional()))
+                                .body(ByteStream::from(bytes.clone()));
+                            let length = bytes.len() as u64;
+                            let condition = &condition;
+                            async move {
+                                // The body is protected by its Content-MD5, which the store
+                                // checks; a SHA-256 of it for the signature would only hash
+                                // it twice more.
+                                let send = request.customize().disable_payload_signing().send();
+                                match self.bounded(send, length).await? {
+                                    Ok(done) => Ok(unquoted(done.e_tag())),
+                                    Err(error) => Err(refused_condition(self, condition, &error)
+                                        .unwrap_or_else(|| failure(&error))),
+                                }
+                            }
+                        },
+                        |reason| self.progress.retry(reason),
+                    )
+                    .await;
+                    match put {
+                        Ok(answered) => Written::Done(answered),
+                        Err(gave_up) => {
+                            let error =
+                                CopyError::gave_up(&format!("PutObject of {key}"), &gave_up);
+                            if gave_up.failure == Failure::Changed {
+                                Written::Raced(error)
+                            } else {
+                                Written::Failed(error)
+                            }
                         }
                     }
-                },
-                |reason| self.progress.retry(reason),
-            )
-            .await;
-            match put {
-                Ok(answered) => break answered,
-                // Another writer came between the look and the write: look again.
-                Err(gave_up) if gave_up.failure == Failure::Changed && round < FENCE_ROUNDS => {}
-                Err(gave_up) => {
-                    return Err(CopyError::gave_up(&format!("PutObject of {key}"), &gave_up));
                 }
-            }
-        };
+            })
+            .await?;
         drop((slot, room));
         self.check_completed(&key, &answered, &hex::encode(digest))
             .await
@@ -466,27 +482,30 @@ impl Copier {
         }
         let md5s: Vec<[u8; 16]> = parts.iter().map(|p| p.md5).collect();
         let expected = format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len());
-        let mut round = 0;
-        let answered = loop {
-            round += 1;
-            fence_check(fence)?;
-            let condition = match self.version_fence(&key, object).await {
-                Ok(condition) => condition,
-                Err(CopyError::Superseded) => {
-                    self.abort(&key, &upload_id).await;
-                    return Err(CopyError::Superseded);
+        let completed = self
+            .fenced(&key, object, fence, |condition| {
+                let (key, upload_id, md5s, expected) = (&key, &upload_id, &md5s, &expected);
+                async move {
+                    match self
+                        .complete(key, upload_id, md5s, expected, &condition)
+                        .await
+                    {
+                        Ok(answered) => Written::Done(answered),
+                        error @ Err(CopyError::Failed { .. }) if self.fence_versions => {
+                            Written::Raced(error.unwrap_err())
+                        }
+                        Err(error) => Written::Failed(error),
+                    }
                 }
-                Err(error) => return Err(error),
-            };
-            match self
-                .complete(&key, &upload_id, &md5s, &expected, &condition)
-                .await
-            {
-                Ok(answered) => break answered,
-                // Another writer came between the look and the completion: look again.
-                Err(CopyError::Failed { .. }) if round < FENCE_ROUNDS && self.fence_versions => {}
-                Err(error) => return Err(error),
+            })
+            .await;
+        let answered = match completed {
+            Ok(answered) => answered,
+            Err(CopyError::Superseded) => {
+                self.abort(&key, &upload_id).await;
+                return Err(CopyError::Superseded);
             }
+            Err(error) => return Err(error),
         };
         self.check_completed(&key, &answered, &expected).await
     }
@@ -664,6 +683,34 @@ impl Copier {
                     &gave_up,
                 )),
             },
+        }
+    }
+
+    /// A copy's final write (its PutObject or its completion) under the version fence: looks
+    /// at the key, writes on the condition the look gives, and looks again when another writer
+    /// came in between, at most [`FENCE_ROUNDS`] times. `Superseded` when the key holds a newer
+    /// version; the lease's own fence is checked before every round.
+    async fn fenced<W, Fut>(
+        &self,
+        key: &str,
+        object: &RemoteObject,
+        fence: Option<&LeaseFence>,
+        mut write: W,
+    ) -> Result<String, CopyError>
+    where
+        W: FnMut(Condition) -> Fut,
+        Fut: std::future::Future<Output = Written>,
+    {
+        let mut round = 0;
+        loop {
+            round += 1;
+            fence_check(fence)?;
+            let condition = self.version_fence(key, object).await?;
+            match write(condition).await {
+                Written::Done(etag) => return Ok(etag),
+                Written::Raced(_) if round < FENCE_ROUNDS => {}
+                Written::Raced(error) | Written::Failed(error) => return Err(error),
+            }
         }
     }
 

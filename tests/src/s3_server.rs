@@ -260,6 +260,15 @@ impl TestS3 {
         lock(&self.shared.store.quirks).max_keys = max;
     }
 
+    /// Answers every conditional write (If-Match, If-None-Match on PutObject or
+    /// CompleteMultipartUpload) 501 NotImplemented, as stores without conditional writes do.
+    pub fn set_refuse_conditional_writes(&self, refuse: bool) {
+        self.shared
+            .store
+            .refuse_conditional_writes
+            .store(refuse, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Leaves ETags out of listings.
     pub fn set_list_omits_etag(&self, omit: bool) {
         lock(&self.shared.store.quirks).omit_etag = omit;

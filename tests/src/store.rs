@@ -238,9 +238,26 @@ pub struct Store {
     pub upload_sequence: AtomicU64,
     /// Smallest size of every part but the last at completion (S3: 5 MiB).
     pub min_part_size: AtomicU64,
+    /// Answers conditional writes 501 NotImplemented, as stores without them do.
+    pub refuse_conditional_writes: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
+    /// 501 for a conditional write when this store plays one without them.
+    fn conditions_implemented(&self, conditional: bool) -> S3Result<()> {
+        if conditional
+            && self
+                .refuse_conditional_writes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(s3_error!(
+                NotImplemented,
+                "conditional writes are not implemented"
+            ));
+        }
+        Ok(())
+    }
+
     /// An empty bucket named `bucket`, with S3's part-size minimum.
     pub fn new(bucket: &str) -> Self {
         Self {
@@ -250,6 +267,7 @@ impl Store {
             uploads: Mutex::default(),
             upload_sequence: AtomicU64::new(0),
             min_part_size: AtomicU64::new(MIN_PART_SIZE),
+            refuse_conditional_writes: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -625,6 +643,9 @@ impl S3 for MemoryS3 {
         {
             // Conditions and the write under one lock: a concurrent writer cannot slip between.
             let mut objects = self.store.objects.lock_unpoisoned();
+            self.store.conditions_implemented(
+                input.if_match.is_some() || input.if_none_match.is_some(),
+            )?;
             check_write_conditions(
                 objects.get(&input.key),
                 input.if_match.as_ref(),
@@ -998,6 +1019,9 @@ impl S3 for MemoryS3 {
         {
             let mut objects = self.store.objects.lock_unpoisoned();
             // A failed condition leaves the upload open, as S3 does: the client may retry.
+            self.store.conditions_implemented(
+                input.if_match.is_some() || input.if_none_match.is_some(),
+            )?;
             check_write_conditions(
                 objects.get(&input.key),
                 input.if_match.as_ref(),
