@@ -176,7 +176,7 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
     } else {
         write_text(&mut stdout, &config, &source.bucket, &report)
     };
-    written.map_err(|e| Failure::Runtime(format!("writing the report failed: {e}")))?;
+    crate::written(written, "the report")?;
     Ok(if report.complete() {
         ExitCode::Success
     } else {

@@ -130,7 +130,7 @@ pub async fn run(config: CatalogConfig) -> Result<ExitCode, Failure> {
     } else {
         write_table(&mut stdout, &views)
     };
-    written.map_err(|e| Failure::Runtime(format!("writing the catalog failed: {e}")))?;
+    crate::written(written, "the catalog")?;
     Ok(ExitCode::Success)
 }
 

@@ -548,9 +548,10 @@ fn job_budget(text: Option<&str>) -> Result<String, Failure> {
 /// Writes `text` and a newline to stdout; a closed stdout ends the command quietly (`| head`).
 fn print_line(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
+    crate::written(
+        writeln!(stdout, "{text}").and_then(|()| stdout.flush()),
+        "to stdout",
+    )
 }
 
 /// Writes a line to stderr, ignoring a closed stderr.
@@ -842,7 +843,6 @@ async fn job_with_leases(
     args: &StatusArgs,
     job_id: &str,
 ) -> Result<(), Failure> {
-    let write_error = |e: std::io::Error| Failure::Runtime(format!("cannot write to stdout: {e}"));
     let mut token = String::new();
     let mut first: Option<pb::GetJobResponse> = None;
     let mut leases = Vec::new();
@@ -857,15 +857,16 @@ async fn job_with_leases(
         let mut stdout = std::io::stdout().lock();
         if first.is_none() && !args.json {
             let job = page.job.clone().unwrap_or_default();
-            write!(stdout, "{}\n{}", jobs_table(&[job]), leases_header()).map_err(write_error)?;
+            crate::written(
+                write!(stdout, "{}\n{}", jobs_table(&[job]), leases_header()),
+                "the leases",
+            )?;
         }
         if args.json {
             leases.append(&mut page.leases);
         } else {
             for lease in &page.leases {
-                stdout
-                    .write_all(lease_row(lease).as_bytes())
-                    .map_err(write_error)?;
+                crate::written(stdout.write_all(lease_row(lease).as_bytes()), "the leases")?;
             }
         }
         token = std::mem::take(&mut page.next_page_token);

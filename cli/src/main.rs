@@ -50,6 +50,18 @@ pub enum Failure {
     Runtime(String),
 }
 
+/// What writing a command's output came to. A closed stdout (`| head`) ends the output
+/// quietly, as in other Unix tools: the command's exit status still says what it found. Any
+/// other failure names `what` was being written.
+pub fn written(result: std::io::Result<()>, what: &str) -> Result<(), Failure> {
+    match result {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::Runtime(format!("writing {what} failed: {error}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn main() {
     let cli = match parse(std::env::args_os()) {
         Ok(cli) => cli,
@@ -248,7 +260,7 @@ async fn plan(config: PlanConfig) -> Result<ExitCode, Failure> {
         eprintln!("{cost}");
         written
     };
-    written.map_err(|e| Failure::Runtime(format!("writing the plan failed: {e}")))?;
+    crate::written(written, "the plan")?;
     Ok(ExitCode::Success)
 }
 

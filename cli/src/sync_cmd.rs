@@ -106,7 +106,7 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     } else {
         summary.write_text(&mut stdout, &figures.progress.retries_breakdown())
     };
-    written.map_err(|e| Failure::Runtime(e.to_string()))?;
+    crate::written(written, "the summary")?;
     drop(stdout);
     report_local_errors(&report);
     let code = match &config.follow {

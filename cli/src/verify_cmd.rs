@@ -178,7 +178,7 @@ pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
     } else {
         write_text(&mut stdout, &report)
     };
-    written.map_err(|e| Failure::Runtime(format!("writing the report failed: {e}")))?;
+    crate::written(written, "the report")?;
     let all_repaired = report
         .repairs
         .as_ref()

@@ -1030,3 +1030,28 @@ fn help_never_shows_the_values_of_environment_variables() {
         );
     }
 }
+
+/// `era5 catalog | head` (issue 23 §5): a closed stdout ends the output quietly, as in other
+/// Unix tools, with the command's own exit status and nothing on stderr. The pipe's reading end
+/// is closed before `era5` writes, so every write meets EPIPE.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let scratch = Scratch::new();
+    for json in [true, false] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut command = era5(&scratch.home());
+        command.args(["catalog", "--offline"]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "json {json}: {stderr}");
+        assert!(stderr.is_empty(), "json {json}: {stderr}");
+    }
+}

@@ -17,6 +17,9 @@ pub enum Error {
     /// No such job.
     #[error("no job `{0}`")]
     UnknownJob(String),
+    /// A worker no coordinator has heard from (a drain naming it is bad input).
+    #[error("{0}")]
+    UnknownWorker(String),
     /// The request is malformed or names bad values.
     #[error("{0}")]
     InvalidArgument(String),
@@ -83,7 +86,7 @@ impl Error {
         match self {
             Error::Unavailable(_) | Error::ListingFailed(_) => Code::Unavailable,
             Error::Corrupt(_) => Code::Internal,
-            Error::UnknownJob(_) => Code::NotFound,
+            Error::UnknownJob(_) | Error::UnknownWorker(_) => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,

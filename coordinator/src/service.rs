@@ -30,8 +30,8 @@ use crate::error::{Error, status};
 use crate::limits::{Caps, bounded_reason, check_id, check_report, grants_per_acquire};
 use lease::LeaseStore;
 use lease::model::{
-    Ack, FollowSpec, Grant, ItemState, ItemStatus, JobStatus, LeaseRef, SelectionSpec, SourceSpec,
-    WorkerMetrics, WorkerStatus, random_id,
+    Ack, FollowSpec, Grant, ItemState, ItemStatus, JobState, JobStatus, LeaseRef, SelectionSpec,
+    SourceSpec, WorkerMetrics, WorkerStatus, random_id,
 };
 use lease::planner::{ItemLimits, plan_items, plan_job};
 
@@ -657,6 +657,17 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let job_id = request.into_inner().job_id;
         check_id("job id", &job_id)?;
+        // A job that ended complete or failed has nothing to stop: refused, so that its state
+        // keeps saying how it ended. (One completing between this read and the cancel still
+        // turns cancelled; nothing is lost either way.)
+        let job = self.0.store.job(&job_id).await.map_err(status)?;
+        if matches!(job.state, JobState::Complete | JobState::Failed) {
+            return Err(Error::InvalidArgument(format!(
+                "job {job_id} is already {}: nothing to cancel",
+                job.state.name()
+            ))
+            .into());
+        }
         self.0.store.cancel_job(&job_id).await.map_err(status)?;
         Ok(Response::new(pb::CancelJobResponse {}))
     }
@@ -681,6 +692,19 @@ impl Operator for OperatorService {
         }
         // A drain names a worker identity: the name in its certificate (or --name).
         check_worker_name(&worker)?;
+        let known = self.0.store.workers().await.map_err(status)?;
+        if !known.iter().any(|w| w.name == worker) {
+            let names: Vec<&str> = known.iter().map(|w| w.name.as_str()).collect();
+            return Err(Error::UnknownWorker(format!(
+                "no worker named `{worker}` was heard from (known: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+            .into());
+        }
         self.0.store.drain(&worker).await.map_err(status)?;
         Ok(Response::new(pb::DrainWorkerResponse {}))
     }

@@ -284,6 +284,19 @@ fn finished_jobs_and_silent_workers_are_forgotten_after_the_retention() {
     cluster.add_worker("short-lived", 0, &[]);
     let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
     assert_eq!(state(&cluster.wait_final(&job, LIMIT)), "complete");
+    // A complete job has nothing to cancel, and an unknown worker nothing to drain (issue 23
+    // §5): both are bad input, in one line, and change nothing.
+    for (args, named) in [
+        (["cancel", job.as_str()], "already complete"),
+        (["drain", "w9"], "w9"),
+    ] {
+        let output = cluster.operator(args[0], 0).arg(args[1]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+    }
+    assert_eq!(state(&cluster.status(0, Some(&job))), "complete");
     assert_eq!(cluster.worker("short-lived").terminate(LIMIT), Some(0));
     wait_until(
         Duration::from_secs(30),
