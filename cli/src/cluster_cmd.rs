@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::redact::{redact_url, scrub_url_from};
 use common::selection::Selection;
-use common::units::{human_bytes, parse_size};
+use common::units::{counted, human_bytes, parse_size};
 use coordinator::RedisStore;
 use coordinator::limits::Caps;
 use coordinator::server::{Server, Settings};
@@ -590,9 +590,9 @@ pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<Exi
         note(&format!("era5: warning: {}", clean(warning)));
     }
     note(&format!(
-        "submitted: {} leases, {} objects, {}",
-        response.leases,
-        response.objects,
+        "submitted: {}, {}, {}",
+        counted(u64::from(response.leases), "lease", "leases"),
+        counted(response.objects, "object", "objects"),
         human_bytes(response.bytes)
     ));
     let job_id = clean(&response.job_id).into_owned();
@@ -811,8 +811,12 @@ async fn job_summary(
             ));
         }
         text.push_str(&format!(
-            "({} leases: --leases lists them, --state STATE only those in one state)\n",
-            counts.pending + counts.leased + counts.done + counts.dead
+            "({}: --leases lists them, --state STATE only those in one state)\n",
+            counted(
+                u64::from(counts.pending + counts.leased + counts.done + counts.dead),
+                "lease",
+                "leases"
+            )
         ));
         if !dead.is_empty() {
             text.push_str(&format!(

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::units::human_bytes;
+use common::units::{counted, human_bytes};
 use engine::scheduler::RequestScheduler;
 use engine::{ConcurrencySnapshot, Progress, ProgressSnapshot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle as BarStyle};
@@ -118,16 +118,17 @@ fn status_message(
             snapshot.retries_total()
         ),
         (Detail::Short, Some((conns, window))) => format!(
-            "{done}/{total} files, {}/{} reqs, {} conns, {} retries",
+            "{done}/{}, {}/{} reqs, {}, {}",
+            counted(total, "file", "files"),
             window.in_flight,
             window.window,
-            conns.open,
-            snapshot.retries_total()
+            counted(conns.open as u64, "conn", "conns"),
+            counted(snapshot.retries_total(), "retry", "retries")
         ),
         (Detail::Full | Detail::Short, None) => {
             format!("files {done}/{total}, {} failed", snapshot.objects_failed)
         }
-        (Detail::Files, _) => format!("{done}/{total} files"),
+        (Detail::Files, _) => format!("{done}/{}", counted(total, "file", "files")),
         (Detail::Count, _) => format!("{done}/{total}"),
     }
 }

@@ -189,23 +189,24 @@ impl<'a> Summary<'a> {
     /// The text form.
     pub fn write_text(&self, out: &mut impl Write, retries: &str) -> std::io::Result<()> {
         let o = &self.objects;
+        let objects = if o.total == 1 { "object" } else { "objects" };
         let headline = match self.outcome {
             "complete" => format!(
-                "sync complete: {} of {} objects present and verified ({})",
+                "sync complete: {} of {} {objects} present and verified ({})",
                 o.total, o.total, self.verify
             ),
             "interrupted" => format!(
-                "sync interrupted: {} of {} objects present and verified",
+                "sync interrupted: {} of {} {objects} present and verified",
                 o.downloaded + o.present + o.verified_locally,
                 o.total
             ),
             "limit_reached" => format!(
-                "sync stopped at its limit: {} of {} objects present and verified",
+                "sync stopped at its limit: {} of {} {objects} present and verified",
                 o.downloaded + o.present + o.verified_locally,
                 o.total
             ),
             _ => format!(
-                "sync incomplete: {} of {} objects failed",
+                "sync incomplete: {} of {} {objects} failed",
                 o.failed, o.total
             ),
         };

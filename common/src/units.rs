@@ -27,6 +27,11 @@ pub fn parse_size(text: &str) -> Option<u64> {
     }
 }
 
+/// A count and its noun: `1 file`, `3 files`.
+pub fn counted(count: u64, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
+}
+
 /// A size for people: `1.5 GiB`, `312.0 MiB`, `17 B`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -64,6 +69,13 @@ mod tests {
         ] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn one_of_a_thing_is_singular() {
+        assert_eq!(counted(1, "file", "files"), "1 file");
+        assert_eq!(counted(0, "file", "files"), "0 files");
+        assert_eq!(counted(2, "pass", "passes"), "2 passes");
     }
 
     #[test]

@@ -179,9 +179,9 @@ pub fn follow_line(follow: &pb::FollowView) -> String {
         format!("; last pass failed: {}", clean(&follow.last_error))
     };
     format!(
-        "standing job: a pass every {}s, {next}; {} passes, last success at {}{error}\n",
+        "standing job: a pass every {}s, {next}; {}, last success at {}{error}\n",
         follow.interval_ms / 1000,
-        follow.passes,
+        common::units::counted(follow.passes, "pass", "passes"),
         utc(follow.last_success_unix_ms)
     )
 }
