@@ -8,9 +8,21 @@ use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use transport::{DEFAULT_BUCKET, DEFAULT_ENDPOINT, DEFAULT_REGION};
 
+/// The exit statuses of every command: one stable table, in `--help` and the README (a test
+/// holds the two equal), which schedulers' retry policies rely on.
+pub const EXIT_STATUS: &str = "Exit status (every command):
+  0    done: everything selected is present and verified (audit: complete; verify: all match;
+       operator commands: the coordinator did it)
+  1    failed: an object failed or differs, the selection matched nothing, or a service could
+       not be reached or refused for a limit; running again may succeed
+  2    bad input: a flag or value, an unknown job or worker, a request not allowed; nothing
+       was written, and running again unchanged will fail the same way
+  3    stopped at --max-transfer or --max-duration: finished files are kept, run again to go on
+  130  interrupted (Ctrl-C, SIGTERM): run again to resume";
+
 /// Mirror the ERA5 reanalysis from S3 onto a filesystem, verified byte for byte.
 #[derive(Debug, Parser)]
-#[command(name = "era5", version, about, max_term_width = 100)]
+#[command(name = "era5", version, about, max_term_width = 100, after_help = EXIT_STATUS)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -1055,3 +1055,25 @@ fn a_closed_stdout_ends_the_output_quietly() {
         assert!(stderr.is_empty(), "json {json}: {stderr}");
     }
 }
+
+/// The exit-status table is one (issue 23 §3): `era5 --help` prints it, and the README carries
+/// the same lines, which schedulers' retry policies are written from.
+#[test]
+fn the_exit_status_table_is_the_same_in_help_and_readme() {
+    let scratch = Scratch::new();
+    let help = run_era5(&scratch, &["--help".into()], LIMIT);
+    help.expect_code(0);
+    let table = help
+        .stdout
+        .split_once("Exit status (every command):\n")
+        .expect("the table in --help")
+        .1;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for line in table.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(readme.contains(line), "README lacks `{line}`");
+    }
+    for code in ["  0 ", "  1 ", "  2 ", "  3 ", "  130 "] {
+        assert!(table.contains(code), "{table}");
+    }
+}
