@@ -191,9 +191,16 @@ fn write_text(
     report: &AuditReport,
 ) -> std::io::Result<()> {
     let products: Vec<&str> = config.selection.products.iter().map(|p| p.name()).collect();
+    // The source in use: the bucket, and the endpoint when it is not AWS's.
+    let at = config
+        .source
+        .endpoint
+        .as_deref()
+        .map(|endpoint| format!(" at {}", common::redact::redact_url(endpoint)))
+        .unwrap_or_default();
     writeln!(
         out,
-        "audit of {} against s3://{bucket} for {}, {}",
+        "audit of {} against s3://{bucket}{at} for {}, {}",
         config.dest,
         products.join(","),
         config.selection.describe_range()

@@ -484,7 +484,23 @@ impl Operator {
                 message = format!("{message}: {chain}");
             }
         }
-        let message = scrub_url_from(&message, &self.url);
+        // tonic says "transport error" at each level of the chain; once is enough.
+        while message.contains("transport error: transport error") {
+            message = message.replacen("transport error: transport error", "transport error", 1);
+        }
+        let mut message = scrub_url_from(&message, &self.url);
+        // A plaintext client meeting a TLS coordinator sees only a broken connection.
+        if self.url.starts_with("http://")
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            )
+            && message.contains("transport error")
+        {
+            message.push_str(
+                "; if the coordinator serves TLS, use an https:// URL with --tls-cert, --tls-key and --tls-ca",
+            );
+        }
         match coordinator::error::exit_status(status.code()) {
             2 => Failure::Input(message),
             _ => Failure::Runtime(format!(

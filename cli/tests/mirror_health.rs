@@ -112,6 +112,12 @@ fn audit_of_a_fresh_mirror_exits_0_and_reports_the_buckets_gaps_without_a_get_or
 
     let text = audit(&s3, &scratch, "2t,msl", false);
     text.expect_code(0);
+    // The header names the source in use, not the public bucket's AWS address.
+    let header = text.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.contains(&format!("against s3://{BUCKET} at {}", s3.endpoint())),
+        "{header}"
+    );
     assert!(
         text.stdout
             .contains("  missing upstream (gaps in the bucket): 2\n"),

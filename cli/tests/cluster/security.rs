@@ -114,6 +114,19 @@ fn every_wrong_caller_is_refused_with_the_right_code() {
     let operator = pki.operator.clone();
     let job = cluster.submit("e5.oper.an.sfc", "2t", "2024-01", "2024-01");
 
+    // A plaintext URL against this TLS coordinator: one line that says "transport error" once
+    // and points to https:// (issue 23 §5).
+    let plaintext = url.replacen("https://", "http://", 1);
+    let output = era5(&cluster.scratch.home())
+        .args(["status", "--coordinator", &plaintext])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("use an https:// URL"), "{stderr}");
+    assert!(stderr.matches("transport error").count() <= 1, "{stderr}");
+
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let list = |identity: Option<CertFiles>, url: String| async move {
