@@ -10,7 +10,7 @@
 mod output;
 pub mod stop;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -625,6 +625,9 @@ pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<Exi
     })
 }
 
+/// Longest `submit --wait` stays silent off a terminal while only the bytes move.
+const QUIET_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 /// Dead leases `submit --wait` and the status summary print before pointing to `--state dead`.
 const DEAD_SHOWN: u32 = 10;
 
@@ -676,6 +679,12 @@ impl Operator {
 
 /// Polls a job's summary (never its leases) until it is final; returns its final state.
 async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure> {
+    // On a terminal the line is updated in place every second; elsewhere (a log, a CI job) a
+    // line is written when the state or the lease counts change, and at most every
+    // `QUIET_PROGRESS_EVERY` for the bytes alone.
+    let terminal = std::io::stderr().is_terminal();
+    let mut last: Option<(String, [u32; 4])> = None;
+    let mut last_written = tokio::time::Instant::now();
     loop {
         let detail = match operator.get_job(job_id, 0, None, String::new()).await {
             Ok(detail) => detail,
@@ -692,7 +701,7 @@ async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure
         };
         let job = detail.job.unwrap_or_default();
         let counts = job.leases.unwrap_or_default();
-        note(&format!(
+        let line = format!(
             "job {}: {} | leases {} pending, {} leased, {} done, {} dead | {} of {}",
             clean(&job.job_id),
             clean(&job.state),
@@ -702,8 +711,24 @@ async fn follow(operator: &mut Operator, job_id: &str) -> Result<String, Failure
             counts.dead,
             human_bytes(job.bytes_done),
             human_bytes(job.bytes_total)
-        ));
-        if matches!(job.state.as_str(), "complete" | "failed" | "cancelled") {
+        );
+        let finished = matches!(job.state.as_str(), "complete" | "failed" | "cancelled");
+        let key = (
+            job.state.clone(),
+            [counts.pending, counts.leased, counts.done, counts.dead],
+        );
+        if terminal {
+            let end = if finished { "\n" } else { "" };
+            let _ = write!(std::io::stderr(), "\r\x1b[K{line}{end}");
+        } else if last.as_ref() != Some(&key)
+            || finished
+            || last_written.elapsed() >= QUIET_PROGRESS_EVERY
+        {
+            note(&line);
+            last_written = tokio::time::Instant::now();
+        }
+        last = Some(key);
+        if finished {
             if counts.dead > 0 {
                 let (dead, more) = operator.first_leases(job_id, "dead", DEAD_SHOWN).await?;
                 for lease in &dead {

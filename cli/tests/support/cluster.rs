@@ -576,6 +576,20 @@ impl Cluster {
             .spawn()
             .expect("run era5 submit");
         let run = super::wait_with_limit(child, limit);
+        // Off a terminal, --wait writes a line when the state or the lease counts changed, not
+        // one a second (issue 23 §5): no two consecutive lines say the same of them (the bytes,
+        // after the last `|`, alone are written at most every 30 s, longer than these jobs).
+        let progress: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("job "))
+            .map(|l| l.rsplit_once(" | ").map_or(l, |(counts, _bytes)| counts))
+            .collect();
+        assert!(
+            progress.windows(2).all(|pair| pair[0] != pair[1]),
+            "submit --wait repeated itself:\n{}",
+            run.stderr
+        );
         let job = run
             .stdout
             .lines()
