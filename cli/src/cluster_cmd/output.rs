@@ -36,20 +36,13 @@ fn eta(seconds: f64) -> String {
     }
 }
 
+/// The jobs, one row each, within 100 columns: the four lease counts share a column
+/// (pending/leased/done/dead: P/L/D/X), and a standing job's next pass is a UTC time of day (its date is
+/// in `era5 status JOB`).
 pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
     let mut out = format!(
-        "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}  {}\n",
-        "JOB",
-        "STATE",
-        "PENDING",
-        "LEASED",
-        "DONE",
-        "DEAD",
-        "OBJECTS",
-        "BYTES DONE/TOTAL",
-        "RATE",
-        "ETA",
-        "NEXT PASS"
+        "{:<16} {:<9} {:>14} {:>7} {:>19} {:>11} {:>6} {:>9}\n",
+        "JOB", "STATE", "LEASES P/L/D/X", "OBJECTS", "BYTES DONE/TOTAL", "RATE", "ETA", "NEXT PASS"
     );
     for job in jobs {
         let counts = job.leases.unwrap_or_default();
@@ -58,15 +51,20 @@ pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
             .follow
             .as_ref()
             .filter(|f| f.next_check_unix_ms > 0)
-            .map_or("-".to_string(), |f| utc(f.next_check_unix_ms));
+            .map_or("-".to_string(), |f| time_of_day(f.next_check_unix_ms));
+        let eta = if job.state == "complete" {
+            "-".to_string()
+        } else {
+            eta(job.eta_seconds)
+        };
         out.push_str(&format!(
-            "{:<18} {:<10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>22} {:>12} {:>8}  {}\n",
+            "{:<16} {:<9} {:>14} {:>7} {:>19} {:>11} {:>6} {:>9}\n",
             clean(&job.job_id),
             clean(&job.state),
-            counts.pending,
-            counts.leased,
-            counts.done,
-            counts.dead,
+            format!(
+                "{}/{}/{}/{}",
+                counts.pending, counts.leased, counts.done, counts.dead
+            ),
             job.objects_total,
             format!(
                 "{}/{}",
@@ -74,43 +72,38 @@ pub fn jobs_table(jobs: &[pb::JobSummary]) -> String {
                 human_bytes(job.bytes_total)
             ),
             format!("{}/s", human_bytes(job.bytes_per_sec as u64)),
-            eta(job.eta_seconds),
+            eta,
             next_pass
         ));
     }
     out
 }
 
-/// The header of the lease rows.
+/// `HH:MM:SSZ` of a Unix time in milliseconds.
+fn time_of_day(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map_or_else(|_| "?".into(), |t| t.strftime("%H:%M:%SZ").to_string())
+}
+
+/// The header of the lease rows: within 100 columns before the last error (the epoch is in
+/// `--json`).
 pub fn leases_header() -> String {
     format!(
-        "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
-        "LEASE",
-        "PRODUCT",
-        "START",
-        "END",
-        "OBJECTS",
-        "BYTES",
-        "STATE",
-        "EPOCH",
-        "HOLDER",
-        "ATTEMPTS",
-        "LAST ERROR"
+        "{:<7} {:<23} {:<22} {:>3} {:>9} {:<6} {:<10} {:>3}  {}\n",
+        "LEASE", "PRODUCT", "DAYS", "OBJ", "BYTES", "STATE", "HOLDER", "TRY", "ERROR"
     )
 }
 
 /// One lease as a row under [`leases_header`].
 pub fn lease_row(lease: &pb::LeaseView) -> String {
     format!(
-        "{:<7} {:<24} {:<10} {:<10} {:>7} {:>10} {:<7} {:>5} {:<16} {:>8}  {}\n",
+        "{:<7} {:<23} {:<22} {:>3} {:>9} {:<6} {:<10} {:>3}  {}\n",
         clean(&lease.item_id),
         clean(&lease.product),
-        clean(&lease.start),
-        clean(&lease.end),
+        format!("{}..{}", clean(&lease.start), clean(&lease.end)),
         lease.objects,
         human_bytes(lease.bytes),
         clean(&lease.state),
-        lease.epoch,
         clean(&lease.holder),
         lease.attempts,
         clean(&lease.last_error)
@@ -252,5 +245,58 @@ mod tests {
             "a newline in a reason cannot add a row"
         );
         assert_eq!(lease_json(&lease)["last_error"], "boom[31msecond");
+    }
+
+    #[test]
+    fn the_tables_fit_100_columns() {
+        let job = pb::JobSummary {
+            job_id: "0123456789abcdef".into(),
+            state: "cancelled".into(),
+            leases: Some(pb::LeaseCounts {
+                pending: 1_234,
+                leased: 64,
+                done: 98_765,
+                dead: 12,
+            }),
+            objects_total: 812_345,
+            bytes_total: 312 << 40,
+            bytes_done: 187 << 40,
+            bytes_per_sec: 1.2e9,
+            eta_seconds: 86_400.0,
+            follow: Some(pb::FollowView {
+                next_check_unix_ms: 1_765_000_000_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let lease = pb::LeaseView {
+            item_id: "f123-000001".into(),
+            product: "e5.oper.fc.sfc.meanflux".into(),
+            start: "2024-01-01".into(),
+            end: "2024-01-31".into(),
+            objects: 32,
+            bytes: 999 << 30,
+            state: "leased".into(),
+            holder: "worker-12".into(),
+            attempts: 3,
+            ..Default::default()
+        };
+        let worker = pb::WorkerView {
+            name: "era5-worker-7f9c6d5b4-xk2lp".into(),
+            leases_held: 2,
+            ..Default::default()
+        };
+        for line in jobs_table(&[job])
+            .lines()
+            .chain(leases_header().lines())
+            .chain(lease_row(&lease).lines())
+            .chain(workers_table(&[worker]).lines())
+        {
+            assert!(
+                line.trim_end().chars().count() <= 100,
+                "{} columns: {line}",
+                line.len()
+            );
+        }
     }
 }
