@@ -448,7 +448,7 @@ fn write_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()
     writeln!(
         out,
         "verified {}, {} in {:.1} s ({}/s): {} ok, {} failed; {verdict}",
-        common::units::counted(report.checked as u64, "file", "files"),
+        common::units::counted(report.checked, "file", "files"),
         human_bytes(report.bytes),
         report.seconds,
         human_bytes(rate as u64),
