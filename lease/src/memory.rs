@@ -285,17 +285,22 @@ impl MemoryStore {
     /// cancelled job's grants are lost). Settled and expired grants do not count, reaped or
     /// not.
     fn held(inner: &Inner, worker: &str, now: i64) -> usize {
+        Self::live_grants(inner, now)
+            .filter(|(job, item)| job.items[*item].held_by(worker))
+            .count()
+    }
+
+    /// Every live grant, as its job and item index: leased, unexpired, in a job not cancelled.
+    fn live_grants(inner: &Inner, now: i64) -> impl Iterator<Item = (&JobEntry, usize)> {
         inner
             .jobs
             .iter()
             .filter(|job| !job.cancelled)
-            .map(|job| {
+            .flat_map(move |job| {
                 job.leased
                     .range((now + 1, 0)..)
-                    .filter(|&&(_, i)| job.items[i].held_by(worker))
-                    .count()
+                    .map(move |&(_, i)| (job, i))
             })
-            .sum()
     }
 
     fn job_mut<'a>(inner: &'a mut Inner, job_id: &str) -> Result<&'a mut JobEntry, Error> {
@@ -789,15 +794,8 @@ impl LeaseStore for MemoryStore {
     async fn holdings(&self) -> Result<Vec<(String, String)>, Error> {
         let inner = self.lock();
         let now = now_ms();
-        let mut held: Vec<(String, String)> = inner
-            .jobs
-            .iter()
-            .filter(|job| !job.cancelled)
-            .flat_map(|job| {
-                job.leased
-                    .range((now + 1, 0)..)
-                    .map(|&(_, i)| (job.items[i].holder.clone(), job.spec.job_id.clone()))
-            })
+        let mut held: Vec<(String, String)> = Self::live_grants(&inner, now)
+            .map(|(job, i)| (job.items[i].holder.clone(), job.spec.job_id.clone()))
             .collect();
         held.sort();
         held.dedup();

@@ -32,6 +32,23 @@ fn daily_objects(s3: &TestS3, size: usize) -> Vec<(String, bytes::Bytes)> {
         .collect()
 }
 
+/// `era5 submit` of January's daily objects with `--bwlimit budget`.
+fn submit_january(cluster: &Cluster, budget: &str) -> std::process::Output {
+    cluster
+        .operator("submit", 0)
+        .args([
+            "--product",
+            "e5.oper.an.pl",
+            "--start",
+            "2024-01",
+            "--end",
+            "2024-01",
+        ])
+        .args(["--bwlimit", budget])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_fleet_budget_holds_across_workers_that_come_and_go() {
     let _serial = serial();
@@ -49,19 +66,7 @@ fn a_fleet_budget_holds_across_workers_that_come_and_go() {
             .map_or(0, Vec::len)
             == 2
     });
-    let output = cluster
-        .operator("submit", 0)
-        .args([
-            "--product",
-            "e5.oper.an.pl",
-            "--start",
-            "2024-01",
-            "--end",
-            "2024-01",
-        ])
-        .args(["--bwlimit", "6M"])
-        .output()
-        .unwrap();
+    let output = submit_january(&cluster, "6M");
     assert!(output.status.success(), "{output:?}");
     let job = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let status = cluster.status(0, Some(&job));
@@ -122,19 +127,7 @@ fn a_bad_budget_is_refused_before_anything_is_submitted() {
     daily_objects(&s3, 1024);
     let cluster = Cluster::start(&s3.endpoint(), 10);
     for bad in ["fast", "08:00,1M 08:00,2M", "25:00,1M"] {
-        let output = cluster
-            .operator("submit", 0)
-            .args([
-                "--product",
-                "e5.oper.an.pl",
-                "--start",
-                "2024-01",
-                "--end",
-                "2024-01",
-            ])
-            .args(["--bwlimit", bad])
-            .output()
-            .unwrap();
+        let output = submit_january(&cluster, bad);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
