@@ -59,6 +59,13 @@ fn three_workers_complete_a_job() {
             .map_or(0, Vec::len)
             == 3
     });
+    // A healthy start warns of nothing (issue 23 §5: the store's connection being made at
+    // start read as two warnings).
+    let started = cluster.coordinators[0].0.log_text();
+    assert!(
+        started.contains("lease store reachable") && !started.contains(" WARN "),
+        "{started}"
+    );
     let (code, job) = cluster.submit_and_wait(PRODUCTS, "2023-12", "2024-04", LIMIT);
     assert_eq!(
         code,

@@ -200,9 +200,18 @@ async fn track_readiness(
     stop: CancellationToken,
 ) {
     let mut ready = None;
+    let started = tokio::time::Instant::now();
+    let mut warned_at_start = false;
     loop {
         let now_ready = store.ping().await.is_ok();
-        if ready != Some(now_ready) {
+        // At start the store's connection is still being made: not a warning until it has
+        // taken longer than `CONNECT_GRACE`.
+        if ready.is_none() && !now_ready {
+            if !warned_at_start && started.elapsed() >= CONNECT_GRACE {
+                tracing::warn!("lease store unreachable since start: not ready");
+                warned_at_start = true;
+            }
+        } else if ready != Some(now_ready) {
             let status = if now_ready {
                 ServingStatus::Serving
             } else {
@@ -257,15 +266,34 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// How long a coordinator waits for its first connection to the store before it warns.
+const CONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// How often the store is asked which standing jobs' passes are due: one cheap range read.
 const FOLLOW_TICK: Duration = Duration::from_secs(1);
 
 /// Runs standing jobs' passes as they fall due, until `stop`. Every coordinator runs this; the
 /// store's claim makes each pass run on one of them.
 async fn follow_standing_jobs(coordinator: Arc<Coordinator>, stop: CancellationToken) {
+    // Failures in a row: the first after a success is worth a warning, and so is a store that
+    // has not answered for `CONNECT_GRACE` (at start its connection is still being made).
+    let mut failures: u32 = 0;
+    let mut answered_once = false;
+    let grace_ticks = (CONNECT_GRACE.as_secs() / FOLLOW_TICK.as_secs()).max(1) as u32;
     loop {
-        if let Err(error) = coordinator.run_due_passes().await {
-            tracing::warn!(%error, "standing jobs could not be checked; trying again");
+        match coordinator.run_due_passes().await {
+            Ok(_) => {
+                failures = 0;
+                answered_once = true;
+            }
+            Err(error) => {
+                failures += 1;
+                if (failures == 1 && answered_once) || failures % (grace_ticks * 6) == grace_ticks {
+                    tracing::warn!(%error, failures, "standing jobs could not be checked; trying again");
+                } else {
+                    tracing::debug!(%error, "standing jobs could not be checked; trying again");
+                }
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
