@@ -89,6 +89,61 @@ fn variable_hint(closest: Option<&String>, elsewhere: &[String]) -> String {
     }
 }
 
+/// The variables users ask for most, by any of their names: a typo close to one of these
+/// (or one they contain) is suggested before rarer names that score a little higher, so that
+/// `temperatur` suggests `2m_temperature`, not `temperature_of_snow_layer`. The ERA5 fields
+/// behind most analyses: near-surface temperature, dewpoint, winds, pressure, precipitation,
+/// sea surface temperature, and temperature, geopotential, winds and humidity on levels.
+pub const ASKED_MOST: &[&str] = &[
+    "2m_temperature",
+    "2t",
+    "total_precipitation",
+    "tp",
+    "mean_sea_level_pressure",
+    "msl",
+    "10m_u_component_of_wind",
+    "10u",
+    "10m_v_component_of_wind",
+    "10v",
+    "2m_dewpoint_temperature",
+    "2d",
+    "surface_pressure",
+    "sp",
+    "sea_surface_temperature",
+    "sstk",
+    "temperature",
+    "t",
+    "geopotential",
+    "z",
+    "u_component_of_wind",
+    "u",
+    "v_component_of_wind",
+    "v",
+    "specific_humidity",
+    "q",
+    "relative_humidity",
+    "r",
+];
+
+/// The variable name to suggest for `value`: among the names close to it (see
+/// [`closest_match`]) or containing it, one users ask for most ([`ASKED_MOST`], in its order)
+/// comes first; otherwise the closest.
+pub fn closest_variable<'a>(
+    value: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let lower = value.to_ascii_lowercase();
+    let near = |candidate: &str| {
+        candidate.contains(&lower) || strsim::jaro_winkler(&lower, candidate) >= 0.8
+    };
+    ASKED_MOST
+        .iter()
+        .find(|asked| candidates.contains(asked) && near(asked))
+        .map(|asked| (*asked).to_string())
+        .or_else(|| closest_match(value, candidates))
+}
+
 /// The candidate closest to `value`, if it is close enough to be a typo of it.
 pub fn closest_match<'a>(
     value: &str,
@@ -113,6 +168,24 @@ mod tests {
         assert_eq!(closest_match("2tt", names).as_deref(), Some("2t"));
         assert_eq!(closest_match("MSL", names).as_deref(), Some("msl"));
         assert_eq!(closest_match("zzzzzz", names), None);
+    }
+
+    #[test]
+    fn a_variable_users_ask_for_is_suggested_before_a_rarer_closer_one() {
+        let names = [
+            "temperature_of_snow_layer",
+            "2m_temperature",
+            "2t",
+            "tsn",
+            "msl",
+        ];
+        assert_eq!(
+            closest_variable("temperatur", names).as_deref(),
+            Some("2m_temperature")
+        );
+        assert_eq!(closest_variable("2tt", names).as_deref(), Some("2t"));
+        assert_eq!(closest_variable("tsnn", names).as_deref(), Some("tsn"));
+        assert_eq!(closest_variable("zzzzzz", names), None);
     }
 
     #[test]

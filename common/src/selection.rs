@@ -16,7 +16,7 @@ use jiff::civil::Date;
 
 use crate::catalog::{self, Cadence, ObjectKey, Product};
 use crate::dates::{DayRange, RangeEnd, YearMonth, parse_date_arg};
-use crate::error::{InputError, closest_match};
+use crate::error::{InputError, closest_variable};
 
 /// A validated request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Selection {
                 return Err(InputError::UnknownVariable {
                     value: typed.to_string(),
                     products: product_list(),
-                    closest: closest_match(typed, catalog::variable_names(&parsed_products)),
+                    closest: closest_variable(typed, catalog::variable_names(&parsed_products)),
                     elsewhere: elsewhere.iter().map(|p| p.name().to_string()).collect(),
                 });
             };
