@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use lease::model::{ItemState, ItemStatus, JobStatus, Sample, WorkerStatus, now_ms};
+use lease::model::{ItemState, ItemStatus, JobState, JobStatus, Sample, WorkerStatus, now_ms};
 
 /// Seconds between automatic refreshes.
 const REFRESH_SECONDS: u32 = 5;
@@ -79,13 +79,15 @@ pub fn overview(
     }
     body.push_str("<h2>Workers</h2>");
     body.push_str(&workers_table(workers));
-    body.push_str("<h2>Last hour</h2><div style=\"display:flex;flex-wrap:wrap\">");
+    body.push_str(
+        "<h2>Recent throughput (up to an hour)</h2><div style=\"display:flex;flex-wrap:wrap\">",
+    );
     body.push_str(&chart(
         "Throughput per worker",
         "throughput",
         history,
         |s| s.bytes_per_sec,
-        human,
+        |v| format!("{}/s", human(v)),
     ));
     body.push_str(&chart(
         "Open S3 connections per worker",
@@ -168,12 +170,12 @@ pub fn job_page(
 
 fn jobs_table(jobs: &[JobStatus]) -> String {
     let mut out = String::from(
-        "<table id=\"jobs\"><tr><th>job</th><th>state</th><th>pending</th><th>leased</th><th>done</th><th>dead</th>\
-<th>objects</th><th>done</th><th>total</th><th>rate</th><th>ETA</th></tr>",
+        "<table id=\"jobs\"><tr><th>job</th><th>state</th><th>leases pending</th><th>leased</th><th>done</th><th>dead</th>\
+<th>objects</th><th>bytes done</th><th>bytes total</th><th>rate</th><th>ETA</th></tr>",
     );
     for job in jobs {
         let (rate, eta) = job.rate_and_eta();
-        let eta_text = if eta < 0.0 {
+        let eta_text = if eta < 0.0 || job.state == JobState::Complete {
             "-".to_string()
         } else {
             format!("{eta:.0} s")
@@ -245,21 +247,31 @@ fn chart(
     const HEIGHT: f64 = 200.0;
     const LEFT: f64 = 70.0;
     const BOTTOM: f64 = 20.0;
+    // The window: the last hour, or since the oldest sample when that is more recent (at least
+    // five minutes), so that a short job fills the chart instead of being a sliver at its end.
     let now = now_ms();
-    let start = now - 3_600_000;
+    let oldest = history
+        .iter()
+        .flat_map(|(_, samples)| samples.iter().map(|s| s.at_ms))
+        .filter(|at| *at >= now - 3_600_000)
+        .min()
+        .unwrap_or(now);
+    let start = oldest.min(now - 300_000).max(now - 3_600_000);
+    let span = (now - start) as f64;
+    let minutes = ((now - start) as f64 / 60_000.0).round();
     let peak = history
         .iter()
         .flat_map(|(_, samples)| samples.iter().filter(|s| s.at_ms >= start).map(&value))
         .fold(0.0_f64, f64::max)
         .max(1.0);
-    let x = |at: i64| LEFT + (at - start) as f64 / 3_600_000.0 * (WIDTH - LEFT - 10.0);
+    let x = |at: i64| LEFT + (at - start) as f64 / span * (WIDTH - LEFT - 10.0);
     let y = |v: f64| (HEIGHT - BOTTOM) - v / peak * (HEIGHT - BOTTOM - 10.0);
     let mut svg = format!(
         "<figure class=\"chart\" id=\"chart-{id}\"><figcaption>{title}</figcaption>\
 <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\" aria-label=\"{title}\">\
 <line x1=\"{LEFT}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#999\"/><line x1=\"{LEFT}\" y1=\"10\" x2=\"{LEFT}\" y2=\"{b}\" stroke=\"#999\"/>\
 <text x=\"{lx}\" y=\"14\" font-size=\"11\" text-anchor=\"end\">{top}</text><text x=\"{lx}\" y=\"{b}\" font-size=\"11\" text-anchor=\"end\">0</text>\
-<text x=\"{LEFT}\" y=\"{t}\" font-size=\"11\">-60 min</text><text x=\"{r}\" y=\"{t}\" font-size=\"11\" text-anchor=\"end\">now</text>",
+<text x=\"{LEFT}\" y=\"{t}\" font-size=\"11\">-{minutes} min</text><text x=\"{r}\" y=\"{t}\" font-size=\"11\" text-anchor=\"end\">now</text>",
         b = HEIGHT - BOTTOM,
         r = WIDTH - 10.0,
         lx = LEFT - 4.0,
@@ -353,6 +365,11 @@ mod tests {
         assert!(html.contains("data-field=\"open_connections\" data-value=\"7\""));
         assert!(html.contains("<polyline data-worker=\"w&quot;1\""));
         assert!(html.contains("http-equiv=\"refresh\""));
+        // Issue 23 §5: one heading per figure, a rate on the throughput axis, and a job with
+        // a minute of history drawn over five minutes, not as a sliver of an hour.
+        assert!(html.contains("<th>leases pending</th>") && html.contains("<th>bytes done</th>"));
+        assert!(html.contains("/s</text>"), "the throughput axis is a rate");
+        assert!(html.contains(">-5 min</text>"), "{html}");
         assert!(
             !html.contains("<script"),
             "the page must work without JavaScript"
