@@ -1077,3 +1077,33 @@ fn the_exit_status_table_is_the_same_in_help_and_readme() {
         assert!(table.contains(code), "{table}");
     }
 }
+
+/// A source whose name does not resolve (no network, no DNS) ends the command with one line
+/// after three attempts rather than ten silent ones (issue 23 §5). `.invalid` never resolves
+/// (RFC 6761).
+#[test]
+fn an_unresolvable_source_fails_in_one_line_after_three_attempts() {
+    let scratch = Scratch::new();
+    let run = run_era5(
+        &scratch,
+        &[
+            "plan".into(),
+            "--product".into(),
+            "e5.oper.an.sfc".into(),
+            "--start".into(),
+            "2024-01".into(),
+            "--end".into(),
+            "2024-01".into(),
+            "--endpoint".into(),
+            "http://era5-test.invalid:9000".into(),
+        ],
+        LIMIT,
+    );
+    run.expect_code(1);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3 attempts: is the network or DNS up?"),
+        "{}",
+        run.stderr
+    );
+}

@@ -324,15 +324,56 @@ async fn list_prefix_pages(
     }
 }
 
+/// Listing attempts a source whose name does not resolve gets: a name that fails three times
+/// in a row (a few seconds) is not coming back within a listing's retries.
+const UNRESOLVED_ATTEMPTS: u32 = 3;
+
+/// A listing that cannot reach its source says so once, on the first failure, instead of
+/// retrying in silence for half a minute; a source whose name does not resolve gives up after
+/// [`UNRESOLVED_ATTEMPTS`], within a second, with one line.
+fn unreachable_source(
+    failure: Failure,
+    detail: String,
+    attempt: u32,
+    retry: &RetryPolicy,
+) -> (Failure, String) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if failure != Failure::Retry(crate::retry::RetryReason::Connect) {
+        return (failure, detail);
+    }
+    let unresolved = detail.contains("failed to lookup address");
+    if unresolved {
+        if attempt < UNRESOLVED_ATTEMPTS {
+            return (failure, detail);
+        }
+        let detail = format!("{detail} ({attempt} attempts: is the network or DNS up?)");
+        return (
+            Failure::Permanent {
+                status: None,
+                message: detail.clone(),
+            },
+            detail,
+        );
+    }
+    if attempt == 1 && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "cannot reach the source yet ({detail}); trying {} times",
+            retry.max_attempts
+        );
+    }
+    (failure, detail)
+}
+
 async fn list_page(
     source: &Source,
     prefix: &str,
     token: Option<&str>,
     retry: &RetryPolicy,
 ) -> Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output, ListError> {
+    // (`unreachable_source` says what is being tried when the source cannot be reached.)
     let result = retrying(
         retry,
-        |_attempt| {
+        |attempt| {
             let request = source
                 .client
                 .list_objects_v2()
@@ -357,7 +398,7 @@ async fn list_page(
                             Failure::Retry(_) => chain(&error),
                             _ => refusal_message(&source.bucket, &error),
                         };
-                        Err((failure, detail))
+                        Err(unreachable_source(failure, detail, attempt, retry))
                     }
                 }
             }
