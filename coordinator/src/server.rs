@@ -202,16 +202,10 @@ async fn track_readiness(
     let mut ready = None;
     let started = tokio::time::Instant::now();
     let mut warned_at_start = false;
+    let mut ever_ready = false;
     loop {
         let now_ready = store.ping().await.is_ok();
-        // At start the store's connection is still being made: not a warning until it has
-        // taken longer than `CONNECT_GRACE`.
-        if ready.is_none() && !now_ready {
-            if !warned_at_start && started.elapsed() >= CONNECT_GRACE {
-                tracing::warn!("lease store unreachable since start: not ready");
-                warned_at_start = true;
-            }
-        } else if ready != Some(now_ready) {
+        if ready != Some(now_ready) {
             let status = if now_ready {
                 ServingStatus::Serving
             } else {
@@ -220,12 +214,19 @@ async fn track_readiness(
             health.set_service_status("", status).await;
             health.set_service_status("era5.v1.Operator", status).await;
             health.set_service_status("era5.v1.Worker", status).await;
-            if now_ready {
-                tracing::info!("lease store reachable: ready");
-            } else {
-                tracing::warn!("lease store unreachable: not ready");
+            match (ready, now_ready) {
+                (_, true) => tracing::info!("lease store reachable: ready"),
+                // At start the store's connection is still being made: not a warning until
+                // it has taken longer than `CONNECT_GRACE` (below).
+                (None, false) => tracing::info!("lease store not reachable yet: not ready"),
+                (Some(_), false) => tracing::warn!("lease store unreachable: not ready"),
             }
             ready = Some(now_ready);
+        }
+        ever_ready |= now_ready;
+        if !ever_ready && !warned_at_start && started.elapsed() >= CONNECT_GRACE {
+            tracing::warn!("lease store unreachable since start: not ready");
+            warned_at_start = true;
         }
         tokio::select! {
             () = stop.cancelled() => return,

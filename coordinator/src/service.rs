@@ -658,10 +658,12 @@ impl Operator for OperatorService {
         let job_id = request.into_inner().job_id;
         check_id("job id", &job_id)?;
         // A job that ended complete or failed has nothing to stop: refused, so that its state
-        // keeps saying how it ended. (One completing between this read and the cancel still
-        // turns cancelled; nothing is lost either way.)
+        // keeps saying how it ended. A standing job still following is never ended: cancel
+        // stops its passes. (One completing between this read and the cancel still turns
+        // cancelled; nothing is lost either way.)
         let job = self.0.store.job(&job_id).await.map_err(status)?;
-        if matches!(job.state, JobState::Complete | JobState::Failed) {
+        let following = job.follow.as_ref().is_some_and(|f| f.next_check_ms > 0);
+        if matches!(job.state, JobState::Complete | JobState::Failed) && !following {
             return Err(Error::InvalidArgument(format!(
                 "job {job_id} is already {}: nothing to cancel",
                 job.state.name()
