@@ -696,7 +696,11 @@ impl Operator for OperatorService {
         check_worker_name(&worker)?;
         let known = self.0.store.workers().await.map_err(status)?;
         if !known.iter().any(|w| w.name == worker) {
-            let names: Vec<&str> = known.iter().map(|w| w.name.as_str()).collect();
+            // A few names, so that the line stays a line however large the fleet.
+            let mut names: Vec<&str> = known.iter().take(8).map(|w| w.name.as_str()).collect();
+            if known.len() > names.len() {
+                names.push("...");
+            }
             return Err(Error::UnknownWorker(format!(
                 "no worker named `{worker}` was heard from (known: {})",
                 if names.is_empty() {
