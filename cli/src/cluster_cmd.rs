@@ -489,11 +489,15 @@ impl Operator {
             message = message.replacen("transport error: transport error", "transport error", 1);
         }
         let mut message = scrub_url_from(&message, &self.url);
-        // A plaintext client meeting a TLS coordinator sees only a broken connection.
+        // A plaintext client meeting a TLS coordinator sees only a broken connection (closed,
+        // or the call cancelled under it, whichever hyper notices first).
         if self.url.starts_with("http://")
             && matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
             )
             && message.contains("transport error")
         {
