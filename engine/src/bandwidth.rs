@@ -59,6 +59,15 @@ struct Bucket {
     held_until: Option<Instant>,
 }
 
+/// The lower of a `--bwlimit` rate and a fleet share (`None`: no share).
+fn lower(rate: Rate, share: Option<u64>) -> Rate {
+    match (rate, share) {
+        (rate, None) => rate,
+        (Rate::Off, Some(share)) => Rate::Limited(share),
+        (Rate::Limited(own), Some(share)) => Rate::Limited(own.min(share)),
+    }
+}
+
 impl Bucket {
     /// Looks the timetable up again when due, then adds the credit earned since the last
     /// refill; a quiet bucket saves at most [`BURST`] at the current rate.
@@ -70,11 +79,7 @@ impl Bucket {
             self.rate = limit.rate_now();
             self.looked_up = Some(now);
         }
-        let rate = match (self.rate, share) {
-            (rate, NO_SHARE) => rate,
-            (Rate::Off, share) => Rate::Limited(share),
-            (Rate::Limited(own), share) => Rate::Limited(own.min(share)),
-        };
+        let rate = lower(self.rate, (share != NO_SHARE).then_some(share));
         match rate {
             Rate::Off => self.earned = self.charged,
             Rate::Limited(rate) => {
@@ -187,11 +192,7 @@ impl Bandwidth {
 
     /// The rate in force now: the lower of `--bwlimit`'s and the fleet share.
     pub fn rate_now(&self) -> Rate {
-        match (self.limit.rate_now(), self.share()) {
-            (rate, None) => rate,
-            (Rate::Off, Some(share)) => Rate::Limited(share),
-            (Rate::Limited(own), Some(share)) => Rate::Limited(own.min(share)),
-        }
+        lower(self.limit.rate_now(), self.share())
     }
 
     /// Each socket's receive buffer under the cap: a quarter of a second of the highest rate,
