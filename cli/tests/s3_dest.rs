@@ -111,6 +111,21 @@ fn dest_key(key: &str) -> String {
     format!("{PREFIX}/{key}")
 }
 
+/// The digest headers `key`'s UploadParts carried, each distinct set once.
+fn part_digests(dest: &TestS3, key: &str) -> Vec<String> {
+    let mut sets: Vec<String> = dest
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.key.as_deref() == Some(&dest_key(key)) && r.operation == Operation::UploadPart
+        })
+        .map(|r| r.digests.join(","))
+        .collect();
+    sets.sort();
+    sets.dedup();
+    sets
+}
+
 /// Every object of `month` is at its key in `dest`, byte for byte, and nothing else is.
 fn assert_copied(dest: &TestS3, month: &[SeededObject]) {
     for object in month {
@@ -138,8 +153,25 @@ fn a_month_copies_into_the_test_server_exactly_and_a_rerun_reads_nothing_from_th
         dest.object(&dest_key(MULTIPART_KEY)).unwrap().etag,
         source.object(MULTIPART_KEY).unwrap().etag
     );
-    // Every upload part carried its Content-MD5, and no upload was left open.
+    // No upload was left open.
     assert!(dest.uploads().is_empty());
+    // A multipart source's parts carry their Content-MD5s (their MD5s are its check); a
+    // single-part source's carry CRC32Cs (its bytes are MD5-hashed whole, once), and the
+    // copy keeps the composite CRC32C of them.
+    assert_eq!(part_digests(&dest, MULTIPART_KEY), ["content-md5"]);
+    assert_eq!(part_digests(&dest, SINGLE_KEY), ["x-amz-checksum-crc32c"]);
+    let single = dest.object(&dest_key(SINGLE_KEY)).unwrap();
+    assert!(
+        single.composite_checksum
+            && matches!(
+                single.checksum,
+                Some((tests::s3_server::ChecksumAlgo::Crc32c, _))
+            ),
+        "{:?}",
+        single.checksum
+    );
+    // Open uploads to resume are looked for once per batch's folder, not once per object.
+    assert_eq!(dest.count(Operation::ListMultipartUploads), 1);
     // The cost report counts what the destination received.
     assert_eq!(
         first["requests"]["upload_part"],
@@ -219,6 +251,9 @@ fn a_month_copies_into_moto_exactly() {
     moto.create_bucket(&scratch, DEST_BUCKET);
     let run = era5_with_keys(&scratch, &args(&source, &moto.endpoint(), &[]), LIMIT);
     run.expect_code(0);
+    // moto took the single-part source's CRC32C parts, and its composite checksum of the
+    // bytes it holds (computed by its own CRC32C) was the one the parts sent give.
+    assert!(!run.stderr.contains("does not echo"), "{}", run.stderr);
     let listed = moto.objects(&scratch, DEST_BUCKET);
     assert_eq!(listed.len(), month.len(), "{listed:?}");
     for object in &month {
@@ -351,6 +386,53 @@ fn transient_upload_faults_are_retried_and_the_copy_is_exact() {
             "{fault:?}: the fault never fired"
         );
     }
+}
+
+#[test]
+fn a_part_corrupted_on_its_way_is_refused_by_its_crc32c_and_sent_again() {
+    let (dest, month, run) = with_dest_fault(FaultRule {
+        key_contains: Some("128_164_tcc".into()),
+        operation: Some(Operation::UploadPart),
+        times: Some(1),
+        ..FaultRule::new(Fault::CorruptBody { at: 1_000 })
+    });
+    run.expect_code(0);
+    assert_copied(&dest, &month);
+    let refused: Vec<u16> = dest
+        .requests()
+        .iter()
+        .filter(|r| r.fault.as_deref() == Some("corrupt"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(refused, [400], "the corrupted part was not refused once");
+    assert_eq!(part_digests(&dest, SINGLE_KEY), ["x-amz-checksum-crc32c"]);
+}
+
+#[test]
+fn a_store_that_ignores_checksums_gets_parts_checked_by_their_md5() {
+    let (source, month) = source();
+    let dest = TestS3::start(DEST_BUCKET);
+    dest.set_ignore_checksums(true);
+    let scratch = Scratch::new();
+    let run = era5_with_keys(&scratch, &args(&source, &dest.endpoint(), &[]), LIMIT);
+    run.expect_code(0);
+    assert_copied(&dest, &month);
+    assert_eq!(
+        run.stderr
+            .matches("does not echo x-amz-checksum-crc32c")
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    // Nothing checked the CRC32Cs: the copy's ETag is the one the parts' MD5s give.
+    let copy = dest.object(&dest_key(SINGLE_KEY)).unwrap();
+    assert!(
+        copy.checksum.is_none() && copy.etag.ends_with("-3\""),
+        "{} {:?}",
+        copy.etag,
+        copy.checksum
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@
 pub mod audit;
 pub mod client;
 pub mod copy;
+pub mod integrity;
 pub mod layout;
 pub mod listing;
 pub mod mirror;

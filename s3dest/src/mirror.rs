@@ -25,7 +25,9 @@ use transport::RemoteObject;
 use transport::retry::{chain, classify, retrying};
 
 use crate::copy::{Copier, CopyError, SOURCE_ETAG_META};
+use crate::layout::UploadLayout;
 use crate::listing::{ListedCopy, list_copies};
+use crate::uploads::OpenUpload;
 
 /// An object store written through a [`Copier`].
 pub struct S3Mirror {
@@ -78,6 +80,33 @@ impl S3Mirror {
                 .map(|copy| (copy.key.clone(), copy))
                 .collect(),
         )
+    }
+
+    /// The open uploads under the folder `objects` share, by destination key: one
+    /// `ListMultipartUploads` for the batch's resumes instead of one per object. `None` when
+    /// the listing fails (each copy then lists its own key's).
+    async fn open_uploads(
+        &self,
+        objects: &[&RemoteObject],
+    ) -> Option<HashMap<String, Vec<OpenUpload>>> {
+        let copier = &self.copier;
+        let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+        let folder = copier.target.key_of(&common_prefix(&keys));
+        match crate::uploads::list(&copier.dest, &copier.target.bucket, &folder, &copier.retry)
+            .await
+        {
+            Ok(open) => {
+                let mut by_key: HashMap<String, Vec<OpenUpload>> = HashMap::new();
+                for upload in open {
+                    by_key.entry(upload.key.clone()).or_default().push(upload);
+                }
+                Some(by_key)
+            }
+            Err(why) => {
+                tracing::info!(folder, %why, "listing the folder's open uploads failed; each copy lists its own");
+                None
+            }
+        }
     }
 
     /// The source version the destination's copy at `key` recorded, by a HEAD.
@@ -289,19 +318,40 @@ impl Destination for S3Mirror {
                 }
             }
         }
+        // Only uploads in parts resume; a batch of small objects lists nothing.
+        let in_parts: Vec<&RemoteObject> = to_copy
+            .iter()
+            .map(|(index, etag)| (&objects[*index], etag))
+            .filter(|(object, etag)| {
+                UploadLayout::plan(object.size, etag.as_deref()).is_ok_and(|l| !l.single_put)
+            })
+            .map(|(object, _)| object)
+            .collect();
+        let open = if in_parts.is_empty() {
+            None
+        } else {
+            self.open_uploads(&in_parts).await
+        };
         let first_seq = self
             .next_seq
             .fetch_add(to_copy.len() as u64, Ordering::Relaxed);
         let mut copies = stream::iter(to_copy.into_iter().enumerate())
             .take_until(Box::pin(scope.drain.clone().cancelled_owned()))
-            .map(|(offset, (index, etag))| async move {
+            .map(|(offset, (index, etag))| {
                 let object = &objects[index];
+                let key_open = open.as_ref().map(|open| {
+                    open.get(&self.copier.target.key_of(&object.key))
+                        .cloned()
+                        .unwrap_or_default()
+                });
+                async move {
                 let copied = tokio::select! {
                     biased;
                     () = scope.cancel.cancelled() => Err(CopyError::Cancelled),
-                    copied = self.copier.copy(object, etag.as_deref(), first_seq + offset as u64, scope.fence.as_deref()) => copied,
+                    copied = self.copier.copy(object, etag.as_deref(), first_seq + offset as u64, scope.fence.as_deref(), key_open) => copied,
                 };
                 (index, copied.map(|()| Outcome::Downloaded))
+                }
             })
             .buffer_unordered(self.objects_at_once);
         while let Some((index, result)) = copies.next().await {

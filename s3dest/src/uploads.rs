@@ -24,6 +24,8 @@ pub struct OpenUpload {
     pub upload_id: String,
     /// When it was started, as the server says (RFC 3339; empty if unsaid).
     pub initiated: String,
+    /// The checksum algorithm it was created with (`CRC32C`...), if any.
+    pub checksum_algorithm: Option<String>,
 }
 
 impl OpenUpload {
@@ -44,6 +46,8 @@ pub struct ListedPart {
     pub etag: String,
     /// Its size.
     pub size: u64,
+    /// Its CRC32C (base64), when the upload keeps one.
+    pub checksum_crc32c: Option<String>,
 }
 
 /// The open uploads of keys starting with `prefix`, every page.
@@ -79,6 +83,9 @@ pub async fn list(
                     .initiated()
                     .map(ToString::to_string)
                     .unwrap_or_default(),
+                checksum_algorithm: upload
+                    .checksum_algorithm()
+                    .map(|algorithm| algorithm.as_str().to_string()),
             }
         }));
         if page.is_truncated() != Some(true) {
@@ -136,6 +143,7 @@ pub async fn parts(
                 number,
                 etag: etag.trim_matches('"').to_string(),
                 size,
+                checksum_crc32c: part.checksum_crc32_c().map(str::to_string),
             });
         }
         if page.is_truncated() != Some(true) {

@@ -59,7 +59,8 @@ pub enum Fault {
         /// Rate.
         bytes_per_sec: u64,
     },
-    /// One byte flipped at this body offset.
+    /// One byte flipped at this body offset: of the response, or of the request for an upload
+    /// (PutObject, UploadPart), before the store sees it.
     CorruptBody {
         /// Offset in the body.
         at: u64,

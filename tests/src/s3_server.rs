@@ -105,6 +105,11 @@ impl Operation {
             _ => Operation::Other,
         }
     }
+
+    /// Whether the request carries an object's bytes (PutObject, UploadPart).
+    pub fn is_upload(self) -> bool {
+        matches!(self, Operation::PutObject | Operation::UploadPart)
+    }
 }
 
 /// One request as the server saw it.
@@ -122,6 +127,8 @@ pub struct RequestRecord {
     pub range: Option<String>,
     /// The If-Match header.
     pub if_match: Option<String>,
+    /// The digest headers sent (`content-md5`, `x-amz-checksum-*`), by name, lowercase.
+    pub digests: Vec<String>,
     /// Response status; 0 when the connection was reset without an answer.
     pub status: u16,
     /// The fault injected, if any.
@@ -267,6 +274,15 @@ impl TestS3 {
             .store
             .refuse_conditional_writes
             .store(refuse, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Multipart uploads ignore additional checksums (`x-amz-checksum-*`): neither checked,
+    /// kept nor echoed, as stores older than S3's checksums do. `Content-MD5` is still checked.
+    pub fn set_ignore_checksums(&self, ignore: bool) {
+        self.shared
+            .store
+            .ignore_checksums
+            .store(ignore, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Leaves ETags out of listings.
@@ -525,6 +541,25 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
+/// A request body read whole, with the byte at `at` flipped (when the body reaches it).
+async fn corrupted(body: &mut Incoming, at: u64) -> Bytes {
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes.extend_from_slice(data);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    if let Some(byte) = usize::try_from(at).ok().and_then(|at| bytes.get_mut(at)) {
+        *byte ^= 0xff;
+    }
+    Bytes::from(bytes)
+}
+
 /// Reads a request body to its end (or its first error), discarding it.
 async fn drain(body: &mut Incoming) {
     while let Some(frame) = body.frame().await {
@@ -582,6 +617,12 @@ async fn handle(
     };
     let range = header("range");
     let if_match = header("if-match");
+    let digests: Vec<String> = request
+        .headers()
+        .keys()
+        .map(|name| name.as_str().to_ascii_lowercase())
+        .filter(|name| name == "content-md5" || name.starts_with("x-amz-checksum-"))
+        .collect();
     let listing = operation == Operation::ListObjectsV2;
     let list_prefix = query_param(query.as_deref(), "prefix").unwrap_or_default();
     let list_token = query_param(query.as_deref(), "continuation-token");
@@ -599,6 +640,7 @@ async fn handle(
         operation,
         range,
         if_match,
+        digests,
         status: 0,
         fault: fault.as_ref().map(|f| f.name().to_string()),
     };
@@ -622,6 +664,7 @@ async fn handle(
         drain(&mut body).await;
     }
     let mut body_fault = BodyFault::None;
+    let mut corrupt_request_at = None;
     let mut replace_with = None;
     let response = match &fault {
         Some(Fault::SlowDown) => Some(error_response(503, "SlowDown", &method)),
@@ -644,6 +687,11 @@ async fn handle(
         }
         Some(Fault::SlowBody { bytes_per_sec }) => {
             body_fault = BodyFault::Slow(*bytes_per_sec);
+            None
+        }
+        // On an upload, the request's body is corrupted on its way in, as a bad link would.
+        Some(Fault::CorruptBody { at }) if operation.is_upload() => {
+            corrupt_request_at = Some(*at);
             None
         }
         Some(Fault::CorruptBody { at }) => {
@@ -724,7 +772,11 @@ async fn handle(
     let response = if let Some(response) = response {
         response
     } else {
-        let request = Request::from_parts(parts, s3s::Body::from(body));
+        let body = match corrupt_request_at {
+            Some(at) => s3s::Body::from(corrupted(&mut body, at).await),
+            None => s3s::Body::from(body),
+        };
+        let request = Request::from_parts(parts, body);
         let mut response = match service.call(request).await {
             Ok(response) => response,
             Err(error) => {

@@ -240,6 +240,9 @@ pub struct Store {
     pub min_part_size: AtomicU64,
     /// Answers conditional writes 501 NotImplemented, as stores without them do.
     pub refuse_conditional_writes: std::sync::atomic::AtomicBool,
+    /// Multipart uploads ignore additional checksums (`x-amz-checksum-*`, a created upload's
+    /// algorithm): neither checked, kept nor echoed, as stores older than S3's checksums do.
+    pub ignore_checksums: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -268,6 +271,7 @@ impl Store {
             upload_sequence: AtomicU64::new(0),
             min_part_size: AtomicU64::new(MIN_PART_SIZE),
             refuse_conditional_writes: std::sync::atomic::AtomicBool::new(false),
+            ignore_checksums: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -672,8 +676,10 @@ impl S3 for MemoryS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         self.check_bucket(&input.bucket)?;
+        let ignore = self.store.ignore_checksums.load(Ordering::Relaxed);
         let checksum = match &input.checksum_algorithm {
             None => None,
+            Some(_) if ignore => None,
             Some(name) => Some(ChecksumAlgo::from_s3_name(name.as_str()).ok_or_else(|| {
                 s3_error!(
                     InvalidRequest,
@@ -731,7 +737,7 @@ impl S3 for MemoryS3 {
                 "Part number must be an integer between 1 and 10000, inclusive"
             ));
         }
-        let sent = sent_checksums(
+        let mut sent = sent_checksums(
             [
                 input.checksum_crc32.as_ref(),
                 input.checksum_crc32c.as_ref(),
@@ -741,6 +747,9 @@ impl S3 for MemoryS3 {
             ],
             trailing_headers.as_ref(),
         );
+        if self.store.ignore_checksums.load(Ordering::Relaxed) {
+            sent.clear();
+        }
         verify_digests(&data, input.content_md5.as_deref(), &sent)?;
         let mut uploads = self.store.uploads.lock_unpoisoned();
         let upload = uploads

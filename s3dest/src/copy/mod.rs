@@ -1,10 +1,11 @@
 //! One object streamed from the source into the destination, verified end to end.
 //!
 //! Each upload part is one ranged GET of the source (with `If-Match` on the source's ETag, so
-//! a replaced object is noticed), held in memory, hashed, and sent as `UploadPart` with its
-//! `Content-MD5`, which the destination checks. The parts' MD5s then verify the source against
-//! its ETag (see `layout`), and the ETag the destination answers at completion must be the one
-//! those MD5s give.
+//! a replaced object is noticed), held in memory, hashed, and sent as `UploadPart` with a
+//! digest the destination checks: its `Content-MD5`, or its CRC32C where the MD5 would be a
+//! second hash of the bytes (see `integrity`). The source is verified against its ETag as the
+//! bytes pass (see `layout`), and what the destination reports at completion (the ETag the
+//! parts' MD5s give, the composite CRC32C of the parts') must be what was sent.
 //!
 //! **An object appears at its key only complete and verified**: it is a multipart upload
 //! (one PUT for a small single-part object) completed only after the source check passed; a
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use common::sync::MutexExt;
@@ -41,7 +42,12 @@ use transport::retry::{Failure, RetryPolicy, RetryReason, chain, classify, retry
 use transport::{RemoteObject, Source};
 
 use crate::S3Target;
+use crate::integrity::{PartDigest, composite_crc32c, composite_matches, parse_crc32c};
 use crate::layout::{SourceCheck, UploadLayout};
+use crate::uploads::OpenUpload;
+
+mod part;
+use part::PartJob;
 
 /// Parts in flight by default (`--connections` caps it; `--no-autotune` sets it).
 pub const COPY_WINDOW: usize = 32;
@@ -134,6 +140,9 @@ pub struct Copier {
     pub fence_versions: bool,
     /// Set once the store answered a conditional write 501: writes go without conditions.
     pub unconditional: std::sync::atomic::AtomicBool,
+    /// Set once the store answered a part without echoing its `x-amz-checksum-crc32c` (it
+    /// ignores additional checksums): later uploads carry `Content-MD5`.
+    pub part_checksums_ignored: std::sync::atomic::AtomicBool,
 }
 
 impl Copier {
@@ -172,6 +181,32 @@ impl Copier {
             progress,
             fence_versions: false,
             unconditional: std::sync::atomic::AtomicBool::new(false),
+            part_checksums_ignored: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The digest a new upload of `layout` gives its parts: `Content-MD5` where the parts'
+    /// MD5s are the source's check anyway, CRC32C otherwise (unless the store ignores it).
+    fn part_digest_for(&self, layout: &UploadLayout) -> PartDigest {
+        let ignored = self
+            .part_checksums_ignored
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if ignored || matches!(layout.check, SourceCheck::Multipart { .. }) {
+            PartDigest::Md5
+        } else {
+            PartDigest::Crc32c
+        }
+    }
+
+    /// The store answered a part without its CRC32C: said once, and new uploads use MD5s.
+    fn note_checksums_ignored(&self) {
+        if !self
+            .part_checksums_ignored
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "the destination does not echo x-amz-checksum-crc32c; checking parts by their MD5 from now on"
+            );
         }
     }
 }
@@ -231,10 +266,65 @@ fn refused_condition<E>(
     ))
 }
 
+/// What the store reported of a completed write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Answer {
+    /// Its ETag, unquoted.
+    etag: String,
+    /// Its CRC32C checksum, when the answer carried one (COMPOSITE: `value-N`).
+    checksum: Option<String>,
+}
+
+impl Answer {
+    fn etag(etag: String) -> Self {
+        Self {
+            etag,
+            checksum: None,
+        }
+    }
+}
+
+/// What the completed object must report, from what was sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Expected {
+    /// The ETag: the whole MD5 of one PUT, or the multipart ETag (`digest-N`) of the parts'
+    /// MD5 ETags. `None` when a part's ETag is not an MD5 (an encrypting store).
+    etag: Option<String>,
+    /// The composite CRC32C of the parts', in an upload whose parts carry them.
+    checksum: Option<String>,
+}
+
+impl Expected {
+    fn of(parts: &[PartDone], digest: PartDigest) -> Self {
+        let md5s: Option<Vec<[u8; 16]>> = parts
+            .iter()
+            .map(|part| match EtagForm::parse(&part.etag) {
+                Some(EtagForm::Single(md5)) => Some(md5),
+                _ => None,
+            })
+            .collect();
+        // A store that did not echo a part's CRC32C did not check it (its parts were checked
+        // by their MD5s instead), and its composite is no better than its part checks.
+        let checksum = match digest {
+            PartDigest::Crc32c if parts.iter().all(|part| part.crc_checked) => parts
+                .iter()
+                .map(|part| part.crc32c)
+                .collect::<Option<Vec<u32>>>()
+                .map(|crcs| composite_crc32c(&crcs)),
+            PartDigest::Crc32c | PartDigest::Md5 => None,
+        };
+        Self {
+            etag: md5s
+                .map(|md5s| format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len())),
+            checksum,
+        }
+    }
+}
+
 /// What one fenced write came to.
 enum Written {
-    /// Written; the store's ETag.
-    Done(String),
+    /// Written; what the store reported.
+    Done(Answer),
     /// Another writer came between the look and the write (its precondition failed).
     Raced(CopyError),
     /// Failed otherwise.
@@ -247,8 +337,13 @@ const FENCE_ROUNDS: u32 = 4;
 /// One part's result.
 #[derive(Clone, Debug)]
 struct PartDone {
-    /// The upload part's MD5 (its ETag).
-    md5: [u8; 16],
+    /// Its ETag, unquoted, as the store answered it (checked against the part's MD5 wherever
+    /// that was computed).
+    etag: String,
+    /// Its CRC32C, in an upload whose parts carry them.
+    crc32c: Option<u32>,
+    /// The store echoed the CRC32C, so it checked it (and its composite is worth checking).
+    crc_checked: bool,
     /// MD5s of the source parts it holds, in order (for a multipart source check).
     source_md5s: Vec<[u8; 16]>,
 }
@@ -308,19 +403,22 @@ impl Copier {
     }
 
     /// Copies `object` (listed with `etag`, unquoted) to its key in the destination.
+    /// `open` is the key's open uploads when the caller listed its folder's (one
+    /// `ListMultipartUploads` for a batch); `None` lists the key's own.
     pub async fn copy(
         self: &Arc<Self>,
         object: &RemoteObject,
         etag: Option<&str>,
         priority: u64,
         fence: Option<&LeaseFence>,
+        open: Option<Vec<OpenUpload>>,
     ) -> Result<(), CopyError> {
         let layout = UploadLayout::plan(object.size, etag)
             .map_err(|why| CopyError::permanent(format!("cannot copy {}: {why}", object.key)))?;
         if layout.single_put {
             self.put_whole(object, etag, &layout, priority, fence).await
         } else {
-            self.upload_in_parts(object, etag, &layout, priority, fence)
+            self.upload_in_parts(object, etag, &layout, priority, fence, open)
                 .await
         }
     }
@@ -368,7 +466,7 @@ impl Copier {
                                 // it twice more.
                                 let send = request.customize().disable_payload_signing().send();
                                 match self.bounded(send, length).await? {
-                                    Ok(done) => Ok(unquoted(done.e_tag())),
+                                    Ok(done) => Ok(Answer::etag(unquoted(done.e_tag()))),
                                     Err(error) => Err(refused_condition(self, condition, &error)
                                         .unwrap_or_else(|| failure(&error))),
                                 }
@@ -393,8 +491,11 @@ impl Copier {
             })
             .await?;
         drop((slot, room));
-        self.check_completed(&key, &answered, &hex::encode(digest))
-            .await
+        let expected = Expected {
+            etag: Some(hex::encode(digest)),
+            checksum: None,
+        };
+        self.check_completed(&key, &answered, &expected).await
     }
 
     /// A multipart upload, resumed from an open one when there is one.
@@ -405,14 +506,16 @@ impl Copier {
         layout: &UploadLayout,
         priority: u64,
         fence: Option<&LeaseFence>,
+        open: Option<Vec<OpenUpload>>,
     ) -> Result<(), CopyError> {
         let key = self.key_of(object);
-        let (upload_id, listed) = match self.resumable_upload(&key, layout).await? {
-            Some(found) => found,
-            None => (
-                self.create_upload(object, etag, &key).await?,
-                BTreeMap::new(),
-            ),
+        let resumed = self.resumable_upload(&key, layout, open).await?;
+        let (upload_id, listed, digest) = if let Some(found) = resumed {
+            found
+        } else {
+            let digest = self.part_digest_for(layout);
+            let created = self.create_upload(object, etag, &key, digest).await?;
+            (created, BTreeMap::new(), digest)
         };
         let ordered = Arc::new(OrderedHash::new());
         let mut done: Vec<Option<PartDone>> = vec![None; layout.parts() as usize];
@@ -450,6 +553,7 @@ impl Copier {
                 index,
                 range: (start, end),
                 check: layout.check.clone(),
+                digest,
                 ordered: ordered.clone(),
             };
             running.spawn(async move {
@@ -480,14 +584,13 @@ impl Copier {
                 object.key
             )));
         }
-        let md5s: Vec<[u8; 16]> = parts.iter().map(|p| p.md5).collect();
-        let expected = format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len());
+        let expected = Expected::of(&parts, digest);
         let completed = self
             .fenced(&key, object, fence, |condition| {
-                let (key, upload_id, md5s, expected) = (&key, &upload_id, &md5s, &expected);
+                let (key, upload_id, parts, expected) = (&key, &upload_id, &parts, &expected);
                 async move {
                     match self
-                        .complete(key, upload_id, md5s, expected, &condition)
+                        .complete(key, upload_id, parts, expected, &condition)
                         .await
                     {
                         Ok(answered) => Written::Done(answered),
@@ -530,7 +633,9 @@ impl Copier {
         object: &RemoteObject,
         etag: Option<&str>,
         key: &str,
+        digest: PartDigest,
     ) -> Result<String, CopyError> {
+        let algorithm = (digest == PartDigest::Crc32c).then_some(ChecksumAlgorithm::Crc32C);
         retrying(
             &self.retry,
             |_| {
@@ -539,6 +644,7 @@ impl Copier {
                     .create_multipart_upload()
                     .bucket(&self.target.bucket)
                     .key(key)
+                    .set_checksum_algorithm(algorithm.clone())
                     .set_metadata(Some(Self::metadata(object, etag)));
                 async move {
                     match self.bounded(request.send(), 0).await? {
@@ -556,16 +662,23 @@ impl Copier {
         .map_err(|gave_up| CopyError::gave_up(&format!("CreateMultipartUpload of {key}"), &gave_up))
     }
 
-    /// The newest open upload of `key` and its parts that fit `layout` (by part index); every
-    /// other open upload of the key is aborted.
+    /// The newest open upload of `key` (among `open`, or listed now), the digest its parts
+    /// carry, and its parts that fit `layout` (by part index); every other open upload of the
+    /// key is aborted.
     async fn resumable_upload(
         &self,
         key: &str,
         layout: &UploadLayout,
-    ) -> Result<Option<(String, BTreeMap<u64, PartDone>)>, CopyError> {
-        let mut open = crate::uploads::list(&self.dest, &self.target.bucket, key, &self.retry)
-            .await
-            .map_err(|why| CopyError::retryable(format!("listing open uploads of {key}: {why}")))?;
+        open: Option<Vec<OpenUpload>>,
+    ) -> Result<Option<(String, BTreeMap<u64, PartDone>, PartDigest)>, CopyError> {
+        let mut open = match open {
+            Some(open) => open,
+            None => crate::uploads::list(&self.dest, &self.target.bucket, key, &self.retry)
+                .await
+                .map_err(|why| {
+                    CopyError::retryable(format!("listing open uploads of {key}: {why}"))
+                })?,
+        };
         open.retain(|upload| upload.key == key);
         open.sort_by(|a, b| b.initiated.cmp(&a.initiated));
         let Some(newest) = open.first().cloned() else {
@@ -574,6 +687,11 @@ impl Copier {
         for stale in &open[1..] {
             self.abort(key, &stale.upload_id).await;
         }
+        let Some(digest) = PartDigest::of_upload(newest.checksum_algorithm.as_deref()) else {
+            // Created with a checksum this tool never uses: not ours to continue.
+            self.abort(key, &newest.upload_id).await;
+            return Ok(None);
+        };
         let listed = match crate::uploads::parts(
             &self.dest,
             &self.target.bucket,
@@ -596,35 +714,44 @@ impl Copier {
             let Some(EtagForm::Single(md5)) = EtagForm::parse(part.etag.trim_matches('"')) else {
                 continue;
             };
+            let crc32c = part.checksum_crc32c.as_deref().and_then(parse_crc32c);
+            // The completion names every part's checksum in an upload that keeps them.
+            if digest == PartDigest::Crc32c && crc32c.is_none() {
+                continue;
+            }
             if index < layout.parts() && layout.reusable(index, part.size) {
                 reusable.insert(
                     index,
                     PartDone {
-                        md5,
+                        etag: hex::encode(md5),
+                        crc32c,
+                        // Listed with it: the store keeps (and so checked) its CRC32C.
+                        crc_checked: crc32c.is_some(),
                         source_md5s: vec![md5],
                     },
                 );
             }
         }
         tracing::info!(key, upload = %newest.upload_id, reused = reusable.len(), parts = layout.parts(), "resuming an open upload");
-        Ok(Some((newest.upload_id, reusable)))
+        Ok(Some((newest.upload_id, reusable, digest)))
     }
 
     async fn complete(
         &self,
         key: &str,
         upload_id: &str,
-        md5s: &[[u8; 16]],
-        expected: &str,
+        parts: &[PartDone],
+        expected: &Expected,
         condition: &Condition,
-    ) -> Result<String, CopyError> {
-        let parts: Vec<CompletedPart> = md5s
+    ) -> Result<Answer, CopyError> {
+        let parts: Vec<CompletedPart> = parts
             .iter()
             .enumerate()
-            .map(|(index, md5)| {
+            .map(|(index, part)| {
                 CompletedPart::builder()
                     .part_number(index as i32 + 1)
-                    .e_tag(quoted(&hex::encode(md5)))
+                    .e_tag(quoted(&part.etag))
+                    .set_checksum_crc32_c(part.crc32c.map(crate::integrity::crc32c_header))
                     .build()
             })
             .collect();
@@ -645,7 +772,10 @@ impl Copier {
                     .set_if_match(condition.if_match(self.is_unconditional()));
                 async move {
                     match self.bounded(request.send(), 0).await? {
-                        Ok(done) => Ok(Some(unquoted(done.e_tag()))),
+                        Ok(done) => Ok(Some(Answer {
+                            etag: unquoted(done.e_tag()),
+                            checksum: done.checksum_crc32_c().map(str::to_string),
+                        })),
                         // A retry after a completion whose answer was lost: the upload is
                         // gone, and the object tells whether it was ours.
                         Err(error) if error.code() == Some(crate::uploads::NO_SUCH_UPLOAD) => {
@@ -659,10 +789,12 @@ impl Copier {
             |reason| self.progress.retry(reason),
         )
         .await;
+        // The object itself, when the answer is lost: complete if it has the parts' ETag.
+        let is_ours = |etag: &str| expected.etag.as_deref().is_none_or(|want| want == etag);
         match completed {
-            Ok(Some(etag)) => Ok(etag),
+            Ok(Some(answer)) => Ok(answer),
             Ok(None) => match self.head_etag(key).await {
-                Some(etag) if etag == expected => Ok(etag),
+                Some(etag) if is_ours(&etag) => Ok(Answer::etag(etag)),
                 _ => Err(CopyError::retryable(format!(
                     "CompleteMultipartUpload of {key}: the upload is gone and the object is not the one its parts give"
                 ))),
@@ -670,13 +802,13 @@ impl Copier {
             // An answer that could not be read (moto 5.2 names its XML root
             // `CompleteMultipartUploadResponse`): the object itself says whether it completed.
             Err(gave_up) => match self.head_etag(key).await {
-                Some(etag) if etag == expected => {
+                Some(etag) if is_ours(&etag) => {
                     tracing::debug!(
                         key,
                         detail = gave_up.detail,
                         "completion answer unreadable; the object is complete"
                     );
-                    Ok(etag)
+                    Ok(Answer::etag(etag))
                 }
                 _ => Err(CopyError::gave_up(
                     &format!("CompleteMultipartUpload of {key}"),
@@ -696,7 +828,7 @@ impl Copier {
         object: &RemoteObject,
         fence: Option<&LeaseFence>,
         mut write: W,
-    ) -> Result<String, CopyError>
+    ) -> Result<Answer, CopyError>
     where
         W: FnMut(Condition) -> Fut,
         Fut: std::future::Future<Output = Written>,
@@ -707,7 +839,7 @@ impl Copier {
             fence_check(fence)?;
             let condition = self.version_fence(key, object).await?;
             match write(condition).await {
-                Written::Done(etag) => return Ok(etag),
+                Written::Done(answer) => return Ok(answer),
                 Written::Raced(_) if round < FENCE_ROUNDS => {}
                 Written::Raced(error) | Written::Failed(error) => return Err(error),
             }
@@ -777,25 +909,44 @@ impl Copier {
         Ok(Condition::Holds(unquoted(head.e_tag())))
     }
 
-    /// The completed object must carry the ETag its parts give; one that does not is removed.
+    /// The completed object must report what its parts give (the ETag of their MD5s, the
+    /// composite of their CRC32Cs); one that does not is removed.
     async fn check_completed(
         &self,
         key: &str,
-        answered: &str,
-        expected: &str,
+        answered: &Answer,
+        expected: &Expected,
     ) -> Result<(), CopyError> {
-        if EtagForm::parse(answered).is_none() {
-            // Not an MD5 form (an encrypting store): each part's Content-MD5 was checked.
-            tracing::debug!(
+        let mut wrong = None;
+        match &expected.etag {
+            // Not an MD5 form (an encrypting store): each part's digest was checked.
+            _ if EtagForm::parse(&answered.etag).is_none() => tracing::debug!(
                 key,
-                answered,
+                answered = answered.etag,
                 "destination ETag is not an MD5; parts were checked on upload"
-            );
-            return Ok(());
+            ),
+            Some(want) if *want != answered.etag => {
+                wrong = Some(format!("ETag {}, not the {want}", answered.etag));
+            }
+            _ => {}
         }
-        if answered == expected {
-            return Ok(());
+        if wrong.is_none()
+            && let Some(want) = &expected.checksum
+        {
+            let reported = match &answered.checksum {
+                Some(reported) => Some(reported.clone()),
+                None => self.head_checksum(key).await,
+            };
+            // None: the store keeps no checksum; each part's was checked on upload.
+            if let Some(reported) = reported
+                && !composite_matches(&reported, want)
+            {
+                wrong = Some(format!("CRC32C {reported}, not the {want}"));
+            }
         }
+        let Some(wrong) = wrong else {
+            return Ok(());
+        };
         let removed = self
             .dest
             .delete_object()
@@ -808,8 +959,22 @@ impl Copier {
             Err(error) => format!("deleting it failed too: {}", chain(&error)),
         };
         Err(CopyError::retryable(format!(
-            "{key}: the destination completed it with ETag {answered}, not the {expected} its verified parts give; {outcome}"
+            "{key}: the destination completed it with {wrong} its verified parts give; {outcome}"
         )))
+    }
+
+    /// The CRC32C checksum the object at `key` reports (`value-N` for a composite one).
+    async fn head_checksum(&self, key: &str) -> Option<String> {
+        let head = self
+            .dest
+            .head_object()
+            .bucket(&self.target.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .ok()?;
+        head.checksum_crc32_c().map(str::to_string)
     }
 
     async fn head_etag(&self, key: &str) -> Option<String> {
@@ -956,81 +1121,6 @@ impl Copier {
             _ => CopyError::gave_up(&format!("GET of {}", object.key), &gave_up),
         })?;
         Ok(buffer.into_inner().unwrap_or_default().freeze())
-    }
-}
-
-/// One upload part: its source range read, hashed and uploaded.
-struct PartJob {
-    copier: Arc<Copier>,
-    object: RemoteObject,
-    etag: Option<String>,
-    key: String,
-    upload_id: String,
-    index: u64,
-    range: (u64, u64),
-    check: SourceCheck,
-    ordered: Arc<OrderedHash>,
-}
-
-impl PartJob {
-    async fn run(self) -> Result<PartDone, CopyError> {
-        let copier = &self.copier;
-        let (start, end) = self.range;
-        let bytes = copier
-            .read_source(&self.object, self.etag.as_deref(), start, end)
-            .await?;
-        let part_md5 = Md5::digest(&bytes);
-        let source_md5s = match &self.check {
-            SourceCheck::Multipart { part_size, .. } if *part_size < end - start => {
-                bytes.chunks(*part_size as usize).map(Md5::digest).collect()
-            }
-            _ => vec![part_md5],
-        };
-        if matches!(self.check, SourceCheck::WholeMd5(_)) {
-            self.ordered.feed(self.index, &bytes).await;
-        }
-        let number = self.index as i32 + 1;
-        let answered = retrying(
-            &copier.retry,
-            |_| {
-                let request = copier
-                    .dest
-                    .upload_part()
-                    .bucket(&copier.target.bucket)
-                    .key(&self.key)
-                    .upload_id(&self.upload_id)
-                    .part_number(number)
-                    .content_md5(base64_md5(&part_md5))
-                    .content_length(bytes.len() as i64)
-                    .body(ByteStream::from(bytes.clone()));
-                let length = bytes.len() as u64;
-                async move {
-                    // Protected by its Content-MD5 (see `put_whole`).
-                    let send = request.customize().disable_payload_signing().send();
-                    match copier.bounded(send, length).await? {
-                        Ok(done) => Ok(unquoted(done.e_tag())),
-                        Err(error) => Err(failure(&error)),
-                    }
-                }
-            },
-            |reason| copier.progress.retry(reason),
-        )
-        .await
-        .map_err(|gave_up| {
-            CopyError::gave_up(&format!("UploadPart {number} of {}", self.key), &gave_up)
-        })?;
-        // The destination checked our Content-MD5; an answer naming other bytes is a lie.
-        if EtagForm::parse(&answered).is_some() && answered != hex::encode(part_md5) {
-            return Err(CopyError::retryable(format!(
-                "{}: part {number} stored with ETag {answered}, not its MD5 {}",
-                self.key,
-                hex::encode(part_md5)
-            )));
-        }
-        Ok(PartDone {
-            md5: part_md5,
-            source_md5s,
-        })
     }
 }
 
