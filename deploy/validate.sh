@@ -30,3 +30,6 @@ PY
     fi
     echo "deploy: $name renders and validates ($(grep -c '^kind:' "$out/$name.yaml") objects)"
 done
+# The scheduler examples (Indexed Job, Slurm array, Argo Workflow): schemas, pod rules, and
+# era5's exit statuses mapped to retries.
+KUBERNETES_VERSION="$version" examples/check.sh

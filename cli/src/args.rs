@@ -94,6 +94,17 @@ pub struct SelectionArgs {
     pub end: String,
 }
 
+/// `--shard I/N`: one of N disjoint parts of the work, for a scheduler's array of tasks.
+#[derive(Clone, Debug, Args)]
+pub struct ShardArgs {
+    /// Only shard I of N (0-based): the plan's keys in order, cut into N runs of about equal
+    /// bytes; disjoint, together exactly the plan. auto/N takes I from JOB_COMPLETION_INDEX (a
+    /// Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (a Slurm array). N shards may write one
+    /// DEST at once.
+    #[arg(long, env = "ERA5_SHARD", value_name = "I/N|auto/N")]
+    pub shard: Option<String>,
+}
+
 /// Where objects come from.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
@@ -201,6 +212,9 @@ pub struct PlanArgs {
     /// Listing timeouts.
     #[command(flatten)]
     pub listing: ListingArgs,
+    /// Only one shard of the plan (a preview of what `sync --shard` takes).
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Print {"objects":[{"key","size","etag"}...],"total_bytes":N} instead of the table.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
@@ -246,6 +260,9 @@ pub struct SyncArgs {
     /// How to reach an s3:// destination.
     #[command(flatten)]
     pub dest_store: DestStoreArgs,
+    /// Only one shard of the plan, beside the other shards writing the same DEST.
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Connections, requests in flight and their memory.
     #[command(flatten)]
     pub concurrency: ConcurrencyArgs,
@@ -382,6 +399,9 @@ pub struct AuditArgs {
     /// How to reach an s3:// destination.
     #[command(flatten)]
     pub dest_store: DestStoreArgs,
+    /// Only one shard of the plan (the objects `sync --shard` with the same I/N mirrors).
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Print the whole report as one JSON document.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,
@@ -417,6 +437,10 @@ pub struct VerifyArgs {
     /// Only objects up to this day (inclusive).
     #[arg(long, env = "ERA5_END", value_name = "DATE")]
     pub end: Option<String>,
+    /// Only one shard of the records (or copies) verified: their keys in order, cut into N runs
+    /// of about equal bytes (verify does not list the bucket, so these are not sync's shards).
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Files checked at once (default: one per core).
     #[arg(long, env = "ERA5_JOBS", value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
     pub jobs: Option<u32>,

@@ -62,6 +62,8 @@ pub struct AuditConfig {
     pub dest: DestSpec,
     /// JSON output.
     pub json: bool,
+    /// `--shard`: only this part of the plan.
+    pub shard: Option<common::shard::Shard>,
 }
 
 impl TryFrom<&AuditArgs> for AuditConfig {
@@ -83,6 +85,7 @@ impl TryFrom<&AuditArgs> for AuditConfig {
             source,
             dest,
             json: args.json,
+            shard: crate::config::shard(&args.shard)?,
         })
     }
 }
@@ -95,6 +98,8 @@ struct AuditJson<'a> {
     start: String,
     end: String,
     complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<&'a crate::plan_cmd::ShardNote>,
     #[serde(flatten)]
     report: &'a AuditReport,
 }
@@ -103,9 +108,18 @@ struct AuditJson<'a> {
 pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
     let source = Source::connect(&config.source).await;
     let retry = RetryPolicy::default();
-    let found = discover_detailed(&source, &config.selection, &retry)
+    let mut found = discover_detailed(&source, &config.selection, &retry)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    // A shard is audited over its own objects; what DEST holds beyond the bucket is judged
+    // against the whole listing (another shard's files are not strays).
+    let whole_listing: std::collections::HashSet<String> = match config.shard {
+        Some(_) => found.objects.iter().map(|o| o.key.clone()).collect(),
+        None => std::collections::HashSet::new(),
+    };
+    let shard = config
+        .shard
+        .map(|shard| crate::plan_cmd::ShardNote::take(&mut found.objects, shard));
     let mut latest = HashMap::new();
     for product in &config.selection.products {
         match coverage::month_folders(&source, *product, &retry, Duration::from_secs(60)).await {
@@ -152,13 +166,22 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
             )
         }
     };
-    let report = audit(AuditInput {
+    let mut report = audit(AuditInput {
         selection: &config.selection,
         expected: config.selection.expected_keys(|p| latest.get(&p).copied()),
         bucket: &found.objects,
         holdings: holdings.as_ref(),
         latest: &latest,
     });
+    if shard.is_some() {
+        report
+            .not_in_bucket
+            .retain(|key| !whole_listing.contains(key));
+        // Gaps in the bucket are the whole plan's, not the shard's.
+        report
+            .missing_upstream
+            .retain(|key| !whole_listing.contains(key));
+    }
     let mut stdout = std::io::stdout().lock();
     let written = if config.json {
         let document = AuditJson {
@@ -168,12 +191,16 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
             start: config.selection.range.start.to_string(),
             end: config.selection.range.end.to_string(),
             complete: report.complete(),
+            shard: shard.as_ref(),
             report: &report,
         };
         serde_json::to_writer(&mut stdout, &document)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(stdout))
     } else {
+        if let Some(shard) = &shard {
+            eprintln!("{shard}");
+        }
         write_text(&mut stdout, &config, &source.bucket, &report)
     };
     crate::written(written, "the report")?;

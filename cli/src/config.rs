@@ -18,8 +18,10 @@ use transport::{PoolConfig, ResolveOverride, Resolver, SourceConfig};
 use s3dest::{DestConfig, S3Target, is_s3_url};
 
 use crate::args::{
-    ConcurrencyArgs, CostArgs, DestStoreArgs, PlanArgs, SelectionArgs, SourceArgs, SyncArgs,
+    ConcurrencyArgs, CostArgs, DestStoreArgs, PlanArgs, SelectionArgs, ShardArgs, SourceArgs,
+    SyncArgs,
 };
+use common::shard::Shard;
 
 /// Smallest and largest accepted `--part-size`.
 const PART_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(5 << 30);
@@ -35,6 +37,8 @@ pub struct PlanConfig {
     pub json: bool,
     /// `--prices`: what the estimate charges.
     pub prices: Prices,
+    /// `--shard`: only this part of the plan.
+    pub shard: Option<Shard>,
 }
 
 /// How `sync` shows progress.
@@ -67,6 +71,8 @@ pub struct SyncConfig {
     pub prices: Prices,
     /// `--max-transfer` and `--max-duration`.
     pub limits: RunLimits,
+    /// `--shard`: only this part of the plan, beside other shards in the same DEST.
+    pub shard: Option<Shard>,
 }
 
 /// Where a sync writes: a directory, or another object store.
@@ -85,6 +91,20 @@ impl std::fmt::Display for DestSpec {
             DestSpec::S3(dest) => write!(f, "{}", dest.target),
         }
     }
+}
+
+/// `--shard I/N` or `auto/N` (the index from the scheduler's environment).
+pub(crate) fn shard(args: &ShardArgs) -> Result<Option<Shard>, InputError> {
+    let Some(text) = &args.shard else {
+        return Ok(None);
+    };
+    Shard::parse(text, |name| std::env::var(name).ok())
+        .map(Some)
+        .map_err(|reason| InputError::BadValue {
+            flag: "--shard",
+            value: text.clone(),
+            reason,
+        })
 }
 
 /// `--dest s3://BUCKET[/PREFIX]` with `--dest-endpoint`, `--dest-region` and
@@ -332,6 +352,7 @@ impl TryFrom<&PlanArgs> for PlanConfig {
             source: listing_source(&args.source, &args.listing)?,
             json: args.json,
             prices: prices(&args.cost)?,
+            shard: shard(&args.shard)?,
         })
     }
 }
@@ -463,6 +484,7 @@ impl TryFrom<&SyncArgs> for SyncConfig {
                     .map(|text| parse_duration("--max-duration", text))
                     .transpose()?,
             },
+            shard: shard(&args.shard)?,
         })
     }
 }

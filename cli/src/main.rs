@@ -250,13 +250,20 @@ async fn plan(config: PlanConfig) -> Result<ExitCode, Failure> {
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     discovery::check(&source, &config.selection, &found, &retry).await?;
+    let mut found = found;
+    let shard = config
+        .shard
+        .map(|shard| plan_cmd::ShardNote::take(&mut found.objects, shard));
     let listing = source.connection_stats().snapshot().traffic;
     let cost = plan_cmd::PlanCost::new(&listing, found.objects.len(), &config.prices);
     let mut stdout = std::io::stdout().lock();
     let written = if config.json {
-        plan_cmd::write_json(&mut stdout, &found, &cost)
+        plan_cmd::write_json(&mut stdout, &found, &cost, shard.as_ref())
     } else {
         let written = plan_cmd::write_table(&mut stdout, &found);
+        if let Some(shard) = &shard {
+            eprintln!("{shard}");
+        }
         eprintln!("{cost}");
         written
     };

@@ -2,12 +2,14 @@
 //! or the object list as JSON; either way, say how many keys of the layout the catalog does not
 //! know, and what the run costs in requests (on stderr below the table, in `cost` of the JSON):
 //! the LISTs this listing sent (exact) and the GETs a fresh sync sends at least (one per object;
-//! a ranged download sends one per part, and a HEAD), priced with `--prices`.
+//! a ranged download sends one per part, and a HEAD), priced with `--prices`. With `--shard`,
+//! only that shard's objects, and how much of the plan they are.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use common::units::human_bytes;
+use common::shard::Shard;
+use common::units::{counted, human_bytes};
 use common::{ObjectKey, catalog};
 use serde::Serialize;
 use transport::cost::{Cost, Prices, RequestKind, Traffic};
@@ -105,27 +107,68 @@ impl std::fmt::Display for PlanCost {
     }
 }
 
+/// Which shard of the plan was kept, and how large the whole plan is.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardNote {
+    /// `I/N`.
+    pub shard: String,
+    /// Objects of the whole plan.
+    pub plan_objects: usize,
+    /// Bytes of the whole plan.
+    pub plan_bytes: u64,
+}
+
+impl ShardNote {
+    /// Keeps only `shard`'s objects of `objects`, and says how many the plan had.
+    pub fn take(objects: &mut Vec<RemoteObject>, shard: Shard) -> Self {
+        let note = Self {
+            shard: shard.to_string(),
+            plan_objects: objects.len(),
+            plan_bytes: objects.iter().map(|o| o.size).sum(),
+        };
+        *objects = shard.select(std::mem::take(objects), |o| (o.key.as_str(), o.size));
+        note
+    }
+}
+
+impl std::fmt::Display for ShardNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "era5: shard {} of a plan of {} ({})",
+            self.shard,
+            counted(self.plan_objects as u64, "object", "objects"),
+            human_bytes(self.plan_bytes)
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct PlanJson<'a> {
     objects: &'a [RemoteObject],
     total_bytes: u64,
     unknown_keys: &'a KeySample,
     cost: &'a PlanCost,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<&'a ShardNote>,
 }
 
 /// Writes `{"objects":[{"key":…,"size":…,"etag":…}, …], "total_bytes":…,
 /// "unknown_keys":{"count":…,"sample":[…]},
-/// "cost":{"list":…,"get_at_least":…,"cost_usd_at_least":…}}`.
+/// "cost":{"list":…,"get_at_least":…,"cost_usd_at_least":…}}`, and with a shard
+/// `"shard":{"shard":"I/N","plan_objects":…,"plan_bytes":…}`.
 pub fn write_json(
     out: &mut impl Write,
     discovery: &Discovery,
     cost: &PlanCost,
+    shard: Option<&ShardNote>,
 ) -> std::io::Result<()> {
     let plan = PlanJson {
         objects: &discovery.objects,
         total_bytes: discovery.objects.iter().map(|o| o.size).sum(),
         unknown_keys: &discovery.unknown,
         cost,
+        shard,
     };
     serde_json::to_writer(&mut *out, &plan)?;
     writeln!(out)
@@ -235,7 +278,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_shape() {
         let mut out = Vec::new();
-        write_json(&mut out, &discovery(vec![object("k", 5)]), &no_cost()).unwrap();
+        write_json(&mut out, &discovery(vec![object("k", 5)]), &no_cost(), None).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             value,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::selection::Selection;
 use common::units::human_bytes;
 use engine::disk::DiskGate;
+use engine::mirror::ABANDONED_AFTER;
 use engine::sync::{Mirrorer, Outcome, SyncReport};
 use engine::{Destination, Mirror, Progress};
 use lease::model::{SelectionSpec, SourceSpec, random_id};
@@ -140,7 +141,18 @@ fn open_local(
     let DestSpec::Local(dir) = &config.dest else {
         return Err(Failure::Runtime("not a directory destination".into()));
     };
-    let mirror = Mirror::open(dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mirror = match config.shard {
+        // Shards write DEST at once: a shared lock and a manifest journal of their own, as
+        // cluster workers have; each clears the abandoned temporaries of killed ones.
+        Some(shard) => {
+            let name = format!("shard-{}-of-{}", shard.index, shard.count);
+            let mirror =
+                Mirror::open_shared(dir, &name).map_err(|e| Failure::Runtime(e.to_string()))?;
+            mirror.sweep_abandoned(ABANDONED_AFTER);
+            mirror
+        }
+        None => Mirror::open(dir).map_err(|e| Failure::Runtime(e.to_string()))?,
+    };
     let mirrorer = Mirrorer::new(source.clone(), mirror, config.engine.clone(), progress)
         .map_err(|e| Failure::Runtime(format!("opening the manifest failed: {e}")))?;
     Ok(mirrorer)
@@ -208,7 +220,7 @@ fn report_local_errors(report: &SyncReport) {
 }
 
 /// Lists `selection`, warning about requests that matched nothing; a selection that matches
-/// nothing at all is a failure that says why.
+/// nothing at all is a failure that says why. With `--shard`, only the shard's objects.
 async fn list(
     source: &Source,
     selection: &Selection,
@@ -218,7 +230,16 @@ async fn list(
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     crate::discovery::check(source, selection, &found, &config.engine.retry).await?;
-    Ok(found.objects)
+    let mut objects = found.objects;
+    if let Some(shard) = config.shard {
+        let note = crate::plan_cmd::ShardNote::take(&mut objects, shard);
+        tracing::info!(
+            "{note}: {} ({})",
+            common::units::counted(objects.len() as u64, "object", "objects"),
+            human_bytes(objects.iter().map(|o| o.size).sum())
+        );
+    }
+    Ok(objects)
 }
 
 /// One pass over `listed`, through the cluster's own lease loop (`worker::runner`): the same
@@ -256,7 +277,13 @@ async fn pass(
             },
             name: SYNC_HOLDER.to_string(),
             max_leases: SYNC_LEASES,
-            temps: Temps::Resumable,
+            // Shards share DEST: each keeps its temporaries to itself (a killed shard's are
+            // swept as abandoned), as cluster workers do.
+            temps: if config.shard.is_some() {
+                Temps::PerLease
+            } else {
+                Temps::Resumable
+            },
             on_dest_failure: OnDestFailure::Stop,
             until_idle: true,
         },

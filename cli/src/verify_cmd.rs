@@ -49,6 +49,8 @@ pub struct VerifyConfig {
     pub progress: ProgressStyle,
     /// `--repair`: where to fetch the failing objects again.
     pub repair: Option<SourceConfig>,
+    /// `--shard`: only this part of the records (or copies).
+    pub shard: Option<common::shard::Shard>,
 }
 
 impl TryFrom<&VerifyArgs> for VerifyConfig {
@@ -112,6 +114,7 @@ impl TryFrom<&VerifyArgs> for VerifyConfig {
             jobs: args.jobs.map_or(cores, |n| n as usize),
             json: args.json,
             progress,
+            shard: crate::config::shard(&args.shard)?,
         })
     }
 }
@@ -222,6 +225,9 @@ async fn check_copies(config: &VerifyConfig, dest: &DestConfig) -> Result<Verify
             dest.target
         )));
     }
+    if let Some(shard) = config.shard {
+        copies = shard.select(copies, |copy| (copy.key.as_str(), copy.size));
+    }
     let (progress, reporter, cancel) = start_progress(config, copies.iter().map(|c| c.size));
     let started = Instant::now();
     let mut report = VerifyReport::default();
@@ -302,6 +308,9 @@ async fn check_files(
         )));
     }
     records.sort_by(|a, b| a.key.cmp(&b.key));
+    if let Some(shard) = config.shard {
+        records = shard.select(records, |record| (record.key.as_str(), record.size));
+    }
     let (progress, reporter, cancel) = start_progress(config, records.iter().map(|r| r.size));
     let started = Instant::now();
     let dest = Arc::new(dir.to_path_buf());

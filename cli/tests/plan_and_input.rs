@@ -486,6 +486,32 @@ fn bad_input_is_rejected_before_anything_happens() {
             ],
             "'2000'",
         ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--shard",
+                "4/4",
+            ],
+            "--shard `4/4`",
+        ),
+        (
+            vec![
+                "--product",
+                "e5.oper.an.sfc",
+                "--start",
+                "2024-01",
+                "--end",
+                "2024-01",
+                "--shard",
+                "auto/4",
+            ],
+            "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args: Vec<String> =

@@ -457,3 +457,186 @@ fn a_filesystem_without_file_locks_is_named_as_the_cause() {
     );
     assert!(mirrored_keys(&scratch.dest()).is_empty());
 }
+
+/// The keys `era5 plan --json` lists for `products` over the test range, with `extra` flags.
+fn planned_keys(s3: &TestS3, scratch: &Scratch, products: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "plan",
+        "--product",
+        products,
+        "--start",
+        "2023-12-01",
+        "--end",
+        "2024-02-29",
+        "--endpoint",
+        &s3.endpoint(),
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| (*s).to_string()));
+    let run = run_era5(scratch, &args, LIMIT);
+    run.expect_code(0);
+    let plan = summary(&run);
+    let mut keys: Vec<String> = plan["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|o| o["key"].as_str().unwrap_or_default().to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+const SHARDED: &str = "e5.oper.an.sfc,e5.oper.fc.sfc.accumu,e5.oper.invariant";
+
+/// `era5 sync --shard I/4` of [`SHARDED`] into `dest`, started, with `JOB_COMPLETION_INDEX`
+/// instead of I for shard 3 (`auto/4`, as a Kubernetes Indexed Job runs it).
+fn spawn_shard(s3: &TestS3, scratch: &Scratch, index: u32) -> std::process::Child {
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        SHARDED,
+        "",
+        "2023-12-01",
+        "2024-02-29",
+    );
+    let mut command = era5(&scratch.home());
+    if index == 3 {
+        args.extend(["--shard".into(), "auto/4".into()]);
+        command.env("JOB_COMPLETION_INDEX", "3");
+    } else {
+        args.extend(["--shard".into(), format!("{index}/4")]);
+    }
+    args.push("--json".into());
+    command
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn era5")
+}
+
+/// `era5 audit` of [`SHARDED`] in `dest`, with `extra` flags.
+fn audit_sharded(s3: &TestS3, scratch: &Scratch, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = [
+        "audit",
+        "--product",
+        SHARDED,
+        "--start",
+        "2023-12-01",
+        "--end",
+        "2024-02-29",
+        "--endpoint",
+        &s3.endpoint(),
+        "--dest",
+        &scratch.dest().display().to_string(),
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| (*s).to_string()));
+    run_era5(scratch, &args, LIMIT)
+}
+
+#[test]
+fn four_shards_at_once_mirror_exactly_the_plan_into_one_dest() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    // The shards `plan --shard` previews are disjoint and together the plan.
+    let whole = planned_keys(&s3, &scratch, SHARDED, &[]);
+    let mut union = Vec::new();
+    for index in 0..4 {
+        let shard = planned_keys(&s3, &scratch, SHARDED, &["--shard", &format!("{index}/4")]);
+        assert!(
+            !shard.is_empty(),
+            "shard {index} of {} keys is empty",
+            whole.len()
+        );
+        union.extend(shard);
+    }
+    union.sort();
+    assert_eq!(union, whole, "the shards are not exactly the plan");
+
+    let shards: Vec<_> = (0..4).map(|i| spawn_shard(&s3, &scratch, i)).collect();
+    let mut downloaded = 0;
+    for (index, child) in shards.into_iter().enumerate() {
+        let run = wait_with_limit(child, LIMIT);
+        run.expect_code(0);
+        let report = summary(&run);
+        assert_eq!(report["objects"]["failed"], 0, "shard {index}: {report}");
+        downloaded += report["objects"]["downloaded"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(
+        downloaded,
+        whole.len() as u64,
+        "an object was fetched twice or never"
+    );
+    let expected: Vec<&SeededObject> = seeded.iter().filter(|o| whole.contains(&o.key)).collect();
+    assert_mirrored(&scratch.dest(), &expected);
+    assert_eq!(
+        mirrored_keys(&scratch.dest()),
+        whole,
+        "extra or missing files"
+    );
+    assert!(temp_files(&scratch.dest()).is_empty(), "temporaries left");
+
+    // The whole mirror audits complete, and so does each shard, with no stray files.
+    let audit = audit_sharded(&s3, &scratch, &[]);
+    audit.expect_code(0);
+    let one = audit_sharded(&s3, &scratch, &["--shard", "2/4"]);
+    one.expect_code(0);
+    let report = summary(&one);
+    assert_eq!(report["shard"]["shard"], "2/4", "{report}");
+    assert_eq!(
+        report["not_in_bucket"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    // The records of all four shards' journals are the manifest: verify reads every file.
+    let verify = run_era5(
+        &scratch,
+        &[
+            "verify".into(),
+            "--dest".into(),
+            scratch.dest().display().to_string(),
+            "--json".into(),
+            "--no-progress".into(),
+        ],
+        LIMIT,
+    );
+    verify.expect_code(0);
+    assert_eq!(summary(&verify)["ok"], whole.len(), "{}", verify.stdout);
+}
+
+#[test]
+fn a_shard_killed_mid_sync_completes_when_run_again() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    // Slow bodies keep every shard transferring when one is killed.
+    slow_bodies(&s3, 512 << 10);
+    let mut shards: Vec<_> = (0..4).map(|i| spawn_shard(&s3, &scratch, i)).collect();
+    wait_until(LIMIT, "shard 1 transferring", || {
+        !temp_files(&scratch.dest()).is_empty()
+    });
+    let killed = shards.remove(1);
+    send_signal(killed.id(), libc::SIGKILL);
+    let _ = wait_with_limit(killed, LIMIT);
+    s3.clear_faults();
+    for child in shards {
+        wait_with_limit(child, LIMIT).expect_code(0);
+    }
+    let incomplete = audit_sharded(&s3, &scratch, &["--shard", "1/4"]);
+    assert_eq!(
+        incomplete.code,
+        Some(1),
+        "shard 1 was complete before it was killed"
+    );
+
+    let again = wait_with_limit(spawn_shard(&s3, &scratch, 1), LIMIT);
+    again.expect_code(0);
+    audit_sharded(&s3, &scratch, &[]).expect_code(0);
+    let whole = planned_keys(&s3, &scratch, SHARDED, &[]);
+    let expected: Vec<&SeededObject> = seeded.iter().filter(|o| whole.contains(&o.key)).collect();
+    assert_mirrored(&scratch.dest(), &expected);
+}

@@ -11,6 +11,7 @@ pub mod object;
 pub mod paths;
 pub mod redact;
 pub mod selection;
+pub mod shard;
 pub mod sync;
 pub mod units;
 
