@@ -628,6 +628,9 @@ pub struct CoordinatorUrl {
     /// Deadline of each call to the coordinator but `submit`'s, seconds.
     #[arg(long, env = "ERA5_RPC_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub rpc_timeout: u64,
+    /// Print the answer as one JSON document (docs/schemas/).
+    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub json: bool,
 }
 
 /// Where a submitted job's objects come from: by default, the coordinator's source.
@@ -683,9 +686,6 @@ pub struct StatusArgs {
     /// Refresh every two seconds until interrupted.
     #[arg(long, action = ArgAction::SetTrue)]
     pub watch: bool,
-    /// Print the same data as JSON.
-    #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
-    pub json: bool,
     /// List JOB's leases too, fetched page by page.
     #[arg(long, env = "ERA5_LEASES", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub leases: bool,

@@ -616,12 +616,30 @@ pub async fn submit(args: SubmitArgs, channel: CoordinatorChannel) -> Result<Exi
         human_bytes(response.bytes)
     ));
     let job_id = clean(&response.job_id).into_owned();
+    // The job id alone (a script's `JOB=$(era5 submit ...)`), or the submission as JSON.
+    let answer = |state: Option<&str>| {
+        if args.coordinator.json {
+            let mut answer = json!({
+                "job": job_id,
+                "leases": response.leases,
+                "objects": response.objects,
+                "bytes": response.bytes,
+                "warnings": response.warnings.iter().map(|w| clean(w)).collect::<Vec<_>>(),
+            });
+            if let Some(state) = state {
+                answer["state"] = json!(state);
+            }
+            answer.to_string()
+        } else {
+            job_id.clone()
+        }
+    };
     if !args.wait {
-        print_line(&job_id)?;
+        print_line(&answer(None))?;
         return Ok(ExitCode::Success);
     }
     let state = follow(&mut operator, &job_id).await?;
-    print_line(&job_id)?;
+    print_line(&answer(Some(&state)))?;
     Ok(if state == "complete" {
         ExitCode::Success
     } else {
@@ -787,7 +805,7 @@ pub async fn status(args: StatusArgs, channel: CoordinatorChannel) -> Result<Exi
                     .map_err(|status| operator.failure(status))?
                     .into_inner();
                 let (jobs, workers) = (&listing.jobs, &listing.workers);
-                let text = if args.json {
+                let text = if args.coordinator.json {
                     json!({
                         "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
                         "jobs_total": listing.jobs_total,
@@ -837,7 +855,7 @@ async fn job_summary(
     } else {
         (Vec::new(), false)
     };
-    Ok(if args.json {
+    Ok(if args.coordinator.json {
         json!({
             "jobs": [job_json(&job)],
             "dead_leases": dead.iter().map(lease_json).collect::<Vec<_>>(),
@@ -904,14 +922,14 @@ async fn job_with_leases(
             Err(status) => return Err(operator.failure(status)),
         };
         let mut stdout = std::io::stdout().lock();
-        if first.is_none() && !args.json {
+        if first.is_none() && !args.coordinator.json {
             let job = page.job.clone().unwrap_or_default();
             crate::written(
                 write!(stdout, "{}\n{}", jobs_table(&[job]), leases_header()),
                 "the leases",
             )?;
         }
-        if args.json {
+        if args.coordinator.json {
             leases.append(&mut page.leases);
         } else {
             for lease in &page.leases {
@@ -925,7 +943,7 @@ async fn job_with_leases(
         }
     }
     let first = first.unwrap_or_default();
-    let text = if args.json {
+    let text = if args.coordinator.json {
         let job = first.job.clone().unwrap_or_default();
         json!({
             "jobs": [job_json(&job)],
@@ -949,11 +967,20 @@ pub async fn jobs(args: CoordinatorUrl, channel: CoordinatorChannel) -> Result<E
         .await
         .map_err(|status| operator.failure(status))?
         .into_inner();
-    print_line(&format!(
-        "{}{}",
-        jobs_table(&listing.jobs),
-        jobs_not_shown(listing.jobs.len(), listing.jobs_total)
-    ))?;
+    let text = if args.json {
+        json!({
+            "jobs": listing.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "jobs_total": listing.jobs_total,
+        })
+        .to_string()
+    } else {
+        format!(
+            "{}{}",
+            jobs_table(&listing.jobs),
+            jobs_not_shown(listing.jobs.len(), listing.jobs_total)
+        )
+    };
+    print_line(&text)?;
     Ok(ExitCode::Success)
 }
 
@@ -968,7 +995,11 @@ pub async fn cancel(args: JobArgs, channel: CoordinatorChannel) -> Result<ExitCo
         .cancel_job(request)
         .await
         .map_err(|status| operator.failure(status))?;
-    print_line(&format!("cancelled {}", clean(&args.job)))?;
+    print_line(&if args.coordinator.json {
+        json!({ "cancelled": clean(&args.job) }).to_string()
+    } else {
+        format!("cancelled {}", clean(&args.job))
+    })?;
     Ok(ExitCode::Success)
 }
 
@@ -985,10 +1016,14 @@ pub async fn retry(args: JobArgs, channel: CoordinatorChannel) -> Result<ExitCod
         .map_err(|status| operator.failure(status))?
         .into_inner()
         .retried;
-    print_line(&format!(
-        "{retried} dead leases of {} back to pending",
-        clean(&args.job)
-    ))?;
+    print_line(&if args.coordinator.json {
+        json!({ "job": clean(&args.job), "retried": retried }).to_string()
+    } else {
+        format!(
+            "{retried} dead leases of {} back to pending",
+            clean(&args.job)
+        )
+    })?;
     Ok(ExitCode::Success)
 }
 
@@ -1003,7 +1038,11 @@ pub async fn drain(args: DrainArgs, channel: CoordinatorChannel) -> Result<ExitC
         .drain_worker(request)
         .await
         .map_err(|status| operator.failure(status))?;
-    print_line(&format!("draining {}", clean(&args.worker)))?;
+    print_line(&if args.coordinator.json {
+        json!({ "draining": clean(&args.worker) }).to_string()
+    } else {
+        format!("draining {}", clean(&args.worker))
+    })?;
     Ok(ExitCode::Success)
 }
 

@@ -574,4 +574,18 @@ fn uploads_lists_and_aborts_stale_uploads_of_a_prefix() {
         !open.contains(&old) && open.contains(&fresh) && open.contains(&elsewhere),
         "{open:?}"
     );
+    // With --json, one object per line, each as docs/schemas/uploads.schema.json says.
+    let stale = dest.create_upload(&dest_key(MULTIPART_KEY), Vec::new());
+    assert!(dest.set_upload_initiated(&stale, three_days_ago));
+    for extra in [&["--json"][..], &["--json", "--abort"]] {
+        let run = uploads(extra);
+        run.expect_code(0);
+        let lines: Vec<serde_json::Value> = run
+            .stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", run.stdout);
+        assert_schema("uploads", &lines[0]);
+    }
 }

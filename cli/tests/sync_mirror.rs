@@ -640,3 +640,97 @@ fn a_shard_killed_mid_sync_completes_when_run_again() {
     let expected: Vec<&SeededObject> = seeded.iter().filter(|o| whole.contains(&o.key)).collect();
     assert_mirrored(&scratch.dest(), &expected);
 }
+
+/// `era5 ARGS --json`'s stdout as JSON, after checking its exit code.
+fn json_of(scratch: &Scratch, args: &[&str], code: i32) -> serde_json::Value {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    let run = run_era5(scratch, &args, LIMIT);
+    run.expect_code(code);
+    summary(&run)
+}
+
+#[test]
+fn every_json_output_matches_its_schema() {
+    let (s3, _) = seeded_server();
+    let scratch = Scratch::new();
+    let endpoint = s3.endpoint();
+    let dest = scratch.dest().display().to_string();
+    let selection = [
+        "--product",
+        SHARDED,
+        "--start",
+        "2023-12-01",
+        "--end",
+        "2024-02-29",
+        "--endpoint",
+        &endpoint,
+    ];
+    let with = |command: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = vec![command.to_string()];
+        args.extend(selection.iter().map(|s| (*s).to_string()));
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        args
+    };
+    let json = |args: Vec<String>, code: i32| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        json_of(&scratch, &args, code)
+    };
+    assert_schema(
+        "catalog",
+        &json_of(&scratch, &["catalog", "--offline", "--json"], 0),
+    );
+    assert_schema("plan", &json(with("plan", &["--json"]), 0));
+    let shard = json(with("plan", &["--json", "--shard", "1/3"]), 0);
+    assert_schema("plan", &shard);
+    assert_eq!(shard["shard"]["shard"], "1/3", "{shard}");
+    assert_schema(
+        "sync",
+        &json(
+            with("sync", &["--dest", &dest, "--json", "--no-progress"]),
+            0,
+        ),
+    );
+    assert_schema(
+        "audit",
+        &json(with("audit", &["--dest", &dest, "--json"]), 0),
+    );
+    assert_schema(
+        "audit",
+        &json(
+            with("audit", &["--dest", &dest, "--json", "--shard", "0/3"]),
+            0,
+        ),
+    );
+    let verify = ["verify", "--dest", &dest, "--json", "--no-progress"];
+    assert_schema("verify", &json_of(&scratch, &verify, 0));
+    // Findings of each kind: a file gone, and one with other bytes.
+    let files = files_under(&scratch.dest());
+    let mut data: Vec<&std::path::PathBuf> = files
+        .iter()
+        .filter(|f| !f.components().any(|c| c.as_os_str() == ".era5"))
+        .collect();
+    data.sort();
+    std::fs::remove_file(data[0]).unwrap();
+    let mut bytes = std::fs::read(data[1]).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(data[1], bytes).unwrap();
+    let findings = json_of(&scratch, &verify, 1);
+    assert_schema("verify", &findings);
+    let problems: Vec<&str> = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["problem"].as_str())
+        .collect();
+    assert!(
+        problems.contains(&"missing") && problems.contains(&"mismatch"),
+        "{findings}"
+    );
+    let incomplete = json(with("audit", &["--dest", &dest, "--json"]), 1);
+    assert_schema("audit", &incomplete);
+    assert_eq!(
+        incomplete["missing_in_dest"].as_array().map(Vec::len),
+        Some(1),
+        "{incomplete}"
+    );
+}

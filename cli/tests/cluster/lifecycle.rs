@@ -346,3 +346,59 @@ fn credentials_in_urls_never_reach_errors() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("p/a?s"), "{stderr}");
 }
+
+#[test]
+fn operator_commands_answer_json_that_matches_their_schemas() {
+    let (s3, _) = seeded_server();
+    let mut cluster = Cluster::start(&s3.endpoint(), 30);
+    cluster.add_worker("w1", 0, &[]);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = cluster
+            .operator(args[0], 0)
+            .args(&args[1..])
+            .arg("--json")
+            .output()
+            .expect("run era5");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {output:?}"))
+    };
+    let selection = [
+        "--product",
+        "e5.oper.an.sfc",
+        "--var",
+        "2t",
+        "--start",
+        "2024-01",
+        "--end",
+        "2024-01",
+    ];
+    let mut submit = vec!["submit", "--wait"];
+    submit.extend(selection);
+    let submitted = json(&submit);
+    assert_schema("submit", &submitted);
+    assert_eq!(submitted["state"], "complete", "{submitted}");
+    let job = submitted["job"].as_str().expect("a job id").to_string();
+    assert_schema("jobs", &json(&["jobs"]));
+    for args in [
+        vec!["status"],
+        vec!["status", &job],
+        vec!["status", &job, "--leases"],
+    ] {
+        assert_schema("status", &json(&args));
+    }
+    let retried = json(&["retry", &job]);
+    assert_schema("retry", &retried);
+    assert_eq!(retried["retried"], 0, "{retried}");
+    assert_schema("drain", &json(&["drain", "w1"]));
+    let mut standing = vec!["submit", "--follow"];
+    standing.extend(selection);
+    let standing = json(&standing);
+    assert_schema("submit", &standing);
+    let cancelled = json(&["cancel", standing["job"].as_str().expect("a job id")]);
+    assert_schema("cancel", &cancelled);
+}

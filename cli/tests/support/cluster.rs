@@ -635,7 +635,9 @@ impl Cluster {
             "status failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+        let status = serde_json::from_slice(&output.stdout).expect("status --json prints JSON");
+        super::assert_schema("status", &status);
+        status
     }
 
     /// Waits until `condition` holds on the job's status, failing with every log's tail.

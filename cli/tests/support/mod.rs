@@ -196,6 +196,29 @@ pub fn summary(run: &Run) -> serde_json::Value {
     })
 }
 
+/// Fails unless `value` matches `docs/schemas/NAME.schema.json`, naming every mismatch: the
+/// schemas are the JSON outputs' contract, and the tests hold the real outputs to them.
+pub fn assert_schema(name: &str, value: &serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/schemas")
+        .join(format!("{name}.schema.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{} is not a valid schema: {e}", path.display()));
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|error| format!("{error} (at {})", error.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the {name} output does not match docs/schemas/{name}.schema.json:\n{}\n{value}",
+        errors.join("\n")
+    );
+}
+
 /// Polls `condition` until it holds, failing after `limit` with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
