@@ -41,7 +41,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Mirror a selection into a directory or another object store, verified, resumable and
     /// skipping what is done.
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// List (and with --abort, abort) stale multipart uploads under an s3:// destination.
     Uploads(UploadsArgs),
     /// Check that a mirror holds every object the bucket has for a selection (listing only).
@@ -292,9 +292,14 @@ pub struct SyncArgs {
     /// default it is kept, recorded as verified by the ETag, with a warning).
     #[arg(long, env = "ERA5_STRICT_CHECKSUMS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub strict_checksums: bool,
-    /// No progress bar; print periodic log lines instead.
-    #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    /// No progress bar; print periodic log lines instead (--progress lines).
+    #[arg(long, env = "ERA5_NO_PROGRESS", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new(), conflicts_with = "progress")]
     pub no_progress: bool,
+    /// How progress is shown on stderr: auto (a bar on a terminal, json otherwise), bar,
+    /// lines (a log line every few seconds), json (NDJSON events: start, each object, totals,
+    /// end; docs/schemas/progress.schema.json) or none.
+    #[arg(long, env = "ERA5_PROGRESS", value_name = "MODE", default_value = "auto", value_parser = ["auto", "bar", "lines", "json", "none"])]
+    pub progress: String,
     /// Print the summary as one JSON object on stdout instead of text.
     #[arg(long, env = "ERA5_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub json: bool,

@@ -48,6 +48,10 @@ pub enum ProgressStyle {
     Bar,
     /// A log line every interval.
     Lines(Duration),
+    /// NDJSON events (`progress_events`), totals every interval.
+    Json(Duration),
+    /// Nothing.
+    Off,
 }
 
 /// `era5 sync`, validated.
@@ -391,11 +395,16 @@ impl TryFrom<&SyncArgs> for SyncConfig {
         })?;
         let min_rate = min_rate(&args.min_rate, args.min_rate_window)?;
         let stall_timeout = Duration::from_secs(args.stall_timeout);
-        let progress = if !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
-        {
-            ProgressStyle::Bar
-        } else {
-            ProgressStyle::Lines(Duration::from_secs(args.progress_interval))
+        let interval = Duration::from_secs(args.progress_interval);
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let progress = match (args.no_progress, args.progress.as_str()) {
+            (true, _) | (false, "lines") => ProgressStyle::Lines(interval),
+            (false, "bar") => ProgressStyle::Bar,
+            (false, "json") => ProgressStyle::Json(interval),
+            (false, "none") => ProgressStyle::Off,
+            // auto: a bar for people, events for programs.
+            _ if terminal => ProgressStyle::Bar,
+            _ => ProgressStyle::Json(interval),
         };
         let follow = match (&args.interval, args.follow) {
             (Some(interval), false) => {

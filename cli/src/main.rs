@@ -13,6 +13,7 @@ mod discovery;
 mod heap;
 mod plan_cmd;
 mod progress_display;
+mod progress_events;
 mod signals;
 mod sync_cmd;
 mod sync_summary;
@@ -168,7 +169,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             runtime()?.block_on(plan(config))
         }
         Command::Sync(args) => {
-            let config = SyncConfig::try_from(&args).map_err(|e| Failure::Input(e.to_string()))?;
+            let config =
+                SyncConfig::try_from(args.as_ref()).map_err(|e| Failure::Input(e.to_string()))?;
             runtime()?.block_on(sync_cmd::run(config))
         }
         Command::Uploads(args) => {

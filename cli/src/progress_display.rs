@@ -1,4 +1,5 @@
-//! How `era5 sync` shows progress: a bar on a terminal, log lines otherwise.
+//! How `era5 sync` shows progress: a bar on a terminal, log lines, or NDJSON events
+//! (`progress_events`).
 //!
 //! The bar always fits on one line of the terminal, whatever its width: a line that wraps is
 //! redrawn badly. The layout is picked by width (a shorter bar, then fewer fields), every field
@@ -43,12 +44,17 @@ impl Reporter {
     /// is one (`era5 verify` reads local files only).
     pub fn start(style: ProgressStyle, progress: Arc<Progress>, network: Option<Network>) -> Self {
         let stop = CancellationToken::new();
-        let task = match style {
-            ProgressStyle::Bar => tokio::spawn(show_bar(progress, network, stop.clone())),
-            ProgressStyle::Lines(interval) => {
-                tokio::spawn(show_lines(progress, network, interval, stop.clone()))
-            }
-        };
+        let task =
+            match style {
+                ProgressStyle::Bar => tokio::spawn(show_bar(progress, network, stop.clone())),
+                ProgressStyle::Lines(interval) => {
+                    tokio::spawn(show_lines(progress, network, interval, stop.clone()))
+                }
+                ProgressStyle::Json(interval) => tokio::spawn(
+                    crate::progress_events::report_totals(progress, interval, stop.clone()),
+                ),
+                ProgressStyle::Off => tokio::spawn(async {}),
+            };
         Self { stop, task }
     }
 

@@ -29,7 +29,7 @@ use transport::{RemoteObject, Source};
 use worker::embedded::{Embedded, sync_policy};
 use worker::runner::{Mirrorers, OnDestFailure, Runner, RunnerConfig, Temps};
 
-use crate::config::{DestSpec, FollowConfig, RunLimits, SyncConfig};
+use crate::config::{DestSpec, FollowConfig, ProgressStyle, RunLimits, SyncConfig};
 use crate::progress_display::{Network, Reporter};
 use crate::sync_summary::{Figures, Summary};
 use crate::{ExitCode, Failure};
@@ -66,6 +66,10 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
         None => (open_local(&config, &source, progress.clone())?, None),
     };
 
+    let events = matches!(config.progress, ProgressStyle::Json(_));
+    if events {
+        crate::progress_events::report_objects(&progress);
+    }
     let stop = Stop::default();
     spawn_signal_handler(stop.clone(), config.follow.is_some());
     let limit_reached = watch_limits(config.limits, progress.clone(), stop.clone());
@@ -253,6 +257,11 @@ async fn pass(
     stop: &Stop,
 ) -> Result<SyncReport, Failure> {
     let started = Instant::now();
+    let events = matches!(config.progress, ProgressStyle::Json(_));
+    let received_before = mirrorer.progress().downloaded();
+    if events {
+        crate::progress_events::start(&listed);
+    }
     mirrorer.count_up_front(&listed);
     let job = plan_job(
         random_id(),
@@ -303,12 +312,17 @@ async fn pass(
         .await
         .map_err(|e| Failure::Runtime(format!("writing the mirror failed: {e}")))?;
     let stopped_by = runner.stopped_by();
-    Ok(SyncReport {
+    let report = SyncReport {
         results: runner.client().take_results(stopped_by.as_ref()),
         elapsed: started.elapsed(),
         cancelled: stop.abort.is_cancelled() || stop.drain.is_cancelled(),
         manifest_error,
-    })
+    };
+    if events {
+        let received = mirrorer.progress().downloaded() - received_before;
+        crate::progress_events::end(&report, received);
+    }
+    Ok(report)
 }
 
 /// Whether each listed object's version is already recorded (`Some(true)`), recorded in

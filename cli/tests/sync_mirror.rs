@@ -734,3 +734,119 @@ fn every_json_output_matches_its_schema() {
         "{incomplete}"
     );
 }
+
+#[test]
+fn progress_off_a_terminal_is_ndjson_events_that_match_their_schema() {
+    let (s3, seeded) = seeded_server();
+    let scratch = Scratch::new();
+    // Slow bodies at four connections: the run lasts long enough for periodic totals.
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("e5.oper.an.pl/".into()),
+        object_gets_only: true,
+        query_contains: None,
+        operation: None,
+        skip: 0,
+        times: None,
+        fault: tests::faults::Fault::SlowBody {
+            bytes_per_sec: 1 << 20,
+        },
+    });
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.pl",
+        "",
+        "2024-02-27",
+        "2024-03-02",
+    );
+    // Not --no-progress: off a terminal, the default is events.
+    args.retain(|a| a != "--no-progress");
+    args.extend([
+        "--progress-interval".into(),
+        "1".into(),
+        "--connections".into(),
+        "4".into(),
+    ]);
+    let run = run_era5(&scratch, &args, LIMIT);
+    run.expect_code(0);
+    let events: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value.get("event").is_some())
+        .collect();
+    for event in &events {
+        assert_schema("progress", event);
+    }
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    let planned = seeded
+        .iter()
+        .filter(|o| o.key.starts_with("e5.oper.an.pl/"))
+        .filter(|o| {
+            ["20240227", "20240228", "20240229", "20240301", "20240302"]
+                .iter()
+                .any(|d| o.key.contains(d))
+        })
+        .count();
+    assert_eq!(kinds.first(), Some(&"start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"end"), "{kinds:?}");
+    assert!(kinds.contains(&"progress"), "no periodic totals: {kinds:?}");
+    assert_eq!(events[0]["objects"], planned, "{}", events[0]);
+    let mut keys: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "object")
+        .map(|e| {
+            assert_eq!(e["outcome"], "downloaded", "{e}");
+            e["key"].as_str().unwrap_or_default()
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), planned, "one object event per object");
+    let end = events.last().unwrap();
+    assert_eq!(end["complete"], true, "{end}");
+    assert_eq!(end["done"], planned, "{end}");
+    assert!(!run.stderr.contains("progress: "), "log lines with events");
+
+    // A failure carries its class and reason; --progress json asks for events anywhere.
+    let failing = Scratch::new();
+    s3.clear_faults();
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("e5.oper.an.pl/".into()),
+        object_gets_only: true,
+        query_contains: None,
+        operation: None,
+        skip: 0,
+        times: None,
+        fault: tests::faults::Fault::Status {
+            status: 403,
+            code: "AccessDenied".into(),
+        },
+    });
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &failing.dest(),
+        "e5.oper.an.pl",
+        "",
+        "2024-02-27",
+        "2024-02-27",
+    );
+    args.retain(|a| a != "--no-progress");
+    args.extend(["--progress".into(), "json".into()]);
+    let run = run_era5(&failing, &args, LIMIT);
+    run.expect_code(1);
+    let failed: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["event"] == "object")
+        .collect();
+    assert!(!failed.is_empty(), "{}", run.stderr);
+    for event in &failed {
+        assert_schema("progress", event);
+        assert_eq!(event["outcome"], "failed", "{event}");
+        assert_eq!(event["reason_class"], "permanent", "{event}");
+    }
+}

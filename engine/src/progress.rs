@@ -1,12 +1,33 @@
 //! Live counters of a sync, updated lock-free by the engine and read by whoever reports
 //! (progress bar, log lines, the cluster's progress stream). Latest value wins: the download
-//! loop never waits for a reader.
+//! loop never waits for a reader. Besides the counters, a sink may hear of each object as it
+//! ends (`era5 sync --progress json`'s object events).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use transport::RemoteObject;
 use transport::retry::RetryReason;
 
 use crate::disk::LocalIoKind;
+use crate::sync::Outcome;
+
+/// Hears of each object as it ends.
+type ObjectSink = Box<dyn Fn(&RemoteObject, &Outcome) + Send + Sync>;
+
+/// The sink, once set (never replaced: one reporter per run).
+#[derive(Default)]
+struct ObjectSinkCell(OnceLock<ObjectSink>);
+
+impl std::fmt::Debug for ObjectSinkCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ObjectSink(set)"
+        } else {
+            "ObjectSink(none)"
+        })
+    }
+}
 
 /// Counters of one sync.
 #[derive(Debug, Default)]
@@ -35,6 +56,7 @@ pub struct Progress {
     pub duplicate_bytes: AtomicU64,
     retries: [AtomicU64; RetryReason::ALL.len()],
     local_io_errors: [AtomicU64; LocalIoKind::ALL.len()],
+    object_sink: ObjectSinkCell,
 }
 
 /// A copy of the counters.
@@ -100,6 +122,20 @@ impl ProgressSnapshot {
 }
 
 impl Progress {
+    /// Calls `sink` with every object as its destination settles it (done, failed, or not
+    /// finished), from then on. Set once; a second sink is ignored. The sink runs on the
+    /// settling task: it must be quick.
+    pub fn on_object_end(&self, sink: impl Fn(&RemoteObject, &Outcome) + Send + Sync + 'static) {
+        let _ = self.object_sink.0.set(Box::new(sink));
+    }
+
+    /// `object` ended as `outcome`: the sink hears of it, if there is one.
+    pub fn object_ended(&self, object: &RemoteObject, outcome: &Outcome) {
+        if let Some(sink) = self.object_sink.0.get() {
+            sink(object, outcome);
+        }
+    }
+
     /// Counts one retry.
     pub fn retry(&self, reason: RetryReason) {
         self.retries[reason.index()].fetch_add(1, Ordering::Relaxed);

@@ -396,7 +396,7 @@ impl Mirrorer {
             Err(FetchError::Superseded(_)) => (Ok(None), Outcome::Superseded),
             result => (result, success),
         };
-        Ok(match result {
+        let outcome = match result {
             Ok(entry) => {
                 if let Some(entry) = entry
                     && let Err(error) = self.manifest().record(entry)
@@ -426,7 +426,9 @@ impl Mirrorer {
                 tracing::warn!(key = %object.key, %error, "object failed");
                 Outcome::failed(&error)
             }
-        })
+        };
+        self.progress.object_ended(object, &outcome);
+        Ok(outcome)
     }
 
     /// One batch as `era5 sync` runs it: every object made present and verified (or said why

@@ -205,7 +205,7 @@ impl S3Mirror {
         object: &RemoteObject,
         result: Result<Outcome, CopyError>,
     ) -> Outcome {
-        match result {
+        let outcome = match result {
             Ok(outcome) => {
                 let counters = std::iter::once(&self.copier.progress).chain(scope.batch.as_ref());
                 for progress in counters {
@@ -234,7 +234,9 @@ impl S3Mirror {
                 tracing::warn!(key = %object.key, %reason, "object failed");
                 Outcome::Failed { reason, permanent }
             }
-        }
+        };
+        self.copier.progress.object_ended(object, &outcome);
+        outcome
     }
 }
 
