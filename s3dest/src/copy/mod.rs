@@ -11,43 +11,48 @@
 //! (one PUT for a small single-part object) completed only after the source check passed; a
 //! completion that answers another ETag than expected is deleted at once and fails.
 //!
-//! **Resumable**: an interrupted copy leaves its upload open. The next attempt finds it
-//! (`ListMultipartUploads` of the key), reuses the listed parts whose size fits the plan and
-//! whose MD5 the source check can use, and aborts the other open uploads of the key.
+//! **Resumable**: an interrupted copy leaves its upload open. The next attempt finds it (in
+//! its batch folder's `ListMultipartUploads`, or the key's), reuses the listed parts whose size
+//! fits the plan and whose MD5 the source check can use, and aborts the other open uploads of
+//! the key.
 //!
 //! Bounded: an object's parts take a request slot and their bytes' room in the memory budget
 //! *in part order* before they start, so a part waiting to feed the ordered whole-object MD5
 //! always has its predecessors running.
+//!
+//! Here: the copy's plan, its upload and resume. `part` uploads one part, `source` reads the
+//! source and checks its ETag, `complete` makes the final write and checks what it reports.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::ChecksumAlgorithm;
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use common::sync::MutexExt;
 use engine::Progress;
 use engine::bandwidth::Bandwidth;
 use engine::fast_md5::Md5;
 use engine::fence::LeaseFence;
 use engine::memory::{BufferBudget, Reservation};
 use engine::scheduler::RequestScheduler;
-use engine::verify::etag::{EtagForm, multipart_digest};
-use tokio::sync::watch;
+use engine::verify::etag::EtagForm;
 use tokio::task::JoinSet;
 use transport::retry::{Failure, RetryPolicy, RetryReason, chain, classify, retrying};
 use transport::{RemoteObject, Source};
 
 use crate::S3Target;
-use crate::integrity::{PartDigest, composite_crc32c, composite_matches, parse_crc32c};
+use crate::integrity::{PartDigest, parse_crc32c};
 use crate::layout::{SourceCheck, UploadLayout};
 use crate::uploads::OpenUpload;
 
+mod complete;
 mod part;
+mod source;
+use complete::{Answer, Expected, Written, refused_condition};
 use part::PartJob;
+use source::{OrderedHash, source_check, whole_md5_check};
 
 /// Parts in flight by default (`--connections` caps it; `--no-autotune` sets it).
 pub const COPY_WINDOW: usize = 32;
@@ -211,129 +216,6 @@ impl Copier {
     }
 }
 
-/// What a completion is conditional on: the key's state when the version fence looked, so a
-/// writer that slipped in between makes the completion fail (412) instead of being overwritten.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Condition {
-    /// No condition (no other writer is possible: `era5 sync` holds its destination alone).
-    None,
-    /// The key was empty: `If-None-Match: *`.
-    Absent,
-    /// The key held this ETag: `If-Match`.
-    Holds(String),
-}
-
-impl Condition {
-    /// `If-None-Match`, unless the store refused conditional writes once (`unconditional`).
-    fn if_none_match(&self, unconditional: bool) -> Option<String> {
-        (*self == Condition::Absent && !unconditional).then(|| "*".into())
-    }
-
-    /// `If-Match`, unless the store refused conditional writes once.
-    fn if_match(&self, unconditional: bool) -> Option<String> {
-        match self {
-            Condition::Holds(etag) if !unconditional => Some(quoted(etag)),
-            _ => None,
-        }
-    }
-}
-
-/// A store that answers a conditional write 501 (not implemented): noted, and the write sent
-/// again without its condition (the version fence's look still refuses older versions).
-fn refused_condition<E>(
-    copier: &Copier,
-    condition: &Condition,
-    error: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
-) -> Option<(Failure, String)> {
-    let refused = *condition != Condition::None
-        && error
-            .raw_response()
-            .is_some_and(|r| r.status().as_u16() == 501);
-    if !refused {
-        return None;
-    }
-    if !copier
-        .unconditional
-        .swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        tracing::warn!(
-            "the destination does not implement conditional writes (501); completing without them"
-        );
-    }
-    Some((
-        Failure::Retry(RetryReason::BadResponse),
-        "conditional write not implemented; sending it without".into(),
-    ))
-}
-
-/// What the store reported of a completed write.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Answer {
-    /// Its ETag, unquoted.
-    etag: String,
-    /// Its CRC32C checksum, when the answer carried one (COMPOSITE: `value-N`).
-    checksum: Option<String>,
-}
-
-impl Answer {
-    fn etag(etag: String) -> Self {
-        Self {
-            etag,
-            checksum: None,
-        }
-    }
-}
-
-/// What the completed object must report, from what was sent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Expected {
-    /// The ETag: the whole MD5 of one PUT, or the multipart ETag (`digest-N`) of the parts'
-    /// MD5 ETags. `None` when a part's ETag is not an MD5 (an encrypting store).
-    etag: Option<String>,
-    /// The composite CRC32C of the parts', in an upload whose parts carry them.
-    checksum: Option<String>,
-}
-
-impl Expected {
-    fn of(parts: &[PartDone], digest: PartDigest) -> Self {
-        let md5s: Option<Vec<[u8; 16]>> = parts
-            .iter()
-            .map(|part| match EtagForm::parse(&part.etag) {
-                Some(EtagForm::Single(md5)) => Some(md5),
-                _ => None,
-            })
-            .collect();
-        // A store that did not echo a part's CRC32C did not check it (its parts were checked
-        // by their MD5s instead), and its composite is no better than its part checks.
-        let checksum = match digest {
-            PartDigest::Crc32c if parts.iter().all(|part| part.crc_checked) => parts
-                .iter()
-                .map(|part| part.crc32c)
-                .collect::<Option<Vec<u32>>>()
-                .map(|crcs| composite_crc32c(&crcs)),
-            PartDigest::Crc32c | PartDigest::Md5 => None,
-        };
-        Self {
-            etag: md5s
-                .map(|md5s| format!("{}-{}", hex::encode(multipart_digest(&md5s)), md5s.len())),
-            checksum,
-        }
-    }
-}
-
-/// What one fenced write came to.
-enum Written {
-    /// Written; what the store reported.
-    Done(Answer),
-    /// Another writer came between the look and the write (its precondition failed).
-    Raced(CopyError),
-    /// Failed otherwise.
-    Failed(CopyError),
-}
-
-/// Completions retried after a precondition failed, each after looking again.
-const FENCE_ROUNDS: u32 = 4;
-
 /// One part's result.
 #[derive(Clone, Debug)]
 struct PartDone {
@@ -346,33 +228,6 @@ struct PartDone {
     crc_checked: bool,
     /// MD5s of the source parts it holds, in order (for a multipart source check).
     source_md5s: Vec<[u8; 16]>,
-}
-
-/// The whole object's MD5, fed by parts in order.
-struct OrderedHash {
-    next: watch::Sender<u64>,
-    md5: Mutex<Md5>,
-}
-
-impl OrderedHash {
-    fn new() -> Self {
-        Self {
-            next: watch::Sender::new(0),
-            md5: Mutex::new(Md5::new()),
-        }
-    }
-
-    async fn feed(&self, index: u64, bytes: &[u8]) {
-        let mut turn = self.next.subscribe();
-        // The sender lives in `self`: waiting ends only at this part's turn.
-        let _ = turn.wait_for(|next| *next == index).await;
-        self.md5.lock_unpoisoned().update(bytes);
-        self.next.send_replace(index + 1);
-    }
-
-    fn finish(&self) -> [u8; 16] {
-        self.md5.lock_unpoisoned().clone().finish()
-    }
 }
 
 fn quoted(etag: &str) -> String {
@@ -736,259 +591,6 @@ impl Copier {
         Ok(Some((newest.upload_id, reusable, digest)))
     }
 
-    async fn complete(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[PartDone],
-        expected: &Expected,
-        condition: &Condition,
-    ) -> Result<Answer, CopyError> {
-        let parts: Vec<CompletedPart> = parts
-            .iter()
-            .enumerate()
-            .map(|(index, part)| {
-                CompletedPart::builder()
-                    .part_number(index as i32 + 1)
-                    .e_tag(quoted(&part.etag))
-                    .set_checksum_crc32_c(part.crc32c.map(crate::integrity::crc32c_header))
-                    .build()
-            })
-            .collect();
-        let upload = CompletedMultipartUpload::builder()
-            .set_parts(Some(parts))
-            .build();
-        let completed = retrying(
-            &self.retry,
-            |_| {
-                let request = self
-                    .dest
-                    .complete_multipart_upload()
-                    .bucket(&self.target.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .multipart_upload(upload.clone())
-                    .set_if_none_match(condition.if_none_match(self.is_unconditional()))
-                    .set_if_match(condition.if_match(self.is_unconditional()));
-                async move {
-                    match self.bounded(request.send(), 0).await? {
-                        Ok(done) => Ok(Some(Answer {
-                            etag: unquoted(done.e_tag()),
-                            checksum: done.checksum_crc32_c().map(str::to_string),
-                        })),
-                        // A retry after a completion whose answer was lost: the upload is
-                        // gone, and the object tells whether it was ours.
-                        Err(error) if error.code() == Some(crate::uploads::NO_SUCH_UPLOAD) => {
-                            Ok(None)
-                        }
-                        Err(error) => Err(refused_condition(self, condition, &error)
-                            .unwrap_or_else(|| failure(&error))),
-                    }
-                }
-            },
-            |reason| self.progress.retry(reason),
-        )
-        .await;
-        // The object itself, when the answer is lost: complete if it has the parts' ETag.
-        let is_ours = |etag: &str| expected.etag.as_deref().is_none_or(|want| want == etag);
-        match completed {
-            Ok(Some(answer)) => Ok(answer),
-            Ok(None) => match self.head_etag(key).await {
-                Some(etag) if is_ours(&etag) => Ok(Answer::etag(etag)),
-                _ => Err(CopyError::retryable(format!(
-                    "CompleteMultipartUpload of {key}: the upload is gone and the object is not the one its parts give"
-                ))),
-            },
-            // An answer that could not be read (moto 5.2 names its XML root
-            // `CompleteMultipartUploadResponse`): the object itself says whether it completed.
-            Err(gave_up) => match self.head_etag(key).await {
-                Some(etag) if is_ours(&etag) => {
-                    tracing::debug!(
-                        key,
-                        detail = gave_up.detail,
-                        "completion answer unreadable; the object is complete"
-                    );
-                    Ok(Answer::etag(etag))
-                }
-                _ => Err(CopyError::gave_up(
-                    &format!("CompleteMultipartUpload of {key}"),
-                    &gave_up,
-                )),
-            },
-        }
-    }
-
-    /// A copy's final write (its PutObject or its completion) under the version fence: looks
-    /// at the key, writes on the condition the look gives, and looks again when another writer
-    /// came in between, at most [`FENCE_ROUNDS`] times. `Superseded` when the key holds a newer
-    /// version; the lease's own fence is checked before every round.
-    async fn fenced<W, Fut>(
-        &self,
-        key: &str,
-        object: &RemoteObject,
-        fence: Option<&LeaseFence>,
-        mut write: W,
-    ) -> Result<Answer, CopyError>
-    where
-        W: FnMut(Condition) -> Fut,
-        Fut: std::future::Future<Output = Written>,
-    {
-        let mut round = 0;
-        loop {
-            round += 1;
-            fence_check(fence)?;
-            let condition = self.version_fence(key, object).await?;
-            match write(condition).await {
-                Written::Done(answer) => return Ok(answer),
-                Written::Raced(_) if round < FENCE_ROUNDS => {}
-                Written::Raced(error) | Written::Failed(error) => return Err(error),
-            }
-        }
-    }
-
-    fn is_unconditional(&self) -> bool {
-        self.unconditional
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The per-key version fence of a cluster worker: the copy at the key, if any, must not hold
-    /// a newer source version than `object` (its recorded Last-Modified, to the second, as the
-    /// directory's `version_stamp` compares them); the completion is then made conditional on
-    /// what the key holds, so **a stale holder never completes over a newer copy**, even one
-    /// written after this look. `era5 sync` holds its destination alone: no look, no condition.
-    async fn version_fence(
-        &self,
-        key: &str,
-        object: &RemoteObject,
-    ) -> Result<Condition, CopyError> {
-        if !self.fence_versions {
-            return Ok(Condition::None);
-        }
-        let head = self
-            .dest
-            .head_object()
-            .bucket(&self.target.bucket)
-            .key(key)
-            .send()
-            .await;
-        let head = match head {
-            Ok(head) => head,
-            Err(error)
-                if error.as_service_error().is_some_and(
-                    aws_sdk_s3::operation::head_object::HeadObjectError::is_not_found,
-                ) =>
-            {
-                return Ok(Condition::Absent);
-            }
-            Err(error) => {
-                return Err(CopyError::retryable(format!(
-                    "HEAD of {key} before completing it: {}",
-                    chain(&error)
-                )));
-            }
-        };
-        let second = |text: &str| {
-            text.parse::<jiff::Timestamp>()
-                .ok()
-                .map(jiff::Timestamp::as_second)
-        };
-        let theirs = head
-            .metadata()
-            .and_then(|meta| meta.get(SOURCE_LAST_MODIFIED_META))
-            .and_then(|text| second(text));
-        let ours = object.last_modified.as_deref().and_then(second);
-        if let (Some(theirs), Some(ours)) = (theirs, ours)
-            && theirs > ours
-        {
-            tracing::info!(
-                key,
-                "a newer version is already at the key; not completing this one"
-            );
-            return Err(CopyError::Superseded);
-        }
-        Ok(Condition::Holds(unquoted(head.e_tag())))
-    }
-
-    /// The completed object must report what its parts give (the ETag of their MD5s, the
-    /// composite of their CRC32Cs); one that does not is removed.
-    async fn check_completed(
-        &self,
-        key: &str,
-        answered: &Answer,
-        expected: &Expected,
-    ) -> Result<(), CopyError> {
-        let mut wrong = None;
-        match &expected.etag {
-            // Not an MD5 form (an encrypting store): each part's digest was checked.
-            _ if EtagForm::parse(&answered.etag).is_none() => tracing::debug!(
-                key,
-                answered = answered.etag,
-                "destination ETag is not an MD5; parts were checked on upload"
-            ),
-            Some(want) if *want != answered.etag => {
-                wrong = Some(format!("ETag {}, not the {want}", answered.etag));
-            }
-            _ => {}
-        }
-        if wrong.is_none()
-            && let Some(want) = &expected.checksum
-        {
-            let reported = match &answered.checksum {
-                Some(reported) => Some(reported.clone()),
-                None => self.head_checksum(key).await,
-            };
-            // None: the store keeps no checksum; each part's was checked on upload.
-            if let Some(reported) = reported
-                && !composite_matches(&reported, want)
-            {
-                wrong = Some(format!("CRC32C {reported}, not the {want}"));
-            }
-        }
-        let Some(wrong) = wrong else {
-            return Ok(());
-        };
-        let removed = self
-            .dest
-            .delete_object()
-            .bucket(&self.target.bucket)
-            .key(key)
-            .send()
-            .await;
-        let outcome = match removed {
-            Ok(_) => "it was deleted".to_string(),
-            Err(error) => format!("deleting it failed too: {}", chain(&error)),
-        };
-        Err(CopyError::retryable(format!(
-            "{key}: the destination completed it with {wrong} its verified parts give; {outcome}"
-        )))
-    }
-
-    /// The CRC32C checksum the object at `key` reports (`value-N` for a composite one).
-    async fn head_checksum(&self, key: &str) -> Option<String> {
-        let head = self
-            .dest
-            .head_object()
-            .bucket(&self.target.bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .ok()?;
-        head.checksum_crc32_c().map(str::to_string)
-    }
-
-    async fn head_etag(&self, key: &str) -> Option<String> {
-        let head = self
-            .dest
-            .head_object()
-            .bucket(&self.target.bucket)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        Some(unquoted(head.e_tag()))
-    }
-
     /// Aborts an upload (best effort: an upload that survives is listed by `era5 uploads`).
     async fn abort(&self, key: &str, upload_id: &str) {
         if let Err(why) =
@@ -1024,144 +626,5 @@ impl Copier {
                     format!("no answer within {}s", within.as_secs()),
                 )
             })
-    }
-
-    /// Bytes `[start, end)` of the source object, resuming from the byte reached on a retry,
-    /// charged to the bandwidth cap and the counters as they arrive.
-    async fn read_source(
-        &self,
-        object: &RemoteObject,
-        etag: Option<&str>,
-        start: u64,
-        end: u64,
-    ) -> Result<Bytes, CopyError> {
-        let length = (end - start) as usize;
-        if length == 0 {
-            return Ok(Bytes::new());
-        }
-        let buffer = Mutex::new(BytesMut::with_capacity(length));
-        retrying(
-            &self.retry,
-            |_| {
-                let from = start + buffer.lock_unpoisoned().len() as u64;
-                let mut request = self
-                    .source
-                    .client
-                    .get_object()
-                    .bucket(&self.source.bucket)
-                    .key(&object.key)
-                    .range(format!("bytes={from}-{}", end - 1));
-                if let Some(etag) = etag {
-                    request = request.if_match(quoted(etag));
-                }
-                let buffer = &buffer;
-                async move {
-                    let mut body = match self.bounded(request.send(), 0).await? {
-                        Ok(answer) => answer.body,
-                        Err(error) => return Err(failure(&error)),
-                    };
-                    loop {
-                        let chunk = tokio::time::timeout(self.stall_timeout, body.next())
-                            .await
-                            .map_err(|_| {
-                                (
-                                    Failure::Retry(RetryReason::Stall),
-                                    "body stalled".to_string(),
-                                )
-                            })?;
-                        match chunk {
-                            None => break,
-                            Some(Ok(chunk)) => {
-                                let fits = {
-                                    let mut held = buffer.lock_unpoisoned();
-                                    let fits = held.len() + chunk.len() <= length;
-                                    if fits {
-                                        held.extend_from_slice(&chunk);
-                                    } else {
-                                        held.truncate(0);
-                                    }
-                                    fits
-                                };
-                                if !fits {
-                                    return Err((
-                                        Failure::Retry(RetryReason::BadResponse),
-                                        "the source sent more bytes than the range".into(),
-                                    ));
-                                }
-                                self.progress.add_downloaded(chunk.len() as u64);
-                                self.bandwidth.take(chunk.len()).await;
-                            }
-                            Some(Err(error)) => {
-                                return Err((
-                                    transport::retry::classify_body_error(&error),
-                                    chain(&error),
-                                ));
-                            }
-                        }
-                    }
-                    let held = buffer.lock_unpoisoned().len();
-                    if held == length {
-                        Ok(())
-                    } else {
-                        Err((
-                            Failure::Retry(RetryReason::Truncated),
-                            format!("the source's body ended at {held} of {length} bytes"),
-                        ))
-                    }
-                }
-            },
-            |reason| self.progress.retry(reason),
-        )
-        .await
-        .map_err(|gave_up| match gave_up.failure {
-            Failure::Changed => CopyError::retryable(format!(
-                "{} changed at the source during the copy",
-                object.key
-            )),
-            _ => CopyError::gave_up(&format!("GET of {}", object.key), &gave_up),
-        })?;
-        Ok(buffer.into_inner().unwrap_or_default().freeze())
-    }
-}
-
-/// Whether the parts' digests give the source's ETag.
-fn source_check(
-    check: &SourceCheck,
-    parts: &[PartDone],
-    ordered: &OrderedHash,
-) -> Result<(), String> {
-    match check {
-        SourceCheck::Multipart { digest, .. } => {
-            let source_md5s: Vec<[u8; 16]> = parts
-                .iter()
-                .flat_map(|p| p.source_md5s.iter().copied())
-                .collect();
-            let actual = multipart_digest(&source_md5s);
-            if actual == *digest {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the source's bytes give the multipart ETag {}-{}, not {}",
-                    hex::encode(actual),
-                    source_md5s.len(),
-                    hex::encode(digest)
-                ))
-            }
-        }
-        SourceCheck::WholeMd5(expected) => whole_md5_check(ordered.finish(), *expected),
-        SourceCheck::SizeOnly => Ok(()),
-    }
-}
-
-/// Whether the whole object's MD5 is its single-part ETag's.
-fn whole_md5_check(actual: [u8; 16], expected: [u8; 16]) -> Result<(), String> {
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(format!(
-            "the source's bytes have MD5 {}, not their ETag {}",
-            hex::encode(actual),
-            hex::encode(expected)
-        ))
     }
 }
