@@ -22,7 +22,7 @@ use transport::{Source, SourceConfig, coverage, discover_detailed};
 
 use crate::args::AuditArgs;
 use crate::config::{DestSpec, check_endpoint, dest_store, existing_mirror, selection};
-use crate::{ExitCode, Failure};
+use crate::exit::{ExitCode, Failure};
 
 /// A directory and the manifest records read from it, as the audit's holdings.
 struct OwnedLocal {
@@ -203,7 +203,7 @@ pub async fn run(config: AuditConfig) -> Result<ExitCode, Failure> {
         }
         write_text(&mut stdout, &config, &source.bucket, &report)
     };
-    crate::written(written, "the report")?;
+    crate::exit::written(written, "the report")?;
     Ok(if report.complete() {
         ExitCode::Success
     } else {

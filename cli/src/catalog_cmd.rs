@@ -16,7 +16,7 @@ use transport::{Source, SourceConfig, coverage};
 
 use crate::args::CatalogArgs;
 use crate::config::check_endpoint;
-use crate::{ExitCode, Failure};
+use crate::exit::{ExitCode, Failure};
 
 /// How long the latest-month lookups may take together: the catalog is useful offline, so an
 /// unreachable bucket costs seconds, not minutes.
@@ -130,7 +130,7 @@ pub async fn run(config: CatalogConfig) -> Result<ExitCode, Failure> {
     } else {
         write_table(&mut stdout, &views)
     };
-    crate::written(written, "the catalog")?;
+    crate::exit::written(written, "the catalog")?;
     Ok(ExitCode::Success)
 }
 

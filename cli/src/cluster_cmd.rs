@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::error::InputError;
 use common::redact::{redact_url, scrub_url_from};
 use common::selection::Selection;
 use common::units::{counted, human_bytes, parse_size};
@@ -44,17 +45,27 @@ use crate::args::{
     CoordinatorArgs, CoordinatorUrl, DrainArgs, JobArgs, StatusArgs, SubmitArgs, TlsArgs,
     WorkerArgs,
 };
-use crate::{ExitCode, Failure};
+use crate::exit::{ExitCode, Failure};
 
 /// Deadline of `submit`'s call: the coordinator lists the bucket within its own listing
 /// deadline (10 minutes by default) and plans within two more.
 const SUBMIT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
-fn bad(flag: &str, value: &str, reason: impl std::fmt::Display) -> Failure {
-    Failure::Input(format!("invalid {flag} `{value}`: {reason}"))
+/// A bad flag value, as every command says it (`InputError::BadValue`).
+fn bad(flag: &'static str, value: &str, reason: impl std::fmt::Display) -> Failure {
+    input(InputError::BadValue {
+        flag,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
-fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, Failure> {
+/// Bad input: exit 2, with the error's one line.
+fn input(error: InputError) -> Failure {
+    Failure::Input(error.to_string())
+}
+
+fn socket_addr(flag: &'static str, value: &str) -> Result<SocketAddr, Failure> {
     value.parse().map_err(|_| {
         bad(
             flag,
@@ -80,24 +91,6 @@ fn tls_material(args: &TlsArgs) -> Result<Option<TlsMaterial>, Failure> {
     files
         .map(|files| files.read().map_err(|e| Failure::Input(e.to_string())))
         .transpose()
-}
-
-/// `30d`, `12h`, `90m`, `45s` or plain seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let number: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    number.checked_mul(seconds).map(Duration::from_secs)
 }
 
 /// Everything `era5 coordinator` needs, checked.
@@ -179,16 +172,16 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
             "expected a size such as 8GiB",
         )
     })?;
-    let job_retention = parse_duration(&args.job_retention)
+    let job_retention = common::units::parse_duration(&args.job_retention)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             bad(
                 "--job-retention",
                 &args.job_retention,
-                "expected a duration such as 30d, 12h, 90m or 45s",
+                "expected a duration such as 30d, 12h, 1h30m or 45s",
             )
         })?;
-    check_endpoint("--endpoint", &args.source.endpoint)?;
+    crate::config::check_endpoint(&args.source.endpoint).map_err(input)?;
     let source = SourceConfig {
         bucket: args.source.bucket.clone(),
         endpoint: Some(args.source.endpoint.clone()),
@@ -233,20 +226,6 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> Result<CoordinatorConfig, F
             trust_domain,
         },
     })
-}
-
-fn check_endpoint(flag: &str, value: &str) -> Result<(), Failure> {
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|_| bad(flag, &redact_url(value), "not a URL"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err(bad(
-            flag,
-            &redact_url(value),
-            "expected http(s)://host[:port]",
-        )),
-    }
 }
 
 /// `era5 coordinator`: serves until `stop` fires.
@@ -479,7 +458,7 @@ impl Operator {
     fn failure(&self, status: tonic::Status) -> Failure {
         let mut message = clean(status.message()).into_owned();
         if let Some(source) = std::error::Error::source(&status) {
-            let chain = proto::channel::error_chain(source);
+            let chain = common::error::chain(source);
             if !message.contains(&chain) {
                 message = format!("{message}: {chain}");
             }
@@ -527,7 +506,7 @@ pub fn check_submit(args: &SubmitArgs) -> Result<CoordinatorChannel, Failure> {
     )
     .map_err(|e| Failure::Input(e.to_string()))?;
     if let Some(endpoint) = &args.source.endpoint {
-        check_endpoint("--endpoint", endpoint)?;
+        crate::config::check_endpoint(endpoint).map_err(input)?;
     }
     follow_interval(args)?;
     operator_config(&args.coordinator)
@@ -535,11 +514,8 @@ pub fn check_submit(args: &SubmitArgs) -> Result<CoordinatorChannel, Failure> {
 
 /// `--follow [--interval DUR]` as milliseconds; `None` for a one-off job.
 fn follow_interval(args: &SubmitArgs) -> Result<Option<u64>, Failure> {
-    let input = |e: common::error::InputError| Failure::Input(e.to_string());
     match (&args.interval, args.follow) {
-        (Some(interval), false) => Err(Failure::Input(format!(
-            "invalid --interval `{interval}`: only applies with --follow"
-        ))),
+        (Some(interval), false) => Err(bad("--interval", interval, "only applies with --follow")),
         (_, true) if args.wait => Err(Failure::Input(
             "--wait cannot be combined with --follow: a standing job never ends (era5 status shows it)"
                 .into(),
@@ -568,7 +544,7 @@ fn job_budget(text: Option<&str>) -> Result<String, Failure> {
 /// Writes `text` and a newline to stdout; a closed stdout ends the command quietly (`| head`).
 fn print_line(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
-    crate::written(
+    crate::exit::written(
         writeln!(stdout, "{text}").and_then(|()| stdout.flush()),
         "to stdout",
     )
@@ -924,7 +900,7 @@ async fn job_with_leases(
         let mut stdout = std::io::stdout().lock();
         if first.is_none() && !args.coordinator.json {
             let job = page.job.clone().unwrap_or_default();
-            crate::written(
+            crate::exit::written(
                 write!(stdout, "{}\n{}", jobs_table(&[job]), leases_header()),
                 "the leases",
             )?;
@@ -933,7 +909,7 @@ async fn job_with_leases(
             leases.append(&mut page.leases);
         } else {
             for lease in &page.leases {
-                crate::written(stdout.write_all(lease_row(lease).as_bytes()), "the leases")?;
+                crate::exit::written(stdout.write_all(lease_row(lease).as_bytes()), "the leases")?;
             }
         }
         token = std::mem::take(&mut page.next_page_token);
@@ -1044,24 +1020,4 @@ pub async fn drain(args: DrainArgs, channel: CoordinatorChannel) -> Result<ExitC
         format!("draining {}", clean(&args.worker))
     })?;
     Ok(ExitCode::Success)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_like_people_write_them() {
-        assert_eq!(
-            parse_duration("30d"),
-            Some(Duration::from_secs(30 * 86_400))
-        );
-        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("1w"), None);
-        assert_eq!(parse_duration("d"), None);
-        assert_eq!(parse_duration(""), None);
-    }
 }

@@ -175,11 +175,8 @@ fn parse_duration(flag: &'static str, text: &str) -> Result<Duration, InputError
         value: text.to_string(),
         reason: reason.to_string(),
     };
-    let duration: jiff::SignedDuration = text
-        .trim()
-        .parse()
-        .map_err(|_| bad("expected a duration such as 6h, 30m or 90s"))?;
-    let duration = Duration::try_from(duration).map_err(|_| bad("must be positive"))?;
+    let duration = common::units::parse_duration(text)
+        .ok_or_else(|| bad("expected a duration such as 6h, 30m, 1h30m or 90s"))?;
     if duration < Duration::from_secs(1) || duration > Duration::from_secs(31 * 24 * 3600) {
         return Err(bad("must be from 1s to 31 days (744h)"));
     }
@@ -332,11 +329,12 @@ pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), InputError> {
     check_url("--endpoint", endpoint)
 }
 
-/// An S3 endpoint URL of `flag`: http or https, with a host.
+/// An S3 endpoint URL of `flag`: http or https, with a host. The error shows the URL with
+/// any credentials in it hidden.
 fn check_url(flag: &'static str, endpoint: &str) -> Result<(), InputError> {
     let bad = |reason: &str| InputError::BadValue {
         flag,
-        value: endpoint.to_string(),
+        value: common::redact::redact_url(endpoint),
         reason: reason.to_string(),
     };
     let uri: http::Uri = endpoint.parse().map_err(|_| bad("not a URL"))?;

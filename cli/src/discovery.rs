@@ -6,7 +6,7 @@ use common::selection::Selection;
 use transport::retry::RetryPolicy;
 use transport::{Discovery, Source, coverage};
 
-use crate::Failure;
+use crate::exit::Failure;
 
 /// Warns about unmatched requests on stderr; fails (exit 1) when nothing matched at all.
 pub async fn check(

@@ -30,9 +30,9 @@ use worker::embedded::{Embedded, sync_policy};
 use worker::runner::{Mirrorers, OnDestFailure, Runner, RunnerConfig, Temps};
 
 use crate::config::{DestSpec, FollowConfig, ProgressStyle, RunLimits, SyncConfig};
+use crate::exit::{ExitCode, Failure};
 use crate::progress_display::{Network, Reporter};
 use crate::sync_summary::{Figures, Summary};
-use crate::{ExitCode, Failure};
 
 /// How a signal stops the sync: `drain` stops starting objects (those in flight finish),
 /// `abort` stops the objects in flight too (their parts stay for a resume).
@@ -111,7 +111,7 @@ pub async fn run(config: SyncConfig) -> Result<ExitCode, Failure> {
     } else {
         summary.write_text(&mut stdout, &figures.progress.retries_breakdown())
     };
-    crate::written(written, "the summary")?;
+    crate::exit::written(written, "the summary")?;
     drop(stdout);
     report_local_errors(&report);
     let code = match &config.follow {

@@ -18,7 +18,7 @@ use transport::{ConnectionStats, Source};
 
 use crate::args::UploadsArgs;
 use crate::config::dest_store;
-use crate::{ExitCode, Failure};
+use crate::exit::{ExitCode, Failure};
 
 /// Connects to the destination and checks its bucket answers, then builds the destination the
 /// lease loop copies through. Missing credentials are bad input (exit 2); a bucket that is
@@ -87,10 +87,9 @@ fn parse_age(text: &str) -> Result<Duration, InputError> {
     let bad = || InputError::BadValue {
         flag: "--older-than",
         value: text.to_string(),
-        reason: "expected a duration such as 24h, 90m or 0s".into(),
+        reason: "expected a duration such as 24h, 1h30m, 90m or 0s".into(),
     };
-    let parsed: jiff::SignedDuration = text.trim().parse().map_err(|_| bad())?;
-    Duration::try_from(parsed).map_err(|_| bad())
+    common::units::parse_duration(text).ok_or_else(bad)
 }
 
 /// Runs `era5 uploads`.

@@ -31,8 +31,8 @@ use transport::{RemoteObject, Source, SourceConfig};
 
 use crate::args::VerifyArgs;
 use crate::config::{DestSpec, ProgressStyle, dest_store, existing_mirror};
+use crate::exit::{ExitCode, Failure};
 use crate::progress_display::Reporter;
-use crate::{ExitCode, Failure};
 
 /// `era5 verify`, validated.
 #[derive(Debug)]
@@ -181,7 +181,7 @@ pub async fn run(config: VerifyConfig) -> Result<ExitCode, Failure> {
     } else {
         write_text(&mut stdout, &report)
     };
-    crate::written(written, "the report")?;
+    crate::exit::written(written, "the report")?;
     let all_repaired = report
         .repairs
         .as_ref()

@@ -1,6 +1,7 @@
 //! Operations end to end: Prometheus metrics and probes of the coordinator and the workers,
 //! the status page in headless Chromium against `era5 status --json`, and secrets kept out of
-//! logs, status output, metrics and the page.
+//! logs, status output, metrics and the page. Also the operator's map: ARCHITECTURE.md names
+//! only what exists.
 
 mod support;
 
@@ -335,5 +336,25 @@ fn secrets_never_reach_logs_status_metrics_or_the_page() {
     );
     for text in seen {
         assert!(!text.contains(SECRET), "the Redis password leaked:\n{text}");
+    }
+}
+
+/// `scripts/check-architecture` (its self-test, then ARCHITECTURE.md itself) as a test, so
+/// `scripts/test` checks the document as CI does: every path and code name it mentions exists.
+#[test]
+fn the_architecture_document_names_only_what_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for args in [&["--self-test"][..], &[]] {
+        let output = Command::new("python3")
+            .arg(root.join("scripts/check-architecture"))
+            .args(args)
+            .output()
+            .expect("run python3 scripts/check-architecture");
+        assert!(
+            output.status.success(),
+            "check-architecture {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }

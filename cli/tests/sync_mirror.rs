@@ -11,6 +11,41 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(120);
 const SURFACE: &str = "e5.oper.an.sfc";
 
+/// `fault` on every GET of a pressure-level object's bytes.
+fn on_pressure_level_gets(s3: &TestS3, fault: tests::faults::Fault) {
+    s3.add_fault(tests::faults::FaultRule {
+        method: Some(http::Method::GET),
+        key_contains: Some("e5.oper.an.pl/".into()),
+        object_gets_only: true,
+        ..tests::faults::FaultRule::new(fault)
+    });
+}
+
+/// A sync of five days of pressure levels at four connections of 1 MiB/s each (long enough
+/// for progress every second), with `progress` as its only progress flags; it must succeed.
+fn slow_pressure_level_sync(s3: &TestS3, scratch: &Scratch, progress: &[&str]) -> Run {
+    on_pressure_level_gets(
+        s3,
+        tests::faults::Fault::SlowBody {
+            bytes_per_sec: 1 << 20,
+        },
+    );
+    let mut args = sync_args(
+        &s3.endpoint(),
+        &scratch.dest(),
+        "e5.oper.an.pl",
+        "",
+        "2024-02-27",
+        "2024-03-02",
+    );
+    args.retain(|a| a != "--no-progress");
+    args.extend(progress.iter().map(|s| (*s).to_string()));
+    args.extend(["--progress-interval", "1", "--connections", "4"].map(String::from));
+    let run = run_era5(scratch, &args, LIMIT);
+    run.expect_code(0);
+    run
+}
+
 fn gets(s3: &TestS3) -> usize {
     s3.requests()
         .iter()
@@ -228,36 +263,7 @@ fn size_only_records_are_upgraded_by_a_local_check_not_a_download() {
 #[test]
 fn sync_output_without_a_terminal_is_log_lines_and_a_summary() {
     let (s3, _) = seeded_server();
-    s3.add_fault(tests::faults::FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper.an.pl/".into()),
-        object_gets_only: true,
-        query_contains: None,
-        operation: None,
-        skip: 0,
-        times: None,
-        fault: tests::faults::Fault::SlowBody {
-            bytes_per_sec: 1 << 20,
-        },
-    });
-    let scratch = Scratch::new();
-    let mut args = sync_args(
-        &s3.endpoint(),
-        &scratch.dest(),
-        "e5.oper.an.pl",
-        "",
-        "2024-02-27",
-        "2024-03-02",
-    );
-    // Four connections at 1 MiB/s each: long enough for progress lines every second.
-    args.extend([
-        "--progress-interval".into(),
-        "1".into(),
-        "--connections".into(),
-        "4".into(),
-    ]);
-    let run = run_era5(&scratch, &args, LIMIT);
-    run.expect_code(0);
+    let run = slow_pressure_level_sync(&s3, &Scratch::new(), &["--no-progress"]);
     let progress_lines: Vec<&str> = run
         .stderr
         .lines()
@@ -738,38 +744,8 @@ fn every_json_output_matches_its_schema() {
 #[test]
 fn progress_off_a_terminal_is_ndjson_events_that_match_their_schema() {
     let (s3, seeded) = seeded_server();
-    let scratch = Scratch::new();
-    // Slow bodies at four connections: the run lasts long enough for periodic totals.
-    s3.add_fault(tests::faults::FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper.an.pl/".into()),
-        object_gets_only: true,
-        query_contains: None,
-        operation: None,
-        skip: 0,
-        times: None,
-        fault: tests::faults::Fault::SlowBody {
-            bytes_per_sec: 1 << 20,
-        },
-    });
-    let mut args = sync_args(
-        &s3.endpoint(),
-        &scratch.dest(),
-        "e5.oper.an.pl",
-        "",
-        "2024-02-27",
-        "2024-03-02",
-    );
-    // Not --no-progress: off a terminal, the default is events.
-    args.retain(|a| a != "--no-progress");
-    args.extend([
-        "--progress-interval".into(),
-        "1".into(),
-        "--connections".into(),
-        "4".into(),
-    ]);
-    let run = run_era5(&scratch, &args, LIMIT);
-    run.expect_code(0);
+    // No progress flag: off a terminal, the default is events.
+    let run = slow_pressure_level_sync(&s3, &Scratch::new(), &[]);
     let events: Vec<serde_json::Value> = run
         .stderr
         .lines()
@@ -812,19 +788,13 @@ fn progress_off_a_terminal_is_ndjson_events_that_match_their_schema() {
     // A failure carries its class and reason; --progress json asks for events anywhere.
     let failing = Scratch::new();
     s3.clear_faults();
-    s3.add_fault(tests::faults::FaultRule {
-        method: Some(http::Method::GET),
-        key_contains: Some("e5.oper.an.pl/".into()),
-        object_gets_only: true,
-        query_contains: None,
-        operation: None,
-        skip: 0,
-        times: None,
-        fault: tests::faults::Fault::Status {
+    on_pressure_level_gets(
+        &s3,
+        tests::faults::Fault::Status {
             status: 403,
             code: "AccessDenied".into(),
         },
-    });
+    );
     let mut args = sync_args(
         &s3.endpoint(),
         &failing.dest(),

@@ -158,6 +158,22 @@ pub fn closest_match<'a>(
         .map(|(_, candidate)| candidate.to_string())
 }
 
+/// An error and its sources on one line, each source once (for people; never parsed). tonic's
+/// and the SDK's own messages are often just "transport error" or "dispatch failure".
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,9 +47,67 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// The one duration grammar of every flag (`--interval`, `--max-duration`, `--older-than`,
+/// `--job-retention`...): a sum of whole numbers with units `d`, `h`, `m`, `s` (`30d`, `6h`,
+/// `1h30m`, `90s`), or a plain number of seconds. `None` for anything else (an unknown unit,
+/// a unit without a number, or more seconds than a `u64` holds); callers bound the range.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(std::time::Duration::from_secs);
+    }
+    let mut seconds: u64 = 0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        let unit = match rest[digits..].chars().next()? {
+            'd' => 86_400,
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        seconds = seconds.checked_add(number.checked_mul(unit)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(std::time::Duration::from_secs(seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_duration_grammar_for_every_flag() {
+        let secs = |n: u64| Some(std::time::Duration::from_secs(n));
+        assert_eq!(parse_duration("30d"), secs(30 * 86_400));
+        assert_eq!(parse_duration("12h"), secs(12 * 3600));
+        assert_eq!(parse_duration("1h30m"), secs(5400));
+        assert_eq!(parse_duration(" 90m "), secs(5400));
+        assert_eq!(parse_duration("2d12h"), secs(216_000));
+        assert_eq!(parse_duration("45s"), secs(45));
+        assert_eq!(parse_duration("45"), secs(45));
+        assert_eq!(parse_duration("0s"), secs(0));
+        for bad in [
+            "",
+            "1w",
+            "d",
+            "h1",
+            "1.5h",
+            "1h 30m",
+            "-1h",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_and_without_units() {

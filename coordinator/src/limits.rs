@@ -35,6 +35,9 @@ use common::sync::MutexExt;
 
 use crate::error::Error;
 
+/// Finished jobs `ListJobs`, the status page and the metrics read besides the active ones
+/// (here, below both the service and the metrics, which read it).
+pub const RECENT_JOBS: usize = 20;
 /// Most leases one progress report may describe (a worker holds at most 256).
 pub const MAX_REPORT_LEASES: usize = 256;
 /// Largest progress report, encoded.

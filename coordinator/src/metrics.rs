@@ -161,7 +161,7 @@ impl CoordinatorMetrics {
     /// Keeps the lease counts and the follow gauges fresh until `stop`.
     pub async fn refresh(self: Arc<Self>, store: Arc<dyn LeaseStore>, stop: CancellationToken) {
         loop {
-            if let Ok(listed) = store.recent_jobs(crate::service::RECENT_JOBS).await {
+            if let Ok(listed) = store.recent_jobs(crate::limits::RECENT_JOBS).await {
                 let mut total = Counts::default();
                 for job in listed.jobs {
                     total.pending += job.counts.pending;

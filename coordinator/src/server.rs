@@ -33,9 +33,7 @@ use crate::limits::{
     SPARE_CONNECTIONS, limited_incoming,
 };
 use crate::metrics::CoordinatorMetrics;
-use crate::service::{
-    Coordinator, DEFAULT_LEASE_PAGE, OperatorService, RECENT_JOBS, WorkerService,
-};
+use crate::service::{Coordinator, DEFAULT_LEASE_PAGE, OperatorService, WorkerService};
 use crate::status_page;
 use crate::tls::ServerTls;
 use lease::LeaseStore;
@@ -327,7 +325,7 @@ fn page_error(error: impl Into<Error>) -> (StatusCode, String) {
 async fn overview(State(state): State<HttpState>) -> Result<Html<String>, (StatusCode, String)> {
     let listed = state
         .store
-        .recent_jobs(RECENT_JOBS)
+        .recent_jobs(crate::limits::RECENT_JOBS)
         .await
         .map_err(page_error)?;
     let workers = state.store.workers().await.map_err(page_error)?;

@@ -59,8 +59,6 @@ pub const MAX_LEASE_PAGE: u32 = 1_000;
 const MAX_ERROR_SHOWN: usize = 1_024;
 /// Longest page token accepted (item ids are short).
 const MAX_PAGE_TOKEN: usize = 256;
-/// Finished jobs `ListJobs`, the status page and the metrics read besides the active ones.
-pub const RECENT_JOBS: usize = 20;
 /// Most finished jobs a `ListJobs` caller may ask for.
 const MAX_RECENT_JOBS: u32 = 1_000;
 
@@ -588,7 +586,7 @@ impl Operator for OperatorService {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let recent = match request.into_inner().recent {
-            0 => RECENT_JOBS,
+            0 => crate::limits::RECENT_JOBS,
             n => n.min(MAX_RECENT_JOBS) as usize,
         };
         let listed = self.0.store.recent_jobs(recent).await.map_err(status)?;

@@ -193,7 +193,7 @@ impl CoordinatorChannel {
         }
         let transport = |e: tonic::transport::Error| Error::Transport {
             url: self.url.clone(),
-            reason: error_chain(&e),
+            reason: common::error::chain(&e),
         };
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(transport)?
@@ -215,21 +215,6 @@ impl CoordinatorChannel {
         }
         Ok(endpoint)
     }
-}
-
-/// An error and its sources on one line (tonic's own message is often just "transport error").
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -253,20 +253,8 @@ fn describe<E: ProvideErrorMetadata>(err: &E, status: u16) -> String {
     }
 }
 
-/// An error and its sources on one line (for people; never parsed).
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        source = inner.source();
-    }
-    text
-}
+/// An error and its sources on one line (common's one definition, where retry callers look).
+pub use common::error::chain;
 
 /// Capped exponential backoff with full jitter.
 #[derive(Clone, Copy, Debug)]

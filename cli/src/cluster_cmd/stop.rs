@@ -13,7 +13,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio_util::sync::CancellationToken;
 
-use crate::Failure;
+use crate::exit::Failure;
 
 /// How long an orderly stop may take before the process exits regardless (inside the 10 s
 /// that the operations guide promises, and well inside Kubernetes' grace periods).

@@ -22,7 +22,7 @@ fn outcome<T>(result: Result<tonic::Response<T>, tonic::Status>) -> (tonic::Code
             let mut message = status.message().to_string();
             if let Some(source) = std::error::Error::source(&status) {
                 message.push_str(": ");
-                message.push_str(&proto::channel::error_chain(source));
+                message.push_str(&common::error::chain(source));
             }
             (status.code(), message)
         }
