@@ -308,7 +308,7 @@ fn https_endpoints_are_verified_against_the_public_roots_and_aws_ca_bundle() {
 fn bwlimit_holds_the_bytes_per_second_seen_from_outside() {
     let s3 = TestS3::start(BUCKET);
     let mut objects = Vec::new();
-    for variable in ["128_167_2t", "128_151_msl", "128_134_sp"] {
+    for variable in ["128_167_2t", "128_151_msl", "128_134_sp", "128_165_10u"] {
         let key = format!(
             "e5.oper.an.sfc/202401/e5.oper.an.sfc.{variable}.ll025sc.2024010100_2024013123.nc"
         );
@@ -318,8 +318,8 @@ fn bwlimit_holds_the_bytes_per_second_seen_from_outside() {
     }
     let total: u64 = objects.iter().map(|(_, data)| data.len() as u64).sum();
     let proxy = CountingProxy::start(s3.addr());
-    // About twelve seconds at the cap.
-    let cap = (total / 12) >> 10 << 10;
+    // About sixteen seconds at 3 MiB/s: four steady windows checked, away from both ends.
+    let cap = (total / 16) >> 10 << 10;
     let scratch = Scratch::new();
     let mut args = sync_args(
         &proxy.endpoint(),
@@ -350,10 +350,10 @@ fn bwlimit_holds_the_bytes_per_second_seen_from_outside() {
     let per_window = cap * 2;
     eprintln!("bytes per 2 s at the proxy: {windows:?} (cap {per_window} per 2 s)");
     // The first window fills the sockets' buffers (the kernel's and the proxy's); in the
-    // last ones the parts end together and find their bytes already buffered: the steady
-    // windows are between.
+    // last two the parts end together and find their bytes already buffered (under CI's
+    // load the last full window was once 5.4% over): the steady windows are between.
     assert!(windows[0] <= per_window * 3 / 2, "{windows:?}");
-    let steady = &windows[1..windows.len().saturating_sub(1)];
+    let steady = &windows[1..windows.len().saturating_sub(2)];
     assert!(steady.len() >= 4, "{windows:?}");
     for bytes in &steady[..4] {
         let off = (*bytes as f64 - per_window as f64).abs() / per_window as f64;

@@ -531,3 +531,7 @@ impl<C: LeaseClient> Runner<C> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
