@@ -719,16 +719,46 @@ pub struct WorkerService(pub Arc<Coordinator>);
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::WorkerCommand, Status>> + Send>>;
 
+/// A Worker call on one grant: the worker it claims to come from and the lease it names. The
+/// four such calls take one path: caller (the certificate's name, the lease's ids checked),
+/// the store, then its answer as a lease status.
+trait LeaseCall {
+    fn claimed_worker(&self) -> &str;
+    fn lease(&self) -> Option<pb::LeaseRef>;
+}
+
+macro_rules! lease_call {
+    ($($request:ty),+) => {$(
+        impl LeaseCall for $request {
+            fn claimed_worker(&self) -> &str {
+                &self.worker
+            }
+            fn lease(&self) -> Option<pb::LeaseRef> {
+                self.lease.clone()
+            }
+        }
+    )+};
+}
+
+lease_call!(
+    pb::RenewRequest,
+    pb::CompleteRequest,
+    pb::FailRequest,
+    pb::ReleaseRequest
+);
+
 impl WorkerService {
     /// The worker a call acts for, and the lease it names.
-    fn caller<T>(
-        request: &Request<T>,
-        claimed: &str,
-        lease: Option<pb::LeaseRef>,
-    ) -> Result<(String, LeaseRef), Error> {
-        let worker = peer_of(request)?.worker_name(claimed)?;
-        Ok((worker, lease_ref(lease)?))
+    fn caller<T: LeaseCall>(request: &Request<T>) -> Result<(String, LeaseRef), Error> {
+        let call = request.get_ref();
+        let worker = peer_of(request)?.worker_name(call.claimed_worker())?;
+        Ok((worker, lease_ref(call.lease())?))
     }
+}
+
+/// The store's answer to a call on a grant, as the call's lease status.
+fn ack_status(answer: Result<Ack, lease::Error>) -> Result<i32, Status> {
+    Ok(lease_status(answer.map_err(status)?)?)
 }
 
 #[tonic::async_trait]
@@ -774,18 +804,14 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let (worker, lease) = Self::caller(
-            &request,
-            &request.get_ref().worker,
-            request.get_ref().lease.clone(),
-        )?;
+        let (worker, lease) = Self::caller(&request)?;
         let started = std::time::Instant::now();
         let renewed = self.0.store.renew(&lease, &worker).await;
         self.0
             .metrics
             .renew_seconds
             .observe(started.elapsed().as_secs_f64());
-        let status = lease_status(renewed.map_err(status)?)?;
+        let status = ack_status(renewed)?;
         let share = self.0.share_after(&worker, &[]).await;
         Ok(Response::new(pb::RenewResponse {
             status,
@@ -800,31 +826,16 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let (worker, lease) = Self::caller(
-            &request,
-            &request.get_ref().worker,
-            request.get_ref().lease.clone(),
-        )?;
-        let ack = self
-            .0
-            .store
-            .complete(&lease, &worker)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::CompleteResponse {
-            status: lease_status(ack)?,
-        }))
+        let (worker, lease) = Self::caller(&request)?;
+        let status = ack_status(self.0.store.complete(&lease, &worker).await)?;
+        Ok(Response::new(pb::CompleteResponse { status }))
     }
 
     async fn fail(
         &self,
         request: Request<pb::FailRequest>,
     ) -> Result<Response<pb::FailResponse>, Status> {
-        let (worker, lease) = Self::caller(
-            &request,
-            &request.get_ref().worker,
-            request.get_ref().lease.clone(),
-        )?;
+        let (worker, lease) = Self::caller(&request)?;
         let request = request.into_inner();
         // A reason may quote the source's endpoint; it is shown to operators.
         let endpoint = self.0.source.endpoint.clone().unwrap_or_default();
@@ -845,20 +856,9 @@ impl Worker for WorkerService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let (worker, lease) = Self::caller(
-            &request,
-            &request.get_ref().worker,
-            request.get_ref().lease.clone(),
-        )?;
-        let ack = self
-            .0
-            .store
-            .release(&lease, &worker)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::ReleaseResponse {
-            status: lease_status(ack)?,
-        }))
+        let (worker, lease) = Self::caller(&request)?;
+        let status = ack_status(self.0.store.release(&lease, &worker).await)?;
+        Ok(Response::new(pb::ReleaseResponse { status }))
     }
 
     type WorkerSessionStream = CommandStream;
