@@ -7,8 +7,6 @@
 
 mod support;
 
-use common::sync::MutexExt;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use proto::v1 as pb;
@@ -18,13 +16,8 @@ use support::*;
 use tests::faults::{Fault, FaultRule};
 use tests::redis_server::{RedisOptions, RedisServer};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const LIMIT: Duration = Duration::from_secs(90);
 const PRODUCTS: &str = "e5.oper.an.sfc,e5.oper.an.pl,e5.oper.fc.sfc.accumu";
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock_unpoisoned()
-}
 
 /// Every object of the standard selection (Dec 2023 to Apr 2024 of three products), by the
 /// catalog's own rule.

@@ -19,21 +19,14 @@
 
 mod support;
 
-use common::sync::MutexExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use support::cluster::Cluster;
+use support::cluster::{Cluster, get};
 use support::*;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock_unpoisoned()
-}
 
 /// A worker process started by the test, with its log; continued and killed on drop.
 struct Worker {
@@ -167,32 +160,6 @@ fn era5_skewed(home: &Path, offset: &str) -> Command {
         .env("FAKETIME", offset)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     command
-}
-
-/// GET of `path` on a local port: status and body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn leases(status: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -363,10 +330,10 @@ fn a_full_disk_releases_the_lease_without_an_attempt_and_the_worker_resumes_by_i
     let job = cluster.submit("e5.oper.an.sfc", "", "2024-01", "2024-01");
 
     wait_until(LIMIT, "the worker to say DEST is full", || {
-        let (status, body) = http_get(port, "/readyz");
+        let (status, body) = get(port, "/readyz");
         status == 503 && body.contains("no space left on DEST")
     });
-    let (_, metrics) = http_get(port, "/metrics");
+    let (_, metrics) = get(port, "/metrics");
     let value = |name: &str| -> Option<f64> {
         metrics
             .lines()
@@ -408,7 +375,7 @@ fn a_full_disk_releases_the_lease_without_an_attempt_and_the_worker_resumes_by_i
         worker.log_text()
     );
     assert_mirrored(&inside, &objects);
-    assert_eq!(http_get(port, "/readyz").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
 }
 
 #[test]

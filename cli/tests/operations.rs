@@ -5,55 +5,15 @@
 
 mod support;
 
-use common::sync::MutexExt;
-use std::io::{Read, Write};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use support::cluster::Cluster;
+use support::cluster::{Cluster, get, metric};
 use support::*;
 use tests::faults::{Fault, FaultRule};
 use tests::redis_server::RedisServer;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock_unpoisoned()
-}
-
-/// GET `path` on 127.0.0.1:`port`: the status code and the body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of a metric line `name{labels} value` (or `name value`).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[test]
 fn metrics_and_probes_carry_the_documented_names() {
@@ -76,17 +36,17 @@ fn metrics_and_probes_carry_the_documented_names() {
     assert_eq!(status["jobs"][0]["state"], "complete");
 
     let coordinator = cluster.coordinator_http[0];
-    assert_eq!(http_get(coordinator, "/healthz").0, 200);
-    assert_eq!(http_get(coordinator, "/readyz").0, 200);
+    assert_eq!(get(coordinator, "/healthz").0, 200);
+    assert_eq!(get(coordinator, "/readyz").0, 200);
     // The lease counts are refreshed every few seconds.
     let done = status["jobs"][0]["leases"]["done"].as_f64().unwrap();
     wait_until(Duration::from_secs(20), "era5_leases to catch up", || {
         metric(
-            &http_get(coordinator, "/metrics").1,
+            &get(coordinator, "/metrics").1,
             "era5_leases{state=\"done\"}",
         ) == Some(done)
     });
-    let text = http_get(coordinator, "/metrics").1;
+    let text = get(coordinator, "/metrics").1;
     for series in [
         "era5_leases{state=\"pending\"}",
         "era5_leases{state=\"leased\"}",
@@ -105,9 +65,9 @@ fn metrics_and_probes_carry_the_documented_names() {
     );
 
     let worker = cluster.worker_http("m1");
-    assert_eq!(http_get(worker, "/healthz").0, 200);
-    assert_eq!(http_get(worker, "/readyz").0, 200);
-    let text = http_get(worker, "/metrics").1;
+    assert_eq!(get(worker, "/healthz").0, 200);
+    assert_eq!(get(worker, "/readyz").0, 200);
+    let text = get(worker, "/metrics").1;
     assert!(
         metric(&text, "era5_bytes_downloaded_total").unwrap() > 0.0,
         "{text}"
@@ -139,7 +99,7 @@ fn metrics_and_probes_carry_the_documented_names() {
         );
     }
     // Bounded label cardinality: no key, job or lease id ever appears in a metric.
-    for exposition in [http_get(coordinator, "/metrics").1, text] {
+    for exposition in [get(coordinator, "/metrics").1, text] {
         assert!(
             !exposition.contains("e5.oper") && !exposition.contains(&job),
             "{exposition}"
@@ -148,7 +108,7 @@ fn metrics_and_probes_carry_the_documented_names() {
 
     // Liveness does not depend on the coordinator; readiness does.
     cluster.coordinators[0].0.kill9();
-    assert_eq!(http_get(worker, "/healthz").0, 200);
+    assert_eq!(get(worker, "/healthz").0, 200);
 }
 
 /// The page as Chromium renders it.
@@ -293,10 +253,10 @@ fn secrets_never_reach_logs_status_metrics_or_the_page() {
 
     let coordinator_http = cluster.coordinator_http[0];
     let mut seen = vec![
-        http_get(coordinator_http, "/metrics").1,
-        http_get(coordinator_http, "/").1,
-        http_get(coordinator_http, &format!("/jobs/{job}")).1,
-        http_get(cluster.worker_http("s1"), "/metrics").1,
+        get(coordinator_http, "/metrics").1,
+        get(coordinator_http, "/").1,
+        get(coordinator_http, &format!("/jobs/{job}")).1,
+        get(cluster.worker_http("s1"), "/metrics").1,
         cluster.status(0, None).to_string(),
         cluster.status(0, Some(&job)).to_string(),
     ];

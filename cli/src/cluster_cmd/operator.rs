@@ -108,6 +108,11 @@ pub(super) fn print_line(text: &str) -> Result<(), Failure> {
     )
 }
 
+/// Prints a command's answer: one JSON document with `--json`, a line of text otherwise.
+pub(super) fn answer(json: bool, document: serde_json::Value, text: String) -> Result<(), Failure> {
+    print_line(&if json { document.to_string() } else { text })
+}
+
 /// Writes a line to stderr, ignoring a closed stderr.
 pub(super) fn note(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
@@ -352,20 +357,18 @@ pub async fn jobs(args: CoordinatorUrl, channel: CoordinatorChannel) -> Result<E
         .await
         .map_err(|status| operator.failure(status))?
         .into_inner();
-    let text = if args.json {
+    answer(
+        args.json,
         json!({
             "jobs": listing.jobs.iter().map(job_json).collect::<Vec<_>>(),
             "jobs_total": listing.jobs_total,
-        })
-        .to_string()
-    } else {
+        }),
         format!(
             "{}{}",
             jobs_table(&listing.jobs),
             jobs_not_shown(listing.jobs.len(), listing.jobs_total)
-        )
-    };
-    print_line(&text)?;
+        ),
+    )?;
     Ok(ExitCode::Success)
 }
 
@@ -380,11 +383,11 @@ pub async fn cancel(args: JobArgs, channel: CoordinatorChannel) -> Result<ExitCo
         .cancel_job(request)
         .await
         .map_err(|status| operator.failure(status))?;
-    print_line(&if args.coordinator.json {
-        json!({ "cancelled": clean(&args.job) }).to_string()
-    } else {
-        format!("cancelled {}", clean(&args.job))
-    })?;
+    answer(
+        args.coordinator.json,
+        json!({ "cancelled": clean(&args.job) }),
+        format!("cancelled {}", clean(&args.job)),
+    )?;
     Ok(ExitCode::Success)
 }
 
@@ -401,14 +404,14 @@ pub async fn retry(args: JobArgs, channel: CoordinatorChannel) -> Result<ExitCod
         .map_err(|status| operator.failure(status))?
         .into_inner()
         .retried;
-    print_line(&if args.coordinator.json {
-        json!({ "job": clean(&args.job), "retried": retried }).to_string()
-    } else {
+    answer(
+        args.coordinator.json,
+        json!({ "job": clean(&args.job), "retried": retried }),
         format!(
             "{retried} dead leases of {} back to pending",
             clean(&args.job)
-        )
-    })?;
+        ),
+    )?;
     Ok(ExitCode::Success)
 }
 
@@ -423,10 +426,10 @@ pub async fn drain(args: DrainArgs, channel: CoordinatorChannel) -> Result<ExitC
         .drain_worker(request)
         .await
         .map_err(|status| operator.failure(status))?;
-    print_line(&if args.coordinator.json {
-        json!({ "draining": clean(&args.worker) }).to_string()
-    } else {
-        format!("draining {}", clean(&args.worker))
-    })?;
+    answer(
+        args.coordinator.json,
+        json!({ "draining": clean(&args.worker) }),
+        format!("draining {}", clean(&args.worker)),
+    )?;
     Ok(ExitCode::Success)
 }

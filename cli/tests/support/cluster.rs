@@ -827,6 +827,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// [`http_get`] that must answer: the status code and the body.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    http_get(port, path).unwrap_or_else(|| panic!("GET {path} on 127.0.0.1:{port} got no answer"))
+}
+
 /// The value of a Prometheus series (`name{labels}` or `name`) in a text exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

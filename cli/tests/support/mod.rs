@@ -219,6 +219,12 @@ pub fn assert_schema(name: &str, value: &serde_json::Value) {
     );
 }
 
+/// One test of this binary at a time (those that measure timing or start many processes).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    common::sync::MutexExt::lock_unpoisoned(&ONE_AT_A_TIME)
+}
+
 /// Polls `condition` until it holds, failing after `limit` with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
