@@ -80,6 +80,9 @@ pub(super) struct Answer {
     pub(super) etag: String,
     /// Its CRC32C checksum, when the answer carried one (COMPOSITE: `value-N`).
     pub(super) checksum: Option<String>,
+    /// Read from the object by a HEAD with its checksum asked for: a missing `checksum` means
+    /// the store keeps none, and asking again would tell nothing more.
+    pub(super) looked: bool,
 }
 
 impl Answer {
@@ -87,6 +90,7 @@ impl Answer {
         Self {
             etag,
             checksum: None,
+            looked: false,
         }
     }
 }
@@ -181,6 +185,7 @@ impl Copier {
                         Ok(done) => Ok(Some(Answer {
                             etag: unquoted(done.e_tag()),
                             checksum: done.checksum_crc32_c().map(str::to_string),
+                            looked: false,
                         })),
                         // A retry after a completion whose answer was lost: the upload is
                         // gone, and the object tells whether it was ours.
@@ -199,22 +204,22 @@ impl Copier {
         let is_ours = |etag: &str| expected.etag.as_deref().is_none_or(|want| want == etag);
         match completed {
             Ok(Some(answer)) => Ok(answer),
-            Ok(None) => match self.head_etag(key).await {
-                Some(etag) if is_ours(&etag) => Ok(Answer::etag(etag)),
+            Ok(None) => match self.head(key).await {
+                Some(answer) if is_ours(&answer.etag) => Ok(answer),
                 _ => Err(CopyError::retryable(format!(
                     "CompleteMultipartUpload of {key}: the upload is gone and the object is not the one its parts give"
                 ))),
             },
             // An answer that could not be read (moto 5.2 names its XML root
             // `CompleteMultipartUploadResponse`): the object itself says whether it completed.
-            Err(gave_up) => match self.head_etag(key).await {
-                Some(etag) if is_ours(&etag) => {
+            Err(gave_up) => match self.head(key).await {
+                Some(answer) if is_ours(&answer.etag) => {
                     tracing::debug!(
                         key,
                         detail = gave_up.detail,
                         "completion answer unreadable; the object is complete"
                     );
-                    Ok(Answer::etag(etag))
+                    Ok(answer)
                 }
                 _ => Err(CopyError::gave_up(
                     &format!("CompleteMultipartUpload of {key}"),
@@ -341,7 +346,8 @@ impl Copier {
         {
             let reported = match &answered.checksum {
                 Some(reported) => Some(reported.clone()),
-                None => self.head_checksum(key).await,
+                None if answered.looked => None,
+                None => self.head(key).await.and_then(|head| head.checksum),
             };
             // None: the store keeps no checksum; each part's was checked on upload.
             if let Some(reported) = reported
@@ -369,8 +375,9 @@ impl Copier {
         )))
     }
 
-    /// The CRC32C checksum the object at `key` reports (`value-N` for a composite one).
-    pub(super) async fn head_checksum(&self, key: &str) -> Option<String> {
+    /// What the object at `key` reports, by one HEAD: its ETag, and its CRC32C checksum
+    /// (`value-N` for a composite one) when the store keeps one. `None` when it cannot be read.
+    async fn head(&self, key: &str) -> Option<Answer> {
         let head = self
             .dest
             .head_object()
@@ -380,18 +387,10 @@ impl Copier {
             .send()
             .await
             .ok()?;
-        head.checksum_crc32_c().map(str::to_string)
-    }
-
-    pub(super) async fn head_etag(&self, key: &str) -> Option<String> {
-        let head = self
-            .dest
-            .head_object()
-            .bucket(&self.target.bucket)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        Some(unquoted(head.e_tag()))
+        Some(Answer {
+            etag: unquoted(head.e_tag()),
+            checksum: head.checksum_crc32_c().map(str::to_string),
+            looked: true,
+        })
     }
 }
