@@ -313,6 +313,27 @@ fn a_copy_killed_mid_upload_resumes_its_parts() {
         .map(|u| u.parts.iter().map(|p| p.number).collect())
         .unwrap_or_default();
     assert!(!uploaded_before.is_empty());
+    // The server records a request once it has answered it, a moment after storing the
+    // part: wait for the killed run's records of those parts, so none lands after the clear
+    // below and passes for an upload of the resumed run (seen under CI's load).
+    let has_part = |query: &str, number: i32| {
+        query
+            .split('&')
+            .any(|p| p == format!("partNumber={number}"))
+    };
+    wait_until(LIMIT, "the killed run's part uploads recorded", || {
+        let recorded: Vec<String> = dest
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.key.as_deref() == Some(key.as_str()) && r.operation == Operation::UploadPart
+            })
+            .filter_map(|r| r.query.clone())
+            .collect();
+        uploaded_before
+            .iter()
+            .all(|n| recorded.iter().any(|q| has_part(q, *n)))
+    });
 
     source.clear_faults();
     dest.clear_requests();
@@ -326,9 +347,8 @@ fn a_copy_killed_mid_upload_resumes_its_parts() {
         .filter_map(|r| r.query.clone())
         .collect();
     for number in &uploaded_before {
-        let query_has = |q: &str| q.split('&').any(|p| p == format!("partNumber={number}"));
         assert!(
-            !sent_again.iter().any(|q| query_has(q)),
+            !sent_again.iter().any(|q| has_part(q, *number)),
             "part {number} was uploaded again: {sent_again:?}"
         );
     }
